@@ -1,0 +1,120 @@
+"""The full training state, enough to resume a job exactly where it stopped.
+
+A checkpoint holds the weights, the momentum buffers, the states of the random generators
+(minibatch order and dropout masks), the epoch and step reached, the early-stopping state,
+the history so far and the spec. Training N epochs straight and training N/2, saving, loading
+in a new process and finishing give bit-identical weights on the same device.
+
+Serialised with ``torch.save`` and read back with ``weights_only=True``: loading a checkpoint
+runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that belongs to a different job."""
+
+
+@dataclass
+class Checkpoint:
+    spec: dict[str, Any]
+    epoch: int  # epochs completed
+    step: int  # optimizer steps taken
+    params: list[torch.Tensor]  # W1, b1, …, aligned with model.parameters()
+    momentum: list[torch.Tensor]
+    batch_rng: torch.Tensor  # torch.Generator state (CPU): minibatch order
+    dropout_rng: torch.Tensor  # torch.Generator state on the training device
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_params: list[torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "format": FORMAT,
+                "spec": json.dumps(self.spec),
+                "epoch": self.epoch,
+                "step": self.step,
+                "params": [p.detach().cpu() for p in self.params],
+                "momentum": [m.detach().cpu() for m in self.momentum],
+                "batch_rng": self.batch_rng.cpu(),
+                "dropout_rng": self.dropout_rng.cpu(),
+                "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs,
+                "best_params": None
+                if self.best_params is None
+                else [p.detach().cpu() for p in self.best_params],
+                "history": json.dumps(self.history),
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        try:
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many kinds for a corrupt file
+            raise CheckpointError(f"not a gradq checkpoint: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CheckpointError("not a gradq checkpoint (unknown format)")
+        return cls(
+            spec=json.loads(raw["spec"]),
+            epoch=raw["epoch"],
+            step=raw["step"],
+            params=raw["params"],
+            momentum=raw["momentum"],
+            batch_rng=raw["batch_rng"],
+            dropout_rng=raw["dropout_rng"],
+            best_loss=raw["best_loss"],
+            best_epoch=raw["best_epoch"],
+            bad_epochs=raw["bad_epochs"],
+            best_params=raw["best_params"],
+            history=json.loads(raw["history"]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a reader never sees half a checkpoint."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(self.to_bytes())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        try:
+            return cls.from_bytes(Path(path).read_bytes())
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+
+
+# Spec sections that may differ between the run that wrote a checkpoint and the one resuming it.
+RESUMABLE_CHANGES = {"name", "priority", "max_attempts", "resources", "register_as", "experiment"}
+
+
+def check_compatible(ckpt: Checkpoint, spec: dict[str, Any]) -> None:
+    """Refuse to resume a job from another job's checkpoint."""
+    diff = sorted(
+        k
+        for k in set(spec) | set(ckpt.spec)
+        if k not in RESUMABLE_CHANGES and spec.get(k) != ckpt.spec.get(k)
+    )
+    if diff:
+        raise CheckpointError(
+            f"checkpoint was written for a different spec (differs in: {', '.join(diff)})"
+        )

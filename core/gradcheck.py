@@ -1,0 +1,190 @@
+"""The gradient validator: manual backprop vs autograd vs central finite differences, float64.
+
+For every parameter tensor the report gives the largest absolute difference and the relative
+error ``max|a − b| / max(max|b|, 1e-12)`` of the manual gradient against autograd, and against
+central differences (f(θ + h) − f(θ − h)) / 2h on ``fd_samples`` coordinates drawn at random
+(all of them when ``fd_samples`` is None). A tensor passes when both errors are within their
+tolerances; the report passes when every tensor does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from core.backprop import backprop, forward
+from core.losses import loss_value
+
+FD_STEP = 1e-6  # central differences in float64: truncation O(h²) ≈ 1e-12, rounding ≈ ε/h ≈ 1e-10
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    name: str  # W1, b1, … W_L, b_L in the lecture's numbering
+    shape: list[int]
+    autograd_max_abs: float
+    autograd_rel: float
+    fd_max_abs: float | None
+    fd_rel: float | None
+    fd_coordinates: int
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    passed: bool
+    step: int
+    batch: int
+    tolerance: float
+    fd_tolerance: float
+    tensors: list[TensorCheck] = field(default_factory=list)
+
+    @property
+    def max_rel_error(self) -> float:
+        """Worst manual-vs-autograd relative error over all tensors."""
+        return max((t.autograd_rel for t in self.tensors), default=0.0)
+
+    @property
+    def max_fd_rel_error(self) -> float:
+        return max((t.fd_rel or 0.0 for t in self.tensors), default=0.0)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["max_rel_error"] = self.max_rel_error
+        d["max_fd_rel_error"] = self.max_fd_rel_error
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        worst = max(self.tensors, key=lambda t: t.autograd_rel, default=None)
+        where = f" (worst: {worst.name})" if worst else ""
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"gradient check {verdict} at step {self.step}:"
+            f" manual vs autograd rel {self.max_rel_error:.2e}"
+            f" (tol {self.tolerance:g}), vs finite differences rel {self.max_fd_rel_error:.2e}"
+            f" (tol {self.fd_tolerance:g}){where}"
+        )
+
+
+class GradcheckFailed(RuntimeError):
+    """Manual gradients disagree with autograd or finite differences beyond the tolerance."""
+
+    def __init__(self, report: GradcheckReport) -> None:
+        self.report = report
+        super().__init__(report.summary())
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    return diff, diff / max(float(b.abs().max()) if b.numel() else 0.0, 1e-12)
+
+
+def check_gradients(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    T: torch.Tensor,
+    *,
+    activation: str,
+    loss: str,
+    weight_decay: float = 0.0,
+    masks: Sequence[torch.Tensor] | None = None,
+    tolerance: float = 1e-8,
+    fd_tolerance: float = 1e-5,
+    fd_samples: int | None = 8,
+    step: int = 0,
+    seed: int = 0,
+) -> GradcheckReport:
+    """Check the manual gradients of one batch (encoded targets ``T``, see ``core.losses``).
+
+    Everything is copied to float64 first; the caller's tensors are not touched.
+    """
+    W = [w.detach().to(torch.float64).clone() for w in weights]
+    b = [v.detach().to(torch.float64).clone() for v in biases]
+    X64, T64 = X.detach().to(torch.float64), T.detach().to(torch.float64)
+    M64 = [m.detach().to(torch.float64) for m in masks] if masks is not None else None
+
+    def objective(Ws: Sequence[torch.Tensor], bs: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = forward(Ws, bs, X64, activation=activation, masks=M64)
+        value = loss_value(loss, out, T64)
+        if weight_decay:
+            value = value + weight_decay * sum((w * w).sum() for w in Ws)
+        return value
+
+    with torch.no_grad():
+        manual = [
+            g
+            for pair in backprop(
+                W,
+                b,
+                X64,
+                T64,
+                activation=activation,
+                loss=loss,
+                weight_decay=weight_decay,
+                masks=M64,
+            )
+            for g in pair
+        ]
+    L = len(W)
+    with torch.enable_grad():  # the training loop may call this under no_grad
+        leaves = [t.clone().requires_grad_(True) for t in W + b]
+        auto = torch.autograd.grad(objective(leaves[:L], leaves[L:]), leaves)
+
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
+    params = [p for pair in zip(W, b, strict=True) for p in pair]  # W1, b1, W2, b2, …
+    names = [f"{k}{i + 1}" for i in range(L) for k in ("W", "b")]
+    auto_by_param = [auto[i // 2] if i % 2 == 0 else auto[L + i // 2] for i in range(2 * L)]
+    checks: list[TensorCheck] = []
+    with torch.no_grad():
+        for name, p, g_manual, g_auto in zip(names, params, manual, auto_by_param, strict=True):
+            a_abs, a_rel = _rel(g_manual, g_auto)
+            fd_abs = fd_rel = None
+            flat = p.view(-1)
+            n = flat.numel()
+            coords = (
+                torch.arange(n)
+                if fd_samples is None or fd_samples >= n
+                else torch.randperm(n, generator=gen)[:fd_samples]
+            )
+            if fd_samples != 0 and len(coords):
+                numeric = torch.empty(len(coords), dtype=torch.float64)
+                for j, i in enumerate(coords.tolist()):
+                    orig = float(flat[i])
+                    flat[i] = orig + FD_STEP
+                    up = float(objective(W, b))
+                    flat[i] = orig - FD_STEP
+                    down = float(objective(W, b))
+                    flat[i] = orig
+                    numeric[j] = (up - down) / (2 * FD_STEP)
+                analytic = g_manual.reshape(-1)[coords]
+                fd_abs = float((analytic - numeric).abs().max())
+                scale = max(float(g_manual.abs().max()), 1e-8)
+                fd_rel = fd_abs / scale
+            passed = a_rel <= tolerance and (fd_rel is None or fd_rel <= fd_tolerance)
+            checks.append(
+                TensorCheck(
+                    name,
+                    list(p.shape),
+                    a_abs,
+                    a_rel,
+                    fd_abs,
+                    fd_rel,
+                    0 if fd_rel is None else len(coords),
+                    passed,
+                )
+            )
+    return GradcheckReport(
+        passed=all(c.passed for c in checks),
+        step=step,
+        batch=int(X.shape[0]),
+        tolerance=tolerance,
+        fd_tolerance=fd_tolerance,
+        tensors=checks,
+    )

@@ -1,0 +1,88 @@
+"""Losses on the network output ``F`` (n, k) and *encoded* targets ``T`` (n, k).
+
+Targets are encoded once per data set so that each loss and its gradient are a few tensor ops:
+
+============== ============================ ======================= ==============================
+loss           T                            mean loss               δ⁽ᴸ⁾ = ∂(mean loss)/∂F
+============== ============================ ======================= ==============================
+squared        one-hot (classes) or y (n,1) mean Σₖ (Tₖ − Fₖ)²      2(F − T)/n
+logistic       y ∈ {−1, +1}, shape (n, 1)   mean log(1 + e^(−yF))   −y·σ(−yF)/n
+cross_entropy  one-hot (n, K)               mean −Σₖ Tₖ log softmaxₖ (softmax(F) − T)/n
+============== ============================ ======================= ==============================
+
+The last row is why the output layer has no activation: softmax paired with cross-entropy
+(like the identity paired with the squared loss) makes the output error signal simply
+"prediction minus target".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+LOSSES = ("squared", "logistic", "cross_entropy")
+
+
+def output_width(loss: str, task: str, n_classes: int) -> int:
+    """Units of the output layer for this loss and task."""
+    if task == "regression":
+        return 1
+    if loss == "logistic":
+        if n_classes != 2:
+            raise ValueError(f"the logistic loss needs 2 classes, got {n_classes}")
+        return 1
+    return n_classes
+
+
+def encode_targets(loss: str, task: str, y: torch.Tensor, width: int) -> torch.Tensor:
+    """Class indices (int64, shape (n,)) or regression values (n,) → ``T`` of shape (n, width),
+    in the dtype the network computes in (float64 unless ``y`` is already floating)."""
+    dtype = y.dtype if y.is_floating_point() else torch.float64
+    if task == "regression":
+        return y.reshape(-1, 1).to(dtype)
+    if loss == "logistic":
+        # the lecture's labels: class 0 → −1, class 1 → +1
+        return (2.0 * y.to(dtype) - 1.0).reshape(-1, 1)
+    return nnf.one_hot(y.long(), width).to(dtype)
+
+
+def loss_value(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the batch (a 0-d tensor), differentiable by autograd."""
+    if loss == "squared":
+        return (F - T).pow(2).sum(dim=1).mean()
+    if loss == "logistic":
+        return nnf.softplus(-T * F).mean()
+    if loss == "cross_entropy":
+        return (torch.logsumexp(F, dim=1) - (T * F).sum(dim=1)).mean()
+    raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
+
+
+def loss_delta(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """δ⁽ᴸ⁾ = ∂(mean loss)/∂F, shape (n, k): the output layer's error signal, by hand."""
+    n = F.shape[0]
+    if loss == "squared":
+        return (F - T).mul_(2.0 / n)
+    if loss == "logistic":
+        return torch.sigmoid(-T * F).mul_(T).mul_(-1.0 / n)
+    if loss == "cross_entropy":
+        return torch.softmax(F, dim=1).sub_(T).mul_(1.0 / n)
+    raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
+
+
+def predict(loss: str, task: str, F: torch.Tensor) -> torch.Tensor:
+    """Class indices (classification) or values (regression, shape (n,)) from outputs F."""
+    if task == "regression":
+        return F[:, 0]
+    if loss == "logistic":
+        return (F[:, 0] > 0).long()
+    return F.argmax(dim=1)
+
+
+def probabilities(loss: str, F: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (n, K) from outputs F, for a classifier."""
+    if loss == "logistic":
+        p1 = torch.sigmoid(F[:, 0])
+        return torch.stack([1.0 - p1, p1], dim=1)
+    if loss == "squared":
+        return F  # a squared-loss classifier outputs scores, not probabilities
+    return torch.softmax(F, dim=1)

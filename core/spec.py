@@ -1,0 +1,452 @@
+"""The job contract: one pydantic model, ``JobSpec``, shared by the API, the queue and the workers.
+
+Every invalid value or combination raises :class:`InvalidSpec`, whose ``errors`` each carry a
+field path in the form users write it (``model.hidden[1]``) and what is allowed there.
+
+Load a spec with :func:`parse_spec` (a mapping), :func:`load_spec` (YAML or JSON text or a
+file). A spec with only a data set trains: every other section has a default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+Init = Literal["he", "xavier", "normal"]
+LossName = Literal["squared", "logistic", "cross_entropy"]
+Task = Literal["classification", "regression"]
+
+BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+SYNTHETIC_DATASETS = ("moons", "circles", "blobs", "xor", "spirals", "sine")
+FILE_DATASETS = ("csv", "upload")
+DatasetName = Literal[
+    "iris",
+    "wine",
+    "breast_cancer",
+    "digits",
+    "diabetes",
+    "moons",
+    "circles",
+    "blobs",
+    "xor",
+    "spirals",
+    "sine",
+    "csv",
+    "upload",
+]
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What is known about a data set before loading it: task, features and classes."""
+
+    task: Task
+    n_features: int | None
+    n_classes: int | None  # None for regression and for files, known only once loaded
+
+
+class FieldError(BaseModel):
+    """One problem in a spec: where it is (``model.hidden[1]``) and what is wrong."""
+
+    field: str
+    message: str
+
+
+class InvalidSpec(ValueError):
+    """A job spec that cannot run. ``errors`` lists every problem with its field path."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in self.errors))
+
+    @classmethod
+    def at(cls, field: str, message: str) -> InvalidSpec:
+        return cls([FieldError(field=field, message=message)])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class DatasetSpec(_Section):
+    """Which data to train on and how to split it.
+
+    ``name`` is a bundled real data set (scikit-learn's, read from the package), a synthetic
+    one with its parameters, ``csv`` (a file with a named ``target`` column, ``path``) or
+    ``upload`` (a data set uploaded to the service, by ``id``).
+    """
+
+    name: DatasetName
+    n_samples: int | None = Field(None, ge=10, le=1_000_000, description="synthetic sets only")
+    noise: float | None = Field(None, ge=0.0, le=10.0, description="synthetic sets only")
+    n_features: int | None = Field(None, ge=1, le=10_000, description="blobs only")
+    n_classes: int | None = Field(None, ge=2, le=1_000, description="blobs and spirals only")
+    path: str | None = Field(None, min_length=1, description="csv only")
+    id: str | None = Field(None, min_length=1, description="upload only")
+    target: str | None = Field(None, min_length=1, description="csv and upload: target column")
+    task: Task | None = Field(None, description="csv and upload: default from the target column")
+    validation_fraction: float = Field(0.2, ge=0.0, lt=0.9)
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.9)
+
+    @model_validator(mode="after")
+    def _combination(self) -> DatasetSpec:
+        errors: list[FieldError] = []
+        synthetic_only = {"n_samples": self.n_samples, "noise": self.noise}
+        if self.name not in SYNTHETIC_DATASETS:
+            for key, value in synthetic_only.items():
+                if value is not None:
+                    errors.append(_fe(key, f"only synthetic data sets take it, not {self.name!r}"))
+        if self.n_features is not None and self.name != "blobs":
+            errors.append(_fe("n_features", "only 'blobs' takes it"))
+        if self.n_classes is not None and self.name not in ("blobs", "spirals"):
+            errors.append(_fe("n_classes", "only 'blobs' and 'spirals' take it"))
+        if self.name == "csv" and self.path is None:
+            errors.append(_fe("path", "required for a csv data set"))
+        if self.name != "csv" and self.path is not None:
+            errors.append(_fe("path", "only a csv data set takes a path"))
+        if self.name == "upload" and self.id is None:
+            errors.append(_fe("id", "required for an uploaded data set"))
+        if self.name != "upload" and self.id is not None:
+            errors.append(_fe("id", "only an uploaded data set takes an id"))
+        if self.name in FILE_DATASETS and self.target is None:
+            errors.append(
+                _fe("target", f"required for a {self.name} data set: the column to predict")
+            )
+        if self.name not in FILE_DATASETS:
+            if self.target is not None:
+                errors.append(_fe("target", "only csv and upload data sets take a target column"))
+            if self.task is not None and self.task != dataset_shape(self).task:
+                errors.append(
+                    _fe("task", f"{self.name!r} is a {dataset_shape(self).task} data set")
+                )
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            errors.append(_fe("test_fraction", "validation_fraction + test_fraction must be < 0.9"))
+        if errors:
+            raise _Nested(errors)
+        return self
+
+
+class ModelSpec(_Section):
+    """The MLP: widths of the hidden layers, their activation and the weight initialisation."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    init: Init = "he"
+
+    @field_validator("hidden")
+    @classmethod
+    def _depth(cls, v: list[int]) -> list[int]:
+        if len(v) > 64:
+            raise ValueError("at most 64 hidden layers")
+        return v
+
+
+class ScheduleSpec(_Section):
+    """Learning-rate schedule, applied per epoch: constant, step (×gamma every step_size epochs)
+    or cosine (from lr down to min_lr over the epochs)."""
+
+    kind: Literal["constant", "step", "cosine"] = "constant"
+    step_size: PositiveInt = 10
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class OptimizerSpec(_Section):
+    """Minibatch SGD with (Nesterov) momentum."""
+
+    lr: float = Field(0.02, gt=0.0, le=1e9)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    epochs: int = Field(50, ge=1, le=100_000)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimizerSpec:
+        if self.nesterov and self.momentum == 0.0:
+            raise _Nested([_fe("nesterov", "needs momentum > 0")])
+        if self.schedule.min_lr > self.lr:
+            raise _Nested([_fe("schedule.min_lr", f"must not exceed lr ({self.lr})")])
+        return self
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop when the validation loss has not improved by min_delta for patience epochs."""
+
+    enabled: bool = True
+    patience: PositiveInt = 10
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = True
+
+
+class RegularizationSpec(_Section):
+    """``weight_decay`` is the lecture's λ: the objective is the mean minibatch loss plus
+    λ·Σ‖W⁽ˡ⁾‖² over the weight matrices (biases are not penalised), so it adds 2λW to each
+    weight gradient. ``dropout`` is the probability of dropping a hidden unit in training."""
+
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+
+
+class GradcheckSpec(_Section):
+    """The gradient validator: manual backprop vs autograd vs central differences, in float64,
+    on the live minibatch with its dropout masks. It runs before the first step when
+    ``at_start`` and then every ``every_steps`` optimizer steps (0: never again)."""
+
+    at_start: bool = True
+    every_steps: int = Field(1000, ge=0)
+    tolerance: float = Field(1e-8, gt=0.0, le=1.0, description="relative error, manual vs autograd")
+    fd_tolerance: float = Field(
+        1e-5, gt=0.0, le=1.0, description="relative error vs finite differences"
+    )
+    fd_samples: int = Field(
+        8, ge=0, le=100_000, description="coordinates per tensor checked by finite differences"
+    )
+    max_batch: int = Field(32, ge=1, le=4096)
+
+
+class ResourcesSpec(_Section):
+    """What one attempt reserves on the cluster; ``cpus`` also sets the training threads."""
+
+    cpus: float = Field(1.0, gt=0.0, le=512)
+    gpus: float = Field(0.0, ge=0.0, le=16)
+
+
+class JobSpec(_Section):
+    """A training job. Only ``dataset`` is required."""
+
+    name: str = Field("job", min_length=1, max_length=200)
+    experiment: str = Field("gradq", min_length=1, max_length=200)
+    dataset: DatasetSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossName | None = Field(None, description="default: cross_entropy or squared, by task")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    regularization: RegularizationSpec = Field(default_factory=RegularizationSpec)
+    engine: Literal["auto", "autograd", "manual"] = "auto"
+    gradcheck: GradcheckSpec = Field(default_factory=GradcheckSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    priority: int = Field(0, ge=-1000, le=1000)
+    max_attempts: int = Field(3, ge=1, le=100)
+    checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
+    register_as: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _combination(self) -> JobSpec:
+        shape = dataset_shape(self.dataset)
+        errors: list[FieldError] = []
+        if self.loss is not None:
+            if shape.task == "regression" and self.loss != "squared":
+                errors.append(
+                    _fe("loss", f"{self.loss!r} needs a classification task; use 'squared'")
+                )
+            if self.loss == "logistic" and shape.n_classes is not None and shape.n_classes != 2:
+                errors.append(
+                    _fe(
+                        "loss",
+                        f"'logistic' needs 2 classes, {self.dataset.name!r} has"
+                        f" {shape.n_classes}; use 'cross_entropy'",
+                    )
+                )
+        es = self.regularization.early_stopping
+        if es.enabled and self.dataset.validation_fraction == 0.0:
+            errors.append(
+                _fe(
+                    "regularization.early_stopping.enabled", "needs dataset.validation_fraction > 0"
+                )
+            )
+        if self.device == "cuda" and self.resources.gpus == 0:
+            errors.append(_fe("resources.gpus", "device 'cuda' needs gpus > 0"))
+        if self.device == "cpu" and self.resources.gpus > 0:
+            errors.append(_fe("resources.gpus", "device 'cpu' takes no gpus"))
+        if errors:
+            raise _Nested(errors)
+        return self
+
+    def resolved_loss(self, task: Task | None = None) -> LossName:
+        """The loss to train with: the spec's, or the task's default."""
+        if self.loss is not None:
+            return self.loss
+        task = task or dataset_shape(self.dataset).task
+        return "cross_entropy" if task == "classification" else "squared"
+
+    def hash_fields(self) -> str:
+        """Canonical JSON of the spec (with defaults), for idempotency comparisons."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and parsing
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """Service-wide limits a spec must stay within; the API builds them from its settings."""
+
+    max_parameters: int = 50_000_000
+    max_epochs: int = 100_000
+    max_hidden_layers: int = 64
+
+
+def count_parameters(layers: Sequence[int]) -> int:
+    """Weights and biases of an MLP whose layer widths, input first, are ``layers``."""
+    return sum(a * b + b for a, b in itertools.pairwise(layers))
+
+
+def estimated_parameters(spec: JobSpec) -> int:
+    """Parameters of the spec's model, with unknown input/output widths counted as 1."""
+    shape = dataset_shape(spec.dataset)
+    out = 1 if shape.task == "regression" else (shape.n_classes or 1)
+    if spec.resolved_loss() == "logistic":
+        out = 1
+    return count_parameters([shape.n_features or 1, *spec.model.hidden, out])
+
+
+def check_limits(spec: JobSpec, limits: SpecLimits) -> None:
+    errors: list[FieldError] = []
+    n = estimated_parameters(spec)
+    if n > limits.max_parameters:
+        errors.append(
+            FieldError(
+                field="model.hidden",
+                message=f"{n:,} parameters exceed the limit of {limits.max_parameters:,}",
+            )
+        )
+    if spec.optimizer.epochs > limits.max_epochs:
+        errors.append(
+            FieldError(field="optimizer.epochs", message=f"at most {limits.max_epochs} epochs")
+        )
+    if len(spec.model.hidden) > limits.max_hidden_layers:
+        errors.append(
+            FieldError(
+                field="model.hidden", message=f"at most {limits.max_hidden_layers} hidden layers"
+            )
+        )
+    if errors:
+        raise InvalidSpec(errors)
+
+
+def parse_spec(data: Any, *, limits: SpecLimits | None = None) -> JobSpec:
+    """Validate a mapping into a ``JobSpec``; every problem becomes an ``InvalidSpec`` error."""
+    if not isinstance(data, Mapping):
+        raise InvalidSpec.at("(root)", f"a job spec is a mapping, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InvalidSpec(_from_validation_error(exc)) from None
+    check_limits(spec, limits or SpecLimits())
+    return spec
+
+
+def load_spec(source: str | Path, *, limits: SpecLimits | None = None) -> JobSpec:
+    """Load a spec from a YAML or JSON file path, or from YAML/JSON text."""
+    text = source
+    if isinstance(source, Path) or (
+        isinstance(source, str)
+        and "\n" not in source
+        and source.endswith((".yaml", ".yml", ".json"))
+    ):
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InvalidSpec.at("(file)", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(str(text))  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise InvalidSpec.at("(root)", f"not valid YAML or JSON: {exc}") from None
+    return parse_spec(data, limits=limits)
+
+
+# ---------------------------------------------------------------------------------------------
+# What is known about each data set before loading it
+
+_BUILTIN_SHAPES: dict[str, DatasetShape] = {
+    "iris": DatasetShape("classification", 4, 3),
+    "wine": DatasetShape("classification", 13, 3),
+    "breast_cancer": DatasetShape("classification", 30, 2),
+    "digits": DatasetShape("classification", 64, 10),
+    "diabetes": DatasetShape("regression", 10, None),
+    "moons": DatasetShape("classification", 2, 2),
+    "circles": DatasetShape("classification", 2, 2),
+    "xor": DatasetShape("classification", 2, 2),
+    "sine": DatasetShape("regression", 1, None),
+}
+
+
+def dataset_shape(ds: DatasetSpec) -> DatasetShape:
+    if ds.name == "blobs":
+        return DatasetShape("classification", ds.n_features or 2, ds.n_classes or 3)
+    if ds.name == "spirals":
+        return DatasetShape("classification", 2, ds.n_classes or 2)
+    if ds.name in FILE_DATASETS:
+        return DatasetShape(ds.task or "classification", None, None)
+    return _BUILTIN_SHAPES[ds.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Error paths
+
+
+class _Nested(ValueError):
+    """Raised in a model validator: errors relative to that model, prefixed by its loc."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__(json.dumps([e.model_dump() for e in errors]))
+
+
+def _fe(field: str, message: str) -> FieldError:
+    return FieldError(field=field, message=message)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """``('model', 'hidden', 1)`` → ``model.hidden[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _from_validation_error(exc: ValidationError) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _Nested):
+            for inner in ctx_error.errors:
+                prefix = field_path(loc)
+                path = inner.field if prefix == "(root)" else f"{prefix}.{inner.field}"
+                errors.append(FieldError(field=path, message=inner.message))
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "literal_error":
+            expected = (err.get("ctx") or {}).get("expected", "")
+            message = f"got {err.get('input')!r}, allowed: {expected}"
+        elif err["type"] in ("float_parsing", "int_parsing", "finite_number"):
+            message = f"{message}, got {err.get('input')!r}"
+        errors.append(FieldError(field=field_path(loc), message=message))
+    return errors
