@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as nnf
 
 from core.activations import get_activation
 from core.losses import encode_targets, loss_delta
@@ -74,11 +75,16 @@ def backprop(
     loss: str,
     weight_decay: float = 0.0,
     masks: Sequence[torch.Tensor] | None = None,
+    out: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(∇W⁽ˡ⁾, ∇b⁽ˡ⁾) for l = 1 … L, from encoded targets ``T`` (see ``core.losses``).
 
-    The training loop calls this directly (targets are encoded once per data set).
+    The training loop calls this directly (targets are encoded once per data set) with
+    ``out`` = [∇W⁽¹⁾, ∇b⁽¹⁾, …] buffers to fill in place; it then adds the weight decay itself
+    (one operation on its flat gradient), so ``weight_decay`` must be 0 with ``out``.
     """
+    if out is not None and weight_decay:
+        raise ValueError("with out=, the caller adds the weight decay")
     act = get_activation(activation)
     L = len(weights)
     # forward: keep Z⁽ˡ⁾ and H⁽ˡ⁾ for the backward pass
@@ -86,21 +92,26 @@ def backprop(
     zs: list[torch.Tensor] = []  # Z⁽ˡ⁾
     phis: list[torch.Tensor] = []  # φ(Z⁽ˡ⁾), unmasked: σ′ and tanh′ are cheapest from it
     for l in range(L - 1):
-        z = torch.addmm(biases[l], hs[-1], weights[l].t())
+        z = nnf.linear(hs[-1], weights[l], biases[l])
         phi = act.forward(z)
         zs.append(z)
         phis.append(phi)
         hs.append(phi * masks[l] if masks is not None else phi)
-    F = torch.addmm(biases[-1], hs[-1], weights[-1].t())
+    F = nnf.linear(hs[-1], weights[-1], biases[-1])
 
     # backward: Δ⁽ᴸ⁾ from the loss, then one new factor per layer
     delta = loss_delta(loss, F, T)
     grads: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * L
     for l in range(L - 1, -1, -1):
-        gw = delta.t().mm(hs[l])
-        if weight_decay:
-            gw.add_(weights[l], alpha=2.0 * weight_decay)
-        grads[l] = (gw, delta.sum(dim=0))
+        if out is not None:
+            gw = torch.mm(delta.t(), hs[l], out=out[2 * l])
+            gb = torch.sum(delta, dim=0, out=out[2 * l + 1])
+        else:
+            gw = delta.t().mm(hs[l])
+            if weight_decay:
+                gw.add_(weights[l], alpha=2.0 * weight_decay)
+            gb = delta.sum(dim=0)
+        grads[l] = (gw, gb)
         if l > 0:
             g = delta.mm(weights[l])  # (Δ⁽ˡ⁺¹⁾ W⁽ˡ⁺¹⁾) in the lecture's numbering
             if masks is not None:

@@ -84,6 +84,11 @@ class CallbackList:
         ]
 
     @property
+    def wants_checkpoints(self) -> bool:
+        """Whether any callback takes checkpoints (building one copies the state)."""
+        return any(type(c).on_checkpoint is not Callback.on_checkpoint for c in self.callbacks)
+
+    @property
     def has_should_stop(self) -> bool:
         return bool(self._stoppers)
 

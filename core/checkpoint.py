@@ -49,8 +49,8 @@ class Checkpoint:
                 "spec": json.dumps(self.spec),
                 "epoch": self.epoch,
                 "step": self.step,
-                "params": [p.detach().cpu() for p in self.params],
-                "momentum": [m.detach().cpu() for m in self.momentum],
+                "params": [_own(p) for p in self.params],
+                "momentum": [_own(m) for m in self.momentum],
                 "batch_rng": self.batch_rng.cpu(),
                 "dropout_rng": self.dropout_rng.cpu(),
                 "best_loss": self.best_loss,
@@ -58,7 +58,7 @@ class Checkpoint:
                 "bad_epochs": self.bad_epochs,
                 "best_params": None
                 if self.best_params is None
-                else [p.detach().cpu() for p in self.best_params],
+                else [_own(p) for p in self.best_params],
                 "history": json.dumps(self.history),
             },
             buf,
@@ -101,6 +101,11 @@ class Checkpoint:
             return cls.from_bytes(Path(path).read_bytes())
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy with storage of its own: a view would save its whole base buffer."""
+    return t.detach().to("cpu", copy=True).contiguous()
 
 
 # Spec sections that may differ between the run that wrote a checkpoint and the one resuming it.

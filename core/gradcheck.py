@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from core.backprop import backprop, forward
-from core.losses import loss_value
+from core.data import Dataset, load_dataset
+from core.losses import encode_targets, loss_value, output_width
+from core.model import build_mlp, sample_masks
+from core.spec import JobSpec
 
 FD_STEP = 1e-6  # central differences in float64: truncation O(h²) ≈ 1e-12, rounding ≈ ε/h ≈ 1e-10
 
@@ -187,4 +190,49 @@ def check_gradients(
         tolerance=tolerance,
         fd_tolerance=fd_tolerance,
         tensors=checks,
+    )
+
+
+def check_spec(
+    spec: JobSpec,
+    *,
+    batch_size: int = 16,
+    fd_samples: int | None = None,
+    data: Dataset | None = None,
+) -> GradcheckReport:
+    """The instructor's proof for a spec, without training: the spec's model, freshly
+    initialised, on the first ``batch_size`` training rows, with dropout masks when the spec
+    has dropout, checked in float64 against autograd and (all, by default) central differences.
+    """
+    data = data if data is not None else load_dataset(spec.dataset, seed=spec.seed)
+    loss = spec.resolved_loss(data.task)
+    width = output_width(loss, data.task, data.n_classes)
+    gen = torch.Generator().manual_seed(spec.seed)
+    model = build_mlp(
+        spec.model,
+        data.n_features,
+        width,
+        dropout=spec.regularization.dropout,
+        generator=gen,
+        dtype=torch.float64,
+    )
+    X = torch.as_tensor(data.X_train[:batch_size], dtype=torch.float64)
+    y = torch.as_tensor(data.y_train[:batch_size])
+    if data.task == "regression":
+        y = y.to(torch.float64)
+    T = encode_targets(loss, data.task, y, width)
+    masks = sample_masks(model, X.shape[0], generator=gen)
+    return check_gradients(
+        model.weights,
+        model.biases,
+        X,
+        T,
+        activation=spec.model.activation,
+        loss=loss,
+        weight_decay=spec.regularization.weight_decay,
+        masks=masks,
+        tolerance=spec.gradcheck.tolerance,
+        fd_tolerance=spec.gradcheck.fd_tolerance,
+        fd_samples=fd_samples,
+        seed=spec.seed,
     )

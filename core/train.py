@@ -30,7 +30,7 @@ from core.evaluate import evaluate, layer_diagnostics
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
-from core.optim import SGD, learning_rate
+from core.optim import SGD, FlatParameters, learning_rate
 from core.spec import JobSpec
 
 TRAIN_EVAL_ROWS = 20_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
@@ -140,10 +140,11 @@ def train(
         generator=torch.Generator().manual_seed(spec.seed),
         dtype=dtype,
     ).to(device)
-    params: list[torch.Tensor] = list(model.parameters())
-    weights = model.weights
-    biases = model.biases
-    sgd = SGD(params, momentum=opt.momentum, nesterov=opt.nesterov)
+    flat = FlatParameters(model)
+    params, grad_views = flat.params, flat.grads
+    weights, biases = model.weights, model.biases
+    decay = flat.decay_mask(wd)
+    sgd = SGD(flat, momentum=opt.momentum, nesterov=opt.nesterov)
     batch_gen = torch.Generator().manual_seed(spec.seed + 1)
     drop_gen = torch.Generator(device=device).manual_seed(spec.seed + 2)
 
@@ -159,8 +160,8 @@ def train(
         with torch.no_grad():
             for p, saved in zip(params, resume_from.params, strict=True):
                 p.copy_(saved)
-            for b, saved in zip(sgd.buffers, resume_from.momentum, strict=True):
-                b.copy_(saved)
+            (saved_momentum,) = resume_from.momentum
+            sgd.buffer.copy_(saved_momentum)
         batch_gen.set_state(resume_from.batch_rng)
         drop_gen.set_state(resume_from.dropout_rng)
         start_epoch, step = resume_from.epoch, resume_from.step
@@ -198,27 +199,14 @@ def train(
         if not report.passed:
             raise GradcheckFailed(report)
 
-    def autograd_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> list[torch.Tensor]:
+    def autograd_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
+        flat.grad.zero_()  # autograd accumulates into the views of flat.grad
         out: torch.Tensor = model(Xb, masks)
-        value = loss_value(loss, out, Tb)
-        grads = list(torch.autograd.grad(value, params))
-        if wd:  # the gradient of λ‖W‖² is 2λW: added here rather than traced
-            for i in range(0, len(grads), 2):
-                grads[i].add_(params[i].detach(), alpha=2.0 * wd)
-        return grads
+        loss_value(loss, out, Tb).backward()
 
-    def manual_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> list[torch.Tensor]:
-        pairs = backprop(
-            weights,
-            biases,
-            Xb,
-            Tb,
-            activation=spec.model.activation,
-            loss=loss,
-            weight_decay=wd,
-            masks=masks,
-        )
-        return [g for pair in pairs for g in pair]
+    def manual_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
+        act = spec.model.activation
+        backprop(weights, biases, Xb, Tb, activation=act, loss=loss, masks=masks, out=grad_views)
 
     compute = manual_grads if engine == "manual" else autograd_grads
     stop_checks = cbs.has_should_stop
@@ -234,7 +222,6 @@ def train(
         t0 = time.perf_counter()
         before = [w.detach().clone() for w in weights]
         perm = torch.randperm(n, generator=batch_gen).to(device)
-        grads: list[torch.Tensor] = []
         with torch.no_grad() if engine == "manual" else torch.enable_grad():
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
@@ -244,11 +231,13 @@ def train(
                     gc.every_steps and step and step % gc.every_steps == 0
                 ):
                     validate(Xb, Tb, masks)
-                grads = compute(Xb, Tb, masks)
-                check = float(grads[-1].sum())  # ∇b⁽ᴸ⁾ is Σ Δ⁽ᴸ⁾: NaN or inf iff the loss is
+                compute(Xb, Tb, masks)
+                check = float(grad_views[-1].sum())  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: not finite iff F is not
                 if not math.isfinite(check):
                     raise Diverged(epoch + 1, step + 1, check)
-                sgd.step(grads, lr)
+                if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
+                    flat.grad.addcmul_(decay, flat.data)
+                sgd.step(lr)
                 step += 1
                 if stop_checks and cbs.should_stop():
                     status = "cancelled"
@@ -273,7 +262,7 @@ def train(
             lr=lr,
             seconds=seconds,
             samples_per_s=n / seconds if seconds > 0 else float("inf"),
-            grad_norm=float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))),
+            grad_norm=float(torch.linalg.vector_norm(flat.grad)),
             train={k: v for k, v in train_m.items()},
             val=val_m,
             layers=diags,
@@ -294,14 +283,14 @@ def train(
             stop_early = reg.early_stopping.enabled and bad_epochs >= reg.early_stopping.patience
         cbs.on_epoch_end(record)
         last = stop_early or epoch + 1 == opt.epochs
-        if (epoch + 1) % spec.checkpoint_every == 0 or last:
+        if cbs.wants_checkpoints and ((epoch + 1) % spec.checkpoint_every == 0 or last):
             cbs.on_checkpoint(
                 Checkpoint(
                     spec=spec_dict,
                     epoch=epoch + 1,
                     step=step,
                     params=params,
-                    momentum=sgd.buffers,
+                    momentum=[sgd.buffer],
                     batch_rng=batch_gen.get_state(),
                     dropout_rng=drop_gen.get_state(),
                     best_loss=best_loss,

@@ -1,0 +1,187 @@
+"""The ``gradq`` command.
+
+``gradq train job.yaml`` trains locally with a live progress bar; ``gradq gradcheck job.yaml``
+prints the validator's table per layer; ``gradq db upgrade`` applies the migrations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.callbacks import Callback, EpochRecord
+from core.checkpoint import Checkpoint, CheckpointError
+from core.gradcheck import GradcheckFailed, GradcheckReport, check_spec
+from core.spec import InvalidSpec, JobSpec, load_spec
+
+app = typer.Typer(
+    help="gradq: train MLPs with a hand-written, gradient-checked backprop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _mount_db() -> None:
+    try:
+        from db.cli import db_app
+    except ImportError:  # the queue is optional for local training
+        return
+    app.add_typer(db_app, name="db")
+
+
+_mount_db()
+
+
+def _load(job: Path) -> JobSpec:
+    try:
+        return load_spec(job)
+    except InvalidSpec as exc:
+        err.print(f"[bold red]invalid job spec[/] {job}:")
+        for e in exc.errors:
+            err.print(f"  [yellow]{e.field}[/]: {e.message}")
+        raise typer.Exit(2) from None
+
+
+class ProgressCallback(Callback):
+    """A live bar: epoch of epochs, losses and the validation score."""
+
+    def __init__(self, progress: Progress, epochs: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("training", total=epochs, metrics="")
+
+    def on_train_start(
+        self, *, spec: JobSpec, engine: str, device: str, n_train: int, resumed_epoch: int
+    ) -> None:
+        self.progress.update(
+            self.task, completed=resumed_epoch, description=f"{spec.name} [{engine}, {device}]"
+        )
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        score = (
+            f"val acc {record.val['accuracy']:.4f}"
+            if "accuracy" in record.val
+            else f"val rmse {record.val.get('rmse', float('nan')):.4g}"
+        )
+        val_loss = record.val.get("loss", float("nan"))
+        text = f"loss {record.train['loss']:.4f}  val loss {val_loss:.4f}  {score}"
+        self.progress.update(self.task, completed=record.epoch, metrics=text)
+
+    def on_gradcheck(self, report: GradcheckReport) -> None:
+        style = "green" if report.passed else "red"
+        self.progress.console.print(f"[{style}]{report.summary()}[/]")
+
+
+class CheckpointWriter(Callback):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        checkpoint.save(self.folder / "last.pt")
+
+
+@app.command()
+def train(
+    job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="write last.pt here")] = None,
+    resume: Annotated[Path | None, typer.Option(help="resume from this checkpoint")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Train a job locally, without the service, with a live progress bar."""
+    from core.train import Diverged
+    from core.train import train as run
+
+    spec = _load(job)
+    try:
+        start = Checkpoint.load(resume) if resume else None
+    except CheckpointError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    callbacks: list[Callback] = [CheckpointWriter(checkpoint_dir)] if checkpoint_dir else []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, disable=as_json) as progress:
+            callbacks.append(ProgressCallback(progress, spec.optimizer.epochs))
+            result = run(spec, callbacks=callbacks, resume_from=start)
+    except (Diverged, GradcheckFailed, CheckpointError, InvalidSpec) as exc:
+        err.print(f"[bold red]failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    summary: dict[str, Any] = {
+        "status": result.status,
+        "engine": result.engine,
+        "device": result.device,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "best_epoch": result.best_epoch,
+        "metrics": result.metrics,
+    }
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    table = Table(
+        title=f"{spec.name}: {result.status} after {result.epochs} epochs, {result.steps} steps"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
+@app.command()
+def gradcheck(
+    job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
+    batch: Annotated[int, typer.Option(help="rows of the training data to check on")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check the manual backprop against autograd and finite differences, per layer."""
+    spec = _load(job)
+    report = check_spec(spec, batch_size=batch)
+    if as_json:
+        console.print_json(report.to_json())
+    else:
+        table = Table(title=f"gradient check of {spec.name} (float64, batch {report.batch})")
+        for col in (
+            "tensor",
+            "shape",
+            "|manual−autograd|",
+            "rel. error",
+            "|manual−FD|",
+            "rel. error (FD)",
+            "coords",
+            "ok",
+        ):
+            table.add_column(col, justify="right")
+        for t in report.tensors:
+            table.add_row(
+                t.name,
+                "×".join(map(str, t.shape)),
+                f"{t.autograd_max_abs:.2e}",
+                f"{t.autograd_rel:.2e}",
+                f"{t.fd_max_abs or 0:.2e}",
+                f"{t.fd_rel or 0:.2e}",
+                str(t.fd_coordinates),
+                "[green]yes[/]" if t.passed else "[red]NO[/]",
+            )
+        console.print(table)
+        console.print(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

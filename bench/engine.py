@@ -1,0 +1,282 @@
+"""Engine benchmark: gradq's engines against scikit-learn and a plain PyTorch loop, one run.
+
+    .venv/bin/python bench/engine.py            # the table
+    .venv/bin/python bench/engine.py --json     # the same figures as JSON
+    .venv/bin/python bench/engine.py --device cuda   # the same rows on a CUDA GPU
+
+Reference job: digits, hidden [64, 64], relu, batch 32, SGD lr 0.05 momentum 0.9, weight decay
+1e-4 (λ‖W‖², which is scikit-learn's alpha = 2λ·batch), 50 epochs, one thread. gradq's figures
+include the gradient validator at its default cadence and the per-epoch evaluation. A second
+set of rows, compute-bound (hidden [1024]*4, batch 1024), compares achieved GFLOP/s with
+``torch.mm`` at the same shapes, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import itertools
+
+from core.callbacks import Callback, EpochRecord
+from core.data import Dataset, load_dataset
+from core.spec import parse_spec
+from core.train import train
+
+HIDDEN = [64, 64]
+LR, MOMENTUM, WD, BATCH, EPOCHS = 0.05, 0.9, 1e-4, 32, 50
+
+
+def reference_spec(engine: str, device: str, epochs: int) -> Any:
+    return parse_spec(
+        {
+            "dataset": "digits",
+            "model": {"hidden": HIDDEN, "activation": "relu"},
+            "optimizer": {"lr": LR, "momentum": MOMENTUM, "batch_size": BATCH, "epochs": epochs},
+            "regularization": {"weight_decay": WD, "early_stopping": {"enabled": False}},
+            "engine": engine,
+            "device": device,
+            "resources": {"cpus": 1, "gpus": 1 if device == "cuda" else 0},
+        }
+    )
+
+
+def steps_per_run(n: int, epochs: int) -> int:
+    return epochs * -(-n // BATCH)
+
+
+def run_sklearn(data: Dataset, epochs: int) -> dict[str, float]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=tuple(HIDDEN),
+        activation="relu",
+        solver="sgd",
+        learning_rate_init=LR,
+        momentum=MOMENTUM,
+        nesterovs_momentum=False,
+        alpha=2 * WD * BATCH,
+        batch_size=BATCH,
+        max_iter=epochs,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        early_stopping=False,
+        shuffle=True,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t0 = time.perf_counter()
+        clf.fit(data.X_train, data.y_train)
+        seconds = time.perf_counter() - t0
+    acc = float((clf.predict(data.X_test) == data.y_test).mean())
+    return {"seconds": seconds, "steps": steps_per_run(len(data.X_train), epochs), "accuracy": acc}
+
+
+def run_torch(data: Dataset, epochs: int, device: str) -> dict[str, float]:
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    X = torch.as_tensor(data.X_train, dtype=torch.float32, device=dev)
+    y = torch.as_tensor(data.y_train, device=dev)
+    k = int(data.y_train.max()) + 1
+    model = torch.nn.Sequential(
+        torch.nn.Linear(X.shape[1], HIDDEN[0]),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN[0], HIDDEN[1]),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN[1], k),
+    ).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=2 * WD)
+    n, steps = X.shape[0], 0
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(n, device=dev)
+        for s in range(0, n, BATCH):
+            idx = perm[s : s + BATCH]
+            loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+    sync()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        Xt = torch.as_tensor(data.X_test, dtype=torch.float32, device=dev)
+        acc = float((model(Xt).argmax(1).cpu().numpy() == data.y_test).mean())
+    return {"seconds": seconds, "steps": steps, "accuracy": acc}
+
+
+def run_gradq(data: Dataset, epochs: int, engine: str, device: str) -> dict[str, float]:
+    spec = reference_spec(engine, device, epochs)
+    sync()
+    t0 = time.perf_counter()
+    result = train(spec, data=data)
+    sync()
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "steps": result.steps,
+        "accuracy": result.metrics["test_accuracy"],
+        "gradchecks": len(result.gradchecks),
+    }
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepTimer(Callback):
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.seconds += record.seconds
+        self.steps = record.step
+
+
+def compute_bound(device: str, engine: str, width: int, depth: int, batch: int) -> dict[str, float]:
+    """GFLOP/s of gradq's training steps (epoch time, evaluation excluded) on a wide MLP."""
+    n_features, classes, rows = 256, 10, batch * 12
+    spec = parse_spec(
+        {
+            "dataset": {
+                "name": "blobs",
+                "n_samples": int(rows / 0.9) + 2,
+                "n_features": n_features,
+                "n_classes": classes,
+                "validation_fraction": 0.05,
+                "test_fraction": 0.05,
+            },
+            "model": {"hidden": [width] * depth, "activation": "relu"},
+            "optimizer": {"lr": 0.01, "batch_size": batch, "epochs": 1},
+            "regularization": {"weight_decay": WD, "early_stopping": {"enabled": False}},
+            "engine": engine,
+            "device": device,
+            "resources": {"cpus": 1, "gpus": 1 if device == "cuda" else 0},
+        }
+    )
+    timer = StepTimer()
+    train(spec, callbacks=[timer])
+    widths = [n_features, *([width] * depth), classes]
+    flops_step = training_flops(widths, batch)
+    return {
+        "gflops": flops_step * timer.steps / timer.seconds / 1e9,
+        "steps": timer.steps,
+        "flops_per_step": flops_step,
+    }
+
+
+def training_flops(widths: list[int], batch: int) -> float:
+    """Matrix-multiply FLOPs of one step: forward, ∇W, and Δ for every layer but the first."""
+    layers = list(itertools.pairwise(widths))
+    fwd = sum(2.0 * batch * a * b for a, b in layers)
+    back_delta = sum(2.0 * batch * a * b for a, b in layers[1:])
+    return fwd + fwd + back_delta
+
+
+def mm_anchor(device: str, widths: list[int], batch: int, repeats: int = 10) -> float:
+    """GFLOP/s of ``torch.mm`` doing exactly one step's multiplications, ``repeats`` times."""
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shapes = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        shapes.append(((batch, a), (a, b)))  # Z = H Wᵀ
+        shapes.append(((b, batch), (batch, a)))  # ∇W = Δᵀ H
+        if i > 0:
+            shapes.append(((batch, b), (b, a)))  # Δ W
+    mats = [
+        (torch.randn(*s1, generator=g).to(dev), torch.randn(*s2, generator=g).to(dev))
+        for s1, s2 in shapes
+    ]
+    for x, w in mats:
+        torch.mm(x, w)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for x, w in mats:
+            torch.mm(x, w)
+    sync()
+    seconds = time.perf_counter() - t0
+    return training_flops(widths, batch) * repeats / seconds / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--skip-compute-bound", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data = load_dataset(parse_spec({"dataset": "digits"}).dataset, seed=0)
+    rows: dict[str, dict[str, float]] = {}
+    with threadpool_limits(limits=1):
+        if args.device == "cpu":
+            rows["scikit-learn MLPClassifier"] = run_sklearn(data, args.epochs)
+        rows["PyTorch autograd loop"] = run_torch(data, args.epochs, args.device)
+        rows["gradq engine=autograd"] = run_gradq(data, args.epochs, "autograd", args.device)
+        rows["gradq engine=manual"] = run_gradq(data, args.epochs, "manual", args.device)
+        anchor_name = (
+            "scikit-learn MLPClassifier" if args.device == "cpu" else "PyTorch autograd loop"
+        )
+        anchor = rows[anchor_name]["steps"] / rows[anchor_name]["seconds"]
+        for r in rows.values():
+            r["steps_per_s"] = r["steps"] / r["seconds"]
+            r["ratio"] = r["steps_per_s"] / anchor
+        compute: dict[str, dict[str, float]] = {}
+        if not args.skip_compute_bound:
+            width, depth, batch = 1024, 4, 1024
+            mm = mm_anchor(args.device, [256, *([width] * depth), 10], batch)
+            compute["torch.mm, same shapes"] = {"gflops": mm, "ratio": 1.0}
+            for engine in ("autograd", "manual"):
+                r = compute_bound(args.device, engine, width, depth, batch)
+                r["ratio"] = r["gflops"] / mm
+                compute[f"gradq engine={engine}"] = r
+    report = {
+        "machine": f"{platform.machine()}, 1 thread, torch {torch.__version__}",
+        "device": args.device,
+        "reference_job": {
+            "dataset": "digits",
+            "hidden": HIDDEN,
+            "activation": "relu",
+            "batch": BATCH,
+            "lr": LR,
+            "momentum": MOMENTUM,
+            "weight_decay": WD,
+            "epochs": args.epochs,
+        },
+        "anchor": anchor_name,
+        "rows": rows,
+        "compute_bound": compute,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"Reference job on {args.device} ({report['machine']}), {args.epochs} epochs")
+    print(f"{'':30s} {'steps/s':>10s} {'× ' + anchor_name.split()[0]:>16s} {'test acc':>9s}")
+    for name, r in rows.items():
+        print(f"{name:30s} {r['steps_per_s']:10.0f} {r['ratio']:15.2f}× {r['accuracy']:9.4f}")
+    if compute:
+        print("\nCompute-bound job: hidden [1024]*4, batch 1024")
+        print(f"{'':30s} {'GFLOP/s':>10s} {'× torch.mm':>16s}")
+        for name, r in compute.items():
+            print(f"{name:30s} {r['gflops']:10.1f} {r['ratio']:15.2f}×")
+
+
+if __name__ == "__main__":
+    main()

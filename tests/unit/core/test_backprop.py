@@ -1,0 +1,147 @@
+"""The hand-written backprop equals autograd and central differences, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.activations import ACTIVATIONS
+from core.backprop import manual_gradients
+from core.gradcheck import check_gradients
+from core.losses import LOSSES, encode_targets, loss_value
+from core.model import build_mlp, sample_masks
+from core.spec import ModelSpec
+
+REL_TOL = 1e-10  # manual vs autograd, float64
+FD_TOL = 1e-6  # manual vs central differences (h = 1e-6), float64
+
+
+def _problem(
+    seed: int, hidden: list[int], activation: str, loss: str, n: int, dropout: float, d: int = 3
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor] | None, str]:
+    g = torch.Generator().manual_seed(seed)
+    regression = loss == "squared" and seed % 2 == 0
+    classes = 2 if loss == "logistic" else 3
+    width = 1 if regression or loss == "logistic" else classes
+    model = build_mlp(
+        ModelSpec(hidden=hidden, activation=activation),
+        d,
+        width,
+        dropout=dropout,
+        generator=g,
+        dtype=torch.float64,
+    )
+    with torch.no_grad():  # non-zero biases so that they matter
+        for b in model.biases:
+            b.normal_(0.0, 0.1, generator=g)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = (
+        torch.randn(n, generator=g, dtype=torch.float64)
+        if regression
+        else torch.randint(0, classes, (n,), generator=g)
+    )
+    masks = sample_masks(model, n, generator=g)
+    return model, X, y, masks, "regression" if regression else "classification"
+
+
+def _autograd(model, X, y, masks, loss, task, wd):  # type: ignore[no-untyped-def]
+    T = encode_targets(loss, task, y, model.widths[-1])
+    value = loss_value(loss, model(X, masks), T)
+    value = value + wd * sum((w * w).sum() for w in model.weights)
+    return torch.autograd.grad(value, list(model.parameters()))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    hidden=st.lists(st.integers(1, 7), min_size=0, max_size=3),
+    activation=st.sampled_from(sorted(ACTIVATIONS)),
+    loss=st.sampled_from(LOSSES),
+    n=st.integers(1, 9),
+    weight_decay=st.sampled_from([0.0, 1e-3, 0.5]),
+    dropout=st.sampled_from([0.0, 0.3, 0.7]),
+)
+def test_manual_equals_autograd(
+    seed: int,
+    hidden: list[int],
+    activation: str,
+    loss: str,
+    n: int,
+    weight_decay: float,
+    dropout: float,
+) -> None:
+    model, X, y, masks, task = _problem(seed, hidden, activation, loss, n, dropout)
+    manual = manual_gradients(
+        model, X, y, loss=loss, weight_decay=weight_decay, dropout_masks=masks
+    )
+    auto = _autograd(model, X, y, masks, loss, task, weight_decay)
+    assert len(manual) == len(auto) == 2 * (len(hidden) + 1)
+    for m, a, p in zip(manual, auto, model.parameters(), strict=True):
+        assert m.shape == p.shape and m.dtype == torch.float64
+        scale = max(float(a.abs().max()), 1e-300)
+        assert float((m - a).abs().max()) / scale < REL_TOL or float((m - a).abs().max()) < 1e-15
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize(("weight_decay", "dropout"), [(0.0, 0.0), (0.01, 0.0), (0.01, 0.5)])
+def test_manual_equals_central_differences_every_coordinate(
+    activation: str, loss: str, weight_decay: float, dropout: float
+) -> None:
+    model, X, y, masks, task = _problem(7, [5, 4], activation, loss, 6, dropout)
+    T = encode_targets(loss, task, y, model.widths[-1])
+    report = check_gradients(
+        model.weights,
+        model.biases,
+        X,
+        T,
+        activation=activation,
+        loss=loss,
+        weight_decay=weight_decay,
+        masks=masks,
+        tolerance=REL_TOL,
+        fd_tolerance=FD_TOL,
+        fd_samples=None,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(t.fd_coordinates for t in report.tensors) == n_params
+    assert report.passed, report.to_json()
+    assert report.max_rel_error < REL_TOL
+    assert report.max_fd_rel_error < FD_TOL
+
+
+def test_validator_catches_a_wrong_derivative(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deliberately wrong tanh′ must fail both comparisons, naming the layers it broke."""
+    import core.activations as acts
+
+    broken = acts.ActivationFn(
+        "tanh", torch.tanh, lambda z, h, g: g * (1.0 - h), torch.nn.Tanh
+    )  # tanh′ is 1 − h², not 1 − h
+    monkeypatch.setitem(acts.ACTIVATIONS, "tanh", broken)
+    model, X, y, _masks, task = _problem(3, [4, 4], "tanh", "cross_entropy", 5, 0.0)
+    T = encode_targets("cross_entropy", task, y, model.widths[-1])
+    report = check_gradients(
+        model.weights,
+        model.biases,
+        X,
+        T,
+        activation="tanh",
+        loss="cross_entropy",
+        fd_samples=None,
+    )
+    assert not report.passed
+    failed = {t.name for t in report.tensors if not t.passed}
+    assert {"W1", "b1", "W2", "b2"} <= failed  # everything below the last hidden layer
+    assert "W3" not in failed and "b3" not in failed  # the output layer needs no φ′
+    assert report.to_dict()["passed"] is False and "FAILED" in report.summary()
+
+
+def test_output_delta_is_prediction_minus_target_for_softmax_cross_entropy() -> None:
+    """With no hidden layer, ∇b = Σ (softmax(F) − onehot)/n, the pair named in core.losses."""
+    model, X, y, _, _task = _problem(11, [], "identity", "cross_entropy", 4, 0.0)
+    grads = manual_gradients(model, X, y, loss="cross_entropy")
+    F = model(X)
+    expected = (torch.softmax(F, 1) - torch.nn.functional.one_hot(y, 3)).sum(0) / 4
+    torch.testing.assert_close(grads[1], expected.detach(), rtol=0, atol=1e-15)
