@@ -13,21 +13,24 @@ set of rows, compute-bound (hidden [1024]*4, batch 1024), compares achieved GFLO
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
+
 import argparse
+import itertools
 import json
 import platform
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from threadpoolctl import threadpool_limits
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import itertools
 
 from core.callbacks import Callback, EpochRecord
 from core.data import Dataset, load_dataset

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 
 LEAKY_SLOPE = 0.01  # slope of leaky_relu for z < 0
+# ATen's own backward kernels, bound once (an overload skips the per-call overload lookup)
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+_LEAKY_BACKWARD = torch.ops.aten.leaky_relu_backward.default
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,11 @@ class ActivationFn:
 
 def _relu_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     # relu′(z) = 1 for z > 0, 0 otherwise (the subgradient 0 at z = 0, as autograd takes it)
-    return torch.ops.aten.threshold_backward(g, z, 0.0)
+    return _THRESHOLD_BACKWARD(g, z, 0.0)
 
 
 def _leaky_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten.leaky_relu_backward(g, z, LEAKY_SLOPE, False)
+    return _LEAKY_BACKWARD(g, z, LEAKY_SLOPE, False)
 
 
 def _sigmoid_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ class SGD:
         """In place on buffers no autograd graph records: no ``no_grad`` needed (or paid)."""
         g = self.flat.grad
         if self.momentum:
-            self.buffer.mul_(self.momentum).add_(g)
+            torch.add(g, self.buffer, alpha=self.momentum, out=self.buffer)  # v ← g + μv
             if self.nesterov:
                 g.add_(self.buffer, alpha=self.momentum)
                 direction = g

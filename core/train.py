@@ -225,7 +225,7 @@ def train(
         with torch.no_grad() if engine == "manual" else torch.enable_grad():
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
-                Xb, Tb = X[idx], T[idx]
+                Xb, Tb = X.index_select(0, idx), T.index_select(0, idx)
                 masks = sample_masks(model, Xb.shape[0], generator=drop_gen)
                 if (gc.at_start and step == 0) or (
                     gc.every_steps and step and step % gc.every_steps == 0

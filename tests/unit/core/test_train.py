@@ -218,3 +218,22 @@ def test_spec_roundtrip_through_checkpoint_bytes(tmp_path: Path) -> None:
     train(spec, callbacks=[Keep()])
     assert saved[-1].spec == spec.model_dump(mode="json")
     assert saved[-1].epoch == 6 and len(saved[-1].history) == 6
+
+
+def test_exported_model_takes_raw_features() -> None:
+    from core.export import export_model
+
+    result = train(parse_spec({"dataset": "iris", "optimizer": {"epochs": 20}}))
+    exported = export_model(result)
+    data = result.data
+    raw_test = torch.as_tensor(data.raw(data.X_test), dtype=torch.float32)
+    probs = exported(raw_test)
+    assert probs.shape == (len(data.X_test), 3)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(data.X_test)))
+    acc = float((probs.argmax(1).numpy() == data.y_test).mean())
+    assert acc == pytest.approx(result.metrics["test_accuracy"])
+
+    reg = train(parse_spec({"dataset": "diabetes", "optimizer": {"epochs": 5}}))
+    pred = export_model(reg)(torch.as_tensor(reg.data.raw(reg.data.X_test), dtype=torch.float32))
+    rmse = float(((pred[:, 0].double().numpy() - reg.data.y_test) ** 2).mean() ** 0.5)
+    assert rmse == pytest.approx(reg.metrics["test_rmse"], rel=1e-4)

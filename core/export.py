@@ -1,0 +1,68 @@
+"""The trained network as a model users can call on raw features.
+
+``export_model(result)`` wraps the MLP with the standardisation fitted on the training part
+and with the output mapping of the loss, so that it takes raw feature rows (n, d) as the data
+set has them and returns class probabilities (n, K) for a classifier or predictions (n, 1) in
+the target's own units for a regressor.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+
+from core.losses import probabilities
+from core.model import MLP
+
+if TYPE_CHECKING:
+    from core.train import TrainResult
+
+
+class ExportedModel(torch.nn.Module):
+    def __init__(
+        self,
+        mlp: MLP,
+        *,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        loss: str,
+        task: str,
+        target_shift: float = 0.0,
+        target_scale: float = 1.0,
+        classes: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("scale", scale.clone())
+        self.loss = loss
+        self.task = task
+        self.target_shift = target_shift
+        self.target_scale = target_scale
+        self.classes = list(classes or [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.mean.dtype)
+        out = self.mlp((x - self.mean) / self.scale)
+        if self.task == "regression":
+            return out * self.target_scale + self.target_shift
+        return probabilities(self.loss, out)
+
+
+def export_model(result: TrainResult) -> ExportedModel:
+    """A copy of the result's model, on the CPU in eval mode, taking raw features."""
+    mlp = copy.deepcopy(result.model).to("cpu").eval().requires_grad_(False)
+    dtype = mlp.weights[0].dtype
+    data = result.data
+    return ExportedModel(
+        mlp,
+        mean=torch.as_tensor(data.mean, dtype=dtype),
+        scale=torch.as_tensor(data.scale, dtype=dtype),
+        loss=result.loss,
+        task=data.task,
+        target_shift=result.target_shift,
+        target_scale=result.target_scale,
+        classes=data.classes,
+    ).eval()
