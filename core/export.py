@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 
 class ExportedModel(torch.nn.Module):
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         mlp: MLP,
