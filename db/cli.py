@@ -1,0 +1,51 @@
+"""``gradq db ...``: the database commands (the lead mounts ``db_app`` under ``gradq db``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from db import migrate
+from db.session import DEFAULT_URL
+
+db_app = typer.Typer(help="Database commands: schema migrations.", no_args_is_help=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="Database URL (default: $GRADQ_DATABASE_URL, else the embedded SQLite)."
+    ),
+]
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: ``url``, else ``$GRADQ_DATABASE_URL``, else :data:`DEFAULT_URL`."""
+    return url or os.environ.get("GRADQ_DATABASE_URL") or DEFAULT_URL
+
+
+@db_app.command()
+def upgrade(url: UrlOption = None) -> None:
+    """Apply every migration (alembic upgrade head); creates the SQLite folder if needed."""
+    target = resolve_url(url)
+    migrate.upgrade(target)
+    typer.echo(f"database at {_safe(target)} is at the newest schema")
+
+
+@db_app.command()
+def check(url: UrlOption = None) -> None:
+    """Compare the models with the migrated schema; exit 1 when they differ."""
+    target = resolve_url(url)
+    diffs = migrate.check(target)
+    for diff in diffs:
+        typer.echo(repr(diff))
+    if diffs:
+        raise typer.Exit(code=1)
+    typer.echo("models and schema agree")
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,82 @@
+"""API keys: only the sha256 of a key is stored, with a short prefix to show users."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import cast
+
+from sqlalchemy import Engine, Table, insert, select, update
+
+from db.models import ApiKey
+from db.session import read_tx, write_tx
+from db.views import ApiKeyView
+
+KEYS = cast(Table, ApiKey.__table__)
+KEY_PREFIX = "gq_"
+PREFIX_LENGTH = 11  # "gq_" and 8 characters of the secret: enough to tell keys apart
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: its sha256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeyMixin:
+    """API-key methods of :class:`db.store.JobStore`."""
+
+    _engine: Engine
+
+    def create_api_key(self, *, tenant: str) -> tuple[str, str]:
+        """Make a key for ``tenant``; returns ``(key_id, plaintext)``. The plaintext is shown
+        once and never stored."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = str(uuid.uuid4())
+        with write_tx(self._engine) as conn:
+            conn.execute(
+                insert(KEYS),
+                dict(
+                    id=key_id,
+                    tenant=tenant,
+                    key_hash=hash_key(plaintext),
+                    prefix=plaintext[:PREFIX_LENGTH],
+                    created_at=datetime.now(UTC),
+                    revoked_at=None,
+                ),
+            )
+        return key_id, plaintext
+
+    def authenticate(self, *, key: str) -> str | None:
+        """The tenant of a valid key; None for an unknown or revoked one."""
+        query = select(KEYS.c.tenant).where(
+            KEYS.c.key_hash == hash_key(key), KEYS.c.revoked_at.is_(None)
+        )
+        with read_tx(self._engine) as conn:
+            return conn.execute(query).scalar()
+
+    def revoke_api_key(self, *, key_id: str | None = None, prefix: str | None = None) -> int:
+        """Revoke the key with this id or display prefix; returns how many were revoked
+        (0 when none matched or it was already revoked)."""
+        if (key_id is None) == (prefix is None):
+            raise ValueError("give exactly one of key_id and prefix")
+        match = KEYS.c.id == key_id if key_id is not None else KEYS.c.prefix == prefix
+        stmt = (
+            update(KEYS)
+            .where(match, KEYS.c.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+            .returning(KEYS.c.id)
+        )
+        with write_tx(self._engine) as conn:
+            return len(conn.execute(stmt).all())
+
+    def list_api_keys(self, *, tenant: str | None = None) -> list[ApiKeyView]:
+        """Keys (without secrets), oldest first."""
+        query = select(
+            KEYS.c.id, KEYS.c.tenant, KEYS.c.prefix, KEYS.c.created_at, KEYS.c.revoked_at
+        ).order_by(KEYS.c.created_at, KEYS.c.id)
+        if tenant is not None:
+            query = query.where(KEYS.c.tenant == tenant)
+        with read_tx(self._engine) as conn:
+            return [ApiKeyView(**r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,103 @@
+"""Engines and sessions. Nothing is built at import: call :func:`make_engine` with a URL.
+
+SQLite (the embedded default) runs in WAL mode with a 30 s busy timeout and foreign keys on;
+SQLAlchemy emits the ``BEGIN`` itself (the documented pysqlite recipe), as ``BEGIN IMMEDIATE``
+for every transaction begun by ``engine.begin()`` so writers queue on the lock instead of
+failing on a read→write upgrade. Reads go through :func:`read_tx`, which begins a plain
+deferred ``BEGIN``. PostgreSQL gets a pre-pinged pool, so a restarted server is survived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///./gradq-data/gradq.db"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+_BEGIN_OPTION = "gradq_sqlite_begin"
+
+
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """An engine for ``url``, set up for concurrent queue work.
+
+    For a SQLite file URL the parent folder is created. Every connection then has WAL,
+    ``busy_timeout``, ``foreign_keys=ON`` and ``check_same_thread=False``; ``engine.begin()``
+    starts a ``BEGIN IMMEDIATE`` write transaction. Other backends get ``pool_pre_ping``.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+        )
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _on_begin)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN_OPTION, "IMMEDIATE")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on error.
+
+    On SQLite it holds the database's write lock from its first statement (BEGIN IMMEDIATE).
+    """
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction; on SQLite a deferred BEGIN, so it never waits for writers."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def one_statement_tx(engine: Engine) -> Iterator[Connection]:
+    """For a unit of work that is ONE statement. PostgreSQL runs it in autocommit (a single
+    statement is atomic on its own; no BEGIN/COMMIT round trips); SQLite gets a write
+    transaction (BEGIN IMMEDIATE), so several statements there stay atomic too."""
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """An ORM session factory bound to ``engine`` (objects stay loaded after commit)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)

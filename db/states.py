@@ -1,0 +1,64 @@
+"""The job state machine: the statuses and the ONE table of allowed transitions.
+
+Every change of a job's status in :mod:`db.store` asks this table which old statuses may lead
+to the new one, and puts exactly those in the UPDATE's ``WHERE status IN (...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. The value is what the database stores."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+"""Statuses a job never leaves."""
+
+INITIAL = JobStatus.QUEUED
+"""The status of a newly submitted job (its first event reads None → queued)."""
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    # claimed by a worker; cancelled before it ran; failed without running (no node can run it)
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    # finished; or its lease was lost and it goes back to the queue
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+"""old status → the statuses it may move to. The only definition of legal moves."""
+
+
+def can_transition(old: JobStatus | str, new: JobStatus | str) -> bool:
+    """True when the table allows ``old → new``."""
+    return JobStatus(new) in TRANSITIONS[JobStatus(old)]
+
+
+def sources(new: JobStatus | str) -> frozenset[JobStatus]:
+    """Every status from which ``new`` may be reached (for ``WHERE status IN (...)``)."""
+    target = JobStatus(new)
+    return frozenset(old for old, targets in TRANSITIONS.items() if target in targets)
+
+
+def require(old: JobStatus, new: JobStatus) -> tuple[JobStatus, JobStatus]:
+    """Return ``(old, new)`` when the table allows it, else raise ``ValueError``.
+
+    Used by the store to declare each transition it performs, so a transition the table does
+    not hold can never be written.
+    """
+    if not can_transition(old, new):
+        raise ValueError(f"transition {old.value} → {new.value} is not in the table")
+    return old, new

@@ -1,0 +1,427 @@
+"""The durable job queue: every statement that changes a job lives here.
+
+Guarantees, for SQLite and PostgreSQL alike:
+
+* every status change is declared against :data:`db.states.TRANSITIONS`, checks the old
+  status inside its UPDATE (``WHERE id = :id AND status = :old``) and writes a ``job_events``
+  row in the same transaction (:func:`_move`);
+* every write from a worker is fenced: it applies only while ``status = 'running' AND
+  attempt = :attempt``, so a zombie attempt cannot overwrite a newer one;
+* claims lock with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) or hold the write lock
+  (SQLite ``BEGIN IMMEDIATE``), so each queued job is claimed by exactly one worker;
+* times are computed in Python (UTC) and bound as parameters.
+
+The read side (get, list, events, counts, queue position) is in :mod:`db.queries`.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, false, insert, select, true, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+
+from core.spec import JobSpec
+from db.datasets import DatasetMixin
+from db.errors import IdempotencyConflict, InvalidTransition, JobNotFound
+from db.keys import ApiKeyMixin
+from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
+from db.session import one_statement_tx, read_tx, write_tx
+from db.states import TERMINAL, JobStatus
+from db.transitions import fence, move, refuse
+from db.views import ClaimedJob, JobView
+
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+
+
+class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
+    """The queue's whole behaviour. Methods are keyword-only and return frozen views."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # --- submit ----------------------------------------------------------------------------
+
+    def submit(
+        self, *, spec: JobSpec, tenant: str = "default", idempotency_key: str | None = None
+    ) -> JobView:
+        """Queue a job (event None → queued); ``JobView.created`` says whether it is new.
+
+        With an ``idempotency_key``, a second submit by the same tenant with the same spec
+        (``spec.hash_fields()``) returns the first job (``created=False``); with a different
+        spec it raises :class:`IdempotencyConflict` and changes nothing. Concurrent submits
+        with one key make one job (the unique constraint decides).
+        """
+        now = utcnow()
+        row: dict[str, Any] = dict(
+            id=str(uuid.uuid4()),
+            tenant=tenant,
+            name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            status=Q.value,
+            priority=spec.priority,
+            attempt=0,
+            max_attempts=spec.max_attempts,
+            lease_owner=None,
+            lease_expires_at=None,
+            cancel_requested=False,
+            progress=None,
+            result=None,
+            error=None,
+            mlflow_run_id=None,
+            checkpoint_uri=None,
+            node=None,
+            pending_reason=None,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+        event = dict(
+            job_id=row["id"],
+            at=now,
+            from_status=None,
+            to_status=Q.value,
+            attempt=0,
+            reason="submitted",
+        )
+        if self._engine.dialect.name == "postgresql":
+            inserted = _insert_job_pg(self._engine, row, event)
+        else:
+            inserted = _insert_job(self._engine, row, event, idempotency_key)
+        if not inserted:
+            if idempotency_key is None:
+                raise RuntimeError(f"job id {row['id']} collided")  # a uuid4 collision
+            with read_tx(self._engine) as conn:
+                existing = _by_key(conn, tenant, idempotency_key)
+            if existing is None:
+                raise RuntimeError(f"idempotency key {idempotency_key!r} taken but not found")
+            return _replay(existing, spec, idempotency_key)
+        return JobView.from_row(row, created=True)
+
+    # --- the worker's side -----------------------------------------------------------------
+
+    def claim(self, *, owner: str, limit: int = 1, lease_seconds: float) -> list[ClaimedJob]:
+        """Claim up to ``limit`` queued jobs, highest priority first, then oldest.
+
+        In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
+        lease_seconds) and ``started_at``; a queued→running event is written in the same
+        transaction. Jobs with ``cancel_requested`` are skipped. Never claims a job twice.
+        """
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        # A materialized CTE: PostgreSQL may re-run a plain ``IN (SELECT ... LIMIT n FOR UPDATE
+        # SKIP LOCKED)`` subquery inside an UPDATE and so claim more than ``limit`` rows.
+        picked = (
+            select(JOBS.c.id)
+            .where(JOBS.c.status == Q.value, JOBS.c.cancel_requested == false())
+            .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        values = dict(
+            attempt=JOBS.c.attempt + 1,
+            lease_owner=owner,
+            lease_expires_at=expires,
+            started_at=now,
+            pending_reason=None,
+            node=None,
+        )
+        extra = (
+            JOBS.c.spec,
+            JOBS.c.tenant,
+            JOBS.c.priority,
+            JOBS.c.created_at,
+            JOBS.c.checkpoint_uri,
+            JOBS.c.mlflow_run_id,
+        )
+        with one_statement_tx(self._engine) as conn:
+            rows = move(
+                conn,
+                Q,
+                R,
+                [JOBS.c.id.in_(select(picked.c.id))],
+                values,
+                f"claimed by {owner}",
+                now,
+                extra,
+            )
+        rows = sorted(rows, key=lambda r: (-r.priority, r.created_at, r.id))
+        return [
+            ClaimedJob(
+                id=r.id,
+                attempt=r.attempt,
+                spec=r.spec,
+                tenant=r.tenant,
+                priority=r.priority,
+                lease_expires_at=expires,
+                checkpoint_uri=r.checkpoint_uri,
+                mlflow_run_id=r.mlflow_run_id,
+            )
+            for r in rows
+        ]
+
+    def heartbeat(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        lease_seconds: float,
+        progress: dict[str, Any] | None = None,
+        node: str | None = None,
+    ) -> bool:
+        """Renew the lease of a running attempt and store its progress (if given).
+
+        Fenced: applies only while ``status = 'running' AND attempt = :attempt`` (checked in the
+        UPDATE), else :class:`StaleAttempt` / :class:`JobNotFound`. Returns whether a cancel
+        was requested, so the attempt can stop between steps.
+        """
+        now = utcnow()
+        values: dict[str, Any] = dict(
+            lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now
+        )
+        if progress is not None:
+            values["progress"] = progress
+        if node is not None:
+            values["node"] = node
+        with one_statement_tx(self._engine) as conn:
+            found = conn.execute(
+                update(JOBS)
+                .where(*fence(job_id, attempt))
+                .values(values)
+                .returning(JOBS.c.cancel_requested)
+            ).first()
+            if found is None:
+                refuse(conn, job_id, attempt, None)
+        return bool(found[0])
+
+    def set_run(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        mlflow_run_id: str | None = None,
+        checkpoint_uri: str | None = None,
+    ) -> None:
+        """Record the attempt's MLflow run id and/or latest checkpoint; fenced like heartbeat."""
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if mlflow_run_id is not None:
+            values["mlflow_run_id"] = mlflow_run_id
+        if checkpoint_uri is not None:
+            values["checkpoint_uri"] = checkpoint_uri
+        with one_statement_tx(self._engine) as conn:
+            found = conn.execute(
+                update(JOBS).where(*fence(job_id, attempt)).values(values).returning(JOBS.c.id)
+            ).first()
+            if found is None:
+                refuse(conn, job_id, attempt, None)
+
+    def finish(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        status: JobStatus | str,
+        result: Any = None,
+        error: Any = None,
+        reason: str | None = None,
+    ) -> JobView:
+        """End the running ``attempt`` as succeeded, failed or cancelled (fenced).
+
+        Sets ``finished_at``, the result/error, clears the lease, writes an event with a reason.
+        Refused: :class:`StaleAttempt` if the attempt no longer owns the job,
+        :class:`InvalidTransition` if the job is not running (e.g. still queued, or done).
+        """
+        new = JobStatus(status)
+        if new not in TERMINAL:
+            raise ValueError(f"finish takes a terminal status, not {new.value}")
+        now = utcnow()
+        values = dict(
+            result=result, error=error, finished_at=now, lease_owner=None, lease_expires_at=None
+        )
+        with write_tx(self._engine) as conn:
+            rows = move(
+                conn,
+                R,
+                new,
+                [JOBS.c.id == job_id, JOBS.c.attempt == attempt],
+                values,
+                reason or _finish_reason(new, error),
+                now,
+            )
+            if not rows:
+                refuse(conn, job_id, attempt, new)
+            return self.view(conn, job_id)
+
+    # --- cancel, leases, scheduling --------------------------------------------------------
+
+    def request_cancel(self, *, job_id: str, tenant: str | None = None) -> JobView:
+        """Cancel a job: a queued one becomes cancelled at once (event queued → cancelled), a
+        running one gets ``cancel_requested`` (idempotent). A finished one raises
+        :class:`InvalidTransition`. Only conditional UPDATEs: safe against a racing claim."""
+        now = utcnow()
+        scope = job_scope(job_id, tenant)
+        with write_tx(self._engine) as conn:
+            for _ in range(5):
+                done = move(
+                    conn,
+                    Q,
+                    JobStatus.CANCELLED,
+                    scope,
+                    dict(cancel_requested=True, finished_at=now, pending_reason=None),
+                    "cancelled before it ran",
+                    now,
+                )
+                flagged = (
+                    done
+                    or conn.execute(
+                        update(JOBS)
+                        .where(*scope, JOBS.c.status == R.value)
+                        .values(cancel_requested=True, updated_at=now)
+                        .returning(JOBS.c.id)
+                    ).first()
+                )
+                if flagged:
+                    return self.view(conn, job_id)
+                current = conn.execute(select(JOBS.c.status).where(*scope)).scalar()
+                if current is None:
+                    raise JobNotFound(job_id)
+                if current in TERMINAL:
+                    raise InvalidTransition(job_id, current, JobStatus.CANCELLED.value)
+            raise RuntimeError(f"job {job_id} kept changing status while being cancelled")
+
+    def requeue_expired(self, *, now: datetime | None = None) -> list[tuple[str, JobStatus]]:
+        """Settle running jobs whose lease expired before ``now`` (default: the clock).
+
+        cancel requested → cancelled; attempts left → queued (resumes from its checkpoint);
+        ``attempt >= max_attempts`` → failed with reason "lost". One event each.
+        """
+        now = now or utcnow()
+        expired = [JOBS.c.lease_expires_at < now]
+        cleared = dict(lease_owner=None, lease_expires_at=None)
+        cancel, keep = JOBS.c.cancel_requested == true(), JOBS.c.cancel_requested == false()
+        spent = JOBS.c.attempt >= JOBS.c.max_attempts
+        lost = {"type": "lost", "message": "lease expired on the last attempt: attempts exhausted"}
+        out: list[tuple[str, JobStatus]] = []
+        with write_tx(self._engine) as conn:
+            for new, where, values, reason in (
+                (
+                    JobStatus.CANCELLED,
+                    [cancel],
+                    dict(finished_at=now, **cleared),
+                    "cancel requested and lease expired",
+                ),
+                (
+                    JobStatus.FAILED,
+                    [keep, spent],
+                    dict(finished_at=now, error=lost, **cleared),
+                    "lost",
+                ),
+                (Q, [keep, ~spent], dict(node=None, **cleared), "lease expired; requeued"),
+            ):
+                rows = move(conn, R, new, expired + where, values, reason, now)
+                out.extend((r.id, new) for r in rows)
+        return out
+
+    def fail_queued(self, *, job_id: str, reason: str) -> JobView:
+        """queued → failed for a job no node can ever run; the error carries ``reason``."""
+        now = utcnow()
+        error = {"type": "unschedulable", "message": reason}
+        with write_tx(self._engine) as conn:
+            if not move(
+                conn,
+                Q,
+                JobStatus.FAILED,
+                [JOBS.c.id == job_id],
+                dict(error=error, finished_at=now, pending_reason=None),
+                reason,
+                now,
+            ):
+                current = self.view(conn, job_id)
+                raise InvalidTransition(job_id, current.status.value, JobStatus.FAILED.value)
+            return self.view(conn, job_id)
+
+    def set_pending_reason(self, *, job_id: str, reason: str | None) -> bool:
+        """Store why a queued job waits (the dispatcher's view); False if it is not queued."""
+        with write_tx(self._engine) as conn:
+            return (
+                conn.execute(
+                    update(JOBS)
+                    .where(JOBS.c.id == job_id, JOBS.c.status == Q.value)
+                    .values(pending_reason=reason)
+                    .returning(JOBS.c.id)
+                ).first()
+                is not None
+            )
+
+
+def _insert_job(
+    engine: Engine, row: dict[str, Any], event: dict[str, Any], key: str | None
+) -> bool:
+    """SQLite: insert the job and its event under the write lock; False if the key is taken."""
+    try:
+        with write_tx(engine) as conn:
+            if key is not None and _by_key(conn, row["tenant"], key) is not None:
+                return False
+            conn.execute(insert(JOBS), row)
+            conn.execute(insert(EVENTS), event)
+    except IntegrityError:
+        if key is None:
+            raise
+        return False
+    return True
+
+
+def _insert_job_pg(engine: Engine, row: dict[str, Any], event: dict[str, Any]) -> bool:
+    """PostgreSQL: one autocommit statement inserts the job (``ON CONFLICT DO NOTHING`` on
+    the tenant's key, which waits for a concurrent insert of the same key) and its event.
+    False when the key was already taken."""
+    params = {**row, **{f"event_{k}": v for k, v in event.items() if k != "job_id"}}
+    with one_statement_tx(engine) as conn:
+        return conn.execute(_submit_statement_pg(), params).first() is not None
+
+
+@functools.cache
+def _submit_statement_pg() -> Any:
+    """Built once: bound parameters are the job's columns and ``event_<column>``."""
+    job = (
+        pg_insert(JOBS)
+        .values({c.name: bindparam(c.name, type_=c.type) for c in JOBS.c})
+        .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
+        .returning(JOBS.c.id)
+        .cte("job")
+    )
+    names = ["at", "from_status", "to_status", "attempt", "reason"]
+    values = select(job.c.id, *(bindparam(f"event_{n}", type_=EVENTS.c[n].type) for n in names))
+    return insert(EVENTS).from_select(["job_id", *names], values).returning(EVENTS.c.job_id)
+
+
+def _by_key(conn: Connection, tenant: str, key: str) -> Any:
+    query = select(JOBS).where(JOBS.c.tenant == tenant, JOBS.c.idempotency_key == key)
+    return conn.execute(query).mappings().first()
+
+
+def _replay(existing: Any, spec: JobSpec, key: str) -> JobView:
+    try:
+        same = JobSpec.model_validate(existing["spec"]).hash_fields() == spec.hash_fields()
+    except ValueError:
+        same = False
+    if not same:
+        raise IdempotencyConflict(key, existing["id"])
+    return JobView.from_row(existing, created=False)
+
+
+def _finish_reason(status: JobStatus, error: Any) -> str:
+    if status is JobStatus.FAILED and error is not None:
+        message = error.get("message", error) if isinstance(error, dict) else error
+        return f"failed: {str(message)[:500]}"
+    return {JobStatus.SUCCEEDED: "succeeded", JobStatus.CANCELLED: "cancelled on request"}.get(
+        status, status.value
+    )

@@ -1,0 +1,107 @@
+"""Plain frozen views returned by the store: never ORM objects outside a session."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from db.states import JobStatus
+
+
+@dataclass(frozen=True)
+class JobView:
+    """Every column of a job. ``spec`` is the JobSpec as a JSON dict.
+
+    ``created`` is True only on the value :meth:`JobStore.submit` returns when that call
+    inserted the job; an idempotent replay of the same submit, and every ``get``/``list``,
+    give False.
+    """
+
+    id: str
+    tenant: str
+    name: str
+    spec: dict[str, Any]
+    status: JobStatus
+    priority: int
+    attempt: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: Any
+    mlflow_run_id: str | None
+    checkpoint_uri: str | None
+    node: str | None
+    pending_reason: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    created: bool = field(default=False, compare=False)
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any], *, created: bool = False) -> JobView:
+        """Build from a row mapping or a dict holding every column."""
+        values = {f.name: row[f.name] for f in fields(cls) if f.name != "created"}
+        values["status"] = JobStatus(values["status"])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return cls(**values, created=created)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run one attempt of a claimed job."""
+
+    id: str
+    attempt: int
+    spec: dict[str, Any]
+    tenant: str
+    priority: int
+    lease_expires_at: datetime
+    checkpoint_uri: str | None
+    mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One status change of a job (``from_status`` is None for the submit)."""
+
+    id: int
+    job_id: str
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    attempt: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """An uploaded data set and where its bytes live (``uri``)."""
+
+    id: str
+    tenant: str
+    name: str
+    sha256: str
+    size: int
+    rows: int
+    columns: list[str]
+    target: str | None
+    uri: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    """An API key without its secret."""
+
+    id: str
+    tenant: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None

@@ -1,0 +1,191 @@
+"""A job's life through the store: claim, heartbeat, finish, cancel, leases, scheduling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from core.spec import JobSpec
+from db.errors import InvalidTransition, StaleAttempt
+from db.states import JobStatus
+from db.store import JobStore, utcnow
+
+SpecFactory = Callable[..., JobSpec]
+
+
+def _path(store: JobStore, job_id: str) -> list[tuple[str | None, str, int]]:
+    return [(e.from_status, e.to_status, e.attempt) for e in store.events(job_id=job_id)]
+
+
+def test_claim_takes_highest_priority_then_oldest(store: JobStore, make_spec: SpecFactory) -> None:
+    low = store.submit(spec=make_spec(priority=-5))
+    old = store.submit(spec=make_spec(priority=3))
+    new = store.submit(spec=make_spec(priority=3))
+    top = store.submit(spec=make_spec(priority=9))
+    first = store.claim(owner="w1", limit=2, lease_seconds=60)
+    assert [c.id for c in first] == [top.id, old.id]
+    assert [c.id for c in store.claim(owner="w2", limit=5, lease_seconds=60)] == [new.id, low.id]
+    assert store.claim(owner="w3", limit=5, lease_seconds=60) == []
+    job = store.get(job_id=top.id)
+    assert (job.status, job.attempt, job.lease_owner) == ("running", 1, "w1")
+    assert job.lease_expires_at is not None and job.started_at is not None
+    assert job.lease_expires_at - job.started_at == timedelta(seconds=60)
+    assert first[0].spec == top.spec and first[0].attempt == 1
+    assert _path(store, top.id) == [(None, "queued", 0), ("queued", "running", 1)]
+
+
+def test_heartbeat_renews_lease_stores_progress_and_reports_cancel(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    job = store.submit(spec=make_spec())
+    [c] = store.claim(owner="w", lease_seconds=1)
+    progress = {"epoch": 2, "step": 40, "metrics": {"val_loss": 0.31}}
+    assert store.heartbeat(job_id=job.id, attempt=c.attempt, lease_seconds=120,
+                           progress=progress, node="node-a") is False  # fmt: skip
+    seen = store.get(job_id=job.id)
+    assert seen.progress == progress and seen.node == "node-a"
+    assert seen.lease_expires_at is not None and seen.lease_expires_at > utcnow() + timedelta(
+        seconds=100
+    )
+    store.request_cancel(job_id=job.id)
+    assert store.heartbeat(job_id=job.id, attempt=c.attempt, lease_seconds=120) is True
+    assert store.get(job_id=job.id).progress == progress  # no progress given: kept
+
+
+def test_finish_records_outcome_and_event(store: JobStore, make_spec: SpecFactory) -> None:
+    job = store.submit(spec=make_spec())
+    [c] = store.claim(owner="w", lease_seconds=60)
+    store.set_run(job_id=job.id, attempt=c.attempt, mlflow_run_id="run123",
+                  checkpoint_uri="runs:/run123/checkpoints/epoch-3")  # fmt: skip
+    done = store.finish(job_id=job.id, attempt=c.attempt, status="succeeded",
+                        result={"test_accuracy": 0.97})  # fmt: skip
+    assert (done.status, done.result, done.mlflow_run_id) == ("succeeded", {"test_accuracy": 0.97},
+                                                             "run123")  # fmt: skip
+    assert done.checkpoint_uri == "runs:/run123/checkpoints/epoch-3"
+    assert (
+        done.finished_at is not None and done.lease_owner is None and done.lease_expires_at is None
+    )
+    events = store.events(job_id=job.id)
+    assert (events[-1].from_status, events[-1].to_status, events[-1].reason) == (
+        "running", "succeeded", "succeeded"
+    )  # fmt: skip
+    with pytest.raises(InvalidTransition) as info:  # a second finish by the same attempt
+        store.finish(job_id=job.id, attempt=c.attempt, status="failed", error="late")
+    assert info.value.from_status == "succeeded"
+    assert store.get(job_id=job.id).status == "succeeded"
+
+
+def test_failed_finish_keeps_the_error(store: JobStore, make_spec: SpecFactory) -> None:
+    job = store.submit(spec=make_spec())
+    [c] = store.claim(owner="w", lease_seconds=60)
+    error = {"type": "Diverged", "message": "loss became nan at epoch 4"}
+    done = store.finish(job_id=job.id, attempt=c.attempt, status=JobStatus.FAILED, error=error)
+    assert done.error == error
+    assert store.events(job_id=job.id)[-1].reason == "failed: loss became nan at epoch 4"
+
+
+def test_illegal_moves_are_refused(store: JobStore, make_spec: SpecFactory) -> None:
+    queued = store.submit(spec=make_spec())
+    with pytest.raises(InvalidTransition) as info:
+        store.finish(job_id=queued.id, attempt=0, status="succeeded")
+    assert (info.value.from_status, info.value.to_status) == ("queued", "succeeded")
+    with pytest.raises(StaleAttempt):
+        store.heartbeat(job_id=queued.id, attempt=0, lease_seconds=5)
+    with pytest.raises(ValueError):
+        store.finish(job_id=queued.id, attempt=0, status="queued")
+    [c] = store.claim(owner="w", lease_seconds=60)
+    store.finish(job_id=c.id, attempt=1, status="succeeded")
+    with pytest.raises(InvalidTransition) as info:
+        store.request_cancel(job_id=c.id)
+    assert info.value.from_status == "succeeded" and "succeeded" in str(info.value)
+    with pytest.raises(InvalidTransition):
+        store.fail_queued(job_id=c.id, reason="x")
+    assert _path(store, c.id) == [(None, "queued", 0), ("queued", "running", 1),
+                                  ("running", "succeeded", 1)]  # fmt: skip
+
+
+def test_cancel_queued_is_immediate_and_running_is_requested(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    queued = store.submit(spec=make_spec(priority=-1))
+    running = store.submit(spec=make_spec(priority=1))
+    [c] = store.claim(owner="w", lease_seconds=60)
+    assert c.id == running.id
+    cancelled = store.request_cancel(job_id=queued.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert _path(store, queued.id) == [(None, "queued", 0), ("queued", "cancelled", 0)]
+    assert store.claim(owner="w", lease_seconds=60) == []  # a cancelled job is never claimed
+    for _ in range(2):  # idempotent
+        flagged = store.request_cancel(job_id=running.id)
+        assert (flagged.status, flagged.cancel_requested) == ("running", True)
+    assert _path(store, running.id) == [(None, "queued", 0), ("queued", "running", 1)]
+    store.finish(job_id=running.id, attempt=1, status="cancelled")
+    assert store.events(job_id=running.id)[-1].reason == "cancelled on request"
+
+
+def test_requeue_expired_requeues_then_fails_as_lost(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    job = store.submit(spec=make_spec(max_attempts=2))
+    keeper = store.submit(spec=make_spec(priority=-1))
+    for attempt in (1, 2):
+        claimed = store.claim(owner=f"w{attempt}", lease_seconds=30)
+        assert [(c.id, c.attempt) for c in claimed] == [(job.id, attempt)]
+        assert store.requeue_expired() == []  # the lease still holds
+        later = utcnow() + timedelta(seconds=31)
+        expected = JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED
+        assert store.requeue_expired(now=later) == [(job.id, expected)]
+    lost = store.get(job_id=job.id)
+    assert (lost.status, lost.attempt, lost.lease_owner) == ("failed", 2, None)
+    assert lost.error["type"] == "lost" and "attempts exhausted" in lost.error["message"]
+    events = store.events(job_id=job.id)
+    assert [(e.from_status, e.to_status, e.attempt) for e in events] == [
+        (None, "queued", 0), ("queued", "running", 1), ("running", "queued", 1),
+        ("queued", "running", 2), ("running", "failed", 2),
+    ]  # fmt: skip
+    assert events[-1].reason == "lost"
+    assert store.get(job_id=keeper.id).status == "queued"
+
+
+def test_expired_lease_with_cancel_request_ends_cancelled(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    job = store.submit(spec=make_spec())
+    store.claim(owner="w", lease_seconds=5)
+    store.request_cancel(job_id=job.id)
+    assert store.requeue_expired(now=utcnow() + timedelta(seconds=6)) == [
+        (job.id, JobStatus.CANCELLED)
+    ]
+    assert store.get(job_id=job.id).status == "cancelled"
+    assert _path(store, job.id)[-1] == ("running", "cancelled", 1)
+
+
+def test_queue_position_and_pending_reason(store: JobStore, make_spec: SpecFactory) -> None:
+    a = store.submit(spec=make_spec(priority=5))
+    b = store.submit(spec=make_spec(priority=0))
+    c = store.submit(spec=make_spec(priority=0))
+    d = store.submit(spec=make_spec(priority=9))
+    assert [store.queue_position(job_id=j.id) for j in (d, a, b, c)] == [0, 1, 2, 3]
+    assert store.pending_reason(job_id=c.id) == "3 jobs ahead in the queue"
+    assert store.pending_reason(job_id=a.id) == "1 job ahead in the queue"
+    assert store.pending_reason(job_id=d.id) == "waiting for a free worker"
+    assert store.set_pending_reason(job_id=d.id, reason="needs 1 GPU; no node has one free")
+    assert store.pending_reason(job_id=d.id) == "needs 1 GPU; no node has one free"
+    [claimed] = store.claim(owner="w", lease_seconds=60)
+    assert claimed.id == d.id
+    assert store.get(job_id=d.id).pending_reason is None  # cleared by the claim
+    assert store.queue_position(job_id=d.id) is None and store.pending_reason(job_id=d.id) is None
+    assert not store.set_pending_reason(job_id=d.id, reason="x")  # not queued any more
+    assert store.queue_position(job_id=c.id) == 2
+
+
+def test_fail_queued_for_unschedulable_jobs(store: JobStore, make_spec: SpecFactory) -> None:
+    job = store.submit(spec=make_spec())
+    failed = store.fail_queued(job_id=job.id, reason="needs 4 GPUs; the largest node has 1")
+    assert failed.status == "failed" and failed.error["type"] == "unschedulable"
+    assert store.events(job_id=job.id)[-1].reason == "needs 4 GPUs; the largest node has 1"
+    assert store.claim(owner="w", lease_seconds=5) == []
+    counts = store.counts_by_status()
+    assert counts["failed"] == 1 and counts["queued"] == 0
