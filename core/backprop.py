@@ -101,7 +101,7 @@ def backprop(
 
     # backward: Δ⁽ᴸ⁾ from the loss, then one new factor per layer
     delta = loss_delta(loss, F, T)
-    grads: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * L
+    grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # filled from the output layer down
     for l in range(L - 1, -1, -1):
         if out is not None:
             gw = torch.mm(delta.t(), hs[l], out=out[2 * l])
@@ -111,12 +111,13 @@ def backprop(
             if weight_decay:
                 gw.add_(weights[l], alpha=2.0 * weight_decay)
             gb = delta.sum(dim=0)
-        grads[l] = (gw, gb)
+        grads.append((gw, gb))
         if l > 0:
             g = delta.mm(weights[l])  # (Δ⁽ˡ⁺¹⁾ W⁽ˡ⁺¹⁾) in the lecture's numbering
             if masks is not None:
                 g = g * masks[l - 1]
             delta = act.backward(zs[l - 1], phis[l - 1], g)
+    grads.reverse()
     return grads
 
 

@@ -26,14 +26,14 @@ from core.backprop import backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import evaluate, layer_diagnostics
+from core.evaluate import evaluate
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
 from core.optim import SGD, FlatParameters, learning_rate
 from core.spec import JobSpec
 
-TRAIN_EVAL_ROWS = 20_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
+TRAIN_EVAL_ROWS = 10_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
 
 
 class Diverged(RuntimeError):
@@ -246,13 +246,14 @@ def train(
             break
         seconds = time.perf_counter() - t0
         model.eval()
-        train_m = evaluate(model, Xe, ye, Te, loss=loss, task=data.task, y_scale=y_scale)
+        train_m, diags = evaluate(
+            model, Xe, ye, Te, loss=loss, task=data.task, y_scale=y_scale, weights_before=before
+        )
         val_m = (
-            evaluate(model, Xv, yv, Tv, loss=loss, task=data.task, y_scale=y_scale)
+            evaluate(model, Xv, yv, Tv, loss=loss, task=data.task, y_scale=y_scale)[0]
             if Xv.shape[0]
             else {}
         )
-        diags = layer_diagnostics(model, Xe, before)
         model.train()
         if not math.isfinite(train_m["loss"]):
             raise Diverged(epoch + 1, step, train_m["loss"])
@@ -388,7 +389,7 @@ def final_metrics(
             y_shift=y_shift,
             y_scale=y_scale,
         )
-        metrics = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
+        metrics, _ = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
         for k, v in metrics.items():
             out[f"{part}_{k}"] = v
     return out
