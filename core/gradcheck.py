@@ -1,10 +1,17 @@
 """The gradient validator: manual backprop vs autograd vs central finite differences, float64.
 
-For every parameter tensor the report gives the largest absolute difference and the relative
-error ``max|a − b| / max(max|b|, 1e-12)`` of the manual gradient against autograd, and against
-central differences (f(θ + h) − f(θ − h)) / 2h on ``fd_samples`` coordinates drawn at random
-(all of them when ``fd_samples`` is None). A tensor passes when both errors are within their
-tolerances; the report passes when every tensor does.
+For every parameter tensor the report gives the largest absolute difference of the manual
+gradient against autograd, and against central differences (f(θ + h) − f(θ − h)) / 2h on
+``fd_samples`` coordinates drawn at random (all of them when ``fd_samples`` is None), and
+each difference relative to the gradient's scale S: the largest magnitude in the autograd
+gradient or in the weight-decay term 2λW, over the whole model.
+
+Why the whole model's scale and not each tensor's own: a tensor's gradient can be far smaller
+than the terms it is computed from. With weight decay the data gradient of W approaches
+−2λW as training converges, and a bias gradient is a sum over the batch that may cancel; the
+rounding error of those terms (≈ ε·S) divided by the tiny remainder would flag a correct
+backprop. A tensor passes when both relative errors are within their tolerances; the report
+passes when every tensor does.
 """
 
 from __future__ import annotations
@@ -83,9 +90,18 @@ class GradcheckFailed(RuntimeError):
         super().__init__(report.summary())
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    diff = float((a - b).abs().max()) if a.numel() else 0.0
-    return diff, diff / max(float(b.abs().max()) if b.numel() else 0.0, 1e-12)
+def _max_abs(t: torch.Tensor) -> float:
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def gradient_scale(
+    grads: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], weight_decay: float
+) -> float:
+    """S: the largest |entry| of the gradient or of 2λW over the model (at least 1e-12)."""
+    scale = max((_max_abs(g) for g in grads), default=0.0)
+    if weight_decay:
+        scale = max(scale, 2.0 * weight_decay * max(_max_abs(w) for w in weights))
+    return max(scale, 1e-12)
 
 
 def check_gradients(
@@ -144,10 +160,12 @@ def check_gradients(
     params = [p for pair in zip(W, b, strict=True) for p in pair]  # W1, b1, W2, b2, …
     names = [f"{k}{i + 1}" for i in range(L) for k in ("W", "b")]
     auto_by_param = [auto[i // 2] if i % 2 == 0 else auto[L + i // 2] for i in range(2 * L)]
+    scale = gradient_scale(auto, W, weight_decay)
     checks: list[TensorCheck] = []
     with torch.no_grad():
         for name, p, g_manual, g_auto in zip(names, params, manual, auto_by_param, strict=True):
-            a_abs, a_rel = _rel(g_manual, g_auto)
+            a_abs = _max_abs(g_manual - g_auto)
+            a_rel = a_abs / scale
             fd_abs = fd_rel = None
             flat = p.view(-1)
             n = flat.numel()
@@ -167,8 +185,7 @@ def check_gradients(
                     flat[i] = orig
                     numeric[j] = (up - down) / (2 * FD_STEP)
                 analytic = g_manual.reshape(-1)[coords]
-                fd_abs = float((analytic - numeric).abs().max())
-                scale = max(float(g_manual.abs().max()), 1e-8)
+                fd_abs = _max_abs(analytic - numeric)
                 fd_rel = fd_abs / scale
             passed = a_rel <= tolerance and (fd_rel is None or fd_rel <= fd_tolerance)
             checks.append(
