@@ -91,7 +91,7 @@ class GradcheckFailed(RuntimeError):
 
 
 def _max_abs(t: torch.Tensor) -> float:
-    return float(t.abs().max()) if t.numel() else 0.0
+    return float(t.detach().abs().max()) if t.numel() else 0.0
 
 
 def gradient_scale(

@@ -151,6 +151,7 @@ def train(
     spec_dict = spec.model_dump(mode="json")
     start_epoch, step = 0, 0
     history: list[EpochRecord] = []
+    history_dicts: list[dict[str, Any]] = []
     best_loss: float | None = None
     best_epoch: int | None = None
     bad_epochs = 0
@@ -166,6 +167,7 @@ def train(
         drop_gen.set_state(resume_from.dropout_rng)
         start_epoch, step = resume_from.epoch, resume_from.step
         history = [EpochRecord.from_dict(h) for h in resume_from.history]
+        history_dicts = list(resume_from.history)
         best_loss, best_epoch, bad_epochs = (
             resume_from.best_loss,
             resume_from.best_epoch,
@@ -269,6 +271,7 @@ def train(
             layers=diags,
         )
         history.append(record)
+        history_dicts.append(record.to_dict())  # built once: checkpoints share the list
 
         # early stopping on the validation loss
         monitored = val_m.get("loss")
@@ -298,7 +301,7 @@ def train(
                     best_epoch=best_epoch,
                     bad_epochs=bad_epochs,
                     best_params=best_params,
-                    history=[h.to_dict() for h in history],
+                    history=history_dicts,
                 )
             )
         if stop_early:

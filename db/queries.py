@@ -102,6 +102,19 @@ class JobQueriesMixin:
             counts.update({status: n for status, n in conn.execute(query).all()})
         return counts
 
+    def next_queued(self, *, limit: int = 16) -> builtins.list[JobView]:
+        """The queued jobs a claim would take next, in claim order (highest priority, then
+        oldest); read-only: the dispatcher looks at their resources before claiming."""
+        c = JOBS.c
+        query = (
+            select(JOBS)
+            .where(c.status == Q.value, c.cancel_requested == false())
+            .order_by(c.priority.desc(), c.created_at, c.id)
+            .limit(limit)
+        )
+        with read_tx(self._engine) as conn:
+            return [JobView.from_row(r) for r in conn.execute(query).mappings()]
+
     def queue_position(self, *, job_id: str) -> int | None:
         """How many queued jobs a claim takes before this one; None if it is not queued."""
         with read_tx(self._engine) as conn:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -106,8 +107,16 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
 
     # --- the worker's side -----------------------------------------------------------------
 
-    def claim(self, *, owner: str, limit: int = 1, lease_seconds: float) -> list[ClaimedJob]:
-        """Claim up to ``limit`` queued jobs, highest priority first, then oldest.
+    def claim(
+        self,
+        *,
+        owner: str,
+        limit: int = 1,
+        lease_seconds: float,
+        ids: Sequence[str] | None = None,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` queued jobs, highest priority first, then oldest; with
+        ``ids``, only among those (the dispatcher claims the jobs it has room for).
 
         In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
         lease_seconds) and ``started_at``; a queued→running event is written in the same
@@ -117,9 +126,10 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         expires = now + timedelta(seconds=lease_seconds)
         # A materialized CTE: PostgreSQL may re-run a plain ``IN (SELECT ... LIMIT n FOR UPDATE
         # SKIP LOCKED)`` subquery inside an UPDATE and so claim more than ``limit`` rows.
+        only = [JOBS.c.id.in_(list(ids))] if ids is not None else []
         picked = (
             select(JOBS.c.id)
-            .where(JOBS.c.status == Q.value, JOBS.c.cancel_requested == false())
+            .where(JOBS.c.status == Q.value, JOBS.c.cancel_requested == false(), *only)
             .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -222,6 +232,20 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
             ).first()
             if found is None:
                 refuse(conn, job_id, attempt, None)
+
+    def release(self, *, job_id: str, attempt: int) -> bool:
+        """End the lease of an attempt known to be dead (its Ray task crashed or was killed):
+        the lease expires now, so the next ``requeue_expired`` settles the job at once instead
+        of after the lease. Fenced; False when the attempt no longer holds the job."""
+        now = utcnow()
+        with one_statement_tx(self._engine) as conn:
+            found = conn.execute(
+                update(JOBS)
+                .where(*fence(job_id, attempt))
+                .values(lease_expires_at=now, updated_at=now)
+                .returning(JOBS.c.id)
+            ).first()
+        return found is not None
 
     def finish(
         self,

@@ -1,0 +1,386 @@
+"""The MLflow adapter against a real MLflow SQLite store and real ``core.train`` jobs.
+
+The store (``sqlite:///{tmp}/mlflow.db``, artifacts under ``{tmp}/artifacts``) is made once
+per module: creating it runs MLflow's migrations. Each test uses its own job id. The tests run
+with ``{tmp}`` as the working directory, so a file MLflow wrote relative to it is caught. One
+job is trained, tracked and finished with a registered model once (logging a model is the slow
+part) and several tests read what it left; the others train a few epochs each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from core.callbacks import Callback, EpochRecord
+from core.checkpoint import Checkpoint
+from core.spec import JobSpec, parse_spec
+from core.train import TrainResult, train
+from workers.tracking import (
+    JobTracker,
+    close_run,
+    latest_checkpoint,
+    metric_history,
+    run_url,
+)
+from workers.tracking_buffer import RunBuffer
+
+REGISTERED = "gradq-test-iris"
+
+
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    artifacts: Path
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    folder = tmp_path_factory.mktemp("mlflow")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield Store(f"sqlite:///{folder}/mlflow.db", folder / "artifacts", folder)
+    finally:
+        os.chdir(cwd)
+
+
+def iris_spec(**overrides: Any) -> JobSpec:
+    """A small, fast iris job: exactly ``optimizer.epochs`` epochs (no early stopping).
+    ``section__field=value`` overrides one field of a section (``optimizer__epochs=30``)."""
+    raw: dict[str, Any] = {
+        "name": "iris-mlp",
+        "experiment": "tracking-tests",
+        "dataset": "iris",
+        "model": {"hidden": [16, 8], "activation": "tanh"},
+        "optimizer": {"lr": 0.05, "batch_size": 16, "epochs": 8},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "seed": 3,
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            raw.setdefault(section, {})[field] = value
+        else:
+            raw[key] = value
+    return parse_spec(raw)
+
+
+def tracker_for(store: Store, spec: JobSpec, job_id: str, **kwargs: Any) -> JobTracker:
+    """A tracker on the module's store (``attempt`` 1 unless given)."""
+    kwargs.setdefault("attempt", 1)
+    return JobTracker(
+        tracking_uri=store.uri,
+        job_id=job_id,
+        spec=spec,
+        artifact_root=str(store.artifacts),
+        **kwargs,
+    )
+
+
+@dataclass
+class Finished:
+    """One job trained, tracked and finished (with a registered model) per module."""
+
+    tracker: JobTracker
+    run_id: str
+    result: TrainResult
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def finished(mlflow_store: Store) -> Finished:
+    spec = iris_spec(register_as=REGISTERED)
+    tracker = tracker_for(mlflow_store, spec, "job-ok", node="node-a", flush_interval_s=0)
+    run_id = tracker.start()
+    result = train(spec, callbacks=[tracker.callback()])
+    tracker.finish(status="succeeded", result=result)
+    return Finished(tracker, run_id, result, MlflowClient(tracking_uri=mlflow_store.uri))
+
+
+@pytest.fixture
+def global_uri(mlflow_store: Store) -> Iterator[None]:
+    """``mlflow.pytorch.load_model`` reads the process-wide tracking URI; restored after."""
+    mlflow.set_tracking_uri(mlflow_store.uri)
+    yield
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """Every logged step of a metric, duplicates included, in order."""
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def download(client: MlflowClient, run_id: str, path: str, tmp: Path) -> bytes:
+    return Path(client.download_artifacts(run_id, path, dst_path=str(tmp))).read_bytes()
+
+
+def test_a_finished_run_has_status_tags_params_final_metrics_and_a_url(finished: Finished) -> None:
+    run_id = finished.run_id
+    run = finished.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "iris-mlp"
+    tags = run.data.tags
+    assert tags["gradq.job_id"] == "job-ok" and tags["gradq.attempt"] == "1"
+    assert tags["gradq.node"] == tags["gradq.attempt.1.node"] == "node-a"
+    params = run.data.params
+    assert params["model.hidden"] == "[16, 8]" and json.loads(params["model.hidden"]) == [16, 8]
+    assert float(params["optimizer.lr"]) == 0.05 and params["dataset.name"] == "iris"
+    assert params["regularization.early_stopping.enabled"] == "false"
+    assert params["register_as"] == REGISTERED
+    metrics = run.data.metrics
+    assert metrics["final_test_accuracy"] == pytest.approx(finished.result.metrics["test_accuracy"])
+    assert metrics["final_epochs"] == 8 and metrics["gradcheck_count"] == 1
+    url = run_url(
+        ui_base="http://ui:5000/", tracking_uri=finished.client.tracking_uri, run_id=run_id
+    )
+    assert url == f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def test_each_epoch_is_one_point_and_the_history_matches_training(finished: Finished) -> None:
+    client, run_id = finished.client, finished.run_id
+    for key in ("train_loss", "val_loss", "val_accuracy", "layer2_dead_fraction", "lr"):
+        assert steps(client, run_id, key) == list(range(1, 9)), key
+    val = metric_history(tracking_uri=client.tracking_uri, run_id=run_id, key="val_loss")
+    assert val == [(r.epoch, pytest.approx(r.val["loss"])) for r in finished.result.history]
+    grad = metric_history(
+        tracking_uri=client.tracking_uri, run_id=run_id, key="gradcheck_max_rel_error"
+    )
+    assert len(grad) == 1 and grad[0][0] == 0 and grad[0][1] < 1e-8
+
+
+def test_artifacts_checkpoint_gradcheck_and_learning_curve(
+    finished: Finished, mlflow_store: Store, tmp_path: Path
+) -> None:
+    client, run_id = finished.client, finished.run_id
+    assert client.get_run(run_id).info.artifact_uri.startswith(mlflow_store.artifacts.as_uri())
+    last = Checkpoint.from_bytes(
+        download(client, run_id, "checkpoints/last/checkpoint.pt", tmp_path)
+    )
+    assert (last.epoch, last.step) == (8, finished.result.steps)
+    assert [h["epoch"] for h in last.history] == list(range(1, 9))
+    best = Checkpoint.from_bytes(
+        download(client, run_id, "checkpoints/best/checkpoint.pt", tmp_path)
+    )
+    assert best.best_epoch == best.epoch == finished.result.best_epoch
+    report = json.loads(download(client, run_id, "gradcheck/step_00000000.json", tmp_path))
+    assert report["passed"] is True and report["step"] == 0 and report["tensors"]
+    png = download(client, run_id, "plots/learning_curve.png", tmp_path)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    restored = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
+    assert restored is not None and restored.epoch == 8
+    assert all(torch.equal(a, b) for a, b in zip(restored.params, last.params, strict=True))
+
+
+def test_the_model_loads_from_the_run_and_reproduces_the_test_accuracy(
+    finished: Finished, mlflow_store: Store, global_uri: None
+) -> None:
+    data, run_id = finished.result.data, finished.run_id
+    X = torch.as_tensor(data.raw(data.X_test), dtype=torch.float32)
+    for uri in (f"runs:/{run_id}/model", finished.tracker.model_uri):
+        assert uri is not None
+        model = mlflow.pytorch.load_model(uri)
+        with torch.no_grad():
+            probs = model(X).numpy()
+        assert probs.shape == (len(X), 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        accuracy = float((probs.argmax(axis=1) == data.y_test).mean())
+        assert accuracy == pytest.approx(finished.result.metrics["test_accuracy"])
+    # the logged model belongs to the run's experiment, its files under the artifact root
+    model_id = finished.tracker.model_uri.removeprefix("models:/")  # type: ignore[union-attr]
+    logged = finished.client.get_logged_model(model_id)
+    run = finished.client.get_run(run_id)
+    assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == run_id
+    assert logged.artifact_location.startswith(mlflow_store.artifacts.as_uri())
+    assert not (mlflow_store.folder / "mlruns").exists()
+
+
+def test_the_model_is_registered_under_register_as(finished: Finished) -> None:
+    versions = finished.client.search_model_versions(f"name = '{REGISTERED}'")
+    assert [str(v.version) for v in versions] == [finished.tracker.model_version] == ["1"]
+    assert versions[0].run_id == finished.run_id and versions[0].status == "READY"
+
+
+class StopAfterCheckpoint(Callback):
+    """Stops training after the checkpoint of ``epoch`` (as a lost worker would, roughly)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.seen = epoch, 0
+
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.seen = checkpoint.epoch
+
+    def should_stop(self) -> bool:
+        return self.seen >= self.epoch
+
+
+def test_a_second_attempt_resumes_the_same_run_without_gaps_or_duplicates(
+    mlflow_store: Store,
+) -> None:
+    spec = iris_spec()
+    first = tracker_for(mlflow_store, spec, "job-resume", node="node-a")  # default intervals
+    run_id = first.start()
+    partial = train(spec, callbacks=[first.callback(), StopAfterCheckpoint(4)])
+    assert partial.status == "cancelled" and partial.epochs == 4
+    assert first.flush() is True  # the run stays RUNNING: the worker "died"
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    second = tracker_for(mlflow_store, spec, "job-resume", run_id=run_id, attempt=2, node="node-b")
+    assert second.start() == run_id
+    checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
+    assert checkpoint is not None and checkpoint.epoch == 4
+    result = train(spec, callbacks=[second.callback()], resume_from=checkpoint)
+    second.finish(status="succeeded", result=result)
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("train_loss", "val_loss", "grad_norm"):
+        assert steps(client, run_id, key) == list(range(1, 9)), key
+    logged = metric_history(tracking_uri=mlflow_store.uri, run_id=run_id, key="train_loss")
+    assert logged == [(r.epoch, pytest.approx(r.train["loss"])) for r in result.history]
+    tags = run.data.tags
+    assert tags["gradq.attempt"] == "2" and tags["gradq.node"] == "node-b"
+    assert (tags["gradq.attempt.1.node"], tags["gradq.attempt.2.node"]) == ("node-a", "node-b")
+    assert run.data.params["model.hidden"] == "[16, 8]"  # params from attempt 1, unchanged
+
+
+def test_a_restarted_first_attempt_reuses_the_jobs_run(mlflow_store: Store) -> None:
+    spec = iris_spec(experiment="restart-tests")
+    run_id = tracker_for(mlflow_store, spec, "job-restart").start()
+    again = tracker_for(mlflow_store, spec, "job-restart", attempt=2)  # run id never saved
+    assert again.start() == run_id
+    assert latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id) is None
+    other = tracker_for(mlflow_store, spec, "job-other", run_id=run_id, attempt=2)
+    with pytest.raises(ValueError, match="belongs to job job-restart"):
+        other.start()
+
+
+def test_failed_and_cancelled_runs_end_failed_and_killed(
+    mlflow_store: Store, tmp_path: Path
+) -> None:
+    spec = iris_spec(optimizer__epochs=2)
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    failing = tracker_for(mlflow_store, spec, "job-failed")
+    failed_id = failing.start()
+    result = train(spec, callbacks=[failing.callback()])
+    failing.finish(status="failed", result=result, error="Diverged: the loss is nan\n" + "x" * 9000)
+    run = client.get_run(failed_id)
+    assert run.info.status == "FAILED" and run.data.tags["gradq.error"].startswith("Diverged")
+    assert len(download(client, failed_id, "error.txt", tmp_path)) > 9000
+    assert steps(client, failed_id, "train_loss") == [1, 2]
+    assert not [a for a in client.list_artifacts(failed_id) if a.path == "model"]
+
+    cancelled = tracker_for(mlflow_store, spec, "job-cancelled")
+    cancelled_id = cancelled.start()
+    cancelled.finish(status="cancelled")
+    assert client.get_run(cancelled_id).info.status == "KILLED"
+
+
+def test_close_run_terminates_a_running_run_once(mlflow_store: Store) -> None:
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    run_id = tracker_for(mlflow_store, iris_spec(), "job-lost").start()
+    close_run(tracking_uri=mlflow_store.uri, run_id=run_id, status="failed", reason="lease expired")
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["gradq.close_reason"] == "lease expired"
+    end = run.info.end_time
+    close_run(tracking_uri=mlflow_store.uri, run_id=run_id, status="cancelled", reason="again")
+    run = client.get_run(run_id)
+    assert (run.info.status, run.info.end_time) == ("FAILED", end)
+    assert run.data.tags["gradq.close_reason"] == "lease expired"
+    with pytest.raises(Exception, match="BOGUS"):
+        close_run(tracking_uri=mlflow_store.uri, run_id=run_id, status="bogus")
+
+
+def test_fast_epochs_are_sent_in_few_batches(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = iris_spec(optimizer__epochs=30, optimizer__batch_size=120)  # one step an epoch
+    tracker = tracker_for(mlflow_store, spec, "job-batched", flush_interval_s=5.0)
+    run_id = tracker.start()
+    calls: list[int] = []
+    real = tracker.client.log_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(kwargs.get("metrics", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    result = train(spec, callbacks=[tracker.callback()])
+    assert result.epochs == 30 and tracker.flush() is True
+    assert 1 <= len(calls) <= 2, calls  # the first checkpoint's upload flushes epoch 1
+    assert steps(tracker.client, run_id, "train_loss") == list(range(1, 31))
+
+
+def test_a_failed_flush_keeps_the_points_and_the_retry_sends_them_once(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = iris_spec(optimizer__epochs=3)
+    tracker = tracker_for(
+        mlflow_store, spec, "job-flaky", flush_interval_s=0, checkpoint_interval_s=0
+    )
+    run_id = tracker.start()
+    real = tracker.client.log_batch
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("MLflow is down")
+
+    monkeypatch.setattr(tracker.client, "log_batch", down)
+    train(spec, callbacks=[tracker.callback()])
+    assert tracker.pending_points >= 3 * 10 and tracker.flush() is False
+    assert latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id) is None  # held back
+    monkeypatch.setattr(tracker.client, "log_batch", real)
+    assert tracker.flush() is True and tracker.pending_points == 0
+    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+    checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
+    assert checkpoint is not None and checkpoint.epoch == 3
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_training_goes_on_when_the_mlflow_server_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    spec = iris_spec(optimizer__epochs=3)
+    tracker = JobTracker(
+        tracking_uri=f"http://127.0.0.1:{unused_port()}",
+        job_id="job-down",
+        spec=spec,
+        attempt=2,
+        run_id="0" * 32,
+        flush_interval_s=0,
+        checkpoint_interval_s=0,
+    )
+    result = train(spec, callbacks=[tracker.callback()])  # flushes after every epoch: all fail
+    assert result.epochs == 3 and result.metrics["test_accuracy"] > 0
+    assert tracker.flush() is False and tracker.pending_points > 0
+    with pytest.raises(Exception):  # noqa: B017 - start() raises; the worker task decides
+        tracker.start()
+
+
+def test_the_buffer_is_bounded_and_counts_what_it_dropped() -> None:
+    client = MlflowClient(tracking_uri="http://127.0.0.1:9")  # never called: no flush is due
+    buffer = RunBuffer(
+        client, "0" * 32, flush_interval_s=3600, checkpoint_interval_s=3600, max_points=20
+    )
+    for epoch in range(1, 11):  # 5 metrics an epoch: lr, epoch_seconds, …, train_loss
+        buffer.add_epoch(EpochRecord(epoch, epoch, 0.1, 0.01, 1e4, 1.0, {"loss": 1.0 / epoch}))
+    assert (len(buffer.points), buffer.dropped, buffer.failures) == (20, 30, 0)
+    assert [p.step for p in buffer.points] == [s for s in range(7, 11) for _ in range(5)]

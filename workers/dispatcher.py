@@ -1,0 +1,249 @@
+"""The dispatcher: moves queued jobs onto Ray as the cluster has room, and reaps them.
+
+It claims only as many jobs as the cluster has free CPUs and GPUs for, so a waiting job stays
+``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler. Each
+claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
+``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
+itself (the attempt does), settles expired leases with ``requeue_expired``, closes the MLflow
+runs of attempts that died, and force-stops an attempt whose job was cancelled when it has
+not stopped by itself within a grace period. Several dispatchers may share one database:
+claims and fencing make that safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from db.store import JobStore
+from db.views import ClaimedJob, JobView
+from workers.task import WorkerConfig, run_attempt
+from workers.tracking import close_run, make_client
+
+log = logging.getLogger("gradq.dispatcher")
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    worker: WorkerConfig
+    ray_address: str | None = None  # None: start a local Ray inside this process
+    ray_num_cpus: int | None = None  # local Ray only (default: all cores)
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    poll_seconds: float = 0.5
+    requeue_seconds: float = 2.0
+    cancel_grace_seconds: float = 10.0
+    unsatisfiable: Literal["fail", "wait"] = "fail"
+    # The lease a claim starts with: it covers starting a Ray worker process and importing
+    # torch and MLflow (seconds on a cold node), after which the attempt's own heartbeats keep
+    # it at ``worker.lease_seconds``.
+    start_lease_seconds: float = 90.0
+    max_claim: int = 16
+
+
+@dataclass
+class Attempt:
+    job: ClaimedJob
+    ref: Any  # ray.ObjectRef
+    cpus: float
+    gpus: float
+    launched: float
+    cancel_seen: float | None = None
+    force_cancelled: bool = False
+
+
+def resources(spec: dict[str, Any]) -> tuple[float, float]:
+    r = spec.get("resources") or {}
+    return float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0))
+
+
+class Dispatcher:
+    def __init__(self, config: DispatcherConfig, store: JobStore) -> None:
+        self.config = config
+        self.store = store
+        self.inflight: dict[str, Attempt] = {}
+        self._remote: Any = None
+        self._last_requeue = 0.0
+
+    # --- Ray ---------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            if self.config.ray_address:
+                ray.init(address=self.config.ray_address, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=self.config.ray_num_cpus, include_dashboard=False, log_to_driver=False
+                )
+        self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_attempt)
+        # Create the tracking store's schema here, once: attempts starting side by side on a
+        # fresh SQLite store would otherwise race to migrate it.
+        make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
+
+    def capacity(self) -> tuple[float, float, float, float]:
+        """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs)."""
+        import ray
+
+        avail = ray.available_resources()
+        total = ray.cluster_resources()
+        ours_cpu = sum(a.cpus for a in self.inflight.values())
+        ours_gpu = sum(a.gpus for a in self.inflight.values())
+        free_cpu = min(avail.get("CPU", 0.0), total.get("CPU", 0.0) - ours_cpu)
+        free_gpu = min(avail.get("GPU", 0.0), total.get("GPU", 0.0) - ours_gpu)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        max_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+        max_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
+        return free_cpu, free_gpu, max_cpu, max_gpu
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set; a failing tick (database away) is logged and retried."""
+        if self._remote is None:
+            self.connect()
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("dispatcher tick failed; retrying")
+            stop.wait(self.config.poll_seconds)
+
+    def tick(self) -> None:
+        self.reap()
+        now = time.monotonic()
+        if now - self._last_requeue >= self.config.requeue_seconds:
+            self._last_requeue = now
+            self.settle_expired()
+        self.enforce_cancels()
+        self.launch()
+
+    def reap(self) -> None:
+        """Collect finished attempts. One that died (crashed, killed, cancelled by force) has
+        its lease released, so that the database decides at once whether it runs again."""
+        import ray
+
+        if not self.inflight:
+            return
+        refs = {a.ref: job_id for job_id, a in self.inflight.items()}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in done:
+            job_id = refs[ref]
+            attempt = self.inflight.pop(job_id)
+            try:
+                outcome = ray.get(ref)
+                log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
+            except Exception as exc:
+                log.warning(
+                    "job %s attempt %s died: %s", job_id, attempt.job.attempt, type(exc).__name__
+                )
+
+    def settle_expired(self) -> None:
+        """Expired leases: back to queued, or failed ("lost") / cancelled; their runs closed."""
+        for job_id, status in self.store.requeue_expired():
+            log.info("job %s: lease expired, now %s", job_id, status.value)
+            if status.value in ("failed", "cancelled"):
+                run_id = self.store.get(job_id=job_id).mlflow_run_id
+                if run_id:
+                    try:
+                        close_run(
+                            tracking_uri=self.config.worker.tracking_uri,
+                            run_id=run_id,
+                            status=status.value,
+                            reason="the worker running it was lost",
+                        )
+                    except Exception as exc:
+                        log.warning("job %s: could not close MLflow run: %s", job_id, exc)
+
+    def enforce_cancels(self) -> None:
+        """A cancelled job's attempt stops by itself between steps; one that has not within
+        the grace period (stuck in a long step) is killed; its lease then ends it."""
+        import ray
+
+        now = time.monotonic()
+        for job_id, attempt in list(self.inflight.items()):
+            if attempt.force_cancelled:
+                continue
+            if attempt.cancel_seen is None:
+                if self.store.get(job_id=job_id).cancel_requested:
+                    attempt.cancel_seen = now
+            elif now - attempt.cancel_seen > self.config.cancel_grace_seconds:
+                log.warning(
+                    "job %s: still running %.0fs after cancel, killing it",
+                    job_id,
+                    now - attempt.cancel_seen,
+                )
+                ray.cancel(attempt.ref, force=True)
+                attempt.force_cancelled = True
+
+    def launch(self) -> None:
+        """Claim what fits in the free resources, in claim order, and start each on Ray."""
+        heads = self.store.next_queued(limit=self.config.max_claim)
+        if not heads:
+            return
+        free_cpu, free_gpu, max_cpu, max_gpu = self.capacity()
+        fitting: list[str] = []
+        for job in heads:
+            cpus, gpus = resources(job.spec)
+            if cpus > max_cpu or gpus > max_gpu:
+                self.unsatisfiable(job, cpus, gpus, max_cpu, max_gpu)
+                continue  # it can never run here: it does not hold up the jobs behind it
+            if cpus > free_cpu + 1e-9 or gpus > free_gpu + 1e-9:
+                self.store.set_pending_reason(
+                    job_id=job.id,
+                    reason=f"waiting for resources: needs {cpus:g} CPU / {gpus:g} GPU, "
+                    f"{max(free_cpu, 0):g} CPU / {max(free_gpu, 0):g} GPU free",
+                )
+                break
+            free_cpu -= cpus
+            free_gpu -= gpus
+            fitting.append(job.id)
+        if not fitting:
+            return
+        claimed_jobs = self.store.claim(
+            owner=self.config.owner,
+            limit=len(fitting),
+            ids=fitting,
+            lease_seconds=max(self.config.start_lease_seconds, self.config.worker.lease_seconds),
+        )
+        for claimed in claimed_jobs:
+            cpus, gpus = resources(claimed.spec)
+            ref = self._remote.options(
+                num_cpus=cpus, num_gpus=gpus, name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}"
+            ).remote(self.config.worker, claimed)
+            self.inflight[claimed.id] = Attempt(claimed, ref, cpus, gpus, time.monotonic())
+            log.info(
+                "job %s attempt %s launched (%g CPU, %g GPU)",
+                claimed.id,
+                claimed.attempt,
+                cpus,
+                gpus,
+            )
+
+    def unsatisfiable(
+        self, job: JobView, cpus: float, gpus: float, max_cpu: float, max_gpu: float
+    ) -> None:
+        reason = (
+            f"no node of the cluster can run it: needs {cpus:g} CPU / {gpus:g} GPU, the "
+            f"largest node has {max_cpu:g} CPU / {max_gpu:g} GPU"
+        )
+        if self.config.unsatisfiable == "fail":
+            self.store.fail_queued(job_id=job.id, reason=reason)
+        elif job.pending_reason != reason:
+            self.store.set_pending_reason(job_id=job.id, reason=reason)
+
+
+def run_in_thread(dispatcher: Dispatcher) -> tuple[threading.Thread, threading.Event]:
+    """Start the dispatcher loop in a daemon thread (the embedded ``gradq serve``)."""
+    stop = threading.Event()
+    dispatcher.connect()
+    thread = threading.Thread(
+        target=dispatcher.run, args=(stop,), name="gradq-dispatcher", daemon=True
+    )
+    thread.start()
+    return thread, stop

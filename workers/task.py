@@ -1,0 +1,257 @@
+"""One attempt of one job, as it runs inside a Ray task.
+
+``run_attempt(config, claimed)`` loads the data, resumes from the run's last checkpoint when
+this is not the first attempt, trains with ``core.train``, heartbeats the lease with progress
+from a background thread, stops when a cancel is requested, and writes the final status once,
+in one ``try/except/finally``. Every database write is fenced by the attempt number: a zombie
+attempt (its lease expired and the job was claimed again) is refused and stops quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from core.callbacks import Callback, EpochRecord
+from core.checkpoint import CheckpointError
+from core.data import Dataset, load_dataset
+from core.gradcheck import GradcheckFailed
+from core.spec import InvalidSpec, JobSpec
+from core.train import Diverged, TrainResult, train
+from db.errors import StaleAttempt, StoreError
+from db.session import make_engine
+from db.store import JobStore
+from db.views import ClaimedJob
+from workers.tracking import JobTracker, latest_checkpoint
+
+log = logging.getLogger("gradq.task")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What an attempt needs to reach the shared services; sent to the Ray task."""
+
+    database_url: str
+    tracking_uri: str
+    artifact_root: str | None = None
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 3.0
+    metrics_flush_seconds: float = 5.0
+    checkpoint_upload_seconds: float = 10.0
+
+
+_engines: dict[str, Any] = {}
+
+
+def _store(url: str) -> JobStore:
+    """One engine per database URL per worker process (Ray reuses worker processes)."""
+    if url not in _engines:
+        _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
+    return JobStore(_engines[url])
+
+
+def node_name() -> str:
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # outside Ray (tests, `gradq train`)
+        node = "local"
+    return f"{socket.gethostname()}/{node}"
+
+
+class Lease(Callback):
+    """Heartbeats from a thread (a long epoch must not lose the lease) with the latest
+    progress; ``should_stop`` turns True on a cancel request or when the lease was lost."""
+
+    def __init__(self, store: JobStore, job: ClaimedJob, config: WorkerConfig, epochs: int) -> None:
+        self.store, self.job, self.config = store, job, config
+        self.node = node_name()
+        self.progress: dict[str, Any] = {
+            "epoch": 0,
+            "epochs": epochs,
+            "step": 0,
+            "pid": os.getpid(),
+            "node": self.node,
+        }
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job.id}", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def beat(self) -> None:
+        try:
+            if self.store.heartbeat(
+                job_id=self.job.id,
+                attempt=self.job.attempt,
+                lease_seconds=self.config.lease_seconds,
+                progress=dict(self.progress),
+                node=self.node,
+            ):
+                self.cancel.set()
+        except StoreError as exc:  # stale attempt, job finished or gone: this attempt is over
+            log.warning("job %s attempt %s: lease lost (%s)", self.job.id, self.job.attempt, exc)
+            self.lost.set()
+        except Exception as exc:  # the database is briefly away: keep training, retry
+            log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_seconds) and not self.lost.is_set():
+            self.beat()
+
+    def on_train_start(
+        self, *, spec: JobSpec, engine: str, device: str, n_train: int, resumed_epoch: int
+    ) -> None:
+        self.progress.update(
+            engine=engine, device=device, epoch=resumed_epoch, resumed_from_epoch=resumed_epoch
+        )
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.progress.update(
+            epoch=record.epoch,
+            step=record.step,
+            metrics={k: v for k, v in record.metrics().items() if not k.startswith("layer")},
+        )
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set()
+
+
+def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset | None:
+    """An uploaded data set is fetched from where the database says its bytes live."""
+    if spec.dataset.name != "upload":
+        return None
+    assert spec.dataset.id is not None
+    record = store.get_dataset(dataset_id=spec.dataset.id)
+    uri = record.uri
+    if uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+    elif "://" not in uri:
+        path = Path(uri)
+    else:
+        import mlflow.artifacts
+
+        folder = tempfile.mkdtemp(prefix="gradq-data-")
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri
+            )
+        )
+    return load_dataset(spec.dataset, seed=spec.seed, path=path)
+
+
+def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
+    """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
+    logging.basicConfig(level=logging.INFO)
+    store = _store(config.database_url)
+    spec = JobSpec.model_validate(job.spec)
+    lease = Lease(store, job, config, spec.optimizer.epochs)
+    tracker: JobTracker | None = None
+    status: Literal["succeeded", "cancelled"] = "succeeded"
+    result_body: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    result: TrainResult | None = None
+    started = time.perf_counter()
+    try:
+        lease.start()
+        if lease.lost.is_set():
+            return "stale"
+        tracker = JobTracker(
+            tracking_uri=config.tracking_uri,
+            job_id=job.id,
+            spec=spec,
+            attempt=job.attempt,
+            run_id=job.mlflow_run_id,
+            node=lease.node,
+            artifact_root=config.artifact_root,
+            flush_interval_s=config.metrics_flush_seconds,
+            checkpoint_interval_s=config.checkpoint_upload_seconds,
+        )
+        run_id = tracker.start()
+        store.set_run(
+            job_id=job.id,
+            attempt=job.attempt,
+            mlflow_run_id=run_id,
+            checkpoint_uri=f"runs:/{run_id}/checkpoints/last/checkpoint.pt",
+        )
+        resume = (
+            latest_checkpoint(tracking_uri=config.tracking_uri, run_id=run_id)
+            if job.attempt > 1
+            else None
+        )
+        result = train(
+            spec,
+            callbacks=[lease, tracker.callback()],
+            resume_from=resume,
+            data=_data(spec, store, config.tracking_uri),
+        )
+        if lease.lost.is_set():
+            return "stale"
+        if result.status == "cancelled":
+            status = "cancelled"
+        else:
+            result_body = {
+                "metrics": result.metrics,
+                "epochs": result.epochs,
+                "steps": result.steps,
+                "best_epoch": result.best_epoch,
+                "stopped": result.status,
+                "engine": result.engine,
+                "device": result.device,
+                "resumed_from_epoch": resume.epoch if resume else None,
+                "seconds": time.perf_counter() - started,
+            }
+    except Diverged as exc:
+        error = {"type": "diverged", "message": str(exc), "epoch": exc.epoch, "step": exc.step}
+    except GradcheckFailed as exc:
+        error = {"type": "gradcheck_failed", "message": str(exc), "report": exc.report.to_dict()}
+    except (InvalidSpec, CheckpointError) as exc:
+        error = {"type": "invalid", "message": str(exc)}
+    except StaleAttempt:
+        lease.lost.set()
+        return "stale"
+    except Exception as exc:  # anything else ends this attempt as failed, with its cause
+        error = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exc(limit=8),
+        }
+    finally:
+        final: Literal["succeeded", "failed", "cancelled"] = "failed" if error else status
+        if not lease.lost.is_set():
+            try:
+                if tracker is not None and tracker.run_id is not None:
+                    message = None if error is None else str(error["message"])
+                    tracker.finish(status=final, result=result, error=message)
+            except Exception as exc:  # tracking must not decide the job's fate
+                log.warning("job %s: MLflow finish failed: %s", job.id, exc)
+            try:
+                store.finish(
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    status=final,
+                    result=result_body,
+                    error=error,
+                    reason=None if error is None else error["type"],
+                )
+            except StoreError as exc:
+                log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
+                lease.lost.set()
+        lease.close()
+    return "stale" if lease.lost.is_set() else final

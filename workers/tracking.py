@@ -1,0 +1,304 @@
+"""The MLflow adapter: one MLflow run per job, written through an explicit ``MlflowClient``.
+
+Nothing connects at import; every entry point takes a ``tracking_uri``. A job's run carries:
+
+- params: the flattened spec (``model.hidden``, ``optimizer.lr``, …; see ``flatten_params``);
+- tags: ``gradq.job_id``, ``gradq.attempt``, ``gradq.node`` and ``gradq.attempt.<n>.node``;
+- metrics: ``EpochRecord.metrics()`` at step = epoch (1-based, continued by a resumed
+  attempt), ``gradcheck_max_rel_error`` / ``gradcheck_max_fd_rel_error`` at step = optimizer
+  step, and at the end ``final_<name>`` for each of ``TrainResult.metrics`` plus
+  ``final_epochs``, ``final_steps``, ``gradcheck_count`` (no step: logged at step 0, so that
+  they are also the logged model's metrics);
+- artifacts: ``checkpoints/last/checkpoint.pt``, ``checkpoints/best/checkpoint.pt``,
+  ``gradcheck/step_XXXXXXXX.json``, ``plots/learning_curve.png``, ``error.txt`` and the model
+  ``model`` (``runs:/<run_id>/model``).
+
+Failure policy: the training callback never raises for an MLflow error (it keeps its buffer
+and retries); ``start()`` and ``finish()`` do raise, and the worker task decides what an
+unreachable tracker means for the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, RunStatus, RunTag
+
+from core.checkpoint import Checkpoint
+from workers.tracking_artifacts import flatten_params, learning_curve, log_model, param_entities
+from workers.tracking_buffer import CHECKPOINT_FILE, LAST_CHECKPOINT, RunBuffer, TrackingCallback
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from core.callbacks import Callback
+    from core.spec import JobSpec
+    from core.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
+DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
+MAX_ERROR_TAG = 5000
+_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+_ACTIVE = {"RUNNING", "SCHEDULED"}
+
+
+def make_client(tracking_uri: str) -> MlflowClient:
+    """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first."""
+    from mlflow import MlflowClient
+
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
+        db = tracking_uri.removeprefix("sqlite:///").split("?")[0]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+class JobTracker:
+    """One attempt's writer into the job's MLflow run. Use: ``start()``, pass ``callback()``
+    to ``core.train``, then ``finish()`` exactly once (``flush()`` at any time)."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        job_id: str,
+        spec: JobSpec,
+        attempt: int,
+        run_id: str | None = None,
+        node: str | None = None,
+        artifact_root: str | None = None,
+        flush_interval_s: float = 5.0,
+        checkpoint_interval_s: float = 10.0,
+    ) -> None:
+        self.tracking_uri, self.job_id, self.spec, self.attempt = (
+            tracking_uri,
+            job_id,
+            spec,
+            attempt,
+        )
+        self.node = node or socket.gethostname()
+        self.artifact_root = artifact_root
+        self.flush_interval_s, self.checkpoint_interval_s = flush_interval_s, checkpoint_interval_s
+        self.client = make_client(tracking_uri)
+        self.run_id: str | None = run_id
+        self.model_uri: str | None = None  # set by finish() when a model was logged
+        self.model_version: str | None = None  # set when it was registered
+        self._buffer: RunBuffer | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Open the job's run and return its id (raises when MLflow is unreachable).
+
+        Without ``run_id``: the experiment ``spec.experiment`` is fetched or created, and a
+        run already tagged with this job id is reused (a first attempt that died before its
+        run id was saved), else a run named ``spec.name`` is created and the flattened spec
+        logged as params. With ``run_id``: that run (it must carry this job id) is set
+        RUNNING again; params are not re-logged. Either way the attempt and node tags are
+        updated, and epochs or gradient checks already in the run are not logged again."""
+        client = self.client
+        if self.run_id is None:
+            experiment_id = self._experiment_id()
+            query = f"tags.`gradq.job_id` = '{self.job_id}'"
+            found = [] if "'" in self.job_id else client.search_runs([experiment_id], query)
+            if found:
+                self.run_id = found[0].info.run_id
+            else:  # tagged at creation, so that a retry finds it
+                run = client.create_run(
+                    experiment_id, run_name=self.spec.name, tags={"gradq.job_id": self.job_id}
+                )
+                self.run_id = run.info.run_id
+                params = param_entities(flatten_params(self.spec.model_dump(mode="json")))
+                for i in range(0, len(params), 100):  # MLflow: at most 100 params a batch
+                    client.log_batch(self.run_id, params=params[i : i + 100])
+        run = client.get_run(self.run_id)
+        owner = run.data.tags.get("gradq.job_id")
+        if owner not in (None, self.job_id):
+            raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
+        if run.info.status != "RUNNING":
+            client.update_run(self.run_id, status="RUNNING")
+        tags = {
+            "gradq.job_id": self.job_id,
+            "gradq.attempt": str(self.attempt),
+            "gradq.node": self.node,
+            f"gradq.attempt.{self.attempt}.node": self.node,
+        }
+        client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        buffer = self._make_buffer()
+        buffer.skip_epochs_through = _max_step(client, self.run_id, "train_loss", default=0)
+        buffer.skip_gradchecks_through = _max_step(
+            client, self.run_id, "gradcheck_max_rel_error", default=-1
+        )
+        return self.run_id
+
+    def callback(self) -> Callback:
+        """The core callback of this run (needs ``start()`` or a ``run_id``); never raises
+        for an MLflow error. Buffering: see ``workers.tracking_buffer``."""
+        return TrackingCallback(self._make_buffer())
+
+    def flush(self) -> bool:
+        """Send what is buffered; True when nothing stays pending (never raises)."""
+        return self._buffer.flush() if self._buffer is not None else True
+
+    @property
+    def pending_points(self) -> int:
+        """Metric points buffered and not yet in MLflow."""
+        return len(self._buffer.points) if self._buffer is not None else 0
+
+    def finish(
+        self,
+        *,
+        status: Literal["succeeded", "failed", "cancelled"],
+        result: TrainResult | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Flush, record the outcome and close the run: FINISHED, FAILED or KILLED.
+
+        With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
+        ``gradcheck_count`` and ``plots/learning_curve.png``; for ``succeeded`` also the model
+        (``self.model_uri``), registered as ``spec.register_as`` when set
+        (``self.model_version``). With ``error``: tag ``gradq.error`` (cut to 5000
+        characters) and the full text as ``error.txt``. Raises when MLflow fails; the run is
+        then left RUNNING, and ``close_run`` (or a retry) closes it."""
+        run_id = self._require_run()
+        client = self.client
+        if not self._make_buffer().flush():
+            raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
+        if result is not None:
+            finals = {f"final_{k}": v for k, v in result.metrics.items()}
+            finals |= {
+                "final_epochs": result.epochs,
+                "final_steps": result.steps,
+                "gradcheck_count": len(result.gradchecks),
+            }
+            now = _now_ms()
+            client.log_batch(
+                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()]
+            )
+            if result.history:
+                client.log_figure(
+                    run_id, learning_curve(result.history), "plots/learning_curve.png"
+                )
+            if status == "succeeded":
+                info = log_model(
+                    result,
+                    client=client,
+                    tracking_uri=self.tracking_uri,
+                    run_id=run_id,
+                    register_as=self.spec.register_as,
+                )
+                self.model_uri = info.model_uri
+                if info.registered_model_version is not None:
+                    self.model_version = str(info.registered_model_version)
+                client.set_tag(run_id, "gradq.model_uri", info.model_uri)
+        if error is not None:
+            client.set_tag(run_id, "gradq.error", error[:MAX_ERROR_TAG])
+            client.log_text(run_id, error, "error.txt")
+        client.set_terminated(run_id, _STATUS[status])
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _make_buffer(self) -> RunBuffer:
+        if self._buffer is None:
+            self._buffer = RunBuffer(
+                self.client,
+                self._require_run(),
+                flush_interval_s=self.flush_interval_s,
+                checkpoint_interval_s=self.checkpoint_interval_s,
+            )
+        return self._buffer
+
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("JobTracker.start() has not been called")
+        return self.run_id
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        name = self.spec.experiment
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None
+            if self.artifact_root and not _is_remote(self.tracking_uri):
+                location = _folder_uri(self.artifact_root)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # created meanwhile by another worker
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return str(experiment.experiment_id)
+
+
+# --- module functions ----------------------------------------------------------------------
+
+
+def latest_checkpoint(*, tracking_uri: str, run_id: str) -> Checkpoint | None:
+    """The run's ``checkpoints/last/checkpoint.pt``, or None when it has none yet."""
+    client = make_client(tracking_uri)
+    listed = {f.path for f in client.list_artifacts(run_id, LAST_CHECKPOINT)}
+    path = f"{LAST_CHECKPOINT}/{CHECKPOINT_FILE}"
+    if path not in listed:
+        return None
+    with tempfile.TemporaryDirectory(prefix="gradq-ckpt-") as tmp:
+        local = client.download_artifacts(run_id, path, dst_path=tmp)
+        return Checkpoint.from_bytes(Path(local).read_bytes())
+
+
+def close_run(*, tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    """Terminate a run whose worker is gone. ``status``: succeeded/failed/cancelled or
+    FINISHED/FAILED/KILLED. A run that is no longer RUNNING (or SCHEDULED) is left as it is,
+    so calling this twice, or after the worker's own ``finish()``, changes nothing."""
+    mlflow_status = _STATUS.get(status, status.upper())
+    RunStatus.from_string(mlflow_status)  # raises for an unknown status
+    client = make_client(tracking_uri)
+    if client.get_run(run_id).info.status not in _ACTIVE:
+        return
+    if reason is not None:
+        client.set_tag(run_id, "gradq.close_reason", reason[:MAX_ERROR_TAG])
+    client.set_terminated(run_id, mlflow_status)
+
+
+def metric_history(*, tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric, sorted by step; for a step logged twice, the later one."""
+    points = make_client(tracking_uri).get_metric_history(run_id, key)
+    by_step = {m.step: m.value for m in sorted(points, key=lambda m: (m.step, m.timestamp))}
+    return sorted(by_step.items())
+
+
+def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``."""
+    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _max_step(client: MlflowClient, run_id: str, key: str, *, default: int) -> int:
+    return max((m.step for m in client.get_metric_history(run_id, key)), default=default)
+
+
+def _is_remote(tracking_uri: str) -> bool:
+    return urlparse(tracking_uri).scheme in ("http", "https", "databricks")
+
+
+def _folder_uri(folder: str) -> str:
+    """A folder as a URI: one with a scheme (``s3://``, ``file://``) as it is, a path made
+    absolute as ``file://``."""
+    if urlparse(folder).scheme and not Path(folder).drive:
+        return folder
+    return Path(folder).expanduser().resolve().as_uri()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
