@@ -153,7 +153,8 @@ class StepTimer(Callback):
 
 
 def compute_bound(device: str, engine: str, width: int, depth: int, batch: int) -> dict[str, float]:
-    """GFLOP/s of gradq's training steps (epoch time, evaluation excluded) on a wide MLP."""
+    """GFLOP/s of gradq's training steps on a wide MLP: the epoch's steps, without the
+    per-epoch evaluation and without the gradient validator (see the spec below)."""
     n_features, classes, rows = 256, 10, batch * 12
     spec = parse_spec(
         {
@@ -168,6 +169,9 @@ def compute_bound(device: str, engine: str, width: int, depth: int, batch: int) 
             "model": {"hidden": [width] * depth, "activation": "relu"},
             "optimizer": {"lr": 0.01, "batch_size": batch, "epochs": 1},
             "regularization": {"weight_decay": WD, "early_stopping": {"enabled": False}},
+            # a dozen steps measure the steady state; the validator's finite differences on
+            # 3.4M parameters would weigh like several steps here, unlike in a real job
+            "gradcheck": {"at_start": False, "every_steps": 0},
             "engine": engine,
             "device": device,
             "resources": {"cpus": 1, "gpus": 1 if device == "cuda" else 0},
@@ -224,16 +228,25 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--skip-compute-bound", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each row keeps its best")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_dataset(parse_spec({"dataset": "digits"}).dataset, seed=0)
+    runners: dict[str, Any] = {}
+    if args.device == "cpu":
+        runners["scikit-learn MLPClassifier"] = lambda: run_sklearn(data, args.epochs)
+    runners["PyTorch autograd loop"] = lambda: run_torch(data, args.epochs, args.device)
+    runners["gradq engine=autograd"] = lambda: run_gradq(data, args.epochs, "autograd", args.device)
+    runners["gradq engine=manual"] = lambda: run_gradq(data, args.epochs, "manual", args.device)
     rows: dict[str, dict[str, float]] = {}
     with threadpool_limits(limits=1):
-        if args.device == "cpu":
-            rows["scikit-learn MLPClassifier"] = run_sklearn(data, args.epochs)
-        rows["PyTorch autograd loop"] = run_torch(data, args.epochs, args.device)
-        rows["gradq engine=autograd"] = run_gradq(data, args.epochs, "autograd", args.device)
-        rows["gradq engine=manual"] = run_gradq(data, args.epochs, "manual", args.device)
+        # Rounds interleave the rows, and each row keeps its fastest round: on a shared,
+        # noisy machine the best of a few runs is the closest to what the code costs.
+        for _ in range(args.repeats):
+            for name, run in runners.items():
+                r = run()
+                if name not in rows or r["seconds"] < rows[name]["seconds"]:
+                    rows[name] = r
         anchor_name = (
             "scikit-learn MLPClassifier" if args.device == "cpu" else "PyTorch autograd loop"
         )
@@ -244,10 +257,17 @@ def main() -> None:
         compute: dict[str, dict[str, float]] = {}
         if not args.skip_compute_bound:
             width, depth, batch = 1024, 4, 1024
-            mm = mm_anchor(args.device, [256, *([width] * depth), 10], batch)
+            widths = [256, *([width] * depth), 10]
+            mm = max(mm_anchor(args.device, widths, batch) for _ in range(args.repeats))
             compute["torch.mm, same shapes"] = {"gflops": mm, "ratio": 1.0}
             for engine in ("autograd", "manual"):
-                r = compute_bound(args.device, engine, width, depth, batch)
+                r = max(
+                    (
+                        compute_bound(args.device, engine, width, depth, batch)
+                        for _ in range(max(1, args.repeats - 1))
+                    ),
+                    key=lambda x: x["gflops"],
+                )
                 r["ratio"] = r["gflops"] / mm
                 compute[f"gradq engine={engine}"] = r
     report = {
@@ -264,6 +284,7 @@ def main() -> None:
             "epochs": args.epochs,
         },
         "anchor": anchor_name,
+        "repeats": args.repeats,
         "rows": rows,
         "compute_bound": compute,
     }

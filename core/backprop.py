@@ -76,12 +76,14 @@ def backprop(
     weight_decay: float = 0.0,
     masks: Sequence[torch.Tensor] | None = None,
     out: Sequence[torch.Tensor] | None = None,
+    weights_t: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(∇W⁽ˡ⁾, ∇b⁽ˡ⁾) for l = 1 … L, from encoded targets ``T`` (see ``core.losses``).
 
     The training loop calls this directly (targets are encoded once per data set) with
     ``out`` = [∇W⁽¹⁾, ∇b⁽¹⁾, …] buffers to fill in place; it then adds the weight decay itself
-    (one operation on its flat gradient), so ``weight_decay`` must be 0 with ``out``.
+    (one operation on its flat gradient), so ``weight_decay`` must be 0 with ``out``, and
+    ``weights_t`` = [W⁽ˡ⁾ᵀ] views made once, which follow the weights' in-place updates.
     """
     if out is not None and weight_decay:
         raise ValueError("with out=, the caller adds the weight decay")
@@ -92,12 +94,20 @@ def backprop(
     zs: list[torch.Tensor] = []  # Z⁽ˡ⁾
     phis: list[torch.Tensor] = []  # φ(Z⁽ˡ⁾), unmasked: σ′ and tanh′ are cheapest from it
     for l in range(L - 1):
-        z = nnf.linear(hs[-1], weights[l], biases[l])
+        z = (
+            torch.addmm(biases[l], hs[-1], weights_t[l])
+            if weights_t is not None
+            else nnf.linear(hs[-1], weights[l], biases[l])
+        )
         phi = act.forward(z)
         zs.append(z)
         phis.append(phi)
         hs.append(phi * masks[l] if masks is not None else phi)
-    F = nnf.linear(hs[-1], weights[-1], biases[-1])
+    F = (
+        torch.addmm(biases[-1], hs[-1], weights_t[-1])
+        if weights_t is not None
+        else nnf.linear(hs[-1], weights[-1], biases[-1])
+    )
 
     # backward: Δ⁽ᴸ⁾ from the loss, then one new factor per layer
     delta = loss_delta(loss, F, T)

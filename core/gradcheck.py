@@ -124,10 +124,11 @@ def check_gradients(
 
     Everything is copied to float64 first; the caller's tensors are not touched.
     """
-    W = [w.detach().to(torch.float64).clone() for w in weights]
-    b = [v.detach().to(torch.float64).clone() for v in biases]
-    X64, T64 = X.detach().to(torch.float64), T.detach().to(torch.float64)
-    M64 = [m.detach().to(torch.float64) for m in masks] if masks is not None else None
+    # copies (also of inference-mode tensors, which autograd may not save)
+    W = [w.detach().to(torch.float64, copy=True) for w in weights]
+    b = [v.detach().to(torch.float64, copy=True) for v in biases]
+    X64, T64 = X.detach().to(torch.float64, copy=True), T.detach().to(torch.float64, copy=True)
+    M64 = [m.detach().to(torch.float64, copy=True) for m in masks] if masks is not None else None
 
     def objective(Ws: Sequence[torch.Tensor], bs: Sequence[torch.Tensor]) -> torch.Tensor:
         out = forward(Ws, bs, X64, activation=activation, masks=M64)

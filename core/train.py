@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as nnf
 
 from core.backprop import backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
@@ -179,8 +180,11 @@ def train(
     gc = spec.gradcheck
     gradchecks: list[dict[str, Any]] = []
 
+    @torch.inference_mode(False)  # the validator runs autograd, also inside the manual loop
     def validate(Xb: torch.Tensor, Tb: torch.Tensor, masks: list[torch.Tensor] | None) -> None:
         k = min(gc.max_batch, Xb.shape[0])
+        if not Tb.is_floating_point():  # class indices (fused cross-entropy): one-hot them
+            Tb = nnf.one_hot(Tb[:k], width).to(Xb.dtype)
         report = check_gradients(
             weights,
             biases,
@@ -201,17 +205,42 @@ def train(
         if not report.passed:
             raise GradcheckFailed(report)
 
+    # autograd with cross-entropy trains on class indices: PyTorch's fused log-softmax + NLL
+    # (the same loss as loss_value on one-hot targets, in fewer operations)
+    fused_ce = engine == "autograd" and loss == "cross_entropy"
+    T_train = y if fused_ce else T
+
     def autograd_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
         flat.grad.zero_()  # autograd accumulates into the views of flat.grad
         out: torch.Tensor = model(Xb, masks)
-        loss_value(loss, out, Tb).backward()
+        value = nnf.cross_entropy(out, Tb) if fused_ce else loss_value(loss, out, Tb)
+        value.backward()
+
+    weights_t = [w.detach().t() for w in weights]  # views: they follow the SGD updates
 
     def manual_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
-        act = spec.model.activation
-        backprop(weights, biases, Xb, Tb, activation=act, loss=loss, masks=masks, out=grad_views)
+        backprop(
+            weights,
+            biases,
+            Xb,
+            Tb,
+            activation=spec.model.activation,
+            loss=loss,
+            masks=masks,
+            out=grad_views,
+            weights_t=weights_t,
+        )
 
     compute = manual_grads if engine == "manual" else autograd_grads
     stop_checks = cbs.has_should_stop
+    dropout = reg.dropout > 0.0
+    # gradient checks: before step 0 (at_start), then at every multiple of every_steps
+    if step == 0 and gc.at_start:
+        next_check = 0
+    elif gc.every_steps:
+        next_check = max(-(-step // gc.every_steps), 1) * gc.every_steps
+    else:
+        next_check = -1
     status = "completed"
     cbs.on_train_start(
         spec=spec, engine=engine, device=str(device), n_train=n, resumed_epoch=start_epoch
@@ -224,15 +253,15 @@ def train(
         t0 = time.perf_counter()
         before = [w.detach().clone() for w in weights]
         perm = torch.randperm(n, generator=batch_gen).to(device)
-        with torch.no_grad() if engine == "manual" else torch.enable_grad():
+        # the manual engine records nothing for autograd: inference mode skips its bookkeeping
+        with torch.inference_mode() if engine == "manual" else torch.enable_grad():
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
-                Xb, Tb = X.index_select(0, idx), T.index_select(0, idx)
-                masks = sample_masks(model, Xb.shape[0], generator=drop_gen)
-                if (gc.at_start and step == 0) or (
-                    gc.every_steps and step and step % gc.every_steps == 0
-                ):
+                Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
+                masks = sample_masks(model, len(idx), generator=drop_gen) if dropout else None
+                if step == next_check:
                     validate(Xb, Tb, masks)
+                    next_check = step + gc.every_steps if gc.every_steps else -1
                 compute(Xb, Tb, masks)
                 check = float(grad_views[-1].sum())  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: not finite iff F is not
                 if not math.isfinite(check):

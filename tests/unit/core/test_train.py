@@ -237,3 +237,17 @@ def test_exported_model_takes_raw_features() -> None:
     pred = export_model(reg)(torch.as_tensor(reg.data.raw(reg.data.X_test), dtype=torch.float32))
     rmse = float(((pred[:, 0].double().numpy() - reg.data.y_test) ** 2).mean() ** 0.5)
     assert rmse == pytest.approx(reg.metrics["test_rmse"], rel=1e-4)
+
+
+def test_gradient_checks_follow_their_cadence_also_after_resume(tmp_path: Path) -> None:
+    spec = parse_spec({"dataset": "iris", "optimizer": {"epochs": 4, "batch_size": 16},
+                       "gradcheck": {"every_steps": 5},
+                       "regularization": {"early_stopping": {"enabled": False}}})  # fmt: skip
+    rec = Recorder(save_at=2, path=tmp_path / "c.pt")
+    result = train(spec, callbacks=[rec])
+    steps = [r.step for r in rec.reports]
+    assert steps == list(range(0, result.steps, 5)) and all(r.passed for r in rec.reports)
+    resumed = Recorder()
+    train(spec, callbacks=[resumed], resume_from=Checkpoint.load(tmp_path / "c.pt"))
+    half = Checkpoint.load(tmp_path / "c.pt").step
+    assert [r.step for r in resumed.reports] == [s for s in steps if s >= half]
