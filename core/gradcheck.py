@@ -176,7 +176,7 @@ def check_gradients(
                 else torch.randperm(n, generator=gen)[:fd_samples]
             )
             if fd_samples != 0 and len(coords):
-                numeric = torch.empty(len(coords), dtype=torch.float64)
+                numeric = torch.empty(len(coords), dtype=torch.float64, device=p.device)
                 for j, i in enumerate(coords.tolist()):
                     orig = float(flat[i])
                     flat[i] = orig + FD_STEP
@@ -185,7 +185,7 @@ def check_gradients(
                     down = float(objective(W, b))
                     flat[i] = orig
                     numeric[j] = (up - down) / (2 * FD_STEP)
-                analytic = g_manual.reshape(-1)[coords]
+                analytic = g_manual.reshape(-1)[coords.to(p.device)]
                 fd_abs = _max_abs(analytic - numeric)
                 fd_rel = fd_abs / scale
             passed = a_rel <= tolerance and (fd_rel is None or fd_rel <= fd_tolerance)

@@ -240,9 +240,14 @@ def test_exported_model_takes_raw_features() -> None:
 
 
 def test_gradient_checks_follow_their_cadence_also_after_resume(tmp_path: Path) -> None:
-    spec = parse_spec({"dataset": "iris", "optimizer": {"epochs": 4, "batch_size": 16},
-                       "gradcheck": {"every_steps": 5},
-                       "regularization": {"early_stopping": {"enabled": False}}})  # fmt: skip
+    spec = parse_spec(
+        {
+            "dataset": "iris",
+            "optimizer": {"epochs": 4, "batch_size": 16},
+            "gradcheck": {"every_steps": 5},
+            "regularization": {"early_stopping": {"enabled": False}},
+        }
+    )
     rec = Recorder(save_at=2, path=tmp_path / "c.pt")
     result = train(spec, callbacks=[rec])
     steps = [r.step for r in rec.reports]
@@ -251,3 +256,25 @@ def test_gradient_checks_follow_their_cadence_also_after_resume(tmp_path: Path) 
     train(spec, callbacks=[resumed], resume_from=Checkpoint.load(tmp_path / "c.pt"))
     half = Checkpoint.load(tmp_path / "c.pt").step
     assert [r.step for r in resumed.reports] == [s for s in steps if s >= half]
+
+
+def test_auto_engine_is_manual_on_cpu() -> None:
+    result = train(parse_spec({"dataset": "iris", "optimizer": {"epochs": 2}}))
+    assert result.engine == "manual" and result.device == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("engine", ["manual", "autograd"])
+def test_trains_on_cuda_like_on_cpu(engine: str) -> None:
+    base = {
+        "dataset": "digits",
+        "optimizer": {"epochs": 5},
+        "engine": engine,
+        "regularization": {"dropout": 0.1},
+    }
+    gpu = train(parse_spec({**base, "device": "cuda", "resources": {"gpus": 1}}))
+    assert gpu.device.startswith("cuda") and gpu.steps > 0
+    cpu = train(parse_spec(base))
+    assert gpu.metrics["test_accuracy"] == pytest.approx(cpu.metrics["test_accuracy"], abs=0.05)
+    assert gpu.gradchecks[0]["passed"]
