@@ -10,16 +10,13 @@ session) the PostgreSQL half is skipped with one line saying so.
 
 from __future__ import annotations
 
-import functools
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
-from sqlalchemy import Engine, insert, make_url
+from sqlalchemy import Engine, insert
 
 from core.spec import JobSpec, parse_spec
 from db.migrate import upgrade
@@ -27,71 +24,19 @@ from db.queries import EVENTS, JOBS
 from db.session import make_engine
 from db.store import JobStore
 
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
 
 
-def postgres_base_url() -> str:
-    """The PostgreSQL URL the tests use (SQLAlchemy form)."""
-    return os.environ.get("GRADQ_TEST_POSTGRES_URL", DEFAULT_PG_URL)
-
-
-def libpq_url(url: str) -> str:
-    """The same URL in the form psycopg/libpq takes."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@functools.cache
-def postgres_down_reason() -> str | None:
-    """None when PostgreSQL answers within 2 s (asked once per session); else why not."""
-    url = postgres_base_url()
-    try:
-        psycopg.connect(libpq_url(url), connect_timeout=2).close()
-    except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        safe = make_url(url).render_as_string(hide_password=True)
-        return f"PostgreSQL at {safe} does not answer ({first})"
-    return None
-
-
-@pytest.fixture(scope="session")
-def postgres_down() -> str | None:
-    return postgres_down_reason()
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """One line at the end when the PostgreSQL half of the db tests was skipped."""
-    if postgres_down_reason.cache_info().currsize and postgres_down_reason() is not None:
-        terminalreporter.write_line(
-            f"gradq db: {postgres_down_reason()}: every [postgres] db test was skipped",
-            yellow=True,
-        )
-
-
 @pytest.fixture(params=BACKENDS)
-def db_url(
-    request: pytest.FixtureRequest, tmp_path: Any, postgres_down: str | None
-) -> Iterator[str]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """An empty database (no tables) on the parametrised backend, private to this test."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gradq.db'}"
         return
-    if postgres_down is not None:
-        pytest.skip(f"{postgres_down}: PostgreSQL tests skipped")
-    base = postgres_base_url()
-    schema = f"t_{uuid.uuid4().hex[:20]}"
-    with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(libpq_url(base), autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    yield request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

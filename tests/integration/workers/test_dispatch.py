@@ -69,8 +69,13 @@ class Service:
 
 
 @pytest.fixture
-def service(ray_local: None, tmp_path: Path) -> Iterator[Service]:
-    db_url = f"sqlite:///{tmp_path}/gradq.db"
+def service(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
+    backend = getattr(request, "param", "sqlite")  # tests choose with indirect parametrisation
+    db_url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path}/gradq.db"
+    )
     upgrade(db_url)
     store = JobStore(make_engine(db_url))
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
@@ -131,6 +136,12 @@ def events(svc: Service, job_id: str) -> list[tuple[str | None, str]]:
     ]
 
 
+BOTH = pytest.mark.parametrize(
+    "service", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@BOTH
 def test_job_succeeds_with_run_metrics_and_a_model(service: Service) -> None:
     job_id = service.submit(small_job())
     job = service.wait_terminal(job_id)
@@ -218,6 +229,7 @@ def test_unsatisfiable_resources_fail_with_a_reason(service: Service) -> None:
     assert "no node of the cluster can run it" in str(job.error)
 
 
+@BOTH
 def test_two_dispatchers_run_each_job_once(service: Service) -> None:
     service.start_dispatcher()  # type: ignore[attr-defined]
     ids = [service.submit(small_job(seed=i)) for i in range(6)]
