@@ -112,7 +112,21 @@ class Dispatcher:
                 self.tick()
             except Exception:
                 log.exception("dispatcher tick failed; retrying")
+                stop.wait(self.config.poll_seconds)
+                continue
+            self.idle(stop)
+
+    def idle(self, stop: threading.Event) -> None:
+        """Wait for the next tick: ``poll_seconds``, cut short when an attempt of ours ends,
+        so that the resources it frees go to the next queued job at once (short jobs would
+        otherwise wait half a poll each)."""
+        if not self.inflight:
             stop.wait(self.config.poll_seconds)
+            return
+        import ray
+
+        refs = [a.ref for a in self.inflight.values()]
+        ray.wait(refs, num_returns=1, timeout=self.config.poll_seconds)
 
     def tick(self) -> None:
         self.reap()

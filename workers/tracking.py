@@ -32,7 +32,13 @@ from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
 from workers.tracking_artifacts import flatten_params, learning_curve, log_model, param_entities
-from workers.tracking_buffer import CHECKPOINT_FILE, LAST_CHECKPOINT, RunBuffer, TrackingCallback
+from workers.tracking_buffer import (
+    CHECKPOINT_FILE,
+    LAST_CHECKPOINT,
+    RunBuffer,
+    TrackingCallback,
+)
+from workers.tracking_clock import Clock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -93,6 +99,7 @@ class JobTracker:
         self.model_uri: str | None = None  # set by finish() when a model was logged
         self.model_version: str | None = None  # set when it was registered
         self._buffer: RunBuffer | None = None
+        self.clock = Clock()  # seconds spent in MLflow work: see ``Clock``
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -105,33 +112,43 @@ class JobTracker:
         logged as params. With ``run_id``: that run (it must carry this job id) is set
         RUNNING again; params are not re-logged. Either way the attempt and node tags are
         updated, and epochs or gradient checks already in the run are not logged again."""
+        with self.clock.measure():
+            return self._open()
+
+    def _open(self) -> str:
         client = self.client
-        if self.run_id is None:
-            experiment_id = self._experiment_id()
-            query = f"tags.`gradq.job_id` = '{self.job_id}'"
-            found = [] if "'" in self.job_id else client.search_runs([experiment_id], query)
-            if found:
-                self.run_id = found[0].info.run_id
-            else:  # tagged at creation, so that a retry finds it
-                run = client.create_run(
-                    experiment_id, run_name=self.spec.name, tags={"gradq.job_id": self.job_id}
-                )
-                self.run_id = run.info.run_id
-                params = param_entities(flatten_params(self.spec.model_dump(mode="json")))
-                for i in range(0, len(params), 100):  # MLflow: at most 100 params a batch
-                    client.log_batch(self.run_id, params=params[i : i + 100])
-        run = client.get_run(self.run_id)
-        owner = run.data.tags.get("gradq.job_id")
-        if owner not in (None, self.job_id):
-            raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
-        if run.info.status != "RUNNING":
-            client.update_run(self.run_id, status="RUNNING")
         tags = {
             "gradq.job_id": self.job_id,
             "gradq.attempt": str(self.attempt),
             "gradq.node": self.node,
             f"gradq.attempt.{self.attempt}.node": self.node,
         }
+        if self.run_id is None:
+            experiment_id = self._experiment_id()
+            # Only a later attempt can find a run of this job (its first attempt died before
+            # saving the run id): a first attempt skips the search.
+            query = f"tags.`gradq.job_id` = '{self.job_id}'"
+            found = (
+                client.search_runs([experiment_id], query)
+                if self.attempt > 1 and "'" not in self.job_id
+                else []
+            )
+            if found:
+                self.run_id = found[0].info.run_id
+            else:  # tagged at creation, so that a retry finds it; nothing in it to skip
+                run = client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+                self.run_id = run.info.run_id
+                params = param_entities(flatten_params(self.spec.model_dump(mode="json")))
+                for i in range(0, len(params), 100):  # MLflow: at most 100 params a batch
+                    client.log_batch(self.run_id, params=params[i : i + 100])
+                self._make_buffer()
+                return self.run_id
+        run = client.get_run(self.run_id)
+        owner = run.data.tags.get("gradq.job_id")
+        if owner not in (None, self.job_id):
+            raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
+        if run.info.status != "RUNNING":
+            client.update_run(self.run_id, status="RUNNING")
         client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         buffer = self._make_buffer()
         buffer.skip_epochs_through = _max_step(client, self.run_id, "train_loss", default=0)
@@ -169,6 +186,19 @@ class JobTracker:
         (``self.model_version``). With ``error``: tag ``gradq.error`` (cut to 5000
         characters) and the full text as ``error.txt``. Raises when MLflow fails; the run is
         then left RUNNING, and ``close_run`` (or a retry) closes it."""
+        try:
+            with self.clock.measure():
+                self._close(status, result, error)
+        finally:
+            if self._buffer is not None:
+                self._buffer.close()
+
+    def _close(
+        self,
+        status: Literal["succeeded", "failed", "cancelled"],
+        result: TrainResult | None,
+        error: str | None,
+    ) -> None:
         run_id = self._require_run()
         client = self.client
         if not self._make_buffer().flush():
@@ -180,21 +210,23 @@ class JobTracker:
                 "final_steps": result.steps,
                 "gradcheck_count": len(result.gradchecks),
             }
-            now = _now_ms()
-            client.log_batch(
-                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()]
-            )
+            if status != "succeeded":
+                now = _now_ms()
+                client.log_batch(
+                    run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()]
+                )
             if result.history:
                 client.log_figure(
                     run_id, learning_curve(result.history), "plots/learning_curve.png"
                 )
-            if status == "succeeded":
+            if status == "succeeded":  # the final metrics are logged with the model
                 info = log_model(
                     result,
                     client=client,
                     tracking_uri=self.tracking_uri,
                     run_id=run_id,
                     register_as=self.spec.register_as,
+                    metrics=finals,
                 )
                 self.model_uri = info.model_uri
                 if info.registered_model_version is not None:
@@ -214,6 +246,7 @@ class JobTracker:
                 self._require_run(),
                 flush_interval_s=self.flush_interval_s,
                 checkpoint_interval_s=self.checkpoint_interval_s,
+                clock=self.clock,
             )
         return self._buffer
 

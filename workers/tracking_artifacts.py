@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from mlflow.entities import Param
+from mlflow.entities import LoggedModelOutput, Metric, Param
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from core.callbacks import EpochRecord
@@ -55,13 +56,19 @@ def param_entities(params: Mapping[str, str]) -> list[Param]:
 
 def learning_curve(history: list[EpochRecord]) -> Figure:
     """Train and validation loss per epoch (left axis, log scale when positive) and validation
-    accuracy, or R² for a regressor, on a second axis when the history has it."""
+    accuracy, or R² for a regressor, on a second axis when the history has it.
+
+    Drawn for speed (it is on every job's path): fixed margins instead of ``tight_layout``
+    (which draws the figure twice) and plain-text tick labels instead of mathtext (whose
+    parser dominated the drawing time): about half the time of the default layout."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig = Figure(figsize=(7, 4.2), dpi=100)
+    fig.subplots_adjust(left=0.11, right=0.88, bottom=0.12, top=0.95)
     ax = fig.add_subplot(1, 1, 1)
     epochs = [r.epoch for r in history]
     for part, style in (("train", "-"), ("val", "--")):
@@ -70,6 +77,8 @@ def learning_curve(history: list[EpochRecord]) -> Figure:
             ax.plot(epochs, values, style, color="tab:blue", label=f"{part} loss")
     if history and all(r.train.get("loss", 0.0) > 0 for r in history):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     handles, labels = ax.get_legend_handles_labels()
@@ -84,7 +93,6 @@ def learning_curve(history: list[EpochRecord]) -> Figure:
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right", fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -110,6 +118,7 @@ def log_model(
     tracking_uri: str,
     run_id: str,
     register_as: str | None,
+    metrics: Mapping[str, float],
 ) -> ModelInfo:
     """Log ``export_model(result)`` as the run's model ``model`` (pickle format: the loaded
     module is the same ``ExportedModel``, taking raw float32 features of any batch size; the
@@ -117,8 +126,13 @@ def log_model(
     example of 5 raw training rows, and register it under ``register_as`` when given.
     ``mlflow.pytorch.load_model`` loads ``info.model_uri`` and ``runs:/<run_id>/model``.
 
+    ``metrics`` (the run's ``final_*``) are logged to the run at step 0 linked to the model.
+
     The logged model is created here, in the run's experiment: left to ``log_model`` it would
-    land in the process's active (default) experiment, not the run's."""
+    land in the process's active (default) experiment, not the run's. It is attached to the
+    run here too (``log_outputs``, its metrics linked as above) instead of by passing
+    ``run_id``: MLflow would then read back the whole history of every metric of the run to
+    link the step-0 points, ~0.2 s for a 50-epoch run and growing with its length."""
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -132,12 +146,17 @@ def log_model(
     logged = client.create_logged_model(
         run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=run.data.params
     )
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0, model_id=logged.model_id) for k, v in metrics.items()],
+    )
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     with _process_tracking_uri(tracking_uri):
         info: ModelInfo = mlflow.pytorch.log_model(
             model,
             name=MODEL_NAME,
             model_id=logged.model_id,
-            run_id=run_id,  # Model.log takes it through **kwargs: no fluent run is started
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=[requirement],

@@ -2,12 +2,16 @@
 
 Training reports every epoch; MLflow costs milliseconds per call. ``RunBuffer`` keeps metric
 points in memory and sends them with one ``log_batch`` (up to 1000 points a call) when
-``flush_interval_s`` has passed since the last flush, at a checkpoint upload, and on
-``flush()``. Guarantees:
+``flush_interval_s`` has passed since the last flush, when a checkpoint upload is due
+(``checkpoint_interval_s`` after the last one), and on ``flush()``. Sends that training
+triggers run on a background sender thread (started on demand, gone after
+``SENDER_IDLE_S`` idle): the training loop only appends to in-memory buffers and never waits
+for MLflow; ``flush()`` sends synchronously. Guarantees:
 
 - no MLflow error reaches the training loop: a failed call logs a warning, keeps what was not
-  sent and is retried at the next flush; the buffer is bounded (oldest points dropped and
-  counted in ``dropped``);
+  sent and is retried at the next flush; the buffers are bounded (oldest points dropped and
+  counted in ``dropped``; at most ``MAX_PENDING_REPORTS`` reports; one pending checkpoint per
+  artifact folder, the newest);
 - a checkpoint is uploaded only after the metrics buffered before it were sent, so every epoch
   up to the last uploaded checkpoint is in MLflow: a resumed attempt neither leaves a gap nor
   (with ``skip_through``) logs an epoch twice;
@@ -18,6 +22,7 @@ points in memory and sends them with one ``log_batch`` (up to 1000 points a call
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import tempfile
@@ -33,6 +38,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint
+from workers.tracking_clock import Clock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -43,13 +49,16 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFERED_POINTS = 100_000
 MAX_PENDING_REPORTS = 1_000
+SENDER_IDLE_S = 30.0  # a sender thread with nothing to do for this long ends
 LAST_CHECKPOINT = "checkpoints/last"
 BEST_CHECKPOINT = "checkpoints/best"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class RunBuffer:
-    """Buffered metrics, gradient-check reports and checkpoints of one run (thread-safe)."""
+    """Buffered metrics, gradient-check reports and checkpoints of one run (thread-safe).
+
+    ``background=False`` sends on the caller's thread instead (as a due flush is reached)."""
 
     def __init__(
         self,
@@ -59,10 +68,14 @@ class RunBuffer:
         flush_interval_s: float,
         checkpoint_interval_s: float,
         max_points: int = MAX_BUFFERED_POINTS,
+        clock: Clock | None = None,
+        background: bool = True,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.clock = clock or Clock()
         self.flush_interval_s = flush_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.background = background
         self.points: deque[Metric] = deque(maxlen=max_points)
         self.reports: dict[int, str] = {}  # step → report JSON not yet uploaded
         self.pending: dict[str, Checkpoint] = {}  # artifact dir → snapshot not yet uploaded
@@ -71,10 +84,13 @@ class RunBuffer:
         self.skip_epochs_through = 0  # epochs already in the run (a resumed attempt)
         self.skip_gradchecks_through = -1  # gradcheck steps already in the run
         self._last_flush = time.monotonic()
-        self._last_upload: dict[str, float] = {}
-        self._lock = threading.RLock()
+        self._last_upload: dict[str, float] = {}  # set when an upload starts
+        self._lock = threading.Lock()  # the buffers; never held across an MLflow call
+        self._send_lock = threading.Lock()  # one sender at a time, in order
+        self._kick = threading.Event()
+        self._sender: threading.Thread | None = None
 
-    # --- what the callback feeds in -------------------------------------------------------
+    # --- what the callback feeds in (cheap: no MLflow call on this thread) -----------------
 
     def add_epoch(self, record: EpochRecord) -> None:
         if record.epoch <= self.skip_epochs_through:
@@ -90,83 +106,144 @@ class RunBuffer:
             "gradcheck_max_fd_rel_error": report.max_fd_rel_error,
         }
         self._add(values, step=report.step)
+        text = report.to_json()
         with self._lock:
             if len(self.reports) >= MAX_PENDING_REPORTS:
                 self.reports.pop(min(self.reports))
-            self.reports[report.step] = report.to_json()
+            self.reports[report.step] = text
         self._maybe_flush()
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Keep a snapshot (the loop's tensors are live); serialise and upload it when due.
-        A snapshot copies tensors only: the cost of ``to_bytes`` is paid per upload, not per
-        epoch."""
+        """Keep a snapshot (the loop's tensors are live); it is serialised and uploaded by the
+        sender when due: the cost of ``to_bytes`` is paid per upload, not per epoch."""
         snapshot = _snapshot(checkpoint)
         with self._lock:
             self.pending[LAST_CHECKPOINT] = snapshot
             if checkpoint.best_epoch is not None and checkpoint.best_epoch == checkpoint.epoch:
                 self.pending[BEST_CHECKPOINT] = snapshot
-            due = [d for d in self.pending if self._upload_due(d)]
-            if due and self._send_metrics():
-                self._send_reports()
-                for directory in due:
-                    self._send_checkpoint(directory)
-        self._maybe_flush()
+            due = any(self._upload_due(d) for d in self.pending)
+        if due:
+            self._request()
+        else:
+            self._maybe_flush()
 
     # --- sending ---------------------------------------------------------------------------
 
     def flush(self) -> bool:
-        """Send every buffered point, pending report and pending checkpoint. True when all
-        went through; False when something stays buffered for the next flush (never raises
-        for an MLflow error)."""
+        """Send every buffered point, pending report and pending checkpoint, on this thread.
+        True when all went through; False when something stays buffered for the next flush
+        (never raises for an MLflow error)."""
+        ok = self._send(every_checkpoint=True)
         with self._lock:
-            ok = self._send_metrics()
-            ok = self._send_reports() and ok
-            if ok:  # checkpoints only behind their metrics: see the module docstring
-                for directory in list(self.pending):
-                    ok = self._send_checkpoint(directory) and ok
             return ok and not self.pending
+
+    def close(self) -> None:
+        """Stop the sender thread (what is still buffered stays, for ``flush()``)."""
+        with self._lock:
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            self._kick.set()
+            sender.join(timeout=30)
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self._request()
+
+    def _request(self) -> None:
+        """A send is due: wake the sender thread (or send here without one)."""
+        if not self.background:
+            self._send(every_checkpoint=False)
+            return
+        self._last_flush = time.monotonic()  # not due again until the next interval
+        with self._lock:
+            self._kick.set()
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._sender_loop, name=f"mlflow-{self.run_id[:8]}", daemon=True
+                )
+                self._sender.start()
+
+    def _sender_loop(self) -> None:
+        self.clock.mark_background()
+        me = threading.current_thread()
+        while True:
+            woken = self._kick.wait(SENDER_IDLE_S)
+            with self._lock:
+                if self._sender is not me or not woken:  # closed, replaced or idle: end
+                    if self._sender is me:
+                        self._sender = None
+                    return
+                self._kick.clear()
+            self._send(every_checkpoint=False)
+
+    def _send(self, *, every_checkpoint: bool) -> bool:
+        """Metrics, then reports, then checkpoints: only the checkpoints taken before the
+        metrics were sent, so none is in MLflow ahead of its epochs."""
+        with self._send_lock:
+            now = time.monotonic()
+            with self._lock:
+                uploads = {
+                    d: c for d, c in self.pending.items() if every_checkpoint or self._upload_due(d)
+                }
+                self._last_upload.update({d: now for d in uploads})  # not due while in flight
+            self._last_flush = now
+            ok = self._send_metrics() and self._send_reports()
+            for directory, snapshot in uploads.items():
+                sent = ok and self._send_checkpoint(directory, snapshot)
+                ok = ok and sent
+                if not sent:  # due again at the next send
+                    with self._lock:
+                        self._last_upload.pop(directory, None)
+            return ok
 
     def _add(self, values: dict[str, float], *, step: int) -> None:
         now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         with self._lock:
             room = (self.points.maxlen or 0) - len(self.points)
-            overflow = len(values) - room
+            overflow = len(metrics) - room
             if overflow > 0:
                 if self.dropped == 0:
                     log.warning("run %s: metric buffer full, dropping oldest points", self.run_id)
                 self.dropped += overflow
-            self.points.extend(Metric(k, float(v), now, step) for k, v in values.items())
-
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
+            self.points.extend(metrics)
 
     def _send_metrics(self) -> bool:
-        self._last_flush = time.monotonic()
-        while self.points:
-            chunk = [self.points[i] for i in range(min(MAX_METRICS_PER_BATCH, len(self.points)))]
+        """The points buffered now (not those training adds meanwhile: the next send's)."""
+        with self._lock:
+            left = len(self.points)
+        while left > 0:
+            with self._lock:
+                chunk = list(itertools.islice(self.points, min(left, MAX_METRICS_PER_BATCH)))
+            if not chunk:
+                return True
             if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
                 return False
-            for _ in chunk:
-                self.points.popleft()
+            left -= len(chunk)
+            sent = {id(m) for m in chunk}  # points added (or dropped) meanwhile stay right
+            with self._lock:
+                while self.points and id(self.points[0]) in sent:
+                    self.points.popleft()
         return True
 
     def _send_reports(self) -> bool:
-        for step in sorted(self.reports):
+        with self._lock:
+            reports = sorted(self.reports.items())
+        for step, text in reports:
             name = f"gradcheck/step_{step:08d}.json"
-            if not self._call(
-                "log_text", self.client.log_text, self.run_id, self.reports[step], name
-            ):
+            if not self._call("log_text", self.client.log_text, self.run_id, text, name):
                 return False
-            del self.reports[step]
+            with self._lock:
+                self.reports.pop(step, None)
         return True
 
     def _upload_due(self, directory: str) -> bool:
         last = self._last_upload.get(directory)
         return last is None or time.monotonic() - last >= self.checkpoint_interval_s
 
-    def _send_checkpoint(self, directory: str) -> bool:
-        data = self.pending[directory].to_bytes()
+    def _send_checkpoint(self, directory: str, snapshot: Checkpoint) -> bool:
+        with self.clock.measure():
+            data = snapshot.to_bytes()
         with tempfile.TemporaryDirectory(prefix="gradq-ckpt-") as tmp:
             path = os.path.join(tmp, CHECKPOINT_FILE)
             with open(path, "wb") as f:
@@ -175,13 +252,15 @@ class RunBuffer:
                 "log_artifact", self.client.log_artifact, self.run_id, path, directory
             )
         if sent:
-            self._last_upload[directory] = time.monotonic()
-            del self.pending[directory]
+            with self._lock:
+                if self.pending.get(directory) is snapshot:
+                    del self.pending[directory]
         return sent
 
     def _call(self, what: str, fn: Callable[..., object], *args: object, **kwargs: object) -> bool:
         try:
-            fn(*args, **kwargs)
+            with self.clock.measure():
+                fn(*args, **kwargs)
         except Exception as exc:  # any MLflow/HTTP/DB failure: keep the data, retry later
             self.failures += 1
             log.warning(

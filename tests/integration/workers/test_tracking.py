@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,10 @@ def test_the_model_loads_from_the_run_and_reproduces_the_test_accuracy(
     run = finished.client.get_run(run_id)
     assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == run_id
     assert logged.artifact_location.startswith(mlflow_store.artifacts.as_uri())
+    linked = {m.key: m.value for m in logged.metrics or []}
+    assert linked["final_test_accuracy"] == pytest.approx(finished.result.metrics["test_accuracy"])
+    outputs = run.outputs.model_outputs if run.outputs else []
+    assert [o.model_id for o in outputs] == [model_id]
     assert not (mlflow_store.folder / "mlruns").exists()
 
 
@@ -384,3 +389,39 @@ def test_the_buffer_is_bounded_and_counts_what_it_dropped() -> None:
         buffer.add_epoch(EpochRecord(epoch, epoch, 0.1, 0.01, 1e4, 1.0, {"loss": 1.0 / epoch}))
     assert (len(buffer.points), buffer.dropped, buffer.failures) == (20, 30, 0)
     assert [p.step for p in buffer.points] == [s for s in range(7, 11) for _ in range(5)]
+
+
+def test_training_never_waits_for_a_slow_mlflow(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = iris_spec(optimizer__epochs=3)
+    tracker = tracker_for(
+        mlflow_store, spec, "job-slow", flush_interval_s=0, checkpoint_interval_s=0
+    )
+    run_id = tracker.start()
+    real = tracker.client.log_batch
+    release = threading.Event()
+    entered = threading.Event()
+    training = threading.current_thread()
+    on_training_thread: list[int] = []
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is training and not release.is_set():
+            on_training_thread.append(len(kwargs.get("metrics", ())))
+            return real(*args, **kwargs)
+        entered.set()
+        if not release.wait(60):
+            raise TimeoutError("never released")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", stuck)
+    result = train(spec, callbacks=[tracker.callback()])  # sends run on the sender thread
+    assert result.epochs == 3 and entered.wait(30) and not release.is_set()
+    assert on_training_thread == []
+    assert latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id) is None
+    release.set()
+    assert tracker.flush() is True and tracker.pending_points == 0
+    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+    checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
+    assert checkpoint is not None and checkpoint.epoch == 3

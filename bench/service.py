@@ -1,0 +1,225 @@
+"""Service benchmark: what the queue, Ray and MLflow add to a training job, one run.
+
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/service.py [--jobs 200]
+
+Everything is the real thing, embedded: a JobStore on SQLite and MLflow's SQLite store in a
+temporary folder, a local Ray of 2 CPUs and one dispatcher thread (``workers.dispatcher``).
+
+1. Overhead: the reference job (digits, hidden [64, 64], relu, batch 32, lr 0.05, momentum
+   0.9, weight decay 1e-4, 50 epochs, early stopping off) run directly through ``core.train``
+   and through the service (submit → succeeded, from the database's own timestamps). The
+   first service job runs on a cold Ray worker and is reported apart; then warm jobs.
+2. Throughput: ``--jobs`` one-epoch reference jobs submitted at once; jobs/s from the first
+   submit to the last terminal status, and where a job's time went (median per phase).
+3. MLflow's share: seconds inside MLflow work (``JobTracker.clock``: start, flushes,
+   checkpoint uploads, finish with the learning curve and the model) over the attempt's wall
+   time, on the attempt's own thread (the critical path) and in all (with background sends).
+
+Timings are medians (best-of where said) on whatever else the machine is running.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from core.spec import parse_spec
+from core.train import train
+from db.migrate import upgrade
+from db.session import make_engine
+from db.store import JobStore
+from db.views import JobView
+from workers.dispatcher import Dispatcher, DispatcherConfig, run_in_thread
+from workers.task import WorkerConfig
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+TARGETS = {
+    "overhead": "≤ 1 s + 5 % of training",
+    "throughput": "≥ 10 jobs/s",
+    "mlflow": "≤ 3 %",
+}
+
+
+def reference(epochs: int) -> dict[str, Any]:
+    return {
+        "name": f"reference-{epochs}",
+        "experiment": "bench-service",
+        "dataset": "digits",
+        "model": {"hidden": [64, 64], "activation": "relu"},
+        "optimizer": {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "epochs": epochs},
+        "regularization": {"weight_decay": 1e-4, "early_stopping": {"enabled": False}},
+        "resources": {"cpus": 1},
+    }
+
+
+def direct_seconds(repeats: int) -> list[float]:
+    spec = parse_spec(reference(50))
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        train(spec)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def wait_all(store: JobStore, ids: list[str], timeout: float = 600) -> list[JobView]:
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    done: dict[str, JobView] = {}
+    while pending and time.monotonic() < deadline:
+        for job_id in list(pending):
+            job = store.get(job_id=job_id)
+            if job.status.value in TERMINAL:
+                done[job_id] = job
+                pending.discard(job_id)
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        raise TimeoutError(f"{len(pending)} jobs not terminal after {timeout} s")
+    bad = [j for j in done.values() if j.status.value != "succeeded"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} jobs did not succeed, e.g. {bad[0].error}")
+    return [done[i] for i in ids]
+
+
+def span(job: JobView) -> float:
+    assert job.finished_at is not None
+    return (job.finished_at - job.created_at).total_seconds()
+
+
+def phases(job: JobView) -> dict[str, float]:
+    """Seconds of each phase of one job, from the database's times and the attempt's marks."""
+    t = (job.result or {})["timings"]
+    assert job.started_at is not None and job.finished_at is not None
+    created, claimed = job.created_at.timestamp(), job.started_at.timestamp()
+    return {
+        "queued → claimed": claimed - created,
+        "claimed → task runs": t["task_start"] - claimed,
+        "lease + tracker start": t["tracker_started"] - t["task_start"],
+        "train": t["trained"] - t["tracker_started"],
+        "tracker finish": t["tracker_finished"] - t["trained"],
+        "final write": job.finished_at.timestamp() - t["tracker_finished"],
+        "mlflow critical": t["mlflow_critical_s"],
+        "mlflow total": t["mlflow_total_s"],
+        "attempt": t["attempt_s"],
+        "train (worker)": (job.result or {})["seconds"],
+    }
+
+
+def share(jobs: list[JobView], key: str) -> float:
+    """MLflow seconds over attempt seconds, summed over the jobs."""
+    t = [(j.result or {})["timings"] for j in jobs]
+    return sum(x[key] for x in t) / sum(x["attempt_s"] for x in t)
+
+
+def median_phases(jobs: list[JobView]) -> dict[str, float]:
+    rows = [phases(j) for j in jobs]
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--warm", type=int, default=3, help="warm reference jobs")
+    parser.add_argument("--direct", type=int, default=3, help="direct reference runs")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    logging.basicConfig(level=logging.WARNING)
+
+    direct = direct_seconds(args.direct)
+    tmp = Path(tempfile.mkdtemp(prefix="gradq-bench-service-"))
+    db_url = f"sqlite:///{tmp}/gradq.db"
+    upgrade(db_url)
+    store = JobStore(make_engine(db_url))
+    worker = WorkerConfig(
+        database_url=db_url,
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        artifact_root=str(tmp / "artifacts"),
+    )
+    dispatcher = Dispatcher(DispatcherConfig(worker=worker, ray_num_cpus=2), store)
+    thread, stop = run_in_thread(dispatcher)
+    try:
+        spec50 = parse_spec(reference(50))
+        cold = wait_all(store, [store.submit(spec=spec50).id])
+        warm = [wait_all(store, [store.submit(spec=spec50).id])[0] for _ in range(args.warm)]
+        spec1 = parse_spec(reference(1))
+        wait_all(store, [store.submit(spec=spec1).id for _ in range(2)])  # both workers warm
+        t0 = time.perf_counter()
+        ids = [store.submit(spec=spec1).id for _ in range(args.jobs)]
+        submit_s = time.perf_counter() - t0
+        tiny = wait_all(store, ids)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    report(direct, cold[0], warm, tiny, submit_s)
+
+
+def report(
+    direct: list[float], cold: JobView, warm: list[JobView], tiny: list[JobView], submit_s: float
+) -> None:
+    d = min(direct)
+    w = statistics.median(span(j) for j in warm)
+    first = min(j.created_at for j in tiny)
+    last = max(j.finished_at for j in tiny if j.finished_at is not None)
+    rate = len(tiny) / (last - first).total_seconds()
+    budget = 1.0 + 0.05 * d
+    rows = [
+        (f"reference job, direct core.train (best of {len(direct)})", f"{d:.2f} s", ""),
+        ("reference job via service, cold worker", f"{span(cold):.2f} s", ""),
+        (f"reference job via service, warm (median of {len(warm)})", f"{w:.2f} s", ""),
+        ("service overhead, warm", f"{w - d:.2f} s", f"≤ {budget:.2f} s"),
+        ("service overhead, cold", f"{span(cold) - d:.2f} s", ""),
+        (f"throughput, {len(tiny)} one-epoch jobs", f"{rate:.1f} jobs/s", TARGETS["throughput"]),
+        ("  (submitting them took)", f"{submit_s:.2f} s", ""),
+        (
+            "MLflow share, reference (critical path)",
+            pct(share(warm, "mlflow_critical_s")),
+            TARGETS["mlflow"],
+        ),
+        ("MLflow share, reference (all, incl. background)", pct(share(warm, "mlflow_total_s")), ""),
+        (
+            "MLflow share, reference cold (critical path)",
+            pct(share([cold], "mlflow_critical_s")),
+            "",
+        ),
+        (
+            "MLflow share, one-epoch jobs (critical path)",
+            pct(share(tiny, "mlflow_critical_s")),
+            TARGETS["mlflow"],
+        ),
+        ("MLflow share, one-epoch jobs (all)", pct(share(tiny, "mlflow_total_s")), ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}} | {'measured':>12} | target")
+    print(f"{'-' * width}-|-{'-' * 12}-|-------")
+    for name, value, target in rows:
+        print(f"{name:<{width}} | {value:>12} | {target}")
+    for title, jobs in (
+        ("reference, warm", warm),
+        ("reference, cold", [cold]),
+        ("one-epoch jobs", tiny),
+    ):
+        print(f"\nmedian seconds per phase, {title}:")
+        for k, v in median_phases(jobs).items():
+            print(f"  {k:<24} {v:8.3f}")
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+if __name__ == "__main__":
+    main()
