@@ -42,6 +42,7 @@ class DispatcherConfig:
     # torch and MLflow (seconds on a cold node), after which the attempt's own heartbeats keep
     # it at ``worker.lease_seconds``.
     start_lease_seconds: float = 90.0
+    warm_workers: int = 2  # worker processes to start and warm up at connect
     max_claim: int = 16
 
 
@@ -56,6 +57,19 @@ class Attempt:
     force_cancelled: bool = False
 
 
+def warm_up() -> str:
+    """Runs in a Ray worker: importing the attempt's code is most of a cold start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+    import mlflow.pytorch
+
+    import workers.task  # torch, MLflow's client and core come with it
+
+    return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {matplotlib.figure.__name__}"
+
+
 def resources(spec: dict[str, Any]) -> tuple[float, float]:
     r = spec.get("resources") or {}
     return float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0))
@@ -67,6 +81,7 @@ class Dispatcher:
         self.store = store
         self.inflight: dict[str, Attempt] = {}
         self._remote: Any = None
+        self._warming: list[Any] = []
         self._last_requeue = 0.0
 
     # --- Ray ---------------------------------------------------------------------------------
@@ -85,6 +100,11 @@ class Dispatcher:
         # Create the tracking store's schema here, once: attempts starting side by side on a
         # fresh SQLite store would otherwise race to migrate it.
         make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
+        if self.config.warm_workers:
+            # Start worker processes now and import torch, MLflow and the engine in them, so
+            # the first job does not wait for it (Ray keeps idle workers for reuse).
+            warm = ray.remote(num_cpus=0, max_retries=0)(warm_up)
+            self._warming = [warm.remote() for _ in range(self.config.warm_workers)]
 
     def capacity(self) -> tuple[float, float, float, float]:
         """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs)."""
