@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gradq train examples/digits.yaml
+	$(BIN)/gradq serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,13 +2,16 @@
 
 ``gradq train job.yaml`` trains locally with a live progress bar; ``gradq gradcheck job.yaml``
 prints the validator's table per layer; ``gradq db upgrade`` applies the migrations.
+The service: ``gradq serve`` / ``api`` / ``dispatcher`` (:mod:`api.cli_serve`); its clients
+``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``datasets`` (:mod:`api.cli_client`);
+``gradq keys`` (:mod:`api.cli_keys`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,9 +19,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.callbacks import Callback, EpochRecord
-from core.checkpoint import Checkpoint, CheckpointError
-from core.gradcheck import GradcheckFailed, GradcheckReport, check_spec
 from core.spec import InvalidSpec, JobSpec, load_spec
+
+if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `--help`)
+    from core.checkpoint import Checkpoint
+    from core.gradcheck import GradcheckReport
 
 app = typer.Typer(
     help="gradq: train MLPs with a hand-written, gradient-checked backprop.",
@@ -37,7 +42,17 @@ def _mount_db() -> None:
     app.add_typer(db_app, name="db")
 
 
+def _mount_service() -> None:
+    from api import cli_client, cli_serve
+    from api.cli_keys import keys_app
+
+    cli_serve.register(app)
+    cli_client.register(app)
+    app.add_typer(keys_app, name="keys")
+
+
 _mount_db()
+_mount_service()
 
 
 def _load(job: Path) -> JobSpec:
@@ -96,6 +111,8 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Train a job locally, without the service, with a live progress bar."""
+    from core.checkpoint import Checkpoint, CheckpointError
+    from core.gradcheck import GradcheckFailed
     from core.train import Diverged
     from core.train import train as run
 
@@ -149,6 +166,8 @@ def gradcheck(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Check the manual backprop against autograd and finite differences, per layer."""
+    from core.gradcheck import check_spec
+
     spec = _load(job)
     report = check_spec(spec, batch_size=batch)
     if as_json:

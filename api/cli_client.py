@@ -1,0 +1,212 @@
+"""The ``gradq`` commands that talk to the service over HTTP: submit (and watch), jobs, show,
+cancel, logs, datasets. ``--url`` defaults to $GRADQ_URL or http://127.0.0.1:8000, ``--key``
+to $GRADQ_API_KEY."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from api.client import ApiClient, ApiFailure
+
+console = Console()
+err = Console(stderr=True)
+datasets_app = typer.Typer(help="Uploaded data sets.", no_args_is_help=True)
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="the service [$GRADQ_URL]")]
+KeyOpt = Annotated[str | None, typer.Option("--key", help="an API key [$GRADQ_API_KEY]")]
+TERMINAL = ("succeeded", "failed", "cancelled")
+WATCH_POLL_SECONDS = 0.5
+
+
+def _call(client: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return client.call(method, path, **kwargs)
+    except ApiFailure as exc:
+        err.print(f"[bold red]{exc.message}[/]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def submit(
+    job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
+    watch: Annotated[bool, typer.Option("--watch", help="follow it to the end")] = False,
+    idempotency_key: Annotated[str | None, typer.Option(help="submit at most once")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Submit a job; prints its id. With --watch: a live bar, then the final metrics and the
+    MLflow link; the exit status is 1 when the job did not succeed."""
+    try:
+        spec = yaml.safe_load(job.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]cannot read {job}: {exc}[/]")
+        raise typer.Exit(2) from None
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with ApiClient(url, key) as client:
+        created = _call(client, "POST", "/v1/jobs", json=spec, headers=headers)
+        typer.echo(created["id"])
+        if watch:
+            final = _watch(client, created)
+            _summary(final)
+            if final["status"] != "succeeded":
+                raise typer.Exit(1)
+
+
+def _watch(client: ApiClient, job: dict[str, Any]) -> dict[str, Any]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+    )
+    epochs = job["spec"]["optimizer"]["epochs"]
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(job["name"], total=epochs, metrics="")
+        while job["status"] not in TERMINAL:
+            time.sleep(WATCH_POLL_SECONDS)
+            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            bar.update(task, description=f"{job['name']} [{job['status']}]", **_bar(job))
+        bar.update(task, description=f"{job['name']} [{job['status']}]", **_bar(job))
+    return job
+
+
+def _bar(job: dict[str, Any]) -> dict[str, Any]:
+    p = job.get("progress") or {}
+    m = p.get("metrics") or {}
+    parts = []
+    if job["status"] == "queued":
+        parts.append(job.get("pending_reason") or "queued")
+    for name, label in (("train_loss", "loss"), ("val_loss", "val loss")):
+        if m.get(name) is not None:
+            parts.append(f"{label} {m[name]:.4f}")
+    if m.get("val_accuracy") is not None:
+        parts.append(f"val acc {m['val_accuracy']:.4f}")
+    elif m.get("val_rmse") is not None:
+        parts.append(f"val rmse {m['val_rmse']:.4g}")
+    return {"completed": p.get("epoch", 0), "metrics": "  ".join(parts)}
+
+
+def _summary(job: dict[str, Any]) -> None:
+    status = job["status"]
+    style = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+    console.print(f"job {job['id']} [{style}]{status}[/]", highlight=False)
+    result = job.get("result") or {}
+    if result.get("metrics"):
+        table = Table(
+            "metric", "value", title=f"{job['name']}: best epoch {result.get('best_epoch')}"
+        )
+        for k, v in result["metrics"].items():
+            table.add_row(k, "-" if v is None else f"{v:.4f}")
+        console.print(table)
+    if job.get("error"):
+        error = job["error"]
+        message = error.get("message", error) if isinstance(error, dict) else error
+        console.print(f"[red]error:[/] {message}", highlight=False)
+    link = job["links"].get("mlflow_run")
+    if link or job.get("mlflow_run_id"):
+        console.print(
+            f"MLflow run: {link or job['mlflow_run_id']}", highlight=False, soft_wrap=True
+        )
+
+
+def jobs(
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    name: Annotated[str | None, typer.Option(help="only this name")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 20,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Your jobs, newest first."""
+    params = {k: v for k, v in {"status": status, "name": name, "limit": limit}.items() if v}
+    with ApiClient(url, key) as client:
+        page = _call(client, "GET", "/v1/jobs", params=params)
+    table = Table("id", "name", "status", "epoch", "created")
+    for j in page["items"]:
+        p = j.get("progress") or {}
+        epoch = f"{p.get('epoch', 0)}/{p.get('epochs', '?')}" if p else ""
+        table.add_row(j["id"], j["name"], j["status"], epoch, j["created_at"][:19])
+    console.print(table)
+
+
+def show(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Everything about one job, as JSON."""
+    with ApiClient(url, key) as client:
+        console.print_json(json.dumps(_call(client, "GET", f"/v1/jobs/{job_id}")))
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Cancel a job (a running one stops between two steps)."""
+    with ApiClient(url, key) as client:
+        job = _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
+    note = " (cancel requested)" if job["status"] == "running" else ""
+    typer.echo(f"{job['id']} {job['status']}{note}")
+
+
+def logs(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """The job's status history."""
+    with ApiClient(url, key) as client:
+        events = _call(client, "GET", f"/v1/jobs/{job_id}/events")
+    for e in events:
+        typer.echo(
+            f"{e['at'][:23]}  {e['from_status'] or '-':>9} → {e['to_status']:<9}"
+            f"  attempt {e['attempt']}  {e['reason'] or ''}"
+        )
+
+
+@datasets_app.command("upload")
+def upload(
+    file: Annotated[Path, typer.Argument(help="a CSV file with a header row")],
+    target: Annotated[str, typer.Option(help="the column to predict")],
+    name: Annotated[str | None, typer.Option(help="default: the file name")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Upload a CSV; prints its id (use it as dataset: {name: upload, id: …, target: …})."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}: {exc.strerror}[/]")
+        raise typer.Exit(2) from None
+    form = {"target": target, **({"name": name} if name else {})}
+    with ApiClient(url, key) as client:
+        ds = _call(client, "POST", "/v1/datasets", files={"file": (file.name, data)}, data=form)
+    typer.echo(ds["id"])
+    err.print(f"{ds['rows']} rows, columns {', '.join(ds['columns'])}, sha256 {ds['sha256'][:12]}…")
+
+
+@datasets_app.command("list")
+def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
+    """Your uploaded data sets."""
+    with ApiClient(url, key) as client:
+        page = _call(client, "GET", "/v1/datasets")
+    table = Table("id", "name", "rows", "target", "created")
+    for d in page["items"]:
+        table.add_row(d["id"], d["name"], str(d["rows"]), d["target"] or "", d["created_at"][:19])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (submit, jobs, show, cancel, logs):
+        app.command()(command)
+    app.add_typer(datasets_app, name="datasets")

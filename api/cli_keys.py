@@ -1,0 +1,69 @@
+"""``gradq keys create|revoke|list``: API keys, written to the database directly (the
+settings' ``GRADQ_DATABASE_URL``). A key is printed once; only its sha256 is stored."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api.settings import Settings
+from db.migrate import upgrade
+from db.session import make_engine
+from db.store import JobStore
+
+keys_app = typer.Typer(
+    help="API keys (GRADQ_AUTH=keys): create, revoke, list.", no_args_is_help=True
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _store() -> JobStore:
+    settings = Settings()
+    upgrade(settings.database_url)
+    return JobStore(make_engine(settings.database_url))
+
+
+@keys_app.command("create")
+def create(
+    tenant: Annotated[str, typer.Option(help="who the key acts for; jobs belong to a tenant")],
+) -> None:
+    """Make a key for TENANT and print it (it cannot be shown again)."""
+    name = tenant.strip()
+    if not name or len(name) > 100:
+        err.print("[red]--tenant must be 1 to 100 characters[/]")
+        raise typer.Exit(2)
+    key_id, key = _store().create_api_key(tenant=name)
+    err.print(f"key {key_id} for tenant {name!r} (shown once; send as 'Authorization: Bearer'):")
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id, or its prefix (gq_…)")],
+) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    store = _store()
+    if key_id.startswith("gq_"):
+        n = store.revoke_api_key(prefix=key_id[:11])
+    else:
+        n = store.revoke_api_key(key_id=key_id)
+    if not n:
+        err.print(f"[red]no active key {key_id}[/]")
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("list")
+def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
+    """Keys (ids, tenants, prefixes), never their secrets."""
+    table = Table("id", "tenant", "prefix", "created", "revoked")
+    for k in _store().list_api_keys(tenant=tenant):
+        table.add_row(
+            k.id, k.tenant, k.prefix, f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,218 @@
+"""``gradq serve`` (everything in one process), ``gradq api`` and ``gradq dispatcher``.
+
+``serve`` runs the migrations, starts the dispatcher with a local Ray in a thread, the MLflow
+UI as a subprocess (unless ``--no-mlflow-ui``) and the API with uvicorn. SIGINT and SIGTERM
+stop all of it; the database keeps every job, so a restart finds them as they were (a job
+that was running is requeued when its lease expires and resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlparse
+
+import typer
+from rich.console import Console
+
+from api.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from workers.dispatcher import Dispatcher
+
+err = Console(stderr=True)
+log = logging.getLogger("gradq.serve")
+
+HostOpt = Annotated[str | None, typer.Option(help="bind address [$GRADQ_HOST, 127.0.0.1]")]
+PortOpt = Annotated[int | None, typer.Option(help="port [$GRADQ_PORT, 8000]")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="allow a non-loopback address without API keys")
+]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _settings(host: str | None, port: int | None, insecure: bool) -> Settings:
+    overrides: dict[str, Any] = {"host": host, "port": port}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        err.print(f"[bold red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+    refusal = settings.bind_refusal(insecure=insecure)
+    if refusal:
+        err.print(f"[bold red]{refusal}[/]")
+        raise typer.Exit(2)
+    return settings
+
+
+def _prepare(settings: Settings) -> None:
+    """Migrate the database; create a local MLflow store's schema before serving."""
+    from db.migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    upgrade(settings.database_url)
+    if urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https"):
+        from workers.tracking import make_client
+
+        make_client(settings.mlflow_tracking_uri).search_experiments(max_results=1)
+
+
+def _dispatcher(settings: Settings) -> Dispatcher:
+    from db.session import make_engine
+    from db.store import JobStore
+    from workers.dispatcher import Dispatcher, DispatcherConfig
+    from workers.task import WorkerConfig
+
+    worker = WorkerConfig(
+        database_url=settings.database_url,
+        tracking_uri=settings.mlflow_tracking_uri,
+        artifact_root=settings.artifact_root,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+    config = DispatcherConfig(
+        worker=worker,
+        ray_address=settings.ray_address,
+        ray_num_cpus=settings.ray_num_cpus,
+        unsatisfiable=settings.unsatisfiable,
+    )
+    return Dispatcher(config, JobStore(make_engine(settings.database_url)))
+
+
+def _uvicorn(app: FastAPI, settings: Settings) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(config).run()
+
+
+@contextlib.contextmanager
+def _mlflow_ui(settings: Settings) -> Iterator[None]:
+    """``mlflow ui`` on the tracking store, in its own process group, stopped on exit."""
+    from workers.tracking import DEFAULT_ARTIFACT_ROOT
+
+    ui = urlparse(settings.mlflow_ui_url)
+    root = Path(settings.artifact_root or DEFAULT_ARTIFACT_ROOT).expanduser().resolve()
+    command = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", settings.mlflow_tracking_uri,
+        "--default-artifact-root", root.as_uri(),
+        "--host", "127.0.0.1", "--port", str(ui.port or 5000), "--workers", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, start_new_session=True)
+    err.print(f"MLflow UI on {settings.mlflow_ui_url} (pid {process.pid})")
+    try:
+        yield
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt): every ``finally`` runs."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print("stopped")
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def serve(
+    host: HostOpt = None,
+    port: PortOpt = None,
+    no_mlflow_ui: Annotated[
+        bool, typer.Option("--no-mlflow-ui", help="do not start the MLflow UI")
+    ] = False,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Everything in one process: API, dispatcher with a local Ray, MLflow UI."""
+    settings = _settings(host, port, insecure)
+    from api import probes
+    from api.main import create_app
+    from workers.dispatcher import run_in_thread
+
+    with _signals_stop(), contextlib.ExitStack() as stack:
+        _prepare(settings)
+        local_ui = urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https")
+        if not no_mlflow_ui and local_ui:
+            stack.enter_context(_mlflow_ui(settings))
+        dispatcher = _dispatcher(settings)
+        stack.callback(_stop_ray)
+        thread, stop = run_in_thread(dispatcher)
+        stack.callback(thread.join, 15)
+        stack.callback(stop.set)
+        signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
+        app = create_app(settings, ray_probe=probes.local_ray(thread))
+        stack.callback(_ignore_signals)  # runs first: the clean-up is not interrupted
+        err.print(f"gradq on http://{settings.host}:{settings.port} (auth: {settings.auth})")
+        _uvicorn(app, settings)
+
+
+def _stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def api(host: HostOpt = None, port: PortOpt = None, insecure: InsecureOpt = False) -> None:
+    """The HTTP API only (jobs queue; run `gradq dispatcher` to run them)."""
+    settings = _settings(host, port, insecure)
+    from api.main import create_app
+
+    with _signals_stop():
+        _prepare(settings)
+        _uvicorn(create_app(settings), settings)
+
+
+def dispatcher() -> None:
+    """The dispatcher only, blocking: claims queued jobs and runs them on Ray."""
+    settings = _settings(None, None, insecure=True)
+    with _signals_stop():
+        _prepare(settings)
+        d = _dispatcher(settings)
+        stop = threading.Event()
+        d.connect()
+        signal.signal(signal.SIGTERM, _interrupt)
+        err.print(f"dispatcher {d.config.owner} running (Ray: {settings.ray_address or 'local'})")
+        try:
+            d.run(stop)
+        finally:
+            _ignore_signals()
+            stop.set()
+            _stop_ray()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command("api")(api)
+    app.command()(dispatcher)

@@ -1,0 +1,110 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; nothing is built at import.
+
+The lifespan makes the database engine, the store and the MLflow adapter from the settings
+and disposes of them at shutdown. Routes live in ``api/routes/`` (one file per resource),
+errors are mapped in ``api/errors.py``, bodies are limited by ``api/middleware.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api import errors
+from api.deps import Services
+from api.middleware import BodyLimit
+from api.routes import datasets, gradcheck, health, job_activity, jobs
+from api.settings import Settings
+from api.tracking import Tracking
+from core.spec import JobSpec
+from db.session import make_engine
+from db.store import JobStore
+
+UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around the file
+
+
+def default_ray_probe(settings: Settings) -> Callable[[], str]:
+    """Without a dispatcher in this process: a TCP connect to the Ray head's address, or,
+    for a local Ray, a note that the dispatcher process owns it."""
+
+    def probe() -> str:
+        if settings.ray_address is None:
+            return "local Ray: started by the dispatcher process (`gradq dispatcher`)"
+        from api.probes import ray_head_reachable
+
+        return ray_head_reachable(settings.ray_address)
+
+    return probe
+
+
+def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None) -> FastAPI:
+    """The app for ``settings``. ``ray_probe`` raises when Ray is unreachable (``/readyz``);
+    ``gradq serve`` passes one that looks at its in-process Ray and dispatcher."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            store=JobStore(engine),
+            tracking=Tracking(
+                tracking_uri=settings.mlflow_tracking_uri,
+                artifact_root=settings.artifact_root,
+                ui_url=settings.mlflow_ui_url,
+            ),
+            ray_probe=ray_probe or default_ray_probe(settings),
+        )
+        if engine.dialect.name == "sqlite":
+            app.state.services.write_lock = threading.Lock()
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="gradq",
+        version="1",
+        summary="Train MLPs as jobs: a durable queue, Ray workers, MLflow tracking.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+
+    def limit_for(path: str) -> int:
+        if path.rstrip("/") == "/v1/datasets":
+            return settings.max_upload_bytes + UPLOAD_OVERHEAD
+        return settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    for module in (jobs, job_activity, datasets, gradcheck, health):
+        app.include_router(module.router)
+    app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_spec(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema plus ``JobSpec`` (and its sections) under components: the job routes
+    parse their body with core's ``parse_spec`` and reference it by hand."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        added = {**spec.pop("$defs", {}), "JobSpec": spec}
+        clash = set(added) & set(components)
+        if clash:
+            raise RuntimeError(f"schema names used twice: {sorted(clash)}")
+        components.update(added)
+        app.openapi_schema = schema
+        return schema
+
+    return openapi

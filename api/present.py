@@ -1,0 +1,86 @@
+"""From the store's views to the HTTP schemas (and JSON-safe numbers)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from api import schemas
+from db.views import DatasetView, EventView, JobView
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def job(
+    view: JobView,
+    *,
+    queue_position: int | None = None,
+    pending_reason: str | None = None,
+    mlflow_link: str | None = None,
+) -> schemas.Job:
+    base = f"/v1/jobs/{view.id}"
+    progress = finite(view.progress) if isinstance(view.progress, dict) else None
+    return schemas.Job(
+        id=view.id,
+        name=view.name,
+        tenant=view.tenant,
+        status=view.status,
+        attempt=view.attempt,
+        max_attempts=view.max_attempts,
+        priority=view.priority,
+        cancel_requested=view.cancel_requested,
+        queue_position=queue_position,
+        pending_reason=pending_reason,
+        progress=schemas.Progress.model_validate(progress) if progress is not None else None,
+        result=finite(view.result),
+        error=finite(view.error),
+        mlflow_run_id=view.mlflow_run_id,
+        checkpoint_uri=view.checkpoint_uri,
+        node=view.node,
+        created_at=view.created_at,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        updated_at=view.updated_at,
+        spec=finite(view.spec),
+        links=schemas.JobLinks(
+            self=base,
+            events=f"{base}/events",
+            metrics=f"{base}/metrics",
+            cancel=f"{base}/cancel",
+            mlflow_run=mlflow_link,
+        ),
+    )
+
+
+def event(view: EventView) -> schemas.Event:
+    return schemas.Event(
+        id=view.id,
+        at=view.at,
+        from_status=view.from_status,
+        to_status=view.to_status,
+        attempt=view.attempt,
+        reason=view.reason,
+    )
+
+
+def dataset(view: DatasetView) -> schemas.Dataset:
+    return schemas.Dataset(
+        id=view.id,
+        name=view.name,
+        sha256=view.sha256,
+        size=view.size,
+        rows=view.rows,
+        columns=view.columns,
+        target=view.target,
+        uri=view.uri,
+        created_at=view.created_at,
+    )

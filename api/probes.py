@@ -1,0 +1,45 @@
+"""Readiness probes: each returns what it checked, or raises with why it failed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+from sqlalchemy import Engine, text
+
+
+def database(engine: Engine) -> str:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return f"{engine.dialect.name} answers"
+
+
+def ray_head_reachable(address: str, timeout: float = 2.0) -> str:
+    """A TCP connect to the Ray head (``host:port`` or ``ray://host:port``)."""
+    if address == "auto":
+        return "address 'auto': resolved by the dispatcher"
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port or (10001 if "://" in address else 6379)
+    if host is None:
+        raise ValueError(f"cannot read a host from Ray address {address!r}")
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
+    return f"Ray head {host}:{port} accepts connections"
+
+
+def local_ray(thread: threading.Thread) -> Callable[[], str]:
+    """For ``gradq serve``: the in-process Ray is up and the dispatcher thread alive."""
+
+    def probe() -> str:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("the local Ray is not running")
+        if not thread.is_alive():
+            raise RuntimeError("the dispatcher thread has stopped")
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        return f"local Ray with {cpus:g} CPU, dispatcher running"
+
+    return probe

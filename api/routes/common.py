@@ -1,0 +1,65 @@
+"""What every router shares: the documented error responses and the JobSpec request body."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from api.deps import SettingsDep, get_tenant
+from api.errors import ApiError
+from api.schemas import ErrorBody
+from core.spec import InvalidSpec, JobSpec, parse_spec
+
+# Every /v1 router checks the key first, before its body is read or validated.
+AUTHENTICATED = [Depends(get_tenant)]
+
+_ERRORS = {
+    400: "malformed request (e.g. the body is not JSON)",
+    401: "missing, unknown or revoked API key (when GRADQ_AUTH=keys)",
+    404: "no such resource for this tenant",
+    409: "conflicts with the resource's state",
+    413: "the request body is over the limit",
+    422: "invalid input; `field` names where",
+    429: "too many queued jobs for this tenant",
+    503: "the database or MLflow is not reachable",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error codes (and 401/413/503, possible everywhere)."""
+    wanted = sorted({*codes, 401, 413, 503})
+    return {c: {"model": ErrorBody, "description": _ERRORS[c]} for c in wanted}
+
+
+SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}},
+    }
+}
+
+
+async def read_spec(request: Request, settings: SettingsDep) -> JobSpec:
+    """The body as a ``JobSpec``, parsed by core (field paths such as ``model.hidden[1]``)
+    within the settings' limits. A ``csv`` data set names a file on the server: refused
+    when the service is shared (API keys on); upload the file instead."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    spec = parse_spec(data, limits=settings.limits)
+    if spec.dataset.name == "csv" and settings.auth == "keys":
+        raise InvalidSpec.at(
+            "dataset.name",
+            "a csv path names a file on the server; upload it (POST /v1/datasets) and use "
+            "{name: upload, id: …, target: …}",
+        )
+    return spec
+
+
+SpecDep = Annotated[JobSpec, Depends(read_spec)]

@@ -1,0 +1,105 @@
+"""What a job did: ``/v1/jobs/{id}/metrics`` (learning curves) and ``/v1/jobs/{id}/events``
+(the status history, or a live stream of status and progress with SSE)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import present, schemas
+from api.deps import StoreDep, TenantDep, TrackingDep
+from api.routes.common import AUTHENTICATED, errors
+from db.states import TERMINAL
+from db.store import JobStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
+
+SSE_POLL_SECONDS = 0.5
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+@router.get("/{job_id}/metrics", response_model=schemas.Metrics, responses=errors(404, 422))
+def metrics(
+    job_id: str,
+    store: StoreDep,
+    tracking: TrackingDep,
+    tenant: TenantDep,
+    key: Annotated[
+        list[str] | None, Query(max_length=100, description="only these metrics (repeatable)")
+    ] = None,
+) -> schemas.Metrics:
+    """The learning curves from the job's MLflow run, per metric a list of {step, value};
+    empty while the run is not known yet."""
+    view = store.get(job_id=job_id, tenant=tenant)
+    curves: dict[str, list[schemas.Point]] = {}
+    if view.mlflow_run_id:
+        for name, points in tracking.curves(view.mlflow_run_id, key).items():
+            curves[name] = [
+                schemas.Point(step=s, value=present.finite(float(v))) for s, v in points
+            ]
+    return schemas.Metrics(job_id=view.id, mlflow_run_id=view.mlflow_run_id, metrics=curves)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=list[schemas.Event],
+    responses={
+        200: {
+            "description": "the status history; with `Accept: text/event-stream`, a live "
+            "stream of `status` and `progress` events that ends with `end`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(404),
+    },
+)
+async def events(job_id: str, request: Request, store: StoreDep, tenant: TenantDep) -> Any:
+    """The job's status changes in order (time, from, to, attempt, reason)."""
+    history = await run_in_threadpool(store.events, job_id=job_id, tenant=tenant)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return [present.event(e) for e in history]
+    return StreamingResponse(
+        _stream(store, job_id, tenant, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+async def _stream(
+    store: JobStore, job_id: str, tenant: str, request: Request
+) -> AsyncIterator[bytes]:
+    """Polls the store: each new event as ``status``, each new progress as ``progress``,
+    then ``end`` with the final job once it is terminal (or when the client leaves)."""
+    seen = 0
+    last_progress: Any = None
+    quiet = 0.0
+    while not await request.is_disconnected():
+        history = await run_in_threadpool(store.events, job_id=job_id, tenant=tenant)
+        view = await run_in_threadpool(store.get, job_id=job_id, tenant=tenant)
+        sent = False
+        for e in history:
+            if e.id > seen:
+                seen = e.id
+                sent = True
+                yield _sse("status", present.event(e).model_dump(mode="json"))
+        if view.progress is not None and view.progress != last_progress:
+            last_progress = view.progress
+            sent = True
+            yield _sse("progress", present.finite(view.progress))
+        if view.status in TERMINAL:
+            yield _sse("end", present.job(view).model_dump(mode="json"))
+            return
+        quiet = 0.0 if sent else quiet + SSE_POLL_SECONDS
+        if quiet >= SSE_KEEPALIVE_SECONDS:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
+        await anyio.sleep(SSE_POLL_SECONDS)

@@ -1,0 +1,141 @@
+"""``/v1/jobs``: submit, list, show, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api import present, schemas
+from api.deps import ServicesDep, SettingsDep, StoreDep, TenantDep, TrackingDep
+from api.errors import ApiError
+from api.routes.common import AUTHENTICATED, SPEC_BODY, SpecDep, errors
+from core.spec import InvalidSpec, JobSpec
+from db.errors import DatasetNotFound, InvalidTransition
+from db.states import JobStatus
+from db.store import JobStore
+from db.views import JobView
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="the same key and spec again returns the same job; another spec: 409",
+    ),
+]
+
+
+def detailed(view: JobView, store: JobStore, tracking: TrackingDep) -> schemas.Job:
+    """A job with its queue position, why it waits, and its MLflow link."""
+    position = reason = None
+    if view.status is JobStatus.QUEUED:
+        position = store.queue_position(job_id=view.id)
+        reason = view.pending_reason or _waiting(position)
+    link = tracking.run_link(view.mlflow_run_id) if view.mlflow_run_id else None
+    return present.job(view, queue_position=position, pending_reason=reason, mlflow_link=link)
+
+
+def _waiting(ahead: int | None) -> str | None:
+    """Why a queued job waits when the dispatcher has not said (as ``store.pending_reason``,
+    without reading the job again)."""
+    if ahead is None:
+        return None
+    if ahead:
+        return f"{ahead} job{'s' if ahead != 1 else ''} ahead in the queue"
+    return "waiting for a free worker"
+
+
+def check_upload(spec: JobSpec, store: JobStore, tenant: str) -> None:
+    """An ``upload`` data set must be one of the tenant's, and have the target column."""
+    if spec.dataset.name != "upload" or spec.dataset.id is None:
+        return
+    try:
+        found = store.get_dataset(dataset_id=spec.dataset.id, tenant=tenant)
+    except DatasetNotFound:
+        raise InvalidSpec.at(
+            "dataset.id", f"no uploaded data set {spec.dataset.id!r} (see GET /v1/datasets)"
+        ) from None
+    if spec.dataset.target not in found.columns:
+        raise InvalidSpec.at(
+            "dataset.target",
+            f"{spec.dataset.target!r} is not a column of data set {found.id}: "
+            f"{', '.join(found.columns)}",
+        )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.Job,
+    openapi_extra=SPEC_BODY,
+    responses={
+        200: {"model": schemas.Job, "description": "an idempotent replay: the job already made"},
+        **errors(400, 409, 422, 429),
+    },
+)
+def submit(
+    spec: SpecDep,
+    services: ServicesDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    tracking: TrackingDep,
+    tenant: TenantDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.Job:
+    """Queue a training job. The body is a JobSpec; only `dataset` is required."""
+    check_upload(spec, store, tenant)
+    queued = store.counts_by_status(tenant=tenant)[JobStatus.QUEUED.value]
+    if queued >= settings.max_queued_per_tenant:
+        raise ApiError(
+            429,
+            "too_many_queued",
+            f"{queued} jobs of yours are queued, the limit is {settings.max_queued_per_tenant}: "
+            "wait for some to start, or cancel some",
+            headers={"Retry-After": "10"},
+        )
+    with services.write_lock:
+        view = store.submit(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
+    response.status_code = 201 if view.created else 200
+    return detailed(view, store, tracking)
+
+
+@router.get("", response_model=schemas.JobPage, responses=errors(422))
+def list_jobs(
+    store: StoreDep,
+    tenant: TenantDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    name: Annotated[str | None, Query(max_length=200, description="only this name")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500, description="from next_cursor")] = None,
+) -> schemas.JobPage:
+    """The tenant's jobs, newest first, a page at a time (queue positions: see GET one)."""
+    page, next_cursor = store.list(
+        tenant=tenant, status=status, name=name, limit=limit, cursor=cursor
+    )
+    return schemas.JobPage(items=[present.job(v) for v in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=schemas.Job, responses=errors(404, 422))
+def get_job(job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDep) -> schemas.Job:
+    """Status, attempt, queue position and why it waits, progress, result or error, and
+    where it is in MLflow (run id, UI link, checkpoint)."""
+    return detailed(store.get(job_id=job_id, tenant=tenant), store, tracking)
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=202, response_model=schemas.Job, responses=errors(404, 409)
+)
+def cancel(job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDep) -> schemas.Job:
+    """Cancel: a queued job at once, a running one between two steps. Idempotent; a job
+    that succeeded or failed: 409."""
+    try:
+        view = store.request_cancel(job_id=job_id, tenant=tenant)
+    except InvalidTransition as exc:
+        if exc.from_status != JobStatus.CANCELLED.value:
+            raise
+        view = store.get(job_id=job_id, tenant=tenant)
+    return detailed(view, store, tracking)

@@ -1,0 +1,155 @@
+"""HTTP schemas: what the API answers, apart from the ORM and the store's views.
+
+The request body of a job is :class:`core.spec.JobSpec` itself (the one contract); it is
+parsed by the routes with ``core.spec.parse_spec`` so that errors carry core's field paths.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from db.states import JobStatus
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable: not_found, invalid_spec, …")
+    message: str
+    field: str | None = Field(description="the field path at fault, e.g. model.hidden[1]")
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: one problem in ``error``, and for a bad spec each problem in ``errors``."""
+
+    error: ErrorDetail
+    errors: list[FieldProblem] | None = None
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int = 0
+    epochs: int | None = None
+    step: int = 0
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    engine: str | None = None
+    device: str | None = None
+    node: str | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    metrics: str
+    cancel: str
+    mlflow_run: str | None = Field(None, description="the run in the MLflow UI, once known")
+
+
+class Job(BaseModel):
+    id: str
+    name: str
+    tenant: str
+    status: JobStatus
+    attempt: int
+    max_attempts: int
+    priority: int
+    cancel_requested: bool
+    queue_position: int | None = Field(None, description="queued jobs a claim takes first")
+    pending_reason: str | None = Field(None, description="why a queued job waits")
+    progress: Progress | None
+    result: dict[str, Any] | None = Field(description="final metrics, best epoch, …")
+    error: Any = Field(description="type and message of a failure")
+    mlflow_run_id: str | None
+    checkpoint_uri: str | None
+    node: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    spec: dict[str, Any]
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class Event(BaseModel):
+    id: int
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    attempt: int
+    reason: str | None
+
+
+class Point(BaseModel):
+    step: int
+    value: float | None
+
+
+class Metrics(BaseModel):
+    job_id: str
+    mlflow_run_id: str | None
+    metrics: dict[str, list[Point]] = Field(description="per metric, its curve by step")
+
+
+class Dataset(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    size: int
+    rows: int
+    columns: list[str]
+    target: str | None
+    uri: str = Field(description="where workers read the bytes (an MLflow artifact)")
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[Dataset]
+
+
+class TensorCheck(BaseModel):
+    name: str
+    shape: list[int]
+    autograd_max_abs: float | None
+    autograd_rel: float | None
+    fd_max_abs: float | None
+    fd_rel: float | None
+    fd_coordinates: int
+    passed: bool
+
+
+class GradcheckReport(BaseModel):
+    passed: bool
+    step: int
+    batch: int
+    tolerance: float
+    fd_tolerance: float
+    max_rel_error: float | None
+    max_fd_rel_error: float | None
+    parameters: int
+    tensors: list[TensorCheck]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or unavailable")
+    checks: dict[str, Check] = Field(description="database, ray, mlflow")

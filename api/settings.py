@@ -1,0 +1,136 @@
+"""The service's settings: one ``Settings`` object, environment prefix ``GRADQ_``.
+
+Read once at start (``Settings()``) and passed down; nothing reads the environment later.
+The embedded default needs none of them: SQLite and MLflow's SQLite store under
+``./gradq-data/``, a local Ray, no API keys, bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
+from core.spec import SpecLimits
+
+DEFAULT_DATABASE_URL = "sqlite:///./gradq-data/gradq.db"
+# The same values as workers.tracking's defaults, which this module must not import (mlflow).
+DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Invalid values are refused at start with the field named."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADQ_", extra="ignore", frozen=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+    mlflow_tracking_uri: str = DEFAULT_TRACKING_URI
+    mlflow_artifact_root: str | None = Field(
+        None, description="default: mlartifacts/ next to a SQLite tracking store"
+    )
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    ray_address: str | None = Field(None, description="None: the dispatcher starts a local Ray")
+    ray_num_cpus: int | None = Field(None, ge=1, le=4096, description="local Ray only")
+    auth: Literal["none", "keys"] = "none"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(1 * MiB, ge=1024)
+    max_upload_bytes: int = Field(50 * MiB, ge=1024)
+    max_parameters: int = Field(10_000_000, ge=1)
+    max_epochs: int = Field(10_000, ge=1, le=100_000)
+    max_hidden_layers: int = Field(64, ge=1, le=64)
+    max_queued_per_tenant: int = Field(1000, ge=1)
+    gradcheck_max_parameters: int = Field(200_000, ge=1)
+    gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
+    lease_seconds: float = Field(30.0, gt=0)
+    heartbeat_seconds: float = Field(3.0, gt=0)
+    unsatisfiable: Literal["fail", "wait"] = "fail"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str) -> str:
+        try:
+            url = make_url(v)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {v!r}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"sqlite or postgresql, not {url.get_backend_name()!r}")
+        return v
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        scheme = urlparse(v).scheme
+        if scheme not in ("sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"):
+            raise ValueError(f"an MLflow tracking URI (sqlite:///…, http://…), not {v!r}")
+        return v
+
+    @field_validator("mlflow_ui_url")
+    @classmethod
+    def _ui_url(cls, v: str) -> str:
+        if urlparse(v).scheme not in ("http", "https"):
+            raise ValueError(f"an http(s) URL, not {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str | None) -> str | None:
+        return v or None  # an empty GRADQ_RAY_ADDRESS means local
+
+    @model_validator(mode="after")
+    def _combination(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be shorter than "
+                f"lease_seconds ({self.lease_seconds:g})"
+            )
+        return self
+
+    # --- derived values ---------------------------------------------------------------------
+
+    @property
+    def limits(self) -> SpecLimits:
+        return SpecLimits(
+            max_parameters=self.max_parameters,
+            max_epochs=self.max_epochs,
+            max_hidden_layers=self.max_hidden_layers,
+        )
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Where job and data-set artifacts go: the setting, else ``mlartifacts/`` next to a
+        SQLite tracking store's file; None for a server (it decides)."""
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        if self.mlflow_tracking_uri.startswith("sqlite:///"):
+            db = self.mlflow_tracking_uri.removeprefix("sqlite:///").split("?")[0]
+            if db and db != ":memory:":
+                return str(Path(db).parent / "mlartifacts")
+        return None
+
+    def bind_refusal(self, *, insecure: bool) -> str | None:
+        """Why the service must not start on ``host`` (None: it may): without API keys it
+        binds only a loopback address, unless ``insecure`` is given explicitly."""
+        if self.auth == "keys" or insecure or is_loopback(self.host):
+            return None
+        return (
+            f"refusing to bind {self.host} without API keys: anyone who reaches it could run "
+            "jobs. Set GRADQ_AUTH=keys (and create keys with `gradq keys create`), bind "
+            "127.0.0.1, or pass --insecure"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,146 @@
+"""What the API asks of MLflow: run links, learning curves, data-set uploads, a ping.
+
+Built per app (no client at import). Calls are blocking: routes run them in a thread.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import httpx
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DATASETS_EXPERIMENT = "gradq-datasets"
+
+
+class TrackingUnavailable(Exception):
+    """MLflow did not answer (or refused): the API answers 503."""
+
+
+class Tracking:
+    def __init__(self, *, tracking_uri: str, artifact_root: str | None, ui_url: str) -> None:
+        self.tracking_uri, self.artifact_root, self.ui_url = tracking_uri, artifact_root, ui_url
+        self._links: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def remote(self) -> bool:
+        return urlparse(self.tracking_uri).scheme in ("http", "https", "databricks")
+
+    def run_link(self, run_id: str) -> str | None:
+        """The run's page in the MLflow UI (cached: a run never changes experiment); None
+        while MLflow cannot say."""
+        if run_id in self._links:
+            return self._links[run_id]
+        from workers.tracking import run_url
+
+        try:
+            link = run_url(ui_base=self.ui_url, tracking_uri=self.tracking_uri, run_id=run_id)
+        except Exception:
+            return None
+        with self._lock:
+            self._links[run_id] = link
+        return link
+
+    def curves(
+        self, run_id: str, keys: list[str] | None = None
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Each metric of the run (or only ``keys``) as (step, value), by step."""
+        from mlflow.exceptions import MlflowException
+
+        from workers.tracking import make_client, metric_history
+
+        try:
+            names = keys or sorted(make_client(self.tracking_uri).get_run(run_id).data.metrics)
+            return {
+                k: metric_history(tracking_uri=self.tracking_uri, run_id=run_id, key=k)
+                for k in names
+            }
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise TrackingUnavailable(f"MLflow refused: {exc.message}") from exc
+        except Exception as exc:
+            raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
+
+    def store_dataset(self, *, data: bytes, filename: str, tenant: str, name: str) -> str:
+        """Log the bytes as an artifact of a new run in the ``gradq-datasets`` experiment;
+        returns its ``runs:/<run_id>/<filename>`` URI, which any worker downloads with
+        ``mlflow.artifacts.download_artifacts`` from the same tracking server."""
+        from workers.tracking import make_client
+
+        client = make_client(self.tracking_uri)
+        run = client.create_run(
+            self._experiment_id(client),
+            run_name=name,
+            tags={"gradq.tenant": tenant, "gradq.kind": "dataset"},
+        )
+        run_id = run.info.run_id
+        try:
+            with tempfile.TemporaryDirectory(prefix="gradq-upload-") as tmp:
+                path = Path(tmp) / filename
+                path.write_bytes(data)
+                client.log_artifact(run_id, str(path))
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+        return f"runs:/{run_id}/{filename}"
+
+    def download(self, uri: str, folder: str) -> Path:
+        """The local copy of an artifact stored by :meth:`store_dataset`."""
+        import mlflow.artifacts
+
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=folder, tracking_uri=self.tracking_uri
+            )
+        except Exception as exc:
+            raise TrackingUnavailable(f"could not fetch {uri} from MLflow: {exc}") from exc
+        return Path(local)
+
+    def _experiment_id(self, client: MlflowClient) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = client.get_experiment_by_name(DATASETS_EXPERIMENT)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            return str(found.experiment_id)
+        location = None
+        if self.artifact_root and not self.remote:
+            root = self.artifact_root
+            if not urlparse(root).scheme:
+                root = Path(root).expanduser().resolve().as_uri()
+            location = root
+        try:
+            return str(client.create_experiment(DATASETS_EXPERIMENT, artifact_location=location))
+        except MlflowException:  # created meanwhile by another request
+            again = client.get_experiment_by_name(DATASETS_EXPERIMENT)
+            if again is None:
+                raise
+            return str(again.experiment_id)
+
+    def ping(self, timeout: float = 3.0) -> str:
+        """Raise unless the tracking store answers; returns what was checked."""
+        if self.remote:
+            url = self.tracking_uri.rstrip("/") + "/health"
+            httpx.get(url, timeout=timeout).raise_for_status()
+            return f"{self.tracking_uri} answers /health"
+        from workers.tracking import make_client
+
+        make_client(self.tracking_uri).search_experiments(max_results=1)
+        return f"{_safe(self.tracking_uri)} answers"
+
+
+def _safe(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri

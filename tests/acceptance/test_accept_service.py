@@ -1,0 +1,201 @@
+"""``gradq serve`` as a user runs it (local Ray with 2 CPUs, MLflow's SQLite store, no UI),
+driven over HTTP and with ``gradq submit --watch``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gradq_service import Service, running, service_env
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"name": "iris-small", "dataset": "iris", "model": {"hidden": [8]},
+         "optimizer": {"epochs": 8, "lr": 0.05}}  # fmt: skip
+LONG = {"name": "long", "dataset": "digits", "model": {"hidden": [32]},
+        "optimizer": {"epochs": 5000}, "regularization": {"early_stopping": {"enabled": False}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def service(folder: Path) -> Iterator[Service]:
+    with running(["serve", "--no-mlflow-ui"], folder, service_env(folder)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def watched(service: Service) -> dict[str, Any]:
+    """A job submitted with ``gradq submit --watch``, followed to its end."""
+    job_file = service.folder / "job.yaml"
+    job_file.write_text(json.dumps(SMALL))
+    done = service.gradq("submit", str(job_file), "--watch")
+    assert done.returncode == 0, done.stderr + done.stdout + service.log_tail()
+    job_id = done.stdout.splitlines()[0].strip()
+    with service.client() as http:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+    return {"stdout": done.stdout, "job": job}
+
+
+def test_submit_watch_ends_with_metrics_and_the_mlflow_link(watched: dict[str, Any]) -> None:
+    job, out = watched["job"], watched["stdout"]
+    assert job["status"] == "succeeded"
+    assert f"job {job['id']} succeeded" in out
+    assert "test_accuracy" in out
+    assert f"/runs/{job['mlflow_run_id']}" in out
+    assert job["result"]["best_epoch"] >= 1
+    assert 0.0 <= job["result"]["metrics"]["test_accuracy"] <= 1.0
+    assert job["progress"]["epoch"] == job["result"]["epochs"]
+    assert job["links"]["mlflow_run"].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert job["checkpoint_uri"] == f"runs:/{job['mlflow_run_id']}/checkpoints/last/checkpoint.pt"
+
+
+def test_the_learning_curves_and_the_mlflow_run(service: Service, watched: dict[str, Any]) -> None:
+    job = watched["job"]
+    with service.client() as http:
+        curves = http.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]
+        events = http.get(f"/v1/jobs/{job['id']}/events").json()
+    steps = [p["step"] for p in curves["train_loss"]]
+    assert steps == list(range(1, job["result"]["epochs"] + 1))
+    assert all(isinstance(p["value"], float) for p in curves["val_accuracy"])
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "queued"), ("queued", "running"), ("running", "succeeded")
+    ]  # fmt: skip
+    run = MlflowClient(service.env["GRADQ_MLFLOW_TRACKING_URI"]).get_run(job["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["gradq.job_id"] == job["id"]
+    assert run.data.params["model.hidden"] == "[8]"
+
+
+def test_cancel_running_and_queued_jobs(service: Service) -> None:
+    with service.client() as http:
+        long = http.post("/v1/jobs", json=LONG).json()
+        service.wait_job(long["id"], ("running",))
+        big = http.post("/v1/jobs", json={**SMALL, "resources": {"cpus": 2}}).json()
+        deadline = time.monotonic() + 30
+        while (waiting := http.get(f"/v1/jobs/{big['id']}").json())["status"] == "queued":
+            if "waiting for resources" in (waiting["pending_reason"] or ""):
+                break
+            assert time.monotonic() < deadline, waiting
+            time.sleep(0.2)
+        assert waiting["status"] == "queued"
+        assert "needs 2 CPU" in waiting["pending_reason"]
+        cancelled = http.post(f"/v1/jobs/{big['id']}/cancel")
+        assert (cancelled.status_code, cancelled.json()["status"]) == (202, "cancelled")
+        r = http.post(f"/v1/jobs/{long['id']}/cancel")
+        assert r.status_code == 202
+        assert r.json()["cancel_requested"] is True
+    final = service.wait_job(long["id"], ("cancelled", "failed", "succeeded"))
+    assert final["status"] == "cancelled"
+    with service.client() as http:
+        again = http.post(f"/v1/jobs/{long['id']}/cancel")
+    assert (again.status_code, again.json()["status"]) == (202, "cancelled")
+
+
+def test_idempotency(service: Service) -> None:
+    with service.client() as http:
+        first = http.post("/v1/jobs", json=SMALL, headers={"Idempotency-Key": "same"})
+        second = http.post("/v1/jobs", json=SMALL, headers={"Idempotency-Key": "same"})
+        other = http.post(
+            "/v1/jobs", json={**SMALL, "seed": 1}, headers={"Idempotency-Key": "same"}
+        )
+        assert (first.status_code, second.status_code) == (201, 200)
+        assert second.json()["id"] == first.json()["id"]
+        assert (other.status_code, other.json()["error"]["code"]) == (409, "idempotency_conflict")
+        http.post(f"/v1/jobs/{first.json()['id']}/cancel")
+
+
+def test_bad_inputs(service: Service, watched: dict[str, Any]) -> None:
+    with service.client() as http:
+        r = http.post("/v1/jobs", json={"dataset": "iris", "model": {"hidden": [8, 0]}})
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "model.hidden[1]")
+        r = http.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+        r = http.post(
+            "/v1/jobs", content=b'{"dataset": "iris", "name": "' + b"x" * 2_000_000 + b'"}'
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+        r = http.post(
+            "/v1/jobs", content=b'{"dataset": ', headers={"content-type": "application/json"}
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_json")
+        bad_csv = b"a,b,y\n1,2,0\n3,oops,1\n"
+        r = http.post("/v1/datasets", files={"file": ("bad.csv", bad_csv)}, data={"target": "y"})
+        assert r.status_code == 422
+        assert "row 3" in r.json()["error"]["message"] and "'b'" in r.json()["error"]["message"]
+        r = http.post(
+            "/v1/datasets", files={"file": ("t.csv", b"a,b\n1,2\n")}, data={"target": "y"}
+        )
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "target")
+        r = http.post(f"/v1/jobs/{watched['job']['id']}/cancel")
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "job_succeeded")
+        spec = {"dataset": {"name": "upload", "id": "nope", "target": "y"}}
+        r = http.post("/v1/jobs", json=spec)
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "dataset.id")
+
+
+def test_upload_a_csv_and_train_on_it_streaming_events(service: Service) -> None:
+    rows = ["x1,x2,label"] + [f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(60)]
+    csv_file = service.folder / "points.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    up = service.gradq("datasets", "upload", str(csv_file), "--target", "label")
+    assert up.returncode == 0, up.stderr
+    dataset_id = up.stdout.strip()
+    with service.client() as http:
+        ds = http.get(f"/v1/datasets/{dataset_id}").json()
+        assert (ds["rows"], ds["columns"], ds["uri"][:6]) == (60, ["x1", "x2", "label"], "runs:/")
+        assert [d["id"] for d in http.get("/v1/datasets").json()["items"]] == [dataset_id]
+        spec = {"name": "on-upload", "dataset": {"name": "upload", "id": dataset_id,
+                "target": "label"}, "optimizer": {"epochs": 3}}  # fmt: skip
+        job = http.post("/v1/jobs", json=spec).json()
+        kinds, statuses, end = _stream(http, job["id"])
+    assert end["status"] == "succeeded", end
+    assert statuses[-1] == "succeeded" and "running" in statuses
+    assert "progress" in kinds
+    assert end["result"]["epochs"] == 3
+
+
+def _stream(http: httpx.Client, job_id: str) -> tuple[set[str], list[str], dict[str, Any]]:
+    kinds: set[str] = set()
+    statuses: list[str] = []
+    headers = {"Accept": "text/event-stream"}
+    with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=180) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+                kinds.add(kind)
+            elif line.startswith("data: ") and kind is not None:
+                data = json.loads(line.removeprefix("data: "))
+                if kind == "status":
+                    statuses.append(data["to_status"])
+                if kind == "end":
+                    return kinds, statuses, data
+    raise AssertionError(f"the stream ended without an end event: {kinds} {statuses}")
+
+
+def test_gradcheck_health_and_metrics(service: Service, watched: dict[str, Any]) -> None:
+    with service.client() as http:
+        report = http.post(
+            "/v1/gradcheck", json={"dataset": "iris", "model": {"hidden": [5]}}
+        ).json()
+        assert report["passed"] is True
+        assert [t["name"] for t in report["tensors"]] == ["W1", "b1", "W2", "b2"]
+        assert report["parameters"] == 4 * 5 + 5 + 5 * 3 + 3
+        r = http.post("/v1/gradcheck", json={"dataset": "digits", "model": {"hidden": [512, 512]}})
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "model.hidden")
+        ready = http.get("/readyz")
+        assert ready.status_code == 200
+        assert set(ready.json()["checks"]) == {"database", "ray", "mlflow"}
+        assert "local Ray with 2 CPU" in ready.json()["checks"]["ray"]["detail"]
+        text = http.get("/metrics").text
+        assert 'gradq_jobs{status="succeeded"}' in text
+        assert "gradq_queue_depth " in text and "gradq_claim_latency_seconds_count" in text
+        succeeded = int(text.split('gradq_jobs{status="succeeded"} ')[1].split()[0])
+        assert succeeded >= 1
+        assert http.get("/healthz").json() == {"status": "ok"}

@@ -1,0 +1,43 @@
+"""The app on a migrated SQLite file and an MLflow SQLite store in a temporary folder, with
+no dispatcher: jobs stay queued. Driven in-process with Starlette's TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import Settings
+from db.migrate import upgrade
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    db_url = f"sqlite:///{tmp_path}/gradq.db"
+    upgrade(db_url)
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        values: dict[str, Any] = {
+            "database_url": db_url,
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            **overrides,
+        }
+        settings = Settings(**values)
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
