@@ -102,6 +102,14 @@ class JobQueriesMixin:
             counts.update({status: n for status, n in conn.execute(query).all()})
         return counts
 
+    def count_queued(self, *, tenant: str | None = None) -> int:
+        """Queued jobs (of ``tenant``): one count over the claim index, whatever the history."""
+        query = select(func.count()).where(JOBS.c.status == Q.value)
+        if tenant is not None:
+            query = query.where(JOBS.c.tenant == tenant)
+        with read_tx(self._engine) as conn:
+            return int(conn.execute(query).scalar_one())
+
     def next_queued(self, *, limit: int = 16) -> builtins.list[JobView]:
         """The queued jobs a claim would take next, in claim order (highest priority, then
         oldest); read-only: the dispatcher looks at their resources before claiming."""

@@ -88,7 +88,7 @@ def submit(
 ) -> schemas.Job:
     """Queue a training job. The body is a JobSpec; only `dataset` is required."""
     check_upload(spec, store, tenant)
-    queued = store.counts_by_status(tenant=tenant)[JobStatus.QUEUED.value]
+    queued = store.count_queued(tenant=tenant)
     if queued >= settings.max_queued_per_tenant:
         raise ApiError(
             429,

@@ -154,3 +154,17 @@ def test_datasets_round_trip_per_tenant(store: JobStore) -> None:
         store.get_dataset(dataset_id=ds.id, tenant="other")
     assert store.list_datasets(tenant="acme") == [ds]
     assert store.list_datasets(tenant="other") == []
+
+
+def test_count_queued_counts_only_queued_jobs_of_the_tenant(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    for _ in range(3):
+        store.submit(spec=make_spec(), tenant="a")
+    store.submit(spec=make_spec(), tenant="b")
+    (claimed,) = store.claim(owner="w", limit=1, lease_seconds=30)
+    store.finish(job_id=claimed.id, attempt=claimed.attempt, status="succeeded")
+    expected_a = 3 - (claimed.tenant == "a")
+    assert store.count_queued(tenant="a") == expected_a
+    assert store.count_queued(tenant="b") == 1 - (claimed.tenant == "b")
+    assert store.count_queued() == 3
