@@ -47,16 +47,17 @@ def encode_targets(loss: str, task: str, y: torch.Tensor, width: int) -> torch.T
 
 
 def loss_value(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """Mean loss over the batch (a 0-d tensor), differentiable by autograd."""
+    """Mean loss over the batch (a 0-d tensor), differentiable by autograd. ``F`` may carry
+    leading dimensions (B, n, k), one batch per network: the result is then (B,)."""
     if loss == "squared":
-        return (F - T).pow(2).sum(dim=1).mean()
+        return (F - T).pow(2).sum(dim=-1).mean(dim=-1)
     if loss == "logistic":
         # log(1 + e^(−yF)) exactly: softplus switches to the identity beyond 20, an
         # approximation (≈ 2e-9 relative) that a float64 gradient check would see
         margin = -T * F
-        return torch.logaddexp(torch.zeros_like(margin), margin).mean()
+        return torch.logaddexp(torch.zeros_like(margin), margin).mean(dim=(-2, -1))
     if loss == "cross_entropy":
-        return (torch.logsumexp(F, dim=1) - (T * F).sum(dim=1)).mean()
+        return (torch.logsumexp(F, dim=-1) - (T * F).sum(dim=-1)).mean(dim=-1)
     raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
 
 
