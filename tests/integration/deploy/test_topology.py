@@ -1,0 +1,343 @@
+"""The compose topology, booted natively on 127.0.0.1 and configured only by the same
+``GRADQ_*`` variables as docker/compose.yaml: PostgreSQL (fresh ``gradq`` and ``mlflow``
+databases), ``mlflow server --serve-artifacts``, a Ray head with ``--num-cpus 0`` and two
+one-CPU worker nodes (token authentication on), ``gradq dispatcher`` and ``gradq api`` with
+``GRADQ_AUTH=keys``, each its own process group.
+
+Six jobs run across both workers; one worker node is removed while its job trains, and that
+job resumes on the other node from the checkpoint it downloads over MLflow's HTTP artifact
+service. Only processes this test started are stopped (by process group, then by pid for
+any descendant left, found through this test's own Ray temp dir); never a global ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(420)]
+
+BIN = Path(sys.executable).parent
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass
+class Stack:
+    """The processes this test started, in start order; stopped in reverse."""
+
+    folder: Path
+    ray_temp: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
+
+    def dead(self) -> list[str]:
+        """Processes that exited although the test did not stop them."""
+        return [
+            n for n, p in self.processes.items() if n not in self.stopped and p.poll() is not None
+        ]
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        log = (self.folder / f"{name}.log").open("wb")
+        self.processes[name] = subprocess.Popen(
+            command, env=env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def log(self, name: str, tail: int = 3000) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.log(name, 1500)}" for name in self.processes)
+
+    def stop(self, name: str, grace: float = 15) -> None:
+        self.stopped.add(name)
+        process = self.processes[name]
+        family = _descendants(process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        _kill(family, grace=5)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            with contextlib.suppress(Exception):
+                self.stop(name)
+        # Ray daemons this test's nodes started in sessions of their own: found by our temp dir.
+        ours = [pid for pid, (_, cmd) in _processes().items() if str(self.ray_temp) in cmd]
+        _kill(ours, grace=5)
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), from /proc (no psutil in the environment)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def _descendants(pid: int) -> list[int]:
+    table = _processes()
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _kill(pids: list[int], grace: float) -> None:
+    """SIGTERM these (our own) processes, then SIGKILL whichever is left after ``grace``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, stack: Stack) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.dead():
+            raise AssertionError(f"{stack.dead()} exited, waiting for {what}\n{stack.logs()}")
+        with contextlib.suppress(Exception):
+            value = check()
+            if value:
+                return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{stack.logs()}")
+
+
+@contextlib.contextmanager
+def databases(base: str) -> Iterator[tuple[str, str]]:
+    """Fresh ``gradq_<hex>`` and ``mlflow_<hex>`` databases on the test server, dropped after."""
+    suffix = uuid.uuid4().hex[:12]
+    names = (f"gradq_{suffix}", f"mlflow_{suffix}")
+    with psycopg.connect(libpq(base), autocommit=True) as admin:
+        for name in names:
+            admin.execute(f"CREATE DATABASE {name}")
+    urls = tuple(
+        make_url(base).set(database=n).render_as_string(hide_password=False) for n in names
+    )
+    try:
+        yield urls[0], urls[1]
+    finally:
+        with psycopg.connect(libpq(base), autocommit=True) as admin:
+            for name in names:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def ray_ports() -> list[str]:
+    return [
+        "--node-ip-address=127.0.0.1",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+    ]  # fmt: skip
+
+
+def job(name: str, dataset: str, hidden: list[int], epochs: int, batch: int) -> dict[str, Any]:
+    return {
+        "name": name, "dataset": dataset, "model": {"hidden": hidden},
+        "optimizer": {"epochs": epochs, "batch_size": batch, "lr": 0.01},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "checkpoint_every": 1,
+    }  # fmt: skip
+
+
+def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
+    if postgres_down is not None:
+        pytest.skip(postgres_down)
+    started = time.monotonic()
+    base = os.environ.get(
+        "GRADQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    folder = Path(tempfile.mkdtemp(prefix="gradq-topology-"))
+    ray_temp = Path(tempfile.mkdtemp(prefix="gq", dir="/tmp"))  # short: Unix socket paths
+    stack = Stack(folder=folder, ray_temp=ray_temp)
+    token = secrets.token_hex(16)
+    mlflow_port, api_port, head_port = free_port(), free_port(), free_port()
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("GRADQ_", "RAY_"))}
+    plain["PYTHONUNBUFFERED"] = "1"
+    # "0" (as `make test` sets it) would refuse any multi-node cluster, on Linux too
+    ray_env = {
+        **plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+    }  # fmt: skip
+    try:
+        with databases(base) as (gradq_db, mlflow_db):
+            gradq_env = {
+                "GRADQ_DATABASE_URL": gradq_db,
+                "GRADQ_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                "GRADQ_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
+                "GRADQ_LEASE_SECONDS": "10",
+                "GRADQ_HEARTBEAT_SECONDS": "1",
+            }
+            stack.start("mlflow", [
+                str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db,
+                "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts"),
+                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+            ], plain)  # fmt: skip
+            head_env = {
+                **ray_env,
+                "RAY_health_check_period_ms": "1000",
+                "RAY_health_check_failure_threshold": "3",
+            }
+            stack.start("ray-head", [
+                str(BIN / "ray"), "start", "--head", "--block", f"--port={head_port}",
+                "--num-cpus=0", f"--temp-dir={ray_temp}", "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}", *ray_ports(),
+            ], head_env)  # fmt: skip
+            address = f"127.0.0.1:{head_port}"
+            wait_for("the Ray head", lambda: (ray_temp / "ray_current_cluster").exists()
+                     or "Ray runtime started" in stack.log("ray-head"), 90, stack)  # fmt: skip
+            for n in (1, 2):
+                stack.start(f"ray-worker-{n}", [
+                    str(BIN / "ray"), "start", f"--address={address}", "--block",
+                    "--num-cpus=1", *ray_ports(), f"--temp-dir={ray_temp}",
+                ], {**ray_env, **gradq_env})  # fmt: skip
+                wait_for(f"Ray worker {n}", lambda n=n: "Ray runtime started" in stack.log(
+                    f"ray-worker-{n}"), 90, stack)  # fmt: skip
+            wait_for("MLflow", lambda: httpx.get(
+                f"http://127.0.0.1:{mlflow_port}/health", timeout=2).status_code == 200,
+                90, stack)  # fmt: skip
+
+            keys = subprocess.run(
+                [str(BIN / "gradq"), "keys", "create", "--tenant", "ops"],
+                env={**plain, **gradq_env}, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert keys.returncode == 0, keys.stderr
+            key = keys.stdout.strip().splitlines()[-1]
+            assert key.startswith("gq_")
+            stack.start("dispatcher", [str(BIN / "gradq"), "dispatcher"],
+                        {**ray_env, **gradq_env, "GRADQ_RAY_ADDRESS": address})  # fmt: skip
+            stack.start("api", [str(BIN / "gradq"), "api"], {
+                **plain, **gradq_env, "GRADQ_AUTH": "keys", "GRADQ_RAY_ADDRESS": address,
+                "GRADQ_HOST": "127.0.0.1", "GRADQ_PORT": str(api_port),
+            })  # fmt: skip
+            url = f"http://127.0.0.1:{api_port}"
+            wait_for("the API", lambda: httpx.get(f"{url}/healthz", timeout=2).is_success,
+                     120, stack)  # fmt: skip
+            with httpx.Client(base_url=url, timeout=30) as anonymous:
+                assert anonymous.get("/v1/jobs").status_code == 401  # GRADQ_AUTH=keys
+            http = httpx.Client(
+                base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+            )
+            with http:
+                wait_for("/readyz", lambda: http.get("/readyz").status_code == 200, 60, stack)
+                run_topology(http, stack, folder)
+    finally:
+        stack.stop_all()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert time.monotonic() - started < 400
+
+
+def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
+    specs = [job("long", "digits", [256, 256], epochs=60, batch=8)] + [
+        job(f"short-{i}", "iris", [16], epochs=25, batch=8) for i in range(5)
+    ]
+    ids = []
+    for spec in specs:
+        r = http.post("/v1/jobs", json=spec)
+        assert r.status_code in (200, 201, 202), r.text
+        ids.append(r.json()["id"])
+    long_id = ids[0]
+    seen: dict[tuple[str, int], str] = {}  # (job, attempt) -> node
+
+    def observe() -> dict[str, Any]:
+        jobs = {i: http.get(f"/v1/jobs/{i}").json() for i in ids}
+        for i, j in jobs.items():
+            node = j.get("node") or (j.get("progress") or {}).get("node")
+            if node and j["status"] in ("running", "succeeded"):
+                seen.setdefault((i, j["attempt"]), node)
+        return jobs
+
+    def long_trains() -> bool:
+        j = observe()[long_id]
+        return j["status"] == "running" and (j.get("progress") or {}).get("epoch", 0) >= 3
+
+    wait_for("the long job to train 3 epochs", long_trains, 180, stack)
+    victim_node = seen[(long_id, 1)]
+    pid = http.get(f"/v1/jobs/{long_id}").json()["progress"]["pid"]
+    victims = [n for n in ("ray-worker-1", "ray-worker-2") if _hosts(stack, n, pid)]
+    assert len(victims) == 1, f"no single worker node runs pid {pid}"
+    stack.stop(victims[0])  # `docker compose stop`: SIGTERM, then SIGKILL
+
+    def all_done() -> dict[str, Any] | None:
+        jobs = observe()
+        return jobs if all(j["status"] in TERMINAL for j in jobs.values()) else None
+
+    jobs = wait_for("all six jobs to finish", all_done, 240, stack)
+    for i, j in jobs.items():
+        assert j["status"] == "succeeded", (i, j["error"], stack.logs())
+    assert len(set(seen.values())) == 2, f"jobs ran on {set(seen.values())}: {seen}"
+    long = jobs[long_id]
+    assert long["attempt"] >= 2
+    assert long["node"] != victim_node, "the long job did not move to the other node"
+    assert long["result"]["resumed_from_epoch"] >= 3
+    # The checkpoint went through MLflow's artifact service, which stores it on its side.
+    stored = list((folder / "mlartifacts").rglob("checkpoint.pt"))
+    assert stored, "no checkpoint in the MLflow server's artifact destination"
+    for i, epochs in zip(ids, [s["optimizer"]["epochs"] for s in specs], strict=True):
+        curves = http.get(f"/v1/jobs/{i}/metrics").json()
+        steps = [p["step"] for p in curves["metrics"]["train_loss"]]
+        assert steps == list(range(1, epochs + 1)), (i, steps)  # continuous, no duplicate
+
+
+def _hosts(stack: Stack, name: str, pid: int) -> bool:
+    """Whether the Ray node started as ``name`` runs the worker process ``pid``."""
+    return pid in _descendants(stack.processes[name].pid)
