@@ -10,6 +10,8 @@ and ``docker/.env.example`` defines every ``${VAR}`` the file uses and holds no 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,26 @@ DOCKERFILE = DOCKER / "Dockerfile"
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; "$$" escapes a "$".
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SERVICE_KEYS = {
-    "image", "build", "command", "entrypoint", "environment", "env_file", "volumes", "ports",
-    "depends_on", "healthcheck", "restart", "profiles", "deploy", "shm_size", "user",
-    "working_dir", "networks", "labels", "expose",
-}  # fmt: skip
+    "image",
+    "build",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "volumes",
+    "ports",
+    "depends_on",
+    "healthcheck",
+    "restart",
+    "profiles",
+    "deploy",
+    "shm_size",
+    "user",
+    "working_dir",
+    "networks",
+    "labels",
+    "expose",
+}
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 GRADQ_SERVICES = ("api", "dispatcher", "ray-worker", "ray-worker-gpu")
 RAY_SERVICES = ("ray-head", "ray-worker", "ray-worker-gpu", "dispatcher")
@@ -286,3 +304,27 @@ def test_dockerfile() -> None:
     assert text.index("USER gradq") > text.index("pip install --no-deps .")
     assert re.search(r"^HEALTHCHECK .*\n?.*urllib\.request", text, re.MULTILINE)
     assert "/healthz" in text
+
+
+def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    """Debian's docker-compose (installed by .ci/run) validates the file with .env.example."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs it)")
+    env = tmp_path / "compose.env"
+    env.write_text(ENV_EXAMPLE.read_text())
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "--env-file", str(env), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    names = subprocess.run(
+        [binary, "-f", str(COMPOSE), "--env-file", str(env), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert {"postgres", "mlflow", "ray-head", "ray-worker", "dispatcher", "api"} <= set(names)
