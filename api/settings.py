@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="None: the dispatcher starts a local Ray")
     ray_num_cpus: int | None = Field(None, ge=1, le=4096, description="local Ray only")
     auth: Literal["none", "keys"] = "none"
+    # A first API key chosen by the operator (a deployment's secret): stored (its hash) at start
+    bootstrap_api_key: SecretStr | None = None
+    bootstrap_tenant: str = Field("default", min_length=1, max_length=100)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(1 * MiB, ge=1024)
@@ -52,6 +55,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0)
     heartbeat_seconds: float = Field(3.0, gt=0)
     unsatisfiable: Literal["fail", "wait"] = "fail"
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _strong_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 24:
+            raise ValueError("an API key needs at least 24 characters")
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -48,6 +48,32 @@ class ApiKeyMixin:
             )
         return key_id, plaintext
 
+    def ensure_api_key(self, *, tenant: str, key: str) -> bool:
+        """Store a key an operator chose (a deployment's first key, from its secrets) for
+        ``tenant`` unless it is already stored; True when it was added. A key already held
+        by another tenant, or revoked, is refused with ValueError."""
+        digest = hash_key(key)
+        with write_tx(self._engine) as conn:
+            row = conn.execute(
+                select(KEYS.c.tenant, KEYS.c.revoked_at).where(KEYS.c.key_hash == digest)
+            ).first()
+            if row is not None:
+                if row.tenant != tenant or row.revoked_at is not None:
+                    raise ValueError("that API key is already used by another tenant or revoked")
+                return False
+            conn.execute(
+                insert(KEYS),
+                dict(
+                    id=str(uuid.uuid4()),
+                    tenant=tenant,
+                    key_hash=digest,
+                    prefix=key[:PREFIX_LENGTH],
+                    created_at=datetime.now(UTC),
+                    revoked_at=None,
+                ),
+            )
+        return True
+
     def authenticate(self, *, key: str) -> str | None:
         """The tenant of a valid key; None for an unknown or revoked one."""
         query = select(KEYS.c.tenant).where(

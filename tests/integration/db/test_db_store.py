@@ -168,3 +168,13 @@ def test_count_queued_counts_only_queued_jobs_of_the_tenant(
     assert store.count_queued(tenant="a") == expected_a
     assert store.count_queued(tenant="b") == 1 - (claimed.tenant == "b")
     assert store.count_queued() == 3
+
+
+def test_ensure_api_key_stores_a_chosen_key_once(store: JobStore) -> None:
+    key = "gq_" + "s" * 40
+    assert store.ensure_api_key(tenant="ops", key=key) is True
+    assert store.ensure_api_key(tenant="ops", key=key) is False  # restarts change nothing
+    assert store.authenticate(key=key) == "ops"
+    assert [k.tenant for k in store.list_api_keys(tenant="ops")] == ["ops"]
+    with pytest.raises(ValueError, match="another tenant"):
+        store.ensure_api_key(tenant="someone-else", key=key)

@@ -164,7 +164,13 @@ def test_each_role_gets_the_settings_it_needs(services: dict[str, dict[str, Any]
     api = environment(services["api"])
     assert api.get("GRADQ_AUTH") == "keys"
     # With the example's values substituted, the api's and dispatcher's settings validate.
-    values = {**env_example(), "POSTGRES_PASSWORD": "pw", "RAY_AUTH_TOKEN": "t"}
+    first_key = "gq_" + "k" * 40
+    values = {
+        **env_example(),
+        "POSTGRES_PASSWORD": "pw",
+        "RAY_AUTH_TOKEN": "t",
+        "GRADQ_API_KEY": first_key,
+    }
     for name in ("api", "dispatcher"):
         env = environment(services[name])
         kwargs = {
@@ -174,6 +180,9 @@ def test_each_role_gets_the_settings_it_needs(services: dict[str, dict[str, Any]
         }
         settings = Settings(**kwargs)
         assert settings.database_url.startswith("postgresql+psycopg://gradq:pw@postgres")
+        if name == "api":  # the deployment's first key comes from docker/.env
+            assert settings.bootstrap_api_key is not None
+            assert settings.bootstrap_api_key.get_secret_value() == first_key
     assert Settings(**{"host": "0.0.0.0", "auth": "keys"}).bind_refusal(insecure=False) is None
 
 
