@@ -62,25 +62,8 @@ def job(
 
 
 def event(view: EventView) -> schemas.Event:
-    return schemas.Event(
-        id=view.id,
-        at=view.at,
-        from_status=view.from_status,
-        to_status=view.to_status,
-        attempt=view.attempt,
-        reason=view.reason,
-    )
+    return schemas.Event.model_validate(view, from_attributes=True)
 
 
 def dataset(view: DatasetView) -> schemas.Dataset:
-    return schemas.Dataset(
-        id=view.id,
-        name=view.name,
-        sha256=view.sha256,
-        size=view.size,
-        rows=view.rows,
-        columns=view.columns,
-        target=view.target,
-        uri=view.uri,
-        created_at=view.created_at,
-    )
+    return schemas.Dataset.model_validate(view, from_attributes=True)

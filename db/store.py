@@ -201,16 +201,7 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
             values["progress"] = progress
         if node is not None:
             values["node"] = node
-        with one_statement_tx(self._engine) as conn:
-            found = conn.execute(
-                update(JOBS)
-                .where(*fence(job_id, attempt))
-                .values(values)
-                .returning(JOBS.c.cancel_requested)
-            ).first()
-            if found is None:
-                refuse(conn, job_id, attempt, None)
-        return bool(found[0])
+        return bool(self._fenced_update(job_id, attempt, values, JOBS.c.cancel_requested))
 
     def set_run(
         self,
@@ -226,26 +217,39 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
             values["mlflow_run_id"] = mlflow_run_id
         if checkpoint_uri is not None:
             values["checkpoint_uri"] = checkpoint_uri
-        with one_statement_tx(self._engine) as conn:
-            found = conn.execute(
-                update(JOBS).where(*fence(job_id, attempt)).values(values).returning(JOBS.c.id)
-            ).first()
-            if found is None:
-                refuse(conn, job_id, attempt, None)
+        self._fenced_update(job_id, attempt, values, JOBS.c.id)
 
     def release(self, *, job_id: str, attempt: int) -> bool:
         """End the lease of an attempt known to be dead (its Ray task crashed or was killed):
         the lease expires now, so the next ``requeue_expired`` settles the job at once instead
         of after the lease. Fenced; False when the attempt no longer holds the job."""
         now = utcnow()
+        values = {"lease_expires_at": now, "updated_at": now}
+        return (
+            self._fenced_update(job_id, attempt, values, JOBS.c.id, refuse_stale=False) is not None
+        )
+
+    def _fenced_update(
+        self,
+        job_id: str,
+        attempt: int,
+        values: dict[str, Any],
+        returning: Any,
+        *,
+        refuse_stale: bool = True,
+    ) -> Any:
+        """One UPDATE of the running ``attempt``'s row (the fence is in its WHERE); returns the
+        ``returning`` column, or raises (:func:`refuse`) when the attempt no longer holds the
+        job — or returns None with ``refuse_stale=False``."""
         with one_statement_tx(self._engine) as conn:
             found = conn.execute(
-                update(JOBS)
-                .where(*fence(job_id, attempt))
-                .values(lease_expires_at=now, updated_at=now)
-                .returning(JOBS.c.id)
+                update(JOBS).where(*fence(job_id, attempt)).values(values).returning(returning)
             ).first()
-        return found is not None
+            if found is None:
+                if refuse_stale:
+                    refuse(conn, job_id, attempt, None)
+                return None
+        return found[0]
 
     def finish(
         self,
