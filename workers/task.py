@@ -63,8 +63,10 @@ def node_name() -> str:
     try:
         import ray
 
-        node = ray.get_runtime_context().get_node_id()[:12]
-    except Exception:  # outside Ray (tests, `gradq train`)
+        # Outside Ray (tests, benchmarks) asking for the runtime context would start a
+        # local Ray instance just to name the node.
+        node = ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "local"
+    except Exception:  # Ray not installed
         node = "local"
     return f"{socket.gethostname()}/{node}"
 
