@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
-from core.backprop import backprop
+from core.backprop import Backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
@@ -216,23 +216,31 @@ def train(
         value = nnf.cross_entropy(out, Tb) if fused_ce else loss_value(loss, out, Tb)
         value.backward()
 
-    weights_t = [w.detach().t() for w in weights]  # views: they follow the SGD updates
+    # manual engine: features and encoded targets side by side, [X | T], so that one
+    # index_select per step gathers a batch, into a buffer made once per batch size (the
+    # epoch's last batch may be smaller), and a Backprop pass with its buffers per size
+    manual = engine == "manual"
+    XT = torch.cat([X, T], dim=1) if manual else X
+    d_in = X.shape[1]
+    plans: dict[int, tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def manual_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
-        backprop(
+    def plan_for(size: int) -> tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]:
+        buf = torch.empty(size, XT.shape[1], dtype=XT.dtype, device=device)
+        plan = Backprop(
             weights,
             biases,
-            Xb,
-            Tb,
+            grad_views,
             activation=spec.model.activation,
             loss=loss,
-            masks=masks,
-            out=grad_views,
-            weights_t=weights_t,
+            batch=size,
+            masked=reg.dropout > 0.0,
         )
+        plans[size] = (plan, buf, buf[:, :d_in], buf[:, d_in:])
+        return plans[size]
 
-    compute = manual_grads if engine == "manual" else autograd_grads
     stop_checks = cbs.has_should_stop
+    isfinite = math.isfinite
+    last_bias_grad, flat_grad, flat_data = grad_views[-1], flat.grad, flat.data
     dropout = reg.dropout > 0.0
     # gradient checks: before step 0 (at_start), then at every multiple of every_steps
     if step == 0 and gc.at_start:
@@ -254,20 +262,26 @@ def train(
         before = [w.detach().clone() for w in weights]
         perm = torch.randperm(n, generator=batch_gen).to(device)
         # the manual engine records nothing for autograd: inference mode skips its bookkeeping
-        with torch.inference_mode() if engine == "manual" else torch.enable_grad():
-            for start in range(0, n, bs):
-                idx = perm[start : start + bs]
-                Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
+        with torch.inference_mode() if manual else torch.enable_grad():
+            for idx in perm.split(bs):
+                if manual:
+                    size = idx.shape[0]
+                    plan, buf, Xb, Tb = plans[size] if size in plans else plan_for(size)
+                    torch.index_select(XT, 0, idx, out=buf)
+                else:
+                    Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
                 masks = sample_masks(model, len(idx), generator=drop_gen) if dropout else None
                 if step == next_check:
                     validate(Xb, Tb, masks)
                     next_check = step + gc.every_steps if gc.every_steps else -1
-                compute(Xb, Tb, masks)
-                check = float(grad_views[-1].sum())  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: not finite iff F is not
-                if not math.isfinite(check):
-                    raise Diverged(epoch + 1, step + 1, check)
+                if manual:
+                    plan(Xb, Tb, masks)
+                else:
+                    autograd_grads(Xb, Tb, masks)
+                if not isfinite(last_bias_grad.sum()):  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: finite iff F is
+                    raise Diverged(epoch + 1, step + 1, float(last_bias_grad.sum()))
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
-                    flat.grad.addcmul_(decay, flat.data)
+                    flat_grad.addcmul_(decay, flat_data)
                 sgd.step(lr)
                 step += 1
                 if stop_checks and cbs.should_stop():
