@@ -105,7 +105,11 @@ class Backprop:
 
     With a built-in activation the pass computes φ in place over Z⁽ˡ⁾ and φ′ from φ(Z⁽ˡ⁾)
     (see ``core.activations``); an activation without the in-place pair keeps Z⁽ˡ⁾ and φ(Z⁽ˡ⁾)
-    apart and calls its ``forward`` and ``backward``.
+    apart and calls its ``forward`` and ``backward``. Without dropout and with a built-in
+    activation, ``run`` is a straight pass over per-layer tuples made once (every Python
+    operation in it is paid at every step); otherwise it is the general pass.
+
+    ``X`` (and ``T``, ``masks``) must have ``batch`` rows.
     """
 
     def __init__(
@@ -138,8 +142,67 @@ class Backprop:
         self.z = [buffer(k) for k in widths]  # Z⁽ˡ⁾ (φ(Z⁽ˡ⁾) in place for hidden layers); F last
         self.masked = [buffer(k) for k in widths[:-1]] if masked else None  # φ(Z⁽ˡ⁾) ⊙ M⁽ˡ⁾
         self.g = [buffer(k) for k in widths[:-1]]  # Δ⁽ˡ⁾ of the hidden layers
+        self.run = self._general
+        if self.inplace and not masked:
+            self._build_straight(buffer(widths[-1]), 1.0 / batch)
+            self.run = self._straight
 
     def __call__(
+        self, X: torch.Tensor, T: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
+    ) -> None:
+        """Overwrite ``grads`` with the gradient of the mean loss of the batch (X, T)."""
+        self.run(X, T, masks)
+
+    def _build_straight(self, delta_out: torch.Tensor, inv_n: float) -> None:
+        L, z, W = self.L, self.z, self.weights
+        self._forward_ = self.act.forward_
+        self._backward_h = self.act.backward_h
+        # hidden layer l: Z⁽ˡ⁾ = H⁽ˡ⁻¹⁾ W⁽ˡ⁾ᵀ + b⁽ˡ⁾ into z[l], then φ over it
+        self._hidden = [(self.biases[l], self.weights_t[l], z[l]) for l in range(L - 1)]
+        self._output = (self.biases[-1], self.weights_t[-1], z[-1])
+        # Δ⁽ᴸ⁾ into delta_out (cross-entropy and squared: same operations as loss_delta)
+        self._delta_out = delta_out
+        self._inv_n = inv_n
+        # from the output layer down:
+        # (Δ⁽ˡ⁾, Δ⁽ˡ⁾ᵀ, H⁽ˡ⁻¹⁾ (None: X), ∇W⁽ˡ⁾, ∇b⁽ˡ⁾, W⁽ˡ⁾, the Δ⁽ˡ⁻¹⁾ buffer)
+        deltas = [*self.g, delta_out]
+        self._layers = [
+            (
+                deltas[l],
+                deltas[l].t(),
+                z[l - 1] if l else None,
+                self.grad_w[l],
+                self.grad_b[l],
+                W[l] if l else None,
+                deltas[l - 1] if l else None,
+            )
+            for l in range(L - 1, -1, -1)
+        ]
+
+    def _straight(
+        self, X: torch.Tensor, T: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
+    ) -> None:
+        assert masks is None, "built with masked=False"
+        addmm, mm, total = torch.addmm, torch.mm, torch.sum
+        forward_, backward_h = self._forward_, self._backward_h
+        h = X
+        for b, wt, z in self._hidden:
+            h = forward_(addmm(b, h, wt, out=z))  # type: ignore[misc]
+        b, wt, z = self._output
+        d = self._delta_out
+        if self.loss == "cross_entropy":
+            torch.sub(torch.softmax(addmm(b, h, wt, out=z), 1), T, out=d).mul_(self._inv_n)
+        elif self.loss == "squared":
+            torch.sub(addmm(b, h, wt, out=z), T, out=d).mul_(2.0 * self._inv_n)
+        else:
+            d.copy_(loss_delta(self.loss, addmm(b, h, wt, out=z), T))
+        for delta, delta_t, h_in, gw, gb, w, below in self._layers:
+            mm(delta_t, X if h_in is None else h_in, out=gw)
+            total(delta, 0, out=gb)
+            if w is not None:
+                backward_h(h_in, mm(delta, w, out=below))  # type: ignore[misc, arg-type]
+
+    def _general(
         self, X: torch.Tensor, T: torch.Tensor, masks: Sequence[torch.Tensor] | None = None
     ) -> None:
         addmm, mm = torch.addmm, torch.mm

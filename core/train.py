@@ -27,7 +27,7 @@ from core.backprop import Backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import evaluate
+from core.evaluate import evaluate, evaluate_parts
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
@@ -131,7 +131,11 @@ def train(
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[
         :TRAIN_EVAL_ROWS
     ].to(device)
-    Xe, ye, Te = X[eval_rows], y[eval_rows], T[eval_rows]
+    # per epoch, one forward pass over these training rows followed by the validation rows
+    X_eval = torch.cat([X[eval_rows], Xv])
+    y_eval = torch.cat([y[eval_rows], yv])
+    T_eval = torch.cat([T[eval_rows], Tv])
+    eval_sizes = [len(eval_rows), Xv.shape[0]]
 
     model = build_mlp(
         spec.model,
@@ -275,7 +279,7 @@ def train(
                     validate(Xb, Tb, masks)
                     next_check = step + gc.every_steps if gc.every_steps else -1
                 if manual:
-                    plan(Xb, Tb, masks)
+                    plan.run(Xb, Tb, masks)
                 else:
                     autograd_grads(Xb, Tb, masks)
                 if not isfinite(last_bias_grad.sum()):  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: finite iff F is
@@ -291,13 +295,16 @@ def train(
             break
         seconds = time.perf_counter() - t0
         model.eval()
-        train_m, diags = evaluate(
-            model, Xe, ye, Te, loss=loss, task=data.task, y_scale=y_scale, weights_before=before
-        )
-        val_m = (
-            evaluate(model, Xv, yv, Tv, loss=loss, task=data.task, y_scale=y_scale)[0]
-            if Xv.shape[0]
-            else {}
+        (train_m, val_m), diags = evaluate_parts(
+            model,
+            X_eval,
+            y_eval,
+            T_eval,
+            eval_sizes,
+            loss=loss,
+            task=data.task,
+            y_scale=y_scale,
+            weights_before=before,
         )
         model.train()
         if not math.isfinite(train_m["loss"]):
@@ -309,7 +316,7 @@ def train(
             seconds=seconds,
             samples_per_s=n / seconds if seconds > 0 else float("inf"),
             grad_norm=float(torch.linalg.vector_norm(flat.grad)),
-            train={k: v for k, v in train_m.items()},
+            train=train_m,
             val=val_m,
             layers=diags,
         )
