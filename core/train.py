@@ -282,7 +282,9 @@ def train(
                     plan.run(Xb, Tb, masks)
                 else:
                     autograd_grads(Xb, Tb, masks)
-                if not isfinite(last_bias_grad.sum()):  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: finite iff F is
+                # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾ is finite iff F is; its few entries are summed in Python
+                # (inf − inf is nan there too), cheaper than a tensor sum and its read-back
+                if not isfinite(sum(last_bias_grad.tolist())):
                     raise Diverged(epoch + 1, step + 1, float(last_bias_grad.sum()))
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
                     flat_grad.addcmul_(decay, flat_data)
