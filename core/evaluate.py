@@ -101,7 +101,8 @@ def evaluate_parts(
         weights = [w.detach() for w in model.weights]
         diffs = torch._foreach_sub(weights, list(weights_before))
         numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
-    values = torch.stack([v.to(torch.float64) for v in numbers]).tolist() if numbers else []
+    # stack promotes float32 and float64 numbers alike to float64, exactly
+    values = torch.stack(numbers).tolist() if numbers else []
     it = iter(values)
     parts: list[dict[str, float]] = []
     for a, b in itertools.pairwise(bounds):
