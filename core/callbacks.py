@@ -7,7 +7,7 @@ callbacks that override it, so an unused hook costs nothing in the hot loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,7 +32,19 @@ class EpochRecord:
     layers: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What ``dataclasses.asdict`` gives (fresh dicts and lists), built directly: a job
+        builds one per epoch."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.lr,
+            "seconds": self.seconds,
+            "samples_per_s": self.samples_per_s,
+            "grad_norm": self.grad_norm,
+            "train": dict(self.train),
+            "val": dict(self.val),
+            "layers": [dict(layer) for layer in self.layers],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochRecord:

@@ -1,20 +1,20 @@
-"""Metrics of a model on a data part, and per-layer diagnostics, without gradients."""
+"""Metrics of a model on data parts, and per-layer diagnostics, without gradients."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as nnf
 
-from core.losses import loss_value, predict
+from core.losses import loss_per_row, predict
 from core.model import MLP
 
 # |z| beyond which σ′(z) resp. tanh′(z) is below 1e-3: a unit saturated on every row is dead
 _SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
 
 
-@torch.no_grad()
 def evaluate(
     model: MLP,
     X: torch.Tensor,
@@ -34,10 +34,46 @@ def evaluate(
     row of X (ReLUs never positive, sigmoid/tanh units always saturated; 0 for the output
     layer), ``update_ratio`` ‖W − W_before‖/‖W_before‖ and ``weight_norm``.
     """
+    parts, layers = evaluate_parts(
+        model,
+        X,
+        y,
+        T,
+        [X.shape[0]],
+        loss=loss,
+        task=task,
+        y_scale=y_scale,
+        weights_before=weights_before,
+    )
+    return parts[0], layers
+
+
+@torch.no_grad()
+def evaluate_parts(
+    model: MLP,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    T: torch.Tensor,
+    sizes: Sequence[int],
+    *,
+    loss: str,
+    task: str,
+    y_scale: float = 1.0,
+    weights_before: Sequence[torch.Tensor] | None = None,
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """``evaluate`` for consecutive blocks of rows (``sizes``, e.g. the training rows, then
+    the validation rows), from one forward pass over all of them and one transfer of the
+    numbers; the dead fractions are those of the first block. An empty block gets ``{}``."""
+    bounds = [0]
+    for k in sizes:
+        bounds.append(bounds[-1] + k)
+    if bounds[-1] != X.shape[0]:
+        raise ValueError(f"sizes add up to {bounds[-1]}, but X has {X.shape[0]} rows")
     act = model._act
     h = X
-    dead: list[float] = []
     last = len(model.layers) - 1
+    first = slice(0, bounds[1])
+    dead: list[torch.Tensor] = []
     F = X
     for i, layer in enumerate(model.linears):
         z = nnf.linear(h, layer.weight, layer.bias)
@@ -45,41 +81,64 @@ def evaluate(
             F = z
             break
         if weights_before is not None:
-            dead.append(_dead_fraction(model.activation, z))
+            dead.append(_dead_fraction(model.activation, z[first]))
         h = act.forward(z)
-    metrics = {"loss": float(loss_value(loss, F, T))}
+    rows = loss_per_row(loss, F, T)
     pred = predict(loss, task, F)
     if task == "classification":
-        metrics["accuracy"] = float((pred == y).to(torch.float64).mean())
+        per_row = [rows, (pred == y).to(torch.float64)]
     else:
         err = pred.to(torch.float64) - y.to(torch.float64)
-        mse = float((err * err).mean())
-        var = float(y.to(torch.float64).var(unbiased=False))
-        metrics["rmse"] = mse**0.5 * y_scale
-        metrics["r2"] = 1.0 - mse / var if var > 0 else 0.0
+        per_row = [rows, err * err]
+    numbers: list[torch.Tensor] = []  # gathered, then read with one transfer
+    blocks = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+    for a, b in blocks:
+        numbers.extend(v[a:b].mean() for v in per_row)
+        if task == "regression":
+            numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
+    numbers.extend(dead)
+    if weights_before is not None:
+        weights = [w.detach() for w in model.weights]
+        diffs = torch._foreach_sub(weights, list(weights_before))
+        numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
+    # stack promotes float32 and float64 numbers alike to float64, exactly
+    values = torch.stack(numbers).tolist() if numbers else []
+    it = iter(values)
+    parts: list[dict[str, float]] = []
+    for a, b in itertools.pairwise(bounds):
+        if b == a:
+            parts.append({})
+        elif task == "classification":
+            parts.append({"loss": next(it), "accuracy": next(it)})
+        else:
+            m: dict[str, float] = {"loss": next(it)}
+            mse, var = next(it), next(it)
+            m["rmse"] = mse**0.5 * y_scale
+            m["r2"] = 1.0 - mse / var if var > 0 else 0.0
+            parts.append(m)
     if weights_before is None:
-        return metrics, []
-    layers = []
-    for i, (w, before) in enumerate(zip(model.weights, weights_before, strict=True)):
-        norm_before = float(torch.linalg.vector_norm(before))
-        layers.append(
-            {
-                "dead_fraction": dead[i] if i < last else 0.0,
-                "update_ratio": float(torch.linalg.vector_norm(w - before))
-                / max(norm_before, 1e-12),
-                "weight_norm": float(torch.linalg.vector_norm(w)),
-            }
-        )
-    return metrics, layers
+        return parts, []
+    dead_values = [next(it) for _ in dead]
+    L = last + 1
+    norms = [next(it) for _ in range(3 * L)]
+    layers = [
+        {
+            "dead_fraction": dead_values[i] if i < last else 0.0,
+            "update_ratio": norms[L + i] / max(norms[i], 1e-12),
+            "weight_norm": norms[2 * L + i],
+        }
+        for i in range(L)
+    ]
+    return parts, layers
 
 
-def _dead_fraction(activation: str, z: torch.Tensor) -> float:
+def _dead_fraction(activation: str, z: torch.Tensor) -> torch.Tensor:
     if z.shape[0] == 0:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64, device=z.device)
     if activation == "relu":
         dead = z.amax(dim=0) <= 0.0
     elif activation in _SATURATION:
         dead = z.abs().amin(dim=0) > _SATURATION[activation]
     else:  # identity and leaky_relu: φ′ ≥ 0.01 everywhere
-        return 0.0
-    return float(dead.to(torch.float64).mean())
+        return torch.zeros((), dtype=torch.float64, device=z.device)
+    return dead.to(torch.float64).mean()

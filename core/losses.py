@@ -61,6 +61,19 @@ def loss_value(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
 
 
+def loss_per_row(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """Each sample's loss, shape (n,): ``loss_value`` is their mean (evaluation takes the means
+    of several blocks of rows from one pass)."""
+    if loss == "squared":
+        return (F - T).pow(2).sum(dim=-1)
+    if loss == "logistic":
+        margin = -T * F
+        return torch.logaddexp(torch.zeros_like(margin), margin).sum(dim=-1)
+    if loss == "cross_entropy":
+        return torch.logsumexp(F, dim=-1) - (T * F).sum(dim=-1)
+    raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
+
+
 def loss_delta(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """δ⁽ᴸ⁾ = ∂(mean loss)/∂F, shape (n, k): the output layer's error signal, by hand."""
     n = F.shape[0]

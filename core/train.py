@@ -23,11 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
-from core.backprop import backprop
+from core.backprop import Backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import evaluate
+from core.evaluate import evaluate, evaluate_parts
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
@@ -131,7 +131,11 @@ def train(
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[
         :TRAIN_EVAL_ROWS
     ].to(device)
-    Xe, ye, Te = X[eval_rows], y[eval_rows], T[eval_rows]
+    # per epoch, one forward pass over these training rows followed by the validation rows
+    X_eval = torch.cat([X[eval_rows], Xv])
+    y_eval = torch.cat([y[eval_rows], yv])
+    T_eval = torch.cat([T[eval_rows], Tv])
+    eval_sizes = [len(eval_rows), Xv.shape[0]]
 
     model = build_mlp(
         spec.model,
@@ -216,23 +220,31 @@ def train(
         value = nnf.cross_entropy(out, Tb) if fused_ce else loss_value(loss, out, Tb)
         value.backward()
 
-    weights_t = [w.detach().t() for w in weights]  # views: they follow the SGD updates
+    # manual engine: features and encoded targets side by side, [X | T], so that one
+    # index_select per step gathers a batch, into a buffer made once per batch size (the
+    # epoch's last batch may be smaller), and a Backprop pass with its buffers per size
+    manual = engine == "manual"
+    XT = torch.cat([X, T], dim=1) if manual else X
+    d_in = X.shape[1]
+    plans: dict[int, tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def manual_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
-        backprop(
+    def plan_for(size: int) -> tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]:
+        buf = torch.empty(size, XT.shape[1], dtype=XT.dtype, device=device)
+        plan = Backprop(
             weights,
             biases,
-            Xb,
-            Tb,
+            grad_views,
             activation=spec.model.activation,
             loss=loss,
-            masks=masks,
-            out=grad_views,
-            weights_t=weights_t,
+            batch=size,
+            masked=reg.dropout > 0.0,
         )
+        plans[size] = (plan, buf, buf[:, :d_in], buf[:, d_in:])
+        return plans[size]
 
-    compute = manual_grads if engine == "manual" else autograd_grads
     stop_checks = cbs.has_should_stop
+    isfinite = math.isfinite
+    last_bias_grad, flat_grad, flat_data = grad_views[-1], flat.grad, flat.data
     dropout = reg.dropout > 0.0
     # gradient checks: before step 0 (at_start), then at every multiple of every_steps
     if step == 0 and gc.at_start:
@@ -254,20 +266,28 @@ def train(
         before = [w.detach().clone() for w in weights]
         perm = torch.randperm(n, generator=batch_gen).to(device)
         # the manual engine records nothing for autograd: inference mode skips its bookkeeping
-        with torch.inference_mode() if engine == "manual" else torch.enable_grad():
-            for start in range(0, n, bs):
-                idx = perm[start : start + bs]
-                Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
+        with torch.inference_mode() if manual else torch.enable_grad():
+            for idx in perm.split(bs):
+                if manual:
+                    size = idx.shape[0]
+                    plan, buf, Xb, Tb = plans[size] if size in plans else plan_for(size)
+                    torch.index_select(XT, 0, idx, out=buf)
+                else:
+                    Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
                 masks = sample_masks(model, len(idx), generator=drop_gen) if dropout else None
                 if step == next_check:
                     validate(Xb, Tb, masks)
                     next_check = step + gc.every_steps if gc.every_steps else -1
-                compute(Xb, Tb, masks)
-                check = float(grad_views[-1].sum())  # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾: not finite iff F is not
-                if not math.isfinite(check):
-                    raise Diverged(epoch + 1, step + 1, check)
+                if manual:
+                    plan.run(Xb, Tb, masks)
+                else:
+                    autograd_grads(Xb, Tb, masks)
+                # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾ is finite iff F is; its few entries are summed in Python
+                # (inf − inf is nan there too), cheaper than a tensor sum and its read-back
+                if not isfinite(sum(last_bias_grad.tolist())):
+                    raise Diverged(epoch + 1, step + 1, float(last_bias_grad.sum()))
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
-                    flat.grad.addcmul_(decay, flat.data)
+                    flat_grad.addcmul_(decay, flat_data)
                 sgd.step(lr)
                 step += 1
                 if stop_checks and cbs.should_stop():
@@ -277,13 +297,16 @@ def train(
             break
         seconds = time.perf_counter() - t0
         model.eval()
-        train_m, diags = evaluate(
-            model, Xe, ye, Te, loss=loss, task=data.task, y_scale=y_scale, weights_before=before
-        )
-        val_m = (
-            evaluate(model, Xv, yv, Tv, loss=loss, task=data.task, y_scale=y_scale)[0]
-            if Xv.shape[0]
-            else {}
+        (train_m, val_m), diags = evaluate_parts(
+            model,
+            X_eval,
+            y_eval,
+            T_eval,
+            eval_sizes,
+            loss=loss,
+            task=data.task,
+            y_scale=y_scale,
+            weights_before=before,
         )
         model.train()
         if not math.isfinite(train_m["loss"]):
@@ -295,7 +318,7 @@ def train(
             seconds=seconds,
             samples_per_s=n / seconds if seconds > 0 else float("inf"),
             grad_norm=float(torch.linalg.vector_norm(flat.grad)),
-            train={k: v for k, v in train_m.items()},
+            train=train_m,
             val=val_m,
             layers=diags,
         )

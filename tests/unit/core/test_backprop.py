@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.activations import ACTIVATIONS
-from core.backprop import manual_gradients
+from core.backprop import Backprop, manual_gradients
 from core.gradcheck import check_gradients, gradient_scale
 from core.losses import LOSSES, encode_targets, loss_value
 from core.model import build_mlp, sample_masks
@@ -157,3 +157,52 @@ def test_output_delta_is_prediction_minus_target_for_softmax_cross_entropy() -> 
     F = model(X)
     expected = (torch.softmax(F, 1) - torch.nn.functional.one_hot(y, 3)).sum(0) / 4
     torch.testing.assert_close(grads[1], expected.detach(), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["straight", "dropout"])
+@pytest.mark.parametrize("generic", [False, True], ids=["in_place", "generic"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("loss", LOSSES)
+def test_training_pass_reuses_its_buffers_and_equals_autograd(
+    activation: str, loss: str, generic: bool, dropout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training loop's Backprop: built once, called on batches gathered into a strided
+    [X | T] buffer, with and without dropout, several times; each call's gradients equal
+    autograd's. The generic path (an activation without the in-place pair) must agree too."""
+    import dataclasses
+
+    import core.activations as acts
+
+    if generic:
+        plain = dataclasses.replace(acts.ACTIVATIONS[activation], forward_=None, backward_h=None)
+        monkeypatch.setitem(acts.ACTIVATIONS, activation, plain)
+    model, X, y, _masks, task = _problem(5, [4, 5], activation, loss, 12, dropout)
+    T = encode_targets(loss, task, y, model.widths[-1]).to(torch.float64)
+    XT = torch.cat([X, T], dim=1)
+    grads = [torch.full_like(p, float("nan")) for p in model.parameters()]
+    batch = 6
+    plan = Backprop(
+        model.weights,
+        model.biases,
+        grads,
+        activation=activation,
+        loss=loss,
+        batch=batch,
+        masked=dropout > 0.0,
+    )
+    assert (plan.run == plan._straight) == (dropout == 0.0 and not generic)
+    buf = torch.empty(batch, XT.shape[1], dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        idx = torch.randperm(12, generator=g)[:batch]
+        torch.index_select(XT, 0, idx, out=buf)
+        masks = sample_masks(model, batch, generator=g)
+        with torch.no_grad():
+            plan.run(buf[:, : X.shape[1]], buf[:, X.shape[1] :], masks)
+        auto = _autograd(model, X[idx], y[idx], masks, loss, task, 0.0)
+        scale = gradient_scale(auto, model.weights, 0.0)
+        for m, a in zip(grads, auto, strict=True):
+            assert float((m - a).abs().max()) / scale < REL_TOL, (step, activation, loss)
+        with torch.no_grad():  # the pass must read the weights as they are now
+            for p in model.parameters():
+                p.mul_(0.9)

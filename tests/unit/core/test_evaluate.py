@@ -1,0 +1,100 @@
+"""Per-epoch evaluation: several blocks of rows in one pass equal each block on its own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from core.callbacks import EpochRecord
+from core.evaluate import evaluate, evaluate_parts
+from core.losses import encode_targets, loss_value
+from core.model import build_mlp
+from core.spec import ModelSpec
+
+
+@pytest.mark.parametrize(
+    ("loss", "task", "width"),
+    [
+        ("cross_entropy", "classification", 3),
+        ("logistic", "classification", 1),
+        ("squared", "regression", 1),
+    ],
+)
+def test_blocks_in_one_pass_equal_each_block_alone(loss: str, task: str, width: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    model = build_mlp(
+        ModelSpec(hidden=[6, 5], activation="relu"), 4, width, generator=g, dtype=torch.float64
+    )
+    before = [w.detach().clone() for w in model.weights]
+    with torch.no_grad():
+        for w in model.weights:
+            w.add_(torch.randn(w.shape, generator=g, dtype=torch.float64), alpha=0.1)
+    X = torch.randn(17, 4, generator=g, dtype=torch.float64)
+    if task == "regression":
+        y = torch.randn(17, generator=g, dtype=torch.float64)
+    else:
+        y = torch.randint(0, 2 if loss == "logistic" else 3, (17,), generator=g)
+    T = encode_targets(loss, task, y, width)
+    (first, second, empty), layers = evaluate_parts(
+        model, X, y, T, [11, 6, 0], loss=loss, task=task, y_scale=2.0, weights_before=before
+    )
+    alone_first, alone_layers = evaluate(
+        model, X[:11], y[:11], T[:11], loss=loss, task=task, y_scale=2.0, weights_before=before
+    )
+    alone_second, _ = evaluate(model, X[11:], y[11:], T[11:], loss=loss, task=task, y_scale=2.0)
+    assert empty == {}
+    assert first == pytest.approx(alone_first, rel=1e-12)
+    assert second == pytest.approx(alone_second, rel=1e-12)
+    assert set(first) == (
+        {"loss", "accuracy"} if task == "classification" else {"loss", "rmse", "r2"}
+    )
+    with torch.no_grad():
+        expected_loss = float(loss_value(loss, model(X[11:]), T[11:]))
+    assert second["loss"] == pytest.approx(expected_loss, rel=1e-12)
+    assert len(layers) == len(alone_layers) == 3
+    for got, want, w, b in zip(layers, alone_layers, model.weights, before, strict=True):
+        assert got == pytest.approx(want, rel=1e-12)
+        ratio = float(torch.linalg.vector_norm(w.detach() - b) / torch.linalg.vector_norm(b))
+        assert got["update_ratio"] == pytest.approx(ratio, rel=1e-12)
+        assert got["weight_norm"] == pytest.approx(
+            float(torch.linalg.vector_norm(w.detach())), rel=1e-12
+        )
+    assert layers[-1]["dead_fraction"] == 0.0
+
+
+def test_sizes_must_cover_the_rows() -> None:
+    model = build_mlp(ModelSpec(hidden=[3]), 2, 2)
+    X = torch.zeros(5, 2)
+    y = torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="sizes"):
+        evaluate_parts(
+            model,
+            X,
+            y,
+            encode_targets("cross_entropy", "classification", y, 2),
+            [4],
+            loss="cross_entropy",
+            task="classification",
+        )
+
+
+def test_epoch_record_to_dict_is_asdict() -> None:
+    record = EpochRecord(
+        epoch=3,
+        step=30,
+        lr=0.1,
+        seconds=0.5,
+        samples_per_s=100.0,
+        grad_norm=1.5,
+        train={"loss": 0.2, "accuracy": 0.9},
+        val={"loss": 0.3},
+        layers=[{"dead_fraction": 0.0, "update_ratio": 0.01, "weight_norm": 2.0}],
+    )
+    d = record.to_dict()
+    assert d == dataclasses.asdict(record)
+    d["train"]["loss"] = 9.0
+    d["layers"][0]["weight_norm"] = 9.0
+    assert record.train["loss"] == 0.2 and record.layers[0]["weight_norm"] == 2.0
+    assert EpochRecord.from_dict(record.to_dict()) == record
