@@ -37,6 +37,9 @@ from core.spec import JobSpec
 TRAIN_EVAL_ROWS = 10_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
 
 
+DIVERGENCE_CHECK_STEPS = 32  # on a GPU: steps between divergence read-backs (see train)
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -77,10 +80,11 @@ def resolve_device(spec: JobSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_engine(spec: JobSpec, device: torch.device) -> str:
-    if spec.engine != "auto":
-        return spec.engine
-    return "manual" if device.type == "cpu" else "autograd"
+def resolve_engine(spec: JobSpec) -> str:
+    """``auto`` is the manual engine, on the CPU and on a GPU alike: it does less work per
+    step than autograd (no graph to record; buffers made once) and was measured faster on
+    both, small networks and compute-bound ones (bench/RESULTS.md, Engine)."""
+    return "manual" if spec.engine == "auto" else spec.engine
 
 
 def train(
@@ -98,7 +102,7 @@ def train(
     """
     cbs = CallbackList(callbacks)
     device = resolve_device(spec)
-    engine = resolve_engine(spec, device)
+    engine = resolve_engine(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     data = data if data is not None else load_dataset(spec.dataset, seed=spec.seed)
     loss = spec.resolved_loss(data.task)
@@ -246,6 +250,12 @@ def train(
     isfinite = math.isfinite
     last_bias_grad, flat_grad, flat_data = grad_views[-1], flat.grad, flat.data
     dropout = reg.dropout > 0.0
+    # Divergence: on the CPU every step's gradient is checked before it is applied. On a GPU
+    # that read-back would make the host wait for each step instead of queueing the next
+    # one's kernels, so there the check reads back every DIVERGENCE_CHECK_STEPS steps and at
+    # each epoch's last step, and also looks at the parameters: a non-finite parameter stays
+    # non-finite under SGD, so a divergence is never missed, only reported that much later.
+    check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_STEPS
     # gradient checks: before step 0 (at_start), then at every multiple of every_steps
     if step == 0 and gc.at_start:
         next_check = 0
@@ -267,7 +277,9 @@ def train(
         perm = torch.randperm(n, generator=batch_gen).to(device)
         # the manual engine records nothing for autograd: inference mode skips its bookkeeping
         with torch.inference_mode() if manual else torch.enable_grad():
-            for idx in perm.split(bs):
+            batches = perm.split(bs)
+            last_batch = len(batches) - 1
+            for i_batch, idx in enumerate(batches):
                 if manual:
                     size = idx.shape[0]
                     plan, buf, Xb, Tb = plans[size] if size in plans else plan_for(size)
@@ -284,7 +296,10 @@ def train(
                     autograd_grads(Xb, Tb, masks)
                 # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾ is finite iff F is; its few entries are summed in Python
                 # (inf − inf is nan there too), cheaper than a tensor sum and its read-back
-                if not isfinite(sum(last_bias_grad.tolist())):
+                if (check_every == 1 or step % check_every == 0 or i_batch == last_batch) and (
+                    not isfinite(sum(last_bias_grad.tolist()))
+                    or (check_every > 1 and not bool(torch.isfinite(flat_data).all()))
+                ):
                     raise Diverged(epoch + 1, step + 1, float(last_bias_grad.sum()))
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
                     flat_grad.addcmul_(decay, flat_data)

@@ -265,6 +265,14 @@ def test_auto_engine_is_manual_on_cpu() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_is_cuda_and_manual_when_the_job_has_a_gpu() -> None:
+    spec = parse_spec({"dataset": "iris", "optimizer": {"epochs": 2}, "resources": {"gpus": 1}})
+    result = train(spec)
+    assert result.engine == "manual" and result.device.startswith("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("engine", ["manual", "autograd"])
 def test_trains_on_cuda_like_on_cpu(engine: str) -> None:
     base = {
@@ -278,3 +286,23 @@ def test_trains_on_cuda_like_on_cpu(engine: str) -> None:
     cpu = train(parse_spec(base))
     assert gpu.metrics["test_accuracy"] == pytest.approx(cpu.metrics["test_accuracy"], abs=0.05)
     assert gpu.gradchecks[0]["passed"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("engine", ["manual", "autograd"])
+def test_divergence_on_cuda_is_caught_within_the_check_cadence(engine: str) -> None:
+    from core.train import DIVERGENCE_CHECK_STEPS
+
+    spec = parse_spec(
+        {
+            "dataset": "digits",
+            "optimizer": {"lr": 1e6},
+            "device": "cuda",
+            "engine": engine,
+            "resources": {"gpus": 1},
+        }
+    )
+    with pytest.raises(Diverged) as info:
+        train(spec)
+    assert info.value.epoch == 1 and 1 <= info.value.step <= DIVERGENCE_CHECK_STEPS + 1
