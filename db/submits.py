@@ -52,7 +52,7 @@ class SubmitRequest:
     idempotency_key: str | None = None
 
 
-class SubmitMixin:
+class SubmitMixin(JobQueriesMixin):
     """The submit side of :class:`db.store.JobStore`."""
 
     _engine: Engine
@@ -110,7 +110,7 @@ class SubmitMixin:
             for i, r in enumerate(requests):
                 key = (r.tenant, r.idempotency_key) if r.idempotency_key is not None else None
                 if key is not None and key in existing:
-                    out[i] = _replayed(conn, existing[key], r)
+                    out[i] = _replayed(existing[key], r)
                     continue
                 if key is not None and key in first_of_key:
                     later.append(i)
@@ -141,17 +141,18 @@ class SubmitMixin:
                 if found is None:
                     raise RuntimeError(f"idempotency key {r.idempotency_key!r} lost")
                 existing[(r.tenant, r.idempotency_key)] = found
-                out[i] = _replayed(conn, found, r)
+                out[i] = _replayed(found, r)
             for i in later:
                 r = requests[i]
-                out[i] = _replayed(conn, existing[(r.tenant, str(r.idempotency_key))], r)
-        positions = _positions(new, before)
-        answers: list[Submitted | StoreError] = []
-        for o in out:
-            assert o is not None
-            if isinstance(o, Submitted) and o.job.created:
-                o = Submitted(o.job, positions[o.job.id])
-            answers.append(o)
+                out[i] = _replayed(existing[(r.tenant, str(r.idempotency_key))], r)
+            positions = _positions(new, before)
+            answers: list[Submitted | StoreError] = []
+            for o in out:
+                assert o is not None
+                if isinstance(o, Submitted):  # a replay: counted after the group's inserts
+                    at = positions.get(o.job.id) if o.job.created else self.position(conn, o.job)
+                    o = Submitted(o.job, at)
+                answers.append(o)
         return answers
 
 
@@ -300,14 +301,13 @@ def _positions(new: list[JobView], before: dict[int, int]) -> dict[str, int]:
     return out
 
 
-def _replayed(conn: Connection, existing: Any, r: SubmitRequest) -> Submitted | StoreError:
-    """The answer to a replayed key: the existing job (and its position while queued)."""
+def _replayed(existing: Any, r: SubmitRequest) -> Submitted | StoreError:
+    """The answer to a replayed key: the existing job (its position is filled in later)."""
     assert r.idempotency_key is not None
     try:
-        view = _replay(existing, r.spec, r.idempotency_key)
+        return Submitted(_replay(existing, r.spec, r.idempotency_key), None)
     except IdempotencyConflict as exc:
         return exc
-    return Submitted(view, JobQueriesMixin.position(conn, view))
 
 
 def _insert_job(

@@ -104,7 +104,13 @@ async def submit(
     reason = None
     if view.status is JobStatus.QUEUED:
         reason = view.pending_reason or _waiting(done.position)
-    job = present.job(view, queue_position=done.position, pending_reason=reason, mlflow_link=link)
+    job = present.job(
+        view,
+        queue_position=done.position,
+        pending_reason=reason,
+        mlflow_link=link,
+        pydantic_json=True,
+    )
     # Rendered here, once: the model was validated when it was built (FastAPI would validate
     # a returned model against response_model a second time, then encode it).
     return Response(
