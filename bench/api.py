@@ -92,8 +92,8 @@ def api_server(database_url: str, folder: Path, workers: int) -> Iterator[tuple[
     )
     log = (folder / "api.log").open("wb")
     process = subprocess.Popen(
-        [GRADQ, "api", "--port", str(port), "--workers", str(workers)], env=env, cwd=folder,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [GRADQ, "api", "--port", str(port), *(["--workers", str(workers)] if workers > 1 else [])],
+        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
