@@ -100,11 +100,26 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     return Dispatcher(config, JobStore(make_engine(settings.database_url)))
 
 
-def _uvicorn(app: FastAPI, settings: Settings) -> None:
+def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:
+    """Serve ``app`` (or, with several worker processes, the factory named by it). uvicorn
+    picks httptools and uvloop when they are installed (its "auto"), else h11 and asyncio."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
-    uvicorn.Server(config).run()
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        workers=workers,
+        factory=isinstance(app, str),
+    )
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    Multiprocess(config, sockets=[sock]).run()
 
 
 @contextlib.contextmanager
@@ -193,14 +208,24 @@ def _stop_ray() -> None:
     ray.shutdown()
 
 
-def api(host: HostOpt = None, port: PortOpt = None, insecure: InsecureOpt = False) -> None:
+def api(
+    host: HostOpt = None,
+    port: PortOpt = None,
+    insecure: InsecureOpt = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="processes serving the one port (one per core)")
+    ] = 1,
+) -> None:
     """The HTTP API only (jobs queue; run `gradq dispatcher` to run them)."""
     settings = _settings(host, port, insecure)
     from api.main import create_app
 
     with _signals_stop():
         _prepare(settings)
-        _uvicorn(create_app(settings), settings)
+        if workers == 1:
+            _uvicorn(create_app(settings), settings)
+        else:  # each worker process builds its app from the same environment
+            _uvicorn("api.main:app_from_environment", settings, workers)
 
 
 def dispatcher() -> None:

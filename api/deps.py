@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request
@@ -16,6 +14,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.group_commit import GroupCommit
 from api.settings import Settings
 from api.tracking import Tracking
 from db.store import JobStore
@@ -30,12 +29,10 @@ class Services:
     settings: Settings
     engine: Engine
     store: JobStore
+    submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking
     ray_probe: Callable[[], str]
     gradcheck_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
-    # SQLite has one writer: submits queue on this lock instead of in SQLite's busy handler,
-    # whose sleeps (up to 100 ms each) would make the tail latency under concurrency.
-    write_lock: AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
 
 
 async def get_services(request: Request) -> Services:
@@ -69,11 +66,13 @@ bearer = HTTPBearer(
 
 
 async def get_tenant(
-    services: ServicesDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
     """The caller's tenant: "default" without auth; with keys, the tenant of the bearer key
-    (401 when it is missing, unknown or revoked). Async: no thread hop without keys."""
+    (401 when it is missing, unknown or revoked). Async: no thread hop without keys; and no
+    sub-dependency but the bearer scheme (each costs FastAPI work on every request)."""
+    services: Services = request.app.state.services
     if services.settings.auth == "none":
         return DEFAULT_TENANT
     challenge = {"WWW-Authenticate": "Bearer"}

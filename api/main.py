@@ -7,7 +7,6 @@ errors are mapped in ``api/errors.py``, bodies are limited by ``api/middleware.p
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.deps import Services
+from api.group_commit import GroupCommit
 from api.middleware import BodyLimit
 from api.routes import datasets, gradcheck, health, job_activity, jobs
 from api.settings import Settings
@@ -49,10 +49,13 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
+        store = JobStore(engine)
+        submits = GroupCommit(store, max_queued=settings.max_queued_per_tenant)
         app.state.services = Services(
             settings=settings,
             engine=engine,
-            store=JobStore(engine),
+            store=store,
+            submits=submits,
             tracking=Tracking(
                 tracking_uri=settings.mlflow_tracking_uri,
                 artifact_root=settings.artifact_root,
@@ -60,11 +63,10 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             ),
             ray_probe=ray_probe or default_ray_probe(settings),
         )
-        if engine.dialect.name == "sqlite":
-            app.state.services.write_lock = threading.Lock()
         try:
             yield
         finally:
+            submits.close()
             engine.dispose()
 
     app = FastAPI(
@@ -85,6 +87,12 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         app.include_router(module.router)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for the settings in the environment: what each worker process of
+    ``gradq api --workers N`` serves (uvicorn imports it by name in every process)."""
+    return create_app(Settings())
 
 
 def _openapi_with_spec(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -26,9 +26,13 @@ def job(
     queue_position: int | None = None,
     pending_reason: str | None = None,
     mlflow_link: str | None = None,
+    pydantic_json: bool = False,
 ) -> schemas.Job:
+    """The job's schema. ``pydantic_json``: the caller renders it with ``model_dump_json``,
+    which writes NaN and infinities as null itself, so the values are not walked here."""
     base = f"/v1/jobs/{view.id}"
-    progress = finite(view.progress) if isinstance(view.progress, dict) else None
+    safe = (lambda v: v) if pydantic_json else finite
+    progress = safe(view.progress) if isinstance(view.progress, dict) else None
     return schemas.Job(
         id=view.id,
         name=view.name,
@@ -41,8 +45,8 @@ def job(
         queue_position=queue_position,
         pending_reason=pending_reason,
         progress=schemas.Progress.model_validate(progress) if progress is not None else None,
-        result=finite(view.result),
-        error=finite(view.error),
+        result=safe(view.result),
+        error=safe(view.error),
         mlflow_run_id=view.mlflow_run_id,
         checkpoint_uri=view.checkpoint_uri,
         node=view.node,
@@ -50,7 +54,7 @@ def job(
         started_at=view.started_at,
         finished_at=view.finished_at,
         updated_at=view.updated_at,
-        spec=finite(view.spec),
+        spec=safe(view.spec),
         links=schemas.JobLinks(
             self=base,
             events=f"{base}/events",

@@ -2,14 +2,28 @@
 
     .venv/bin/python bench/api.py                 # SQLite and PostgreSQL, one table
     .venv/bin/python bench/api.py --json
-    .venv/bin/python bench/api.py --backends sqlite --requests 500
+    .venv/bin/python bench/api.py --backends sqlite --requests 500 --open-rate 300
+    .venv/bin/python bench/api.py --workers 2     # gradq api --workers 2
 
 Against ``gradq api`` (the API alone, no dispatcher: jobs only queue), started as a
 subprocess per backend on a fresh database: SQLite in a temporary folder, PostgreSQL
 (``postgresql+psycopg://postgres@127.0.0.1:5432/test``) in a fresh schema ``bench_<uuid>``,
-dropped afterwards. Clients are httpx.AsyncClient over keep-alive connections, no auth.
-Each POST /v1/jobs is a full submit: parse and limit-check the spec, the tenant's queued
-count, the insert with its event, the queue position and the reason it waits.
+dropped afterwards. No auth. Each POST /v1/jobs is a full submit: parse and limit-check the
+spec, the tenant's queued count (the quota), the insert with its event, the queue position
+and the reason it waits; the client checks every answer is 201.
+
+The client is cheap on purpose (it shares the CPUs with the server): raw HTTP/1.1 over one
+keep-alive asyncio connection per client, the request bytes built once; a latency is from the
+moment a request is due to the end of its answer's body. Rows:
+
+* ``closed``: N clients, each sends its next submit as soon as its answer arrives (no think
+  time). This measures saturation: with 50 clients the latency is ≈ 50 / throughput.
+* ``open R/s``: 50 connections, submits due at a fixed rate R (evenly spaced) whatever the
+  answers; a submit due while all 50 are busy waits for one, and that wait counts in its
+  latency (no coordinated omission). This is the latency under a stated load.
+
+``server CPU/submit`` is the CPU time (user + system) of the server's processes over the row,
+divided by the submits: a figure the other load on the machine hardly moves.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx  # only for the health check while the server starts
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADQ = str(Path(sys.executable).with_name("gradq"))
@@ -68,7 +82,7 @@ def postgres_schema() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def api_server(database_url: str, folder: Path) -> Iterator[str]:
+def api_server(database_url: str, folder: Path, workers: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADQ_")}
     env.update(
@@ -78,8 +92,8 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
     )
     log = (folder / "api.log").open("wb")
     process = subprocess.Popen(
-        [GRADQ, "api", "--port", str(port)], env=env, cwd=folder, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        [GRADQ, "api", "--port", str(port), *(["--workers", str(workers)] if workers > 1 else [])],
+        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -91,7 +105,7 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((folder / "api.log").read_text()[-3000:])
             time.sleep(0.3)
-        yield url
+        yield url, process.pid  # the server's process group (start_new_session)
     except Exception:
         print((folder / "api.log").read_text()[-3000:], file=sys.stderr)
         raise
@@ -105,47 +119,141 @@ def api_server(database_url: str, folder: Path) -> Iterator[str]:
         log.close()
 
 
-async def run_clients(url: str, clients: int, total: int) -> dict[str, float]:
-    """``total`` submits spread over ``clients`` concurrent clients; latencies per request."""
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends the same prepared POST again and again."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> Connection:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def submit_request(url: str) -> bytes:
+    body = json.dumps(SPEC).encode()
+    host = url.removeprefix("http://")
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def server_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of every process in the server's process group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5 of stat: the process group
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def run_clients(
+    url: str, pgid: int, clients: int, total: int, rate: float | None = None
+) -> dict[str, Any]:
+    """``total`` submits over ``clients`` connections: closed loop (``rate`` None), or due
+    at ``rate`` per second (open loop); the latency of each, from when it was due."""
+    request = submit_request(url)
+    connections = [await Connection.open(url) for _ in range(clients)]
+    for c in connections[:20]:  # warm up: connections, statement caches
+        for _ in range(2):
+            await c.post(request)
     latencies: list[float] = []
-    left = total
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+    problems: list[str] = []
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for c in connections:
+        idle.put_nowait(c)
 
-        async def client() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                t0 = time.perf_counter()
-                r = await http.post("/v1/jobs", json=SPEC)
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 201:
-                    raise RuntimeError(f"submit answered {r.status_code}: {r.text[:300]}")
+    async def one(connection: Connection, due: float) -> None:
+        status, body = await connection.post(request)
+        latencies.append(time.perf_counter() - due)
+        if status != 201:
+            problems.append(f"submit answered {status}: {body[:300]!r}")
 
-        for _ in range(20):  # warm up: connections, statement caches
-            await http.post("/v1/jobs", json=SPEC)
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - started
+    async def closed_client(connection: Connection, count: int) -> None:
+        for _ in range(count):
+            await one(connection, time.perf_counter())
+
+    async def open_loop(rate: float) -> None:
+        tasks = []
+        for i in range(total):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            connection = await idle.get()
+
+            async def run(connection: Connection = connection, due: float = due) -> None:
+                try:
+                    await one(connection, due)
+                finally:
+                    idle.put_nowait(connection)
+
+            tasks.append(asyncio.create_task(run()))
+        await asyncio.gather(*tasks)
+
+    cpu0, client0 = server_cpu(pgid), time.process_time()
+    started = time.perf_counter()
+    if rate is None:
+        shares = [total // clients + (i < total % clients) for i in range(clients)]
+        await asyncio.gather(
+            *(closed_client(c, n) for c, n in zip(connections, shares, strict=True))
+        )
+    else:
+        await open_loop(rate)
+    wall = time.perf_counter() - started
+    server, client = server_cpu(pgid) - cpu0, time.process_time() - client0
+    for c in connections:
+        c.close()
+    if problems:
+        raise RuntimeError(f"{len(problems)} submits failed, first: {problems[0]}")
     ms = sorted(x * 1000 for x in latencies)
     return {
         "clients": clients,
+        "mode": "closed" if rate is None else f"open {rate:g}/s",
         "requests": len(ms),
         "p50_ms": statistics.median(ms),
         "p99_ms": ms[min(len(ms) - 1, round(0.99 * len(ms)) - 1)],
+        "max_ms": ms[-1],
         "submits_per_s": len(ms) / wall,
+        "server_cpu_ms_per_submit": 1000 * server / len(ms),
+        "client_cpu_ms_per_submit": 1000 * client / len(ms),
+        "load_avg_1min": os.getloadavg()[0],
     }
 
 
-def bench(backend: str, requests: int) -> list[dict[str, Any]]:
+def bench(
+    backend: str, requests: int, open_rates: list[float], workers: int
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix=f"gradq-bench-{backend}-") as tmp:
         folder = Path(tmp)
         urls = postgres_schema() if backend == "postgres" else nullcontext_sqlite(folder)
-        with urls as database_url, api_server(database_url, folder) as url:
-            for clients in (1, 50):
-                row = asyncio.run(run_clients(url, clients, requests))
-                rows.append({"backend": backend, **row})
+        with urls as database_url, api_server(database_url, folder, workers) as (url, pgid):
+            plan: list[tuple[int, float | None]] = [(1, None), (50, None)]
+            plan += [(50, rate) for rate in open_rates]
+            for clients, rate in plan:
+                row = asyncio.run(run_clients(url, pgid, clients, requests, rate))
+                rows.append({"backend": backend, "workers": workers, **row})
     return rows
 
 
@@ -157,20 +265,34 @@ def nullcontext_sqlite(folder: Path) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
-    parser.add_argument("--requests", type=int, default=1000, help="submits per row")
+    parser.add_argument("--requests", type=int, default=2000, help="submits per row")
+    parser.add_argument(
+        "--open-rate", type=float, nargs="*", default=[200.0], help="open-loop rows (submits/s)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="gradq api --workers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [row for backend in args.backends for row in bench(backend, args.requests)]
+    rows = [
+        row
+        for backend in args.backends
+        for row in bench(backend, args.requests, args.open_rate, args.workers)
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| backend  | clients | requests | p50 (ms) | p99 (ms) | submits/s | p99 target |")
-    print("|----------|---------|----------|----------|----------|-----------|------------|")
+    print(
+        "| backend  | workers | load | clients | mode        | p50 (ms) | p99 (ms) | max (ms) "
+        "| submits/s | server CPU/submit (ms) | client CPU/submit (ms) | p99 target |"
+    )
+    print("|" + "|".join("-" * n for n in (10, 9, 6, 9, 13, 10, 10, 10, 11, 24, 24, 12)) + "|")
     for r in rows:
         target = "< 50 ms" if r["clients"] == 50 else ""
         print(
-            f"| {r['backend']:<8} | {r['clients']:>7} | {r['requests']:>8} | {r['p50_ms']:>8.1f} "
-            f"| {r['p99_ms']:>8.1f} | {r['submits_per_s']:>9.0f} | {target:<10} |"
+            f"| {r['backend']:<8} | {r['workers']:>7} | {r['load_avg_1min']:>4.1f} "
+            f"| {r['clients']:>7} | {r['mode']:<11} | {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} "
+            f"| {r['max_ms']:>8.1f} | {r['submits_per_s']:>9.0f} "
+            f"| {r['server_cpu_ms_per_submit']:>22.2f} | {r['client_cpu_ms_per_submit']:>22.2f} "
+            f"| {target:<10} |"
         )
 
 

@@ -60,6 +60,16 @@ class IdempotencyConflict(StoreError):
         )
 
 
+class QueueFull(StoreError):
+    """The tenant already has ``limit`` queued jobs (``queued`` is counted up to the limit)."""
+
+    def __init__(self, tenant: str, queued: int, limit: int) -> None:
+        self.tenant = tenant
+        self.queued = queued
+        self.limit = limit
+        super().__init__(f"tenant {tenant!r} has {queued} queued jobs, the limit is {limit}")
+
+
 class InvalidCursor(StoreError):
     """A pagination cursor that this store did not produce."""
 

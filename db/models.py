@@ -84,7 +84,9 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key"),
         CheckConstraint(STATUS_CHECK, name="status"),
-        Index("ix_jobs_claim", "status", "priority", "created_at"),
+        # the claim order, and every count of queued jobs ahead of one, read only this index
+        Index("ix_jobs_queue", "status", "cancel_requested", "priority", "created_at", "id"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),  # a tenant's queued count (quota)
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_lease", "status", "lease_expires_at"),

@@ -157,15 +157,16 @@ class JobQueriesMixin:
         """Queued jobs a claim takes before ``job`` (claim order); None if not queued."""
         if job.status is not Q:
             return None
-        c, p = JOBS.c, job.priority
-        older = or_(
-            c.created_at < job.created_at, and_(c.created_at == job.created_at, c.id < job.id)
+        c, p, at = JOBS.c, job.priority, job.created_at
+        queued = (c.status == Q.value, c.cancel_requested == false())
+        # three ranges of the queue index (status, cancel_requested, priority, created_at, id)
+        ranges = (
+            (c.priority > p,),
+            (c.priority == p, c.created_at < at),
+            (c.priority == p, c.created_at == at, c.id < job.id),
         )
-        ahead = select(func.count()).where(
-            c.status == Q.value,
-            c.cancel_requested == false(),
-            or_(c.priority > p, and_(c.priority == p, older)),
-        )
+        counts = [select(func.count()).where(*queued, *r).scalar_subquery() for r in ranges]
+        ahead = select(counts[0] + counts[1] + counts[2])
         return int(conn.execute(ahead).scalar_one())
 
 

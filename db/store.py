@@ -11,99 +11,36 @@ Guarantees, for SQLite and PostgreSQL alike:
   (SQLite ``BEGIN IMMEDIATE``), so each queued job is claimed by exactly one worker;
 * times are computed in Python (UTC) and bound as parameters.
 
-The read side (get, list, events, counts, queue position) is in :mod:`db.queries`.
+Submitting (one job, or a group in one transaction) is in :mod:`db.submits`; the read side
+(get, list, events, counts, queue position) is in :mod:`db.queries`.
 """
 
 from __future__ import annotations
 
-import functools
-import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, false, insert, select, true, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, false, select, true, update
 
-from core.spec import JobSpec
 from db.datasets import DatasetMixin
-from db.errors import IdempotencyConflict, InvalidTransition, JobNotFound
+from db.errors import InvalidTransition, JobNotFound
 from db.keys import ApiKeyMixin
-from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
-from db.session import one_statement_tx, read_tx, write_tx
+from db.queries import JOBS, JobQueriesMixin, job_scope, utcnow
+from db.session import one_statement_tx, write_tx
 from db.states import TERMINAL, JobStatus
+from db.submits import SubmitMixin
 from db.transitions import fence, move, refuse
 from db.views import ClaimedJob, JobView
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
+class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
     """The queue's whole behaviour. Methods are keyword-only and return frozen views."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-
-    # --- submit ----------------------------------------------------------------------------
-
-    def submit(
-        self, *, spec: JobSpec, tenant: str = "default", idempotency_key: str | None = None
-    ) -> JobView:
-        """Queue a job (event None → queued); ``JobView.created`` says whether it is new.
-
-        With an ``idempotency_key``, a second submit by the same tenant with the same spec
-        (``spec.hash_fields()``) returns the first job (``created=False``); with a different
-        spec it raises :class:`IdempotencyConflict` and changes nothing. Concurrent submits
-        with one key make one job (the unique constraint decides).
-        """
-        now = utcnow()
-        row: dict[str, Any] = dict(
-            id=str(uuid.uuid4()),
-            tenant=tenant,
-            name=spec.name,
-            spec=spec.model_dump(mode="json"),
-            status=Q.value,
-            priority=spec.priority,
-            attempt=0,
-            max_attempts=spec.max_attempts,
-            lease_owner=None,
-            lease_expires_at=None,
-            cancel_requested=False,
-            progress=None,
-            result=None,
-            error=None,
-            mlflow_run_id=None,
-            checkpoint_uri=None,
-            node=None,
-            pending_reason=None,
-            idempotency_key=idempotency_key,
-            created_at=now,
-            started_at=None,
-            finished_at=None,
-            updated_at=now,
-        )
-        event = dict(
-            job_id=row["id"],
-            at=now,
-            from_status=None,
-            to_status=Q.value,
-            attempt=0,
-            reason="submitted",
-        )
-        if self._engine.dialect.name == "postgresql":
-            inserted = _insert_job_pg(self._engine, row, event)
-        else:
-            inserted = _insert_job(self._engine, row, event, idempotency_key)
-        if not inserted:
-            if idempotency_key is None:
-                raise RuntimeError(f"job id {row['id']} collided")  # a uuid4 collision
-            with read_tx(self._engine) as conn:
-                existing = _by_key(conn, tenant, idempotency_key)
-            if existing is None:
-                raise RuntimeError(f"idempotency key {idempotency_key!r} taken but not found")
-            return _replay(existing, spec, idempotency_key)
-        return JobView.from_row(row, created=True)
 
     # --- the worker's side -----------------------------------------------------------------
 
@@ -388,62 +325,6 @@ class JobStore(JobQueriesMixin, ApiKeyMixin, DatasetMixin):
                 ).first()
                 is not None
             )
-
-
-def _insert_job(
-    engine: Engine, row: dict[str, Any], event: dict[str, Any], key: str | None
-) -> bool:
-    """SQLite: insert the job and its event under the write lock; False if the key is taken."""
-    try:
-        with write_tx(engine) as conn:
-            if key is not None and _by_key(conn, row["tenant"], key) is not None:
-                return False
-            conn.execute(insert(JOBS), row)
-            conn.execute(insert(EVENTS), event)
-    except IntegrityError:
-        if key is None:
-            raise
-        return False
-    return True
-
-
-def _insert_job_pg(engine: Engine, row: dict[str, Any], event: dict[str, Any]) -> bool:
-    """PostgreSQL: one autocommit statement inserts the job (``ON CONFLICT DO NOTHING`` on
-    the tenant's key, which waits for a concurrent insert of the same key) and its event.
-    False when the key was already taken."""
-    params = {**row, **{f"event_{k}": v for k, v in event.items() if k != "job_id"}}
-    with one_statement_tx(engine) as conn:
-        return conn.execute(_submit_statement_pg(), params).first() is not None
-
-
-@functools.cache
-def _submit_statement_pg() -> Any:
-    """Built once: bound parameters are the job's columns and ``event_<column>``."""
-    job = (
-        pg_insert(JOBS)
-        .values({c.name: bindparam(c.name, type_=c.type) for c in JOBS.c})
-        .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
-        .returning(JOBS.c.id)
-        .cte("job")
-    )
-    names = ["at", "from_status", "to_status", "attempt", "reason"]
-    values = select(job.c.id, *(bindparam(f"event_{n}", type_=EVENTS.c[n].type) for n in names))
-    return insert(EVENTS).from_select(["job_id", *names], values).returning(EVENTS.c.job_id)
-
-
-def _by_key(conn: Connection, tenant: str, key: str) -> Any:
-    query = select(JOBS).where(JOBS.c.tenant == tenant, JOBS.c.idempotency_key == key)
-    return conn.execute(query).mappings().first()
-
-
-def _replay(existing: Any, spec: JobSpec, key: str) -> JobView:
-    try:
-        same = JobSpec.model_validate(existing["spec"]).hash_fields() == spec.hash_fields()
-    except ValueError:
-        same = False
-    if not same:
-        raise IdempotencyConflict(key, existing["id"])
-    return JobView.from_row(existing, created=False)
 
 
 def _finish_reason(status: JobStatus, error: Any) -> str:

@@ -54,6 +54,15 @@ class JobView:
 
 
 @dataclass(frozen=True)
+class Submitted:
+    """A submit's answer: the job, and how many queued jobs a claim takes before it, as of
+    the submit's commit (None when it is not queued)."""
+
+    job: JobView
+    position: int | None
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
     """What a worker needs to run one attempt of a claimed job."""
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from api.deps import SettingsDep, get_tenant
 from api.errors import ApiError
 from api.schemas import ErrorBody
+from api.settings import Settings
 from core.spec import InvalidSpec, JobSpec, parse_spec
 
 # Every /v1 router checks the key first, before its body is read or validated.
@@ -41,7 +42,7 @@ SPEC_BODY: dict[str, Any] = {
 }
 
 
-async def read_spec(request: Request, settings: SettingsDep) -> JobSpec:
+async def read_spec(request: Request, settings: Settings) -> JobSpec:
     """The body as a ``JobSpec``, parsed by core (field paths such as ``model.hidden[1]``)
     within the settings' limits. A ``csv`` data set names a file on the server: refused
     when the service is shared (API keys on); upload the file instead."""
@@ -62,4 +63,8 @@ async def read_spec(request: Request, settings: SettingsDep) -> JobSpec:
     return spec
 
 
-SpecDep = Annotated[JobSpec, Depends(read_spec)]
+async def spec_body(request: Request, settings: SettingsDep) -> JobSpec:
+    return await read_spec(request, settings)
+
+
+SpecDep = Annotated[JobSpec, Depends(spec_body)]

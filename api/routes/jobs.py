@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from api import present, schemas
-from api.deps import ServicesDep, SettingsDep, StoreDep, TenantDep, TrackingDep
+from api.deps import Services, StoreDep, TenantDep, TrackingDep
 from api.errors import ApiError
-from api.routes.common import AUTHENTICATED, SPEC_BODY, SpecDep, errors
+from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
 from core.spec import InvalidSpec, JobSpec
-from db.errors import DatasetNotFound, InvalidTransition
+from db.errors import DatasetNotFound, InvalidTransition, QueueFull
 from db.states import JobStatus
 from db.store import JobStore
+from db.submits import SubmitRequest
 from db.views import JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
@@ -76,31 +78,46 @@ def check_upload(spec: JobSpec, store: JobStore, tenant: str) -> None:
         **errors(400, 409, 422, 429),
     },
 )
-def submit(
-    spec: SpecDep,
-    services: ServicesDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    tracking: TrackingDep,
-    tenant: TenantDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> schemas.Job:
+async def submit(
+    request: Request, tenant: TenantDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Queue a training job. The body is a JobSpec; only `dataset` is required."""
-    check_upload(spec, store, tenant)
-    queued = store.count_queued(tenant=tenant)
-    if queued >= settings.max_queued_per_tenant:
+    # The hot path: no dependency but the tenant's (FastAPI solves each on every request).
+    services: Services = request.app.state.services
+    spec = await read_spec(request, services.settings)
+    if spec.dataset.name == "upload" and spec.dataset.id is not None:
+        await run_in_threadpool(check_upload, spec, services.store, tenant)
+    wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
+    try:
+        done = await services.submits.submit(wanted)
+    except QueueFull as exc:
         raise ApiError(
             429,
             "too_many_queued",
-            f"{queued} jobs of yours are queued, the limit is {settings.max_queued_per_tenant}: "
+            f"{exc.queued} jobs of yours are queued, the limit is {exc.limit}: "
             "wait for some to start, or cancel some",
             headers={"Retry-After": "10"},
-        )
-    with services.write_lock:
-        view = store.submit(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
-    response.status_code = 201 if view.created else 200
-    return detailed(view, store, tracking)
+        ) from None
+    view, link = done.job, None
+    if view.mlflow_run_id:  # a replay of a job that has run: MLflow may be asked
+        link = await run_in_threadpool(services.tracking.run_link, view.mlflow_run_id)
+    reason = None
+    if view.status is JobStatus.QUEUED:
+        reason = view.pending_reason or _waiting(done.position)
+    job = present.job(
+        view,
+        queue_position=done.position,
+        pending_reason=reason,
+        mlflow_link=link,
+        pydantic_json=True,
+    )
+    # Rendered here, once: the model was validated when it was built (FastAPI would validate
+    # a returned model against response_model a second time, then encode it).
+    return Response(
+        job.model_dump_json(),
+        status_code=201 if view.created else 200,
+        media_type="application/json",
+    )
 
 
 @router.get("", response_model=schemas.JobPage, responses=errors(422))
