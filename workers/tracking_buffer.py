@@ -188,8 +188,9 @@ class RunBuffer:
                 self._last_upload.update({d: now for d in uploads})  # not due while in flight
             self._last_flush = now
             ok = self._send_metrics() and self._send_reports()
+            serialised: dict[int, bytes] = {}  # last and best are often one snapshot
             for directory, snapshot in uploads.items():
-                sent = ok and self._send_checkpoint(directory, snapshot)
+                sent = ok and self._send_checkpoint(directory, snapshot, serialised)
                 ok = ok and sent
                 if not sent:  # due again at the next send
                     with self._lock:
@@ -241,9 +242,13 @@ class RunBuffer:
         last = self._last_upload.get(directory)
         return last is None or time.monotonic() - last >= self.checkpoint_interval_s
 
-    def _send_checkpoint(self, directory: str, snapshot: Checkpoint) -> bool:
-        with self.clock.measure():
-            data = snapshot.to_bytes()
+    def _send_checkpoint(
+        self, directory: str, snapshot: Checkpoint, serialised: dict[int, bytes]
+    ) -> bool:
+        data = serialised.get(id(snapshot))
+        if data is None:
+            with self.clock.measure():
+                data = serialised[id(snapshot)] = snapshot.to_bytes()
         with tempfile.TemporaryDirectory(prefix="gradq-ckpt-") as tmp:
             path = os.path.join(tmp, CHECKPOINT_FILE)
             with open(path, "wb") as f:
