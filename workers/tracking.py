@@ -43,6 +43,7 @@ from workers.tracking_plot import learning_curve_png
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from core.callbacks import Callback
     from core.spec import JobSpec
@@ -55,6 +56,7 @@ DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
 MAX_ERROR_TAG = 5000
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _ACTIVE = {"RUNNING", "SCHEDULED"}
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
 
 
 def make_client(tracking_uri: str) -> MlflowClient:
@@ -167,14 +169,12 @@ class JobTracker:
             if found:
                 self.run_id = found[0].info.run_id
             else:  # tagged at creation, so that a retry finds it; nothing in it to skip
-                run = client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+                run = self._create_run(experiment_id, tags)
                 self.run_id = run.info.run_id
-                self._experiment = experiment_id
+                self._experiment = run.info.experiment_id
                 self._params = flatten_params(self.spec.model_dump(mode="json"))
-                params = param_entities(self._params)
-                for i in range(0, len(params), 100):  # MLflow: at most 100 params a batch
-                    client.log_batch(self.run_id, params=params[i : i + 100])
-                self._make_buffer()
+                # the params go with the first metrics (one call less on the job's path)
+                self._make_buffer().add_params(param_entities(self._params))
                 return self.run_id
         run = client.get_run(self.run_id)
         self._experiment, self._params = run.info.experiment_id, dict(run.data.params)
@@ -304,7 +304,28 @@ class JobTracker:
             raise RuntimeError("JobTracker.start() has not been called")
         return self.run_id
 
+    def _create_run(self, experiment_id: str, tags: dict[str, str]) -> Run:
+        """A new run named ``spec.name``; an experiment id remembered from an earlier job
+        whose experiment has since been deleted is looked up once more."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+        except MlflowException:
+            if _EXPERIMENTS.pop((self.tracking_uri, self.spec.experiment), None) is None:
+                raise
+        experiment_id = self._experiment_id()
+        return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+
     def _experiment_id(self) -> str:
+        """The id of ``spec.experiment``, created or restored when needed; remembered per
+        process (a worker runs many jobs of few experiments)."""
+        key = (self.tracking_uri, self.spec.experiment)
+        if key not in _EXPERIMENTS:
+            _EXPERIMENTS[key] = self._find_or_create_experiment()
+        return _EXPERIMENTS[key]
+
+    def _find_or_create_experiment(self) -> str:
         from mlflow.exceptions import MlflowException
 
         name = self.spec.experiment
