@@ -248,7 +248,8 @@ class JobTracker:
             }
             if result.history:
                 self._log_bytes(learning_curve_png(result.history), "plots/learning_curve.png")
-            if status == "succeeded":  # the final metrics are logged with the model
+            model_id = None
+            if status == "succeeded":
                 info = log_model(
                     result,
                     client=client,
@@ -257,14 +258,13 @@ class JobTracker:
                     experiment_id=self._run_experiment(),
                     params=self._params or {},
                     register_as=self.spec.register_as,
-                    metrics=finals,
                 )
                 self.model_uri = info.model_uri
                 self.model_version = info.registered_model_version
                 tags.append(RunTag("gradq.model_uri", info.model_uri))
-            else:
-                now = _now_ms()
-                metrics = [Metric(k, float(v), now, 0) for k, v in finals.items()]
+                model_id = info.model_id
+            now = _now_ms()  # at step 0, linked to the model: also the model's metrics
+            metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in finals.items()]
         if error is not None:
             tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
             client.log_text(run_id, error, "error.txt")

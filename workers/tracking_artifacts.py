@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from mlflow.entities import LoggedModelOutput, Metric, Param
+from mlflow.entities import LoggedModelOutput, Param
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from core.export import export_model
@@ -96,7 +95,6 @@ def log_model(
     experiment_id: str,
     params: Mapping[str, str],
     register_as: str | None,
-    metrics: Mapping[str, float],
 ) -> LoggedModelInfo:
     """Log ``export_model(result)`` as the run's model ``model`` (pickle format: the loaded
     module is the same ``ExportedModel``, taking raw float32 features of any batch size; the
@@ -104,12 +102,13 @@ def log_model(
     example of 5 raw training rows, and register it under ``register_as`` when given.
     ``mlflow.pytorch.load_model`` loads ``models:/<model_id>`` and ``runs:/<run_id>/model``.
 
-    ``metrics`` (the run's ``final_*``) are logged to the run at step 0 linked to the model.
+    The caller logs the run's ``final_*`` metrics at step 0 with ``model_id=info.model_id``,
+    which links them to the model (in the same call as its last tags).
 
     This is what ``mlflow.pytorch.log_model`` does, in the calls it needs and no more: the
     logged model is created in the run's experiment (``log_model`` would use the process's
     active experiment) with the run's params as the caller knows them (no ``get_run``),
-    attached to the run with its metrics linked here (``log_model`` reads back the whole
+    attached to the run, its metrics linked by the caller (``log_model`` reads back the whole
     history of every metric of the run to find the step-0 points: ~0.2 s for a 50-epoch run,
     growing with its length), saved with ``mlflow.pytorch.save_model`` (signature, input and
     serving-input examples, requirements given, not inferred), its files uploaded with
@@ -132,11 +131,6 @@ def log_model(
     )
     model_id = logged.model_id
     try:
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()],
-        )
         client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         with tempfile.TemporaryDirectory(prefix="gradq-model-") as tmp:
             path = os.path.join(tmp, MODEL_NAME)
