@@ -102,6 +102,33 @@ def wait_all(store: JobStore, ids: list[str], timeout: float = 600) -> list[JobV
     return done
 
 
+def tree_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) used so far by this process and its descendants (the local
+    Ray's GCS, raylet and workers), from /proc; None where there is no /proc."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo.extend(child for child, p in parent.items() if p == pid)
+    return total
+
+
 def span(job: JobView) -> float:
     assert job.finished_at is not None
     return (job.finished_at - job.created_at).total_seconds()
@@ -172,18 +199,26 @@ def main() -> None:
                 warm.append(wait_all(store, [store.submit(spec=spec50).id])[0])
         spec1 = parse_spec(reference(1))
         wait_all(store, [store.submit(spec=spec1).id for _ in range(2)])  # both workers warm
+        cpu0 = tree_cpu_seconds()
         t0 = time.perf_counter()
         ids = [store.submit(spec=spec1).id for _ in range(args.jobs)]
         submit_s = time.perf_counter() - t0
         tiny = wait_all(store, ids)
+        cpu1 = tree_cpu_seconds()
+        cpu_per_job = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / len(ids)
     finally:
         stop.set()
         thread.join(timeout=10)
-    report(direct, cold[0], warm, tiny, submit_s)
+    report(direct, cold[0], warm, tiny, submit_s, cpu_per_job)
 
 
 def report(
-    direct: list[float], cold: JobView, warm: list[JobView], tiny: list[JobView], submit_s: float
+    direct: list[float],
+    cold: JobView,
+    warm: list[JobView],
+    tiny: list[JobView],
+    submit_s: float,
+    cpu_per_job: float | None,
 ) -> None:
     d = statistics.median(direct)
     w = statistics.median(span(j) for j in warm)
@@ -200,6 +235,16 @@ def report(
         ("service overhead, cold", f"{span(cold) - d:.2f} s", ""),
         (f"throughput, {len(tiny)} one-epoch jobs", f"{rate:.1f} jobs/s", TARGETS["throughput"]),
         ("  (submitting them took)", f"{submit_s:.2f} s", ""),
+        (
+            "  CPU per job, all service processes",
+            "n/a" if cpu_per_job is None else f"{cpu_per_job:.3f} s",
+            "",
+        ),
+        (
+            "  ceiling on 2 idle cores (2 / CPU per job)",
+            "n/a" if not cpu_per_job else f"{2 / cpu_per_job:.1f} jobs/s",
+            "",
+        ),
         (
             "MLflow share, reference (critical path)",
             pct(share(warm, "mlflow_critical_s")),
