@@ -149,6 +149,7 @@ def phases(job: JobView) -> dict[str, float]:
         "mlflow critical": t["mlflow_critical_s"],
         "mlflow total": t["mlflow_total_s"],
         "attempt": t["attempt_s"],
+        "attempt CPU (worker)": t["attempt_cpu_s"],
         "train (worker)": (job.result or {})["seconds"],
     }
 

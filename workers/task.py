@@ -184,12 +184,14 @@ def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
 
 
 def _timings(
-    marks: dict[str, float], started: float, tracker: JobTracker | None
+    marks: dict[str, float], started: float, started_cpu: float, tracker: JobTracker | None
 ) -> dict[str, float]:
-    """Where the attempt's time went: wall-clock marks (epoch seconds) and MLflow seconds,
-    on the attempt's own thread (``mlflow_critical_s``) and in all (``mlflow_total_s``)."""
+    """Where the attempt's time went: wall-clock marks (epoch seconds), the worker process's
+    CPU seconds meanwhile (``attempt_cpu_s``, all its threads) and MLflow seconds, on the
+    attempt's own thread (``mlflow_critical_s``) and in all (``mlflow_total_s``)."""
     out = dict(marks)
     out["attempt_s"] = time.perf_counter() - started
+    out["attempt_cpu_s"] = time.process_time() - started_cpu
     if tracker is not None:
         out["mlflow_critical_s"] = tracker.clock.critical_s
         out["mlflow_total_s"] = tracker.clock.total_s
@@ -207,7 +209,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     result_body: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     result: TrainResult | None = None
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     marks: dict[str, float] = {"task_start": time.time()}  # wall clock, for the bench
     try:
         lease.start()
@@ -287,7 +289,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
             marks["tracker_finished"] = time.time()
             if result_body is not None:
-                result_body["timings"] = _timings(marks, started, tracker)
+                result_body["timings"] = _timings(marks, started, started_cpu, tracker)
             try:
                 store.finish(
                     job_id=job.id,

@@ -29,7 +29,7 @@ _S = 2  # drawn at _S× and reduced: anti-aliased lines without a slow renderer
 _BLUE, _ORANGE = (31, 119, 180), (255, 127, 14)
 _INK, _GRID, _FRAME = (40, 40, 40), (225, 225, 225), (90, 90, 90)
 _LEFT, _RIGHT, _TOP, _BOTTOM = 0.11, 0.88, 0.05, 0.88  # plot area, fractions of the size
-_DOTS_UP_TO = 60  # epochs up to which each point is also drawn as a dot
+_DOTS_UP_TO = 30  # epochs up to which each point is also drawn as a dot
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
