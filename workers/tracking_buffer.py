@@ -189,7 +189,9 @@ class RunBuffer:
     def _send(self, *, every_checkpoint: bool) -> bool:
         """Metrics, then reports, then checkpoints: only the checkpoints taken before the
         metrics were sent, so none is in MLflow ahead of its epochs."""
+        t0 = time.perf_counter()
         with self._send_lock:
+            self.clock.add_wait(time.perf_counter() - t0)
             now = time.monotonic()
             with self._lock:
                 uploads = {
