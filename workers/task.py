@@ -4,7 +4,9 @@
 this is not the first attempt, trains with ``core.train``, heartbeats the lease with progress
 from a background thread, stops when a cancel is requested, and writes the final status once,
 in one ``try/except/finally``. Every database write is fenced by the attempt number: a zombie
-attempt (its lease expired and the job was claimed again) is refused and stops quietly.
+attempt (its lease expired and the job was claimed again) is refused and stops quietly. A job
+is ``succeeded`` only once its model and artifacts are in MLflow: when ``finish()`` fails for
+a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from db.errors import StaleAttempt, StoreError
 from db.session import make_engine
 from db.store import JobStore
 from db.views import ClaimedJob
-from workers.tracking import JobTracker, latest_checkpoint
+from workers.tracking import JobTracker, close_run, latest_checkpoint
 
 log = logging.getLogger("gradq.task")
 _ARRAYS = [
@@ -67,8 +69,9 @@ def node_name() -> str:
     try:
         import ray
 
-        node = ray.get_runtime_context().get_node_id()[:12]
-    except Exception:  # outside Ray (tests, `gradq train`)
+        # outside Ray (tests, `gradq train`): asking for the runtime context would start one
+        node = ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "local"
+    except Exception:
         node = "local"
     return f"{socket.gethostname()}/{node}"
 
@@ -198,6 +201,18 @@ def _timings(
     return out
 
 
+def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: str) -> None:
+    """End the run of a job that failed in ``finish()`` FAILED, if MLflow lets us."""
+    if tracker is None or tracker.run_id is None:
+        return
+    try:
+        close_run(
+            tracking_uri=config.tracking_uri, run_id=tracker.run_id, status="failed", reason=reason
+        )
+    except Exception as exc:  # MLflow is away: the run stays RUNNING, the job says why
+        log.warning("run %s: could not close it: %s", tracker.run_id, exc)
+
+
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
@@ -285,8 +300,16 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 if tracker is not None and tracker.run_id is not None:
                     message = None if error is None else str(error["message"])
                     tracker.finish(status=final, result=result, error=message)
-            except Exception as exc:  # tracking must not decide the job's fate
+            except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
+                if final == "succeeded":  # "succeeded" promises a model one can load
+                    error = {
+                        "type": "tracking_failed",
+                        "message": "the model and artifacts could not be written to MLflow: "
+                        f"{type(exc).__name__}: {exc}",
+                    }
+                    final, result_body = "failed", None
+                    _close_failed_run(config, tracker, error["message"])
             marks["tracker_finished"] = time.time()
             if result_body is not None:
                 result_body["timings"] = _timings(marks, started, started_cpu, tracker)
