@@ -27,6 +27,8 @@ from workers.tracking import close_run, make_client
 
 log = logging.getLogger("gradq.dispatcher")
 
+FREED_LAG_S = 0.5  # see Dispatcher.capacity
+
 
 @dataclass(frozen=True)
 class DispatcherConfig:
@@ -34,8 +36,12 @@ class DispatcherConfig:
     ray_address: str | None = None  # None: start a local Ray inside this process
     ray_num_cpus: int | None = None  # local Ray only (default: all cores)
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    poll_seconds: float = 0.5
+    # How often an idle dispatcher looks for queued jobs (one indexed query): the longest a
+    # job submitted to an idle service waits to be claimed. While attempts run it also wakes
+    # as soon as one of them ends.
+    poll_seconds: float = 0.1
     requeue_seconds: float = 2.0
+    cancel_check_seconds: float = 0.5  # how often running jobs are checked for a cancel
     cancel_grace_seconds: float = 10.0
     unsatisfiable: Literal["fail", "wait"] = "fail"
     # The lease a claim starts with: it covers starting a Ray worker process and importing
@@ -59,15 +65,14 @@ class Attempt:
 
 def warm_up() -> str:
     """Runs in a Ray worker: importing the attempt's code is most of a cold start."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.figure
+    import mlflow.models
     import mlflow.pytorch
 
     import workers.task  # torch, MLflow's client and core come with it
+    import workers.tracking_plot
 
-    return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {matplotlib.figure.__name__}"
+    workers.tracking_plot.learning_curve_png([])  # loads Pillow's font
+    return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {mlflow.models.__name__}"
 
 
 def resources(spec: dict[str, Any]) -> tuple[float, float]:
@@ -83,6 +88,10 @@ class Dispatcher:
         self._remote: Any = None
         self._warming: list[Any] = []
         self._last_requeue = 0.0
+        self._last_cancel_check = 0.0
+        # (when, CPUs, GPUs) of attempts reaped lately: Ray's view of the free resources
+        # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
+        self._freed: list[tuple[float, float, float]] = []
 
     # --- Ray ---------------------------------------------------------------------------------
 
@@ -107,15 +116,24 @@ class Dispatcher:
             self._warming = [warm.remote() for _ in range(self.config.warm_workers)]
 
     def capacity(self) -> tuple[float, float, float, float]:
-        """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs)."""
+        """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs).
+
+        Free is what Ray reports available, plus what attempts of ours that ended in the last
+        ``FREED_LAG_S`` held (Ray reports a task's resources free ~0.1 s after its result is
+        ready: without this, the next job would wait for the next tick), and never more than
+        the cluster's total less what our running attempts hold."""
         import ray
 
         avail = ray.available_resources()
         total = ray.cluster_resources()
+        now = time.monotonic()
+        self._freed = [f for f in self._freed if now - f[0] < FREED_LAG_S]
         ours_cpu = sum(a.cpus for a in self.inflight.values())
         ours_gpu = sum(a.gpus for a in self.inflight.values())
-        free_cpu = min(avail.get("CPU", 0.0), total.get("CPU", 0.0) - ours_cpu)
-        free_gpu = min(avail.get("GPU", 0.0), total.get("GPU", 0.0) - ours_gpu)
+        freed_cpu = sum(f[1] for f in self._freed)
+        freed_gpu = sum(f[2] for f in self._freed)
+        free_cpu = min(avail.get("CPU", 0.0) + freed_cpu, total.get("CPU", 0.0) - ours_cpu)
+        free_gpu = min(avail.get("GPU", 0.0) + freed_gpu, total.get("GPU", 0.0) - ours_gpu)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         max_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
         max_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
@@ -154,7 +172,9 @@ class Dispatcher:
         if now - self._last_requeue >= self.config.requeue_seconds:
             self._last_requeue = now
             self.settle_expired()
-        self.enforce_cancels()
+        if now - self._last_cancel_check >= self.config.cancel_check_seconds:
+            self._last_cancel_check = now
+            self.enforce_cancels()
         self.launch()
 
     def reap(self) -> None:
@@ -169,6 +189,7 @@ class Dispatcher:
         for ref in done:
             job_id = refs[ref]
             attempt = self.inflight.pop(job_id)
+            self._freed.append((time.monotonic(), attempt.cpus, attempt.gpus))
             try:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
@@ -228,11 +249,12 @@ class Dispatcher:
                 self.unsatisfiable(job, cpus, gpus, max_cpu, max_gpu)
                 continue  # it can never run here: it does not hold up the jobs behind it
             if cpus > free_cpu + 1e-9 or gpus > free_gpu + 1e-9:
-                self.store.set_pending_reason(
-                    job_id=job.id,
-                    reason=f"waiting for resources: needs {cpus:g} CPU / {gpus:g} GPU, "
-                    f"{max(free_cpu, 0):g} CPU / {max(free_gpu, 0):g} GPU free",
+                reason = (
+                    f"waiting for resources: needs {cpus:g} CPU / {gpus:g} GPU, "
+                    f"{max(free_cpu, 0):g} CPU / {max(free_gpu, 0):g} GPU free"
                 )
+                if job.pending_reason != reason:  # a write only when it changes
+                    self.store.set_pending_reason(job_id=job.id, reason=reason)
                 break
             free_cpu -= cpus
             free_gpu -= gpus
@@ -247,6 +269,7 @@ class Dispatcher:
         )
         for claimed in claimed_jobs:
             cpus, gpus = resources(claimed.spec)
+            self._reuse_freed(cpus, gpus)
             ref = self._remote.options(
                 num_cpus=cpus, num_gpus=gpus, name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}"
             ).remote(self.config.worker, claimed)
@@ -258,6 +281,17 @@ class Dispatcher:
                 cpus,
                 gpus,
             )
+
+    def _reuse_freed(self, cpus: float, gpus: float) -> None:
+        """A launch takes what it needs from the recently freed resources first, so that they
+        are not counted free again while Ray's view has not caught up."""
+        kept = []
+        for when, c, g in self._freed:
+            take_c, take_g = min(c, cpus), min(g, gpus)
+            cpus, gpus = cpus - take_c, gpus - take_g
+            if c - take_c > 1e-9 or g - take_g > 1e-9:
+                kept.append((when, c - take_c, g - take_g))
+        self._freed = kept
 
     def unsatisfiable(
         self, job: JobView, cpus: float, gpus: float, max_cpu: float, max_gpu: float

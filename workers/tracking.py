@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
-from workers.tracking_artifacts import flatten_params, learning_curve, log_model, param_entities
+from workers.tracking_artifacts import flatten_params, log_model, param_entities
 from workers.tracking_buffer import (
     CHECKPOINT_FILE,
     LAST_CHECKPOINT,
@@ -39,9 +39,11 @@ from workers.tracking_buffer import (
     TrackingCallback,
 )
 from workers.tracking_clock import Clock
+from workers.tracking_plot import learning_curve_png
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from core.callbacks import Callback
     from core.spec import JobSpec
@@ -54,18 +56,47 @@ DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
 MAX_ERROR_TAG = 5000
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _ACTIVE = {"RUNNING", "SCHEDULED"}
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
 
 
 def make_client(tracking_uri: str) -> MlflowClient:
-    """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first."""
+    """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first and
+    the file put in WAL mode (see ``_sqlite_wal``)."""
     from mlflow import MlflowClient
 
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
         db = tracking_uri.removeprefix("sqlite:///").split("?")[0]
         if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_wal(str(Path(db).resolve()))
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+_wal_done: set[str] = set()
+
+
+def _sqlite_wal(path: str) -> None:
+    """Put an MLflow SQLite store in WAL journal mode, once per file and process (the mode
+    is kept in the file). MLflow leaves SQLite's default rollback journal: every commit then
+    syncs the disk three or four times, and a writer blocks every reader (the attempts of
+    one node and the dispatcher all write to the file, and wait on SQLite's busy handler,
+    which sleeps in steps of 1–100 ms). With WAL a commit is one append and one sync, and
+    readers never wait; durability is unchanged (MLflow's ``synchronous=FULL`` stays)."""
+    if path in _wal_done:
+        return
+    import sqlite3
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # a read-only or odd file: MLflow works without it
+        log.warning("MLflow store %s: could not switch to WAL mode: %s", path, exc)
+        return
+    _wal_done.add(path)
 
 
 class JobTracker:
@@ -99,6 +130,8 @@ class JobTracker:
         self.model_uri: str | None = None  # set by finish() when a model was logged
         self.model_version: str | None = None  # set when it was registered
         self._buffer: RunBuffer | None = None
+        self._experiment: str | None = None  # the run's experiment id and params, for the
+        self._params: dict[str, str] | None = None  # logged model (no get_run to find them)
         self.clock = Clock()  # seconds spent in MLflow work: see ``Clock``
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -136,14 +169,15 @@ class JobTracker:
             if found:
                 self.run_id = found[0].info.run_id
             else:  # tagged at creation, so that a retry finds it; nothing in it to skip
-                run = client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+                run = self._create_run(experiment_id, tags)
                 self.run_id = run.info.run_id
-                params = param_entities(flatten_params(self.spec.model_dump(mode="json")))
-                for i in range(0, len(params), 100):  # MLflow: at most 100 params a batch
-                    client.log_batch(self.run_id, params=params[i : i + 100])
-                self._make_buffer()
+                self._experiment = run.info.experiment_id
+                self._params = flatten_params(self.spec.model_dump(mode="json"))
+                # the params go with the first metrics (one call less on the job's path)
+                self._make_buffer().add_params(param_entities(self._params))
                 return self.run_id
         run = client.get_run(self.run_id)
+        self._experiment, self._params = run.info.experiment_id, dict(run.data.params)
         owner = run.data.tags.get("gradq.job_id")
         if owner not in (None, self.job_id):
             raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
@@ -203,6 +237,8 @@ class JobTracker:
         client = self.client
         if not self._make_buffer().flush():
             raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
+        metrics: list[Metric] = []  # sent with the tags in one call
+        tags: list[RunTag] = []
         if result is not None:
             finals = {f"final_{k}": v for k, v in result.metrics.items()}
             finals |= {
@@ -210,31 +246,30 @@ class JobTracker:
                 "final_steps": result.steps,
                 "gradcheck_count": len(result.gradchecks),
             }
-            if status != "succeeded":
-                now = _now_ms()
-                client.log_batch(
-                    run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()]
-                )
             if result.history:
-                client.log_figure(
-                    run_id, learning_curve(result.history), "plots/learning_curve.png"
-                )
-            if status == "succeeded":  # the final metrics are logged with the model
+                self._log_bytes(learning_curve_png(result.history), "plots/learning_curve.png")
+            model_id = None
+            if status == "succeeded":
                 info = log_model(
                     result,
                     client=client,
                     tracking_uri=self.tracking_uri,
                     run_id=run_id,
+                    experiment_id=self._run_experiment(),
+                    params=self._params or {},
                     register_as=self.spec.register_as,
-                    metrics=finals,
                 )
                 self.model_uri = info.model_uri
-                if info.registered_model_version is not None:
-                    self.model_version = str(info.registered_model_version)
-                client.set_tag(run_id, "gradq.model_uri", info.model_uri)
+                self.model_version = info.registered_model_version
+                tags.append(RunTag("gradq.model_uri", info.model_uri))
+                model_id = info.model_id
+            now = _now_ms()  # at step 0, linked to the model: also the model's metrics
+            metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in finals.items()]
         if error is not None:
-            client.set_tag(run_id, "gradq.error", error[:MAX_ERROR_TAG])
+            tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
             client.log_text(run_id, error, "error.txt")
+        if metrics or tags:
+            client.log_batch(run_id, metrics=metrics, tags=tags)
         client.set_terminated(run_id, _STATUS[status])
 
     # --- internals -------------------------------------------------------------------------
@@ -250,12 +285,47 @@ class JobTracker:
             )
         return self._buffer
 
+    def _run_experiment(self) -> str:
+        if self._experiment is None:  # a tracker given a run id, finishing without start()
+            run = self.client.get_run(self._require_run())
+            self._experiment, self._params = run.info.experiment_id, dict(run.data.params)
+        return self._experiment
+
+    def _log_bytes(self, data: bytes, path: str) -> None:
+        """Upload ``data`` as the run's artifact ``path`` (``folder/name``)."""
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="gradq-artifact-") as tmp:
+            local = Path(tmp) / name
+            local.write_bytes(data)
+            self.client.log_artifact(self._require_run(), str(local), folder or None)
+
     def _require_run(self) -> str:
         if self.run_id is None:
             raise RuntimeError("JobTracker.start() has not been called")
         return self.run_id
 
+    def _create_run(self, experiment_id: str, tags: dict[str, str]) -> Run:
+        """A new run named ``spec.name``; an experiment id remembered from an earlier job
+        whose experiment has since been deleted is looked up once more."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+        except MlflowException:
+            if _EXPERIMENTS.pop((self.tracking_uri, self.spec.experiment), None) is None:
+                raise
+        experiment_id = self._experiment_id()
+        return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
+
     def _experiment_id(self) -> str:
+        """The id of ``spec.experiment``, created or restored when needed; remembered per
+        process (a worker runs many jobs of few experiments)."""
+        key = (self.tracking_uri, self.spec.experiment)
+        if key not in _EXPERIMENTS:
+            _EXPERIMENTS[key] = self._find_or_create_experiment()
+        return _EXPERIMENTS[key]
+
+    def _find_or_create_experiment(self) -> str:
         from mlflow.exceptions import MlflowException
 
         name = self.spec.experiment

@@ -1,32 +1,33 @@
-"""What the MLflow adapter writes besides metrics: spec params, the learning curve, the model.
+"""What the MLflow adapter writes besides metrics: spec params and the model (the learning
+curve is drawn by ``workers.tracking_plot``).
 
 Helpers of ``workers.tracking``; nothing here connects anywhere at import. MLflow's model
-logging reads the process-wide tracking URI, so :func:`log_model` sets it under a lock for the
-duration of the call and puts the previous value back: two jobs in one process that log models
-against different stores never see each other's URI.
+registration reads the process-wide tracking URI, so :func:`log_model` sets it under a lock for
+the duration of that call and puts the previous value back: two jobs in one process that
+register models against different stores never see each other's URI.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from mlflow.entities import LoggedModelOutput, Metric, Param
+from mlflow.entities import LoggedModelOutput, Param
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from core.callbacks import EpochRecord
 from core.export import export_model
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from mlflow import MlflowClient
-    from mlflow.models.model import ModelInfo
 
     from core.train import TrainResult
 
@@ -54,48 +55,6 @@ def param_entities(params: Mapping[str, str]) -> list[Param]:
     return [Param(k, v) for k, v in sorted(params.items())]
 
 
-def learning_curve(history: list[EpochRecord]) -> Figure:
-    """Train and validation loss per epoch (left axis, log scale when positive) and validation
-    accuracy, or R² for a regressor, on a second axis when the history has it.
-
-    Drawn for speed (it is on every job's path): fixed margins instead of ``tight_layout``
-    (which draws the figure twice) and plain-text tick labels instead of mathtext (whose
-    parser dominated the drawing time): about half the time of the default layout."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    fig = Figure(figsize=(7, 4.2), dpi=100)
-    fig.subplots_adjust(left=0.11, right=0.88, bottom=0.12, top=0.95)
-    ax = fig.add_subplot(1, 1, 1)
-    epochs = [r.epoch for r in history]
-    for part, style in (("train", "-"), ("val", "--")):
-        values = [getattr(r, part).get("loss", float("nan")) for r in history]
-        if any(np.isfinite(values)):
-            ax.plot(epochs, values, style, color="tab:blue", label=f"{part} loss")
-    if history and all(r.train.get("loss", 0.0) > 0 for r in history):
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    handles, labels = ax.get_legend_handles_labels()
-    second = next((k for k in ("accuracy", "r2") if any(k in r.val for r in history)), None)
-    if second is not None:
-        ax2 = ax.twinx()
-        for part, style in (("train", "-"), ("val", "--")):
-            values = [getattr(r, part).get(second, float("nan")) for r in history]
-            ax2.plot(epochs, values, style, color="tab:orange", label=f"{part} {second}")
-        ax2.set_ylabel(second)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="center right", fontsize="small")
-    ax.grid(alpha=0.3)
-    return fig
-
-
 @contextmanager
 def _process_tracking_uri(uri: str) -> Iterator[None]:
     """Set MLflow's process-wide tracking URI for the block, under a lock, then restore it."""
@@ -111,56 +70,91 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
             mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
 
 
+@dataclass(frozen=True)
+class LoggedModelInfo:
+    """The logged model of a run: ``models:/<model_id>``, and its registered version."""
+
+    model_uri: str
+    model_id: str
+    registered_model_version: str | None = None
+
+
+@lru_cache(maxsize=1)
+def pip_requirements() -> tuple[str, ...]:
+    """What a loaded model needs besides MLflow (which MLflow adds itself): torch, at the
+    version the worker runs. Given explicitly, so that MLflow infers nothing."""
+    return (f"torch=={torch.__version__.split('+')[0]}",)
+
+
 def log_model(
     result: TrainResult,
     *,
     client: MlflowClient,
     tracking_uri: str,
     run_id: str,
+    experiment_id: str,
+    params: Mapping[str, str],
     register_as: str | None,
-    metrics: Mapping[str, float],
-) -> ModelInfo:
+) -> LoggedModelInfo:
     """Log ``export_model(result)`` as the run's model ``model`` (pickle format: the loaded
     module is the same ``ExportedModel``, taking raw float32 features of any batch size; the
     ``core`` package must be importable where it is loaded) with a signature and an input
     example of 5 raw training rows, and register it under ``register_as`` when given.
-    ``mlflow.pytorch.load_model`` loads ``info.model_uri`` and ``runs:/<run_id>/model``.
+    ``mlflow.pytorch.load_model`` loads ``models:/<model_id>`` and ``runs:/<run_id>/model``.
 
-    ``metrics`` (the run's ``final_*``) are logged to the run at step 0 linked to the model.
+    The caller logs the run's ``final_*`` metrics at step 0 with ``model_id=info.model_id``,
+    which links them to the model (in the same call as its last tags).
 
-    The logged model is created here, in the run's experiment: left to ``log_model`` it would
-    land in the process's active (default) experiment, not the run's. It is attached to the
-    run here too (``log_outputs``, its metrics linked as above) instead of by passing
-    ``run_id``: MLflow would then read back the whole history of every metric of the run to
-    link the step-0 points, ~0.2 s for a 50-epoch run and growing with its length."""
+    This is what ``mlflow.pytorch.log_model`` does, in the calls it needs and no more: the
+    logged model is created in the run's experiment (``log_model`` would use the process's
+    active experiment) with the run's params as the caller knows them (no ``get_run``),
+    attached to the run, its metrics linked by the caller (``log_model`` reads back the whole
+    history of every metric of the run to find the step-0 points: ~0.2 s for a 50-epoch run,
+    growing with its length), saved with ``mlflow.pytorch.save_model`` (signature, input and
+    serving-input examples, requirements given, not inferred), its files uploaded with
+    ``log_model_artifacts`` and the model finalised READY (FAILED when any step fails). Not
+    done: MLflow's serving-input validation, which loads the saved model back through pyfunc
+    in a fresh copy and predicts the example (~0.05–0.1 s a job); the model here is always
+    the same ``ExportedModel`` class, and its loading and predictions are checked by the
+    tests of this package instead, against the real store."""
     import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model, infer_signature
 
     model = export_model(result)
     data = result.data
     example = data.raw(data.X_train[:5]).astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    requirement = f"torch=={torch.__version__.split('+')[0]}"
-    run = client.get_run(run_id)
     logged = client.create_logged_model(
-        run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=run.data.params
+        experiment_id, name=MODEL_NAME, source_run_id=run_id, params=dict(params)
     )
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0, model_id=logged.model_id) for k, v in metrics.items()],
-    )
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    with _process_tracking_uri(tracking_uri):
-        info: ModelInfo = mlflow.pytorch.log_model(
-            model,
-            name=MODEL_NAME,
-            model_id=logged.model_id,
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=[requirement],
-            registered_model_name=register_as,
-            serialization_format="pickle",
-        )
-    return info
+    model_id = logged.model_id
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="gradq-model-") as tmp:
+            path = os.path.join(tmp, MODEL_NAME)
+            mlflow.pytorch.save_model(
+                model,
+                path,
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=model_id,
+                    run_id=run_id,
+                    model_id=model_id,
+                ),
+                signature=infer_signature(example, output),
+                input_example=example,
+                pip_requirements=list(pip_requirements()),
+                serialization_format="pickle",
+            )
+            client.log_model_artifacts(model_id, path)
+    except BaseException:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    version = None
+    if register_as is not None:  # the registry client reads the process-wide URI
+        with _process_tracking_uri(tracking_uri):
+            version = str(mlflow.register_model(f"models:/{model_id}", register_as).version)
+    return LoggedModelInfo(f"models:/{model_id}", model_id, version)

@@ -33,8 +33,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from mlflow.entities import Metric
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+from mlflow.entities import Metric, Param
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint
@@ -77,6 +81,7 @@ class RunBuffer:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.background = background
         self.points: deque[Metric] = deque(maxlen=max_points)
+        self.params: list[Param] = []  # sent with the next metrics (the run's first send)
         self.reports: dict[int, str] = {}  # step → report JSON not yet uploaded
         self.pending: dict[str, Checkpoint] = {}  # artifact dir → snapshot not yet uploaded
         self.dropped = 0  # points dropped because the buffer was full
@@ -91,6 +96,11 @@ class RunBuffer:
         self._sender: threading.Thread | None = None
 
     # --- what the callback feeds in (cheap: no MLflow call on this thread) -----------------
+
+    def add_params(self, params: list[Param]) -> None:
+        """Params to send with the next batch of metrics (at the latest at ``flush()``)."""
+        with self._lock:
+            self.params.extend(params)
 
     def add_epoch(self, record: EpochRecord) -> None:
         if record.epoch <= self.skip_epochs_through:
@@ -135,7 +145,7 @@ class RunBuffer:
         (never raises for an MLflow error)."""
         ok = self._send(every_checkpoint=True)
         with self._lock:
-            return ok and not self.pending
+            return ok and not self.pending and not self.params
 
     def close(self) -> None:
         """Stop the sender thread (what is still buffered stays, for ``flush()``)."""
@@ -179,7 +189,9 @@ class RunBuffer:
     def _send(self, *, every_checkpoint: bool) -> bool:
         """Metrics, then reports, then checkpoints: only the checkpoints taken before the
         metrics were sent, so none is in MLflow ahead of its epochs."""
+        t0 = time.perf_counter()
         with self._send_lock:
+            self.clock.add_wait(time.perf_counter() - t0)
             now = time.monotonic()
             with self._lock:
                 uploads = {
@@ -188,8 +200,9 @@ class RunBuffer:
                 self._last_upload.update({d: now for d in uploads})  # not due while in flight
             self._last_flush = now
             ok = self._send_metrics() and self._send_reports()
+            serialised: dict[int, bytes] = {}  # last and best are often one snapshot
             for directory, snapshot in uploads.items():
-                sent = ok and self._send_checkpoint(directory, snapshot)
+                sent = ok and self._send_checkpoint(directory, snapshot, serialised)
                 ok = ok and sent
                 if not sent:  # due again at the next send
                     with self._lock:
@@ -209,9 +222,25 @@ class RunBuffer:
             self.points.extend(metrics)
 
     def _send_metrics(self) -> bool:
-        """The points buffered now (not those training adds meanwhile: the next send's)."""
+        """The points buffered now (not those training adds meanwhile: the next send's), the
+        pending params with the first of them."""
         with self._lock:
             left = len(self.points)
+            params = list(self.params)
+        while params:  # MLflow: at most 100 params and 1000 entities a batch
+            batch = params[:MAX_PARAMS_TAGS_PER_BATCH]
+            with self._lock:
+                room = min(left, MAX_ENTITIES_PER_BATCH - len(batch), MAX_METRICS_PER_BATCH)
+                chunk = list(itertools.islice(self.points, room))
+            if not self._call(
+                "log_batch", self.client.log_batch, self.run_id, metrics=chunk, params=batch
+            ):
+                return False
+            params = params[len(batch) :]
+            with self._lock:
+                del self.params[: len(batch)]
+            self._drop_sent(chunk)
+            left -= len(chunk)
         while left > 0:
             with self._lock:
                 chunk = list(itertools.islice(self.points, min(left, MAX_METRICS_PER_BATCH)))
@@ -220,11 +249,14 @@ class RunBuffer:
             if not self._call("log_batch", self.client.log_batch, self.run_id, metrics=chunk):
                 return False
             left -= len(chunk)
-            sent = {id(m) for m in chunk}  # points added (or dropped) meanwhile stay right
-            with self._lock:
-                while self.points and id(self.points[0]) in sent:
-                    self.points.popleft()
+            self._drop_sent(chunk)
         return True
+
+    def _drop_sent(self, chunk: list[Metric]) -> None:
+        sent = {id(m) for m in chunk}  # points added (or dropped) meanwhile stay right
+        with self._lock:
+            while self.points and id(self.points[0]) in sent:
+                self.points.popleft()
 
     def _send_reports(self) -> bool:
         with self._lock:
@@ -241,9 +273,13 @@ class RunBuffer:
         last = self._last_upload.get(directory)
         return last is None or time.monotonic() - last >= self.checkpoint_interval_s
 
-    def _send_checkpoint(self, directory: str, snapshot: Checkpoint) -> bool:
-        with self.clock.measure():
-            data = snapshot.to_bytes()
+    def _send_checkpoint(
+        self, directory: str, snapshot: Checkpoint, serialised: dict[int, bytes]
+    ) -> bool:
+        data = serialised.get(id(snapshot))
+        if data is None:
+            with self.clock.measure():
+                data = serialised[id(snapshot)] = snapshot.to_bytes()
         with tempfile.TemporaryDirectory(prefix="gradq-ckpt-") as tmp:
             path = os.path.join(tmp, CHECKPOINT_FILE)
             with open(path, "wb") as f:

@@ -21,12 +21,23 @@ class Clock:
     def __init__(self) -> None:
         self.critical_s = 0.0
         self.background_s = 0.0
+        self.waited_s = 0.0  # of critical_s: waiting for a background send to end
         self._local = threading.local()
         self._lock = threading.Lock()
 
     @property
     def total_s(self) -> float:
-        return self.critical_s + self.background_s
+        """MLflow work on any thread; the critical path's waits for a background send are
+        not counted twice."""
+        return self.critical_s + self.background_s - self.waited_s
+
+    def add_wait(self, seconds: float) -> None:
+        """The calling thread waited for a background send: counted when it is not itself
+        a sender and waited inside a measurement (so that the wait is in ``critical_s``)."""
+        measuring = getattr(self._local, "depth", 0) > 0
+        if measuring and not getattr(self._local, "background", False):
+            with self._lock:
+                self.waited_s += seconds
 
     def mark_background(self) -> None:
         """Declare the calling thread a background sender."""

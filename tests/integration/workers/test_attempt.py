@@ -1,0 +1,79 @@
+"""One attempt run in this process (``run_attempt`` without Ray) against the real job database
+(SQLite) and a real MLflow SQLite store: what a job's final status promises about MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+import workers.tracking
+from core.spec import parse_spec
+from db.migrate import upgrade
+from db.session import make_engine
+from db.store import JobStore
+from db.views import JobView
+from workers.task import WorkerConfig, run_attempt
+
+pytestmark = pytest.mark.slow
+
+SPEC = {"name": "iris", "dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 2}}
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The module's job database and MLflow store (creating an MLflow store is slow)."""
+
+    jobs: JobStore
+    config: WorkerConfig
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
+    folder = tmp_path_factory.mktemp("attempt")
+    db_url = f"sqlite:///{folder}/gradq.db"
+    upgrade(db_url)
+    config = WorkerConfig(
+        database_url=db_url,
+        tracking_uri=f"sqlite:///{folder}/mlflow.db",
+        artifact_root=str(folder / "artifacts"),
+    )
+    return Stores(JobStore(make_engine(db_url)), config)
+
+
+def attempt(stores: Stores) -> tuple[str, JobView]:
+    """Submit, claim and run one job here; (what ``run_attempt`` returned, the job after)."""
+    job_id = stores.jobs.submit(spec=parse_spec(SPEC)).id
+    [claimed] = stores.jobs.claim(owner="test", limit=1, ids=[job_id], lease_seconds=30)
+    outcome = run_attempt(stores.config, claimed)
+    return outcome, stores.jobs.get(job_id=job_id)
+
+
+def test_a_job_whose_model_cannot_be_logged_fails_and_its_run_ends_failed(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("artifact store unreachable")
+
+    monkeypatch.setattr(workers.tracking, "log_model", broken)
+    outcome, job = attempt(stores)
+    assert outcome == "failed" and job.status.value == "failed"
+    assert job.error is not None and job.error["type"] == "tracking_failed"
+    assert "artifact store unreachable" in job.error["message"]
+    assert job.result is None and job.mlflow_run_id is not None
+    run = MlflowClient(stores.config.tracking_uri).get_run(job.mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert "artifact store unreachable" in run.data.tags["gradq.close_reason"]
+
+
+def test_a_succeeded_job_has_its_model_in_mlflow(stores: Stores) -> None:
+    outcome, job = attempt(stores)
+    assert outcome == "succeeded" and job.status.value == "succeeded"
+    assert job.mlflow_run_id is not None
+    client = MlflowClient(stores.config.tracking_uri)
+    run = client.get_run(job.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    model_id = run.data.tags["gradq.model_uri"].removeprefix("models:/")
+    assert str(client.get_logged_model(model_id).status) == "READY"
