@@ -56,9 +56,9 @@ def iris(name: str, epochs: int = 6, **extra: Any) -> dict[str, Any]:
 
 
 def digits(name: str, epochs: int) -> dict[str, Any]:
-    """Long enough to be interrupted mid-training (~0.1-0.3 s an epoch on a busy CPU)."""
+    """Long enough to be interrupted mid-training (~0.05-0.2 s an epoch on a busy CPU)."""
     return {
-        "name": name, "dataset": "digits", "model": {"hidden": [256, 256]},
+        "name": name, "dataset": "digits", "model": {"hidden": [64]},
         "optimizer": {"epochs": epochs, "batch_size": 8, "lr": 0.01},
         "regularization": {"early_stopping": {"enabled": False}},
         "checkpoint_every": 1,

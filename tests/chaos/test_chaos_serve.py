@@ -49,9 +49,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def serve(stack: Stack, name: str, env: dict[str, str], port: int) -> httpx.Client:
     stack.start(name, [GRADQ, "serve", "--no-mlflow-ui", "--port", str(port)], env)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    wait_until("gradq serve", lambda: http.get("/readyz").is_success, 180, context=stack.logs)
-    return http
+    url = f"http://127.0.0.1:{port}"
+    wait_until("gradq serve", lambda: httpx.get(f"{url}/readyz", timeout=10).is_success, 180,
+               context=stack.logs)  # fmt: skip
+    return httpx.Client(base_url=url, timeout=30)
 
 
 def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stack) -> None:
