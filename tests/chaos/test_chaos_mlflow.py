@@ -85,8 +85,8 @@ def test_mlflow_server_down_30s_training_goes_on_and_nothing_is_lost(stack: Stac
 
         long_id = submit(digits("through-the-outage", 150))
         short_id = submit(iris("before", epochs=30))
-        wait_until("the long job to train", lambda: jobs(http, [long_id])[long_id].get(
-            "progress", {}).get("epoch", 0) >= 2, 180, context=stack.logs)  # fmt: skip
+        wait_until("the long job to train", lambda: (jobs(http, [long_id])[long_id][
+            "progress"] or {}).get("epoch", 0) >= 2, 180, context=stack.logs)  # fmt: skip
         stack.stop("mlflow", grace=0)  # killed: connections are refused from now on
         down_at = time.monotonic()
         epoch_at_stop = jobs(http, [long_id])[long_id]["progress"]["epoch"]
