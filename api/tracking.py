@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DATASETS_EXPERIMENT = "gradq-datasets"
+# A tracking server that answered /health this recently is not asked again before a call.
+HEALTHY_FOR_S = 2.0
 
 
 class TrackingUnavailable(Exception):
@@ -28,6 +31,7 @@ class Tracking:
         self.tracking_uri, self.artifact_root, self.ui_url = tracking_uri, artifact_root, ui_url
         self._links: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._healthy_at = -HEALTHY_FOR_S
 
     @property
     def remote(self) -> bool:
@@ -41,6 +45,7 @@ class Tracking:
         from workers.tracking import run_url
 
         try:
+            self.reachable()
             link = run_url(ui_base=self.ui_url, tracking_uri=self.tracking_uri, run_id=run_id)
         except Exception:
             return None
@@ -56,6 +61,7 @@ class Tracking:
 
         from workers.tracking import make_client, metric_history
 
+        self.reachable()
         try:
             names = keys or sorted(make_client(self.tracking_uri).get_run(run_id).data.metrics)
             return {
@@ -75,6 +81,7 @@ class Tracking:
         ``mlflow.artifacts.download_artifacts`` from the same tracking server."""
         from workers.tracking import make_client
 
+        self.reachable()
         client = make_client(self.tracking_uri)
         run = client.create_run(
             self._experiment_id(client),
@@ -97,6 +104,7 @@ class Tracking:
         """The local copy of an artifact stored by :meth:`store_dataset`."""
         import mlflow.artifacts
 
+        self.reachable()
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=folder, tracking_uri=self.tracking_uri
@@ -126,6 +134,18 @@ class Tracking:
             if again is None:
                 raise
             return str(again.experiment_id)
+
+    def reachable(self) -> None:
+        """Raise ``TrackingUnavailable`` at once when a tracking server does not answer its
+        /health (2 s): the MLflow client would otherwise retry a refused call for minutes,
+        and the request waiting on it would hang instead of answering 503."""
+        if not self.remote or time.monotonic() - self._healthy_at < HEALTHY_FOR_S:
+            return
+        try:
+            self.ping(timeout=2.0)
+        except Exception as exc:
+            raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
+        self._healthy_at = time.monotonic()
 
     def ping(self, timeout: float = 3.0) -> str:
         """Raise unless the tracking store answers; returns what was checked."""

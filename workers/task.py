@@ -257,15 +257,23 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 if tracker is not None and tracker.run_id is not None:
                     message = None if error is None else str(error["message"])
                     tracker.finish(status=final, result=result, error=message)
-            except Exception as exc:  # tracking must not decide the job's fate
+            except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
+                if final == "succeeded":  # no silent gap: without its run the result is lost
+                    final, result_body = "failed", None
+                    error = {
+                        "type": "tracking_unavailable",
+                        "message": "training finished but MLflow could not record the run "
+                        f"(metrics, checkpoint, model) after retrying: {exc}",
+                    }
             marks["tracker_finished"] = time.time()
             if result_body is not None:
                 result_body["timings"] = _timings(marks, started, tracker)
             try:
-                store.finish(
-                    job_id=job.id,
-                    attempt=job.attempt,
+                _final_write(
+                    store,
+                    job,
+                    config,
                     status=final,
                     result=result_body,
                     error=error,
@@ -274,5 +282,36 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             except StoreError as exc:
                 log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
                 lease.lost.set()
+            except Exception as exc:  # the database stayed away: the lease decides
+                log.error(
+                    "job %s attempt %s: final write failed for %.0f s (%s); the lease expires "
+                    "and the job runs again from its checkpoint",
+                    job.id,
+                    job.attempt,
+                    FINAL_WRITE_RETRY_S,
+                    exc,
+                )
+                lease.lost.set()
         lease.close()
     return "stale" if lease.lost.is_set() else final
+
+
+FINAL_WRITE_RETRY_S = 120.0
+
+
+def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:
+    """``store.finish``, retried while the database is away (a restart, a failover) for up to
+    ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on meanwhile, so a short outage does not
+    make a finished attempt run again. A refusal (``StoreError``) is not retried."""
+    deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+    while True:
+        try:
+            store.finish(job_id=job.id, attempt=job.attempt, **outcome)
+            return
+        except StoreError:
+            raise
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("job %s: final write failed (%s), retrying", job.id, exc)
+            time.sleep(min(config.heartbeat_seconds, 2.0))
