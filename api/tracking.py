@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DATASETS_EXPERIMENT = "gradq-datasets"
-# A tracking server that answered /health this recently is not asked again before a call.
-HEALTHY_FOR_S = 2.0
 
 
 class TrackingUnavailable(Exception):
@@ -31,7 +28,6 @@ class Tracking:
         self.tracking_uri, self.artifact_root, self.ui_url = tracking_uri, artifact_root, ui_url
         self._links: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._healthy_at = -HEALTHY_FOR_S
 
     @property
     def remote(self) -> bool:
@@ -138,14 +134,15 @@ class Tracking:
     def reachable(self) -> None:
         """Raise ``TrackingUnavailable`` at once when a tracking server does not answer its
         /health (2 s): the MLflow client would otherwise retry a refused call for minutes,
-        and the request waiting on it would hang instead of answering 503."""
-        if not self.remote or time.monotonic() - self._healthy_at < HEALTHY_FOR_S:
+        and the request waiting on it would hang instead of answering 503. Asked before
+        every call (a millisecond on a live server); a server that dies between the two is
+        still waited for."""
+        if not self.remote:
             return
         try:
             self.ping(timeout=2.0)
         except Exception as exc:
             raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
-        self._healthy_at = time.monotonic()
 
     def ping(self, timeout: float = 3.0) -> str:
         """Raise unless the tracking store answers; returns what was checked."""

@@ -91,7 +91,7 @@ def with_value(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return spec
 
 
-@settings(max_examples=200, suppress_health_check=list(HealthCheck), deadline=None)
+@settings(max_examples=120, suppress_health_check=list(HealthCheck), deadline=None)
 @given(path=st.sampled_from(PATHS), value=JSON)
 def test_random_specs_are_accepted_exactly_when_valid_and_never_a_5xx(
     http: httpx.Client, path: tuple[str, ...], value: Any

@@ -86,7 +86,7 @@ class Submitter(threading.Thread):
                         break
                     time.sleep(0.2)
                 i += 1
-                time.sleep(0.3)
+                time.sleep(1.0)
 
 
 def _json(r: httpx.Response) -> Any:
