@@ -14,7 +14,8 @@ broken by the fault (no answer) is retried with its key, as a client would.
 
 At the end: accepted = distinct jobs = terminal jobs, rejected = 4xx, duplicates (a key that
 made two jobs, or more jobs listed than accepted) = 0, lost (accepted, not terminal or not
-listed) = 0, 5xx other than the outage's 503 = 0; throughput and latency percentiles.
+listed) = 0, failed (a valid job the fault made fail) = 0, 5xx other than the outage's 503 = 0;
+throughput and latency percentiles.
 Exit status 1 when any of these does not hold.
 """
 
@@ -345,6 +346,10 @@ def soak(args: Any) -> dict[str, Any]:
                 time.sleep(1.0)
             elapsed = time.monotonic() - started
     statuses = Counter(listed.get(i, {}).get("status", "missing") for i in ids)
+    failed = [
+        {"id": i, "error": (listed[i].get("error") or {})} for i in ids
+        if listed.get(i, {}).get("status") == "failed"
+    ]  # fmt: skip
     server_5xx = sum(n for code, n in tally.statuses.items() if code >= 500 and code != 503)
     extra_jobs = len(set(listed) - ids)
     report = {
@@ -366,9 +371,11 @@ def soak(args: Any) -> dict[str, Any]:
         "latency_p99_ms": round(1000 * percentile(tally.latencies, 0.99), 1),
         "latency_max_ms": round(1000 * max(tally.latencies, default=float("nan")), 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "failed_jobs": [{"id": f["id"], "type": f["error"].get("type"),
+                         "message": str(f["error"].get("message"))[:300]} for f in failed],
     }  # fmt: skip
     report["ok"] = (report["lost"] == 0 and report["duplicates"] == 0 and server_5xx == 0
-                    and report["rejected_without_field"] == 0
+                    and report["rejected_without_field"] == 0 and not failed
                     and report["accepted"] == report["terminal"])  # fmt: skip
     return report
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
 from core.data import Dataset, load_dataset
@@ -242,6 +244,12 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     except (InvalidSpec, CheckpointError) as exc:
         error = {"type": "invalid", "message": str(exc)}
     except StaleAttempt:
+        lease.lost.set()
+        return "stale"
+    except (OperationalError, InterfaceError) as exc:  # the database went away: not the job's
+        # fault. No final write (it could not be made): the heartbeats stop, the lease runs
+        # out and the job is claimed again, resuming from its checkpoint.
+        log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
         lease.lost.set()
         return "stale"
     except Exception as exc:  # anything else ends this attempt as failed, with its cause

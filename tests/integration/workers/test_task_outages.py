@@ -1,12 +1,13 @@
-"""An attempt whose end meets an outage: the database away at the final write, MLflow away
-when the run is closed.
+"""An attempt that meets an outage: the database away mid-attempt or at the final write,
+MLflow away when the run is closed.
 
 The attempt runs in this process (no Ray) against a real SQLite queue and MLflow store; the
 outage is injected into ``JobStore.finish`` or ``JobTracker.finish`` only. Before the fixes
 a database error escaped ``run_attempt`` and skipped ``lease.close()`` (the heartbeat thread,
 in a worker process Ray keeps for reuse, went on renewing the lease of a job nobody would
-finish: stuck in ``running`` for ever), and a run MLflow could not close left the job
-``succeeded`` without its metrics or model (a silent gap).
+finish: stuck in ``running`` for ever), a database error mid-attempt failed a job that had
+done nothing wrong, and a run MLflow could not close left the job ``succeeded`` without its
+metrics or model (a silent gap).
 """
 
 from __future__ import annotations
@@ -112,3 +113,21 @@ def test_a_run_mlflow_cannot_close_fails_the_job_with_a_clear_reason(
     assert done.error["type"] == "tracking_unavailable"
     assert "could not flush buffered metrics" in done.error["message"]
     assert lease_threads(job.id) == []
+
+
+def test_a_database_outage_mid_attempt_gives_the_job_back_instead_of_failing_it(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+
+    def down(self: JobStore, **kwargs: Any) -> None:  # the run id cannot be saved
+        raise OperationalError("UPDATE jobs", {}, Exception("the database system is starting up"))
+
+    monkeypatch.setattr(JobStore, "set_run", down)
+    assert run_attempt(config, claimed) == "stale"  # not "failed": the job did nothing wrong
+    assert store.get(job_id=job.id).status is JobStatus.RUNNING
+    assert lease_threads(job.id) == []
+    time.sleep(config.lease_seconds + 0.5)
+    assert store.requeue_expired() == [(job.id, JobStatus.QUEUED)]  # its next attempt resumes
