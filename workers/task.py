@@ -52,6 +52,7 @@ class WorkerConfig:
 
 
 _engines: dict[str, Any] = {}
+FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
 def _store(url: str) -> JobStore:
@@ -302,9 +303,6 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 lease.lost.set()
         lease.close()
     return "stale" if lease.lost.is_set() else final
-
-
-FINAL_WRITE_RETRY_S = 120.0
 
 
 def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:
