@@ -9,12 +9,8 @@ jobs again (attempt 2) and they resume from their checkpoints; the queued jobs r
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -39,18 +35,6 @@ from db.session import make_engine
 from db.store import JobStore
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    ray_temp = Path(tempfile.mkdtemp(prefix="gqc", dir="/tmp"))  # short: Unix socket paths
-    stack = Stack(folder=tmp_path, ray_temp=ray_temp)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
-        kill_ours(str(ray_temp))
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def test_dispatcher_killed_mid_training_resumes_every_job_once(stack: Stack) -> None:

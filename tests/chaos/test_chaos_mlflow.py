@@ -11,10 +11,7 @@ checkpoint and its model. A job submitted during the outage runs too, and the AP
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +23,6 @@ from chaos_harness import (
     digits,
     iris,
     jobs,
-    kill_ours,
     record,
     wait_until,
 )
@@ -38,18 +34,6 @@ pytestmark = pytest.mark.timeout(360)
 
 BIN = Path(GRADQ).parent
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    ray_temp = Path(tempfile.mkdtemp(prefix="gqm", dir="/tmp"))  # short: Unix socket paths
-    stack = Stack(folder=tmp_path, ray_temp=ray_temp)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
-        kill_ours(str(ray_temp))
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def mlflow_server(stack: Stack, name: str, port: int) -> None:

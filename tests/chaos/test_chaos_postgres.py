@@ -10,13 +10,9 @@ traceback); it recovers by itself (pre-pinged pool); every job it accepted ends,
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +24,6 @@ from chaos_harness import (
     digits,
     iris,
     jobs,
-    kill_ours,
     private_postgres,
     private_postgres_missing,
     record,
@@ -40,18 +35,6 @@ from gradq_service import GRADQ
 pytestmark = pytest.mark.timeout(300)
 
 DOWN_S = 8.0
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    ray_temp = Path(tempfile.mkdtemp(prefix="gqp", dir="/tmp"))  # short: Unix socket paths
-    stack = Stack(folder=tmp_path, ray_temp=ray_temp)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
-        kill_ours(str(ray_temp))
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 class Submitter(threading.Thread):

@@ -9,12 +9,8 @@ resume from their checkpoints; queued jobs and jobs submitted after the restart 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -33,18 +29,6 @@ from deploy_stack import Stack, alive, descendants, free_port
 from gradq_service import GRADQ
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    ray_temp = Path(tempfile.mkdtemp(prefix="gqs", dir="/tmp"))  # short: Unix socket paths
-    stack = Stack(folder=tmp_path, ray_temp=ray_temp)
-    try:
-        yield stack
-    finally:
-        stack.stop_all()
-        kill_ours(str(ray_temp))
-        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def serve(stack: Stack, name: str, env: dict[str, str], port: int) -> httpx.Client:
