@@ -41,6 +41,7 @@ class Tracking:
         from workers.tracking import run_url
 
         try:
+            self.reachable()
             link = run_url(ui_base=self.ui_url, tracking_uri=self.tracking_uri, run_id=run_id)
         except Exception:
             return None
@@ -56,6 +57,7 @@ class Tracking:
 
         from workers.tracking import make_client, metric_history
 
+        self.reachable()
         try:
             names = keys or sorted(make_client(self.tracking_uri).get_run(run_id).data.metrics)
             return {
@@ -75,6 +77,7 @@ class Tracking:
         ``mlflow.artifacts.download_artifacts`` from the same tracking server."""
         from workers.tracking import make_client
 
+        self.reachable()
         client = make_client(self.tracking_uri)
         run = client.create_run(
             self._experiment_id(client),
@@ -97,6 +100,7 @@ class Tracking:
         """The local copy of an artifact stored by :meth:`store_dataset`."""
         import mlflow.artifacts
 
+        self.reachable()
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=folder, tracking_uri=self.tracking_uri
@@ -126,6 +130,19 @@ class Tracking:
             if again is None:
                 raise
             return str(again.experiment_id)
+
+    def reachable(self) -> None:
+        """Raise ``TrackingUnavailable`` at once when a tracking server does not answer its
+        /health (2 s): the MLflow client would otherwise retry a refused call for minutes,
+        and the request waiting on it would hang instead of answering 503. Asked before
+        every call (a millisecond on a live server); a server that dies between the two is
+        still waited for."""
+        if not self.remote:
+            return
+        try:
+            self.ping(timeout=2.0)
+        except Exception as exc:
+            raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
 
     def ping(self, timeout: float = 3.0) -> str:
         """Raise unless the tracking store answers; returns what was checked."""

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
 from core.data import Dataset, load_dataset
@@ -56,6 +58,7 @@ class WorkerConfig:
 
 
 _engines: dict[str, Any] = {}
+FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
 def _store(url: str) -> JobStore:
@@ -288,6 +291,12 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     except StaleAttempt:
         lease.lost.set()
         return "stale"
+    except (OperationalError, InterfaceError) as exc:  # the database went away: not the job's
+        # fault. No final write (it could not be made): the heartbeats stop, the lease runs
+        # out and the job is claimed again, resuming from its checkpoint.
+        log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
+        lease.lost.set()
+        return "stale"
     except Exception as exc:  # anything else ends this attempt as failed, with its cause
         error = {
             "type": type(exc).__name__,
@@ -315,9 +324,10 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             if result_body is not None:
                 result_body["timings"] = _timings(marks, started, started_cpu, tracker)
             try:
-                store.finish(
-                    job_id=job.id,
-                    attempt=job.attempt,
+                _final_write(
+                    store,
+                    job,
+                    config,
                     status=final,
                     result=result_body,
                     error=error,
@@ -326,5 +336,33 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             except StoreError as exc:
                 log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
                 lease.lost.set()
+            except Exception as exc:  # the database stayed away: the lease decides
+                log.error(
+                    "job %s attempt %s: final write failed for %.0f s (%s); the lease expires "
+                    "and the job runs again from its checkpoint",
+                    job.id,
+                    job.attempt,
+                    FINAL_WRITE_RETRY_S,
+                    exc,
+                )
+                lease.lost.set()
         lease.close()
     return "stale" if lease.lost.is_set() else final
+
+
+def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:
+    """``store.finish``, retried while the database is away (a restart, a failover) for up to
+    ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on meanwhile, so a short outage does not
+    make a finished attempt run again. A refusal (``StoreError``) is not retried."""
+    deadline = time.monotonic() + FINAL_WRITE_RETRY_S
+    while True:
+        try:
+            store.finish(job_id=job.id, attempt=job.attempt, **outcome)
+            return
+        except StoreError:
+            raise
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("job %s: final write failed (%s), retrying", job.id, exc)
+            time.sleep(min(config.heartbeat_seconds, 2.0))

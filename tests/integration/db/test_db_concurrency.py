@@ -75,6 +75,7 @@ def test_four_processes_claim_every_job_exactly_once(
     assert store.counts_by_status()["queued"] == 0
 
 
+@pytest.mark.chaos  # an attempt lost: its lease expires
 def test_zombie_attempt_is_fenced_off(store: JobStore, make_spec: SpecFactory) -> None:
     job = store.submit(spec=make_spec())
     [zombie] = store.claim(owner="zombie", lease_seconds=0.2)

@@ -125,6 +125,7 @@ def test_cancel_queued_is_immediate_and_running_is_requested(
     assert store.events(job_id=running.id)[-1].reason == "cancelled on request"
 
 
+@pytest.mark.chaos  # an attempt lost: its lease expires
 def test_requeue_expired_requeues_then_fails_as_lost(
     store: JobStore, make_spec: SpecFactory
 ) -> None:

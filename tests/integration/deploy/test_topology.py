@@ -12,181 +12,25 @@ any descendant left, found through this test's own Ray temp dir); never a global
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from sqlalchemy import make_url
+from deploy_stack import Stack, databases, descendants, free_port, ray_ports, wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(420)]
+# chaos: a worker node is lost mid-training (part of `pytest -m chaos`, see tests/chaos/)
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
 
 BIN = Path(sys.executable).parent
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@dataclass
-class Stack:
-    """The processes this test started, in start order; stopped in reverse."""
-
-    folder: Path
-    ray_temp: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    stopped: set[str] = field(default_factory=set)
-
-    def dead(self) -> list[str]:
-        """Processes that exited although the test did not stop them."""
-        return [
-            n for n, p in self.processes.items() if n not in self.stopped and p.poll() is not None
-        ]
-
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        log = (self.folder / f"{name}.log").open("wb")
-        self.processes[name] = subprocess.Popen(
-            command, env=env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def log(self, name: str, tail: int = 3000) -> str:
-        path = self.folder / f"{name}.log"
-        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.log(name, 1500)}" for name in self.processes)
-
-    def stop(self, name: str, grace: float = 15) -> None:
-        self.stopped.add(name)
-        process = self.processes[name]
-        family = _descendants(process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        _kill(family, grace=5)
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.processes)):
-            with contextlib.suppress(Exception):
-                self.stop(name)
-        # Ray daemons this test's nodes started in sessions of their own: found by our temp dir.
-        ours = [pid for pid, (_, cmd) in _processes().items() if str(self.ray_temp) in cmd]
-        _kill(ours, grace=5)
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line), from /proc (no psutil in the environment)."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            table[int(entry.name)] = (ppid, cmdline)
-    return table
-
-
-def _descendants(pid: int) -> list[int]:
-    table = _processes()
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, (ppid, _) in table.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def _kill(pids: list[int], grace: float) -> None:
-    """SIGTERM these (our own) processes, then SIGKILL whichever is left after ``grace``."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, stack: Stack) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.dead():
-            raise AssertionError(f"{stack.dead()} exited, waiting for {what}\n{stack.logs()}")
-        with contextlib.suppress(Exception):
-            value = check()
-            if value:
-                return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{stack.logs()}")
-
-
-@contextlib.contextmanager
-def databases(base: str) -> Iterator[tuple[str, str]]:
-    """Fresh ``gradq_<hex>`` and ``mlflow_<hex>`` databases on the test server, dropped after."""
-    suffix = uuid.uuid4().hex[:12]
-    names = (f"gradq_{suffix}", f"mlflow_{suffix}")
-    with psycopg.connect(libpq(base), autocommit=True) as admin:
-        for name in names:
-            admin.execute(f"CREATE DATABASE {name}")
-    urls = tuple(
-        make_url(base).set(database=n).render_as_string(hide_password=False) for n in names
-    )
-    try:
-        yield urls[0], urls[1]
-    finally:
-        with psycopg.connect(libpq(base), autocommit=True) as admin:
-            for name in names:
-                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def ray_ports() -> list[str]:
-    return [
-        "--node-ip-address=127.0.0.1",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-    ]  # fmt: skip
 
 
 def job(name: str, dataset: str, hidden: list[int], epochs: int, batch: int) -> dict[str, Any]:
@@ -340,4 +184,4 @@ def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
 
 def _hosts(stack: Stack, name: str, pid: int) -> bool:
     """Whether the Ray node started as ``name`` runs the worker process ``pid``."""
-    return pid in _descendants(stack.processes[name].pid)
+    return pid in descendants(stack.processes[name].pid)

@@ -168,6 +168,7 @@ def test_job_succeeds_with_run_metrics_and_a_model(service: Service) -> None:
     assert acc == pytest.approx(job.result["metrics"]["test_accuracy"])
 
 
+@pytest.mark.chaos  # a worker process lost mid-training
 def test_killed_worker_resumes_from_its_checkpoint(service: Service) -> None:
     job_id = service.submit(slow_job(epochs=40))
     job = service.wait(job_id, lambda j: (j.progress or {}).get("epoch", 0) >= 4)

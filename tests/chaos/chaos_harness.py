@@ -1,0 +1,251 @@
+"""What every chaos test needs: a private PostgreSQL cluster it may stop and start, small
+jobs, waiting through a fault, and the audit of a job after it (events, fencing, MLflow).
+
+The audit is the suite's definition of "nothing lost, nothing run twice":
+
+- every job accepted (201) is terminal and ``succeeded`` (no fault here may fail a job);
+- its events hold the attempts one after the other: attempt n+1 is claimed only after
+  attempt n's hold ended (``running → queued``), attempt numbers rise by one, and a stale
+  attempt's write is refused by the store (fencing);
+- it has exactly one MLflow run, and each learning-curve step 1..epochs is in it exactly
+  once (no gap, no duplicate, across resumed attempts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from deploy_stack import free_port, processes
+from gradq_service import service_env
+from mlflow import MlflowClient
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+PG_BIN = Path(os.environ.get("GRADQ_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+FAST = {  # short leases and polling: a lost attempt is noticed in seconds
+    "GRADQ_LEASE_SECONDS": "4",
+    "GRADQ_HEARTBEAT_SECONDS": "0.5",
+}
+
+
+def chaos_env(folder: Path, **extra: str) -> dict[str, str]:
+    """``gradq_service.service_env`` (SQLite, MLflow SQLite, 2 CPUs) with short leases."""
+    return {**service_env(folder), **FAST, **extra}
+
+
+def iris(name: str, epochs: int = 6, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name, "dataset": "iris", "model": {"hidden": [8]},
+        "optimizer": {"epochs": epochs, "batch_size": 16, "lr": 0.05},
+        "regularization": {"early_stopping": {"enabled": False}},
+    }  # fmt: skip
+    spec.update(extra)
+    return spec
+
+
+def digits(name: str, epochs: int) -> dict[str, Any]:
+    """Long enough to be interrupted mid-training (~0.05-0.2 s an epoch on a busy CPU)."""
+    return {
+        "name": name, "dataset": "digits", "model": {"hidden": [64]},
+        "optimizer": {"epochs": epochs, "batch_size": 8, "lr": 0.01},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "checkpoint_every": 1,
+    }  # fmt: skip
+
+
+def wait_until(
+    what: str, check: Callable[[], Any], timeout: float, *, context: Callable[[], str] = str
+) -> Any:
+    """Poll ``check`` until it returns something truthy; transport errors count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.TransportError, psycopg.OperationalError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.25)
+    raise AssertionError(
+        f"timed out after {timeout:g} s waiting for {what} ({last!r})\n{context()}"
+    )
+
+
+def jobs(http: httpx.Client, ids: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for job_id in ids:
+        r = http.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        out[job_id] = r.json()
+    return out
+
+
+def all_terminal(http: httpx.Client, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+    now = jobs(http, ids)
+    return now if all(j["status"] in TERMINAL for j in now.values()) else None
+
+
+# --- the audit --------------------------------------------------------------------------------
+
+
+def check_attempts(events: list[dict[str, Any]], job_id: str) -> int:
+    """The events hold one attempt at a time, numbered 1, 2, …; returns the attempts run."""
+    holder: int | None = None
+    claimed = 0
+    for e in events:
+        if e["to_status"] == "running":
+            assert holder is None, (
+                f"job {job_id}: attempt {e['attempt']} claimed while {holder} held it: {events}"
+            )
+            assert e["attempt"] == claimed + 1, f"job {job_id}: attempts out of order: {events}"
+            holder = claimed = e["attempt"]
+        elif e["from_status"] == "running":
+            assert e["attempt"] == holder, (
+                f"job {job_id}: attempt {e['attempt']} ended while {holder} held it: {events}"
+            )
+            holder = None
+    assert holder is None and events[-1]["to_status"] in TERMINAL, (job_id, events)
+    return claimed
+
+
+def check_run(tracking_uri: str, job: dict[str, Any], epochs: int) -> None:
+    """One MLflow run for the job; train_loss at each step 1..epochs exactly once."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`gradq.job_id` = '{job['id']}'")
+    assert [r.info.run_id for r in runs] == [job["mlflow_run_id"]], (job["id"], runs)
+    assert runs[0].info.status == "FINISHED", (job["id"], runs[0].info.status)
+    points = client.get_metric_history(job["mlflow_run_id"], "train_loss")
+    steps = sorted(p.step for p in points)
+    assert steps == list(range(1, epochs + 1)), (job["id"], steps)
+
+
+def audit(
+    http: httpx.Client, tracking_uri: str, accepted: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Every accepted job (id → epochs) succeeded once, one attempt at a time, one run."""
+    final = jobs(http, list(accepted))
+    for job_id, job in final.items():
+        assert job["status"] == "succeeded", (job_id, job["status"], job.get("error"))
+        r = http.get(f"/v1/jobs/{job_id}/events")
+        assert r.status_code == 200, r.text
+        assert check_attempts(r.json(), job_id) == job["attempt"]
+        check_run(tracking_uri, job, accepted[job_id])
+    return final
+
+
+def record(row: dict[str, Any]) -> None:
+    """One line of the reliability table, printed (``-s``) and appended as JSON to
+    ``$GRADQ_CHAOS_REPORT`` when set (bench/RESULTS.md is written from it)."""
+    line = json.dumps(row, sort_keys=True)
+    print(f"chaos: {line}")
+    target = os.environ.get("GRADQ_CHAOS_REPORT")
+    if target:
+        with open(target, "a") as f:
+            f.write(line + "\n")
+
+
+def kill_ours(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker`` (a temp dir of this test)."""
+    for pid, (_, cmd) in processes().items():
+        if marker in cmd and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 9)
+
+
+# --- a private PostgreSQL cluster ---------------------------------------------------------
+
+
+@dataclass
+class PrivatePostgres:
+    """A throw-away cluster of this test session on 127.0.0.1:<port> (trust auth), so that
+    stopping it breaks no one else's tests. Runs as the ``postgres`` user when we are root
+    (initdb refuses root)."""
+
+    data: Path
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def database(self) -> str:
+        """A fresh database in the cluster; its SQLAlchemy URL."""
+        name = f"gradq_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._libpq("postgres"), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def _libpq(self, db: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def pg_ctl(self, *args: str) -> None:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args])
+
+    def start(self) -> None:
+        self.pg_ctl("-w", "-t", "60", "-o", f"-p {self.port} -k {self.data}", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-w", "-t", "60", "-m", mode, "stop")
+
+    def answers(self) -> bool:
+        try:
+            psycopg.connect(self._libpq("postgres"), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+
+def _as_postgres(command: list[str]) -> None:
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stdout}\n{done.stderr}")
+
+
+def private_postgres_missing() -> str | None:
+    """Why no private cluster can be made here (None: it can)."""
+    for tool in ("initdb", "pg_ctl"):
+        if not (PG_BIN / tool).exists():
+            return f"no {PG_BIN / tool} (set GRADQ_TEST_PG_BIN to PostgreSQL's bin folder)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: initdb refuses root"
+    return None
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    root = Path(tempfile.mkdtemp(prefix="gqpg"))
+    data, log = root / "data", root / "postgres.log"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    try:
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                      "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write("listen_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 200\n")
+        cluster = PrivatePostgres(data=data, port=free_port(), log=log)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(Exception):
+                cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

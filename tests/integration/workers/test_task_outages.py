@@ -1,0 +1,133 @@
+"""An attempt that meets an outage: the database away mid-attempt or at the final write,
+MLflow away when the run is closed.
+
+The attempt runs in this process (no Ray) against a real SQLite queue and MLflow store; the
+outage is injected into ``JobStore.finish`` or ``JobTracker.finish`` only. Before the fixes
+a database error escaped ``run_attempt`` and skipped ``lease.close()`` (the heartbeat thread,
+in a worker process Ray keeps for reuse, went on renewing the lease of a job nobody would
+finish: stuck in ``running`` for ever), a database error mid-attempt failed a job that had
+done nothing wrong, and a run MLflow could not close left the job ``succeeded`` without its
+metrics or model (a silent gap).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+import workers.task as task
+from core.spec import parse_spec
+from db.migrate import upgrade
+from db.session import make_engine
+from db.states import JobStatus
+from db.store import JobStore
+from workers.task import WorkerConfig, run_attempt
+from workers.tracking import JobTracker
+
+pytestmark = pytest.mark.chaos
+
+SPEC = {"name": "iris", "dataset": "iris", "model": {"hidden": [8]},
+        "optimizer": {"epochs": 3, "batch_size": 16}}  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[JobStore, WorkerConfig]]:
+    url = f"sqlite:///{tmp_path}/gradq.db"
+    upgrade(url)
+    engine = make_engine(url)
+    config = WorkerConfig(
+        database_url=url, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        artifact_root=str(tmp_path / "artifacts"), lease_seconds=1.0, heartbeat_seconds=0.2,
+        checkpoint_upload_seconds=0.0,
+    )  # fmt: skip
+    yield JobStore(engine), config
+    engine.dispose()
+
+
+def outage(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """``JobStore.finish`` raises the driver's "connection lost" ``failures`` times."""
+    real = JobStore.finish
+    calls: list[int] = []
+
+    def finish(self: JobStore, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(JobStore, "finish", finish)
+    return calls
+
+
+def lease_threads(job_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"lease-{job_id}" and t.is_alive()]
+
+
+def test_a_short_outage_at_the_final_write_is_retried(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+    calls = outage(monkeypatch, failures=2)
+    assert run_attempt(config, claimed) == "succeeded"
+    assert len(calls) == 3
+    assert store.get(job_id=job.id).status is JobStatus.SUCCEEDED
+    assert lease_threads(job.id) == []
+
+
+def test_a_long_outage_stops_the_heartbeats_so_the_lease_runs_out(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+    outage(monkeypatch, failures=10**6)
+    monkeypatch.setattr(task, "FINAL_WRITE_RETRY_S", 0.5)
+    assert run_attempt(config, claimed) == "stale"
+    assert lease_threads(job.id) == []  # nothing renews the lease any more
+    time.sleep(config.lease_seconds + 0.5)
+    assert store.requeue_expired() == [(job.id, JobStatus.QUEUED)]  # it will run again
+
+
+def test_a_run_mlflow_cannot_close_fails_the_job_with_a_clear_reason(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+
+    def down(self: JobTracker, **kwargs: Any) -> None:
+        raise RuntimeError("could not flush buffered metrics to MLflow")
+
+    monkeypatch.setattr(JobTracker, "finish", down)
+    assert run_attempt(config, claimed) == "failed"
+    done = store.get(job_id=job.id)
+    assert done.status is JobStatus.FAILED and done.error is not None
+    assert done.error["type"] == "tracking_failed"
+    assert "could not flush buffered metrics" in done.error["message"]
+    assert lease_threads(job.id) == []
+
+
+def test_a_database_outage_mid_attempt_gives_the_job_back_instead_of_failing_it(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+
+    def down(self: JobStore, **kwargs: Any) -> None:  # the run id cannot be saved
+        raise OperationalError("UPDATE jobs", {}, Exception("the database system is starting up"))
+
+    monkeypatch.setattr(JobStore, "set_run", down)
+    assert run_attempt(config, claimed) == "stale"  # not "failed": the job did nothing wrong
+    assert store.get(job_id=job.id).status is JobStatus.RUNNING
+    assert lease_threads(job.id) == []
+    time.sleep(config.lease_seconds + 0.5)
+    assert store.requeue_expired() == [(job.id, JobStatus.QUEUED)]  # its next attempt resumes
