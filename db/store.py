@@ -197,10 +197,13 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         result: Any = None,
         error: Any = None,
         reason: str | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> JobView:
         """End the running ``attempt`` as succeeded, failed or cancelled (fenced).
 
-        Sets ``finished_at``, the result/error, clears the lease, writes an event with a reason.
+        Sets ``finished_at``, the result/error, the last ``progress`` (if given: a job shorter
+        than a heartbeat interval would otherwise show none), clears the lease, writes an
+        event with a reason.
         Refused: :class:`StaleAttempt` if the attempt no longer owns the job,
         :class:`InvalidTransition` if the job is not running (e.g. still queued, or done).
         """
@@ -211,6 +214,8 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         values = dict(
             result=result, error=error, finished_at=now, lease_owner=None, lease_expires_at=None
         )
+        if progress is not None:
+            values["progress"] = progress
         with write_tx(self._engine) as conn:
             rows = move(
                 conn,

@@ -332,6 +332,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                     result=result_body,
                     error=error,
                     reason=None if error is None else error["type"],
+                    progress=dict(lease.progress),
                 )
             except StoreError as exc:
                 log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)

@@ -59,7 +59,7 @@ def test_dispatcher_killed_mid_training_resumes_every_job_once(stack: Stack) -> 
 
 
 def run(http: httpx.Client, stack: Stack, env: dict[str, str]) -> None:
-    specs = {"long-a": digits("long-a", 40), "long-b": digits("long-b", 40)} | {
+    specs = {"long-a": digits("long-a", 150), "long-b": digits("long-b", 150)} | {
         f"queued-{i}": iris(f"queued-{i}", epochs=6, seed=i) for i in range(3)
     }
     accepted: dict[str, int] = {}

@@ -131,7 +131,7 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
 
 
 def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
-    specs = [job("long", "digits", [256, 256], epochs=60, batch=8)] + [
+    specs = [job("long", "digits", [256, 256], epochs=150, batch=4)] + [
         job(f"short-{i}", "iris", [16], epochs=25, batch=8) for i in range(5)
     ]
     ids = []
@@ -172,7 +172,9 @@ def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
     long = jobs[long_id]
     assert long["attempt"] >= 2
     assert long["node"] != victim_node, "the long job did not move to the other node"
-    assert long["result"]["resumed_from_epoch"] >= 3
+    # from a checkpoint, not from scratch: checkpoints go to MLflow at most every 10 s (the
+    # first at once), so at the stop the newest may still be the first epoch's
+    assert long["result"]["resumed_from_epoch"] >= 1
     # The checkpoint went through MLflow's artifact service, which stores it on its side.
     stored = list((folder / "mlartifacts").rglob("checkpoint.pt"))
     assert stored, "no checkpoint in the MLflow server's artifact destination"
