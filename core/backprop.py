@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from core.activations import get_activation
-from core.losses import encode_targets, loss_delta
+from core.losses import encode_targets, exact_true_class_, loss_delta
 from core.model import MLP
 
 
@@ -162,6 +162,7 @@ class Backprop:
         self._output = (self.biases[-1], self.weights_t[-1], z[-1])
         # Δ⁽ᴸ⁾ into delta_out (cross-entropy and squared: same operations as loss_delta)
         self._delta_out = delta_out
+        self._row_sums = delta_out.new_empty(delta_out.shape[0], 1)
         self._inv_n = inv_n
         # from the output layer down:
         # (Δ⁽ˡ⁾, Δ⁽ˡ⁾ᵀ, H⁽ˡ⁻¹⁾ (None: X), ∇W⁽ˡ⁾, ∇b⁽ˡ⁾, W⁽ˡ⁾, the Δ⁽ˡ⁻¹⁾ buffer)
@@ -191,7 +192,8 @@ class Backprop:
         b, wt, z = self._output
         d = self._delta_out
         if self.loss == "cross_entropy":
-            torch.sub(torch.softmax(addmm(b, h, wt, out=z), 1), T, out=d).mul_(self._inv_n)
+            torch.sub(torch.softmax(addmm(b, h, wt, out=z), 1), T, out=d)
+            exact_true_class_(d, T, self._row_sums).mul_(self._inv_n)
         elif self.loss == "squared":
             torch.sub(addmm(b, h, wt, out=z), T, out=d).mul_(2.0 * self._inv_n)
         else:

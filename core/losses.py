@@ -13,6 +13,21 @@ cross_entropy  one-hot (n, K)               mean −Σₖ Tₖ log softmaxₖ (s
 The last row is why the output layer has no activation: softmax paired with cross-entropy
 (like the identity paired with the squared loss) makes the output error signal simply
 "prediction minus target".
+
+Cross-entropy near saturation. When the softmax is confident and right (P_k = 1 − 5.6e-7 for
+the true class k), P_k − 1 is a difference of two numbers near 1: P_k itself is only
+representable to 1.1e-16, so ``softmax(F) − T`` has an absolute error of ~1e-16 in an entry of
+~1e-7 — a relative error of ~1e-10 that backprop carries into every gradient. Both sides of
+the gradient check therefore use forms that are exact to a few ε *relative*:
+
+- ``loss_delta`` (and the manual pass) computes the true class's entry as −Σ_{j≠k} P_j (which
+  equals P_k − 1), by subtracting each row's sum Σ_j (P_j − T_j) — exactly representable
+  and tiny — from the true class's entry;
+- ``loss_value`` writes −log softmax_k(F) as softplus(u), u = logsumexp_{j≠k}(F_j − F_k):
+  the same function as logsumexp(F) − F_k, whose autograd gradient is σ(u)·softmax_{j≠k} for
+  the other classes and −σ(u) for the true one, each a product of accurately computed factors.
+
+Both need one-hot targets, which is what ``encode_targets`` gives cross-entropy.
 """
 
 from __future__ import annotations
@@ -57,7 +72,10 @@ def loss_value(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
         margin = -T * F
         return torch.logaddexp(torch.zeros_like(margin), margin).mean(dim=(-2, -1))
     if loss == "cross_entropy":
-        return (torch.logsumexp(F, dim=-1) - (T * F).sum(dim=-1)).mean(dim=-1)
+        # softplus(logsumexp_{j≠k}(F_j − F_k)), see the module's docstring
+        others = (F - (T * F).sum(dim=-1, keepdim=True)).masked_fill(T.bool(), float("-inf"))
+        u = torch.logsumexp(others, dim=-1)
+        return torch.logaddexp(torch.zeros_like(u), u).mean(dim=-1)
     raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
 
 
@@ -82,8 +100,22 @@ def loss_delta(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     if loss == "logistic":
         return torch.sigmoid(-T * F).mul_(T).mul_(-1.0 / n)
     if loss == "cross_entropy":
-        return torch.softmax(F, dim=1).sub_(T).mul_(1.0 / n)
+        return exact_true_class_(torch.softmax(F, dim=1).sub_(T), T).mul_(1.0 / n)
     raise ValueError(f"unknown loss {loss!r}; allowed: {LOSSES}")
+
+
+def exact_true_class_(
+    D: torch.Tensor, T: torch.Tensor, row_sums: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``D`` = softmax(F) − T (one-hot ``T``), in place: the true class's entry becomes
+    −Σ_{j≠k} P_j, exact to a few ε relative (see the module's docstring). It subtracts the
+    row's sum Σ_j D_j = Σ_{j≠k} P_j + (P_k − 1), zero but for the rounding of P_k − 1, from
+    that entry. ``row_sums``: an (n, 1) buffer to use."""
+    if row_sums is None:
+        s = D.sum(dim=1, keepdim=True)
+    else:
+        s = torch.sum(D, dim=1, keepdim=True, out=row_sums)
+    return D.addcmul_(T, s, value=-1.0)
 
 
 def predict(loss: str, task: str, F: torch.Tensor) -> torch.Tensor:
