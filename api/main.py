@@ -7,6 +7,7 @@ errors are mapped in ``api/errors.py``, bodies are limited by ``api/middleware.p
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,6 +43,20 @@ def default_ray_probe(settings: Settings) -> Callable[[], str]:
     return probe
 
 
+def freeze_startup_objects() -> None:
+    """Move everything alive after startup into the collector's permanent generation.
+
+    A server process holds ~0.5 million objects from its imports (FastAPI, pydantic,
+    SQLAlchemy, MLflow, torch) that live as long as it does. Python's full (generation 2)
+    collections walk all of them: ~0.5 s each on a 2-core VM, with every request in flight
+    waiting — the whole tail of the submit latency (bench/RESULTS.md, API). Frozen, they are
+    never walked again; full collections then only see what requests left behind. The
+    garbage of startup is collected once first, so that none of it is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None) -> FastAPI:
     """The app for ``settings``. ``ray_probe`` raises when Ray is unreachable (``/readyz``);
     ``gradq serve`` passes one that looks at its in-process Ray and dispatcher."""
@@ -63,6 +78,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             ),
             ray_probe=ray_probe or default_ray_probe(settings),
         )
+        freeze_startup_objects()
         try:
             yield
         finally:
