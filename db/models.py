@@ -133,6 +133,18 @@ class JobEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+class QueueDepth(Base):
+    """Jobs a claim could take (queued, no cancel requested) per tenant and priority: the
+    submit's queue positions and quota in O(1). Kept by triggers on ``jobs`` (migration
+    0003), never written by the code."""
+
+    __tablename__ = "queue_depth"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queued: Mapped[int] = mapped_column(BigInteger)
+
+
 class Dataset(Base):
     """An uploaded data set; ``uri`` says where a worker on any machine can read the bytes."""
 

@@ -14,13 +14,14 @@ from typing import cast
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, false, func, or_, select
 
 from db.errors import InvalidCursor, JobNotFound
-from db.models import Job, JobEvent
+from db.models import Job, JobEvent, QueueDepth
 from db.session import read_tx
 from db.states import JobStatus
 from db.views import EventView, JobView
 
 JOBS = cast(Table, Job.__table__)
 EVENTS = cast(Table, JobEvent.__table__)
+QUEUE_DEPTH = cast(Table, QueueDepth.__table__)
 Q = JobStatus.QUEUED
 
 

@@ -22,10 +22,8 @@ from sqlalchemy import (
     Engine,
     Integer,
     bindparam,
-    false,
     func,
     insert,
-    literal,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,8 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull, StoreError
-from db.models import UTCDateTime
-from db.queries import EVENTS, JOBS, JobQueriesMixin, utcnow
+from db.queries import EVENTS, JOBS, QUEUE_DEPTH, JobQueriesMixin, utcnow
 from db.session import one_statement_tx, read_tx, write_tx
 from db.states import JobStatus
 from db.views import JobView, Submitted
@@ -103,7 +100,7 @@ class SubmitMixin(JobQueriesMixin):
         priorities = sorted({r.spec.priority for r in requests})
         with write_tx(self._engine) as conn:
             existing = _existing_keys(conn, requests)
-            queued, before = _counts(conn, tenants, priorities, max_queued, now)
+            queued, before = _counts(conn, tenants, priorities)
             rows: list[dict[str, Any]] = []
             first_of_key: dict[tuple[str, str], int] = {}  # → index in requests
             later: list[int] = []  # repeats of a key that is new in this group
@@ -207,17 +204,13 @@ def _existing_keys(
 
 
 def _counts(
-    conn: Connection,
-    tenants: list[str],
-    priorities: list[int],
-    max_queued: int | None,
-    now: datetime,
+    conn: Connection, tenants: list[str], priorities: list[int]
 ) -> tuple[dict[str, int], dict[int, int]]:
-    """One SELECT before the group's inserts: each tenant's queued jobs (up to ``max_queued``,
-    all the quota needs) and, per priority, the queued jobs a claim takes before a job of
-    that priority created at ``now``. Every count reads only an index."""
-    params: dict[str, Any] = {"now": now, "limit": max_queued or 0}
-    params.update({f"t{n}": t for n, t in enumerate(tenants)})
+    """One SELECT before the group's inserts, on ``queue_depth`` (kept by triggers, migration
+    0003): each tenant's queued jobs (the quota) and, per priority, the queued jobs of that
+    priority or higher — every one of them older than the group, so a claim takes them
+    first. Its cost is the table's size (tenants × priorities), not the queue's length."""
+    params: dict[str, Any] = {f"t{n}": t for n, t in enumerate(tenants)}
     params.update({f"p{n}": p for n, p in enumerate(priorities)})
     counts = conn.execute(_counts_statement(len(tenants), len(priorities)), params).one()
     queued = {t: int(counts[n]) for n, t in enumerate(tenants)}
@@ -228,24 +221,16 @@ def _counts(
 @functools.cache
 def _counts_statement(tenants: int, priorities: int) -> Any:
     """Built once per shape (number of tenants and of priorities in a group); values bound."""
-    c = JOBS.c
-    claimable = (c.status == Q.value, c.cancel_requested == false())
-    columns: list[Any] = []
-    for n in range(tenants):
-        some = (
-            select(literal(1))
-            .where(c.tenant == bindparam(f"t{n}"), c.status == Q.value)
-            .limit(bindparam("limit", type_=Integer))
-            .subquery()
-        )
-        columns.append(select(func.count()).select_from(some).scalar_subquery())
-    for n in range(priorities):
-        p = bindparam(f"p{n}", type_=Integer)
-        higher = select(func.count()).where(*claimable, c.priority > p).scalar_subquery()
-        older = select(func.count()).where(
-            *claimable, c.priority == p, c.created_at < bindparam("now", type_=UTCDateTime)
-        )
-        columns.append(higher + older.scalar_subquery())
+    d = QUEUE_DEPTH.c
+    total = func.coalesce(func.sum(d.queued), 0)
+    columns: list[Any] = [
+        select(total).where(d.tenant == bindparam(f"t{n}")).scalar_subquery()
+        for n in range(tenants)
+    ]
+    columns += [
+        select(total).where(d.priority >= bindparam(f"p{n}", type_=Integer)).scalar_subquery()
+        for n in range(priorities)
+    ]
     return select(*columns)
 
 

@@ -12,7 +12,7 @@ from db.cli import db_app
 from db.migrate import check, upgrade
 from db.session import make_engine
 
-TABLES = {"jobs", "job_events", "datasets", "api_keys", "alembic_version"}
+TABLES = {"jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth"}
 
 
 def test_upgrade_of_an_empty_database_matches_the_models(db_url: str) -> None:
