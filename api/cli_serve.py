@@ -110,6 +110,7 @@ def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=settings.access_log,
         workers=workers,
         factory=isinstance(app, str),
     )
