@@ -72,7 +72,6 @@ def warm_up() -> str:
     import workers.tracking_plot
 
     workers.tracking_plot.learning_curve_png([])  # loads Pillow's font
-    workers.task.freeze_imports()
     return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {mlflow.models.__name__}"
 
 

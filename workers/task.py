@@ -12,7 +12,6 @@ a job that trained well, the job fails (``tracking_failed``) and its run is clos
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import os
 import socket
@@ -218,23 +217,6 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
         log.warning("run %s: could not close it: %s", tracker.run_id, exc)
 
 
-_frozen = False
-
-
-def freeze_imports() -> None:
-    """Once per worker process, when its first attempt (or its warm-up) has imported torch,
-    MLflow and the engine: collect, then move every live object out of the collector's
-    reach. A new worker's heap grows to ~0.5 M objects with those imports, and each 25 % of
-    growth set off a full collection walking all of it (0.1–0.56 s, ~8 per process on the
-    2-core VM: seconds of CPU taken from the jobs). Same reasoning as the API's startup
-    (``api.main.freeze_startup_objects``)."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
-
-
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
@@ -366,7 +348,6 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 )
                 lease.lost.set()
         lease.close()
-        freeze_imports()  # after the final write: the job is not kept waiting for it
     return "stale" if lease.lost.is_set() else final
 
 
