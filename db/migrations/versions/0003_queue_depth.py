@@ -10,7 +10,9 @@ path wrote the job, so it cannot drift from the rows it counts.
 
 SQLite: row triggers (one writer at a time, no lock order to keep). PostgreSQL: statement
 triggers over transition tables, one upsert per (tenant, priority) the statement changed, in
-that key's order, so that concurrent writers take the counter rows' locks in one order.
+that key's order, so that concurrent writers take the counter rows' locks in one order; the
+function keeps the schema search path it was created with, so a session with another path
+still counts into this schema's table.
 
 Revision ID: 0003
 Revises: 0002
@@ -61,7 +63,8 @@ SQLITE = [
 ]
 
 POSTGRES_FUNCTION = f"""
-CREATE FUNCTION jobs_queue_depth() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION jobs_queue_depth() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 DECLARE
     r record;
 BEGIN
