@@ -172,3 +172,26 @@ def test_concurrent_writers_keep_it_exact(migrated_url: str, make_spec: SpecFact
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_the_downgrade_takes_the_triggers_with_the_table(
+    db_url: str, make_spec: SpecFactory
+) -> None:
+    """After ``downgrade 0002`` jobs can still be written (no trigger left pointing at the
+    dropped table), and upgrading again counts what was written meanwhile."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from db.migrate import alembic_config
+
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        insert_queued(engine, 2, spec=make_spec(), tenant="a", priority=1)
+        command.downgrade(alembic_config(db_url), "0002")
+        assert "queue_depth" not in inspect(engine).get_table_names()
+        insert_queued(engine, 3, spec=make_spec(), tenant="a", priority=1)
+        upgrade(db_url)
+        assert depth(engine) == truth(engine) == {("a", 1): 5}
+    finally:
+        engine.dispose()
