@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
-from workers.tracking_artifacts import flatten_params, log_model, param_entities
+from workers.tracking_artifacts import RunArtifacts, flatten_params, log_model, param_entities
 from workers.tracking_buffer import (
     CHECKPOINT_FILE,
     LAST_CHECKPOINT,
@@ -133,6 +133,8 @@ class JobTracker:
         self._experiment: str | None = None  # the run's experiment id and params, for the
         self._params: dict[str, str] | None = None  # logged model (no get_run to find them)
         self.clock = Clock()  # seconds spent in MLflow work: see ``Clock``
+        self._artifact_uri: str | None = None  # the run's, once known
+        self._run_artifacts: RunArtifacts | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -172,12 +174,14 @@ class JobTracker:
                 run = self._create_run(experiment_id, tags)
                 self.run_id = run.info.run_id
                 self._experiment = run.info.experiment_id
+                self._artifact_uri = run.info.artifact_uri
                 self._params = flatten_params(self.spec.model_dump(mode="json"))
                 # the params go with the first metrics (one call less on the job's path)
                 self._make_buffer().add_params(param_entities(self._params))
                 return self.run_id
         run = client.get_run(self.run_id)
         self._experiment, self._params = run.info.experiment_id, dict(run.data.params)
+        self._artifact_uri = run.info.artifact_uri
         owner = run.data.tags.get("gradq.job_id")
         if owner not in (None, self.job_id):
             raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
@@ -267,7 +271,7 @@ class JobTracker:
             metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in finals.items()]
         if error is not None:
             tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
-            client.log_text(run_id, error, "error.txt")
+            self._artifacts().log_bytes(error.encode(), "error.txt")
         if metrics or tags:
             client.log_batch(run_id, metrics=metrics, tags=tags)
         client.set_terminated(run_id, _STATUS[status])
@@ -282,6 +286,7 @@ class JobTracker:
                 flush_interval_s=self.flush_interval_s,
                 checkpoint_interval_s=self.checkpoint_interval_s,
                 clock=self.clock,
+                artifacts=self._artifacts(),
             )
         return self._buffer
 
@@ -293,11 +298,17 @@ class JobTracker:
 
     def _log_bytes(self, data: bytes, path: str) -> None:
         """Upload ``data`` as the run's artifact ``path`` (``folder/name``)."""
-        folder, _, name = path.rpartition("/")
-        with tempfile.TemporaryDirectory(prefix="gradq-artifact-") as tmp:
-            local = Path(tmp) / name
-            local.write_bytes(data)
-            self.client.log_artifact(self._require_run(), str(local), folder or None)
+        self._artifacts().log_bytes(data, path)
+
+    def _artifacts(self) -> RunArtifacts:
+        if self._run_artifacts is None:
+            self._run_artifacts = RunArtifacts(
+                self.client,
+                self._require_run(),
+                artifact_uri=self._artifact_uri,
+                tracking_uri=self.tracking_uri,
+            )
+        return self._run_artifacts
 
     def _require_run(self) -> str:
         if self.run_id is None:

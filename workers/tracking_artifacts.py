@@ -70,6 +70,50 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
             mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
 
 
+class RunArtifacts:
+    """Uploads into one run's artifact location.
+
+    Given the run's ``artifact_uri`` (``run.info.artifact_uri``, which the tracker has from
+    ``create_run`` or ``get_run``), it writes through the artifact repository that MLflow's
+    client would pick for it (the same call, with the tracking URI), made once: the client's
+    ``log_artifact`` and ``log_text`` first look the whole run up again (``get_run``: ~10 ms
+    of CPU with its params, tags and latest metrics, ~4 % of a one-epoch job). Without it,
+    it goes through the client."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        *,
+        artifact_uri: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        self._client, self._run_id = client, run_id
+        self._repo: Any = None
+        if artifact_uri is not None:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            self._repo = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+    def log_file(self, local_path: str, folder: str | None) -> None:
+        """Upload the file ``local_path`` into ``folder`` (None: the run's root)."""
+        if self._repo is None:
+            self._client.log_artifact(self._run_id, local_path, folder)
+        else:
+            self._repo.log_artifact(local_path, folder)
+
+    def log_bytes(self, data: bytes, path: str) -> None:
+        """Upload ``data`` as the artifact ``path`` (``folder/name``)."""
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="gradq-artifact-") as tmp:
+            local = os.path.join(tmp, name)
+            with open(local, "wb") as f:
+                f.write(data)
+            self.log_file(local, folder or None)
+
+
 @dataclass(frozen=True)
 class LoggedModelInfo:
     """The logged model of a run: ``models:/<model_id>``, and its registered version."""

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -42,6 +40,7 @@ from mlflow.utils.validation import (
 
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint
+from workers.tracking_artifacts import RunArtifacts
 from workers.tracking_clock import Clock
 
 if TYPE_CHECKING:
@@ -74,8 +73,10 @@ class RunBuffer:
         max_points: int = MAX_BUFFERED_POINTS,
         clock: Clock | None = None,
         background: bool = True,
+        artifacts: RunArtifacts | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.artifacts = artifacts or RunArtifacts(client, run_id)
         self.clock = clock or Clock()
         self.flush_interval_s = flush_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -263,7 +264,7 @@ class RunBuffer:
             reports = sorted(self.reports.items())
         for step, text in reports:
             name = f"gradcheck/step_{step:08d}.json"
-            if not self._call("log_text", self.client.log_text, self.run_id, text, name):
+            if not self._call("log_text", self.artifacts.log_bytes, text.encode(), name):
                 return False
             with self._lock:
                 self.reports.pop(step, None)
@@ -280,13 +281,9 @@ class RunBuffer:
         if data is None:
             with self.clock.measure():
                 data = serialised[id(snapshot)] = snapshot.to_bytes()
-        with tempfile.TemporaryDirectory(prefix="gradq-ckpt-") as tmp:
-            path = os.path.join(tmp, CHECKPOINT_FILE)
-            with open(path, "wb") as f:
-                f.write(data)
-            sent = self._call(
-                "log_artifact", self.client.log_artifact, self.run_id, path, directory
-            )
+        sent = self._call(
+            "log_artifact", self.artifacts.log_bytes, data, f"{directory}/{CHECKPOINT_FILE}"
+        )
         if sent:
             with self._lock:
                 if self.pending.get(directory) is snapshot:
