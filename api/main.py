@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         finally:
             submits.close()
             engine.dispose()
+            gc.unfreeze()  # a process that starts another app (tests) collects this one's
 
     app = FastAPI(
         title="gradq",

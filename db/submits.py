@@ -94,13 +94,15 @@ class SubmitMixin(JobQueriesMixin):
         New jobs of one group share one ``created_at``; among themselves the claim order is
         by id, as for any two jobs submitted in the same microsecond.
         """
-        now = utcnow()
         out: list[Submitted | StoreError | None] = [None] * len(requests)
         tenants = sorted({r.tenant for r in requests}) if max_queued is not None else []
         priorities = sorted({r.spec.priority for r in requests})
         with write_tx(self._engine) as conn:
             existing = _existing_keys(conn, requests)
             queued, before = _counts(conn, tenants, priorities)
+            # stamped after the counts: every job they saw was committed, so created, before
+            # it (on SQLite the write lock is held from here to the commit)
+            now = utcnow()
             rows: list[dict[str, Any]] = []
             first_of_key: dict[tuple[str, str], int] = {}  # → index in requests
             later: list[int] = []  # repeats of a key that is new in this group
@@ -208,8 +210,11 @@ def _counts(
 ) -> tuple[dict[str, int], dict[int, int]]:
     """One SELECT before the group's inserts, on ``queue_depth`` (kept by triggers, migration
     0003): each tenant's queued jobs (the quota) and, per priority, the queued jobs of that
-    priority or higher — every one of them older than the group, so a claim takes them
-    first. Its cost is the table's size (tenants × priorities), not the queue's length."""
+    priority or higher — each committed before the group's ``created_at``, which is taken
+    after this read, so a claim takes them first. Jobs another process commits between this
+    read and the group's commit are not counted (PostgreSQL; on SQLite the write lock
+    excludes them). Its cost is the table's size (tenants × priorities), not the queue's
+    length."""
     params: dict[str, Any] = {f"t{n}": t for n, t in enumerate(tenants)}
     params.update({f"p{n}": p for n, p in enumerate(priorities)})
     counts = conn.execute(_counts_statement(len(tenants), len(priorities)), params).one()
@@ -272,8 +277,7 @@ def _by_keys_statement() -> Any:
 def _positions(new: list[JobView], before: dict[int, int]) -> dict[str, int]:
     """Queue positions of the group's new jobs (all created at the same ``now``): the queued
     jobs counted before the inserts (``before``), plus the group's own jobs that a claim
-    takes first (a higher priority; the same priority and a smaller id). Jobs of another
-    process stamped with the very same microsecond are not counted."""
+    takes first (a higher priority; the same priority and a smaller id)."""
     out: dict[str, int] = {}
     for job in new:
         ahead = sum(

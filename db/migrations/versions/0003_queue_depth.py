@@ -14,6 +14,9 @@ that key's order, so that concurrent writers take the counter rows' locks in one
 function keeps the schema search path it was created with, so a session with another path
 still counts into this schema's table.
 
+A later migration that rebuilds ``jobs`` on SQLite (Alembic's batch mode copies the table)
+drops these triggers: it must create them again (a test checks they exist at head).
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-28

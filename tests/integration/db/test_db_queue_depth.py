@@ -7,16 +7,19 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from core.spec import JobSpec
 from db.errors import QueueFull, StoreError
 from db.migrate import upgrade
 from db.queries import JOBS, QUEUE_DEPTH, utcnow
-from db.session import make_engine
+from db.session import make_engine, write_tx
 from db.states import JobStatus
 from db.store import JobStore
 from db.submits import SubmitRequest
@@ -195,3 +198,75 @@ def test_the_downgrade_takes_the_triggers_with_the_table(
         assert depth(engine) == truth(engine) == {("a", 1): 5}
     finally:
         engine.dispose()
+
+
+def test_a_group_that_waited_for_the_write_lock_is_stamped_after_what_it_counted(
+    tmp_path: Path, make_spec: SpecFactory
+) -> None:
+    """SQLite, another writer holding the lock: it commits a job while the group waits. The
+    group is stamped once it holds the lock, so that job is older, counted and claimed
+    first: the answered position is the one a claim sees. (Stamped before waiting, the group
+    was older than the job it counted: position 1, a claim's 0.)"""
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    store = JobStore(engine)
+    locked, go = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with write_tx(engine) as conn:
+            conn.execute(select(func.count()).select_from(JOBS))  # BEGIN IMMEDIATE: the lock
+            locked.set()
+            go.wait(10)
+            now = utcnow()
+            conn.execute(
+                insert(JOBS),
+                dict(id=str(uuid.uuid4()), tenant="a", name="other", spec={}, status="queued",
+                     priority=0, attempt=0, max_attempts=3, cancel_requested=False,
+                     created_at=now, updated_at=now),
+            )  # fmt: skip
+
+    answers: list[object] = []
+    try:
+        first = threading.Thread(target=holder)
+        first.start()
+        assert locked.wait(10)
+        second = threading.Thread(
+            target=lambda: answers.extend(store.submit_many([SubmitRequest(make_spec(), "a")]))
+        )
+        second.start()
+        time.sleep(0.3)  # the group is waiting for the lock
+        go.set()
+        first.join(10)
+        second.join(10)
+        (answer,) = answers
+        assert isinstance(answer, Submitted)
+        assert answer.position == store.queue_position(job_id=answer.job.id) == 1
+    finally:
+        go.set()
+        engine.dispose()
+
+
+def test_the_head_schema_has_the_three_triggers(migrated_url: str) -> None:
+    """A later migration that rebuilds ``jobs`` (SQLite's batch mode copies the table) drops
+    its triggers without a word, and the model comparison cannot see triggers: this can."""
+    engine = make_engine(migrated_url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'"
+                )
+            else:
+                rows = conn.exec_driver_sql(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs'::regclass"
+                    " AND NOT tgisinternal"
+                )
+            names = {name for (name,) in rows}
+    finally:
+        engine.dispose()
+    assert names == {
+        "jobs_queue_depth_insert",
+        "jobs_queue_depth_update",
+        "jobs_queue_depth_delete",
+    }
