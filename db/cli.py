@@ -10,7 +10,9 @@ import typer
 from db import migrate
 from db.session import DEFAULT_URL
 
-db_app = typer.Typer(help="Database commands: schema migrations.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database commands: schema migrations, queue recount.", no_args_is_help=True
+)
 
 UrlOption = Annotated[
     str | None,
@@ -43,6 +45,23 @@ def check(url: UrlOption = None) -> None:
     if diffs:
         raise typer.Exit(code=1)
     typer.echo("models and schema agree")
+
+
+@db_app.command("recount-queue")
+def recount_queue(url: UrlOption = None) -> None:
+    """Recount the queue's per-tenant, per-priority depths from the jobs and correct them
+    (for a database restored with its triggers disabled, or a table rebuilt by hand)."""
+    from db.session import make_engine
+    from db.submits import recount_queue_depth
+
+    engine = make_engine(resolve_url(url))
+    try:
+        changed = recount_queue_depth(engine)
+    finally:
+        engine.dispose()
+    for (tenant, priority), (was, now) in sorted(changed.items()):
+        typer.echo(f"tenant {tenant!r} priority {priority}: {was} → {now}")
+    typer.echo(f"corrected {len(changed)} count(s)" if changed else "queue depths agree with jobs")
 
 
 def _safe(url: str) -> str:

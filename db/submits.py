@@ -22,6 +22,8 @@ from sqlalchemy import (
     Engine,
     Integer,
     bindparam,
+    delete,
+    false,
     func,
     insert,
     select,
@@ -221,6 +223,40 @@ def _counts(
     queued = {t: int(counts[n]) for n, t in enumerate(tenants)}
     before = {p: int(counts[len(tenants) + n]) for n, p in enumerate(priorities)}
     return queued, before
+
+
+def recount_queue_depth(engine: Engine) -> dict[tuple[str, int], tuple[int, int]]:
+    """Recount ``queue_depth`` from ``jobs`` and correct it; returns ``{(tenant, priority):
+    (was, is)}`` for each key that was wrong (empty when all agreed).
+
+    For a table its triggers could not keep: rows restored with triggers disabled
+    (``pg_restore --disable-triggers``), a ``TRUNCATE``, a migration that rebuilt ``jobs``.
+    A count too high would refuse a tenant's submits (the quota) until corrected. Writers wait
+    for the recount: PostgreSQL takes a SHARE ROW EXCLUSIVE lock on ``jobs``, SQLite its
+    write lock."""
+    c, d = JOBS.c, QUEUE_DEPTH.c
+    with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+        claimable = select(c.tenant, c.priority, func.count()).where(
+            c.status == Q.value, c.cancel_requested == false()
+        )
+        rows = conn.execute(claimable.group_by(c.tenant, c.priority))
+        truth = {(t, p): int(n) for t, p, n in rows}
+        kept = {(t, p): int(q) for t, p, q in conn.execute(select(d.tenant, d.priority, d.queued))}
+        changed = {
+            key: (kept.get(key, 0), truth.get(key, 0))
+            for key in truth.keys() | kept.keys()
+            if kept.get(key, 0) != truth.get(key, 0)
+        }
+        if changed:
+            conn.execute(delete(QUEUE_DEPTH))
+            if truth:
+                conn.execute(
+                    insert(QUEUE_DEPTH),
+                    [dict(tenant=t, priority=p, queued=n) for (t, p), n in truth.items()],
+                )
+    return changed
 
 
 @functools.cache
