@@ -158,16 +158,18 @@ class JobQueriesMixin:
         """Queued jobs a claim takes before ``job`` (claim order); None if not queued."""
         if job.status is not Q:
             return None
-        c, p, at = JOBS.c, job.priority, job.created_at
+        c, d, p, at = JOBS.c, QUEUE_DEPTH.c, job.priority, job.created_at
         queued = (c.status == Q.value, c.cancel_requested == false())
-        # three ranges of the queue index (status, cancel_requested, priority, created_at, id)
+        # higher priorities from the per-(tenant, priority) counters (migration 0003); the
+        # job's own priority: two ranges of the queue index (status, cancel_requested,
+        # priority, created_at, id), as long as the jobs ahead of it at that priority
+        higher = select(func.coalesce(func.sum(d.queued), 0)).where(d.priority > p)
         ranges = (
-            (c.priority > p,),
             (c.priority == p, c.created_at < at),
             (c.priority == p, c.created_at == at, c.id < job.id),
         )
         counts = [select(func.count()).where(*queued, *r).scalar_subquery() for r in ranges]
-        ahead = select(counts[0] + counts[1] + counts[2])
+        ahead = select(higher.scalar_subquery() + counts[0] + counts[1])
         return int(conn.execute(ahead).scalar_one())
 
 
