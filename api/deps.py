@@ -73,10 +73,28 @@ async def get_tenant(
     (401 when it is missing, unknown or revoked). Async: no thread hop without keys; and no
     sub-dependency but the bearer scheme (each costs FastAPI work on every request)."""
     services: Services = request.app.state.services
+    return await resolve_tenant(services, credentials.credentials if credentials else None)
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header, as FastAPI's ``HTTPBearer`` reads
+    it (scheme case-insensitive, split at the first space); None for no header, another
+    scheme or an empty key."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return None
+    return key
+
+
+async def resolve_tenant(services: Services, key: str | None) -> str:
+    """The tenant of ``key`` (see ``get_tenant``); raises a 401 ``ApiError``."""
     if services.settings.auth == "none":
         return DEFAULT_TENANT
     challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None or not credentials.credentials:
+    if not key:
         raise ApiError(
             401,
             "unauthorized",
@@ -84,7 +102,7 @@ async def get_tenant(
             field="Authorization",
             headers=challenge,
         )
-    tenant = await run_in_threadpool(services.store.authenticate, key=credentials.credentials)
+    tenant = await run_in_threadpool(services.store.authenticate, key=key)
     if tenant is None:
         raise ApiError(
             401,

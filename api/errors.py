@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -206,20 +206,36 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "an unexpected error; it was logged")
 
 
+_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
+    ApiError: _api_error,
+    InvalidSpec: _invalid_spec,
+    JobNotFound: _not_found,
+    DatasetNotFound: _not_found,
+    InvalidTransition: _transition,
+    StaleAttempt: _stale,
+    IdempotencyConflict: _idempotency,
+    InvalidCursor: _cursor,
+    RequestValidationError: _request_validation,
+    StarletteHTTPException: _http,
+    OperationalError: _database,
+    PoolTimeout: _database,
+    DBAPIError: _database,
+    TrackingUnavailable: _tracking,
+    Exception: _unexpected,
+}
+
+
 def install(app: FastAPI) -> None:
     """Register every mapping on ``app``."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(InvalidSpec, _invalid_spec)
-    app.add_exception_handler(JobNotFound, _not_found)
-    app.add_exception_handler(DatasetNotFound, _not_found)
-    app.add_exception_handler(InvalidTransition, _transition)
-    app.add_exception_handler(StaleAttempt, _stale)
-    app.add_exception_handler(IdempotencyConflict, _idempotency)
-    app.add_exception_handler(InvalidCursor, _cursor)
-    app.add_exception_handler(RequestValidationError, _request_validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(OperationalError, _database)
-    app.add_exception_handler(PoolTimeout, _database)
-    app.add_exception_handler(DBAPIError, _database)
-    app.add_exception_handler(TrackingUnavailable, _tracking)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind, handler in _HANDLERS.items():
+        app.add_exception_handler(kind, handler)
+
+
+async def respond(request: Request, exc: Exception) -> JSONResponse:
+    """The answer ``install``'s handlers give for ``exc`` (the nearest class in its MRO, as
+    Starlette picks): for code that runs below FastAPI's exception middleware."""
+    for kind in type(exc).__mro__:
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            return await handler(request, exc)
+    return await _unexpected(request, exc)

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.deps import Services
+from api.fast_submit import GradqApp
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit
 from api.routes import datasets, gradcheck, health, job_activity, jobs
@@ -86,19 +87,19 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             engine.dispose()
             gc.unfreeze()  # a process that starts another app (tests) collects this one's
 
-    app = FastAPI(
+    def limit_for(path: str) -> int:
+        if path.rstrip("/") == "/v1/datasets":
+            return settings.max_upload_bytes + UPLOAD_OVERHEAD
+        return settings.max_body_bytes
+
+    app = GradqApp(
+        limit_for=limit_for,
         title="gradq",
         version="1",
         summary="Train MLPs as jobs: a durable queue, Ray workers, MLflow tracking.",
         lifespan=lifespan,
     )
     errors.install(app)
-
-    def limit_for(path: str) -> int:
-        if path.rstrip("/") == "/v1/datasets":
-            return settings.max_upload_bytes + UPLOAD_OVERHEAD
-        return settings.max_body_bytes
-
     app.add_middleware(BodyLimit, limit_for=limit_for)
     for module in (jobs, job_activity, datasets, gradcheck, health):
         app.include_router(module.router)

@@ -7,6 +7,7 @@ Times are timezone-aware UTC (:class:`UTCDateTime`); JSON columns are ``JSON`` w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -51,6 +52,26 @@ class UTCDateTime(TypeDecorator[datetime]):
             value = value.replace(tzinfo=UTC)
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """The bind processing, remembering its last value: a group of submits binds one
+        ``now`` to every row's ``created_at``, ``updated_at`` and event ``at``, and on SQLite
+        each conversion formats a string in Python."""
+        process = super().bind_processor(dialect)
+        if process is None:
+            return None
+        # (the last value, what it became), swapped as one object: threads share the processor
+        last: list[tuple[Any, Any]] = [(None, None)]
+
+        def remembered(value: Any) -> Any:
+            seen = last[0]
+            if value is not None and value is seen[0]:  # it holds the value: ids not reused
+                return seen[1]
+            out = process(value)
+            last[0] = (value, out)
+            return out
+
+        return remembered
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +33,11 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(
-            url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            json_serializer=json_text,
         )
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -42,10 +47,18 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
         pool_size=pool_size,
         max_overflow=max_overflow,
+        json_serializer=json_text,
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def json_text(value: Any) -> str:
+    """JSON columns' values as text: pydantic-core's encoder, ~3× faster than ``json.dumps``
+    (a submit stores its whole spec); compact, and NaN/Infinity written as ``json.dumps``
+    writes them."""
+    return to_json(value, inf_nan_mode="constants").decode()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -185,6 +185,24 @@ def _job_row(spec: JobSpec, tenant: str, key: str | None, now: datetime) -> dict
     )
 
 
+# What a new job's row sets; the other columns start NULL. Binding only these halves the
+# per-row parameter processing of a group's insert (the writer thread's largest Python cost).
+INSERTED_COLUMNS = (
+    "id",
+    "tenant",
+    "name",
+    "spec",
+    "status",
+    "priority",
+    "attempt",
+    "max_attempts",
+    "cancel_requested",
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+)
+
+
 def _event_row(job_id: str, now: datetime) -> dict[str, Any]:
     return dict(
         job_id=job_id, at=now, from_status=None, to_status=Q.value, attempt=0, reason="submitted"
@@ -280,7 +298,8 @@ def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     and the events of those inserted; the ids inserted."""
     if not rows:
         return set()
-    inserted = {r[0] for r in conn.execute(_insert_jobs_statement(conn.dialect.name), rows)}
+    values = [{c: row[c] for c in INSERTED_COLUMNS} for row in rows]
+    inserted = {r[0] for r in conn.execute(_insert_jobs_statement(conn.dialect.name), values)}
     events = [_event_row(row["id"], row["created_at"]) for row in rows if row["id"] in inserted]
     if events:
         conn.execute(_insert_events_statement(), events)
