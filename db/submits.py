@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull, StoreError
 from db.queries import EVENTS, JOBS, QUEUE_DEPTH, JobQueriesMixin, utcnow
-from db.session import one_statement_tx, read_tx, write_tx
+from db.session import json_text, one_statement_tx, read_tx, write_tx
 from db.states import JobStatus
 from db.views import JobView, Submitted
 
@@ -298,12 +298,52 @@ def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     and the events of those inserted; the ids inserted."""
     if not rows:
         return set()
+    if conn.dialect.name == "postgresql":
+        return _insert_rows_pg(conn, rows)
     values = [{c: row[c] for c in INSERTED_COLUMNS} for row in rows]
     inserted = {r[0] for r in conn.execute(_insert_jobs_statement(conn.dialect.name), values)}
     events = [_event_row(row["id"], row["created_at"]) for row in rows if row["id"] in inserted]
     if events:
         conn.execute(_insert_events_statement(), events)
     return inserted
+
+
+def _insert_rows_pg(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: the jobs and their events in one statement whose text does not depend on
+    the group's size: each column's values as one array, ``unnest``-ed into rows
+    (``_PG_SUBMIT``). SQLAlchemy's multi-row ``INSERT … VALUES (…), (…)`` is a new text for
+    each group size, longer than psycopg caches, so psycopg re-parsed it in Python for every
+    group: ~15 % of the server's CPU per submit under load. Still one statement, so the queue
+    counters' statement trigger locks its keys once, in key order; ``ON CONFLICT DO NOTHING``
+    leaves out a job whose key a concurrent insert took; RETURNING names those inserted."""
+    columns = [[row[c] for row in rows] for c in INSERTED_COLUMNS]
+    columns[INSERTED_COLUMNS.index("spec")] = [json_text(row["spec"]) for row in rows]
+    at = rows[0]["created_at"]
+    assert all(row["created_at"] is at for row in rows), "a group has one created_at"
+    result = conn.exec_driver_sql(_PG_SUBMIT, (*columns, at))
+    return {r[0] for r in result}
+
+
+_PG_TYPES = {  # INSERTED_COLUMNS' array types
+    "priority": "integer",
+    "attempt": "integer",
+    "max_attempts": "integer",
+    "cancel_requested": "boolean",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+    "spec": "text",
+}
+_PG_SUBMIT = (
+    "WITH job AS (INSERT INTO jobs ({cols}) SELECT {select} FROM unnest({arrays}) AS t({cols}) "
+    "ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id) "
+    "INSERT INTO job_events (job_id, at, from_status, to_status, attempt, reason) "
+    "SELECT id, %b, NULL, '{queued}', 0, 'submitted' FROM job RETURNING job_id"
+).format(
+    cols=", ".join(INSERTED_COLUMNS),
+    select=", ".join(f"{c}::jsonb" if c == "spec" else c for c in INSERTED_COLUMNS),
+    arrays=", ".join(f"%b::{_PG_TYPES.get(c, 'text')}[]" for c in INSERTED_COLUMNS),
+    queued=Q.value,
+)
 
 
 @functools.cache
