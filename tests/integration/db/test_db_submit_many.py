@@ -4,15 +4,16 @@ one submit at a time: one event per new job, idempotency keys, the quota, positi
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select, text
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull
-from db.queries import EVENTS
+from db.queries import EVENTS, JOBS
 from db.store import JobStore
-from db.submits import SubmitRequest
+from db.submits import INSERTED_COLUMNS, SubmitRequest
 from db.views import Submitted
 
 SpecFactory = Callable[..., JobSpec]
@@ -121,3 +122,46 @@ def test_concurrent_groups_with_one_key_make_one_job(
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_group_stores_what_sqlalchemys_insert_stores(
+    engine: Engine, store: JobStore, make_spec: SpecFactory
+) -> None:
+    """A group's insert (``_insert_rows``: on PostgreSQL a statement of its own, unnesting
+    arrays) stores every value, read raw (as text, and on SQLite with its storage class), as
+    SQLAlchemy's own insert of the same row stores it: the readers (claim order, queue
+    positions, time filters) compare them raw."""
+    specs = [make_spec(name="a", priority=2), make_spec(name="b", seed=3, max_attempts=5)]
+    done = store.submit_many(
+        [SubmitRequest(specs[0], "t", "key-a"), SubmitRequest(specs[1], "u")], max_queued=None
+    )
+    ours = {submitted(d).job.name: submitted(d).job.id for d in done}
+    twins: dict[str, str] = {}
+    with engine.begin() as conn:  # the same rows (new ids and keys) through SQLAlchemy
+        for name, job_id in ours.items():
+            row = dict(conn.execute(select(JOBS).where(JOBS.c.id == job_id)).mappings().one())
+            event = conn.execute(select(EVENTS).where(EVENTS.c.job_id == job_id)).mappings().one()
+            twins[name] = row["id"] = str(uuid.uuid4())
+            row["idempotency_key"] = row["idempotency_key"] and row["idempotency_key"] + "-twin"
+            conn.execute(insert(JOBS), {c: row[c] for c in INSERTED_COLUMNS})
+            values = {k: v for k, v in event.items() if k != "id"}
+            conn.execute(insert(EVENTS), {**values, "job_id": row["id"]})
+
+    def raw(table: str, key: str, columns: list[str], value: str) -> tuple[object, ...]:
+        pg = engine.dialect.name == "postgresql"
+        shown = [f"CAST({c} AS TEXT)" if pg else c for c in columns]
+        shown += [] if pg else [f"typeof({c})" for c in columns]
+        query = f"SELECT {', '.join(shown)} FROM {table} WHERE {key} = :v"
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(query), {"v": value}).one())
+
+    job_columns = [c.name for c in JOBS.c if c.name not in ("id", "idempotency_key")]
+    event_columns = [c.name for c in EVENTS.c if c.name not in ("id", "job_id")]
+    for name in ours:
+        assert raw("jobs", "id", job_columns, ours[name]) == raw(
+            "jobs", "id", job_columns, twins[name]
+        ), name
+        assert raw("job_events", "job_id", event_columns, ours[name]) == raw(
+            "job_events", "job_id", event_columns, twins[name]
+        ), name
+    assert store.get(job_id=ours["a"]).idempotency_key == "key-a"
