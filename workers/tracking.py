@@ -239,9 +239,8 @@ class JobTracker:
     ) -> None:
         run_id = self._require_run()
         client = self.client
-        if not self._make_buffer().flush():
-            raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
-        metrics: list[Metric] = []  # sent with the tags in one call
+        buffer = self._make_buffer()
+        metrics: list[Metric] = []  # sent with the last epochs and the tags: one call
         tags: list[RunTag] = []
         if result is not None:
             finals = {f"final_{k}": v for k, v in result.metrics.items()}
@@ -254,15 +253,19 @@ class JobTracker:
                 self._log_bytes(learning_curve_png(result.history), "plots/learning_curve.png")
             model_id = None
             if status == "succeeded":
-                info = log_model(
-                    result,
-                    client=client,
-                    tracking_uri=self.tracking_uri,
-                    run_id=run_id,
-                    experiment_id=self._run_experiment(),
-                    params=self._params or {},
-                    register_as=self.spec.register_as,
-                )
+                try:
+                    info = log_model(
+                        result,
+                        client=client,
+                        tracking_uri=self.tracking_uri,
+                        run_id=run_id,
+                        experiment_id=self._run_experiment(),
+                        params=self._params or {},
+                        register_as=self.spec.register_as,
+                    )
+                except BaseException:
+                    buffer.flush()  # the epochs stay in the run that is closed FAILED
+                    raise
                 self.model_uri = info.model_uri
                 self.model_version = info.registered_model_version
                 tags.append(RunTag("gradq.model_uri", info.model_uri))
@@ -272,8 +275,9 @@ class JobTracker:
         if error is not None:
             tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
             self._artifacts().log_bytes(error.encode(), "error.txt")
-        if metrics or tags:
-            client.log_batch(run_id, metrics=metrics, tags=tags)
+        buffer.add_final(metrics, tags)
+        if not buffer.flush():
+            raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
         client.set_terminated(run_id, _STATUS[status])
 
     # --- internals -------------------------------------------------------------------------

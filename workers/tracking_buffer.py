@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
@@ -83,6 +83,7 @@ class RunBuffer:
         self.background = background
         self.points: deque[Metric] = deque(maxlen=max_points)
         self.params: list[Param] = []  # sent with the next metrics (the run's first send)
+        self.tags: list[RunTag] = []  # likewise (the run's last send)
         self.reports: dict[int, str] = {}  # step → report JSON not yet uploaded
         self.pending: dict[str, Checkpoint] = {}  # artifact dir → snapshot not yet uploaded
         self.dropped = 0  # points dropped because the buffer was full
@@ -102,6 +103,13 @@ class RunBuffer:
         """Params to send with the next batch of metrics (at the latest at ``flush()``)."""
         with self._lock:
             self.params.extend(params)
+
+    def add_final(self, metrics: list[Metric], tags: list[RunTag]) -> None:
+        """The run's last metrics and tags, sent with what is still buffered at the next
+        ``flush()``: a finishing run's last epochs, its final metrics and tags in one call."""
+        with self._lock:
+            self.points.extend(metrics)
+            self.tags.extend(tags)
 
     def add_epoch(self, record: EpochRecord) -> None:
         if record.epoch <= self.skip_epochs_through:
@@ -133,6 +141,8 @@ class RunBuffer:
             if checkpoint.best_epoch is not None and checkpoint.best_epoch == checkpoint.epoch:
                 self.pending[BEST_CHECKPOINT] = snapshot
             due = any(self._upload_due(d) for d in self.pending)
+        if _last_epoch(checkpoint):  # training ends now: finish()'s flush sends it, with the
+            return  # last points and the final metrics (a short job: one log_batch, not two)
         if due:
             self._request()
         else:
@@ -146,7 +156,7 @@ class RunBuffer:
         (never raises for an MLflow error)."""
         ok = self._send(every_checkpoint=True)
         with self._lock:
-            return ok and not self.pending and not self.params
+            return ok and not self.pending and not self.params and not self.tags
 
     def close(self) -> None:
         """Stop the sender thread (what is still buffered stays, for ``flush()``)."""
@@ -227,19 +237,30 @@ class RunBuffer:
         pending params with the first of them."""
         with self._lock:
             left = len(self.points)
-            params = list(self.params)
-        while params:  # MLflow: at most 100 params and 1000 entities a batch
+            params, tags = list(self.params), list(self.tags)
+        while params or tags:  # MLflow: at most 100 params and tags, 1000 entities a batch
             batch = params[:MAX_PARAMS_TAGS_PER_BATCH]
+            tag_batch = tags[: MAX_PARAMS_TAGS_PER_BATCH - len(batch)]
             with self._lock:
-                room = min(left, MAX_ENTITIES_PER_BATCH - len(batch), MAX_METRICS_PER_BATCH)
+                room = min(
+                    left,
+                    MAX_ENTITIES_PER_BATCH - len(batch) - len(tag_batch),
+                    MAX_METRICS_PER_BATCH,
+                )
                 chunk = list(itertools.islice(self.points, room))
             if not self._call(
-                "log_batch", self.client.log_batch, self.run_id, metrics=chunk, params=batch
+                "log_batch",
+                self.client.log_batch,
+                self.run_id,
+                metrics=chunk,
+                params=batch,
+                tags=tag_batch,
             ):
                 return False
-            params = params[len(batch) :]
+            params, tags = params[len(batch) :], tags[len(tag_batch) :]
             with self._lock:
                 del self.params[: len(batch)]
+                del self.tags[: len(tag_batch)]
             self._drop_sent(chunk)
             left -= len(chunk)
         while left > 0:
@@ -306,6 +327,12 @@ class RunBuffer:
             )
             return False
         return True
+
+
+def _last_epoch(checkpoint: Checkpoint) -> bool:
+    """The checkpoint of the spec's last epoch (early stopping may end training sooner)."""
+    epochs = checkpoint.spec.get("optimizer", {}).get("epochs")
+    return isinstance(epochs, int) and checkpoint.epoch >= epochs
 
 
 def _snapshot(checkpoint: Checkpoint) -> Checkpoint:

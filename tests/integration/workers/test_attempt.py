@@ -63,9 +63,13 @@ def test_a_job_whose_model_cannot_be_logged_fails_and_its_run_ends_failed(
     assert job.error is not None and job.error["type"] == "tracking_failed"
     assert "artifact store unreachable" in job.error["message"]
     assert job.result is None and job.mlflow_run_id is not None
-    run = MlflowClient(stores.config.tracking_uri).get_run(job.mlflow_run_id)
+    client = MlflowClient(stores.config.tracking_uri)
+    run = client.get_run(job.mlflow_run_id)
     assert run.info.status == "FAILED"
     assert "artifact store unreachable" in run.data.tags["gradq.close_reason"]
+    # the epochs were still buffered when the model failed: they are in the run all the same
+    history = client.get_metric_history(job.mlflow_run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, SPEC["optimizer"]["epochs"] + 1))
 
 
 def test_a_succeeded_job_has_its_model_in_mlflow(stores: Stores) -> None:

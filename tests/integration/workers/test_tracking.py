@@ -329,6 +329,61 @@ def test_fast_epochs_are_sent_in_few_batches(
     assert steps(tracker.client, run_id, "train_loss") == list(range(1, 31))
 
 
+def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = iris_spec(optimizer__epochs=3)
+    tracker = tracker_for(mlflow_store, spec, "job-one-call", flush_interval_s=60.0)
+    run_id = tracker.start()
+    result = train(spec, callbacks=[tracker.callback()])
+    calls: list[tuple[int, int, int]] = []
+    real = tracker.client.log_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        sizes = (len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags"))
+        calls.append(tuple(sizes))  # type: ignore[arg-type]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    tracker.finish(status="succeeded", result=result)
+    assert len(calls) == 1, calls  # the finals, the model's tag and the last epochs
+    metrics, _, tags = calls[0]
+    assert tags >= 1 and metrics > len(result.metrics)
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["gradq.model_uri"] == tracker.model_uri
+    assert run.data.metrics["final_epochs"] == 3
+    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+
+
+def test_a_one_epoch_job_is_tracked_in_one_log_batch(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its only checkpoint is also its last: not uploaded (with a flush of the params and the
+    epoch) while training ends, but by finish(), after the one call with everything."""
+    spec = iris_spec(optimizer__epochs=1)
+    tracker = tracker_for(mlflow_store, spec, "job-one-epoch", flush_interval_s=60.0)
+    calls: list[tuple[int, int, int]] = []
+    real = tracker.client.log_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        sizes = (len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags"))
+        calls.append(tuple(sizes))  # type: ignore[arg-type]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    run_id = tracker.start()
+    result = train(spec, callbacks=[tracker.callback()])
+    tracker.finish(status="succeeded", result=result)
+    assert len(calls) == 1, calls
+    metrics, params, tags = calls[0]
+    assert params > 10 and tags >= 1 and metrics > len(result.metrics)
+    listed = {f.path for f in tracker.client.list_artifacts(run_id, "checkpoints/last")}
+    assert "checkpoints/last/checkpoint.pt" in listed
+    assert steps(tracker.client, run_id, "train_loss") == [1]
+
+
 def test_a_failed_flush_keeps_the_points_and_the_retry_sends_them_once(
     mlflow_store: Store,
     monkeypatch: pytest.MonkeyPatch,
