@@ -82,19 +82,21 @@ def direct_seconds(repeats: int) -> list[float]:
 
 
 def wait_all(store: JobStore, ids: list[str], timeout: float = 600) -> list[JobView]:
-    """Wait until every job of ``ids`` is terminal: one count query every 50 ms (the bench
-    shares the 2 cores with the service it measures; a query per job per poll would take a
-    good part of one), then each job read once."""
+    """Wait until every job of ``ids`` is terminal, then read each once. The bench shares
+    the 2 cores with the service it measures, so it polls cheaply: one count of the jobs not
+    yet terminal (``ids`` are all the jobs the bench has not waited for before), every 0.2 s
+    (the figures come from the database's timestamps, not from when the poll saw them; a
+    count over the ids themselves, 700 bound values each time, was ~4 % of the CPU)."""
     deadline = time.monotonic() + timeout
     jobs = Job.__table__
-    query = select(func.count()).where(jobs.c.id.in_(ids), jobs.c.status.in_(TERMINAL))
+    query = select(func.count()).where(jobs.c.status.in_(("queued", "running")))
     while True:
         with ENGINES[0].connect() as conn:
-            if conn.execute(query).scalar_one() == len(ids):
+            if conn.execute(query).scalar_one() == 0:
                 break
         if time.monotonic() > deadline:
             raise TimeoutError(f"jobs not terminal after {timeout} s")
-        time.sleep(0.05)
+        time.sleep(0.2)
     done = [store.get(job_id=i) for i in ids]
     bad = [j for j in done if j.status.value != "succeeded"]
     if bad:

@@ -50,6 +50,10 @@ class DispatcherConfig:
     start_lease_seconds: float = 90.0
     warm_workers: int = 2  # worker processes to start and warm up at connect
     max_claim: int = 16
+    # With no CPU free nothing can be claimed (every job needs some): the queue's head is then
+    # read this often, not at every tick, to fail (or mark) jobs no node can ever run and to
+    # keep the waiting reason current.
+    full_scan_seconds: float = 1.0
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.inflight: dict[str, Attempt] = {}
+        self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
         self._warming: list[Any] = []
         self._last_requeue = 0.0
@@ -238,10 +243,14 @@ class Dispatcher:
 
     def launch(self) -> None:
         """Claim what fits in the free resources, in claim order, and start each on Ray."""
+        free_cpu, free_gpu, max_cpu, max_gpu = self.capacity()
+        now = time.monotonic()
+        if free_cpu <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
+            return  # under load: a tick per finished attempt read 16 jobs here for nothing
+        self._last_scan = now
         heads = self.store.next_queued(limit=self.config.max_claim)
         if not heads:
             return
-        free_cpu, free_gpu, max_cpu, max_gpu = self.capacity()
         fitting: list[str] = []
         for job in heads:
             cpus, gpus = resources(job.spec)
