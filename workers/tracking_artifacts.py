@@ -70,6 +70,17 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
             mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
 
 
+def artifact_repository(artifact_uri: str, tracking_uri: str | None) -> Any:
+    """The repository MLflow's client makes for an artifact location it looked up (a run's
+    ``artifact_uri``, a logged model's ``artifact_location``), made from one already known."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+    if tracking_uri is not None:
+        artifact_uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri)
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+
 class RunArtifacts:
     """Uploads into one run's artifact location.
 
@@ -91,11 +102,7 @@ class RunArtifacts:
         self._client, self._run_id = client, run_id
         self._repo: Any = None
         if artifact_uri is not None:
-            from mlflow.store.artifact.artifact_repository_registry import (
-                get_artifact_repository,
-            )
-
-            self._repo = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+            self._repo = artifact_repository(artifact_uri, tracking_uri)
 
     def log_file(self, local_path: str, folder: str | None) -> None:
         """Upload the file ``local_path`` into ``folder`` (None: the run's root)."""
@@ -192,7 +199,9 @@ def log_model(
                 pip_requirements=list(pip_requirements()),
                 serialization_format="pickle",
             )
-            client.log_model_artifacts(model_id, path)
+            # the client's log_model_artifacts reads the whole logged model back first (its
+            # params too) to find the location create_logged_model has just returned
+            artifact_repository(logged.artifact_location, tracking_uri).log_artifacts(path)
     except BaseException:
         client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
         raise
