@@ -13,6 +13,8 @@ temporary folder, a local Ray of 2 CPUs and one dispatcher thread (``workers.dis
    machine); the overhead is the median service time less the median direct time.
 2. Throughput: ``--jobs`` one-epoch reference jobs submitted at once; jobs/s from the first
    submit to the last terminal status, and where a job's time went (median per phase).
+   Before them, one reference job of ``--long-epochs`` epochs (500: some seconds), for
+   MLflow's share of a job longer than the 0.5–1 s reference.
 3. MLflow's share: seconds inside MLflow work (``JobTracker.clock``: start, flushes,
    checkpoint uploads, finish with the learning curve and the model) over the attempt's wall
    time, on the attempt's own thread (the critical path) and in all (with background sends).
@@ -174,6 +176,13 @@ def main() -> None:
     parser.add_argument(
         "--direct", type=int, default=3, help="direct reference runs (one more before)"
     )
+    parser.add_argument(
+        "--long-epochs",
+        type=int,
+        default=500,
+        help="one more reference job this long through the service (0: none): MLflow's "
+        "share for a job of some seconds",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.WARNING)
@@ -200,6 +209,9 @@ def main() -> None:
                 direct += direct_seconds(1)
             if i < args.warm:
                 warm.append(wait_all(store, [store.submit(spec=spec50).id])[0])
+        long = []
+        if args.long_epochs:
+            long = wait_all(store, [store.submit(spec=parse_spec(reference(args.long_epochs))).id])
         spec1 = parse_spec(reference(1))
         wait_all(store, [store.submit(spec=spec1).id for _ in range(2)])  # both workers warm
         cpu0 = tree_cpu_seconds()
@@ -212,7 +224,7 @@ def main() -> None:
     finally:
         stop.set()
         thread.join(timeout=10)
-    report(direct, cold[0], warm, tiny, submit_s, cpu_per_job)
+    report(direct, cold[0], warm, tiny, submit_s, cpu_per_job, long)
 
 
 def report(
@@ -222,6 +234,7 @@ def report(
     tiny: list[JobView],
     submit_s: float,
     cpu_per_job: float | None,
+    long: list[JobView],
 ) -> None:
     d = statistics.median(direct)
     w = statistics.median(span(j) for j in warm)
@@ -266,6 +279,22 @@ def report(
         ),
         ("MLflow share, one-epoch jobs (all)", pct(share(tiny, "mlflow_total_s")), ""),
     ]
+    for job in long:
+        epochs = (job.result or {})["epochs"]
+        rows += [
+            (f"reference job of {epochs} epochs via service", f"{span(job):.2f} s", ""),
+            (
+                f"  MLflow share, {epochs} epochs (critical path)",
+                pct(share([job], "mlflow_critical_s")),
+                TARGETS["mlflow"],
+            ),
+            (f"  MLflow share, {epochs} epochs (all)", pct(share([job], "mlflow_total_s")), ""),
+            (
+                f"  MLflow seconds, {epochs} epochs (critical path)",
+                f"{(job.result or {})['timings']['mlflow_critical_s']:.2f} s",
+                "",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':<{width}} | {'measured':>12} | target")
     print(f"{'-' * width}-|-{'-' * 12}-|-------")
