@@ -177,6 +177,9 @@ def main() -> None:
         "--direct", type=int, default=3, help="direct reference runs (one more before)"
     )
     parser.add_argument(
+        "--ray-cpus", type=int, default=2, help="CPUs the local Ray offers (the machine has 2)"
+    )
+    parser.add_argument(
         "--long-epochs",
         type=int,
         default=500,
@@ -198,7 +201,7 @@ def main() -> None:
         tracking_uri=f"sqlite:///{tmp}/mlflow.db",
         artifact_root=str(tmp / "artifacts"),
     )
-    dispatcher = Dispatcher(DispatcherConfig(worker=worker, ray_num_cpus=2), store)
+    dispatcher = Dispatcher(DispatcherConfig(worker=worker, ray_num_cpus=args.ray_cpus), store)
     thread, stop = run_in_thread(dispatcher)
     try:
         spec50 = parse_spec(reference(50))

@@ -33,6 +33,7 @@ from workers.tracking import (
     JobTracker,
     close_run,
     latest_checkpoint,
+    make_client,
     metric_history,
     run_url,
 )
@@ -480,3 +481,22 @@ def test_training_never_waits_for_a_slow_mlflow(
     assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
     checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
     assert checkpoint is not None and checkpoint.epoch == 3
+
+
+def test_mlflows_sqlite_store_runs_in_wal_with_normal_sync(tmp_path: Path) -> None:
+    """The store's file is switched to WAL once, and every connection MLflow opens to it gets
+    synchronous=NORMAL; another SQLite file of the process keeps SQLite's defaults."""
+    import sqlalchemy
+
+    client = make_client(f"sqlite:///{tmp_path}/mlflow.db")
+    client.search_experiments()
+    store = client._tracking_client.store
+    for _ in range(2):  # a second connection of MLflow's pool as well
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        store.engine.dispose()
+    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/other.db")
+    with other.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL, untouched
+    other.dispose()
