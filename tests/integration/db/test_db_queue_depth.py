@@ -54,6 +54,7 @@ def test_the_counters_follow_every_write(
 ) -> None:
     rng = random.Random(2026)
     ops: dict[str, int] = {}
+    widest = 0  # the most (tenant, priority) keys queued at once
     for step in range(240):
         op = rng.choice(
             ["submit", "group", "group", "claim", "cancel", "finish", "expire", "release",
@@ -110,8 +111,12 @@ def test_the_counters_follow_every_write(
                     .values(priority=rng.choice([0, 2, 5]))
                 )
         ops[op] = ops.get(op, 0) + 1
-        assert depth(engine) == truth(engine), (step, op)
-    assert truth(engine), "the run should end with a queue"
+        now = truth(engine)
+        assert depth(engine) == now, (step, op)
+        widest = max(widest, len(now))
+    # the counters were checked against a real queue: several (tenant, priority) keys at once
+    # (how it ends depends on the random job ids: expiries and deletes may drain it)
+    assert widest >= 4, widest
     assert min(ops.values()) >= 10, ops  # every operation ran
 
 

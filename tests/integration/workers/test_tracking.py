@@ -330,6 +330,19 @@ def test_fast_epochs_are_sent_in_few_batches(
     assert steps(tracker.client, run_id, "train_loss") == list(range(1, 31))
 
 
+def log_batch_sizes(tracker: JobTracker, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """From now on, (metrics, params, tags) sent by each of the tracker's log_batch calls."""
+    calls: list[tuple[int, ...]] = []
+    real = tracker.client.log_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    return calls
+
+
 def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     mlflow_store: Store,
     monkeypatch: pytest.MonkeyPatch,
@@ -338,15 +351,7 @@ def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     tracker = tracker_for(mlflow_store, spec, "job-one-call", flush_interval_s=60.0)
     run_id = tracker.start()
     result = train(spec, callbacks=[tracker.callback()])
-    calls: list[tuple[int, int, int]] = []
-    real = tracker.client.log_batch
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        sizes = (len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags"))
-        calls.append(tuple(sizes))  # type: ignore[arg-type]
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    calls = log_batch_sizes(tracker, monkeypatch)
     tracker.finish(status="succeeded", result=result)
     assert len(calls) == 1, calls  # the finals, the model's tag and the last epochs
     metrics, _, tags = calls[0]
@@ -365,15 +370,7 @@ def test_a_one_epoch_job_is_tracked_in_one_log_batch(
     epoch) while training ends, but by finish(), after the one call with everything."""
     spec = iris_spec(optimizer__epochs=1)
     tracker = tracker_for(mlflow_store, spec, "job-one-epoch", flush_interval_s=60.0)
-    calls: list[tuple[int, int, int]] = []
-    real = tracker.client.log_batch
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        sizes = (len(kwargs.get(k) or ()) for k in ("metrics", "params", "tags"))
-        calls.append(tuple(sizes))  # type: ignore[arg-type]
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tracker.client, "log_batch", counted)
+    calls = log_batch_sizes(tracker, monkeypatch)
     run_id = tracker.start()
     result = train(spec, callbacks=[tracker.callback()])
     tracker.finish(status="succeeded", result=result)
