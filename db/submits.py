@@ -295,13 +295,13 @@ def _counts_statement(tenants: int, priorities: int) -> Any:
 
 def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     """Insert the jobs (one multi-row INSERT … ON CONFLICT DO NOTHING on the tenant's key)
-    and the events of those inserted; the ids inserted."""
+    and the events of those inserted; the ids inserted. PostgreSQL: ``_insert_rows_pg``."""
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
         return _insert_rows_pg(conn, rows)
     values = [{c: row[c] for c in INSERTED_COLUMNS} for row in rows]
-    inserted = {r[0] for r in conn.execute(_insert_jobs_statement(conn.dialect.name), values)}
+    inserted = {r[0] for r in conn.execute(_insert_jobs_statement(), values)}
     events = [_event_row(row["id"], row["created_at"]) for row in rows if row["id"] in inserted]
     if events:
         conn.execute(_insert_events_statement(), events)
@@ -347,10 +347,10 @@ _PG_SUBMIT = (
 
 
 @functools.cache
-def _insert_jobs_statement(dialect: str) -> Any:
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+def _insert_jobs_statement() -> Any:
+    """SQLite's group insert (PostgreSQL's is ``_PG_SUBMIT``)."""
     return (
-        dialect_insert(JOBS)
+        sqlite_insert(JOBS)
         .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
         .returning(JOBS.c.id)
     )

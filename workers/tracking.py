@@ -282,7 +282,8 @@ class JobTracker:
                 "gradcheck_count": len(result.gradchecks),
             }
             if result.history:
-                self._log_bytes(learning_curve_png(result.history), "plots/learning_curve.png")
+                png = learning_curve_png(result.history)
+                self._artifacts().log_bytes(png, "plots/learning_curve.png")
             model_id = None
             if status == "succeeded":
                 try:
@@ -331,10 +332,6 @@ class JobTracker:
             run = self.client.get_run(self._require_run())
             self._experiment, self._params = run.info.experiment_id, dict(run.data.params)
         return self._experiment
-
-    def _log_bytes(self, data: bytes, path: str) -> None:
-        """Upload ``data`` as the run's artifact ``path`` (``folder/name``)."""
-        self._artifacts().log_bytes(data, path)
 
     def _artifacts(self) -> RunArtifacts:
         if self._run_artifacts is None:
