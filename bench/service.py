@@ -335,6 +335,7 @@ def report(
         d_real, s_real = statistics.median(direct_real), span(job)
         rows += [
             ("realistic job, direct core.train (median of 2)", f"{d_real:.2f} s", ""),
+            ("  (before, after)", " / ".join(f"{x:.2f}" for x in direct_real) + " s", ""),
             ("realistic job via service", f"{s_real:.2f} s", ""),
             (
                 "  service overhead (queue, Ray, MLflow: all)",
