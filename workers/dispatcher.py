@@ -5,9 +5,9 @@ It claims only as many jobs as the cluster has free CPUs and GPUs for, so a wait
 claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
 ``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
 itself (the attempt does), settles expired leases with ``requeue_expired``, closes the MLflow
-runs of attempts that died, and force-stops an attempt whose job was cancelled when it has
-not stopped by itself within a grace period. Several dispatchers may share one database:
-claims and fencing make that safe.
+runs of attempts that died (on a thread of its own: ``workers.run_closer``), and force-stops
+an attempt whose job was cancelled when it has not stopped by itself within a grace period.
+Several dispatchers may share one database: claims and fencing make that safe.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 from db.store import JobStore
 from db.views import ClaimedJob, JobView
+from workers.run_closer import RunCloser
 from workers.task import WorkerConfig, run_attempt
-from workers.tracking import close_run, make_client
+from workers.tracking import make_client
 
 log = logging.getLogger("gradq.dispatcher")
 
 FREED_LAG_S = 0.5  # see Dispatcher.capacity
+CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class Dispatcher:
         # (when, CPUs, GPUs) of attempts reaped lately: Ray's view of the free resources
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, float, float]] = []
+        # closes the runs of attempts that died, on its own thread (MLflow may be away)
+        self.closer = RunCloser(config.worker.tracking_uri)
 
     # --- Ray ---------------------------------------------------------------------------------
 
@@ -150,14 +154,17 @@ class Dispatcher:
         """Tick until ``stop`` is set; a failing tick (database away) is logged and retried."""
         if self._remote is None:
             self.connect()
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("dispatcher tick failed; retrying")
-                stop.wait(self.config.poll_seconds)
-                continue
-            self.idle(stop)
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("dispatcher tick failed; retrying")
+                    stop.wait(self.config.poll_seconds)
+                    continue
+                self.idle(stop)
+        finally:
+            self.closer.stop(drain_seconds=CLOSE_DRAIN_S)
 
     def idle(self, stop: threading.Event) -> None:
         """Wait for the next tick: ``poll_seconds``, cut short when an attempt of ours ends,
@@ -210,15 +217,12 @@ class Dispatcher:
             if status.value in ("failed", "cancelled"):
                 run_id = self.store.get(job_id=job_id).mlflow_run_id
                 if run_id:
-                    try:
-                        close_run(
-                            tracking_uri=self.config.worker.tracking_uri,
-                            run_id=run_id,
-                            status=status.value,
-                            reason="the worker running it was lost",
-                        )
-                    except Exception as exc:
-                        log.warning("job %s: could not close MLflow run: %s", job_id, exc)
+                    self.closer.submit(
+                        job_id=job_id,
+                        run_id=run_id,
+                        status=status.value,
+                        reason="the worker running it was lost",
+                    )
 
     def enforce_cancels(self) -> None:
         """A cancelled job's attempt stops by itself between steps; one that has not within
