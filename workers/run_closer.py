@@ -63,16 +63,20 @@ class RunCloser:
 
     def submit(self, *, job_id: str, run_id: str, status: str, reason: str) -> None:
         with self._cond:
+            if self._stop:
+                log.warning(
+                    "job %s: MLflow run %s left open (the dispatcher stopped)", job_id, run_id
+                )
+                return
             heapq.heappush(
                 self._heap,
                 _Pending(time.monotonic(), next(self._seq), job_id, run_id, status, reason),
             )
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="gradq-run-closer", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
+                thread = threading.Thread(target=self._loop, name="gradq-run-closer", daemon=True)
+                thread.start()
+                self._thread = thread
+            self._cond.notify_all()  # the closer thread, whoever else waits on the condition
 
     @property
     def pending(self) -> int:
@@ -96,6 +100,12 @@ class RunCloser:
         close in progress; what is still pending is logged and left (the runs stay RUNNING,
         their jobs' status is already final)."""
         if drain_seconds > 0:
+            with self._cond:  # what waits for a retry is tried once more, now
+                now = time.monotonic()
+                for item in self._heap:
+                    item.due = min(item.due, now)
+                heapq.heapify(self._heap)
+                self._cond.notify_all()
             self.wait_idle(drain_seconds)
         with self._cond:
             self._stop = True
@@ -113,18 +123,25 @@ class RunCloser:
                     return
                 item = heapq.heappop(self._heap)
                 self._busy += 1
-            ok = self._close(item)
-            with self._cond:
-                self._busy -= 1
-                if ok:
-                    self.closed += 1
-                else:
-                    self.failures += 1
-                    item.tries += 1
-                    delay = min(self.retry_seconds * 2 ** (item.tries - 1), self.max_retry_seconds)
-                    item.due, item.seq = time.monotonic() + delay, next(self._seq)
-                    heapq.heappush(self._heap, item)
-                self._cond.notify_all()
+            ok = False
+            try:
+                ok = self._close(item)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._settle(item, ok)
+
+    def _settle(self, item: _Pending, ok: bool) -> None:
+        """Count a close, or put it back for a retry (the condition held)."""
+        if ok:
+            self.closed += 1
+        else:
+            self.failures += 1
+            item.tries += 1
+            delay = min(self.retry_seconds * 2 ** (item.tries - 1), self.max_retry_seconds)
+            item.due, item.seq = time.monotonic() + delay, next(self._seq)
+            heapq.heappush(self._heap, item)
+        self._cond.notify_all()
 
     def _close(self, item: _Pending) -> bool:
         try:
@@ -134,7 +151,10 @@ class RunCloser:
                 status=item.status,
                 reason=item.reason,
             )
-        except Exception as exc:
+        except BaseException as exc:  # whatever it is, the thread goes on with the others
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                log.warning("job %s: MLflow run %s no longer exists", item.job_id, item.run_id)
+                return True  # deleted in MLflow: nothing left to close
             log.warning(
                 "job %s: could not close MLflow run %s (try %d, again later): %s",
                 item.job_id,

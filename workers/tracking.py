@@ -407,11 +407,13 @@ def latest_checkpoint(*, tracking_uri: str, run_id: str) -> Checkpoint | None:
 def close_run(*, tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
     """Terminate a run whose worker is gone. ``status``: succeeded/failed/cancelled or
     FINISHED/FAILED/KILLED. A run that is no longer RUNNING (or SCHEDULED) is left as it is,
-    so calling this twice, or after the worker's own ``finish()``, changes nothing."""
+    so calling this twice, or after the worker's own ``finish()``, changes nothing; so is a
+    run someone deleted in MLflow meanwhile."""
     mlflow_status = _STATUS.get(status, status.upper())
     RunStatus.from_string(mlflow_status)  # raises for an unknown status
     client = make_client(tracking_uri)
-    if client.get_run(run_id).info.status not in _ACTIVE:
+    info = client.get_run(run_id).info
+    if info.status not in _ACTIVE or info.lifecycle_stage == "deleted":
         return
     if reason is not None:
         client.set_tag(run_id, "gradq.close_reason", reason[:MAX_ERROR_TAG])

@@ -309,6 +309,16 @@ def test_close_run_terminates_a_running_run_once(mlflow_store: Store) -> None:
         close_run(tracking_uri=mlflow_store.uri, run_id=run_id, status="bogus")
 
 
+def test_close_run_leaves_a_deleted_run_alone(mlflow_store: Store) -> None:
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    run_id = tracker_for(mlflow_store, iris_spec(), "job-deleted").start()
+    client.delete_run(run_id)  # a user cleaned it up before the dispatcher closed it
+    close_run(tracking_uri=mlflow_store.uri, run_id=run_id, status="failed", reason="lost")
+    run = client.get_run(run_id)
+    assert (run.info.lifecycle_stage, run.info.status) == ("deleted", "RUNNING")
+    assert "gradq.close_reason" not in run.data.tags
+
+
 def test_fast_epochs_are_sent_in_few_batches(
     mlflow_store: Store,
     monkeypatch: pytest.MonkeyPatch,

@@ -61,8 +61,10 @@ def test_a_failing_close_is_retried_with_growing_delays_until_it_succeeds() -> N
     closer = RunCloser(
         "sqlite:///unused.db", close=close, retry_seconds=0.05, max_retry_seconds=0.1
     )
+    close.gate.clear()  # both queued before the first try, however slow this thread is
     closer.submit(job_id="j1", run_id="r1", status="failed", reason="lost")
     closer.submit(job_id="j2", run_id="r2", status="failed", reason="lost")
+    close.gate.set()
     assert closer.wait_idle(10)
     runs = [run for run, _ in close.calls]
     assert runs.count("r1") == 4 and runs.count("r2") == 1, runs
@@ -101,3 +103,45 @@ def test_stop_gives_pending_closes_time_to_finish() -> None:
     threading.Timer(0.2, close.gate.set).start()  # MLflow answers again while stop() waits
     closer.stop(drain_seconds=10)
     assert [run for run, _ in close.calls] == ["r1", "r2"] and closer.pending == 0
+
+
+class Missing(Exception):
+    error_code = "RESOURCE_DOES_NOT_EXIST"  # what MLflow raises for a run id it does not know
+
+
+def test_a_run_mlflow_does_not_know_counts_as_closed_and_odd_errors_do_not_end_the_thread() -> None:
+    calls: list[str] = []
+
+    def close(**kwargs: Any) -> None:
+        calls.append(kwargs["run_id"])
+        if kwargs["run_id"] == "gone":
+            raise Missing("Run with id=gone not found")
+        if kwargs["run_id"] == "odd" and calls.count("odd") == 1:
+            raise SystemExit("not an Exception")
+
+    closer = RunCloser("sqlite:///unused.db", close=close, retry_seconds=0.01)
+    for run in ("gone", "odd", "ok"):
+        closer.submit(job_id=f"j-{run}", run_id=run, status="failed", reason="lost")
+    assert closer.wait_idle(10)
+    assert calls == ["gone", "odd", "ok", "odd"]  # "gone" not retried; "odd" retried
+    assert (closer.closed, closer.failures) == (3, 1)
+    closer.stop()
+
+
+def test_a_submit_after_stop_is_refused_not_kept() -> None:
+    close = FakeClose()
+    closer = RunCloser("sqlite:///unused.db", close=close)
+    closer.stop()
+    closer.submit(job_id="j1", run_id="r1", status="failed", reason="lost")
+    assert closer.pending == 0 and closer._thread is None and close.calls == []
+
+
+def test_stop_tries_a_waiting_retry_at_once() -> None:
+    close = FakeClose(failures={"r1": 1})
+    closer = RunCloser("sqlite:///unused.db", close=close, retry_seconds=600)
+    closer.submit(job_id="j1", run_id="r1", status="failed", reason="lost")
+    deadline = time.monotonic() + 5
+    while closer.failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closer.stop(drain_seconds=10)  # not ten minutes: the retry is made now, and succeeds
+    assert [run for run, _ in close.calls] == ["r1", "r1"] and closer.pending == 0
