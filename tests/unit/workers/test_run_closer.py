@@ -36,6 +36,13 @@ class FakeClose:
             raise ConnectionError(f"MLflow is away ({run_id})")
 
 
+def first_failure(closer: RunCloser) -> None:
+    """Wait until the closer's first try has failed (it then waits for its retry)."""
+    deadline = time.monotonic() + 5
+    while closer.failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_submit_returns_while_a_close_hangs_and_the_closes_run_in_order() -> None:
     close = FakeClose()
     close.gate.clear()  # MLflow hangs (its client retrying)
@@ -81,9 +88,7 @@ def test_stop_ends_the_thread_and_leaves_what_is_pending() -> None:
     close = FakeClose(failures={"r1": 1_000})
     closer = RunCloser("sqlite:///unused.db", close=close, retry_seconds=60)
     closer.submit(job_id="j1", run_id="r1", status="failed", reason="lost")
-    deadline = time.monotonic() + 5
-    while closer.failures == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    first_failure(closer)
     assert closer.failures == 1 and closer.pending == 1  # waiting a minute for its retry
     assert not closer.wait_idle(0.05)
     closer.stop()
@@ -140,8 +145,6 @@ def test_stop_tries_a_waiting_retry_at_once() -> None:
     close = FakeClose(failures={"r1": 1})
     closer = RunCloser("sqlite:///unused.db", close=close, retry_seconds=600)
     closer.submit(job_id="j1", run_id="r1", status="failed", reason="lost")
-    deadline = time.monotonic() + 5
-    while closer.failures == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    first_failure(closer)
     closer.stop(drain_seconds=10)  # not ten minutes: the retry is made now, and succeeds
     assert [run for run, _ in close.calls] == ["r1", "r1"] and closer.pending == 0
