@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli_tables import add, listing, when
 from api.client import ApiClient, ApiFailure
 
 console = Console()
@@ -129,11 +130,12 @@ def jobs(
     params = {k: v for k, v in {"status": status, "name": name, "limit": limit}.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/jobs", params=params)
-    table = Table("id", "name", "status", "epoch", "created")
+    table = listing(console, [j["id"] for j in page["items"]], "name", "status", "epoch", "created")
     for j in page["items"]:
         p = j.get("progress") or {}
         epoch = f"{p.get('epoch', 0)}/{p.get('epochs', '?')}" if p else ""
-        table.add_row(j["id"], j["name"], j["status"], epoch, j["created_at"][:19])
+        add(table, {"id": j["id"], "name": j["name"], "status": j["status"], "epoch": epoch,
+                    "created": when(j["created_at"])})  # fmt: skip
     console.print(table)
 
 
@@ -200,9 +202,10 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
     """Your uploaded data sets."""
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/datasets")
-    table = Table("id", "name", "rows", "target", "created")
+    table = listing(console, [d["id"] for d in page["items"]], "name", "rows", "target", "created")
     for d in page["items"]:
-        table.add_row(d["id"], d["name"], str(d["rows"]), d["target"] or "", d["created_at"][:19])
+        add(table, {"id": d["id"], "name": d["name"], "rows": str(d["rows"]),
+                    "target": d["target"] or "", "created": when(d["created_at"])})  # fmt: skip
     console.print(table)
 
 

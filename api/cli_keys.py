@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from api.cli_tables import add, listing
 from api.settings import Settings
 from db.migrate import upgrade
 from db.session import make_engine
@@ -60,10 +60,10 @@ def revoke(
 @keys_app.command("list")
 def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
     """Keys (ids, tenants, prefixes), never their secrets."""
-    table = Table("id", "tenant", "prefix", "created", "revoked")
-    for k in _store().list_api_keys(tenant=tenant):
-        table.add_row(
-            k.id, k.tenant, k.prefix, f"{k.created_at:%Y-%m-%d %H:%M}",
-            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
-        )  # fmt: skip
+    keys = _store().list_api_keys(tenant=tenant)
+    table = listing(console, [k.id for k in keys], "tenant", "prefix", "created", "revoked")
+    for k in keys:
+        revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""
+        add(table, {"id": k.id, "tenant": k.tenant, "prefix": k.prefix,
+                    "created": f"{k.created_at:%Y-%m-%d %H:%M}", "revoked": revoked})  # fmt: skip
     console.print(table)

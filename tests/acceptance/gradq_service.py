@@ -57,9 +57,14 @@ class Service:
         headers = {"Authorization": f"Bearer {key}"} if key else dict(self.headers)
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def gradq(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        """The ``gradq`` command against this service (or its database)."""
+    def gradq(
+        self, *args: str, timeout: float = 240, columns: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The ``gradq`` command against this service (or its database); ``columns``: the
+        terminal width its tables are fitted to."""
         env = {**self.env, "GRADQ_URL": self.url}
+        if columns is not None:
+            env["COLUMNS"] = str(columns)
         return subprocess.run(
             [GRADQ, *args], env=env, cwd=self.folder, capture_output=True, text=True,
             timeout=timeout,

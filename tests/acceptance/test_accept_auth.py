@@ -43,8 +43,9 @@ def api(folder: Path, keys: dict[str, Any]) -> Iterator[Service]:
 
 def test_keys_are_printed_once_and_stored_hashed(api: Service, keys: dict[str, Any]) -> None:
     assert keys["a"].startswith("gq_") and keys["a"] != keys["b"]
-    listed = api.gradq("keys", "list")
+    listed = api.gradq("keys", "list", columns=80)
     assert listed.returncode == 0 and keys["a"][:11] in listed.stdout
+    assert keys["revoked_id"] in listed.stdout  # whole: `gradq keys revoke` takes it
     assert keys["a"] not in listed.stdout
     assert keys["a"].encode() not in (api.folder / "gradq.db").read_bytes()
 
@@ -94,8 +95,13 @@ def test_every_endpoint_but_healthz_needs_a_valid_key(api: Service, keys: dict[s
 def test_the_cli_uses_the_key(api: Service, keys: dict[str, Any]) -> None:
     refused = api.gradq("jobs")
     assert refused.returncode == 1 and "401" in refused.stderr
-    allowed = api.gradq("jobs", "--key", keys["a"])
+    allowed = api.gradq("jobs", "--key", keys["a"], columns=80)
     assert allowed.returncode == 0 and "mine" in allowed.stdout
+    with api.client(keys["a"]) as http:
+        mine = [j["id"] for j in http.get("/v1/jobs").json()["items"]]
+    assert mine and all(job_id in allowed.stdout for job_id in mine), allowed.stdout  # not cut
+    wide = api.gradq("jobs", "--key", keys["a"], columns=140)
+    assert "created" in wide.stdout and "created" not in allowed.stdout
 
 
 def test_a_restart_finds_every_job_as_it_was(api: Service, keys: dict[str, Any]) -> None:

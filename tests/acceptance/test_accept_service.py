@@ -145,6 +145,8 @@ def test_upload_a_csv_and_train_on_it_streaming_events(service: Service) -> None
     up = service.gradq("datasets", "upload", str(csv_file), "--target", "label")
     assert up.returncode == 0, up.stderr
     dataset_id = up.stdout.strip()
+    listed = service.gradq("datasets", "list", columns=80)
+    assert listed.returncode == 0 and dataset_id in listed.stdout, listed  # the id whole
     with service.client() as http:
         ds = http.get(f"/v1/datasets/{dataset_id}").json()
         assert (ds["rows"], ds["columns"], ds["uri"][:6]) == (60, ["x1", "x2", "label"], "runs:/")
