@@ -173,18 +173,15 @@ def gradcheck(
     if as_json:
         console.print_json(report.to_json())
     else:
-        table = Table(title=f"gradient check of {spec.name} (float64, batch {report.batch})")
-        for col in (
-            "tensor",
-            "shape",
-            "|manual−autograd|",
-            "rel. error",
-            "|manual−FD|",
-            "rel. error (FD)",
-            "coords",
-            "ok",
-        ):
-            table.add_column(col, justify="right")
+        table = Table(
+            title=f"gradient check of {spec.name} (float64, batch {report.batch})",
+            caption="|Δ|: largest |manual − reference|; rel: relative error; "
+            "FD: central finite differences on the coordinates counted",
+        )
+        # two-line headings: the table fits an 80-column terminal without cutting them
+        for col in ("tensor", "shape", "|Δ|\nautograd", "rel\nautograd", "|Δ|\nFD", "rel\nFD",
+                    "FD\ncoords", "ok"):  # fmt: skip
+            table.add_column(col, justify="right", no_wrap=True)
         for t in report.tensors:
             table.add_row(
                 t.name,

@@ -1,0 +1,33 @@
+"""``gradq gradcheck job.yaml``: the per-tensor table, whole in an 80-column terminal, and the
+same report as JSON (local: no service)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from api.cli import app
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "digits.yaml"
+
+
+def test_the_table_has_every_tensor_whole_at_80_columns() -> None:
+    result = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output  # no heading or value cut
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    names = [row.split("│")[1].strip() for row in rows]
+    assert names == ["W1", "b1", "W2", "b2", "W3", "b3"]  # digits.yaml: hidden [64, 64]
+    assert all(row.split("│")[-2].strip() == "yes" for row in rows)
+    assert "gradient check passed" in result.output
+
+
+def test_json_is_the_same_report() -> None:
+    result = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE), "--json"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [t["name"] for t in report["tensors"]] == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    assert report["passed"] is True
