@@ -149,9 +149,13 @@ def train(
     if as_json:
         console.print_json(json.dumps(summary))
         return
-    table = Table(
-        title=f"{spec.name}: {result.status} after {result.epochs} epochs, {result.steps} steps"
+    best = f", best epoch {result.best_epoch}" if result.best_epoch is not None else ""
+    # a line of its own: as the narrow table's title it wrapped
+    console.print(
+        f"{spec.name}: {result.status} after {result.epochs} epochs, {result.steps} steps{best}",
+        highlight=False,
     )
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.metrics.items():

@@ -102,9 +102,8 @@ def _summary(job: dict[str, Any]) -> None:
     console.print(f"job {job['id']} [{style}]{status}[/]", highlight=False)
     result = job.get("result") or {}
     if result.get("metrics"):
-        table = Table(
-            "metric", "value", title=f"{job['name']}: best epoch {result.get('best_epoch')}"
-        )
+        console.print(f"{job['name']}: best epoch {result.get('best_epoch')}", highlight=False)
+        table = Table("metric", "value")
         for k, v in result["metrics"].items():
             table.add_row(k, "-" if v is None else f"{v:.4f}")
         console.print(table)

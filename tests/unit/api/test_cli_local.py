@@ -1,9 +1,10 @@
-"""``gradq gradcheck job.yaml``: the per-tensor table, whole in an 80-column terminal, and the
-same report as JSON (local: no service)."""
+"""The ``gradq`` commands that run locally, without the service: ``gradcheck`` (its table
+whole in an 80-column terminal, and the same report as JSON) and ``train``."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -31,3 +32,15 @@ def test_json_is_the_same_report() -> None:
     report = json.loads(result.output)
     assert [t["name"] for t in report["tensors"]] == ["W1", "b1", "W2", "b2", "W3", "b3"]
     assert report["passed"] is True
+
+
+def test_train_prints_its_outcome_on_one_line_and_the_final_metrics(tmp_path: Path) -> None:
+    job = tmp_path / "quick.yaml"
+    job.write_text("name: quick\ndataset: iris\noptimizer: {epochs: 3}\n"
+                   "regularization: {early_stopping: {enabled: false}}\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["train", str(job)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    steps = 3 * math.ceil(90 / 32)  # iris: 150 rows, 20 % validation, 20 % test; batch 32
+    assert f"quick: completed after 3 epochs, {steps} steps, best epoch 3\n" in result.output
+    for metric in ("train_loss", "val_accuracy", "test_accuracy"):
+        assert metric in result.output
