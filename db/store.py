@@ -26,12 +26,17 @@ from sqlalchemy import Engine, false, select, true, update
 from db.datasets import DatasetMixin
 from db.errors import InvalidTransition, JobNotFound
 from db.keys import ApiKeyMixin
-from db.queries import JOBS, JobQueriesMixin, job_scope, utcnow
-from db.session import one_statement_tx, write_tx
+from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
+from db.session import one_statement_tx, read_tx, write_tx
 from db.states import TERMINAL, JobStatus
 from db.submits import SubmitMixin
 from db.transitions import fence, move, refuse
 from db.views import ClaimedJob, JobView
+
+# The event reasons of a job ended because its last attempt's lease ran out (the worker lost):
+# nobody else closes its MLflow run (``lost_runs``).
+LOST = "lost"
+LOST_CANCELLED = "cancel requested and lease expired"
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -286,19 +291,38 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
                     JobStatus.CANCELLED,
                     [cancel],
                     dict(finished_at=now, **cleared),
-                    "cancel requested and lease expired",
+                    LOST_CANCELLED,
                 ),
                 (
                     JobStatus.FAILED,
                     [keep, spent],
                     dict(finished_at=now, error=lost, **cleared),
-                    "lost",
+                    LOST,
                 ),
                 (Q, [keep, ~spent], dict(node=None, **cleared), "lease expired; requeued"),
             ):
                 rows = move(conn, R, new, expired + where, values, reason, now)
                 out.extend((r.id, new) for r in rows)
         return out
+
+    def lost_runs(self, *, since: datetime) -> list[tuple[str, str, JobStatus]]:
+        """(job id, MLflow run id, status) of the jobs ended since ``since`` because their last
+        attempt's lease ran out (``requeue_expired``: failed "lost", or cancelled): the runs a
+        dispatcher closes, and closes again at its start in case it stopped before it could."""
+        query = (
+            select(JOBS.c.id, JOBS.c.mlflow_run_id, JOBS.c.status)
+            .join(EVENTS, EVENTS.c.job_id == JOBS.c.id)
+            .where(
+                JOBS.c.status.in_((JobStatus.FAILED.value, JobStatus.CANCELLED.value)),
+                JOBS.c.finished_at >= since,
+                JOBS.c.mlflow_run_id.is_not(None),
+                EVENTS.c.to_status == JOBS.c.status,
+                EVENTS.c.reason.in_((LOST, LOST_CANCELLED)),
+            )
+            .order_by(JOBS.c.finished_at, JOBS.c.id)
+        )
+        with read_tx(self._engine) as conn:
+            return [(r.id, r.mlflow_run_id, JobStatus(r.status)) for r in conn.execute(query)]
 
     def fail_queued(self, *, job_id: str, reason: str) -> JobView:
         """queued → failed for a job no node can ever run; the error carries ``reason``."""

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from db.store import JobStore
@@ -29,6 +30,7 @@ from workers.tracking import make_client
 log = logging.getLogger("gradq.dispatcher")
 
 FREED_LAG_S = 0.5  # see Dispatcher.capacity
+LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_reason
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
 
 
@@ -56,6 +58,9 @@ class DispatcherConfig:
     # read this often, not at every tick, to fail (or mark) jobs no node can ever run and to
     # keep the waiting reason current.
     full_scan_seconds: float = 1.0
+    # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
+    # another dispatcher, could not close before stopping: MLflow away, or a crash).
+    lost_runs_lookback_hours: float = 24.0
 
 
 @dataclass
@@ -154,6 +159,7 @@ class Dispatcher:
         """Tick until ``stop`` is set; a failing tick (database away) is logged and retried."""
         if self._remote is None:
             self.connect()
+        self.close_lost_runs()
         try:
             while not stop.is_set():
                 try:
@@ -218,11 +224,22 @@ class Dispatcher:
                 run_id = self.store.get(job_id=job_id).mlflow_run_id
                 if run_id:
                     self.closer.submit(
-                        job_id=job_id,
-                        run_id=run_id,
-                        status=status.value,
-                        reason="the worker running it was lost",
+                        job_id=job_id, run_id=run_id, status=status.value, reason=LOST_REASON
                     )
+
+    def close_lost_runs(self) -> None:
+        """Hand the runs of jobs lost lately to the closer (``JobStore.lost_runs``): a run
+        already closed is left as it is, so only those a stop or a crash left open change."""
+        since = datetime.now(UTC) - timedelta(hours=self.config.lost_runs_lookback_hours)
+        try:
+            lost = self.store.lost_runs(since=since)
+        except Exception as exc:  # the database is away: the loop's ticks will say so
+            log.warning("could not list the runs of lost jobs: %s", exc)
+            return
+        for job_id, run_id, status in lost:
+            self.closer.submit(
+                job_id=job_id, run_id=run_id, status=status.value, reason=LOST_REASON
+            )
 
     def enforce_cancels(self) -> None:
         """A cancelled job's attempt stops by itself between steps; one that has not within

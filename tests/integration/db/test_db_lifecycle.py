@@ -163,6 +163,30 @@ def test_expired_lease_with_cancel_request_ends_cancelled(
     assert _path(store, job.id)[-1] == ("running", "cancelled", 1)
 
 
+def test_lost_runs_are_the_runs_of_jobs_an_expired_lease_ended(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    start = utcnow()
+    jobs = {n: store.submit(spec=make_spec(name=n, max_attempts=1 if n != "requeued" else 2)).id
+            for n in ("lost", "cancelled", "no-run", "requeued", "diverged")}  # fmt: skip
+    assert len(store.claim(owner="w", limit=5, lease_seconds=5)) == 5
+    for name in ("lost", "cancelled", "requeued", "diverged"):
+        store.set_run(job_id=jobs[name], attempt=1, mlflow_run_id=f"run-{name}")
+    store.request_cancel(job_id=jobs["cancelled"])
+    store.finish(job_id=jobs["diverged"], attempt=1, status="failed",
+                 error={"type": "diverged", "message": "nan"})  # fmt: skip
+    later = utcnow() + timedelta(seconds=6)
+    assert dict(store.requeue_expired(now=later)) == {
+        jobs["lost"]: "failed", jobs["cancelled"]: "cancelled", jobs["no-run"]: "failed",
+        jobs["requeued"]: "queued",
+    }  # fmt: skip
+    assert sorted(store.lost_runs(since=start)) == sorted([
+        (jobs["lost"], "run-lost", JobStatus.FAILED),
+        (jobs["cancelled"], "run-cancelled", JobStatus.CANCELLED),
+    ])  # fmt: skip
+    assert store.lost_runs(since=later + timedelta(seconds=1)) == []
+
+
 def test_queue_position_and_pending_reason(store: JobStore, make_spec: SpecFactory) -> None:
     a = store.submit(spec=make_spec(priority=5))
     b = store.submit(spec=make_spec(priority=0))
