@@ -5,8 +5,9 @@ It claims only as many jobs as the cluster has free CPUs and GPUs for, so a wait
 claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
 ``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
 itself (the attempt does), settles expired leases with ``requeue_expired``, closes the MLflow
-runs of attempts that died (on a thread of its own: ``workers.run_closer``), and force-stops
-an attempt whose job was cancelled when it has not stopped by itself within a grace period.
+runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
+those a stopped dispatcher left open), and force-stops an attempt whose job was cancelled
+when it has not stopped by itself within a grace period.
 Several dispatchers may share one database: claims and fencing make that safe.
 """
 
