@@ -8,6 +8,7 @@ resume from their checkpoints; queued jobs and jobs submitted after the restart 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -68,11 +69,17 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
                         for j in jobs(http, longs + queued).values())  # fmt: skip
     process = stack.processes["serve"]
     family = [process.pid, *descendants(process.pid)]
-    os.killpg(process.pid, signal.SIGKILL)  # everything in its process group, at once
+    pids = [j["progress"]["pid"] for j in before.values()]
+    # Everything at once: Ray's daemons and its worker processes (the attempts) run in
+    # sessions of their own, outside the process group; killed only after it, an attempt
+    # with its lease still valid could finish its job meanwhile (seen on a fast host).
+    for pid in {*pids, *family}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     stack.stopped.add("serve")
-    kill_ours(str(stack.ray_temp))  # Ray daemons in sessions of their own
-    pids = [j["progress"]["pid"] for j in before.values()]
+    kill_ours(str(stack.ray_temp))  # anything of the old Ray left
     wait_until("the old processes to be gone",
                lambda: not any(alive(p) for p in family + pids), 60)  # fmt: skip
     killed_at = time.monotonic()
