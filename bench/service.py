@@ -316,20 +316,8 @@ def report(
     ]
     for job in long:
         epochs = (job.result or {})["epochs"]
-        rows += [
-            (f"reference job of {epochs} epochs via service", f"{span(job):.2f} s", ""),
-            (
-                f"  MLflow share, {epochs} epochs (critical path)",
-                pct(share([job], "mlflow_critical_s")),
-                "",
-            ),
-            (f"  MLflow share, {epochs} epochs (all)", pct(share([job], "mlflow_total_s")), ""),
-            (
-                f"  MLflow seconds, {epochs} epochs (critical path)",
-                f"{(job.result or {})['timings']['mlflow_critical_s']:.2f} s",
-                "",
-            ),
-        ]
+        rows += [(f"reference job of {epochs} epochs via service", f"{span(job):.2f} s", "")]
+        rows += mlflow_rows(job, f", {epochs} epochs", "")
     if real is not None:
         direct_real, job = real
         d_real, s_real = statistics.median(direct_real), span(job)
@@ -343,17 +331,7 @@ def report(
                 f"≤ {1.0 + 0.05 * d_real:.2f} s",
             ),
             ("  (of the job via service)", pct((s_real - d_real) / s_real), ""),
-            (
-                "  MLflow share (critical path)",
-                pct(share([job], "mlflow_critical_s")),
-                TARGETS["mlflow"],
-            ),
-            ("  MLflow share (all, incl. background)", pct(share([job], "mlflow_total_s")), ""),
-            (
-                "  MLflow seconds (critical path)",
-                f"{(job.result or {})['timings']['mlflow_critical_s']:.2f} s",
-                "",
-            ),
+            *mlflow_rows(job, "", TARGETS["mlflow"]),
         ]
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':<{width}} | {'measured':>12} | target")
@@ -368,6 +346,16 @@ def report(
         print(f"\nmedian seconds per phase, {title}:")
         for k, v in median_phases(jobs).items():
             print(f"  {k:<24} {v:8.3f}")
+
+
+def mlflow_rows(job: JobView, of: str, target: str) -> list[tuple[str, str, str]]:
+    """MLflow's share of one job's attempt (critical path, and in all) and its seconds."""
+    critical = (job.result or {})["timings"]["mlflow_critical_s"]
+    return [
+        (f"  MLflow share{of} (critical path)", pct(share([job], "mlflow_critical_s")), target),
+        (f"  MLflow share{of} (all, incl. background)", pct(share([job], "mlflow_total_s")), ""),
+        (f"  MLflow seconds{of} (critical path)", f"{critical:.2f} s", ""),
+    ]
 
 
 def pct(x: float) -> str:
