@@ -47,10 +47,10 @@ def default_ray_probe(settings: Settings) -> Callable[[], str]:
 def freeze_startup_objects() -> None:
     """Move everything alive after startup into the collector's permanent generation.
 
-    A server process holds ~0.5 million objects from its imports (FastAPI, pydantic,
-    SQLAlchemy, MLflow, torch) that live as long as it does. Python's full (generation 2)
-    collections walk all of them: ~0.5 s each on a 2-core VM, with every request in flight
-    waiting — the whole tail of the submit latency (bench/RESULTS.md, API). Frozen, they are
+    A server process holds hundreds of thousands of objects from its imports (FastAPI,
+    pydantic, SQLAlchemy, MLflow, torch) that live as long as it does. Python's full
+    (generation 2) collections walk all of them while every request in flight waits: these
+    pauses make the tail of the submit latency (bench/RESULTS.md, API). Frozen, they are
     never walked again; full collections then only see what requests left behind. The
     garbage of startup is collected once first, so that none of it is kept for good.
     """

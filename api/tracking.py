@@ -135,8 +135,8 @@ class Tracking:
         """Raise ``TrackingUnavailable`` at once when a tracking server does not answer its
         /health (2 s): the MLflow client would otherwise retry a refused call for minutes,
         and the request waiting on it would hang instead of answering 503. Asked before
-        every call (a millisecond on a live server); a server that dies between the two is
-        still waited for."""
+        every call (one short request to a live server); a server that dies between the two
+        is still waited for."""
         if not self.remote:
             return
         try:

@@ -1,12 +1,13 @@
 """The training loop: regularised minibatch SGD, as a plain function.
 
-``train(spec, callbacks=..., resume_from=...)`` loads the data, builds the model and runs SGD
-with gradients from the engine the spec names:
+``train(spec, callbacks=..., resume_from=..., data=...)`` loads the data (unless ``data`` is
+given), builds the model and runs SGD with gradients from the engine the spec names:
 
 - ``manual``: the hand-written backprop of ``core.backprop`` is the training path;
 - ``autograd``: PyTorch's autograd;
-- ``auto``: ``manual`` on CPU, where it is the faster of the two at every size measured in
-  ``bench/engine.py``; ``autograd`` on CUDA, where its fused kernels launch fewer times.
+- ``auto``: ``manual``, on the CPU and on CUDA alike (``resolve_engine``): it records no graph
+  and makes its buffers once, and is the faster of the two on both devices, for small and for
+  compute-bound networks (bench/RESULTS.md, Engine).
 
 Batches come from indexing in-memory tensors. The loop reports through callbacks (see
 ``core.callbacks``) and never talks to a database, a tracker or a cluster itself.
@@ -82,8 +83,8 @@ def resolve_device(spec: JobSpec) -> torch.device:
 
 def resolve_engine(spec: JobSpec) -> str:
     """``auto`` is the manual engine, on the CPU and on a GPU alike: it does less work per
-    step than autograd (no graph to record; buffers made once) and was measured faster on
-    both, small networks and compute-bound ones (bench/RESULTS.md, Engine)."""
+    step than autograd (no graph to record; buffers made once) and is the faster of the two
+    on both, for small networks and compute-bound ones (bench/RESULTS.md, Engine)."""
     return "manual" if spec.engine == "auto" else spec.engine
 
 

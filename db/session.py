@@ -55,9 +55,9 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
 
 
 def json_text(value: Any) -> str:
-    """JSON columns' values as text: pydantic-core's encoder, ~3× faster than ``json.dumps``
-    (a submit stores its whole spec); compact, and NaN/Infinity written as ``json.dumps``
-    writes them."""
+    """JSON columns' values as text: pydantic-core's encoder, faster than ``json.dumps``
+    (a submit stores its whole spec; bench/RESULTS.md, API); compact, and NaN/Infinity
+    written as ``json.dumps`` writes them."""
     return to_json(value, inf_nan_mode="constants").decode()
 
 

@@ -1,7 +1,9 @@
 """The job state machine: the statuses and the ONE table of allowed transitions.
 
-Every change of a job's status in :mod:`db.store` asks this table which old statuses may lead
-to the new one, and puts exactly those in the UPDATE's ``WHERE status IN (...)``.
+Every change of a job's status goes through :func:`db.transitions.move`: it names one old and
+one new status, checks that pair against this table (:func:`require`) and puts
+``status = old`` in the UPDATE's WHERE, so a row moves only from the status its caller named
+and only along an edge of the table.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ INITIAL = JobStatus.QUEUED
 """The status of a newly submitted job (its first event reads None → queued)."""
 
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    # claimed by a worker; cancelled before it ran; failed without running (no node can run it)
+    # claimed for an attempt; cancelled before it ran; failed without running (no node can run it)
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    # finished; or its lease was lost and it goes back to the queue
+    # finished by its attempt; or its lease expired: cancelled (a cancel was requested),
+    # failed (no attempts left) or back to the queue (attempts left)
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
     ),
@@ -48,7 +51,7 @@ def can_transition(old: JobStatus | str, new: JobStatus | str) -> bool:
 
 
 def sources(new: JobStatus | str) -> frozenset[JobStatus]:
-    """Every status from which ``new`` may be reached (for ``WHERE status IN (...)``)."""
+    """Every status from which ``new`` may be reached: the table read backwards."""
     target = JobStatus(new)
     return frozenset(old for old, targets in TRANSITIONS.items() if target in targets)
 
@@ -56,7 +59,7 @@ def sources(new: JobStatus | str) -> frozenset[JobStatus]:
 def require(old: JobStatus, new: JobStatus) -> tuple[JobStatus, JobStatus]:
     """Return ``(old, new)`` when the table allows it, else raise ``ValueError``.
 
-    Used by the store to declare each transition it performs, so a transition the table does
+    :func:`db.transitions.move` calls it before each UPDATE, so a transition the table does
     not hold can never be written.
     """
     if not can_transition(old, new):

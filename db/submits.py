@@ -185,8 +185,9 @@ def _job_row(spec: JobSpec, tenant: str, key: str | None, now: datetime) -> dict
     )
 
 
-# What a new job's row sets; the other columns start NULL. Binding only these halves the
-# per-row parameter processing of a group's insert (the writer thread's largest Python cost).
+# What a new job's row sets; the other columns start NULL. Binding only these, about half of
+# the columns, halves the per-row parameter processing of a group's insert, which is Python
+# work on the one writer thread (bench/RESULTS.md, API).
 INSERTED_COLUMNS = (
     "id",
     "tenant",
@@ -312,10 +313,11 @@ def _insert_rows_pg(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     """PostgreSQL: the jobs and their events in one statement whose text does not depend on
     the group's size: each column's values as one array, ``unnest``-ed into rows
     (``_PG_SUBMIT``). SQLAlchemy's multi-row ``INSERT … VALUES (…), (…)`` is a new text for
-    each group size, longer than psycopg caches, so psycopg re-parsed it in Python for every
-    group: ~15 % of the server's CPU per submit under load. Still one statement, so the queue
-    counters' statement trigger locks its keys once, in key order; ``ON CONFLICT DO NOTHING``
-    leaves out a job whose key a concurrent insert took; RETURNING names those inserted."""
+    each group size, longer than psycopg caches, so psycopg would parse it again in Python for
+    every group, a sizeable part of the server's CPU per submit (bench/RESULTS.md, API). It is
+    one statement, so the queue counters' statement trigger locks its keys once, in key order;
+    ``ON CONFLICT DO NOTHING`` leaves out a job whose key a concurrent insert took; RETURNING
+    names those inserted."""
     columns = [[row[c] for row in rows] for c in INSERTED_COLUMNS]
     columns[INSERTED_COLUMNS.index("spec")] = [json_text(row["spec"]) for row in rows]
     at = rows[0]["created_at"]

@@ -153,7 +153,7 @@ def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
     """The job's data set. An uploaded one is fetched from where the database says its bytes
     live. A built-in or synthetic one depends only on its spec and the seed: the worker
     process keeps the last few it loaded (a warm worker runs many jobs; scikit-learn parses
-    ``digits`` from its CSV in ~0.04 s each time) and hands each job its own copy of the
+    ``digits`` from its CSV again at each load) and hands each job its own copy of the
     arrays."""
     if spec.dataset.name == "csv":  # a file that may change between jobs: read each time
         return load_dataset(spec.dataset, seed=spec.seed)

@@ -82,10 +82,10 @@ def _sqlite_wal(path: str) -> None:
     one node and the dispatcher all write to the file, and wait on SQLite's busy handler,
     which sleeps in steps of 1–100 ms). With WAL a commit is one append, and readers never
     wait. Each connection MLflow opens to the file then gets ``synchronous=NORMAL`` (see
-    ``_sync_normal_on_connect``), as gradq's own SQLite database has: no sync per commit (a
-    one-epoch job's ~8 commits synced the disk each; 5–10 % of its CPU, in the kernel), and
-    no committed transaction lost when a process crashes; a power cut may lose the last
-    ones, never corrupt the file."""
+    ``_sync_normal_on_connect``), as gradq's own SQLite database has: no disk sync per
+    commit (a job commits to the store several times, and each sync is CPU spent in the
+    kernel on the job's path; bench/RESULTS.md, Service), and no committed transaction lost
+    when a process crashes; a power cut may lose the last ones, never corrupt the file."""
     if path in _wal_done:
         return
     import sqlite3

@@ -87,9 +87,9 @@ class RunArtifacts:
     Given the run's ``artifact_uri`` (``run.info.artifact_uri``, which the tracker has from
     ``create_run`` or ``get_run``), it writes through the artifact repository that MLflow's
     client would pick for it (the same call, with the tracking URI), made once: the client's
-    ``log_artifact`` and ``log_text`` first look the whole run up again (``get_run``: ~10 ms
-    of CPU with its params, tags and latest metrics, ~4 % of a one-epoch job). Without it,
-    it goes through the client."""
+    ``log_artifact`` and ``log_text`` first look the whole run up again (``get_run``, with its
+    params, tags and latest metrics: a noticeable part of a short job's CPU;
+    bench/RESULTS.md, Service). Without it, it goes through the client."""
 
     def __init__(
         self,
@@ -160,12 +160,14 @@ def log_model(
     logged model is created in the run's experiment (``log_model`` would use the process's
     active experiment) with the run's params as the caller knows them (no ``get_run``),
     attached to the run, its metrics linked by the caller (``log_model`` reads back the whole
-    history of every metric of the run to find the step-0 points: ~0.2 s for a 50-epoch run,
-    growing with its length), saved with ``mlflow.pytorch.save_model`` (signature, input and
-    serving-input examples, requirements given, not inferred), its files uploaded with
-    ``log_model_artifacts`` and the model finalised READY (FAILED when any step fails). Not
+    history of every metric of the run to find the step-0 points, a cost that grows with the
+    run's length), saved with ``mlflow.pytorch.save_model`` (signature, input and
+    serving-input examples, requirements given, not inferred), its files uploaded to the
+    logged model's artifact location through the repository that ``log_model_artifacts``
+    would use (without its read-back of the logged model) and the model finalised READY
+    (FAILED when any step fails). Not
     done: MLflow's serving-input validation, which loads the saved model back through pyfunc
-    in a fresh copy and predicts the example (~0.05–0.1 s a job); the model here is always
+    in a fresh copy and predicts the example on every job's path; the model here is always
     the same ``ExportedModel`` class, and its loading and predictions are checked by the
     tests of this package instead, against the real store."""
     import mlflow.pytorch

@@ -6,9 +6,9 @@ there are few of them (a one-epoch job's curve is one point per series), ticks, 
 legend. It is drawn at twice the size and reduced, for smooth lines.
 
 Why not matplotlib: the plot is drawn once for every job, on the job's path to its final
-status. Matplotlib's figure, tick and text machinery took 0.15–0.35 s a plot on the
-reference machine, warm; this takes a few milliseconds, and it needs no import of
-matplotlib in the worker at all.
+status. Matplotlib's figure, tick and text machinery costs many times what drawing the lines
+and labels directly does (bench/RESULTS.md, Service), and this needs no import of matplotlib
+in the worker at all.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """queue depth per (tenant, priority), kept by triggers: a submit's counts in O(1)
 
-A submit answers with its queue position and checks the tenant's quota. Both were counts over
-``ix_jobs_queue`` / ``ix_jobs_tenant_status``: linear in the queue (B-trees keep no counts),
-paid once per group of submits, and on PostgreSQL slower still where fresh rows are not yet
-all-visible (an index-only scan then visits the heap). ``queue_depth`` holds, per tenant and
-priority, the jobs a claim could take (status ``queued`` and no cancel requested). Triggers on
-``jobs`` keep it in the same transaction as every insert, update and delete, whatever code
-path wrote the job, so it cannot drift from the rows it counts.
+A submit answers with its queue position and checks the tenant's quota. Counted over
+``ix_jobs_queue`` / ``ix_jobs_tenant_status``, both would be linear in the queue (B-trees keep
+no counts), paid once per group of submits, and on PostgreSQL slower still where fresh rows
+are not yet all-visible (an index-only scan then visits the heap). ``queue_depth`` holds, per
+tenant and priority, the jobs a claim could take (status ``queued`` and no cancel requested).
+Triggers on ``jobs`` keep it in the same transaction as every insert, update and delete,
+whatever code path wrote the job, so it cannot drift from the rows it counts.
 
 SQLite: row triggers (one writer at a time, no lock order to keep). PostgreSQL: statement
 triggers over transition tables, one upsert per (tenant, priority) the statement changed, in
