@@ -33,7 +33,9 @@ err = Console(stderr=True)
 log = logging.getLogger("gradq.serve")
 
 HostOpt = Annotated[str | None, typer.Option(help="bind address [$GRADQ_HOST, 127.0.0.1]")]
-PortOpt = Annotated[int | None, typer.Option(help="port [$GRADQ_PORT, 8000]")]
+PortOpt = Annotated[
+    int | None, typer.Option(help="port; 0: any free one, named in the log [$GRADQ_PORT, 8000]")
+]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="allow a non-loopback address without API keys")
 ]
@@ -199,7 +201,8 @@ def serve(
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         app = create_app(settings, ray_probe=probes.local_ray(thread))
         stack.callback(_ignore_signals)  # runs first: the clean-up is not interrupted
-        err.print(f"gradq on http://{settings.host}:{settings.port} (auth: {settings.auth})")
+        port = settings.port or "<a free port, named below>"
+        err.print(f"gradq on http://{settings.host}:{port} (auth: {settings.auth})")
         _uvicorn(app, settings)
 
 

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     bootstrap_api_key: SecretStr | None = None
     bootstrap_tenant: str = Field("default", min_length=1, max_length=100)
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    # 0: any free port, bound at start and named in uvicorn's "running on" line of the log
+    port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1 * MiB, ge=1024)
     max_upload_bytes: int = Field(50 * MiB, ge=1024)
     max_parameters: int = Field(10_000_000, ge=1)
@@ -55,8 +56,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0)
     heartbeat_seconds: float = Field(3.0, gt=0)
     unsatisfiable: Literal["fail", "wait"] = "fail"
-    # one log line per HTTP request (uvicorn's access log): ~8 % of the server's CPU per
-    # submit; every job's changes are in its events whether it is on or not
+    # one log line per HTTP request (uvicorn's access log): off by default, as formatting a
+    # line per request is a noticeable part of the server's CPU per submit (bench/RESULTS.md,
+    # API); every job's changes are in its events whether it is on or not
     access_log: bool = False
 
     @field_validator("bootstrap_api_key")

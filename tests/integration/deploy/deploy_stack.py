@@ -6,7 +6,9 @@ group and then by pid for any descendant left; nothing this module did not start
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,9 +24,33 @@ from sqlalchemy import make_url
 
 
 def free_port() -> int:
+    """A port free now, for the few servers that cannot bind port 0 and report it (a private
+    PostgreSQL cluster): another process may take it before they bind, so callers retry."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+SERVING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def served_port(log: Path, process: subprocess.Popen[bytes], timeout: float = 180) -> int:
+    """The port a server started with ``--port 0`` bound, read from uvicorn's start line in its
+    log (``gradq serve``/``api``, ``mlflow server``): no port is chosen before it binds, so no
+    other process can take it in between."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = SERVING.search(log.read_bytes()) if log.exists() else None
+        if found:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited before serving:\n{_tail(log)}")
+        time.sleep(0.2)
+    raise AssertionError(f"{process.args!r} did not serve in {timeout:g} s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
 
 
 def libpq(url: str) -> str:
@@ -53,6 +79,10 @@ class Stack:
             start_new_session=True,
         )  # fmt: skip
 
+    def served_port(self, name: str, timeout: float = 180) -> int:
+        """The port ``name``, started with ``--port 0``, bound (see :func:`served_port`)."""
+        return served_port(self.folder / f"{name}.log", self.processes[name], timeout)
+
     def log(self, name: str, tail: int = 3000) -> str:
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
@@ -73,6 +103,16 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         kill(family, grace=5)
+
+    def pids(self) -> list[int]:
+        """Every live process of this stack: those it started, their descendants, and Ray's
+        daemons of its nodes (in sessions of their own: found by the stack's Ray temp dir)."""
+        found: set[int] = set()
+        for name, process in self.processes.items():
+            if name not in self.stopped and process.poll() is None:
+                found |= {process.pid, *descendants(process.pid)}
+        found |= {pid for pid, (_, cmd) in processes().items() if str(self.ray_temp) in cmd}
+        return sorted(p for p in found if alive(p))
 
     def stop_all(self) -> None:
         for name in reversed(list(self.processes)):
@@ -107,6 +147,50 @@ def descendants(pid: int) -> list[int]:
         found += children
         frontier += children
     return found
+
+
+def listening(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """(pid, command, address, port) of every TCP socket in LISTEN and every bound UDP socket
+    that these processes hold, from ``/proc/net/{tcp,udp}{,6}`` and their file descriptors."""
+    sockets: dict[str, tuple[str, int]] = {}
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if name.startswith("tcp") and state != "0A":  # 0A: LISTEN
+                    continue
+                address, port = local.split(":")
+                if int(port, 16) == 0:
+                    continue
+                sockets[inode] = (_proc_address(address), int(port, 16))
+    table = processes()
+    out: list[tuple[int, str, str, int]] = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:[") and target[8:-1] in sockets:
+                        address, port = sockets[target[8:-1]]
+                        out.append((pid, table.get(pid, (0, "?"))[1][:120], address, port))
+    return out
+
+
+def _proc_address(hex_address: str) -> str:
+    """``/proc/net``'s hex address (host byte order per 32-bit word) as text; an IPv4-mapped
+    IPv6 address as its IPv4 form."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def off_loopback(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """The sockets of :func:`listening` bound to anything but 127.0.0.1."""
+    return [s for s in listening(pids) if s[2] != "127.0.0.1"]
 
 
 def kill(pids: list[int], grace: float) -> None:

@@ -1,8 +1,15 @@
 """The compose topology, booted natively on 127.0.0.1 and configured only by the same
 ``GRADQ_*`` variables as docker/compose.yaml: PostgreSQL (fresh ``gradq`` and ``mlflow``
-databases), ``mlflow server --serve-artifacts``, a Ray head with ``--num-cpus 0`` and two
+databases), ``mlflow server --serve-artifacts``, a Ray cluster of a head with no CPU and two
 one-CPU worker nodes (token authentication on), ``gradq dispatcher`` and ``gradq api`` with
 ``GRADQ_AUTH=keys``, each its own process group.
+
+Every server binds 127.0.0.1 only, and the test checks it: the Ray cluster is
+``ray.cluster_utils.Cluster`` under ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (``ray_cluster.py``,
+a process of its own; ``ray start`` would listen on every interface), the HTTP servers bind port
+0 and report the port they got (no port is chosen before it is bound), and while jobs train
+every TCP socket the stack's processes listen on, and every UDP socket they bound, is on
+127.0.0.1.
 
 Six jobs run across both workers; one worker node is removed while its job trains, and that
 job resumes on the other node from the checkpoint it downloads over MLflow's HTTP artifact
@@ -12,6 +19,7 @@ any descendant left, found through this test's own Ray temp dir); never a global
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -24,12 +32,13 @@ from typing import Any
 
 import httpx
 import pytest
-from deploy_stack import Stack, databases, descendants, free_port, ray_ports, wait_for
+from deploy_stack import Stack, databases, descendants, off_loopback, wait_for
 
 # chaos: a worker node is lost mid-training (part of `pytest -m chaos`, see tests/chaos/)
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
 
 BIN = Path(sys.executable).parent
+CLUSTER = Path(__file__).with_name("ray_cluster.py")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -53,51 +62,38 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
     ray_temp = Path(tempfile.mkdtemp(prefix="gq", dir="/tmp"))  # short: Unix socket paths
     stack = Stack(folder=folder, ray_temp=ray_temp)
     token = secrets.token_hex(16)
-    mlflow_port, api_port, head_port = free_port(), free_port(), free_port()
     plain = {k: v for k, v in os.environ.items() if not k.startswith(("GRADQ_", "RAY_"))}
     plain["PYTHONUNBUFFERED"] = "1"
-    # "0" (as `make test` sets it) would refuse any multi-node cluster, on Linux too
+    # "0": Ray binds and advertises 127.0.0.1 (RAY_TMPDIR: its address file stays ours)
     ray_env = {
         **plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(ray_temp),
     }  # fmt: skip
     try:
         with databases(base) as (gradq_db, mlflow_db):
-            gradq_env = {
-                "GRADQ_DATABASE_URL": gradq_db,
-                "GRADQ_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                "GRADQ_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
-                "GRADQ_LEASE_SECONDS": "10",
-                "GRADQ_HEARTBEAT_SECONDS": "1",
-            }
             stack.start("mlflow", [
                 str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db,
                 "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts"),
-                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                "--host", "127.0.0.1", "--port", "0", "--workers", "1",
             ], plain)  # fmt: skip
-            head_env = {
-                **ray_env,
-                "RAY_health_check_period_ms": "1000",
-                "RAY_health_check_failure_threshold": "3",
+            stack.start("ray-cluster", [
+                sys.executable, str(CLUSTER), str(folder), "--workers", "2",
+                "--temp-dir", str(ray_temp),
+            ], ray_env)  # fmt: skip
+            mlflow_url = f"http://127.0.0.1:{stack.served_port('mlflow')}"
+            gradq_env = {
+                "GRADQ_DATABASE_URL": gradq_db,
+                "GRADQ_MLFLOW_TRACKING_URI": mlflow_url,
+                "GRADQ_MLFLOW_UI_URL": mlflow_url,
+                "GRADQ_LEASE_SECONDS": "10",
+                "GRADQ_HEARTBEAT_SECONDS": "1",
             }
-            stack.start("ray-head", [
-                str(BIN / "ray"), "start", "--head", "--block", f"--port={head_port}",
-                "--num-cpus=0", f"--temp-dir={ray_temp}", "--include-dashboard=false",
-                f"--ray-client-server-port={free_port()}", *ray_ports(),
-            ], head_env)  # fmt: skip
-            address = f"127.0.0.1:{head_port}"
-            wait_for("the Ray head", lambda: (ray_temp / "ray_current_cluster").exists()
-                     or "Ray runtime started" in stack.log("ray-head"), 90, stack)  # fmt: skip
-            for n in (1, 2):
-                stack.start(f"ray-worker-{n}", [
-                    str(BIN / "ray"), "start", f"--address={address}", "--block",
-                    "--num-cpus=1", *ray_ports(), f"--temp-dir={ray_temp}",
-                ], {**ray_env, **gradq_env})  # fmt: skip
-                wait_for(f"Ray worker {n}", lambda n=n: "Ray runtime started" in stack.log(
-                    f"ray-worker-{n}"), 90, stack)  # fmt: skip
-            wait_for("MLflow", lambda: httpx.get(
-                f"http://127.0.0.1:{mlflow_port}/health", timeout=2).status_code == 200,
-                90, stack)  # fmt: skip
+            wait_for("the Ray cluster", lambda: (folder / "cluster.json").exists(), 120, stack)
+            cluster = json.loads((folder / "cluster.json").read_text())
+            address = cluster["address"]
+            assert address.startswith("127.0.0.1:"), address
+            wait_for("MLflow", lambda: httpx.get(f"{mlflow_url}/health", timeout=2)
+                     .status_code == 200, 90, stack)  # fmt: skip
 
             keys = subprocess.run(
                 [str(BIN / "gradq"), "keys", "create", "--tenant", "ops"],
@@ -109,10 +105,10 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
             stack.start("dispatcher", [str(BIN / "gradq"), "dispatcher"],
                         {**ray_env, **gradq_env, "GRADQ_RAY_ADDRESS": address})  # fmt: skip
             stack.start("api", [str(BIN / "gradq"), "api"], {
-                **plain, **gradq_env, "GRADQ_AUTH": "keys", "GRADQ_RAY_ADDRESS": address,
-                "GRADQ_HOST": "127.0.0.1", "GRADQ_PORT": str(api_port),
+                **ray_env, **gradq_env, "GRADQ_AUTH": "keys", "GRADQ_RAY_ADDRESS": address,
+                "GRADQ_HOST": "127.0.0.1", "GRADQ_PORT": "0",
             })  # fmt: skip
-            url = f"http://127.0.0.1:{api_port}"
+            url = f"http://127.0.0.1:{stack.served_port('api')}"
             wait_for("the API", lambda: httpx.get(f"{url}/healthz", timeout=2).is_success,
                      120, stack)  # fmt: skip
             with httpx.Client(base_url=url, timeout=30) as anonymous:
@@ -122,7 +118,7 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
             )
             with http:
                 wait_for("/readyz", lambda: http.get("/readyz").status_code == 200, 60, stack)
-                run_topology(http, stack, folder)
+                run_topology(http, stack, folder, cluster["raylets"])
     finally:
         stack.stop_all()
         shutil.rmtree(folder, ignore_errors=True)
@@ -130,7 +126,7 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
     assert time.monotonic() - started < 400
 
 
-def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
+def run_topology(http: httpx.Client, stack: Stack, folder: Path, raylets: list[int]) -> None:
     specs = [job("long", "digits", [256, 256], epochs=150, batch=4)] + [
         job(f"short-{i}", "iris", [16], epochs=25, batch=8) for i in range(5)
     ]
@@ -155,11 +151,20 @@ def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
         return j["status"] == "running" and (j.get("progress") or {}).get("epoch", 0) >= 3
 
     wait_for("the long job to train 3 epochs", long_trains, 180, stack)
+    # every server of the stack is up now: the head, both nodes with a job's worker process,
+    # the dispatcher's and the API's Ray clients, MLflow and the API
+    pids = stack.pids()
+    assert len(pids) >= 10, f"too few processes found to check: {pids}"
+    bad = off_loopback(pids)
+    assert not bad, f"listening off 127.0.0.1: {bad}"
     victim_node = seen[(long_id, 1)]
     pid = http.get(f"/v1/jobs/{long_id}").json()["progress"]["pid"]
-    victims = [n for n in ("ray-worker-1", "ray-worker-2") if _hosts(stack, n, pid)]
+    victims = [n for n, raylet in enumerate(raylets, start=1) if pid in descendants(raylet)]
     assert len(victims) == 1, f"no single worker node runs pid {pid}"
-    stack.stop(victims[0])  # `docker compose stop`: SIGTERM, then SIGKILL
+    # `docker compose stop`: SIGTERM to the node's processes, then SIGKILL
+    (folder / f"remove-{victims[0]}").write_text("")
+    wait_for("the node's removal", lambda: (folder / f"removed-{victims[0]}").exists(), 60,
+             stack)  # fmt: skip
 
     def all_done() -> dict[str, Any] | None:
         jobs = observe()
@@ -182,8 +187,3 @@ def run_topology(http: httpx.Client, stack: Stack, folder: Path) -> None:
         curves = http.get(f"/v1/jobs/{i}/metrics").json()
         steps = [p["step"] for p in curves["metrics"]["train_loss"]]
         assert steps == list(range(1, epochs + 1)), (i, steps)  # continuous, no duplicate
-
-
-def _hosts(stack: Stack, name: str, pid: int) -> bool:
-    """Whether the Ray node started as ``name`` runs the worker process ``pid``."""
-    return pid in descendants(stack.processes[name].pid)

@@ -32,7 +32,7 @@ def test_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("field", "value", "words"),
     [
         ("auth", "maybe", "none"),
-        ("port", 0, "greater than or equal to 1"),
+        ("port", -1, "greater than or equal to 0"),
         ("database_url", "mysql://x/y", "sqlite or postgresql"),
         ("database_url", "not a url", "not a database URL"),
         ("mlflow_tracking_uri", "ftp://x", "tracking URI"),
