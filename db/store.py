@@ -33,10 +33,12 @@ from db.submits import SubmitMixin
 from db.transitions import fence, move, refuse
 from db.views import ClaimedJob, JobView
 
-# The event reasons of a job ended because its last attempt's lease ran out (the worker lost):
-# nobody else closes its MLflow run (``lost_runs``).
+# The event reasons of a job ended because its last attempt's lease ran out (the worker lost)
+# or its attempt was seen to die: nobody else closes its MLflow run (``lost_runs``).
 LOST = "lost"
 LOST_CANCELLED = "cancel requested and lease expired"
+DIED = "lost: the attempt died"
+DIED_CANCELLED = "cancel requested and the attempt died"
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -161,15 +163,19 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
             values["checkpoint_uri"] = checkpoint_uri
         self._fenced_update(job_id, attempt, values, JOBS.c.id)
 
-    def release(self, *, job_id: str, attempt: int) -> bool:
-        """End the lease of an attempt known to be dead (its Ray task crashed or was killed):
-        the lease expires now, so the next ``requeue_expired`` settles the job at once instead
-        of after the lease. Fenced; False when the attempt no longer holds the job."""
+    def release(self, *, job_id: str, attempt: int, why: str) -> JobStatus | None:
+        """Settle at once the job of an attempt known to be dead (its Ray task crashed, its
+        worker process or node died, or it was killed), as an expired lease would be settled
+        a lease later: cancel requested → cancelled; attempts left → queued (the next attempt
+        resumes from the checkpoint); none left → failed "lost". The event names ``why``.
+        Fenced: returns the new status, or None when the attempt no longer holds the job (it
+        finished, or its lease was already settled)."""
         now = utcnow()
-        values = {"lease_expires_at": now, "updated_at": now}
-        return (
-            self._fenced_update(job_id, attempt, values, JOBS.c.id, refuse_stale=False) is not None
-        )
+        with write_tx(self._engine) as conn:
+            for new, rows in self._settle(conn, fence(job_id, attempt), now, died=why):
+                if rows:
+                    return new
+        return None
 
     def _fenced_update(
         self,
@@ -279,36 +285,42 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         ``attempt >= max_attempts`` → failed with reason "lost". One event each.
         """
         now = now or utcnow()
-        expired = [JOBS.c.lease_expires_at < now]
+        with write_tx(self._engine) as conn:
+            settled = self._settle(conn, [JOBS.c.lease_expires_at < now], now, died=None)
+            return [(r.id, new) for new, rows in settled for r in rows]
+
+    @staticmethod
+    def _settle(
+        conn: Any, where: list[Any], now: datetime, *, died: str | None
+    ) -> list[tuple[JobStatus, Sequence[Any]]]:
+        """The running jobs matching ``where`` whose attempt is over without an outcome: its
+        lease expired (``died`` None) or it is known dead (``died``: why), each moved to
+        cancelled, failed "lost" or queued, with one event naming the reason."""
         cleared = dict(lease_owner=None, lease_expires_at=None)
         cancel, keep = JOBS.c.cancel_requested == true(), JOBS.c.cancel_requested == false()
         spent = JOBS.c.attempt >= JOBS.c.max_attempts
-        lost = {"type": "lost", "message": "lease expired on the last attempt: attempts exhausted"}
-        out: list[tuple[str, JobStatus]] = []
-        with write_tx(self._engine) as conn:
-            for new, where, values, reason in (
-                (
-                    JobStatus.CANCELLED,
-                    [cancel],
-                    dict(finished_at=now, **cleared),
-                    LOST_CANCELLED,
-                ),
-                (
-                    JobStatus.FAILED,
-                    [keep, spent],
-                    dict(finished_at=now, error=lost, **cleared),
-                    LOST,
-                ),
-                (Q, [keep, ~spent], dict(node=None, **cleared), "lease expired; requeued"),
-            ):
-                rows = move(conn, R, new, expired + where, values, reason, now)
-                out.extend((r.id, new) for r in rows)
+        if died is None:
+            message = "lease expired on the last attempt: attempts exhausted"
+            reasons = (LOST_CANCELLED, LOST, "lease expired; requeued")
+        else:
+            message = f"the last attempt died ({died}): attempts exhausted"
+            reasons = (DIED_CANCELLED, DIED, f"attempt died ({died}); requeued")
+        lost = {"type": "lost", "message": message}
+        out: list[tuple[JobStatus, Sequence[Any]]] = []
+        for new, extra, values, reason in (
+            (JobStatus.CANCELLED, [cancel], dict(finished_at=now, **cleared), reasons[0]),
+            (JobStatus.FAILED, [keep, spent], dict(finished_at=now, error=lost, **cleared),
+             reasons[1]),
+            (Q, [keep, ~spent], dict(node=None, **cleared), reasons[2]),
+        ):  # fmt: skip
+            out.append((new, move(conn, R, new, where + extra, values, reason, now)))
         return out
 
     def lost_runs(self, *, since: datetime) -> list[tuple[str, str, JobStatus]]:
         """(job id, MLflow run id, status) of the jobs ended since ``since`` because their last
-        attempt's lease ran out (``requeue_expired``: failed "lost", or cancelled): the runs a
-        dispatcher closes, and closes again at its start in case it stopped before it could."""
+        attempt's lease ran out or it was seen dead (``requeue_expired``, ``release``: failed
+        "lost", or cancelled): the runs a dispatcher closes, and closes again at its start in
+        case it stopped before it could."""
         query = (
             select(JOBS.c.id, JOBS.c.mlflow_run_id, JOBS.c.status)
             .join(EVENTS, EVENTS.c.job_id == JOBS.c.id)
@@ -317,7 +329,7 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
                 JOBS.c.finished_at >= since,
                 JOBS.c.mlflow_run_id.is_not(None),
                 EVENTS.c.to_status == JOBS.c.status,
-                EVENTS.c.reason.in_((LOST, LOST_CANCELLED)),
+                EVENTS.c.reason.in_((LOST, LOST_CANCELLED, DIED, DIED_CANCELLED)),
             )
             .order_by(JOBS.c.finished_at, JOBS.c.id)
         )

@@ -4,7 +4,8 @@ It claims only as many jobs as the cluster has free CPUs and GPUs for, so a wait
 ``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler. Each
 claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
 ``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
-itself (the attempt does), settles expired leases with ``requeue_expired``, closes the MLflow
+itself (the attempt does), settles at once the job of an attempt it sees die
+(``JobStore.release``) and any other expired lease (``requeue_expired``), closes the MLflow
 runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
 those a stopped dispatcher left open), and force-stops an attempt whose job was cancelled
 when it has not stopped by itself within a grace period.
@@ -85,6 +86,12 @@ def warm_up() -> str:
 
     workers.tracking_plot.learning_curve_png([])  # loads Pillow's font
     return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {mlflow.models.__name__}"
+
+
+def death(exc: BaseException) -> str:
+    """How an attempt died, for its job's event: the exception's type and first line."""
+    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def resources(spec: dict[str, Any]) -> tuple[float, float]:
@@ -197,8 +204,11 @@ class Dispatcher:
         self.launch()
 
     def reap(self) -> None:
-        """Collect finished attempts. One that died (crashed, killed, cancelled by force) has
-        its lease released, so that the database decides at once whether it runs again."""
+        """Collect finished attempts. One that died (its task raised, its worker process or
+        node died, or it was killed after a cancel) has its job settled at once
+        (``JobStore.release``): requeued, failed "lost" at its last attempt, or cancelled,
+        with an event naming the death, instead of a lease later. When the database is away
+        the lease settles it instead."""
         import ray
 
         if not self.inflight:
@@ -213,20 +223,33 @@ class Dispatcher:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
             except Exception as exc:
-                log.warning(
-                    "job %s attempt %s died: %s", job_id, attempt.job.attempt, type(exc).__name__
-                )
+                self._settle_dead(job_id, attempt.job.attempt, exc)
+
+    def _settle_dead(self, job_id: str, attempt: int, exc: Exception) -> None:
+        why = death(exc)
+        log.warning("job %s attempt %s died: %s", job_id, attempt, why)
+        try:
+            status = self.store.release(job_id=job_id, attempt=attempt, why=why)
+        except Exception as error:  # the database is away: the lease will settle it
+            log.warning("job %s: could not settle its dead attempt now: %s", job_id, error)
+            return
+        if status is not None:
+            log.info("job %s: attempt %s died, now %s", job_id, attempt, status.value)
+            self._close_if_ended(job_id, status.value)
 
     def settle_expired(self) -> None:
         """Expired leases: back to queued, or failed ("lost") / cancelled; their runs closed."""
         for job_id, status in self.store.requeue_expired():
             log.info("job %s: lease expired, now %s", job_id, status.value)
-            if status.value in ("failed", "cancelled"):
-                run_id = self.store.get(job_id=job_id).mlflow_run_id
-                if run_id:
-                    self.closer.submit(
-                        job_id=job_id, run_id=run_id, status=status.value, reason=LOST_REASON
-                    )
+            self._close_if_ended(job_id, status.value)
+
+    def _close_if_ended(self, job_id: str, status: str) -> None:
+        """The MLflow run of a job its lost attempt ended (failed or cancelled) is closed by
+        the closer: no attempt of it is left to close it."""
+        if status in ("failed", "cancelled"):
+            run_id = self.store.get(job_id=job_id).mlflow_run_id
+            if run_id:
+                self.closer.submit(job_id=job_id, run_id=run_id, status=status, reason=LOST_REASON)
 
     def close_lost_runs(self) -> None:
         """Hand the runs of jobs lost lately to the closer (``JobStore.lost_runs``): a run
@@ -244,7 +267,7 @@ class Dispatcher:
 
     def enforce_cancels(self) -> None:
         """A cancelled job's attempt stops by itself between steps; one that has not within
-        the grace period (stuck in a long step) is killed; its lease then ends it."""
+        the grace period (stuck in a long step) is killed; ``reap`` then settles it as cancelled."""
         import ray
 
         now = time.monotonic()

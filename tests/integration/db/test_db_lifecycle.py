@@ -187,6 +187,44 @@ def test_lost_runs_are_the_runs_of_jobs_an_expired_lease_ended(
     assert store.lost_runs(since=later + timedelta(seconds=1)) == []
 
 
+@pytest.mark.chaos  # an attempt seen dead: settled at once, not a lease later
+def test_release_settles_a_dead_attempt_at_once_naming_the_death(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    start = utcnow()
+    job = store.submit(spec=make_spec(max_attempts=2))
+    cancelled = store.submit(spec=make_spec(priority=-1))
+    [first] = store.claim(owner="w1", lease_seconds=3600)
+    store.set_run(job_id=job.id, attempt=1, mlflow_run_id="run-job")
+    why = "WorkerCrashedError: The worker died unexpectedly"
+    assert store.release(job_id=job.id, attempt=1, why=why) is JobStatus.QUEUED
+    assert store.release(job_id=job.id, attempt=1, why=why) is None  # settled once
+    seen = store.get(job_id=job.id)
+    assert (seen.status, seen.lease_owner, seen.lease_expires_at) == ("queued", None, None)
+    assert store.events(job_id=job.id)[-1].reason == f"attempt died ({why}); requeued"
+    [second] = store.claim(owner="w2", lease_seconds=3600)
+    assert (second.id, second.attempt) == (job.id, 2)
+    assert store.release(job_id=job.id, attempt=1, why=why) is None  # stale: fenced out
+    assert store.get(job_id=job.id).status == "running"
+    assert store.release(job_id=job.id, attempt=2, why=why) is JobStatus.FAILED
+    lost = store.get(job_id=job.id)
+    assert lost.error == {"type": "lost",
+                          "message": f"the last attempt died ({why}): attempts exhausted"}  # fmt: skip
+    [third] = store.claim(owner="w3", lease_seconds=3600)
+    store.set_run(job_id=cancelled.id, attempt=1, mlflow_run_id="run-cancelled")
+    store.request_cancel(job_id=cancelled.id)
+    assert store.release(job_id=cancelled.id, attempt=1, why="TaskCancelledError") is (
+        JobStatus.CANCELLED
+    )
+    assert _path(store, cancelled.id)[-1] == ("running", "cancelled", 1)
+    # nobody else closes these runs: the dispatcher hands them to its closer
+    assert sorted(store.lost_runs(since=start)) == sorted([
+        (job.id, "run-job", JobStatus.FAILED),
+        (cancelled.id, "run-cancelled", JobStatus.CANCELLED),
+    ])  # fmt: skip
+    assert first.id == job.id and third.id == cancelled.id
+
+
 def test_queue_position_and_pending_reason(store: JobStore, make_spec: SpecFactory) -> None:
     a = store.submit(spec=make_spec(priority=5))
     b = store.submit(spec=make_spec(priority=0))

@@ -94,10 +94,9 @@ def test_the_counters_follow_every_write(
             store.finish(job_id=job.id, attempt=job.attempt, status=status)
         elif op == "expire":  # every running lease lapses: requeued, cancelled or failed
             store.requeue_expired(now=utcnow() + timedelta(hours=1))
-        elif op == "release" and running:
+        elif op == "release" and running:  # an attempt seen dead: settled at once
             job = rng.choice(running)
-            store.release(job_id=job.id, attempt=job.attempt)
-            store.requeue_expired()
+            store.release(job_id=job.id, attempt=job.attempt, why="WorkerCrashedError")
         elif op == "fail_queued" and queued_ids:
             store.fail_queued(job_id=rng.choice(queued_ids), reason="no node fits")
         elif op == "delete" and ids:  # an operator's clean-up of old rows

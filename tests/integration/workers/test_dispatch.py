@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ class Service:
 
 @pytest.fixture
 def service(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
-    backend = getattr(request, "param", "sqlite")  # tests choose with indirect parametrisation
+    # tests choose with indirect parametrisation: a backend, or {"backend", "lease_seconds"}
+    param = getattr(request, "param", "sqlite")
+    param = param if isinstance(param, dict) else {"backend": param}
+    backend = param.get("backend", "sqlite")
     db_url = (
         request.getfixturevalue("pg_url")
         if backend == "postgres"
@@ -81,7 +85,8 @@ def service(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     config = WorkerConfig(
         database_url=db_url, tracking_uri=tracking, artifact_root=str(tmp_path / "artifacts"),
-        lease_seconds=4.0, heartbeat_seconds=0.5, metrics_flush_seconds=1.0,
+        lease_seconds=param.get("lease_seconds", 4.0), heartbeat_seconds=0.5,
+        metrics_flush_seconds=1.0,
         checkpoint_upload_seconds=0.0,
     )  # fmt: skip
     stops: list[threading.Event] = []
@@ -180,10 +185,29 @@ def test_killed_worker_resumes_from_its_checkpoint(service: Service) -> None:
     assert job.result is not None and job.result["resumed_from_epoch"] >= 4
     transitions = events(service, job_id)
     assert transitions.count(("queued", "running")) == 2
-    assert ("running", "queued") in transitions  # the lease expired and the job went back
+    assert ("running", "queued") in transitions  # the attempt died and the job went back
     steps = [s for s, _ in metric_history(tracking_uri=service.tracking_uri,
                                           run_id=job.mlflow_run_id or "", key="train_loss")]  # fmt: skip
     assert steps == list(range(1, 41))  # continuous: no gap, no duplicate
+
+
+@pytest.mark.chaos  # a worker process lost mid-training, under a lease of a minute
+@pytest.mark.parametrize("service", [{"lease_seconds": 60.0}], indirect=True)
+def test_a_killed_attempt_is_settled_at_once_not_a_lease_later(service: Service) -> None:
+    job_id = service.submit(slow_job(epochs=40))
+    job = service.wait(job_id, lambda j: (j.progress or {}).get("epoch", 0) >= 2)
+    assert job.lease_expires_at is not None
+    assert (job.lease_expires_at - datetime.now(UTC)).total_seconds() > 30  # a long lease
+    os.kill(job.progress["pid"], signal.SIGKILL)  # type: ignore[index]
+    # The dispatcher sees the task die and settles the job: it leaves attempt 1's "running"
+    # within 5 s of the kill, not when the lease would have expired (a minute).
+    service.wait(job_id, lambda j: j.status is not JobStatus.RUNNING or j.attempt > 1, timeout=5)
+    left = [e for e in service.store.events(job_id=job_id) if e.from_status is JobStatus.RUNNING]
+    assert left and left[0].attempt == 1 and left[0].to_status is JobStatus.QUEUED, left
+    assert left[0].reason is not None and "attempt died (" in left[0].reason, left[0].reason
+    assert "Error" in left[0].reason, left[0].reason  # the death named: Ray's exception type
+    job = service.wait_terminal(job_id, timeout=240)
+    assert job.status is JobStatus.SUCCEEDED and job.attempt == 2, job.error
 
 
 def test_cancel_running_and_queued(service: Service) -> None:
