@@ -176,7 +176,9 @@ class JobTracker:
         Without ``run_id``: the experiment ``spec.experiment`` is fetched or created, and a
         run already tagged with this job id is reused (a first attempt that died before its
         run id was saved), else a run named ``spec.name`` is created and the flattened spec
-        logged as params. With ``run_id``: that run (it must carry this job id) is set
+        logged as params. A job has one run: when several carry its id (a create retried by
+        MLflow's client, or made by an earlier attempt), the first created is kept and the
+        others deleted. With ``run_id``: that run (it must carry this job id) is set
         RUNNING again; params are not re-logged. Either way the attempt and node tags are
         updated, and epochs or gradient checks already in the run are not logged again."""
         with self.clock.measure():
@@ -194,16 +196,16 @@ class JobTracker:
             experiment_id = self._experiment_id()
             # Only a later attempt can find a run of this job (its first attempt died before
             # saving the run id): a first attempt skips the search.
-            query = f"tags.`gradq.job_id` = '{self.job_id}'"
-            found = (
-                client.search_runs([experiment_id], query)
-                if self.attempt > 1 and "'" not in self.job_id
-                else []
-            )
+            found = self._job_runs(experiment_id) if self.attempt > 1 else []
             if found:
-                self.run_id = found[0].info.run_id
+                self.run_id = self._one_run(found).info.run_id
             else:  # tagged at creation, so that a retry finds it; nothing in it to skip
                 run = self._create_run(experiment_id, tags)
+                # A create that MLflow's client retried (the server committed it, the answer
+                # was lost) or one by an earlier attempt still alive made a second run: the
+                # job keeps one (MLflow's SQLite store has no HTTP retries: one create, one run)
+                if _is_remote(self.tracking_uri) or self.attempt > 1:
+                    run = self._one_run(self._job_runs(experiment_id) or [run])
                 self.run_id = run.info.run_id
                 self._experiment = run.info.experiment_id
                 self._artifact_uri = run.info.artifact_uri
@@ -347,6 +349,25 @@ class JobTracker:
         if self.run_id is None:
             raise RuntimeError("JobTracker.start() has not been called")
         return self.run_id
+
+    def _job_runs(self, experiment_id: str) -> list[Run]:
+        """The live (not deleted) runs of the experiment tagged with this job's id."""
+        if "'" in self.job_id:  # not a job id gradq makes; never put in a filter string
+            return []
+        query = f"tags.`gradq.job_id` = '{self.job_id}'"
+        return list(self.client.search_runs([experiment_id], query, max_results=100))
+
+    def _one_run(self, runs: list[Run]) -> Run:
+        """The job's run among ``runs`` (all tagged with its id): the first created (the
+        earliest start, then the smallest id), the same whichever attempt asks; the others
+        are deleted (MLflow keeps a deleted run restorable, out of every search and view)."""
+        keep = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        for run in runs:
+            if run.info.run_id != keep.info.run_id:
+                log.warning("job %s: run %s duplicates run %s, deleted",
+                            self.job_id, run.info.run_id, keep.info.run_id)  # fmt: skip
+                self.client.delete_run(run.info.run_id)
+        return keep
 
     def _create_run(self, experiment_id: str, tags: dict[str, str]) -> Run:
         """A new run named ``spec.name``; an experiment id remembered from an earlier job
