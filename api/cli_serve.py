@@ -201,8 +201,8 @@ def serve(
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
         app = create_app(settings, ray_probe=probes.local_ray(thread))
         stack.callback(_ignore_signals)  # runs first: the clean-up is not interrupted
-        port = settings.port or "<a free port, named below>"
-        err.print(f"gradq on http://{settings.host}:{port} (auth: {settings.auth})")
+        where = str(settings.port or "<a free port, named below>")
+        err.print(f"gradq on http://{settings.host}:{where} (auth: {settings.auth})")
         _uvicorn(app, settings)
 
 

@@ -4,16 +4,18 @@ not) and ``/metrics`` (Prometheus text format)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api import probes, schemas
 from api.deps import Services, ServicesDep, get_tenant
+from api.fast_submit import ResponseCounts
 from api.routes.common import errors
 from db.states import JobStatus
 
@@ -65,14 +67,18 @@ async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
         **errors(),
     },
 )
-def metrics(services: ServicesDep, _: Authorized) -> PlainTextResponse:
-    """Prometheus text format: jobs by status, queue depth, running attempts, claim latency."""
+def metrics(request: Request, services: ServicesDep, _: Authorized) -> PlainTextResponse:
+    """Prometheus text format: jobs by status, queue depth, running attempts, claim latency,
+    and this process's HTTP answers by status class."""
+    counts = getattr(request.app, "responses", None)
+    by_class = counts.by_class if isinstance(counts, ResponseCounts) else None
     return PlainTextResponse(
-        prometheus_text(services), media_type="text/plain; version=0.0.4; charset=utf-8"
+        prometheus_text(services, by_class), media_type="text/plain; version=0.0.4; charset=utf-8"
     )
 
 
-def prometheus_text(services: Services) -> str:
+def prometheus_text(services: Services, responses: Mapping[str, int] | None = None) -> str:
+    """The metrics text; ``responses``: HTTP answers by status class ("2xx", …), if counted."""
     store = services.store
     counts = store.counts_by_status()
     lines = [
@@ -107,6 +113,13 @@ def prometheus_text(services: Services) -> str:
         f"gradq_claim_latency_seconds_sum {sum(waits):.6f}",
         f"gradq_claim_latency_seconds_count {len(waits)}",
     ]
+    if responses is not None:
+        lines += [
+            "# HELP gradq_http_responses_total HTTP answers of this server process, by status "
+            "class (a request that raised before answering counts as 5xx).",
+            "# TYPE gradq_http_responses_total counter",
+            *(f'gradq_http_responses_total{{status="{c}"}} {n}' for c, n in responses.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 

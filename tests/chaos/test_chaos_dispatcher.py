@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 from chaos_harness import (
+    ServerErrors,
     all_terminal,
     audit,
     chaos_env,
@@ -52,13 +53,14 @@ def test_dispatcher_killed_mid_training_resumes_every_job_once(stack: Stack) -> 
         wait_until("the dispatcher", lambda: "running (Ray" in stack.log("dispatcher"), 180,
                    context=stack.logs)  # fmt: skip
         stack.start("api", [GRADQ, "api", "--port", str(port)], env)
-        with httpx.Client(base_url=url, timeout=30) as http:
+        errors = ServerErrors()  # the 5xx answers this test's client got
+        with errors.client(url) as http:
             wait_until("the API", lambda: http.get("/healthz").is_success, 180,
                        context=stack.logs)  # fmt: skip
-            run(http, stack, env)
+            run(http, stack, env, errors)
 
 
-def run(http: httpx.Client, stack: Stack, env: dict[str, str]) -> None:
+def run(http: httpx.Client, stack: Stack, env: dict[str, str], errors: ServerErrors) -> None:
     specs = {"long-a": digits("long-a", 150), "long-b": digits("long-b", 150)} | {
         f"queued-{i}": iris(f"queued-{i}", epochs=6, seed=i) for i in range(3)
     }
@@ -101,7 +103,16 @@ def run(http: httpx.Client, stack: Stack, env: dict[str, str]) -> None:
     final = wait_until("every job to end", lambda: all_terminal(http, ids), 240,
                        context=stack.logs)  # fmt: skip
     tracking = env["GRADQ_MLFLOW_TRACKING_URI"]
-    audit(http, tracking, accepted)
+    checked = audit(http, tracking, accepted)
+    record({
+        "fault": "dispatcher SIGKILL + restart (PostgreSQL)", "in_flight": in_flight,
+        "accepted": len(ids), **checked.counts, "http_5xx": errors.count,
+        "recover_s": round(recover_s, 1),
+        "checked": "events: one attempt at a time; fencing; 1 MLflow run/job, steps 1..n once; "
+                   "resumed from checkpoint",
+    })  # fmt: skip
+    checked.assert_clean()
+    errors.assert_none()
     engine = make_engine(env["GRADQ_DATABASE_URL"])
     store = JobStore(engine)
     for job_id in longs:
@@ -113,10 +124,3 @@ def run(http: httpx.Client, stack: Stack, env: dict[str, str]) -> None:
     engine.dispose()
     for job_id in ids[2:]:
         assert final[job_id]["attempt"] == 1, final[job_id]
-    record({
-        "fault": "dispatcher SIGKILL + restart (PostgreSQL)", "in_flight": in_flight,
-        "accepted": len(ids), "lost": 0, "duplicated": 0, "http_5xx": 0,
-        "recover_s": round(recover_s, 1),
-        "checked": "events: one attempt at a time; fencing; 1 MLflow run/job, steps 1..n once; "
-                   "resumed from checkpoint",
-    })  # fmt: skip

@@ -16,6 +16,7 @@ import time
 import httpx
 import pytest
 from chaos_harness import (
+    ServerErrors,
     all_terminal,
     audit,
     chaos_env,
@@ -32,12 +33,14 @@ from gradq_service import GRADQ
 pytestmark = pytest.mark.timeout(300)
 
 
-def serve(stack: Stack, name: str, env: dict[str, str], port: int) -> httpx.Client:
+def serve(
+    stack: Stack, name: str, env: dict[str, str], port: int, errors: ServerErrors
+) -> httpx.Client:
     stack.start(name, [GRADQ, "serve", "--no-mlflow-ui", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
     wait_until("gradq serve", lambda: httpx.get(f"{url}/readyz", timeout=10).is_success, 180,
                context=stack.logs)  # fmt: skip
-    return httpx.Client(base_url=url, timeout=30)
+    return errors.client(url)
 
 
 def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stack) -> None:
@@ -46,6 +49,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
     data.mkdir()
     port = free_port()
     accepted: dict[str, int] = {}
+    errors = ServerErrors()  # the 5xx answers this test's clients got
 
     def submit(http: httpx.Client, spec: dict) -> str:
         r = http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": spec["name"]})
@@ -53,7 +57,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
         accepted[r.json()["id"]] = spec["optimizer"]["epochs"]
         return str(r.json()["id"])
 
-    with serve(stack, "serve", env, port) as http:
+    with serve(stack, "serve", env, port, errors) as http:
         longs = [submit(http, digits(f"long-{i}", 50)) for i in range(2)]
         queued = [submit(http, iris(f"queued-{i}", seed=i)) for i in range(2)]
 
@@ -84,7 +88,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
                lambda: not any(alive(p) for p in family + pids), 60)  # fmt: skip
     killed_at = time.monotonic()
 
-    with serve(stack, "serve-2", env, port) as http:
+    with serve(stack, "serve-2", env, port, errors) as http:
         recover_s = time.monotonic() - killed_at  # until the API answers ready again
         # A client that retries its last submission with the same key gets the same job.
         r = http.post("/v1/jobs", json=iris("queued-1", seed=1),
@@ -94,15 +98,17 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
         ids = longs + queued + [after]
         final = wait_until("every job to end", lambda: all_terminal(http, ids), 240,
                            context=stack.logs)  # fmt: skip
-        audit(http, env["GRADQ_MLFLOW_TRACKING_URI"], accepted)
-        for job_id in longs:
-            assert final[job_id]["attempt"] == 2, final[job_id]
-            assert final[job_id]["result"]["resumed_from_epoch"] >= 1, final[job_id]["result"]
-    assert len(accepted) == 5
+        checked = audit(http, env["GRADQ_MLFLOW_TRACKING_URI"], accepted)
     record({
         "fault": "gradq serve SIGKILL (process group) + restart on the same folder (SQLite)",
-        "in_flight": in_flight, "accepted": len(accepted), "lost": 0, "duplicated": 0,
-        "http_5xx": 0, "recover_s": round(recover_s, 1),
+        "in_flight": in_flight, "accepted": len(accepted), **checked.counts,
+        "http_5xx": errors.count, "recover_s": round(recover_s, 1),
         "checked": "events: one attempt at a time; 1 MLflow run/job, steps 1..n once; "
                    "resumed from checkpoint; idempotent resubmit returns the same job",
     })  # fmt: skip
+    checked.assert_clean()
+    errors.assert_none()
+    for job_id in longs:
+        assert final[job_id]["attempt"] == 2, final[job_id]
+        assert final[job_id]["result"]["resumed_from_epoch"] >= 1, final[job_id]["result"]
+    assert len(accepted) == 5

@@ -53,19 +53,65 @@ def test_a_long_classification_curve_draws_loss_and_accuracy() -> None:
     assert near(img, BLUE) > 1000 and near(img, ORANGE) > 1000
 
 
+def bluish(img: np.ndarray) -> np.ndarray:
+    """Where a blue line is, anti-aliased edges included (orange, ink and grid are not)."""
+    return np.asarray((img[:, :, 2] - img[:, :, 0]) > 40)
+
+
 def test_a_regression_curve_with_gaps_and_no_positive_loss_scale() -> None:
-    """R² on the second axis; a NaN validation loss breaks the line; a zero loss rules out the
-    log scale (the plot is still drawn)."""
+    """R² on the second axis; a NaN validation loss breaks the line (nothing is drawn between
+    the epochs on either side of it, the line is drawn on both sides); a zero loss rules out
+    the log scale: the loss axis is linear, so losses in arithmetic progression at successive
+    epochs lie on a straight line.
+
+    40 epochs: no dots, only lines. The train loss falls from 1 to 0 by equal steps; the
+    validation loss is 0.8 above it (NaN at epoch 20), 3 at the last epoch, so that the loss
+    lines stay between the two R² lines (constant: at the bottom and the top of their axis)
+    over the epochs looked at, 2..30, which are left of the legend."""
+    n = 40
+
+    def train_loss(e: int) -> float:
+        return 1 - (e - 1) / (n - 1)
+
+    def val_loss(e: int) -> float:
+        return math.nan if e == 20 else 3.0 if e == n else train_loss(e) + 0.8
+
     history = [
-        record(
-            e,
-            {"loss": 0.0 if e == 3 else 1.0 / e, "r2": 0.1 * e},
-            {"loss": math.nan if e == 4 else 1.1 / e, "r2": 0.09 * e},
-        )
-        for e in range(1, 9)
+        record(e, {"loss": train_loss(e), "r2": 0.6}, {"loss": val_loss(e), "r2": 0.5})
+        for e in range(1, n + 1)
     ]
     img = pixels(learning_curve_png(history))
     assert near(img, BLUE) > 300 and near(img, ORANGE) > 300
+    blue = bluish(img)
+    ink = (255 - img[:, :, 0]) / (255 - BLUE[0])  # how much of a line a pixel is
+    drawn = np.nonzero(blue.any(axis=0))[0]
+    first, last = int(drawn[0]), int(drawn[-1])  # the lines' ends: epochs 1 and n
+
+    def x(epoch: int) -> int:
+        return round(first + (epoch - 1) * (last - first) / (n - 1))
+
+    columns = list(range(x(2), x(30) + 1))
+    train_y: list[float] = []  # the train line's height in each column (the lowest blue)
+    val_rows: dict[int, np.ndarray] = {}  # the validation line's pixels (well above it)
+    for c in columns:
+        rows = np.nonzero(blue[:, c])[0]
+        assert len(rows), f"no loss line in column {c}"
+        low = rows[rows > rows.max() - 10]
+        train_y.append(float(np.average(low, weights=ink[low, c])))
+        val_rows[c] = rows[rows < rows.max() - 40]
+
+    # no log scale: a straight line (on a log axis the train loss would curve, by ~12 px)
+    residuals = np.array(train_y) - np.polyval(np.polyfit(columns, train_y, 1), columns)
+    worst = float(np.abs(residuals).max())
+    assert worst < 1.5, f"the train loss is off a straight line by {worst:.1f} px: not linear"
+
+    # the NaN breaks the validation line: nothing between epochs 19 and 21 (the line ends at
+    # each, a pixel wide), and the line, dashed, on both sides
+    gap = [c for c in range(x(19) + 2, x(21) - 1) if len(val_rows[c])]
+    assert gap == [], f"the validation line is drawn across the NaN in columns {gap}"
+    for side in (range(x(15), x(19)), range(x(21) + 1, x(25) + 1)):
+        drawn_share = np.mean([len(val_rows[c]) > 0 for c in side])
+        assert drawn_share > 0.5, (side, drawn_share)
 
 
 def test_an_empty_history_is_empty_axes() -> None:
