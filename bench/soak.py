@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 from chaos_harness import chaos_env, kill_ours, private_postgres, private_postgres_missing
-from deploy_stack import Stack, free_port
+from deploy_stack import Stack
 from gradq_service import GRADQ
 
 FAULTS = ("none", "serve-kill", "dispatcher-kill", "postgres-restart", "mlflow-down")
@@ -180,16 +180,14 @@ def _json(r: httpx.Response) -> Any:
 class Deployment:
     def __init__(self, fault: str, folder: Path, stack: Stack, pg: Any) -> None:
         self.fault, self.folder, self.stack, self.pg = fault, folder, stack, pg
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # a free one at the first start; restarts keep it (clients know it)
+        self.url = ""
         extra: dict[str, str] = {"RAY_TMPDIR": str(stack.ray_temp), "GRADQ_LEASE_SECONDS": "5",
                                  "GRADQ_HEARTBEAT_SECONDS": "1",
                                  "GRADQ_MAX_QUEUED_PER_TENANT": "100000"}  # fmt: skip
         if pg is not None:
             extra["GRADQ_DATABASE_URL"] = pg.database()
-        if fault == "mlflow-down":
-            self.mlflow_port = free_port()
-            extra["GRADQ_MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{self.mlflow_port}"
+        self.mlflow_port = 0  # the same: its URI is in the service's settings
         self.env = chaos_env(folder, **extra)
         self.generation = 0
         self.recovered_s: float | None = None
@@ -197,27 +195,30 @@ class Deployment:
     def start(self) -> None:
         if self.fault == "mlflow-down":
             self.start_mlflow()
+            self.env["GRADQ_MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{self.mlflow_port}"
         if self.fault == "dispatcher-kill":
             self.stack.start("dispatcher", [GRADQ, "dispatcher"], self.env)
             self.wait("the dispatcher", lambda: "running (Ray" in self.stack.log("dispatcher"))
-            self.stack.start("api", [GRADQ, "api", "--port", str(self.port)], self.env)
+            self.port = self.stack.start_server("api", [GRADQ, "api"], self.env, self.port)
         else:
             self.start_serve()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.wait("the API", lambda: httpx.get(f"{self.url}/readyz", timeout=5).is_success)
+        self.stack.assert_loopback_only()
 
     def start_serve(self) -> None:
         name = f"serve-{self.generation}"
-        self.stack.start(name, [GRADQ, "serve", "--no-mlflow-ui", "--port", str(self.port)],
-                         self.env)  # fmt: skip
+        command = [GRADQ, "serve", "--no-mlflow-ui"]
+        self.port = self.stack.start_server(name, command, self.env, self.port)
 
     def start_mlflow(self) -> None:
         bin_dir = Path(GRADQ).parent
-        self.stack.start(f"mlflow-{self.generation}", [
+        self.mlflow_port = self.stack.start_server(f"mlflow-{self.generation}", [
             str(bin_dir / "mlflow"), "server", "--backend-store-uri",
             f"sqlite:///{self.folder}/mlflow-server.db", "--serve-artifacts",
             "--artifacts-destination", str(self.folder / "mlartifacts"), "--host", "127.0.0.1",
-            "--port", str(self.mlflow_port), "--workers", "1",
-        ], self.env)  # fmt: skip
+            "--workers", "1",
+        ], self.env, self.mlflow_port)  # fmt: skip
         health = f"http://127.0.0.1:{self.mlflow_port}/health"
         self.wait("MLflow", lambda: httpx.get(health, timeout=2).status_code == 200)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,12 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests" / "integration" / "deploy") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "integration" / "deploy"))
+from deploy_stack import descendants, off_loopback, served_port  # noqa: E402
+
 GRADQ = str(Path(sys.executable).with_name("gradq"))
 BOOT_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_env(folder: Path, **extra: str) -> dict[str, str]:
@@ -89,17 +86,23 @@ def running(
     command: list[str], folder: Path, env: dict[str, str], *, ready: str = "/readyz",
     headers: dict[str, str] | None = None,
 ) -> Iterator[Service]:  # fmt: skip
-    """Start ``gradq <command> --port <free>``, wait until ``ready`` answers 200, stop it."""
-    port = free_port()
-    log = folder / f"{command[0]}-{port}.log"
+    """Start ``gradq <command> --port 0`` (it binds a free port and names it in its log), wait
+    until ``ready`` answers 200, check that it and its children (a local Ray) listen on
+    127.0.0.1 only, stop it."""
+    log = folder / f"{command[0]}-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [GRADQ, *command, "--port", str(port)], env=env, cwd=folder, stdout=out,
+            [GRADQ, *command, "--port", "0"], env=env, cwd=folder, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    service = Service(f"http://127.0.0.1:{port}", folder, env, process, log, dict(headers or {}))
     try:
+        port = served_port(log, process, BOOT_TIMEOUT_S)
+        service = Service(
+            f"http://127.0.0.1:{port}", folder, env, process, log, dict(headers or {})
+        )
         _wait_ready(service, ready)
+        bad = off_loopback([process.pid, *descendants(process.pid)])
+        assert not bad, f"listening off 127.0.0.1: {bad}"
         yield service
     finally:
         stop(process)

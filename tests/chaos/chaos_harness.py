@@ -303,8 +303,24 @@ class PrivatePostgres:
     def pg_ctl(self, *args: str) -> None:
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args])
 
-    def start(self) -> None:
-        self.pg_ctl("-w", "-t", "60", "-o", f"-p {self.port} -k {self.data}", "start")
+    def start(self, *, tries: int = 10) -> None:
+        """Start on ``self.port``; while another process holds that port (taken after it was
+        found free, or not yet let go), wait a second and try again."""
+        for attempt in range(tries):
+            seen = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self.pg_ctl("-w", "-t", "60", "-o", f"-p {self.port} -k {self.data}", "start")
+                return
+            except RuntimeError:
+                if attempt + 1 == tries or not self.port_taken(since=seen):
+                    raise
+            time.sleep(1.0)
+
+    def port_taken(self, *, since: int = 0) -> bool:
+        """Whether the server's log says, after byte ``since``, that its port was taken."""
+        with self.log.open("rb") as f:
+            f.seek(since)
+            return b"Address already in use" in f.read()
 
     def stop(self, mode: str = "fast") -> None:
         self.pg_ctl("-w", "-t", "60", "-m", mode, "stop")
@@ -346,8 +362,14 @@ def private_postgres() -> Iterator[PrivatePostgres]:
                       "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("listen_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 200\n")
-        cluster = PrivatePostgres(data=data, port=free_port(), log=log)
-        cluster.start()
+        for attempt in range(5):  # a port found free may be taken before the server binds it
+            cluster = PrivatePostgres(data=data, port=free_port(), log=log)
+            try:
+                cluster.start(tries=1)
+                break
+            except RuntimeError:
+                if attempt == 4 or not cluster.port_taken():
+                    raise
         try:
             yield cluster
         finally:

@@ -28,7 +28,7 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, alive, free_port
+from deploy_stack import Stack, alive
 from gradq_service import GRADQ
 
 from db.errors import StaleAttempt
@@ -46,17 +46,16 @@ def test_dispatcher_killed_mid_training_resumes_every_job_once(stack: Stack) -> 
     with private_postgres() as pg:
         env = chaos_env(folder, GRADQ_DATABASE_URL=pg.database(),
                           RAY_TMPDIR=str(stack.ray_temp))  # fmt: skip
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         stack.start("dispatcher", [GRADQ, "dispatcher"], env)
         # One after the other: both create the fresh MLflow SQLite store's schema at start
         wait_until("the dispatcher", lambda: "running (Ray" in stack.log("dispatcher"), 180,
                    context=stack.logs)  # fmt: skip
-        stack.start("api", [GRADQ, "api", "--port", str(port)], env)
+        url = f"http://127.0.0.1:{stack.start_server('api', [GRADQ, 'api'], env)}"
         errors = ServerErrors()  # the 5xx answers this test's client got
         with errors.client(url) as http:
             wait_until("the API", lambda: http.get("/healthz").is_success, 180,
                        context=stack.logs)  # fmt: skip
+            stack.assert_loopback_only()
             run(http, stack, env, errors)
 
 

@@ -28,7 +28,7 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, free_port
+from deploy_stack import Stack
 from gradq_service import GRADQ, service_env
 from mlflow import MlflowClient
 
@@ -38,16 +38,18 @@ BIN = Path(GRADQ).parent
 OUTAGE_S = 30.0
 
 
-def mlflow_server(stack: Stack, name: str, port: int) -> None:
+def mlflow_server(stack: Stack, name: str, port: int = 0) -> int:
+    """``mlflow server`` on ``port`` (0: a free one); returns the port it serves on."""
     folder = stack.folder
-    stack.start(name, [
+    bound = stack.start_server(name, [
         str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
         "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ], service_env(folder))  # fmt: skip
+        "--host", "127.0.0.1", "--workers", "1",
+    ], service_env(folder), port)  # fmt: skip
     wait_until(f"{name} to answer", lambda: httpx.get(
-        f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 120,
+        f"http://127.0.0.1:{bound}/health", timeout=2).status_code == 200, 120,
         context=stack.logs)  # fmt: skip
+    return bound
 
 
 def outage_answer(response: httpx.Response) -> bool:
@@ -59,18 +61,18 @@ def outage_answer(response: httpx.Response) -> bool:
 
 
 def test_mlflow_server_down_30s_training_goes_on_and_nothing_is_lost(stack: Stack) -> None:
-    mlflow_port, port = free_port(), free_port()
+    mlflow_port = mlflow_server(stack, "mlflow")
     tracking = f"http://127.0.0.1:{mlflow_port}"
-    mlflow_server(stack, "mlflow", mlflow_port)
     env = chaos_env(stack.folder / "gradq", GRADQ_MLFLOW_TRACKING_URI=tracking,
                       GRADQ_LEASE_SECONDS="10", GRADQ_HEARTBEAT_SECONDS="0.5",
                       RAY_TMPDIR=str(stack.ray_temp))  # fmt: skip
-    stack.start("serve", [GRADQ, "serve", "--no-mlflow-ui", "--port", str(port)], env)
+    port = stack.start_server("serve", [GRADQ, "serve", "--no-mlflow-ui"], env)
     accepted: dict[str, int] = {}
     errors = ServerErrors(expected=outage_answer)  # the 5xx answers this test's client got
     with errors.client(f"http://127.0.0.1:{port}") as http:
         wait_until("gradq serve", lambda: http.get("/readyz").is_success, 180,
                    context=stack.logs)  # fmt: skip
+        stack.assert_loopback_only()
 
         def submit(spec: dict) -> str:
             r = http.post("/v1/jobs", json=spec)

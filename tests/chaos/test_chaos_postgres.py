@@ -30,7 +30,7 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, free_port
+from deploy_stack import Stack
 from gradq_service import GRADQ
 
 pytestmark = pytest.mark.timeout(300)
@@ -87,13 +87,13 @@ def test_postgres_restart_gives_503_then_recovers_and_loses_no_job(stack: Stack)
     with private_postgres() as pg:
         env = chaos_env(stack.folder, GRADQ_DATABASE_URL=pg.database(),
                           RAY_TMPDIR=str(stack.ray_temp))  # fmt: skip
-        port = free_port()
+        port = stack.start_server("serve", [GRADQ, "serve", "--no-mlflow-ui"], env)
         url = f"http://127.0.0.1:{port}"
-        stack.start("serve", [GRADQ, "serve", "--no-mlflow-ui", "--port", str(port)], env)
         errors = ServerErrors(expected=outage_answer)  # the 5xx answers the clients got
         with errors.client(url) as http:
             wait_until("gradq serve", lambda: http.get("/readyz").is_success, 180,
                        context=stack.logs)  # fmt: skip
+            stack.assert_loopback_only()
             run(http, url, pg, stack, env, errors)
 
 

@@ -27,19 +27,18 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, alive, descendants, free_port
+from deploy_stack import Stack, alive, descendants
 from gradq_service import GRADQ
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def serve(
-    stack: Stack, name: str, env: dict[str, str], port: int, errors: ServerErrors
-) -> httpx.Client:
-    stack.start(name, [GRADQ, "serve", "--no-mlflow-ui", "--port", str(port)], env)
-    url = f"http://127.0.0.1:{port}"
+def serve(stack: Stack, name: str, env: dict[str, str], errors: ServerErrors) -> httpx.Client:
+    """``gradq serve`` on a free port (read from its log), ready, on 127.0.0.1 only."""
+    url = f"http://127.0.0.1:{stack.start_server(name, [GRADQ, 'serve', '--no-mlflow-ui'], env)}"
     wait_until("gradq serve", lambda: httpx.get(f"{url}/readyz", timeout=10).is_success, 180,
                context=stack.logs)  # fmt: skip
+    stack.assert_loopback_only()
     return errors.client(url)
 
 
@@ -47,7 +46,6 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
     data = stack.folder / "data"
     env = chaos_env(data, RAY_TMPDIR=str(stack.ray_temp))
     data.mkdir()
-    port = free_port()
     accepted: dict[str, int] = {}
     errors = ServerErrors()  # the 5xx answers this test's clients got
 
@@ -57,7 +55,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
         accepted[r.json()["id"]] = spec["optimizer"]["epochs"]
         return str(r.json()["id"])
 
-    with serve(stack, "serve", env, port, errors) as http:
+    with serve(stack, "serve", env, errors) as http:
         longs = [submit(http, digits(f"long-{i}", 50)) for i in range(2)]
         queued = [submit(http, iris(f"queued-{i}", seed=i)) for i in range(2)]
 
@@ -88,7 +86,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
                lambda: not any(alive(p) for p in family + pids), 60)  # fmt: skip
     killed_at = time.monotonic()
 
-    with serve(stack, "serve-2", env, port, errors) as http:
+    with serve(stack, "serve-2", env, errors) as http:
         recover_s = time.monotonic() - killed_at  # until the API answers ready again
         # A client that retries its last submission with the same key gets the same job.
         r = http.post("/v1/jobs", json=iris("queued-1", seed=1),

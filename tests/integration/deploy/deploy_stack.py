@@ -83,6 +83,32 @@ class Stack:
         """The port ``name``, started with ``--port 0``, bound (see :func:`served_port`)."""
         return served_port(self.folder / f"{name}.log", self.processes[name], timeout)
 
+    def start_server(
+        self, name: str, command: list[str], env: dict[str, str], port: int = 0, tries: int = 10
+    ) -> int:
+        """Start an HTTP server (``gradq serve``/``api``, ``mlflow server``) whose ``command``
+        ends without its port, on ``port`` — 0: a free one it binds itself and names in its
+        log — and return the port it serves on. A restart on a given port (clients know it)
+        is tried again, a second apart, while another process still holds the port."""
+        for attempt in range(tries):
+            run = name if attempt == 0 else f"{name}-try{attempt + 1}"
+            self.start(run, [*command, "--port", str(port)], env)
+            try:
+                bound = self.served_port(run)
+            except AssertionError:
+                taken = "address already in use" in self.log(run).lower()
+                if port == 0 or not taken or attempt + 1 == tries:
+                    raise
+                self.stopped.add(run)  # it exited
+                time.sleep(1.0)
+                continue
+            if run != name:  # later steps know the server by its name
+                self.stopped.discard(name)
+                self.processes[name] = self.processes.pop(run)
+                self.folder.joinpath(f"{run}.log").replace(self.folder / f"{name}.log")
+            return bound
+        raise AssertionError("unreachable")
+
     def log(self, name: str, tail: int = 3000) -> str:
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
@@ -113,6 +139,11 @@ class Stack:
                 found |= {process.pid, *descendants(process.pid)}
         found |= {pid for pid, (_, cmd) in processes().items() if str(self.ray_temp) in cmd}
         return sorted(p for p in found if alive(p))
+
+    def assert_loopback_only(self) -> None:
+        """Every socket the stack's processes listen on (TCP) or bound (UDP) is on 127.0.0.1."""
+        bad = off_loopback(self.pids())
+        assert not bad, f"listening off 127.0.0.1: {bad}"
 
     def stop_all(self) -> None:
         for name in reversed(list(self.processes)):
@@ -244,12 +275,3 @@ def databases(base: str) -> Iterator[tuple[str, str]]:
         with psycopg.connect(libpq(base), autocommit=True) as admin:
             for name in names:
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def ray_ports() -> list[str]:
-    return [
-        "--node-ip-address=127.0.0.1",
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-    ]  # fmt: skip
