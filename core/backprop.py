@@ -25,6 +25,7 @@ import torch
 from core.activations import get_activation
 from core.losses import encode_targets, exact_true_class_, loss_delta
 from core.model import MLP
+from core.model import forward as forward  # the forward pass, public here as it always was
 
 
 def manual_gradients(
@@ -109,7 +110,9 @@ class Backprop:
     activation, ``run`` is a straight pass over per-layer tuples made once (every Python
     operation in it is paid at every step); otherwise it is the general pass.
 
-    ``X`` (and ``T``, ``masks``) must have ``batch`` rows.
+    ``X`` (and ``T``, ``masks``) must have ``batch`` rows. The forward half is the one forward
+    pass, ``core.model.forward``, into buffers: after a call ``z[-1]`` holds its output F
+    (tests/unit/core/test_model.py checks they agree exactly, in float64).
     """
 
     def __init__(
@@ -239,21 +242,3 @@ class Backprop:
                     delta = act.backward_h(phis[l - 1], d)  # type: ignore[misc]
                 else:
                     delta = act.backward(z[l - 1], phis[l - 1], d)
-
-
-def forward(
-    weights: Sequence[torch.Tensor],
-    biases: Sequence[torch.Tensor],
-    X: torch.Tensor,
-    *,
-    activation: str,
-    masks: Sequence[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The lecture's forward propagation: the output F (n, d_L) for inputs X (n, d₀)."""
-    act = get_activation(activation)
-    h = X
-    for l in range(len(weights) - 1):
-        h = act.forward(torch.addmm(biases[l], h, weights[l].t()))
-        if masks is not None:
-            h = h * masks[l]
-    return torch.addmm(biases[-1], h, weights[-1].t())

@@ -6,10 +6,9 @@ import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as nnf
 
 from core.losses import loss_per_row, predict
-from core.model import MLP
+from core.model import MLP, forward
 
 # |z| beyond which σ′(z) resp. tanh′(z) is below 1e-3: a unit saturated on every row is dead
 _SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
@@ -69,20 +68,20 @@ def evaluate_parts(
         bounds.append(bounds[-1] + k)
     if bounds[-1] != X.shape[0]:
         raise ValueError(f"sizes add up to {bounds[-1]}, but X has {X.shape[0]} rows")
-    act = model._act
-    h = X
     last = len(model.layers) - 1
     first = slice(0, bounds[1])
     dead: list[torch.Tensor] = []
-    F = X
-    for i, layer in enumerate(model.linears):
-        z = nnf.linear(h, layer.weight, layer.bias)
-        if i == last:
-            F = z
-            break
-        if weights_before is not None:
-            dead.append(_dead_fraction(model.activation, z[first]))
-        h = act.forward(z)
+
+    def dead_units(layer: int, z: torch.Tensor) -> None:
+        dead.append(_dead_fraction(model.activation, z[first]))
+
+    F = forward(
+        model.weights,
+        model.biases,
+        X,
+        activation=model.activation,
+        on_hidden=None if weights_before is None else dead_units,
+    )
     rows = loss_per_row(loss, F, T)
     pred = predict(loss, task, F)
     if task == "classification":

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from core.activations import get_activation
-from core.backprop import backprop, forward
+from core.backprop import backprop
 from core.data import Dataset, load_dataset
 from core.losses import encode_targets, loss_value, output_width
-from core.model import build_mlp, sample_masks
+from core.model import build_mlp, forward, sample_masks
 from core.spec import JobSpec
 
 FD_STEP = 1e-6  # central differences in float64: truncation O(h²) ≈ 1e-12, rounding ≈ ε/h ≈ 1e-10
@@ -132,10 +132,7 @@ def central_differences(
     """
     act = get_activation(activation)
     layer, is_bias = divmod(tensor, 2)
-    h = X
-    for j in range(layer):  # unperturbed: computed once
-        phi = act.forward(torch.addmm(b[j], h, W[j].t()))
-        h = phi * masks[j] if masks is not None else phi
+    h = forward(W, b, X, activation=act, masks=masks, hidden=layer)  # unperturbed: computed once
     target = b[layer] if is_bias else W[layer]
     flat = target.reshape(-1)
     out = torch.empty(len(coords), dtype=X.dtype, device=X.device)

@@ -10,13 +10,13 @@ network untouched, so a trained model is used exactly as it is stored.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
 import torch.nn.functional as nnf
 
-from core.activations import get_activation
+from core.activations import ActivationFn, get_activation
 from core.spec import ModelSpec
 
 
@@ -59,19 +59,53 @@ class MLP(torch.nn.Module):
     def forward(self, x: torch.Tensor, masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``masks[l]`` (n, width of hidden layer l+1), entries 0 or 1/p, multiplies that
         layer's activations. Without masks, dropout is sampled in training mode from torch's
-        global generator; in eval mode there is none."""
-        h = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.linears):
-            z = nnf.linear(h, layer.weight, layer.bias)  # the module call's hooks cost more
-            if i == last:
-                return z
-            h = self._act.forward(z)
-            if masks is not None:
-                h = h * masks[i]
-            elif self.training and self.dropout > 0.0:
-                h = torch.nn.functional.dropout(h, self.dropout, training=True)
-        raise AssertionError("unreachable")
+        global generator; in eval mode there is none. The pass is :func:`forward`."""
+        return forward(
+            self.weights,
+            self.biases,
+            x,
+            activation=self._act,
+            masks=masks,
+            dropout=self.dropout if self.training else 0.0,
+        )
+
+
+def forward(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    *,
+    activation: str | ActivationFn,
+    masks: Sequence[torch.Tensor] | None = None,
+    dropout: float = 0.0,
+    hidden: int | None = None,
+    on_hidden: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The lecture's forward propagation on rows: the output F (n, d_L) for inputs X (n, d₀),
+
+        Z⁽ˡ⁾ = H⁽ˡ⁻¹⁾ W⁽ˡ⁾ᵀ + b⁽ˡ⁾,  H⁽ˡ⁾ = φ(Z⁽ˡ⁾) ⊙ M⁽ˡ⁾  (H⁽⁰⁾ = X),  F = Z⁽ᴸ⁾.
+
+    gradq's one forward pass: the model, the evaluation and the gradient validator run it
+    (the manual engine's buffered pass, ``core.backprop.Backprop``, is tested to agree).
+
+    ``masks``: one (n, dₗ) dropout mask M⁽ˡ⁾ per hidden layer, entries 0 or 1/p; without
+    masks, ``dropout`` > 0 samples inverted dropout from torch's global generator.
+    ``hidden=k`` stops after k hidden layers and returns H⁽ᵏ⁾, what layer k+1 receives.
+    ``on_hidden(l, Z⁽ˡ⁺¹⁾)`` is called with each hidden layer's pre-activation before φ.
+    """
+    act = get_activation(activation) if isinstance(activation, str) else activation
+    last = len(weights) - 1
+    h = X
+    for l in range(last if hidden is None else hidden):
+        z = nnf.linear(h, weights[l], biases[l])  # addmm(b, H, Wᵀ); the module call costs more
+        if on_hidden is not None:
+            on_hidden(l, z)
+        h = act.forward(z)
+        if masks is not None:
+            h = h * masks[l]
+        elif dropout > 0.0:
+            h = nnf.dropout(h, dropout, training=True)
+    return h if hidden is not None else nnf.linear(h, weights[last], biases[last])
 
 
 def build_mlp(
