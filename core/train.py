@@ -1,7 +1,8 @@
 """The training loop: regularised minibatch SGD, as a plain function.
 
-``train(spec, callbacks=..., resume_from=..., data=...)`` loads the data (unless ``data`` is
-given), builds the model and runs SGD with gradients from the engine the spec names:
+``train(spec, callbacks=..., resume_from=..., data=..., dtype=...)`` loads the data (unless
+``data`` is given), builds the model and runs SGD with gradients from the engine the spec
+names:
 
 - ``manual``: the hand-written backprop of ``core.backprop`` is the training path;
 - ``autograd``: PyTorch's autograd;
@@ -11,15 +12,20 @@ given), builds the model and runs SGD with gradients from the engine the spec na
 
 Batches come from indexing in-memory tensors. The loop reports through callbacks (see
 ``core.callbacks``) and never talks to a database, a tracker or a cluster itself.
+
+``train`` is a loop over named parts: ``TrainingData`` (the encoded parts on the device),
+``StepLoop`` (an epoch's steps), ``GradientChecks`` (the validator's schedule),
+``DivergenceGuard``, ``EpochEvaluation`` (an epoch's record) and ``core.state.TrainState``
+(what a checkpoint carries, with the ``EarlyStopping`` rule).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as nnf
@@ -34,11 +40,12 @@ from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
 from core.optim import SGD, FlatParameters, learning_rate
 from core.spec import JobSpec
+from core.state import TrainState
 
 TRAIN_EVAL_ROWS = 10_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
 
 
-DIVERGENCE_CHECK_STEPS = 32  # on a GPU: steps between divergence read-backs (see train)
+DIVERGENCE_CHECK_STEPS = 32  # on a GPU: steps between divergence read-backs (DivergenceGuard)
 
 
 class Diverged(RuntimeError):
@@ -94,191 +101,359 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume_from: Checkpoint | None = None,
     data: Dataset | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> TrainResult:
-    """Train the spec's model; same seed, data and device give identical numbers.
+    """Train the spec's model; same seed, data, device and dtype give identical numbers.
 
     Raises ``Diverged`` on a non-finite loss and ``GradcheckFailed`` when the validator finds
     the manual gradients wrong. ``data`` overrides loading the spec's data set (a worker
-    passes an uploaded file's rows this way).
+    passes an uploaded file's rows this way). ``dtype`` is what the model, the data and the
+    updates compute in: float32, or float64 (tests); the validator works in float64 always.
+
+    Each epoch: ``StepLoop.run_epoch`` takes the SGD steps (with the ``GradientChecks`` and
+    the ``DivergenceGuard``), ``EpochEvaluation`` makes the epoch's record, the
+    ``TrainState`` adds it and asks its ``EarlyStopping``, and a checkpoint of the state goes
+    to the callbacks every ``checkpoint_every`` epochs and after the last.
     """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
     cbs = CallbackList(callbacks)
-    device = resolve_device(spec)
-    engine = resolve_engine(spec)
+    device, engine = resolve_device(spec), resolve_engine(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     data = data if data is not None else load_dataset(spec.dataset, seed=spec.seed)
-    loss = spec.resolved_loss(data.task)
-    width = output_width(loss, data.task, data.n_classes)
-    opt = spec.optimizer
-    reg = spec.regularization
-    wd = reg.weight_decay
-    dtype = torch.float32
+    tensors = TrainingData.encode(spec, data, dtype=dtype, device=device)
+    evaluation = EpochEvaluation(tensors, seed=spec.seed)
+    model, flat, sgd = build_model(spec, data.n_features, tensors.width, dtype=dtype, device=device)
+    state = TrainState.start(spec, flat.params, sgd.buffer, device)
+    spec_dict = spec.model_dump(mode="json")
+    if resume_from is not None:
+        check_compatible(resume_from, spec_dict)
+        state.load_checkpoint(resume_from)
+    checks = GradientChecks(spec, model, tensors, cbs, step=state.step)
+    loop = StepLoop(spec, engine, model, flat, sgd, tensors, state, checks, cbs)
+    cbs.on_train_start(
+        spec=spec, engine=engine, device=str(device), n_train=tensors.n, resumed_epoch=state.epoch
+    )
+    status, epochs = "completed", spec.optimizer.epochs
+    model.train()
+    for epoch in range(state.epoch, epochs):
+        lr = learning_rate(spec.optimizer, epoch)
+        t0 = time.perf_counter()
+        before = [w.detach().clone() for w in model.weights]
+        if loop.run_epoch(epoch, lr):
+            status = "cancelled"
+            break
+        seconds = time.perf_counter() - t0
+        record = evaluation.record(model, epoch + 1, state.step, lr, seconds, before, flat.grad)
+        stop_early = state.end_epoch(record)
+        cbs.on_epoch_end(record)
+        last = stop_early or state.epoch == epochs
+        if cbs.wants_checkpoints and (state.epoch % spec.checkpoint_every == 0 or last):
+            cbs.on_checkpoint(state.to_checkpoint(spec_dict))
+        if stop_early or (cbs.has_should_stop and cbs.should_stop()):
+            status = "early_stopped" if stop_early else "cancelled"
+            break
+    if status != "cancelled":
+        state.early.restore(flat.params)
+    model.eval()
+    metrics = final_metrics(model, data, loss=tensors.loss, dtype=dtype, device=device)
+    return TrainResult(
+        model=model,
+        history=state.history,
+        metrics=metrics,
+        steps=state.step,
+        epochs=len(state.history),
+        best_epoch=state.early.best_epoch,
+        status=status,
+        engine=engine,
+        device=str(device),
+        data=data,
+        loss=tensors.loss,
+        target_shift=tensors.y_shift,
+        target_scale=tensors.y_scale,
+        gradchecks=checks.reports,
+    )
 
-    y_shift, y_scale = target_scaling(data)
 
-    def tensors(X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return encode_part(
-            data,
-            X,
-            y,
-            loss=loss,
-            width=width,
-            dtype=dtype,
-            device=device,
-            y_shift=y_shift,
-            y_scale=y_scale,
-        )
-
-    X, y, T = tensors(data.X_train, data.y_train)
-    Xv, yv, Tv = tensors(data.X_val, data.y_val)
-    n = X.shape[0]
-    if n == 0:
-        raise ValueError("the training part of the data set is empty")
-    eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[
-        :TRAIN_EVAL_ROWS
-    ].to(device)
-    # per epoch, one forward pass over these training rows followed by the validation rows
-    X_eval = torch.cat([X[eval_rows], Xv])
-    y_eval = torch.cat([y[eval_rows], yv])
-    T_eval = torch.cat([T[eval_rows], Tv])
-    eval_sizes = [len(eval_rows), Xv.shape[0]]
-
+def build_model(
+    spec: JobSpec, n_features: int, width: int, *, dtype: torch.dtype, device: torch.device
+) -> tuple[MLP, FlatParameters, SGD]:
+    """The spec's MLP, initialised from the spec's seed, on ``device``; its parameters as
+    views of one buffer (``FlatParameters``), and the SGD that updates that buffer."""
     model = build_mlp(
         spec.model,
-        data.n_features,
+        n_features,
         width,
-        dropout=reg.dropout,
+        dropout=spec.regularization.dropout,
         generator=torch.Generator().manual_seed(spec.seed),
         dtype=dtype,
     ).to(device)
     flat = FlatParameters(model)
-    params, grad_views = flat.params, flat.grads
-    weights, biases = model.weights, model.biases
-    decay = flat.decay_mask(wd)
-    sgd = SGD(flat, momentum=opt.momentum, nesterov=opt.nesterov)
-    batch_gen = torch.Generator().manual_seed(spec.seed + 1)
-    drop_gen = torch.Generator(device=device).manual_seed(spec.seed + 2)
+    opt = spec.optimizer
+    return model, flat, SGD(flat, momentum=opt.momentum, nesterov=opt.nesterov)
 
-    spec_dict = spec.model_dump(mode="json")
-    start_epoch, step = 0, 0
-    history: list[EpochRecord] = []
-    history_dicts: list[dict[str, Any]] = []
-    best_loss: float | None = None
-    best_epoch: int | None = None
-    bad_epochs = 0
-    best_params: list[torch.Tensor] | None = None
-    if resume_from is not None:
-        check_compatible(resume_from, spec_dict)
-        with torch.no_grad():
-            for p, saved in zip(params, resume_from.params, strict=True):
-                p.copy_(saved)
-            (saved_momentum,) = resume_from.momentum
-            sgd.buffer.copy_(saved_momentum)
-        batch_gen.set_state(resume_from.batch_rng)
-        drop_gen.set_state(resume_from.dropout_rng)
-        start_epoch, step = resume_from.epoch, resume_from.step
-        history = [EpochRecord.from_dict(h) for h in resume_from.history]
-        history_dicts = list(resume_from.history)
-        best_loss, best_epoch, bad_epochs = (
-            resume_from.best_loss,
-            resume_from.best_epoch,
-            resume_from.bad_epochs,
+
+@dataclass
+class TrainingData:
+    """The data as the loop uses it, on the training device: the training part (features X,
+    targets y: class indices or standardised values, encoded targets T, see ``core.losses``),
+    the validation part alike, the loss, the output width and the targets' scaling."""
+
+    loss: str
+    task: str
+    width: int
+    y_shift: float
+    y_scale: float
+    X: torch.Tensor
+    y: torch.Tensor
+    T: torch.Tensor
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    T_val: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @classmethod
+    def encode(
+        cls, spec: JobSpec, data: Dataset, *, dtype: torch.dtype, device: torch.device
+    ) -> TrainingData:
+        loss = spec.resolved_loss(data.task)
+        width = output_width(loss, data.task, data.n_classes)
+        parts = ((data.X_train, data.y_train), (data.X_val, data.y_val))
+        train_part, val_part = encode_parts(
+            data, parts, loss=loss, width=width, dtype=dtype, device=device
         )
-        if resume_from.best_params is not None:
-            best_params = [t.to(device) for t in resume_from.best_params]
+        if train_part[0].shape[0] == 0:
+            raise ValueError("the training part of the data set is empty")
+        return cls(loss, data.task, width, *target_scaling(data), *train_part, *val_part)
 
-    gc = spec.gradcheck
-    gradchecks: list[dict[str, Any]] = []
+
+class EpochEvaluation:
+    """Each epoch's record: one forward pass (``evaluate_parts``) over a fixed random subset
+    of ``TRAIN_EVAL_ROWS`` training rows followed by the validation rows, the per-layer
+    diagnostics against the weights at the epoch's start, and the norm of the last step's
+    gradient. A non-finite training loss is a divergence."""
+
+    def __init__(self, data: TrainingData, *, seed: int) -> None:
+        rows = torch.randperm(data.n, generator=torch.Generator().manual_seed(seed))
+        rows = rows[:TRAIN_EVAL_ROWS].to(data.X.device)
+        self.X = torch.cat([data.X[rows], data.X_val])
+        self.y = torch.cat([data.y[rows], data.y_val])
+        self.T = torch.cat([data.T[rows], data.T_val])
+        self.sizes = [len(rows), data.X_val.shape[0]]
+        self.data, self.n = data, data.n
+
+    def record(
+        self,
+        model: MLP,
+        epoch: int,
+        step: int,
+        lr: float,
+        seconds: float,
+        weights_before: list[torch.Tensor],
+        grad: torch.Tensor,
+    ) -> EpochRecord:
+        """Evaluate ``model`` (in eval mode, put back in training mode) after epoch ``epoch``
+        (1-based) and ``step`` steps, of ``seconds``, run at rate ``lr``."""
+        model.eval()
+        (train_m, val_m), diags = evaluate_parts(
+            model,
+            self.X,
+            self.y,
+            self.T,
+            self.sizes,
+            loss=self.data.loss,
+            task=self.data.task,
+            y_scale=self.data.y_scale,
+            weights_before=weights_before,
+        )
+        model.train()
+        if not math.isfinite(train_m["loss"]):
+            raise Diverged(epoch, step, train_m["loss"])
+        return EpochRecord(
+            epoch=epoch,
+            step=step,
+            lr=lr,
+            seconds=seconds,
+            samples_per_s=self.n / seconds if seconds > 0 else float("inf"),
+            grad_norm=float(torch.linalg.vector_norm(grad)),
+            train=train_m,
+            val=val_m,
+            layers=diags,
+        )
+
+
+class GradientChecks:
+    """The gradient-check schedule, and the validator's runs in the training loop.
+
+    A check runs before step 0 (``gradcheck.at_start``), then at every multiple of
+    ``gradcheck.every_steps``; a resumed run goes on with the first multiple from the step it
+    resumes at. ``next`` is the step of the next check (−1: none): the step loop compares its
+    step with it and calls ``run`` only then. ``reports`` collects every report's dict.
+    """
+
+    def __init__(
+        self, spec: JobSpec, model: MLP, data: TrainingData, callbacks: CallbackList, *, step: int
+    ) -> None:
+        self.spec, self.gc, self.data, self.callbacks = spec, spec.gradcheck, data, callbacks
+        self.weights, self.biases = model.weights, model.biases
+        self.every = self.gc.every_steps
+        self.reports: list[dict[str, Any]] = []
+        if step == 0 and self.gc.at_start:
+            self.next = 0
+        elif self.every:
+            self.next = max(-(-step // self.every), 1) * self.every
+        else:
+            self.next = -1
 
     @torch.inference_mode(False)  # the validator runs autograd, also inside the manual loop
-    def validate(Xb: torch.Tensor, Tb: torch.Tensor, masks: list[torch.Tensor] | None) -> None:
-        k = min(gc.max_batch, Xb.shape[0])
+    def run(
+        self, Xb: torch.Tensor, Tb: torch.Tensor, masks: list[torch.Tensor] | None, step: int
+    ) -> int:
+        """Check the gradients of the batch's first ``max_batch`` rows at ``step`` (manual
+        vs autograd vs central differences, float64) and report to the callbacks; raises
+        ``GradcheckFailed`` when the check fails. Returns the step of the next check."""
+        k = min(self.gc.max_batch, Xb.shape[0])
         if not Tb.is_floating_point():  # class indices (fused cross-entropy): one-hot them
-            Tb = nnf.one_hot(Tb[:k], width).to(Xb.dtype)
+            Tb = nnf.one_hot(Tb[:k], self.data.width).to(Xb.dtype)
         report = check_gradients(
-            weights,
-            biases,
+            self.weights,
+            self.biases,
             Xb[:k],
             Tb[:k],
-            activation=spec.model.activation,
-            loss=loss,
-            weight_decay=wd,
+            activation=self.spec.model.activation,
+            loss=self.data.loss,
+            weight_decay=self.spec.regularization.weight_decay,
             masks=None if masks is None else [m[:k] for m in masks],
-            tolerance=gc.tolerance,
-            fd_tolerance=gc.fd_tolerance,
-            fd_samples=gc.fd_samples,
+            tolerance=self.gc.tolerance,
+            fd_tolerance=self.gc.fd_tolerance,
+            fd_samples=self.gc.fd_samples,
             step=step,
-            seed=spec.seed,
+            seed=self.spec.seed,
         )
-        gradchecks.append(report.to_dict())
-        cbs.on_gradcheck(report)
+        self.reports.append(report.to_dict())
+        self.callbacks.on_gradcheck(report)
         if not report.passed:
             raise GradcheckFailed(report)
+        self.next = step + self.every if self.every else -1
+        return self.next
 
-    # autograd with cross-entropy trains on class indices: PyTorch's fused log-softmax + NLL
-    # (the same loss as loss_value on one-hot targets, in fewer operations)
-    fused_ce = engine == "autograd" and loss == "cross_entropy"
-    T_train = y if fused_ce else T
 
-    def autograd_grads(Xb: torch.Tensor, Tb: torch.Tensor, masks: Any) -> None:
-        flat.grad.zero_()  # autograd accumulates into the views of flat.grad
+class DivergenceGuard:
+    """Stops training with ``Diverged`` when the loss becomes NaN or infinite.
+
+    After a step's gradient is computed and before it is applied: ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾ is finite
+    iff the batch's loss is; its few entries are summed in Python (inf − inf is nan there
+    too), cheaper than a tensor sum and its read-back. On the CPU every step is checked. On
+    a GPU that read-back would make the host wait for each step instead of queueing the next
+    one's kernels, so there the check reads back every ``DIVERGENCE_CHECK_STEPS`` steps and at
+    each epoch's last step, and also looks at the parameters: a non-finite parameter stays
+    non-finite under SGD, so a divergence is never missed, only reported that much later.
+
+    ``StepLoop.run_epoch`` writes the per-step test out from ``every``, ``bias_grad`` and
+    ``params`` (a call per step would cost more than the test) and calls ``fail``.
+    """
+
+    def __init__(self, device: torch.device, flat: FlatParameters) -> None:
+        self.every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_STEPS
+        self.bias_grad = flat.grads[-1]  # ∇b⁽ᴸ⁾
+        self.params = flat.data
+
+    def fail(self, epoch: int, step: int) -> NoReturn:
+        raise Diverged(epoch, step, float(self.bias_grad.sum()))
+
+
+def autograd_gradients(
+    model: MLP, flat: FlatParameters, loss: str, *, fused_ce: bool
+) -> Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor] | None], None]:
+    """The autograd engine's step: the gradient of a batch's mean loss into ``flat.grad``
+    (zeroed first: autograd accumulates into its views). With ``fused_ce`` the targets are
+    class indices and the loss is PyTorch's fused log-softmax + NLL, the same loss as
+    ``loss_value`` on one-hot targets, in fewer operations."""
+
+    def gradients(Xb: torch.Tensor, Tb: torch.Tensor, masks: list[torch.Tensor] | None) -> None:
+        flat.grad.zero_()
         out: torch.Tensor = model(Xb, masks)
         value = nnf.cross_entropy(out, Tb) if fused_ce else loss_value(loss, out, Tb)
         value.backward()
 
-    # manual engine: features and encoded targets side by side, [X | T], so that one
-    # index_select per step gathers a batch, into a buffer made once per batch size (the
-    # epoch's last batch may be smaller), and a Backprop pass with its buffers per size
-    manual = engine == "manual"
-    XT = torch.cat([X, T], dim=1) if manual else X
-    d_in = X.shape[1]
-    plans: dict[int, tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    return gradients
 
-    def plan_for(size: int) -> tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]:
-        buf = torch.empty(size, XT.shape[1], dtype=XT.dtype, device=device)
+
+Plan = tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class StepLoop:
+    """The SGD steps of an epoch, with the gradients of the spec's engine.
+
+    ``manual``: features and encoded targets side by side, [X | T], so that one index_select
+    per step gathers a batch into a buffer made once per batch size (the epoch's last batch
+    may be smaller), and a ``Backprop`` pass with its buffers per size. ``autograd``:
+    ``autograd_gradients``, on class indices with cross-entropy. Then the weight decay's
+    gradient 2λW is added (not traced) and SGD takes its step.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        engine: str,
+        model: MLP,
+        flat: FlatParameters,
+        sgd: SGD,
+        data: TrainingData,
+        state: TrainState,
+        checks: GradientChecks,
+        callbacks: CallbackList,
+    ) -> None:
+        self.spec, self.model, self.flat, self.sgd = spec, model, flat, sgd
+        self.state, self.checks, self.callbacks = state, checks, callbacks
+        self.guard = DivergenceGuard(data.X.device, flat)
+        self.loss, self.n, self.device = data.loss, data.n, data.X.device
+        self.batch_size = min(spec.optimizer.batch_size, data.n)
+        self.dropout = spec.regularization.dropout > 0.0
+        self.decay = flat.decay_mask(spec.regularization.weight_decay)
+        self.manual = engine == "manual"
+        fused_ce = engine == "autograd" and data.loss == "cross_entropy"
+        self.X, self.T = data.X, data.y if fused_ce else data.T
+        self.XT = torch.cat([data.X, data.T], dim=1) if self.manual else data.X
+        self.plans: dict[int, Plan] = {}
+        self.autograd_step = autograd_gradients(model, flat, data.loss, fused_ce=fused_ce)
+
+    def plan_for(self, size: int) -> Plan:
+        """The manual engine's pass for batches of ``size`` rows: (Backprop, the [X | T]
+        buffer, its X and T column views), made on first use."""
+        buf = torch.empty(size, self.XT.shape[1], dtype=self.XT.dtype, device=self.device)
         plan = Backprop(
-            weights,
-            biases,
-            grad_views,
-            activation=spec.model.activation,
-            loss=loss,
+            self.model.weights,
+            self.model.biases,
+            self.flat.grads,
+            activation=self.spec.model.activation,
+            loss=self.loss,
             batch=size,
-            masked=reg.dropout > 0.0,
+            masked=self.dropout,
         )
-        plans[size] = (plan, buf, buf[:, :d_in], buf[:, d_in:])
-        return plans[size]
+        d_in = self.X.shape[1]
+        self.plans[size] = (plan, buf, buf[:, :d_in], buf[:, d_in:])
+        return self.plans[size]
 
-    stop_checks = cbs.has_should_stop
-    isfinite = math.isfinite
-    last_bias_grad, flat_grad, flat_data = grad_views[-1], flat.grad, flat.data
-    dropout = reg.dropout > 0.0
-    # Divergence: on the CPU every step's gradient is checked before it is applied. On a GPU
-    # that read-back would make the host wait for each step instead of queueing the next
-    # one's kernels, so there the check reads back every DIVERGENCE_CHECK_STEPS steps and at
-    # each epoch's last step, and also looks at the parameters: a non-finite parameter stays
-    # non-finite under SGD, so a divergence is never missed, only reported that much later.
-    check_every = 1 if device.type == "cpu" else DIVERGENCE_CHECK_STEPS
-    # gradient checks: before step 0 (at_start), then at every multiple of every_steps
-    if step == 0 and gc.at_start:
-        next_check = 0
-    elif gc.every_steps:
-        next_check = max(-(-step // gc.every_steps), 1) * gc.every_steps
-    else:
-        next_check = -1
-    status = "completed"
-    cbs.on_train_start(
-        spec=spec, engine=engine, device=str(device), n_train=n, resumed_epoch=start_epoch
-    )
-    bs = min(opt.batch_size, n)
-    model.train()
-    epoch = start_epoch
-    for epoch in range(start_epoch, opt.epochs):
-        lr = learning_rate(opt, epoch)
-        t0 = time.perf_counter()
-        before = [w.detach().clone() for w in weights]
-        perm = torch.randperm(n, generator=batch_gen).to(device)
+    def run_epoch(self, epoch: int, lr: float) -> bool:
+        """One pass over the training rows in a new random order, a step per batch, at rate
+        ``lr``; True when a callback cancelled the run. Every name the steps use is bound to
+        a local first: each Python operation inside the loop is paid at every step."""
+        state, checks, guard, model, sgd = self.state, self.checks, self.guard, self.model, self.sgd
+        manual, plans, plan_for, XT = self.manual, self.plans, self.plan_for, self.XT
+        X, T, autograd_step = self.X, self.T, self.autograd_step
+        dropout, drop_gen = self.dropout, state.dropout_rng
+        decay, flat_grad, flat_data = self.decay, self.flat.grad, self.flat.data
+        check_every, last_bias_grad, isfinite = guard.every, guard.bias_grad, math.isfinite
+        should_stop = self.callbacks.should_stop if self.callbacks.has_should_stop else None
+        step, next_check, cancelled = state.step, checks.next, False
+        perm = torch.randperm(self.n, generator=state.batch_rng).to(self.device)
         # the manual engine records nothing for autograd: inference mode skips its bookkeeping
         with torch.inference_mode() if manual else torch.enable_grad():
-            batches = perm.split(bs)
+            batches = perm.split(self.batch_size)
             last_batch = len(batches) - 1
             for i_batch, idx in enumerate(batches):
                 if manual:
@@ -286,121 +461,29 @@ def train(
                     plan, buf, Xb, Tb = plans[size] if size in plans else plan_for(size)
                     torch.index_select(XT, 0, idx, out=buf)
                 else:
-                    Xb, Tb = X.index_select(0, idx), T_train.index_select(0, idx)
+                    Xb, Tb = X.index_select(0, idx), T.index_select(0, idx)
                 masks = sample_masks(model, len(idx), generator=drop_gen) if dropout else None
                 if step == next_check:
-                    validate(Xb, Tb, masks)
-                    next_check = step + gc.every_steps if gc.every_steps else -1
+                    next_check = checks.run(Xb, Tb, masks, step)
                 if manual:
                     plan.run(Xb, Tb, masks)
                 else:
-                    autograd_grads(Xb, Tb, masks)
-                # ∇b⁽ᴸ⁾ = Σ Δ⁽ᴸ⁾ is finite iff F is; its few entries are summed in Python
-                # (inf − inf is nan there too), cheaper than a tensor sum and its read-back
+                    autograd_step(Xb, Tb, masks)
+                # the DivergenceGuard's test
                 if (check_every == 1 or step % check_every == 0 or i_batch == last_batch) and (
                     not isfinite(sum(last_bias_grad.tolist()))
                     or (check_every > 1 and not bool(torch.isfinite(flat_data).all()))
                 ):
-                    raise Diverged(epoch + 1, step + 1, float(last_bias_grad.sum()))
+                    guard.fail(epoch + 1, step + 1)
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
                     flat_grad.addcmul_(decay, flat_data)
                 sgd.step(lr)
                 step += 1
-                if stop_checks and cbs.should_stop():
-                    status = "cancelled"
+                if should_stop is not None and should_stop():
+                    cancelled = True
                     break
-        if status == "cancelled":
-            break
-        seconds = time.perf_counter() - t0
-        model.eval()
-        (train_m, val_m), diags = evaluate_parts(
-            model,
-            X_eval,
-            y_eval,
-            T_eval,
-            eval_sizes,
-            loss=loss,
-            task=data.task,
-            y_scale=y_scale,
-            weights_before=before,
-        )
-        model.train()
-        if not math.isfinite(train_m["loss"]):
-            raise Diverged(epoch + 1, step, train_m["loss"])
-        record = EpochRecord(
-            epoch=epoch + 1,
-            step=step,
-            lr=lr,
-            seconds=seconds,
-            samples_per_s=n / seconds if seconds > 0 else float("inf"),
-            grad_norm=float(torch.linalg.vector_norm(flat.grad)),
-            train=train_m,
-            val=val_m,
-            layers=diags,
-        )
-        history.append(record)
-        history_dicts.append(record.to_dict())  # built once: checkpoints share the list
-
-        # early stopping on the validation loss
-        monitored = val_m.get("loss")
-        stop_early = False
-        if monitored is not None and (
-            best_loss is None or monitored < best_loss - reg.early_stopping.min_delta
-        ):
-            best_loss, best_epoch, bad_epochs = monitored, epoch + 1, 0
-            if reg.early_stopping.enabled and reg.early_stopping.restore_best:
-                best_params = [p.detach().clone() for p in params]
-        elif monitored is not None:
-            bad_epochs += 1
-            stop_early = reg.early_stopping.enabled and bad_epochs >= reg.early_stopping.patience
-        cbs.on_epoch_end(record)
-        last = stop_early or epoch + 1 == opt.epochs
-        if cbs.wants_checkpoints and ((epoch + 1) % spec.checkpoint_every == 0 or last):
-            cbs.on_checkpoint(
-                Checkpoint(
-                    spec=spec_dict,
-                    epoch=epoch + 1,
-                    step=step,
-                    params=params,
-                    momentum=[sgd.buffer],
-                    batch_rng=batch_gen.get_state(),
-                    dropout_rng=drop_gen.get_state(),
-                    best_loss=best_loss,
-                    best_epoch=best_epoch,
-                    bad_epochs=bad_epochs,
-                    best_params=best_params,
-                    history=history_dicts,
-                )
-            )
-        if stop_early:
-            status = "early_stopped"
-            break
-        if stop_checks and cbs.should_stop():
-            status = "cancelled"
-            break
-
-    if status != "cancelled" and best_params is not None and reg.early_stopping.restore_best:
-        with torch.no_grad():
-            for p, b in zip(params, best_params, strict=True):
-                p.copy_(b)
-    model.eval()
-    metrics = final_metrics(model, data, loss=loss, dtype=dtype, device=device)
-    return TrainResult(
-        model=model,
-        history=history,
-        metrics=metrics,
-        steps=step,
-        epochs=len(history),
-        best_epoch=best_epoch,
-        status=status,
-        engine=engine,
-        device=str(device),
-        data=data,
-        loss=loss,
-        target_shift=y_shift,
-        target_scale=y_scale,
-        gradchecks=gradchecks,
-    )
+        state.step = step
+        return cancelled
 
 
 def target_scaling(data: Dataset) -> tuple[float, float]:
@@ -435,21 +518,20 @@ def encode_part(
     return Xt, yt, encode_targets(loss, data.task, yt, width).to(dtype)
 
 
-def final_metrics(
-    model: MLP, data: Dataset, *, loss: str, dtype: torch.dtype, device: torch.device
-) -> dict[str, float]:
-    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data."""
-    width = model.widths[-1]
+def encode_parts(
+    data: Dataset,
+    parts: Iterable[tuple[Any, Any]],
+    *,
+    loss: str,
+    width: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``encode_part`` for each (X, y) of ``parts``, with the data set's target scaling; one
+    part at a time, as it is asked for."""
     y_shift, y_scale = target_scaling(data)
-    out: dict[str, float] = {}
-    for part, X, y in (
-        ("train", data.X_train, data.y_train),
-        ("val", data.X_val, data.y_val),
-        ("test", data.X_test, data.y_test),
-    ):
-        if len(X) == 0:
-            continue
-        Xt, yt, Tt = encode_part(
+    for X, y in parts:
+        yield encode_part(
             data,
             X,
             y,
@@ -460,6 +542,32 @@ def final_metrics(
             y_shift=y_shift,
             y_scale=y_scale,
         )
+
+
+def final_metrics(
+    model: MLP, data: Dataset, *, loss: str, dtype: torch.dtype, device: torch.device
+) -> dict[str, float]:
+    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data."""
+    _, y_scale = target_scaling(data)
+    named = [
+        (part, X, y)
+        for part, X, y in (
+            ("train", data.X_train, data.y_train),
+            ("val", data.X_val, data.y_val),
+            ("test", data.X_test, data.y_test),
+        )
+        if len(X)
+    ]
+    encoded = encode_parts(
+        data,
+        ((X, y) for _, X, y in named),
+        loss=loss,
+        width=model.widths[-1],
+        dtype=dtype,
+        device=device,
+    )
+    out: dict[str, float] = {}
+    for (part, _, _), (Xt, yt, Tt) in zip(named, encoded, strict=True):
         metrics, _ = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
         for k, v in metrics.items():
             out[f"{part}_{k}"] = v

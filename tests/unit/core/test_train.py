@@ -306,3 +306,34 @@ def test_divergence_on_cuda_is_caught_within_the_check_cadence(engine: str) -> N
     with pytest.raises(Diverged) as info:
         train(spec)
     assert info.value.epoch == 1 and 1 <= info.value.step <= DIVERGENCE_CHECK_STEPS + 1
+
+
+def test_float64_training_engines_agree_and_resume_bit_identically(tmp_path: Path) -> None:
+    """``dtype=torch.float64`` trains in float64 throughout; the two engines then agree far
+    beyond float32's rounding, and a resumed float64 run is bit-identical to a straight one."""
+    base = {"dataset": "iris", "optimizer": {"epochs": 4}, "regularization": {"dropout": 0.3}}
+    m = train(parse_spec({**base, "engine": "manual"}), dtype=torch.float64)
+    a = train(parse_spec({**base, "engine": "autograd"}), dtype=torch.float64)
+    assert m.steps == a.steps
+    for x, y in zip(_weights(m), _weights(a), strict=True):
+        assert x.dtype == y.dtype == torch.float64
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    spec = parse_spec(RESUME_SPEC)
+    straight = train(
+        spec, callbacks=[Recorder(save_at=3, path=tmp_path / "c.pt")], dtype=torch.float64
+    )
+    resumed = train(spec, resume_from=Checkpoint.load(tmp_path / "c.pt"), dtype=torch.float64)
+    assert resumed.steps == straight.steps
+    assert all(
+        torch.equal(x, y) for x, y in zip(_weights(straight), _weights(resumed), strict=True)
+    )
+    assert [h.train for h in resumed.history] == [h.train for h in straight.history]
+    with pytest.raises(CheckpointError, match="float64"):  # a float32 run cannot take it
+        train(spec, resume_from=Checkpoint.load(tmp_path / "c.pt"))
+    with pytest.raises(ValueError, match="dtype"):
+        train(spec, dtype=torch.float16)
+
+
+def test_default_dtype_is_float32() -> None:
+    result = train(parse_spec({"dataset": "iris", "optimizer": {"epochs": 1}}))
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
