@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -68,7 +68,6 @@ def evaluate_parts(
         bounds.append(bounds[-1] + k)
     if bounds[-1] != X.shape[0]:
         raise ValueError(f"sizes add up to {bounds[-1]}, but X has {X.shape[0]} rows")
-    last = len(model.layers) - 1
     first = slice(0, bounds[1])
     dead: list[torch.Tensor] = []
 
@@ -82,6 +81,30 @@ def evaluate_parts(
         activation=model.activation,
         on_hidden=None if weights_before is None else dead_units,
     )
+    numbers = _block_numbers(loss, task, F, y, T, bounds)  # gathered, then read in one transfer
+    numbers.extend(dead)
+    if weights_before is not None:
+        weights = [w.detach() for w in model.weights]
+        diffs = torch._foreach_sub(weights, list(weights_before))
+        numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
+    # stack promotes float32 and float64 numbers alike to float64, exactly
+    values = iter(torch.stack(numbers).tolist() if numbers else [])
+    parts = _block_metrics(values, bounds, task, y_scale)
+    if weights_before is None:
+        return parts, []
+    return parts, _layer_diagnostics(values, len(dead), len(model.layers))
+
+
+def _block_numbers(
+    loss: str,
+    task: str,
+    F: torch.Tensor,
+    y: torch.Tensor,
+    T: torch.Tensor,
+    bounds: Sequence[int],
+) -> list[torch.Tensor]:
+    """Per non-empty block of rows: the mean loss and the accuracy, or the mean loss, the
+    mean squared error and the targets' variance (regression), as 0-d tensors."""
     rows = loss_per_row(loss, F, T)
     pred = predict(loss, task, F)
     if task == "classification":
@@ -89,46 +112,47 @@ def evaluate_parts(
     else:
         err = pred.to(torch.float64) - y.to(torch.float64)
         per_row = [rows, err * err]
-    numbers: list[torch.Tensor] = []  # gathered, then read with one transfer
-    blocks = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-    for a, b in blocks:
-        numbers.extend(v[a:b].mean() for v in per_row)
-        if task == "regression":
-            numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
-    numbers.extend(dead)
-    if weights_before is not None:
-        weights = [w.detach() for w in model.weights]
-        diffs = torch._foreach_sub(weights, list(weights_before))
-        numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
-    # stack promotes float32 and float64 numbers alike to float64, exactly
-    values = torch.stack(numbers).tolist() if numbers else []
-    it = iter(values)
+    numbers: list[torch.Tensor] = []
+    for a, b in itertools.pairwise(bounds):
+        if b > a:
+            numbers.extend(v[a:b].mean() for v in per_row)
+            if task == "regression":
+                numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
+    return numbers
+
+
+def _block_metrics(
+    values: Iterator[float], bounds: Sequence[int], task: str, y_scale: float
+) -> list[dict[str, float]]:
+    """Each block's metrics from ``_block_numbers``' values; ``{}`` for an empty block."""
     parts: list[dict[str, float]] = []
     for a, b in itertools.pairwise(bounds):
         if b == a:
             parts.append({})
         elif task == "classification":
-            parts.append({"loss": next(it), "accuracy": next(it)})
+            parts.append({"loss": next(values), "accuracy": next(values)})
         else:
-            m: dict[str, float] = {"loss": next(it)}
-            mse, var = next(it), next(it)
+            m: dict[str, float] = {"loss": next(values)}
+            mse, var = next(values), next(values)
             m["rmse"] = mse**0.5 * y_scale
             m["r2"] = 1.0 - mse / var if var > 0 else 0.0
             parts.append(m)
-    if weights_before is None:
-        return parts, []
-    dead_values = [next(it) for _ in dead]
-    L = last + 1
-    norms = [next(it) for _ in range(3 * L)]
-    layers = [
+    return parts
+
+
+def _layer_diagnostics(values: Iterator[float], hidden: int, L: int) -> list[dict[str, float]]:
+    """Per layer, from the values: ``hidden`` dead fractions, then the norms of the weights
+    before, of their change and of the weights now, L each."""
+    dead = [next(values) for _ in range(hidden)]
+    norms = [next(values) for _ in range(3 * L)]
+    return [
         {
-            "dead_fraction": dead_values[i] if i < last else 0.0,
+            "dead_fraction": dead[i] if i < hidden else 0.0,
             "update_ratio": norms[L + i] / max(norms[i], 1e-12),
             "weight_norm": norms[2 * L + i],
         }
         for i in range(L)
     ]
-    return parts, layers
 
 
 def _dead_fraction(activation: str, z: torch.Tensor) -> torch.Tensor:

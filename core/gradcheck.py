@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -160,6 +161,63 @@ def central_differences(
     return out
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """A float64 copy (also of an inference-mode tensor, which autograd may not save)."""
+    return t.detach().to(torch.float64, copy=True)
+
+
+@dataclass(frozen=True)
+class _Batch64:
+    """One batch's objective f(θ) = mean loss + λ·Σ‖W‖² on float64 copies of the caller's
+    tensors, and its gradient three ways; gradients are listed like the parameters, W1, b1,
+    W2, b2, …"""
+
+    W: list[torch.Tensor]
+    b: list[torch.Tensor]
+    X: torch.Tensor
+    T: torch.Tensor
+    masks: list[torch.Tensor] | None
+    activation: str
+    loss: str
+    weight_decay: float
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for pair in zip(self.W, self.b, strict=True) for p in pair]
+
+    @property
+    def terms(self) -> dict[str, Any]:
+        """The objective's terms, as ``backprop`` and ``central_differences`` take them."""
+        return {"activation": self.activation, "loss": self.loss, "weight_decay": self.weight_decay}
+
+    def objective(self, Ws: Sequence[torch.Tensor], bs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """f at the weights ``Ws`` and biases ``bs``, with this batch and its masks."""
+        out = forward(Ws, bs, self.X, activation=self.activation, masks=self.masks)
+        value = loss_value(self.loss, out, self.T)
+        if self.weight_decay:
+            value = value + self.weight_decay * sum((w * w).sum() for w in Ws)
+        return value
+
+    @torch.no_grad()
+    def manual(self) -> list[torch.Tensor]:
+        """The hand-written backprop's gradient (``core.backprop.backprop``)."""
+        grads = backprop(self.W, self.b, self.X, self.T, masks=self.masks, **self.terms)
+        return [g for pair in grads for g in pair]
+
+    def autograd(self) -> list[torch.Tensor]:
+        """Autograd's gradient of ``objective``, the validator's reference."""
+        L = len(self.W)
+        with torch.enable_grad():  # the training loop may call this under no_grad
+            leaves = [t.clone().requires_grad_(True) for t in self.W + self.b]
+            auto = torch.autograd.grad(self.objective(leaves[:L], leaves[L:]), leaves)
+        return [auto[i // 2] if i % 2 == 0 else auto[L + i // 2] for i in range(2 * L)]
+
+    def central_differences(self, tensor: int, coords: torch.Tensor) -> torch.Tensor:
+        """``central_differences`` of f for coordinates ``coords`` of parameter ``tensor``."""
+        W, b, X, T, masks = self.W, self.b, self.X, self.T, self.masks
+        return central_differences(W, b, X, T, masks, tensor=tensor, coords=coords, **self.terms)
+
+
 def check_gradients(
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor],
@@ -180,83 +238,41 @@ def check_gradients(
 
     Everything is copied to float64 first; the caller's tensors are not touched.
     """
-    # copies (also of inference-mode tensors, which autograd may not save)
-    W = [w.detach().to(torch.float64, copy=True) for w in weights]
-    b = [v.detach().to(torch.float64, copy=True) for v in biases]
-    X64, T64 = X.detach().to(torch.float64, copy=True), T.detach().to(torch.float64, copy=True)
-    M64 = [m.detach().to(torch.float64, copy=True) for m in masks] if masks is not None else None
-
-    def objective(Ws: Sequence[torch.Tensor], bs: Sequence[torch.Tensor]) -> torch.Tensor:
-        out = forward(Ws, bs, X64, activation=activation, masks=M64)
-        value = loss_value(loss, out, T64)
-        if weight_decay:
-            value = value + weight_decay * sum((w * w).sum() for w in Ws)
-        return value
-
-    with torch.no_grad():
-        manual = [
-            g
-            for pair in backprop(
-                W,
-                b,
-                X64,
-                T64,
-                activation=activation,
-                loss=loss,
-                weight_decay=weight_decay,
-                masks=M64,
-            )
-            for g in pair
-        ]
-    L = len(W)
-    with torch.enable_grad():  # the training loop may call this under no_grad
-        leaves = [t.clone().requires_grad_(True) for t in W + b]
-        auto = torch.autograd.grad(objective(leaves[:L], leaves[L:]), leaves)
-
+    batch = _Batch64(
+        W=[_f64(w) for w in weights],
+        b=[_f64(v) for v in biases],
+        X=_f64(X),
+        T=_f64(T),
+        masks=None if masks is None else [_f64(m) for m in masks],
+        activation=activation,
+        loss=loss,
+        weight_decay=weight_decay,
+    )
+    manual, auto = batch.manual(), batch.autograd()
+    scale = gradient_scale(auto, batch.W, weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
-    params = [p for pair in zip(W, b, strict=True) for p in pair]  # W1, b1, W2, b2, …
-    names = [f"{k}{i + 1}" for i in range(L) for k in ("W", "b")]
-    auto_by_param = [auto[i // 2] if i % 2 == 0 else auto[L + i // 2] for i in range(2 * L)]
-    scale = gradient_scale(auto, W, weight_decay)
+    names = [f"{k}{i + 1}" for i in range(len(batch.W)) for k in ("W", "b")]
     checks: list[TensorCheck] = []
     with torch.no_grad():
-        for name, p, g_manual, g_auto in zip(names, params, manual, auto_by_param, strict=True):
-            a_abs = _max_abs(g_manual - g_auto)
-            a_rel = a_abs / scale
-            fd_abs = fd_rel = None
+        for i, (p, g_manual, g_auto) in enumerate(zip(batch.params, manual, auto, strict=True)):
             n = p.numel()
             coords = (
                 torch.arange(n)
                 if fd_samples is None or fd_samples >= n
                 else torch.randperm(n, generator=gen)[:fd_samples]
             )
-            if fd_samples != 0 and len(coords):
-                numeric = central_differences(
-                    W,
-                    b,
-                    X64,
-                    T64,
-                    M64,
-                    activation=activation,
-                    loss=loss,
-                    weight_decay=weight_decay,
-                    tensor=len(checks),
-                    coords=coords,
-                )
-                analytic = g_manual.reshape(-1)[coords.to(p.device)]
-                fd_abs = _max_abs(analytic - numeric)
-                fd_rel = fd_abs / scale
-            passed = a_rel <= tolerance and (fd_rel is None or fd_rel <= fd_tolerance)
+            fd = batch.central_differences(i, coords) if fd_samples != 0 and len(coords) else None
             checks.append(
-                TensorCheck(
-                    name,
-                    list(p.shape),
-                    a_abs,
-                    a_rel,
-                    fd_abs,
-                    fd_rel,
-                    0 if fd_rel is None else len(coords),
-                    passed,
+                _compare(
+                    names[i],
+                    p,
+                    g_manual,
+                    g_auto,
+                    coords,
+                    fd,
+                    scale=scale,
+                    tolerance=tolerance,
+                    fd_tolerance=fd_tolerance,
                 )
             )
     return GradcheckReport(
@@ -267,6 +283,32 @@ def check_gradients(
         fd_tolerance=fd_tolerance,
         tensors=checks,
     )
+
+
+def _compare(
+    name: str,
+    p: torch.Tensor,
+    g_manual: torch.Tensor,
+    g_auto: torch.Tensor,
+    coords: torch.Tensor,
+    numeric: torch.Tensor | None,
+    *,
+    scale: float,
+    tolerance: float,
+    fd_tolerance: float,
+) -> TensorCheck:
+    """One tensor's check: manual vs autograd and, when ``numeric`` holds the central
+    differences at ``coords``, vs finite differences, each relative to ``scale``."""
+    a_abs = _max_abs(g_manual - g_auto)
+    a_rel = a_abs / scale
+    fd_abs = fd_rel = None
+    if numeric is not None:
+        analytic = g_manual.reshape(-1)[coords.to(p.device)]
+        fd_abs = _max_abs(analytic - numeric)
+        fd_rel = fd_abs / scale
+    passed = a_rel <= tolerance and (fd_rel is None or fd_rel <= fd_tolerance)
+    used = 0 if fd_rel is None else len(coords)
+    return TensorCheck(name, list(p.shape), a_abs, a_rel, fd_abs, fd_rel, used, passed)
 
 
 def check_spec(
