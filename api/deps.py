@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError
 from api.group_commit import GroupCommit
 from api.settings import Settings
-from api.tracking import Tracking
 from db.store import JobStore
+from workers.tracking.read import Tracking
 
 DEFAULT_TENANT = "default"
 

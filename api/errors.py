@@ -22,7 +22,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.tracking import TrackingUnavailable
 from core.csvdata import DataError
 from core.spec import FieldError, InvalidSpec, field_path
 from db.errors import (
@@ -33,6 +32,7 @@ from db.errors import (
     JobNotFound,
     StaleAttempt,
 )
+from workers.tracking.read import TrackingUnavailable
 
 log = logging.getLogger("gradq.api")
 

@@ -22,10 +22,10 @@ from api.group_commit import GroupCommit
 from api.middleware import BodyLimit
 from api.routes import datasets, gradcheck, health, job_activity, jobs
 from api.settings import Settings
-from api.tracking import Tracking
 from core.spec import JobSpec
 from db.session import make_engine
 from db.store import JobStore
+from workers.tracking.read import Tracking
 
 UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around the file
 

@@ -18,10 +18,9 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.spec import SpecLimits
+from workers.tracking.client import DEFAULT_TRACKING_URI
 
 DEFAULT_DATABASE_URL = "sqlite:///./gradq-data/gradq.db"
-# The same values as workers.tracking's defaults, which this module must not import (mlflow).
-DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
 MiB = 1024 * 1024
 
 

@@ -82,9 +82,9 @@ def warm_up() -> str:
     import mlflow.pytorch
 
     import workers.task  # torch, MLflow's client and core come with it
-    import workers.tracking_plot
+    import workers.tracking.plot
 
-    workers.tracking_plot.learning_curve_png([])  # loads Pillow's font
+    workers.tracking.plot.learning_curve_png([])  # loads Pillow's font
     return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {mlflow.models.__name__}"
 
 

@@ -53,7 +53,7 @@ class WorkerConfig:
     artifact_root: str | None = None
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 3.0
-    metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking_buffer)
+    metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking.buffer)
     checkpoint_upload_seconds: float = 10.0
 
 

@@ -12,9 +12,9 @@ from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
-from api.tracking import TrackingUnavailable
 from core.csvdata import DataError, read_csv_table
 from core.spec import FieldError
+from workers.tracking.read import TrackingUnavailable
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=AUTHENTICATED)
 

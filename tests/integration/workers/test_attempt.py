@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-import workers.tracking
+import workers.tracking.run
 from core.spec import parse_spec
 from db.migrate import upgrade
 from db.session import make_engine
@@ -57,7 +57,7 @@ def test_a_job_whose_model_cannot_be_logged_fails_and_its_run_ends_failed(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("artifact store unreachable")
 
-    monkeypatch.setattr(workers.tracking, "log_model", broken)
+    monkeypatch.setattr(workers.tracking.run, "log_model", broken)
     outcome, job = attempt(stores)
     assert outcome == "failed" and job.status.value == "failed"
     assert job.error is not None and job.error["type"] == "tracking_failed"

@@ -38,7 +38,7 @@ from workers.tracking import (
     metric_history,
     run_url,
 )
-from workers.tracking_buffer import RunBuffer
+from workers.tracking.buffer import RunBuffer
 
 REGISTERED = "gradq-test-iris"
 

@@ -1,4 +1,4 @@
-"""The learning-curve PNG (``workers.tracking_plot``): what a user sees in the run's plots."""
+"""The learning-curve PNG (``workers.tracking.plot``): what a user sees in the run's plots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from core.callbacks import EpochRecord
-from workers.tracking_plot import HEIGHT, WIDTH, learning_curve_png
+from workers.tracking.plot import HEIGHT, WIDTH, learning_curve_png
 
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)
 

@@ -40,8 +40,8 @@ from mlflow.utils.validation import (
 
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint
-from workers.tracking_artifacts import RunArtifacts
-from workers.tracking_clock import Clock
+from workers.tracking.artifacts import RunArtifacts
+from workers.tracking.clock import Clock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

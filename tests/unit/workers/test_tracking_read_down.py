@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from api.tracking import Tracking, TrackingUnavailable
+from workers.tracking.read import Tracking, TrackingUnavailable
 
 
 def unused_port() -> int:

@@ -1,5 +1,5 @@
 """What the MLflow adapter writes besides metrics: spec params and the model (the learning
-curve is drawn by ``workers.tracking_plot``).
+curve is drawn by ``workers.tracking.plot``).
 
 Helpers of ``workers.tracking``; nothing here connects anywhere at import. MLflow's model
 registration reads the process-wide tracking URI, so :func:`log_model` sets it under a lock for

@@ -25,21 +25,21 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Literal
 
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
-from workers.tracking_artifacts import RunArtifacts, flatten_params, log_model, param_entities
-from workers.tracking_buffer import (
+from workers.tracking.artifacts import RunArtifacts, flatten_params, log_model, param_entities
+from workers.tracking.buffer import (
     CHECKPOINT_FILE,
     LAST_CHECKPOINT,
     RunBuffer,
     TrackingCallback,
 )
-from workers.tracking_clock import Clock
-from workers.tracking_plot import learning_curve_png
+from workers.tracking.client import find_or_create_experiment, is_remote, make_client
+from workers.tracking.clock import Clock
+from workers.tracking.plot import learning_curve_png
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,84 +51,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
 MAX_ERROR_TAG = 5000
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _ACTIVE = {"RUNNING", "SCHEDULED"}
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
-
-
-def make_client(tracking_uri: str) -> MlflowClient:
-    """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first and
-    the file put in WAL mode (see ``_sqlite_wal``)."""
-    from mlflow import MlflowClient
-
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
-        db = tracking_uri.removeprefix("sqlite:///").split("?")[0]
-        if db and db != ":memory:":
-            _sqlite_wal(str(Path(db).resolve()))
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-_wal_done: set[str] = set()
-
-
-def _sqlite_wal(path: str) -> None:
-    """Put an MLflow SQLite store in WAL journal mode, once per file and process (the mode
-    is kept in the file). MLflow leaves SQLite's default rollback journal: every commit then
-    syncs the disk three or four times, and a writer blocks every reader (the attempts of
-    one node and the dispatcher all write to the file, and wait on SQLite's busy handler,
-    which sleeps in steps of 1–100 ms). With WAL a commit is one append, and readers never
-    wait. Each connection MLflow opens to the file then gets ``synchronous=NORMAL`` (see
-    ``_sync_normal_on_connect``), as gradq's own SQLite database has: no disk sync per
-    commit (a job commits to the store several times, and each sync is CPU spent in the
-    kernel on the job's path; bench/RESULTS.md, Service), and no committed transaction lost
-    when a process crashes; a power cut may lose the last ones, never corrupt the file."""
-    if path in _wal_done:
-        return
-    import sqlite3
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        conn = sqlite3.connect(path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:  # a read-only or odd file: MLflow works without it
-        log.warning("MLflow store %s: could not switch to WAL mode: %s", path, exc)
-        return
-    _wal_done.add(path)
-    _sync_normal_on_connect()
-
-
-_listening = False
-
-
-def _sync_normal_on_connect() -> None:
-    """``PRAGMA synchronous=NORMAL`` on each new connection MLflow opens to a store that
-    ``_sqlite_wal`` switched to WAL. MLflow makes its own engine, so this listens on every
-    SQLAlchemy pool of the process and acts only on those files (a per-connection setting:
-    SQLite does not keep it in the file)."""
-    global _listening
-    if _listening:
-        return
-    from sqlalchemy import event
-    from sqlalchemy.pool import Pool
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        import sqlite3
-
-        if not isinstance(dbapi_connection, sqlite3.Connection):
-            return
-        rows = dbapi_connection.execute("PRAGMA database_list").fetchall()
-        if any(row[1] == "main" and row[2] in _wal_done for row in rows):
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    event.listen(Pool, "connect", on_connect)
-    _listening = True
 
 
 class JobTracker:
@@ -204,7 +130,7 @@ class JobTracker:
                 # A create that MLflow's client retried (the server committed it, the answer
                 # was lost) or one by an earlier attempt still alive made a second run: the
                 # job keeps one (MLflow's SQLite store has no HTTP retries: one create, one run)
-                if _is_remote(self.tracking_uri) or self.attempt > 1:
+                if is_remote(self.tracking_uri) or self.attempt > 1:
                     run = self._one_run(self._job_runs(experiment_id) or [run])
                 self.run_id = run.info.run_id
                 self._experiment = run.info.experiment_id
@@ -231,7 +157,7 @@ class JobTracker:
 
     def callback(self) -> Callback:
         """The core callback of this run (needs ``start()`` or a ``run_id``); never raises
-        for an MLflow error. Buffering: see ``workers.tracking_buffer``."""
+        for an MLflow error. Buffering: see ``workers.tracking.buffer``."""
         return TrackingCallback(self._make_buffer())
 
     def flush(self) -> bool:
@@ -387,27 +313,13 @@ class JobTracker:
         process (a worker runs many jobs of few experiments)."""
         key = (self.tracking_uri, self.spec.experiment)
         if key not in _EXPERIMENTS:
-            _EXPERIMENTS[key] = self._find_or_create_experiment()
+            _EXPERIMENTS[key] = find_or_create_experiment(
+                self.client,
+                self.spec.experiment,
+                tracking_uri=self.tracking_uri,
+                artifact_root=self.artifact_root,
+            )
         return _EXPERIMENTS[key]
-
-    def _find_or_create_experiment(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        name = self.spec.experiment
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            location = None
-            if self.artifact_root and not _is_remote(self.tracking_uri):
-                location = _folder_uri(self.artifact_root)
-            try:
-                return self.client.create_experiment(name, artifact_location=location)
-            except MlflowException:  # created meanwhile by another worker
-                experiment = self.client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-        if experiment.lifecycle_stage == "deleted":
-            self.client.restore_experiment(experiment.experiment_id)
-        return str(experiment.experiment_id)
 
 
 # --- module functions ----------------------------------------------------------------------
@@ -441,33 +353,8 @@ def close_run(*, tracking_uri: str, run_id: str, status: str, reason: str | None
     client.set_terminated(run_id, mlflow_status)
 
 
-def metric_history(*, tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of one metric, sorted by step; for a step logged twice, the later one."""
-    points = make_client(tracking_uri).get_metric_history(run_id, key)
-    by_step = {m.step: m.value for m in sorted(points, key=lambda m: (m.step, m.timestamp))}
-    return sorted(by_step.items())
-
-
-def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``."""
-    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def _max_step(client: MlflowClient, run_id: str, key: str, *, default: int) -> int:
     return max((m.step for m in client.get_metric_history(run_id, key)), default=default)
-
-
-def _is_remote(tracking_uri: str) -> bool:
-    return urlparse(tracking_uri).scheme in ("http", "https", "databricks")
-
-
-def _folder_uri(folder: str) -> str:
-    """A folder as a URI: one with a scheme (``s3://``, ``file://``) as it is, a path made
-    absolute as ``file://``."""
-    if urlparse(folder).scheme and not Path(folder).drive:
-        return folder
-    return Path(folder).expanduser().resolve().as_uri()
 
 
 def _now_ms() -> int:

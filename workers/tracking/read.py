@@ -1,6 +1,8 @@
-"""What the API asks of MLflow: run links, learning curves, data-set uploads, a ping.
+"""The tracking read interface, what the API asks of MLflow: a run's link and learning
+curves, data-set uploads and their bytes, a ping.
 
-Built per app (no client at import). Calls are blocking: routes run them in a thread.
+Built per app (no client, no MLflow import at import). Calls are blocking: routes run them in
+a thread. ``api/`` reaches MLflow through this module only.
 """
 
 from __future__ import annotations
@@ -8,13 +10,17 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import httpx
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+from workers.tracking.client import (
+    find_or_create_experiment,
+    is_remote,
+    make_client,
+    metric_history,
+    run_url,
+)
 
 DATASETS_EXPERIMENT = "gradq-datasets"
 
@@ -31,15 +37,13 @@ class Tracking:
 
     @property
     def remote(self) -> bool:
-        return urlparse(self.tracking_uri).scheme in ("http", "https", "databricks")
+        return is_remote(self.tracking_uri)
 
     def run_link(self, run_id: str) -> str | None:
         """The run's page in the MLflow UI (cached: a run never changes experiment); None
         while MLflow cannot say."""
         if run_id in self._links:
             return self._links[run_id]
-        from workers.tracking import run_url
-
         try:
             self.reachable()
             link = run_url(ui_base=self.ui_url, tracking_uri=self.tracking_uri, run_id=run_id)
@@ -54,8 +58,6 @@ class Tracking:
     ) -> dict[str, list[tuple[int, float]]]:
         """Each metric of the run (or only ``keys``) as (step, value), by step."""
         from mlflow.exceptions import MlflowException
-
-        from workers.tracking import make_client, metric_history
 
         self.reachable()
         try:
@@ -75,12 +77,16 @@ class Tracking:
         """Log the bytes as an artifact of a new run in the ``gradq-datasets`` experiment;
         returns its ``runs:/<run_id>/<filename>`` URI, which any worker downloads with
         ``mlflow.artifacts.download_artifacts`` from the same tracking server."""
-        from workers.tracking import make_client
-
         self.reachable()
         client = make_client(self.tracking_uri)
+        experiment_id = find_or_create_experiment(
+            client,
+            DATASETS_EXPERIMENT,
+            tracking_uri=self.tracking_uri,
+            artifact_root=self.artifact_root,
+        )
         run = client.create_run(
-            self._experiment_id(client),
+            experiment_id,
             run_name=name,
             tags={"gradq.tenant": tenant, "gradq.kind": "dataset"},
         )
@@ -109,28 +115,6 @@ class Tracking:
             raise TrackingUnavailable(f"could not fetch {uri} from MLflow: {exc}") from exc
         return Path(local)
 
-    def _experiment_id(self, client: MlflowClient) -> str:
-        from mlflow.exceptions import MlflowException
-
-        found = client.get_experiment_by_name(DATASETS_EXPERIMENT)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                client.restore_experiment(found.experiment_id)
-            return str(found.experiment_id)
-        location = None
-        if self.artifact_root and not self.remote:
-            root = self.artifact_root
-            if not urlparse(root).scheme:
-                root = Path(root).expanduser().resolve().as_uri()
-            location = root
-        try:
-            return str(client.create_experiment(DATASETS_EXPERIMENT, artifact_location=location))
-        except MlflowException:  # created meanwhile by another request
-            again = client.get_experiment_by_name(DATASETS_EXPERIMENT)
-            if again is None:
-                raise
-            return str(again.experiment_id)
-
     def reachable(self) -> None:
         """Raise ``TrackingUnavailable`` at once when a tracking server does not answer its
         /health (2 s): the MLflow client would otherwise retry a refused call for minutes,
@@ -150,8 +134,6 @@ class Tracking:
             url = self.tracking_uri.rstrip("/") + "/health"
             httpx.get(url, timeout=timeout).raise_for_status()
             return f"{self.tracking_uri} answers /health"
-        from workers.tracking import make_client
-
         make_client(self.tracking_uri).search_experiments(max_results=1)
         return f"{_safe(self.tracking_uri)} answers"
 
