@@ -184,9 +184,9 @@ def serve(
 ) -> None:
     """Everything in one process: API, dispatcher with a local Ray, MLflow UI."""
     settings = _settings(host, port, insecure)
-    from api import probes
     from api.main import create_app
-    from workers.dispatcher import run_in_thread
+    from workers import probes
+    from workers.dispatcher import run_in_thread, stop_ray
 
     with _signals_stop(), contextlib.ExitStack() as stack:
         _prepare(settings)
@@ -194,7 +194,7 @@ def serve(
         if not no_mlflow_ui and local_ui:
             stack.enter_context(_mlflow_ui(settings))
         dispatcher = _dispatcher(settings)
-        stack.callback(_stop_ray)
+        stack.callback(stop_ray)
         thread, stop = run_in_thread(dispatcher)
         stack.callback(thread.join, 15)
         stack.callback(stop.set)
@@ -204,12 +204,6 @@ def serve(
         where = str(settings.port or "<a free port, named below>")
         err.print(f"gradq on http://{settings.host}:{where} (auth: {settings.auth})")
         _uvicorn(app, settings)
-
-
-def _stop_ray() -> None:
-    import ray
-
-    ray.shutdown()
 
 
 def api(
@@ -235,6 +229,8 @@ def api(
 def dispatcher() -> None:
     """The dispatcher only, blocking: claims queued jobs and runs them on Ray."""
     settings = _settings(None, None, insecure=True)
+    from workers.dispatcher import stop_ray
+
     with _signals_stop():
         _prepare(settings)
         d = _dispatcher(settings)
@@ -247,7 +243,7 @@ def dispatcher() -> None:
         finally:
             _ignore_signals()
             stop.set()
-            _stop_ray()
+            stop_ray()
 
 
 def register(app: typer.Typer) -> None:

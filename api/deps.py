@@ -10,7 +10,6 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
@@ -27,7 +26,6 @@ class Services:
     """Everything the app built at start (in its lifespan), held on ``app.state.services``."""
 
     settings: Settings
-    engine: Engine
     store: JobStore
     submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking

@@ -17,20 +17,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError as SqlDataError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.csvdata import DataError
 from core.spec import FieldError, InvalidSpec, field_path
 from db.errors import (
+    DRIVER_ERRORS,
     DatasetNotFound,
     IdempotencyConflict,
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
     StaleAttempt,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+    driver_error,
 )
 from workers.tracking.read import TrackingUnavailable
 
@@ -184,9 +186,10 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database(_: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, SqlDataError):  # a value the database refuses (e.g. a NUL in text)
+    known = exc if isinstance(exc, StoreError) else driver_error(exc)
+    if isinstance(known, ValueRefused):  # e.g. a NUL in text
         return error_response(422, "invalid_value", "a value the database cannot store")
-    if not isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+    if not isinstance(known, StoreUnavailable):
         return await _unexpected(_, exc)
     log.warning("database unavailable: %s", exc)
     return error_response(
@@ -217,9 +220,9 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONRe
     InvalidCursor: _cursor,
     RequestValidationError: _request_validation,
     StarletteHTTPException: _http,
-    OperationalError: _database,
-    PoolTimeout: _database,
-    DBAPIError: _database,
+    StoreUnavailable: _database,
+    ValueRefused: _database,
+    **dict.fromkeys(DRIVER_ERRORS, _database),
     TrackingUnavailable: _tracking,
     Exception: _unexpected,
 }

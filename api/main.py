@@ -37,7 +37,7 @@ def default_ray_probe(settings: Settings) -> Callable[[], str]:
     def probe() -> str:
         if settings.ray_address is None:
             return "local Ray: started by the dispatcher process (`gradq dispatcher`)"
-        from api.probes import ray_head_reachable
+        from workers.probes import ray_head_reachable
 
         return ray_head_reachable(settings.ray_address)
 
@@ -64,12 +64,10 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
-        store = JobStore(engine)
+        store = JobStore(make_engine(settings.database_url))
         submits = GroupCommit(store, max_queued=settings.max_queued_per_tenant)
         app.state.services = Services(
             settings=settings,
-            engine=engine,
             store=store,
             submits=submits,
             tracking=Tracking(
@@ -84,7 +82,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             yield
         finally:
             submits.close()
-            engine.dispose()
+            store.dispose()
             gc.unfreeze()  # a process that starts another app (tests) collects this one's
 
     def limit_for(path: str) -> int:

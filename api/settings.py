@@ -14,10 +14,9 @@ from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
 
 from core.spec import SpecLimits
+from db.session import check_url
 from workers.tracking.client import DEFAULT_TRACKING_URI
 
 DEFAULT_DATABASE_URL = "sqlite:///./gradq-data/gradq.db"
@@ -70,13 +69,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, v: str) -> str:
-        try:
-            url = make_url(v)
-        except ArgumentError:
-            raise ValueError(f"not a database URL: {v!r}") from None
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise ValueError(f"sqlite or postgresql, not {url.get_backend_name()!r}")
-        return v
+        return check_url(v)
 
     @field_validator("mlflow_tracking_uri")
     @classmethod

@@ -1,6 +1,17 @@
-"""Domain errors of the job store. ``api/`` maps them to HTTP in one place."""
+"""Domain errors of the job store. ``api/`` maps them to HTTP in one place.
+
+The database driver's own errors (SQLAlchemy's) are read here too: :func:`driver_error` says
+which of them mean the database is away (:class:`StoreUnavailable`) or refused a value
+(:class:`ValueRefused`), so that no caller needs to know SQLAlchemy's exceptions.
+"""
 
 from __future__ import annotations
+
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+# The driver's exceptions that ``driver_error`` reads: for a handler registered by class.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout)
 
 
 class StoreError(Exception):
@@ -76,3 +87,22 @@ class InvalidCursor(StoreError):
     def __init__(self, cursor: str) -> None:
         self.cursor = cursor
         super().__init__(f"invalid cursor {cursor!r}")
+
+
+class StoreUnavailable(StoreError):
+    """The database is unavailable: a refused or dropped connection, no free connection in
+    the pool in time. Nothing was decided; the same call may succeed shortly."""
+
+
+class ValueRefused(StoreError):
+    """A value the database cannot store (e.g. a NUL character in text)."""
+
+
+def driver_error(exc: BaseException) -> StoreError | None:
+    """The store's error that a driver exception means, or None for one that means nothing
+    known (a bug, to be reported as such)."""
+    if isinstance(exc, DataError):
+        return ValueRefused(str(exc))
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return StoreUnavailable(str(exc))
+    return None

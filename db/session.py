@@ -15,12 +15,35 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///./gradq-data/gradq.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _BEGIN_OPTION = "gradq_sqlite_begin"
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def check_url(url: str) -> str:
+    """``url`` when it is a database URL of a backend gradq runs on; else ``ValueError``
+    saying why."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"not a database URL: {url!r}") from None
+    if parsed.get_backend_name() not in BACKENDS:
+        raise ValueError(f"sqlite or postgresql, not {parsed.get_backend_name()!r}")
+    return url
+
+
+def ping(engine: Engine) -> str:
+    """One ``SELECT 1``: returns what answered, or raises the driver's error."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return f"{engine.dialect.name} answers"
 
 
 def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:

@@ -27,7 +27,7 @@ from db.datasets import DatasetMixin
 from db.errors import InvalidTransition, JobNotFound
 from db.keys import ApiKeyMixin
 from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
-from db.session import one_statement_tx, read_tx, write_tx
+from db.session import one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus
 from db.submits import SubmitMixin
 from db.transitions import fence, move, refuse
@@ -48,6 +48,14 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+
+    def ping(self) -> str:
+        """What answered a ``SELECT 1`` (the readiness probe); raises when nothing did."""
+        return ping(self._engine)
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections (at the end of the process that made it)."""
+        self._engine.dispose()
 
     # --- the worker's side -----------------------------------------------------------------
 

@@ -360,6 +360,14 @@ class Dispatcher:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
 
 
+def stop_ray() -> None:
+    """Shut down this process's connection to Ray (the local Ray with it), as ``gradq serve``
+    and ``gradq dispatcher`` do on their way out."""
+    import ray
+
+    ray.shutdown()
+
+
 def run_in_thread(dispatcher: Dispatcher) -> tuple[threading.Thread, threading.Event]:
     """Start the dispatcher loop in a daemon thread (the embedded ``gradq serve``)."""
     stop = threading.Event()

@@ -13,7 +13,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from api import probes, schemas
+from api import schemas
 from api.deps import Services, ServicesDep, get_tenant
 from api.fast_submit import ResponseCounts
 from api.routes.common import errors
@@ -40,7 +40,7 @@ async def healthz() -> schemas.Health:
 async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
     """Database, Ray and MLflow, each checked and named; 503 when one is not reachable."""
     checks = {
-        "database": lambda: probes.database(services.engine),
+        "database": services.store.ping,
         "ray": services.ray_probe,
         "mlflow": services.tracking.ping,
     }
