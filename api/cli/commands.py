@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.cli_tables import add, listing, when
-from api.client import ApiClient, ApiFailure
+from api.cli.http import ApiClient, ApiFailure
+from api.cli.tables import add, listing, when
 
 console = Console()
 err = Console(stderr=True)

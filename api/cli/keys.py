@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from api.cli_tables import add, listing
+from api.cli.tables import add, listing
 from api.settings import Settings
 from db.migrate import upgrade
 from db.session import make_engine

@@ -1,11 +1,5 @@
-"""The ``gradq`` command.
-
-``gradq train job.yaml`` trains locally with a live progress bar; ``gradq gradcheck job.yaml``
-prints the validator's table per layer; ``gradq db upgrade`` applies the migrations.
-The service: ``gradq serve`` / ``api`` / ``dispatcher`` (:mod:`api.cli_serve`); its clients
-``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``datasets`` (:mod:`api.cli_client`);
-``gradq keys`` (:mod:`api.cli_keys`).
-"""
+"""``gradq train job.yaml`` trains locally with a live progress bar; ``gradq gradcheck
+job.yaml`` prints the validator's table per layer. Neither needs the service."""
 
 from __future__ import annotations
 
@@ -25,34 +19,8 @@ if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `
     from core.checkpoint import Checkpoint
     from core.gradcheck import GradcheckReport
 
-app = typer.Typer(
-    help="gradq: train MLPs with a hand-written, gradient-checked backprop.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
 console = Console()
 err = Console(stderr=True)
-
-
-def _mount_db() -> None:
-    try:
-        from db.cli import db_app
-    except ImportError:  # the queue is optional for local training
-        return
-    app.add_typer(db_app, name="db")
-
-
-def _mount_service() -> None:
-    from api import cli_client, cli_serve
-    from api.cli_keys import keys_app
-
-    cli_serve.register(app)
-    cli_client.register(app)
-    app.add_typer(keys_app, name="keys")
-
-
-_mount_db()
-_mount_service()
 
 
 def _load(job: Path) -> JobSpec:
@@ -103,7 +71,6 @@ class CheckpointWriter(Callback):
         checkpoint.save(self.folder / "last.pt")
 
 
-@app.command()
 def train(
     job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
     checkpoint_dir: Annotated[Path | None, typer.Option(help="write last.pt here")] = None,
@@ -163,7 +130,6 @@ def train(
     console.print(table)
 
 
-@app.command()
 def gradcheck(
     job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
     batch: Annotated[int, typer.Option(help="rows of the training data to check on")] = 16,
@@ -203,5 +169,6 @@ def gradcheck(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(gradcheck)

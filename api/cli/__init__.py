@@ -1,0 +1,39 @@
+"""The ``gradq`` command (``app``, the console script ``gradq = "api.cli:app"``).
+
+- ``gradq train`` / ``gradcheck``: local training and the gradient check (:mod:`api.cli.local`);
+- ``gradq db upgrade``: the migrations (:mod:`db.cli`);
+- the service: ``gradq serve`` / ``api`` / ``dispatcher`` (:mod:`api.cli.serve`);
+- its clients: ``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``datasets``
+  (:mod:`api.cli.commands`, over HTTP with :mod:`api.cli.http`);
+- ``gradq keys`` (:mod:`api.cli.keys`).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from api.cli import commands, local, serve
+from api.cli.keys import keys_app
+
+app = typer.Typer(
+    help="gradq: train MLPs with a hand-written, gradient-checked backprop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _mount_db() -> None:
+    try:
+        from db.cli import db_app
+    except ImportError:  # the queue is optional for local training
+        return
+    app.add_typer(db_app, name="db")
+
+
+_mount_db()
+serve.register(app)
+commands.register(app)
+app.add_typer(keys_app, name="keys")
+local.register(app)
+
+__all__ = ["app"]
