@@ -28,14 +28,6 @@ divided by the submits: a figure the other load on the machine hardly moves.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import argparse
 import asyncio
 import contextlib
@@ -45,10 +37,12 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx  # only for the health check while the server starts

@@ -16,10 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+# The checkout's gradq (and bench.reference), whether or not it is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import itertools
@@ -32,27 +30,18 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
+from bench.reference import BATCH, HIDDEN, LR, MOMENTUM, WD, reference_job
 from core.callbacks import Callback, EpochRecord
 from core.data import Dataset, load_dataset
 from core.spec import parse_spec
 from core.train import train
 
-HIDDEN = [64, 64]
-LR, MOMENTUM, WD, BATCH, EPOCHS = 0.05, 0.9, 1e-4, 32, 50
+EPOCHS = 50
 
 
 def reference_spec(engine: str, device: str, epochs: int) -> Any:
-    return parse_spec(
-        {
-            "dataset": "digits",
-            "model": {"hidden": HIDDEN, "activation": "relu"},
-            "optimizer": {"lr": LR, "momentum": MOMENTUM, "batch_size": BATCH, "epochs": epochs},
-            "regularization": {"weight_decay": WD, "early_stopping": {"enabled": False}},
-            "engine": engine,
-            "device": device,
-            "resources": {"cpus": 1, "gpus": 1 if device == "cuda" else 0},
-        }
-    )
+    resources = {"cpus": 1, "gpus": 1 if device == "cuda" else 0}
+    return parse_spec(reference_job(epochs, engine=engine, device=device, resources=resources))
 
 
 def steps_per_run(n: int, epochs: int) -> int:

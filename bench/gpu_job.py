@@ -18,10 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+# The checkout's gradq (and bench.reference), whether or not it is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench.reference import reference_job
 from core.data import load_dataset
 from core.spec import parse_spec
 from core.train import train
@@ -41,16 +40,13 @@ from workers.task import WorkerConfig, run_attempt
 
 
 def reference(epochs: int, device: str) -> dict[str, Any]:
-    return {
-        "name": f"gpu-reference-{epochs}",
-        "experiment": "bench-gpu",
-        "dataset": "digits",
-        "model": {"hidden": [64, 64], "activation": "relu"},
-        "optimizer": {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "epochs": epochs},
-        "regularization": {"weight_decay": 1e-4, "early_stopping": {"enabled": False}},
-        "device": device,
-        "resources": {"cpus": 1, "gpus": 1 if device != "cpu" else 0},
-    }
+    return reference_job(
+        epochs,
+        name=f"gpu-reference-{epochs}",
+        experiment="bench-gpu",
+        device=device,
+        resources={"cpus": 1, "gpus": 1 if device != "cpu" else 0},
+    )
 
 
 def direct(epochs: int, device: str) -> dict[str, Any]:

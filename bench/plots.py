@@ -8,15 +8,8 @@ its date, machine and command. After a new run of record, update figures.json, r
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import json
+from pathlib import Path
 from typing import Any
 
 import matplotlib

@@ -33,10 +33,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds queue.py, which would shadow the standard library's queue: run from the root.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+# The checkout's gradq (and bench.reference), whether or not it is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import logging
@@ -48,6 +46,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from bench.reference import reference_job
 from core.spec import parse_spec
 from core.train import train
 from db.migrate import upgrade
@@ -68,15 +67,9 @@ TARGETS = {
 
 
 def reference(epochs: int) -> dict[str, Any]:
-    return {
-        "name": f"reference-{epochs}",
-        "experiment": "bench-service",
-        "dataset": "digits",
-        "model": {"hidden": [64, 64], "activation": "relu"},
-        "optimizer": {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "epochs": epochs},
-        "regularization": {"weight_decay": 1e-4, "early_stopping": {"enabled": False}},
-        "resources": {"cpus": 1},
-    }
+    return reference_job(
+        epochs, name=f"reference-{epochs}", experiment="bench-service", resources={"cpus": 1}
+    )
 
 
 def realistic() -> dict[str, Any]:

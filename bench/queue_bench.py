@@ -1,6 +1,6 @@
 """Benchmark of the durable job queue (db/): submit and claim rates on SQLite and PostgreSQL.
 
-    .venv/bin/python bench/queue.py [--backend sqlite|postgres|both] [--jobs N]
+    .venv/bin/python bench/queue_bench.py [--backend sqlite|postgres|both] [--jobs N]
 
 Each backend gets a fresh database (SQLite: a temp file; PostgreSQL: a fresh schema in the
 database at $GRADQ_TEST_POSTGRES_URL, dropped afterwards) migrated with ``db.migrate.upgrade``.
@@ -9,17 +9,11 @@ Prints one table with the targets beside the figures.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path and its name would hide the
-# standard library's ``queue`` (which multiprocessing needs): take the folder off.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
