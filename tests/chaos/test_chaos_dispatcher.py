@@ -1,13 +1,14 @@
 """Fault 1: the dispatcher process is SIGKILLed while jobs train, then started again.
 
 ``gradq api`` and ``gradq dispatcher`` run as separate processes on PostgreSQL (a private
-cluster) with an MLflow SQLite store. The dispatcher owns a local Ray: killing it takes its
-attempts down with it. The leases of those attempts expire, the new dispatcher claims the
+cluster) with an MLflow SQLite store. The dispatcher owns a local Ray: it is killed with its
+Ray's processes and the attempts' worker processes at once. The leases of those attempts expire, the new dispatcher claims the
 jobs again (attempt 2) and they resume from their checkpoints; the queued jobs run after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -28,7 +29,7 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, alive
+from deploy_stack import Stack, alive, descendants
 from gradq_service import GRADQ
 
 from db.errors import StaleAttempt
@@ -82,10 +83,15 @@ def run(http: httpx.Client, stack: Stack, env: dict[str, str], errors: ServerErr
     in_flight = sum(j["status"] not in ("succeeded", "failed", "cancelled")
                     for j in jobs(http, ids).values())  # fmt: skip
     dispatcher = stack.processes["dispatcher"]
-    os.kill(dispatcher.pid, signal.SIGKILL)  # the dispatcher alone, with no warning
+    # The dispatcher and its local Ray with it, at once, with no warning: Ray's daemons and
+    # its worker processes (the attempts) run in sessions of their own; an attempt killed only
+    # after the dispatcher could still finish its job under its valid lease meanwhile (as
+    # attempt 1: correct, nothing runs twice; seen on a fast host), and no lease would expire.
+    for pid in {dispatcher.pid, *descendants(dispatcher.pid), *pids.values()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     dispatcher.wait(timeout=30)
     stack.stopped.add("dispatcher")
-    # Its local Ray goes with it: the attempts' worker processes die (no zombie trains on).
     wait_until("the killed dispatcher's attempts to die",
                lambda: not any(alive(p) for p in pids.values()), 60, context=stack.logs)  # fmt: skip
     kill_ours(str(stack.ray_temp))  # anything of the old Ray left (daemons): gone
