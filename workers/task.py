@@ -252,6 +252,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             job_id=job.id,
             attempt=job.attempt,
             mlflow_run_id=run_id,
+            mlflow_experiment_id=tracker.experiment_id,
             checkpoint_uri=f"runs:/{run_id}/checkpoints/last/checkpoint.pt",
         )
         resume = (

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the names as re-exports, for type checkers
     from workers.tracking.client import DEFAULT_TRACKING_URI as DEFAULT_TRACKING_URI
     from workers.tracking.client import make_client as make_client
     from workers.tracking.client import metric_history as metric_history
+    from workers.tracking.client import run_page as run_page
     from workers.tracking.client import run_url as run_url
     from workers.tracking.read import Tracking as Tracking
     from workers.tracking.read import TrackingUnavailable as TrackingUnavailable
@@ -33,6 +34,7 @@ _HOMES = {
     "DEFAULT_TRACKING_URI": "client",
     "make_client": "client",
     "metric_history": "client",
+    "run_page": "client",
     "run_url": "client",
     "Tracking": "read",
     "TrackingUnavailable": "read",

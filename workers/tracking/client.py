@@ -124,10 +124,16 @@ def metric_history(*, tracking_uri: str, run_id: str, key: str) -> list[tuple[in
     return sorted(by_step.items())
 
 
-def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``."""
-    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
+def run_page(*, ui_base: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``,
+    from ids already known (no call to MLflow)."""
     return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (:func:`run_page`), its experiment asked of MLflow."""
+    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
+    return run_page(ui_base=ui_base, experiment_id=str(experiment_id), run_id=run_id)
 
 
 def is_remote(tracking_uri: str) -> bool:
