@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
-
 
 def make_client(tracking_uri: str) -> MlflowClient:
     """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first and
