@@ -2,7 +2,8 @@
 
 Read once at start (``Settings()``) and passed down; nothing reads the environment later.
 The embedded default needs none of them: SQLite and MLflow's SQLite store under
-``./gradq-data/``, a local Ray, no API keys, bound to 127.0.0.1.
+``./gradq-data/``, a local Ray, no API keys, bound to 127.0.0.1. Defaults that other rooms
+share (database, MLflow, lease) are those of :mod:`core.defaults`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import defaults
 from core.spec import SpecLimits
 from db.session import check_url
-from workers.tracking.client import DEFAULT_TRACKING_URI
 
-DEFAULT_DATABASE_URL = "sqlite:///./gradq-data/gradq.db"
 MiB = 1024 * 1024
 
 
@@ -28,12 +28,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GRADQ_", extra="ignore", frozen=True)
 
-    database_url: str = DEFAULT_DATABASE_URL
-    mlflow_tracking_uri: str = DEFAULT_TRACKING_URI
+    database_url: str = defaults.DATABASE_URL
+    mlflow_tracking_uri: str = defaults.MLFLOW_TRACKING_URI
     mlflow_artifact_root: str | None = Field(
         None, description="default: mlartifacts/ next to a SQLite tracking store"
     )
-    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    mlflow_ui_url: str = defaults.MLFLOW_UI_URL
     ray_address: str | None = Field(None, description="None: the dispatcher starts a local Ray")
     ray_num_cpus: int | None = Field(None, ge=1, le=4096, description="local Ray only")
     auth: Literal["none", "keys"] = "none"
@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = Field(1000, ge=1)
     gradcheck_max_parameters: int = Field(200_000, ge=1)
     gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
-    lease_seconds: float = Field(30.0, gt=0)
-    heartbeat_seconds: float = Field(3.0, gt=0)
+    lease_seconds: float = Field(defaults.LEASE_SECONDS, gt=0)
+    heartbeat_seconds: float = Field(defaults.HEARTBEAT_SECONDS, gt=0)
     unsatisfiable: Literal["fail", "wait"] = "fail"
     # one log line per HTTP request (uvicorn's access log): off by default, as formatting a
     # line per request is a noticeable part of the server's CPU per submit (bench/RESULTS.md,

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from core.defaults import DATABASE_URL
 from db import migrate
-from db.session import DEFAULT_URL
 
 db_app = typer.Typer(
     help="Database commands: schema migrations, queue recount.", no_args_is_help=True
@@ -23,8 +23,9 @@ UrlOption = Annotated[
 
 
 def resolve_url(url: str | None) -> str:
-    """The URL to use: ``url``, else ``$GRADQ_DATABASE_URL``, else :data:`DEFAULT_URL`."""
-    return url or os.environ.get("GRADQ_DATABASE_URL") or DEFAULT_URL
+    """The URL to use: ``url``, else ``$GRADQ_DATABASE_URL``, else the embedded SQLite
+    (:data:`core.defaults.DATABASE_URL`, as the service's settings)."""
+    return url or os.environ.get("GRADQ_DATABASE_URL") or DATABASE_URL
 
 
 @db_app.command()

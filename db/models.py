@@ -128,6 +128,7 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[Any] = mapped_column(JSONType, nullable=True)  # a dict or a plain message
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))  # migration 0004
     checkpoint_uri: Mapped[str | None] = mapped_column(Text)
     node: Mapped[str | None] = mapped_column(String(200))
     pending_reason: Mapped[str | None] = mapped_column(Text)

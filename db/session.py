@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-DEFAULT_URL = "sqlite:///./gradq-data/gradq.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _BEGIN_OPTION = "gradq_sqlite_begin"
 

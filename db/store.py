@@ -161,12 +161,17 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         job_id: str,
         attempt: int,
         mlflow_run_id: str | None = None,
+        mlflow_experiment_id: str | None = None,
         checkpoint_uri: str | None = None,
     ) -> None:
-        """Record the attempt's MLflow run id and/or latest checkpoint; fenced like heartbeat."""
+        """Record the attempt's MLflow run id (and the run's experiment id, from which the API
+        builds the run's link without asking MLflow) and/or latest checkpoint, in one UPDATE;
+        fenced like heartbeat."""
         values: dict[str, Any] = {"updated_at": utcnow()}
         if mlflow_run_id is not None:
             values["mlflow_run_id"] = mlflow_run_id
+        if mlflow_experiment_id is not None:
+            values["mlflow_experiment_id"] = mlflow_experiment_id
         if checkpoint_uri is not None:
             values["checkpoint_uri"] = checkpoint_uri
         self._fenced_update(job_id, attempt, values, JOBS.c.id)

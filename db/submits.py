@@ -174,6 +174,7 @@ def _job_row(spec: JobSpec, tenant: str, key: str | None, now: datetime) -> dict
         result=None,
         error=None,
         mlflow_run_id=None,
+        mlflow_experiment_id=None,
         checkpoint_uri=None,
         node=None,
         pending_reason=None,

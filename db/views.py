@@ -34,6 +34,7 @@ class JobView:
     result: dict[str, Any] | None
     error: Any
     mlflow_run_id: str | None
+    mlflow_experiment_id: str | None  # the run's; None for a run stored before migration 0004
     checkpoint_uri: str | None
     node: str | None
     pending_reason: str | None

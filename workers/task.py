@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from core import defaults
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
 from core.data import Dataset, load_dataset
@@ -51,8 +52,8 @@ class WorkerConfig:
     database_url: str
     tracking_uri: str
     artifact_root: str | None = None
-    lease_seconds: float = 30.0
-    heartbeat_seconds: float = 3.0
+    lease_seconds: float = defaults.LEASE_SECONDS
+    heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking.buffer)
     checkpoint_upload_seconds: float = 10.0
 
@@ -252,6 +253,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             job_id=job.id,
             attempt=job.attempt,
             mlflow_run_id=run_id,
+            mlflow_experiment_id=tracker.experiment_id,
             checkpoint_uri=f"runs:/{run_id}/checkpoints/last/checkpoint.pt",
         )
         resume = (

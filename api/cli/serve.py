@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from api.settings import Settings
+from core import defaults
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -128,10 +129,8 @@ def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:
 @contextlib.contextmanager
 def _mlflow_ui(settings: Settings) -> Iterator[None]:
     """``mlflow ui`` on the tracking store, in its own process group, stopped on exit."""
-    from workers.tracking import DEFAULT_ARTIFACT_ROOT
-
     ui = urlparse(settings.mlflow_ui_url)
-    root = Path(settings.artifact_root or DEFAULT_ARTIFACT_ROOT).expanduser().resolve()
+    root = Path(settings.artifact_root or defaults.MLFLOW_ARTIFACT_ROOT).expanduser().resolve()
     command = [
         sys.executable, "-m", "mlflow", "ui",
         "--backend-store-uri", settings.mlflow_tracking_uri,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import present, schemas
-from api.deps import Services, StoreDep, TenantDep, TrackingDep
+from api.deps import Services, SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
 from core.spec import InvalidSpec, JobSpec
@@ -17,6 +17,7 @@ from db.states import JobStatus
 from db.store import JobStore
 from db.submits import SubmitRequest
 from db.views import JobView
+from workers.tracking.read import Tracking, run_page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
 
@@ -31,14 +32,38 @@ IdempotencyKey = Annotated[
 ]
 
 
-def detailed(view: JobView, store: JobStore, tracking: TrackingDep) -> schemas.Job:
-    """A job with its queue position, why it waits, and its MLflow link."""
+def detailed(view: JobView, store: JobStore, tracking: Tracking, ui_url: str) -> schemas.Job:
+    """A job with its queue position, why it waits, and its MLflow link (:func:`run_link`)."""
     position = reason = None
     if view.status is JobStatus.QUEUED:
         position = store.queue_position(job_id=view.id)
         reason = view.pending_reason or _waiting(position)
-    link = tracking.run_link(view.mlflow_run_id) if view.mlflow_run_id else None
+    link = run_link(view, tracking, ui_url)
     return present.job(view, queue_position=position, pending_reason=reason, mlflow_link=link)
+
+
+def run_link(view: JobView, tracking: Tracking, ui_url: str) -> str | None:
+    """The job's run in the MLflow UI (``GRADQ_MLFLOW_UI_URL``, ``ui_url``), None before it
+    has a run.
+
+    Built from the run and experiment ids its attempt stored: no call to MLflow, so a plain
+    ``GET /v1/jobs/{id}`` neither waits for nor loads the tracking server. A job whose run
+    was stored before migration 0004 has no experiment id: its link is then found as it
+    always was, by asking MLflow which experiment the run is in (once per run and API
+    process; None while MLflow does not answer) — a user keeps the link such a job had.
+    Blocking in that case only (:func:`needs_mlflow`): async callers run it in a thread."""
+    if view.mlflow_run_id is None:
+        return None
+    if view.mlflow_experiment_id is None:
+        return tracking.run_link(view.mlflow_run_id)
+    return run_page(
+        ui_base=ui_url, experiment_id=view.mlflow_experiment_id, run_id=view.mlflow_run_id
+    )
+
+
+def needs_mlflow(view: JobView) -> bool:
+    """Whether :func:`run_link` asks MLflow for this job (a run stored before 0004)."""
+    return view.mlflow_run_id is not None and view.mlflow_experiment_id is None
 
 
 def _waiting(ahead: int | None) -> str | None:
@@ -106,9 +131,11 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
             "wait for some to start, or cancel some",
             headers={"Retry-After": "10"},
         ) from None
-    view, link = done.job, None
-    if view.mlflow_run_id:  # a replay of a job that has run: MLflow may be asked
-        link = await run_in_threadpool(services.tracking.run_link, view.mlflow_run_id)
+    view, ui_url = done.job, services.settings.mlflow_ui_url
+    if needs_mlflow(view):  # a replay of a job whose run was stored before migration 0004
+        link = await run_in_threadpool(run_link, view, services.tracking, ui_url)
+    else:
+        link = run_link(view, services.tracking, ui_url)
     reason = None
     if view.status is JobStatus.QUEUED:
         reason = view.pending_reason or _waiting(done.position)
@@ -145,16 +172,21 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=schemas.Job, responses=errors(404, 422))
-def get_job(job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDep) -> schemas.Job:
+def get_job(
+    job_id: str, store: StoreDep, tracking: TrackingDep, settings: SettingsDep, tenant: TenantDep
+) -> schemas.Job:
     """Status, attempt, queue position and why it waits, progress, result or error, and
     where it is in MLflow (run id, UI link, checkpoint)."""
-    return detailed(store.get(job_id=job_id, tenant=tenant), store, tracking)
+    view = store.get(job_id=job_id, tenant=tenant)
+    return detailed(view, store, tracking, settings.mlflow_ui_url)
 
 
 @router.post(
     "/{job_id}/cancel", status_code=202, response_model=schemas.Job, responses=errors(404, 409)
 )
-def cancel(job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDep) -> schemas.Job:
+def cancel(
+    job_id: str, store: StoreDep, tracking: TrackingDep, settings: SettingsDep, tenant: TenantDep
+) -> schemas.Job:
     """Cancel: a queued job at once, a running one between two steps. Idempotent; a job
     that succeeded or failed: 409."""
     try:
@@ -163,4 +195,4 @@ def cancel(job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDe
         if exc.from_status != JobStatus.CANCELLED.value:
             raise
         view = store.get(job_id=job_id, tenant=tenant)
-    return detailed(view, store, tracking)
+    return detailed(view, store, tracking, settings.mlflow_ui_url)

@@ -17,10 +17,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names as re-exports, for type checkers
-    from workers.tracking.client import DEFAULT_ARTIFACT_ROOT as DEFAULT_ARTIFACT_ROOT
-    from workers.tracking.client import DEFAULT_TRACKING_URI as DEFAULT_TRACKING_URI
     from workers.tracking.client import make_client as make_client
     from workers.tracking.client import metric_history as metric_history
+    from workers.tracking.client import run_page as run_page
     from workers.tracking.client import run_url as run_url
     from workers.tracking.read import Tracking as Tracking
     from workers.tracking.read import TrackingUnavailable as TrackingUnavailable
@@ -29,10 +28,9 @@ if TYPE_CHECKING:  # the names as re-exports, for type checkers
     from workers.tracking.run import latest_checkpoint as latest_checkpoint
 
 _HOMES = {
-    "DEFAULT_ARTIFACT_ROOT": "client",
-    "DEFAULT_TRACKING_URI": "client",
     "make_client": "client",
     "metric_history": "client",
+    "run_page": "client",
     "run_url": "client",
     "Tracking": "read",
     "TrackingUnavailable": "read",

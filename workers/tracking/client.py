@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///./gradq-data/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = "./gradq-data/mlartifacts"
-
 
 def make_client(tracking_uri: str) -> MlflowClient:
     """A client of ``tracking_uri``; the folder of a ``sqlite:///`` file is created first and
@@ -124,10 +121,16 @@ def metric_history(*, tracking_uri: str, run_id: str, key: str) -> list[tuple[in
     return sorted(by_step.items())
 
 
-def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``."""
-    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
+def run_page(*, ui_base: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``,
+    from ids already known (no call to MLflow)."""
     return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (:func:`run_page`), its experiment asked of MLflow."""
+    experiment_id = make_client(tracking_uri).get_run(run_id).info.experiment_id
+    return run_page(ui_base=ui_base, experiment_id=str(experiment_id), run_id=run_id)
 
 
 def is_remote(tracking_uri: str) -> bool:

@@ -1,5 +1,6 @@
 """The tracking read interface, what the API asks of MLflow: a run's link and learning
-curves, data-set uploads and their bytes, a ping.
+curves, data-set uploads and their bytes, a ping; and ``run_page``, a run's link from ids
+already known, which asks MLflow nothing.
 
 Built per app (no client, no MLflow import at import). Calls are blocking: routes run them in
 a thread. ``api/`` reaches MLflow through this module only.
@@ -19,8 +20,11 @@ from workers.tracking.client import (
     is_remote,
     make_client,
     metric_history,
+    run_page,
     run_url,
 )
+
+__all__ = ["DATASETS_EXPERIMENT", "Tracking", "TrackingUnavailable", "run_page"]
 
 DATASETS_EXPERIMENT = "gradq-datasets"
 

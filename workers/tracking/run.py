@@ -155,6 +155,12 @@ class JobTracker:
         )
         return self.run_id
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The run's experiment id, known once ``start()`` has returned (stored with the run
+        id, so that the API builds the run's link without asking MLflow)."""
+        return self._experiment
+
     def callback(self) -> Callback:
         """The core callback of this run (needs ``start()`` or a ``run_id``); never raises
         for an MLflow error. Buffering: see ``workers.tracking.buffer``."""

@@ -77,6 +77,33 @@ def test_finish_records_outcome_and_event(store: JobStore, make_spec: SpecFactor
     assert store.get(job_id=job.id).status == "succeeded"
 
 
+def test_the_run_and_its_experiment_are_stored_together_and_fenced(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    """The attempt's one write of its run stores the run's experiment id beside the run id
+    (the API builds the run's link from both); later writes of a checkpoint keep them, a
+    resumed attempt stores them again, and a zombie attempt cannot overwrite them."""
+    job = store.submit(spec=make_spec(max_attempts=2))
+    assert job.mlflow_experiment_id is None
+    [first] = store.claim(owner="w", lease_seconds=5)
+    store.set_run(job_id=job.id, attempt=first.attempt, mlflow_run_id="a" * 32,
+                  mlflow_experiment_id="123456789012345678", checkpoint_uri="runs:/a/c")  # fmt: skip
+    stored = store.get(job_id=job.id)
+    assert (stored.mlflow_run_id, stored.mlflow_experiment_id) == ("a" * 32, "123456789012345678")
+    store.set_run(job_id=job.id, attempt=first.attempt, checkpoint_uri="runs:/a/c2")
+    assert store.get(job_id=job.id).mlflow_experiment_id == "123456789012345678"
+    store.requeue_expired(now=utcnow() + timedelta(seconds=6))
+    [second] = store.claim(owner="w", lease_seconds=60)
+    assert second.attempt == 2
+    with pytest.raises(StaleAttempt):
+        store.set_run(job_id=job.id, attempt=1, mlflow_run_id="z" * 32, mlflow_experiment_id="9")
+    store.set_run(job_id=job.id, attempt=2, mlflow_run_id="a" * 32, mlflow_experiment_id="1")
+    done = store.finish(job_id=job.id, attempt=2, status="succeeded", result={})
+    assert (done.mlflow_run_id, done.mlflow_experiment_id) == ("a" * 32, "1")
+    [listed], _ = store.list(limit=1)
+    assert listed.mlflow_experiment_id == "1"
+
+
 def test_failed_finish_keeps_the_error(store: JobStore, make_spec: SpecFactory) -> None:
     job = store.submit(spec=make_spec())
     [c] = store.claim(owner="w", lease_seconds=60)

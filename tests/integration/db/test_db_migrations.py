@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select
 from typer.testing import CliRunner
 
 from db.cli import db_app
 from db.migrate import check, upgrade
+from db.queries import JOBS, QUEUE_DEPTH
 from db.session import make_engine
+from db.store import JobStore
 
 TABLES = {"jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth"}
 
@@ -63,3 +66,44 @@ def test_cli_default_is_the_embedded_sqlite(
     assert result.exit_code == 0, result.output
     assert (tmp_path / "gradq-data" / "gradq.db").is_file()
     assert check("sqlite:///./gradq-data/gradq.db") == []
+
+
+def test_0004_adds_the_experiment_id_to_an_existing_database(db_url: str) -> None:
+    """A database at 0003 with jobs in it (one whose run was stored, one queued) upgrades in
+    place: the jobs keep every value, their experiment id is NULL (the API then finds the
+    link the old way), the queue-depth triggers survive, and the schema matches the models."""
+    upgrade(db_url, "0003")
+    engine = make_engine(db_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+        assert "mlflow_experiment_id" not in columns
+        now = datetime.now(UTC)
+        old = dict(tenant="t", name="n", spec={"dataset": "iris"}, priority=0,
+                   max_attempts=3, cancel_requested=False, created_at=now, updated_at=now)  # fmt: skip
+        with engine.begin() as conn:
+            conn.execute(insert(JOBS).values(
+                id="ran", status="succeeded", attempt=1, mlflow_run_id="r" * 32, **old))  # fmt: skip
+            conn.execute(insert(JOBS).values(
+                id="waits", status="queued", attempt=0, **old))  # fmt: skip
+    finally:
+        engine.dispose()
+    upgrade(db_url)
+    assert check(db_url) == []
+    engine = make_engine(db_url)
+    try:
+        store = JobStore(engine)
+        ran = store.get(job_id="ran")
+        assert (ran.status, ran.mlflow_run_id, ran.mlflow_experiment_id) == (
+            "succeeded", "r" * 32, None)  # fmt: skip
+        assert store.get(job_id="waits").mlflow_experiment_id is None
+        depth = select(QUEUE_DEPTH.c.queued)
+        with engine.connect() as conn:
+            assert conn.execute(depth).scalars().all() == [1]
+        [claimed] = store.claim(owner="w", lease_seconds=30)  # the queue still works at 0004
+        store.set_run(job_id="waits", attempt=claimed.attempt, mlflow_run_id="s" * 32,
+                      mlflow_experiment_id="7")  # fmt: skip
+        assert store.get(job_id="waits").mlflow_experiment_id == "7"
+        with engine.connect() as conn:  # migration 0003's triggers survived the new column
+            assert conn.execute(depth).scalars().all() == [0]
+    finally:
+        engine.dispose()

@@ -16,6 +16,7 @@ from db.session import make_engine
 from db.store import JobStore
 from db.views import JobView
 from workers.task import WorkerConfig, run_attempt
+from workers.tracking.client import run_page, run_url
 
 pytestmark = pytest.mark.slow
 
@@ -79,5 +80,10 @@ def test_a_succeeded_job_has_its_model_in_mlflow(stores: Stores) -> None:
     client = MlflowClient(stores.config.tracking_uri)
     run = client.get_run(job.mlflow_run_id)
     assert run.info.status == "FINISHED"
+    # stored with the run id: the API's link (no MLflow call) is the one MLflow would give
+    assert job.mlflow_experiment_id == run.info.experiment_id
+    ui, uri = "http://ui:5000", stores.config.tracking_uri
+    assert run_page(ui_base=ui, experiment_id=job.mlflow_experiment_id, run_id=run.info.run_id) == (
+        run_url(ui_base=ui, tracking_uri=uri, run_id=run.info.run_id))  # fmt: skip
     model_id = run.data.tags["gradq.model_uri"].removeprefix("models:/")
     assert str(client.get_logged_model(model_id).status) == "READY"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from api.settings import Settings, is_loopback
+from core import defaults
 
 
 def test_defaults_are_the_embedded_service(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16,6 +19,24 @@ def test_defaults_are_the_embedded_service(monkeypatch: pytest.MonkeyPatch) -> N
     assert s.mlflow_tracking_uri == "sqlite:///./gradq-data/mlflow.db"
     assert s.artifact_root == "gradq-data/mlartifacts"
     assert (s.auth, s.host, s.port, s.ray_address) == ("none", "127.0.0.1", 8000, None)
+
+
+def test_defaults_are_the_shared_ones_of_core_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each default other rooms also use has one definition (core.defaults): the settings,
+    `gradq db` and the artifact folder of `gradq serve` agree with it."""
+    from db.cli import resolve_url
+
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_ROOT",
+                 "MLFLOW_UI_URL", "LEASE_SECONDS", "HEARTBEAT_SECONDS"):  # fmt: skip
+        monkeypatch.delenv(f"GRADQ_{name}", raising=False)
+    s = Settings()
+    assert (s.database_url, s.mlflow_tracking_uri, s.mlflow_ui_url) == (
+        defaults.DATABASE_URL, defaults.MLFLOW_TRACKING_URI, defaults.MLFLOW_UI_URL)  # fmt: skip
+    assert (s.lease_seconds, s.heartbeat_seconds) == (
+        defaults.LEASE_SECONDS, defaults.HEARTBEAT_SECONDS)  # fmt: skip
+    assert s.artifact_root is not None
+    assert Path(s.artifact_root).resolve() == Path(defaults.MLFLOW_ARTIFACT_ROOT).resolve()
+    assert resolve_url(None) == defaults.DATABASE_URL
 
 
 def test_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
