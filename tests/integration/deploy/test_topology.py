@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 from deploy_stack import Stack, databases, descendants, off_loopback, wait_for
+from mlflow import MlflowClient
 
 # chaos: a worker node is lost mid-training (part of `pytest -m chaos`, see tests/chaos/)
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
@@ -118,7 +119,7 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
             )
             with http:
                 wait_for("/readyz", lambda: http.get("/readyz").status_code == 200, 60, stack)
-                run_topology(http, stack, folder, cluster["raylets"])
+                run_topology(http, stack, folder, cluster["raylets"], mlflow_url)
     finally:
         stack.stop_all()
         shutil.rmtree(folder, ignore_errors=True)
@@ -126,7 +127,9 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
     assert time.monotonic() - started < 400
 
 
-def run_topology(http: httpx.Client, stack: Stack, folder: Path, raylets: list[int]) -> None:
+def run_topology(
+    http: httpx.Client, stack: Stack, folder: Path, raylets: list[int], mlflow_url: str
+) -> None:
     specs = [job("long", "digits", [256, 256], epochs=150, batch=4)] + [
         job(f"short-{i}", "iris", [16], epochs=25, batch=8) for i in range(5)
     ]
@@ -151,6 +154,13 @@ def run_topology(http: httpx.Client, stack: Stack, folder: Path, raylets: list[i
         return j["status"] == "running" and (j.get("progress") or {}).get("epoch", 0) >= 3
 
     wait_for("the long job to train 3 epochs", long_trains, 180, stack)
+    # The node goes only once a checkpoint of the job is in MLflow (the attempt sends its
+    # first one in the background: on a loaded host it can still be on its way at epoch 3,
+    # and the job would then rightly start again from scratch, not resume).
+    run_id = http.get(f"/v1/jobs/{long_id}").json()["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=mlflow_url)
+    wait_for("a checkpoint of the long job in MLflow", lambda: client.list_artifacts(
+        run_id, "checkpoints/last"), 120, stack)  # fmt: skip
     # every server of the stack is up now: the head, both nodes with a job's worker process,
     # the dispatcher's and the API's Ray clients, MLflow and the API
     pids = stack.pids()
