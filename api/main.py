@@ -2,7 +2,10 @@
 
 The lifespan makes the database engine, the store and the MLflow adapter from the settings
 and disposes of them at shutdown. Routes live in ``api/routes/`` (one file per resource),
-errors are mapped in ``api/errors.py``, bodies are limited by ``api/middleware.py``.
+errors are mapped in ``api/errors.py``; the middleware of ``api/middleware.py`` limits every
+request's body and counts every answer (``/metrics``). Every request, ``POST /v1/jobs``
+included, enters through FastAPI and passes the same middleware, so a middleware added to
+the app applies to all of them.
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.deps import Services
-from api.fast_submit import GradqApp
 from api.group_commit import GroupCommit
-from api.middleware import BodyLimit
-from api.routes import datasets, gradcheck, health, job_activity, jobs
+from api.middleware import BodyLimit, CountResponses, ResponseCounts
+from api.routes import datasets, gradcheck, health, job_activity, jobs, submit
 from api.settings import Settings
 from core.spec import JobSpec
 from db.session import make_engine
@@ -90,8 +92,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             return settings.max_upload_bytes + UPLOAD_OVERHEAD
         return settings.max_body_bytes
 
-    app = GradqApp(
-        limit_for=limit_for,
+    app = FastAPI(
         title="gradq",
         version="1",
         summary="Train MLPs as jobs: a durable queue, Ray workers, MLflow tracking.",
@@ -99,6 +100,10 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     )
     errors.install(app)
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    # added last, so outermost of the app's middleware: it counts the body limit's 413 too
+    app.state.responses = ResponseCounts()
+    app.add_middleware(CountResponses, counts=app.state.responses)
+    submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
     for module in (jobs, job_activity, datasets, gradcheck, health):
         app.include_router(module.router)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]

@@ -1,4 +1,7 @@
-"""A request-body size limit, checked on ``Content-Length`` and on the bytes as they stream."""
+"""The app's own ASGI middleware, applied to every route (``POST /v1/jobs`` included):
+a request-body size limit (:class:`BodyLimit`) and the count of answers by status class
+(:class:`CountResponses`, read by ``/metrics``). Both are plain ASGI classes: a request
+passes each for the price of a function call and a wrapped ``send``."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BodyTooLarge, error_body
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class BodyLimit:
@@ -73,3 +78,45 @@ async def _refuse(send: Send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ResponseCounts:
+    """HTTP answers by status class (``"2xx"``, …, ``"5xx"``), counted on the event loop."""
+
+    def __init__(self) -> None:
+        self.by_class = dict.fromkeys(STATUS_CLASSES, 0)
+
+    def add(self, status: int) -> None:
+        name = f"{status // 100}xx"
+        if name in self.by_class:
+            self.by_class[name] += 1
+
+
+class CountResponses:
+    """Count each HTTP answer in ``counts`` as its status goes out. A request that raised
+    before answering counts as a 5xx: the server answers it 500 (Starlette's outermost
+    ``ServerErrorMiddleware``, outside every middleware added to the app)."""
+
+    def __init__(self, app: ASGIApp, *, counts: ResponseCounts) -> None:
+        self.app, self.counts = app, counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            status = status or 500  # nothing answered yet: the server answers 500
+            raise
+        finally:
+            if status:
+                self.counts.add(status)
