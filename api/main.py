@@ -93,6 +93,9 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         return settings.max_body_bytes
 
     app = FastAPI(
+        # gradq configures no OpenTelemetry provider: FastAPI's native telemetry would only
+        # look for one on every request. (An instrumentation that wraps the app still can.)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="gradq",
         version="1",
         summary="Train MLPs as jobs: a durable queue, Ray workers, MLflow tracking.",

@@ -17,7 +17,9 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 class BodyLimit:
     """Refuse a body over ``limit_for(path)`` bytes with 413: at once when ``Content-Length``
-    says so, else as soon as the streamed bytes pass it (a chunked upload)."""
+    says so, else as soon as the streamed bytes pass it (a chunked upload). A body of a
+    declared length within the limit passes untouched: the server reads exactly that many
+    bytes as the body (HTTP's framing), so there is nothing to count."""
 
     def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
         self.app, self.limit_for = app, limit_for
@@ -27,15 +29,13 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope.get("path", ""))
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = _declared_length(scope)
         if declared is not None:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
-                too_big = False
-            if too_big:
+            if declared > limit:
                 await _refuse(send, limit)
-                return
+            else:
+                await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
 
@@ -60,6 +60,23 @@ class BodyLimit:
             if started:
                 raise
             await _refuse(send, limit)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The body's length as ``Content-Length`` gives it; None when it does not, or when a
+    ``Transfer-Encoding`` says how the body is framed instead."""
+    declared = None
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            declared = value
+        elif name == b"transfer-encoding":
+            return None
+    if declared is None:
+        return None
+    try:
+        return int(declared)
+    except ValueError:
+        return None
 
 
 async def _refuse(send: Send, limit: int) -> None:

@@ -84,7 +84,8 @@ def _reading_parameters_itself(declared: ASGIApp) -> ASGIApp:
 
 
 def add_route(router: APIRouter) -> None:
-    """Add ``POST /v1/jobs`` to ``router`` (the app's own: ``api.main``)."""
+    """Add ``POST /v1/jobs`` to ``router`` (the app's own: ``api.main``), first among its
+    routes: matched before any other (the docs' routes are there from the start)."""
     router.add_api_route(
         PATH,
         submit,
@@ -97,6 +98,7 @@ def add_route(router: APIRouter) -> None:
         responses={200: REPLAY, **errors(400, 409, 422, 429)},
         route_class_override=SubmitRoute,
     )
+    router.routes.insert(0, router.routes.pop())
 
 
 async def submit_request(request: Request) -> Response:

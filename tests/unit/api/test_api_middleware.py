@@ -1,20 +1,24 @@
 """Every request enters through FastAPI and passes the app's middleware: ``POST /v1/jobs``
 as every other route. A middleware added to the app once ``create_app`` has built it (a
 plain ASGI class, and one of ``@app.middleware("http")``) sees a submit exactly as it
-sees a list of jobs: the request, its body, its answer's status, and it can add a header."""
+sees a list of jobs: the request, its body, its answer's status, and it can add a header.
+The body limit of ``api.middleware`` counts every body whose length HTTP does not frame."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from fastapi import Request, Response
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.main import create_app
+from api.middleware import BodyLimit
 from api.settings import Settings
 
 IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 2}}
@@ -80,3 +84,41 @@ def test_a_middleware_added_later_sees_a_submit_as_any_request(
         {"method": "POST", "path": "/v1/jobs", "body": len(bad), "status": 422},
     ]
     assert listed.json()["items"][0]["id"] == submitted.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "untouched"),
+    [
+        ([(b"content-length", b"150")], True),  # HTTP frames exactly that many bytes
+        ([(b"content-length", b"50"), (b"transfer-encoding", b"chunked")], False),
+        ([(b"transfer-encoding", b"chunked")], False),
+        ([(b"content-length", b"many")], False),
+    ],
+)
+def test_the_body_limit_counts_every_body_not_framed_by_its_length(
+    headers: list[tuple[bytes, bytes]], untouched: bool
+) -> None:
+    """A body of a declared length within the limit reaches the app as the server sends
+    it; any other is counted as it streams in, and refused once past the limit."""
+    chunks = [b"x" * 75, b"x" * 75]
+    received: list[Receive] = []
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append(receive)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limited = BodyLimit(app, limit_for=lambda path: 200 if untouched else 100)
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": headers}
+    asyncio.run(limited(scope, receive, send))
+    assert (received[0] is receive) == untouched
+    assert sent[0]["status"] == (200 if untouched else 413)
