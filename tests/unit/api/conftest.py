@@ -43,7 +43,7 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
         return client
 
     yield make
-    for c in clients:
+    for c in reversed(clients):  # last started, first stopped
         c.__exit__(None, None, None)
 
 

@@ -55,9 +55,9 @@ class Pair:
         self.route.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.own.__exit__(None, None, None)
+    def __exit__(self, *exc: object) -> None:  # last started, first stopped
         self.route.__exit__(None, None, None)
+        self.own.__exit__(None, None, None)
 
     def both(self, *, refused_early: bool = False, **request: Any) -> tuple[int, dict[str, Any]]:
         """POST /v1/jobs through each; asserts the two answers agree and returns one.
@@ -101,7 +101,7 @@ def pair(make_settings: Callable[..., Settings], reads: list[int]) -> Iterator[C
         return made[-1]
 
     yield make
-    for p in made:
+    for p in reversed(made):  # last started, first stopped
         p.__exit__()
 
 
