@@ -63,12 +63,17 @@ class SubmitRoute(APIRoute):
 
 
 def _tenant_and_key_only(dependant: Dependant) -> bool:
+    """Whether ``dependant`` is :func:`submit` as it is declared here, with no parameter or
+    dependency but the tenant and the key (which :func:`submit_request` reads)."""
     others = [*dependant.path_params, *dependant.query_params, *dependant.cookie_params]
     return (
-        {d.call for d in dependant.dependencies} == {get_tenant}
+        dependant.call is submit
+        and {d.call for d in dependant.dependencies} == {get_tenant}
         and [p.alias for p in dependant.header_params] == ["Idempotency-Key"]
         and not others
         and not dependant.body_params
+        and dependant.background_tasks_param_name is None
+        and dependant.response_param_name is None
     )
 
 
