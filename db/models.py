@@ -81,6 +81,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: the one clock the stores use."""
+    return datetime.now(UTC)
+
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -25,11 +25,6 @@ QUEUE_DEPTH = cast(Table, QueueDepth.__table__)
 Q = JobStatus.QUEUED
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC: the one clock the store uses."""
-    return datetime.now(UTC)
-
-
 class JobQueriesMixin:
     """Read-only job methods of :class:`db.store.JobStore`."""
 

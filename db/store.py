@@ -23,10 +23,9 @@ from typing import Any
 
 from sqlalchemy import Engine, false, select, true, update
 
-from db.datasets import DatasetMixin
 from db.errors import InvalidTransition, JobNotFound
-from db.keys import ApiKeyMixin
-from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
+from db.models import utcnow
+from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope
 from db.session import one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus
 from db.submits import SubmitMixin
@@ -43,7 +42,7 @@ DIED_CANCELLED = "cancel requested and the attempt died"
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
+class JobStore(SubmitMixin, JobQueriesMixin):
     """The queue's whole behaviour. Methods are keyword-only and return frozen views."""
 
     def __init__(self, engine: Engine) -> None:

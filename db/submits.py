@@ -34,7 +34,8 @@ from sqlalchemy.exc import IntegrityError
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull, StoreError
-from db.queries import EVENTS, JOBS, QUEUE_DEPTH, JobQueriesMixin, utcnow
+from db.models import utcnow
+from db.queries import EVENTS, JOBS, QUEUE_DEPTH, JobQueriesMixin
 from db.session import json_text, one_statement_tx, read_tx, write_tx
 from db.states import JobStatus
 from db.views import JobView, Submitted

@@ -33,6 +33,7 @@ from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
 from core.spec import InvalidSpec, JobSpec
 from core.train import Diverged, TrainResult, train
+from db.datasets import DatasetStore
 from db.errors import StaleAttempt, StoreError
 from db.session import make_engine
 from db.store import JobStore
@@ -62,11 +63,11 @@ _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
-def _store(url: str) -> JobStore:
+def _engine(url: str) -> Any:
     """One engine per database URL per worker process (Ray reuses worker processes)."""
     if url not in _engines:
         _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
-    return JobStore(_engines[url])
+    return _engines[url]
 
 
 def node_name() -> str:
@@ -150,7 +151,7 @@ _DATASETS: dict[tuple[str, int], Dataset] = {}  # built-in and synthetic ones, p
 _MAX_CACHED_DATASETS = 4
 
 
-def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
+def _data(spec: JobSpec, datasets: DatasetStore, tracking_uri: str) -> Dataset:
     """The job's data set. An uploaded one is fetched from where the database says its bytes
     live. A built-in or synthetic one depends only on its spec and the seed: the worker
     process keeps the last few it loaded (a warm worker runs many jobs; scikit-learn parses
@@ -173,7 +174,7 @@ def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
             classes=list(cached.classes),
         )
     assert spec.dataset.id is not None
-    record = store.get_dataset(dataset_id=spec.dataset.id)
+    record = datasets.get(dataset_id=spec.dataset.id)
     uri = record.uri
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
@@ -221,7 +222,8 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    store = _store(config.database_url)
+    engine = _engine(config.database_url)
+    store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
@@ -265,7 +267,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             spec,
             callbacks=[lease, tracker.callback()],
             resume_from=resume,
-            data=_data(spec, store, config.tracking_uri),
+            data=_data(spec, DatasetStore(engine), config.tracking_uri),
         )
         marks["trained"] = time.time()
         if lease.lost.is_set():

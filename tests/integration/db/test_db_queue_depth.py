@@ -18,7 +18,8 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from core.spec import JobSpec
 from db.errors import QueueFull, StoreError
 from db.migrate import upgrade
-from db.queries import JOBS, QUEUE_DEPTH, utcnow
+from db.models import utcnow
+from db.queries import JOBS, QUEUE_DEPTH
 from db.session import make_engine, write_tx
 from db.states import JobStatus
 from db.store import JobStore
