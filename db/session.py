@@ -50,17 +50,21 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
 
     For a SQLite file URL the parent folder is created. Every connection then has WAL,
     ``busy_timeout``, ``foreign_keys=ON`` and ``check_same_thread=False``; ``engine.begin()``
-    starts a ``BEGIN IMMEDIATE`` write transaction. Other backends get ``pool_pre_ping``.
+    starts a ``BEGIN IMMEDIATE`` write transaction. Other backends get ``pool_pre_ping``;
+    psycopg binds lists in binary.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             url,
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
             json_serializer=json_text,
         )
+        if engine.dialect.driver == "psycopg":
+            event.listen(engine, "connect", _psycopg_on_connect)
+        return engine
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,15 @@ def json_text(value: Any) -> str:
     (a submit stores its whole spec; bench/RESULTS.md, API); compact, and NaN/Infinity
     written as ``json.dumps`` writes them."""
     return to_json(value, inf_nan_mode="constants").decode()
+
+
+def _psycopg_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Lists are bound in binary. psycopg's default for a list is array text, each element
+    quoted by a regular expression in Python: a group of submits binds each column of its
+    jobs as one array (``db.store``), thousands of elements a group."""
+    from psycopg.types.array import ListBinaryDumper
+
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -22,7 +22,7 @@ from core.spec import JobSpec, parse_spec
 from db.datasets import DatasetStore
 from db.keys import KeyStore
 from db.migrate import upgrade
-from db.queries import EVENTS, JOBS
+from db.models import EVENTS, JOBS
 from db.session import make_engine
 from db.store import JobStore
 

@@ -9,8 +9,9 @@ import pytest
 
 from core.spec import JobSpec
 from db.errors import InvalidTransition, StaleAttempt
+from db.models import utcnow
 from db.states import JobStatus
-from db.store import JobStore, utcnow
+from db.store import JobStore
 
 SpecFactory = Callable[..., JobSpec]
 

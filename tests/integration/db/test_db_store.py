@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select, update
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, InvalidCursor, JobNotFound
-from db.queries import JOBS
+from db.models import JOBS
 from db.states import JobStatus
 from db.store import JobStore
 

@@ -11,9 +11,9 @@ from sqlalchemy import Engine, insert, select, text
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull
-from db.queries import EVENTS, JOBS
-from db.store import JobStore
-from db.submits import INSERTED_COLUMNS, SubmitRequest
+from db.models import EVENTS, JOBS
+from db.store import INSERTED_COLUMNS, JobStore
+from db.submits import SubmitRequest
 from db.views import Submitted
 
 SpecFactory = Callable[..., JobSpec]
@@ -127,7 +127,7 @@ def test_concurrent_groups_with_one_key_make_one_job(
 def test_a_group_stores_what_sqlalchemys_insert_stores(
     engine: Engine, store: JobStore, make_spec: SpecFactory
 ) -> None:
-    """A group's insert (``_insert_rows``: on PostgreSQL a statement of its own, unnesting
+    """A group's insert (``_insert_jobs``: on PostgreSQL a statement of its own, unnesting
     arrays) stores every value, read raw (as text, and on SQLite with its storage class), as
     SQLAlchemy's own insert of the same row stores it: the readers (claim order, queue
     positions, time filters) compare them raw."""
