@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import Engine, insert, select, text
 
 from core.spec import JobSpec
@@ -165,3 +166,16 @@ def test_a_group_stores_what_sqlalchemys_insert_stores(
             "job_events", "job_id", event_columns, twins[name]
         ), name
     assert store.get(job_id=ours["a"]).idempotency_key == "key-a"
+
+
+def test_psycopg_binds_a_groups_arrays_in_binary(engine: Engine) -> None:
+    """psycopg's default for a list is array text, each element quoted in Python; the
+    engine's connections bind lists in binary instead (a group binds a column as one list)."""
+    if engine.dialect.driver != "psycopg":
+        pytest.skip("psycopg's adapters only")
+    from psycopg import pq
+    from psycopg.adapt import PyFormat
+
+    with engine.connect() as conn:
+        adapters = conn.connection.dbapi_connection.adapters
+        assert adapters.get_dumper(list, PyFormat.AUTO).format == pq.Format.BINARY
