@@ -209,8 +209,8 @@ class JobQueries:
         """Queued jobs a claim takes before ``job`` (:func:`ahead_of`); None if not queued.
 
         A higher priority is read from the per-(tenant, priority) counters (migration 0003);
-        the jobs of its own priority ahead of it are counted over ranges of the queue index,
-        as long as they are."""
+        the jobs of its own priority ahead of it are counted over ranges of the queue index
+        (a count as long as they are many)."""
         if job.status is not Q:
             return None
         [higher] = ahead_of(job, QUEUE_DEPTH.c, keys=1)
