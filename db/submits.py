@@ -21,6 +21,7 @@ from db.states import INITIAL
 from db.views import JobView, Submitted
 
 Key = tuple[str, str]  # (tenant, idempotency key)
+_COLUMNS = tuple(JOBS.c.keys())
 Answer = Submitted | StoreError
 
 
@@ -111,12 +112,15 @@ class Group:
         priority, the queued jobs a claim takes before a job of that priority submitted now)
         and the group's own new jobs ahead of it in the claim order; a replay's from
         ``position``, counted after the group's inserts. None without ``before``."""
-        new = [a.job for a in self._answers if isinstance(a, Submitted) and a.job.created]
+        answers = [a for a in self._answers if a is not None]
+        assert len(answers) == len(self._answers), "every request is answered"
+        if before is None:
+            return answers
+        new = [a.job for a in answers if isinstance(a, Submitted) and a.job.created]
         rank = {job.id: n for n, job in enumerate(sorted(new, key=claim_key))}
         out: list[Answer] = []
-        for answer in self._answers:
-            assert answer is not None, "every request is answered"
-            if isinstance(answer, Submitted) and before is not None:
+        for answer in answers:
+            if isinstance(answer, Submitted):
                 job = answer.job
                 ahead = before[job.priority] + rank[job.id] if job.created else position(job)
                 answer = Submitted(job, ahead)
@@ -126,7 +130,7 @@ class Group:
 
 def new_job(r: SubmitRequest, now: datetime) -> dict[str, Any]:
     """A new job's row: every column (``JobView.from_row`` reads them all), queued."""
-    row: dict[str, Any] = dict.fromkeys(JOBS.c.keys())
+    row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(
         id=str(uuid.uuid4()),
         tenant=r.tenant,
