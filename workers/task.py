@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from core import defaults
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
@@ -33,7 +31,8 @@ from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
 from core.spec import InvalidSpec, JobSpec
 from core.train import Diverged, TrainResult, train
-from db.errors import StaleAttempt, StoreError
+from db.datasets import DatasetStore
+from db.errors import StaleAttempt, StoreError, StoreUnavailable
 from db.session import make_engine
 from db.store import JobStore
 from db.views import ClaimedJob
@@ -62,11 +61,11 @@ _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
-def _store(url: str) -> JobStore:
+def _engine(url: str) -> Any:
     """One engine per database URL per worker process (Ray reuses worker processes)."""
     if url not in _engines:
         _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
-    return JobStore(_engines[url])
+    return _engines[url]
 
 
 def node_name() -> str:
@@ -118,11 +117,13 @@ class Lease(Callback):
                 node=self.node,
             ):
                 self.cancel.set()
+        except StoreUnavailable as exc:  # the database is briefly away: keep training, retry
+            log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
         except StoreError as exc:  # stale attempt, job finished or gone: this attempt is over
             log.warning("job %s attempt %s: lease lost (%s)", self.job.id, self.job.attempt, exc)
             self.lost.set()
-        except Exception as exc:  # the database is briefly away: keep training, retry
-            log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
+        except Exception:  # unexpected: keep training, the next beat tries again
+            log.exception("job %s: heartbeat failed, retrying", self.job.id)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds) and not self.lost.is_set():
@@ -150,7 +151,7 @@ _DATASETS: dict[tuple[str, int], Dataset] = {}  # built-in and synthetic ones, p
 _MAX_CACHED_DATASETS = 4
 
 
-def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
+def _data(spec: JobSpec, datasets: DatasetStore, tracking_uri: str) -> Dataset:
     """The job's data set. An uploaded one is fetched from where the database says its bytes
     live. A built-in or synthetic one depends only on its spec and the seed: the worker
     process keeps the last few it loaded (a warm worker runs many jobs; scikit-learn parses
@@ -173,7 +174,7 @@ def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
             classes=list(cached.classes),
         )
     assert spec.dataset.id is not None
-    record = store.get_dataset(dataset_id=spec.dataset.id)
+    record = datasets.get(dataset_id=spec.dataset.id)
     uri = record.uri
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
@@ -221,7 +222,8 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    store = _store(config.database_url)
+    engine = _engine(config.database_url)
+    store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
@@ -265,7 +267,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             spec,
             callbacks=[lease, tracker.callback()],
             resume_from=resume,
-            data=_data(spec, store, config.tracking_uri),
+            data=_data(spec, DatasetStore(engine), config.tracking_uri),
         )
         marks["trained"] = time.time()
         if lease.lost.is_set():
@@ -293,7 +295,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     except StaleAttempt:
         lease.lost.set()
         return "stale"
-    except (OperationalError, InterfaceError) as exc:  # the database went away: not the job's
+    except StoreUnavailable as exc:  # the database went away: not the job's
         # fault. No final write (it could not be made): the heartbeats stop, the lease runs
         # out and the job is claimed again, resuming from its checkpoint.
         log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
@@ -336,10 +338,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                     reason=None if error is None else error["type"],
                     progress=dict(lease.progress),
                 )
-            except StoreError as exc:
-                log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
-                lease.lost.set()
-            except Exception as exc:  # the database stayed away: the lease decides
+            except StoreUnavailable as exc:  # the database stayed away: the lease decides
                 log.error(
                     "job %s attempt %s: final write failed for %.0f s (%s); the lease expires "
                     "and the job runs again from its checkpoint",
@@ -349,22 +348,27 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                     exc,
                 )
                 lease.lost.set()
+            except StoreError as exc:
+                log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
+                lease.lost.set()
+            except Exception:  # unexpected: the lease decides
+                log.exception("job %s attempt %s: final write failed", job.id, job.attempt)
+                lease.lost.set()
         lease.close()
     return "stale" if lease.lost.is_set() else final
 
 
 def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:
-    """``store.finish``, retried while the database is away (a restart, a failover) for up to
-    ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on meanwhile, so a short outage does not
-    make a finished attempt run again. A refusal (``StoreError``) is not retried."""
+    """``store.finish``, retried while the database is away (:class:`StoreUnavailable`: a
+    restart, a failover) for up to ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on
+    meanwhile, so a short outage does not make a finished attempt run again. A refusal (any
+    other ``StoreError``) is not retried."""
     deadline = time.monotonic() + FINAL_WRITE_RETRY_S
     while True:
         try:
             store.finish(job_id=job.id, attempt=job.attempt, **outcome)
             return
-        except StoreError:
-            raise
-        except Exception as exc:
+        except StoreUnavailable as exc:
             if time.monotonic() >= deadline:
                 raise
             log.warning("job %s: final write failed (%s), retrying", job.id, exc)

@@ -67,12 +67,12 @@ def _prepare(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     upgrade(settings.database_url)
     if settings.bootstrap_api_key is not None:
+        from db.keys import KeyStore
         from db.session import make_engine
-        from db.store import JobStore
 
         engine = make_engine(settings.database_url)
         key = settings.bootstrap_api_key.get_secret_value()
-        if JobStore(engine).ensure_api_key(tenant=settings.bootstrap_tenant, key=key):
+        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key):
             logging.getLogger("gradq").info("stored the bootstrap API key")
         engine.dispose()
     if urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https"):

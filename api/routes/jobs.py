@@ -12,6 +12,7 @@ from api.deps import Services, SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
 from core.spec import InvalidSpec, JobSpec
+from db.datasets import DatasetStore
 from db.errors import DatasetNotFound, InvalidTransition, QueueFull
 from db.states import JobStatus
 from db.store import JobStore
@@ -76,12 +77,12 @@ def _waiting(ahead: int | None) -> str | None:
     return "waiting for a free worker"
 
 
-def check_upload(spec: JobSpec, store: JobStore, tenant: str) -> None:
+def check_upload(spec: JobSpec, datasets: DatasetStore, tenant: str) -> None:
     """An ``upload`` data set must be one of the tenant's, and have the target column."""
     if spec.dataset.name != "upload" or spec.dataset.id is None:
         return
     try:
-        found = store.get_dataset(dataset_id=spec.dataset.id, tenant=tenant)
+        found = datasets.get(dataset_id=spec.dataset.id, tenant=tenant)
     except DatasetNotFound:
         raise InvalidSpec.at(
             "dataset.id", f"no uploaded data set {spec.dataset.id!r} (see GET /v1/datasets)"
@@ -119,7 +120,7 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
     services: Services = request.app.state.services
     spec = await read_spec(request, services.settings)
     if spec.dataset.name == "upload" and spec.dataset.id is not None:
-        await run_in_threadpool(check_upload, spec, services.store, tenant)
+        await run_in_threadpool(check_upload, spec, services.datasets, tenant)
     wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
     try:
         done = await services.submits.submit(wanted)

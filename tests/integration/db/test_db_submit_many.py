@@ -7,13 +7,14 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import Engine, insert, select, text
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull
-from db.queries import EVENTS, JOBS
-from db.store import JobStore
-from db.submits import INSERTED_COLUMNS, SubmitRequest
+from db.models import EVENTS, JOBS
+from db.store import INSERTED_COLUMNS, JobStore
+from db.submits import SubmitRequest
 from db.views import Submitted
 
 SpecFactory = Callable[..., JobSpec]
@@ -127,7 +128,7 @@ def test_concurrent_groups_with_one_key_make_one_job(
 def test_a_group_stores_what_sqlalchemys_insert_stores(
     engine: Engine, store: JobStore, make_spec: SpecFactory
 ) -> None:
-    """A group's insert (``_insert_rows``: on PostgreSQL a statement of its own, unnesting
+    """A group's insert (``_insert_jobs``: on PostgreSQL a statement of its own, unnesting
     arrays) stores every value, read raw (as text, and on SQLite with its storage class), as
     SQLAlchemy's own insert of the same row stores it: the readers (claim order, queue
     positions, time filters) compare them raw."""
@@ -165,3 +166,16 @@ def test_a_group_stores_what_sqlalchemys_insert_stores(
             "job_events", "job_id", event_columns, twins[name]
         ), name
     assert store.get(job_id=ours["a"]).idempotency_key == "key-a"
+
+
+def test_psycopg_binds_a_groups_arrays_in_binary(engine: Engine) -> None:
+    """psycopg's default for a list is array text, each element quoted in Python; the
+    engine's connections bind lists in binary instead (a group binds a column as one list)."""
+    if engine.dialect.driver != "psycopg":
+        pytest.skip("psycopg's adapters only")
+    from psycopg import pq
+    from psycopg.adapt import PyFormat
+
+    with engine.connect() as conn:
+        adapters = conn.connection.dbapi_connection.adapters
+        assert adapters.get_dumper(list, PyFormat.AUTO).format == pq.Format.BINARY

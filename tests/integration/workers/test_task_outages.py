@@ -2,7 +2,8 @@
 MLflow away when the run is closed.
 
 The attempt runs in this process (no Ray) against a real SQLite queue and MLflow store; the
-outage is injected into ``JobStore.finish`` or ``JobTracker.finish`` only. Before the fixes
+outage is injected into ``JobStore.finish``, ``set_run`` or ``heartbeat``, or
+``JobTracker.finish``, only. Before the fixes
 a database error escaped ``run_attempt`` and skipped ``lease.close()`` (the heartbeat thread,
 in a worker process Ray keeps for reuse, went on renewing the lease of a job nobody would
 finish: stuck in ``running`` for ever), a database error mid-attempt failed a job that had
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 import workers.task as task
 from core.spec import parse_spec
+from db.errors import StoreUnavailable
 from db.migrate import upgrade
 from db.session import make_engine
 from db.states import JobStatus
@@ -50,18 +51,19 @@ def setup(tmp_path: Path) -> Iterator[tuple[JobStore, WorkerConfig]]:
     engine.dispose()
 
 
-def outage(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
-    """``JobStore.finish`` raises the driver's "connection lost" ``failures`` times."""
-    real = JobStore.finish
+def outage(monkeypatch: pytest.MonkeyPatch, failures: int, method: str = "finish") -> list[int]:
+    """``JobStore.<method>`` raises what the store raises for a lost connection
+    (``StoreUnavailable``; tests/integration/db/test_db_unavailable.py) ``failures`` times."""
+    real = getattr(JobStore, method)
     calls: list[int] = []
 
-    def finish(self: JobStore, **kwargs: Any) -> Any:
+    def flaky(self: JobStore, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) <= failures:
-            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
+            raise StoreUnavailable("server closed the connection")
         return real(self, **kwargs)
 
-    monkeypatch.setattr(JobStore, "finish", finish)
+    monkeypatch.setattr(JobStore, method, flaky)
     return calls
 
 
@@ -80,6 +82,20 @@ def test_a_short_outage_at_the_final_write_is_retried(
     assert len(calls) == 3
     assert store.get(job_id=job.id).status is JobStatus.SUCCEEDED
     assert lease_threads(job.id) == []
+
+
+def test_heartbeats_that_meet_an_outage_keep_the_lease(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """StoreUnavailable is a StoreError, like the refusals that end an attempt: a heartbeat
+    that meets it (here the first, made before training starts) retries instead."""
+    store, config = setup
+    job = store.submit(spec=parse_spec(SPEC))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+    calls = outage(monkeypatch, failures=1, method="heartbeat")
+    assert run_attempt(config, claimed) == "succeeded"
+    assert calls  # the first heartbeat met the outage
+    assert store.get(job_id=job.id).status is JobStatus.SUCCEEDED
 
 
 def test_a_long_outage_stops_the_heartbeats_so_the_lease_runs_out(
@@ -123,7 +139,7 @@ def test_a_database_outage_mid_attempt_gives_the_job_back_instead_of_failing_it(
     [claimed] = store.claim(owner="test", lease_seconds=30)
 
     def down(self: JobStore, **kwargs: Any) -> None:  # the run id cannot be saved
-        raise OperationalError("UPDATE jobs", {}, Exception("the database system is starting up"))
+        raise StoreUnavailable("the database system is starting up")
 
     monkeypatch.setattr(JobStore, "set_run", down)
     assert run_attempt(config, claimed) == "stale"  # not "failed": the job did nothing wrong
