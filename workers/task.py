@@ -263,12 +263,9 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             if job.attempt > 1
             else None
         )
-        result = train(
-            spec,
-            callbacks=[lease, tracker.callback()],
-            resume_from=resume,
-            data=_data(spec, DatasetStore(engine), config.tracking_uri),
-        )
+        data = _data(spec, DatasetStore(engine), config.tracking_uri)
+        tracker.log_dataset(data)
+        result = train(spec, callbacks=[lease, tracker.callback()], resume_from=resume, data=data)
         marks["trained"] = time.time()
         if lease.lost.is_set():
             return "stale"
