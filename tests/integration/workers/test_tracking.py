@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,6 +363,18 @@ def log_batch_sizes(tracker: JobTracker, monkeypatch: pytest.MonkeyPatch) -> lis
     return calls
 
 
+def first_checkpoint_sent(tracker: JobTracker, timeout_s: float = 60.0) -> None:
+    """Wait for the send that the first checkpoint starts in the background (the params, the
+    data set and the epochs so far): on a loaded host it may still be on its way when training
+    ends, and finish() would then be its second call."""
+    buffer = tracker._buffer
+    assert buffer is not None
+    deadline = time.monotonic() + timeout_s
+    while buffer.params or buffer.inputs:
+        assert time.monotonic() < deadline, "the first checkpoint's send never happened"
+        time.sleep(0.01)
+
+
 def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     mlflow_store: Store,
     monkeypatch: pytest.MonkeyPatch,
@@ -370,6 +383,7 @@ def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     tracker = tracker_for(mlflow_store, spec, "job-one-call", flush_interval_s=60.0)
     run_id = tracker.start()
     result = train(spec, callbacks=[tracker.callback()])
+    first_checkpoint_sent(tracker)
     calls = log_batch_sizes(tracker, monkeypatch)
     tracker.finish(status="succeeded", result=result)
     assert len(calls) == 1, calls  # the finals, the model's tag and the last epochs
