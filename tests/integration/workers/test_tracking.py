@@ -150,7 +150,9 @@ def test_a_finished_run_has_status_tags_params_final_metrics_and_a_url(finished:
     url = run_url(
         ui_base="http://ui:5000/", tracking_uri=finished.client.tracking_uri, run_id=run_id
     )
-    assert url == f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    assert (
+        url == f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}/model-metrics"
+    )
 
 
 def test_each_epoch_is_one_point_and_the_history_matches_training(finished: Finished) -> None:

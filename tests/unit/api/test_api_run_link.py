@@ -38,7 +38,7 @@ def test_get_job_builds_the_link_without_mlflow(
     tracking = SilentTracking()
     client.app.state.services.tracking = tracking  # type: ignore[attr-defined]
     job_id = running_job(run_id=RUN, experiment_id="42", key="k")
-    link = f"https://mlflow.example.org/ui/#/experiments/42/runs/{RUN}"
+    link = f"https://mlflow.example.org/ui/#/experiments/42/runs/{RUN}/model-metrics"
 
     r = client.get(f"/v1/jobs/{job_id}")
     assert r.status_code == 200, r.text
