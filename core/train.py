@@ -156,7 +156,9 @@ def train(
     if status != "cancelled":
         state.early.restore(flat.params)
     model.eval()
-    metrics = final_metrics(model, data, loss=tensors.loss, dtype=dtype, device=device)
+    metrics = final_metrics(
+        model, data, loss=tensors.loss, dtype=dtype, device=device, encoded=tensors
+    )
     return TrainResult(
         model=model,
         history=state.history,
@@ -545,30 +547,48 @@ def encode_parts(
 
 
 def final_metrics(
-    model: MLP, data: Dataset, *, loss: str, dtype: torch.dtype, device: torch.device
+    model: MLP,
+    data: Dataset,
+    *,
+    loss: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    encoded: TrainingData | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data."""
-    _, y_scale = target_scaling(data)
-    named = [
-        (part, X, y)
-        for part, X, y in (
-            ("train", data.X_train, data.y_train),
-            ("val", data.X_val, data.y_val),
-            ("test", data.X_test, data.y_test),
-        )
-        if len(X)
-    ]
-    encoded = encode_parts(
-        data,
-        ((X, y) for _, X, y in named),
-        loss=loss,
-        width=model.widths[-1],
-        dtype=dtype,
-        device=device,
+    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data.
+    ``encoded``: the training and validation parts as ``train`` holds them on the device,
+    evaluated as they are instead of encoded a second time; the other parts are encoded one
+    at a time, each released before the next."""
+    y_shift, y_scale = target_scaling(data)
+    ready = (
+        {}
+        if encoded is None
+        else {
+            "train": (encoded.X, encoded.y, encoded.T),
+            "val": (encoded.X_val, encoded.y_val, encoded.T_val),
+        }
     )
     out: dict[str, float] = {}
-    for (part, _, _), (Xt, yt, Tt) in zip(named, encoded, strict=True):
+    for part, X, y in (
+        ("train", data.X_train, data.y_train),
+        ("val", data.X_val, data.y_val),
+        ("test", data.X_test, data.y_test),
+    ):
+        if not len(X):
+            continue
+        Xt, yt, Tt = ready.pop(part, None) or encode_part(
+            data,
+            X,
+            y,
+            loss=loss,
+            width=model.widths[-1],
+            dtype=dtype,
+            device=device,
+            y_shift=y_shift,
+            y_scale=y_scale,
+        )
         metrics, _ = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
+        del Xt, yt, Tt
         for k, v in metrics.items():
             out[f"{part}_{k}"] = v
     return out
