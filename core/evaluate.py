@@ -18,7 +18,7 @@ from core.model import MLP, forward
 _SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
 
 # the most bytes an evaluation chunk's widest layer of activations may take (rows_per_chunk)
-EVAL_CHUNK_BYTES = 64 * 2**20
+EVAL_CHUNK_BYTES = 16 * 2**20
 
 
 def evaluate(

@@ -560,14 +560,10 @@ def final_metrics(
     evaluated as they are instead of encoded a second time; the other parts are encoded one
     at a time, each released before the next."""
     y_shift, y_scale = target_scaling(data)
-    ready = (
-        {}
-        if encoded is None
-        else {
-            "train": (encoded.X, encoded.y, encoded.T),
-            "val": (encoded.X_val, encoded.y_val, encoded.T_val),
-        }
-    )
+    ready: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    if encoded is not None:
+        ready["train"] = (encoded.X, encoded.y, encoded.T)
+        ready["val"] = (encoded.X_val, encoded.y_val, encoded.T_val)
     out: dict[str, float] = {}
     for part, X, y in (
         ("train", data.X_train, data.y_train),
@@ -576,17 +572,20 @@ def final_metrics(
     ):
         if not len(X):
             continue
-        Xt, yt, Tt = ready.pop(part, None) or encode_part(
-            data,
-            X,
-            y,
-            loss=loss,
-            width=model.widths[-1],
-            dtype=dtype,
-            device=device,
-            y_shift=y_shift,
-            y_scale=y_scale,
-        )
+        if part in ready:
+            Xt, yt, Tt = ready.pop(part)
+        else:
+            Xt, yt, Tt = encode_part(
+                data,
+                X,
+                y,
+                loss=loss,
+                width=model.widths[-1],
+                dtype=dtype,
+                device=device,
+                y_shift=y_shift,
+                y_scale=y_scale,
+            )
         metrics, _ = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
         del Xt, yt, Tt
         for k, v in metrics.items():

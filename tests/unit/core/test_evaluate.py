@@ -156,6 +156,7 @@ def test_evaluation_in_chunks_equals_one_pass(
 
 
 def test_a_chunk_holds_the_budget_of_its_widest_layer() -> None:
-    assert rows_per_chunk([2, 4096, 2], 4) == EVAL_CHUNK_BYTES // (4096 * 4) == 4096
+    assert rows_per_chunk([2, 4096, 2], 4) == EVAL_CHUNK_BYTES // (4096 * 4)
+    assert rows_per_chunk([2, 4096, 2], 4, budget=64 * 2**20) == 4096
     assert rows_per_chunk([10_000, 64, 8], 8) == EVAL_CHUNK_BYTES // (64 * 8)  # not the input
     assert rows_per_chunk([2, 65_536, 2], 8, budget=1000) == 1  # at least one row
