@@ -48,12 +48,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.data import DEFAULT_SAMPLES, part_sizes
 from core.evaluate import rows_per_chunk
 from core.gradcheck import FD_CHUNK
-from core.spec import SYNTHETIC_DATASETS, JobSpec, count_parameters, dataset_shape
+from core.spec import (
+    FILE_DATASETS,
+    SYNTHETIC_DATASETS,
+    JobSpec,
+    count_parameters,
+    dataset_shape,
+)
 from core.train import TRAIN_EVAL_ROWS
 
 GiB = 2**30
@@ -115,14 +121,18 @@ class _Shape:
     batch: int
     last_batch: int  # 0 when the batch size divides the training rows
     itemsize: int = ITEMSIZE
-    hidden: int = field(init=False)  # units of all hidden layers
-    units: int = field(init=False)  # units of all layers but the input
-    parameters: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", sum(self.widths[1:-1]))
-        object.__setattr__(self, "units", sum(self.widths[1:]))
-        object.__setattr__(self, "parameters", count_parameters(self.widths))
+    @property
+    def hidden(self) -> int:  # units of all hidden layers
+        return sum(self.widths[1:-1])
+
+    @property
+    def units(self) -> int:  # units of all layers but the input
+        return sum(self.widths[1:])
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self.widths)
 
 
 def _shape(spec: JobSpec) -> _Shape:
@@ -172,7 +182,8 @@ def _phases(spec: JobSpec, s: _Shape) -> dict[str, dict[str, int]]:
     """
     n_train = s.parts[0]
     f, d, k = s.itemsize, s.features, s.out
-    data = 2 * (s.rows * d * 8 + s.rows * 8)  # the worker's cached copy and the job's
+    # the worker's cached copy and the job's (a file's is read for each job, not cached)
+    data = (1 if spec.dataset.name in FILE_DATASETS else 2) * (s.rows * d * 8 + s.rows * 8)
     task = "regression" if s.classes == 0 else "classification"
     loading = int(LOAD_FEATURE_COPIES * s.rows * d * 8) + LOAD_ROW_BYTES[task] * s.rows
     # encoding the training part: features, then one-hot targets through int64 and float64
@@ -182,13 +193,12 @@ def _phases(spec: JobSpec, s: _Shape) -> dict[str, dict[str, int]]:
     fixed = {"data": data, "tensors": tensors, "parameters": _parameters(spec, s, later=True)}
     # a check after the first step meets the last batch's buffers and checkpoint snapshots
     gc = spec.gradcheck
-    steps = spec.optimizer.epochs * -(-n_train // s.batch)
-    later = 0 < gc.every_steps < steps
+    later = 0 < gc.every_steps < spec.optimizer.epochs * -(-n_train // s.batch)
     check = {
         **fixed,
         "parameters": _parameters(spec, s, later=later),
         "activations": (plans if later else plans * s.batch // (s.batch + s.last_batch)) + masks,
-        "gradcheck": _gradcheck(spec, s),
+        "gradcheck": _gradcheck(spec, s) if gc.at_start or later else 0,
     }
     phases = {
         "loading": {"data": max(loading, data)},
@@ -267,8 +277,6 @@ def _gradcheck(spec: JobSpec, s: _Shape) -> int:
     manual pass's buffers and gradients, autograd's graph and gradients, and the finite
     differences at their largest tensor."""
     gc = spec.gradcheck
-    if not gc.at_start and not gc.every_steps:
-        return 0
     rows, k, dropout = min(gc.max_batch, s.batch), s.out, spec.regularization.dropout > 0
     batch = rows * (s.features + k + s.hidden * dropout)
     passes = rows * (s.units + s.hidden * (1 + dropout) + k) + rows * (3 * s.units + 4 * k)

@@ -233,10 +233,10 @@ class TrainingData:
 
 
 class EpochEvaluation:
-    """Each epoch's record: one forward pass (``evaluate_parts``) over a fixed random subset
-    of ``TRAIN_EVAL_ROWS`` training rows followed by the validation rows, the per-layer
-    diagnostics against the weights at the epoch's start, and the norm of the last step's
-    gradient. A non-finite training loss is a divergence."""
+    """Each epoch's record: one evaluation (``evaluate_parts``, in chunks of rows) of a fixed
+    random subset of ``TRAIN_EVAL_ROWS`` training rows followed by the validation rows, the
+    per-layer diagnostics against the weights at the epoch's start, and the norm of the last
+    step's gradient. A non-finite training loss is a divergence."""
 
     def __init__(self, data: TrainingData, *, seed: int) -> None:
         rows = torch.randperm(data.n, generator=torch.Generator().manual_seed(seed))

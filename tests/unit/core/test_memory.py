@@ -102,8 +102,9 @@ def test_evaluation_is_bounded_by_its_chunks() -> None:
 
 def test_file_data_sets_assume_the_largest_upload() -> None:
     e = _estimate({"dataset": {"name": "upload", "id": "d1", "target": "y"}})
-    data = 2 * (FILE_ROWS * FILE_FEATURES * 8 + FILE_ROWS * 8)
-    assert e.parts["data"] == data and e.field == "dataset.id"
+    # read for the job alone (a worker caches no file), float64 features and targets
+    assert e.parts["data"] == FILE_ROWS * (FILE_FEATURES + 1) * 8
+    assert e.field == "dataset.id" and f"{FILE_ROWS:,} rows × {FILE_FEATURES} features" in e.what
 
 
 def test_size_is_read_in_mib_or_gib() -> None:
