@@ -1,9 +1,11 @@
 """The dispatcher: moves queued jobs onto Ray as the cluster has room, and reaps them.
 
-It claims only as many jobs as the cluster has free CPUs and GPUs for, so a waiting job stays
-``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler. Each
-claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
-``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
+It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting
+job stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's
+scheduler. Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's
+``num_cpus`` and ``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no
+Ray-level retries: attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so
+jobs sharing a node never reserve more than its memory resource. It renews no lease
 itself (the attempt does), settles at once the job of an attempt it sees die
 (``JobStore.release``) and any other expired lease (``requeue_expired``), closes the MLflow
 runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
@@ -14,15 +16,21 @@ Several dispatchers may share one database: claims and fencing make that safe.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from core.memory import estimate, size
+from core.spec import JobSpec
 from db.store import JobStore
 from db.views import ClaimedJob, JobView
 from workers.run_closer import RunCloser
@@ -65,12 +73,54 @@ class DispatcherConfig:
     lost_runs_lookback_hours: float = 24.0
 
 
+@dataclass(frozen=True)
+class Demand:
+    """Resources on Ray: CPUs, GPUs and memory (bytes). An attempt's are the spec's
+    ``resources`` and ``core.memory``'s estimate of the job's peak memory."""
+
+    cpus: float
+    gpus: float
+    memory: float
+
+    def within(self, room: Demand) -> bool:
+        return all(a <= b + 1e-9 for a, b in zip(astuple(self), astuple(room), strict=True))
+
+    def __add__(self, other: Demand) -> Demand:
+        return Demand(*map(operator.add, astuple(self), astuple(other)))
+
+    def __sub__(self, other: Demand) -> Demand:
+        return Demand(*map(operator.sub, astuple(self), astuple(other)))
+
+    def least(self, other: Demand) -> Demand:
+        """Each kind's smaller amount."""
+        return Demand(*map(min, astuple(self), astuple(other)))
+
+    def most(self, other: Demand) -> Demand:
+        """Each kind's larger amount."""
+        return Demand(*map(max, astuple(self), astuple(other)))
+
+    def __str__(self) -> str:
+        return f"{self.cpus:g} CPU / {self.gpus:g} GPU / {size(self.memory)} memory"
+
+
+NOTHING = Demand(0.0, 0.0, 0.0)
+
+
+def demand(spec: dict[str, Any]) -> Demand:
+    """What an attempt of the job with this spec (as stored) reserves."""
+    r = spec.get("resources") or {}
+    try:
+        memory = estimate(JobSpec.model_validate(spec)).total
+    except ValidationError:  # a spec this version cannot read: its attempt fails it as invalid
+        memory = 0
+    return Demand(float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0)), memory)
+
+
 @dataclass
 class Attempt:
     job: ClaimedJob
     ref: Any  # ray.ObjectRef
-    cpus: float
-    gpus: float
+    needs: Demand
     launched: float
     cancel_seen: float | None = None
     force_cancelled: bool = False
@@ -94,11 +144,6 @@ def death(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def resources(spec: dict[str, Any]) -> tuple[float, float]:
-    r = spec.get("resources") or {}
-    return float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0))
-
-
 class Dispatcher:
     def __init__(self, config: DispatcherConfig, store: JobStore) -> None:
         self.config = config
@@ -109,9 +154,10 @@ class Dispatcher:
         self._warming: list[Any] = []
         self._last_requeue = 0.0
         self._last_cancel_check = 0.0
-        # (when, CPUs, GPUs) of attempts reaped lately: Ray's view of the free resources
+        # (when, resources) of attempts reaped lately: Ray's view of the free resources
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
-        self._freed: list[tuple[float, float, float]] = []
+        self._freed: list[tuple[float, Demand]] = []
+        self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
         self.closer = RunCloser(config.worker.tracking_uri)
 
@@ -137,8 +183,8 @@ class Dispatcher:
             warm = ray.remote(num_cpus=0, max_retries=0)(warm_up)
             self._warming = [warm.remote() for _ in range(self.config.warm_workers)]
 
-    def capacity(self) -> tuple[float, float, float, float]:
-        """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs).
+    def capacity(self) -> tuple[Demand, Demand]:
+        """(free resources, the largest node's resources), each kind on its own.
 
         Free is what Ray reports available, plus what attempts of ours that ended in the last
         ``FREED_LAG_S`` held (Ray reports a task's resources free ~0.1 s after its result is
@@ -146,20 +192,16 @@ class Dispatcher:
         the cluster's total less what our running attempts hold."""
         import ray
 
-        avail = ray.available_resources()
-        total = ray.cluster_resources()
+        def of(resources: dict[str, float]) -> Demand:
+            return Demand(*(float(resources.get(k, 0.0)) for k in ("CPU", "GPU", "memory")))
+
         now = time.monotonic()
         self._freed = [f for f in self._freed if now - f[0] < FREED_LAG_S]
-        ours_cpu = sum(a.cpus for a in self.inflight.values())
-        ours_gpu = sum(a.gpus for a in self.inflight.values())
-        freed_cpu = sum(f[1] for f in self._freed)
-        freed_gpu = sum(f[2] for f in self._freed)
-        free_cpu = min(avail.get("CPU", 0.0) + freed_cpu, total.get("CPU", 0.0) - ours_cpu)
-        free_gpu = min(avail.get("GPU", 0.0) + freed_gpu, total.get("GPU", 0.0) - ours_gpu)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        max_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
-        max_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
-        return free_cpu, free_gpu, max_cpu, max_gpu
+        ours = sum((a.needs for a in self.inflight.values()), NOTHING)
+        freed = sum((f[1] for f in self._freed), NOTHING)
+        free = (of(ray.available_resources()) + freed).least(of(ray.cluster_resources()) - ours)
+        nodes = [of(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+        return free, functools.reduce(Demand.most, nodes, NOTHING)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -218,7 +260,7 @@ class Dispatcher:
         for ref in done:
             job_id = refs[ref]
             attempt = self.inflight.pop(job_id)
-            self._freed.append((time.monotonic(), attempt.cpus, attempt.gpus))
+            self._freed.append((time.monotonic(), attempt.needs))
             try:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
@@ -286,11 +328,19 @@ class Dispatcher:
                 ray.cancel(attempt.ref, force=True)
                 attempt.force_cancelled = True
 
+    def demand(self, job_id: str, spec: dict[str, Any]) -> Demand:
+        """``demand(spec)``, worked out once per queued job (a spec never changes)."""
+        if job_id not in self._demands:
+            if len(self._demands) >= 4 * self.config.max_claim + 1024:
+                self._demands.clear()  # ids of jobs since claimed or cancelled elsewhere
+            self._demands[job_id] = demand(spec)
+        return self._demands[job_id]
+
     def launch(self) -> None:
         """Claim what fits in the free resources, in claim order, and start each on Ray."""
-        free_cpu, free_gpu, max_cpu, max_gpu = self.capacity()
+        free, largest = self.capacity()
         now = time.monotonic()
-        if free_cpu <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
+        if free.cpus <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
             return  # under load: a tick per finished attempt read 16 jobs here for nothing
         self._last_scan = now
         heads = self.store.next_queued(limit=self.config.max_claim)
@@ -298,20 +348,16 @@ class Dispatcher:
             return
         fitting: list[str] = []
         for job in heads:
-            cpus, gpus = resources(job.spec)
-            if cpus > max_cpu or gpus > max_gpu:
-                self.unsatisfiable(job, cpus, gpus, max_cpu, max_gpu)
+            needs = self.demand(job.id, job.spec)
+            if not needs.within(largest):
+                self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
-            if cpus > free_cpu + 1e-9 or gpus > free_gpu + 1e-9:
-                reason = (
-                    f"waiting for resources: needs {cpus:g} CPU / {gpus:g} GPU, "
-                    f"{max(free_cpu, 0):g} CPU / {max(free_gpu, 0):g} GPU free"
-                )
+            if not needs.within(free):
+                reason = f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
                 if job.pending_reason != reason:  # a write only when it changes
                     self.store.set_pending_reason(job_id=job.id, reason=reason)
                 break
-            free_cpu -= cpus
-            free_gpu -= gpus
+            free -= needs
             fitting.append(job.id)
         if not fitting:
             return
@@ -322,40 +368,34 @@ class Dispatcher:
             lease_seconds=max(self.config.start_lease_seconds, self.config.worker.lease_seconds),
         )
         for claimed in claimed_jobs:
-            cpus, gpus = resources(claimed.spec)
-            self._reuse_freed(cpus, gpus)
+            needs = self.demand(claimed.id, claimed.spec)
+            del self._demands[claimed.id]  # no longer queued
+            self._reuse_freed(needs)
             ref = self._remote.options(
-                num_cpus=cpus, num_gpus=gpus, name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}"
+                num_cpus=needs.cpus,
+                num_gpus=needs.gpus,
+                memory=int(needs.memory),
+                name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}",
             ).remote(self.config.worker, claimed)
-            self.inflight[claimed.id] = Attempt(claimed, ref, cpus, gpus, time.monotonic())
-            log.info(
-                "job %s attempt %s launched (%g CPU, %g GPU)",
-                claimed.id,
-                claimed.attempt,
-                cpus,
-                gpus,
-            )
+            self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
+            log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
 
-    def _reuse_freed(self, cpus: float, gpus: float) -> None:
+    def _reuse_freed(self, needs: Demand) -> None:
         """A launch takes what it needs from the recently freed resources first, so that they
         are not counted free again while Ray's view has not caught up."""
         kept = []
-        for when, c, g in self._freed:
-            take_c, take_g = min(c, cpus), min(g, gpus)
-            cpus, gpus = cpus - take_c, gpus - take_g
-            if c - take_c > 1e-9 or g - take_g > 1e-9:
-                kept.append((when, c - take_c, g - take_g))
+        for when, freed in self._freed:
+            take = freed.least(needs)
+            needs, left = needs - take, freed - take
+            if any(v > 1e-9 for v in astuple(left)):
+                kept.append((when, left))
         self._freed = kept
 
-    def unsatisfiable(
-        self, job: JobView, cpus: float, gpus: float, max_cpu: float, max_gpu: float
-    ) -> None:
-        reason = (
-            f"no node of the cluster can run it: needs {cpus:g} CPU / {gpus:g} GPU, the "
-            f"largest node has {max_cpu:g} CPU / {max_gpu:g} GPU"
-        )
+    def unsatisfiable(self, job: JobView, needs: Demand, largest: Demand) -> None:
+        reason = f"no node of the cluster can run it: needs {needs}, the largest node has {largest}"
         if self.config.unsatisfiable == "fail":
             self.store.fail_queued(job_id=job.id, reason=reason)
+            self._demands.pop(job.id, None)
         elif job.pending_reason != reason:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
 
