@@ -5,12 +5,14 @@ job stays ``queued`` (with its place and reason visible) instead of hiding insid
 scheduler. Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's
 ``num_cpus`` and ``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no
 Ray-level retries: attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so
-jobs sharing a node never reserve more than its memory resource. It renews no lease
-itself (the attempt does), settles at once the job of an attempt it sees die
-(``JobStore.release``) and any other expired lease (``requeue_expired``), closes the MLflow
-runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
-those a stopped dispatcher left open), and force-stops an attempt whose job was cancelled
-when it has not stopped by itself within a grace period.
+jobs sharing a node never reserve more than its memory resource. While no live node has CPUs
+(a head of 0 CPUs alone, the worker nodes restarting, the local node dead) the queue waits for
+nodes, its head saying so; only a job larger than every node of a cluster with such nodes is
+unsatisfiable. It renews no lease itself (the attempt does), settles at once the job of an
+attempt it sees die (``JobStore.release``) and any other expired lease (``requeue_expired``),
+closes the MLflow runs of attempts that died (on a thread of its own: ``workers.run_closer``;
+at its start also those a stopped dispatcher left open), and force-stops an attempt whose job
+was cancelled when it has not stopped by itself within a grace period.
 Several dispatchers may share one database: claims and fencing make that safe.
 """
 
@@ -41,6 +43,7 @@ log = logging.getLogger("gradq.dispatcher")
 
 FREED_LAG_S = 0.5  # see Dispatcher.capacity
 LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_reason
+NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
 
 
@@ -346,6 +349,11 @@ class Dispatcher:
         heads = self.store.next_queued(limit=self.config.max_claim)
         if not heads:
             return
+        if largest.cpus <= 1e-9:
+            # No live node has CPUs (a head of 0 CPUs alone, the workers restarting, the local
+            # node dead): the cluster is short of nodes for now, so no job is judged against it.
+            self._set_reason(heads[0], NO_NODE_REASON)
+            return
         fitting: list[str] = []
         for job in heads:
             needs = self.demand(job.id, job.spec)
@@ -353,9 +361,9 @@ class Dispatcher:
                 self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
             if not needs.within(free):
-                reason = f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
-                if job.pending_reason != reason:  # a write only when it changes
-                    self.store.set_pending_reason(job_id=job.id, reason=reason)
+                self._set_reason(
+                    job, f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
+                )
                 break
             free -= needs
             fitting.append(job.id)
@@ -392,11 +400,18 @@ class Dispatcher:
         self._freed = kept
 
     def unsatisfiable(self, job: JobView, needs: Demand, largest: Demand) -> None:
+        """A job larger than every node of a cluster that has nodes with CPUs: failed, or
+        (``unsatisfiable="wait"``) left queued with the reason."""
         reason = f"no node of the cluster can run it: needs {needs}, the largest node has {largest}"
         if self.config.unsatisfiable == "fail":
             self.store.fail_queued(job_id=job.id, reason=reason)
             self._demands.pop(job.id, None)
-        elif job.pending_reason != reason:
+        else:
+            self._set_reason(job, reason)
+
+    def _set_reason(self, job: JobView, reason: str) -> None:
+        """Say why a queued job waits: a write only when the reason changes."""
+        if job.pending_reason != reason:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
 
 
