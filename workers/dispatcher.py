@@ -24,6 +24,7 @@ import functools
 import logging
 import operator
 import os
+import signal
 import socket
 import threading
 import time
@@ -228,7 +229,12 @@ class Dispatcher:
         self._freed.clear()
         ray.shutdown()
         self._own_node = None
+        # ray.init on the main thread (``gradq dispatcher``) sets its own SIGTERM handler: the
+        # process's stays
+        handler = signal.getsignal(signal.SIGTERM)
         self._start_ray()
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
         self._ray_lost = None
         log.info("the local Ray was restarted")
 

@@ -4,6 +4,7 @@ store are faked (the real ones: tests/chaos/test_chaos_serve.py)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ class FakeRay:
 
     def start(self) -> None:
         self.starts += 1
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as ray.init sets its own
         if self.fail:
             self.fail -= 1
             raise RuntimeError("ray.init failed")
@@ -91,7 +93,12 @@ def test_a_dead_raylet_has_the_local_ray_replaced_and_its_attempts_settled(
     d.inflight["job-1"] = Attempt(job("job-1", 2), "ref", NOTHING, 0.0)
     d._own_node.dead = ["raylet"]
     assert d.local_ray_down() == "the local Ray is restarting: its raylet exited"
-    d.tick()
+    ours = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        d.tick()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the process's stays
+    finally:
+        signal.signal(signal.SIGTERM, ours)
     assert store.released == [("job-1", 2, "RayDied: its raylet exited")]
     assert d.inflight == {}
     assert (fake.shutdowns, fake.starts) == (1, 1)
