@@ -1,16 +1,20 @@
 """The dispatcher: moves queued jobs onto Ray as the cluster has room, and reaps them.
 
-It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting
-job stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's
-scheduler. Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's
-``num_cpus`` and ``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no
-Ray-level retries: attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so
-jobs sharing a node never reserve more than its memory resource. It renews no lease
-itself (the attempt does), settles at once the job of an attempt it sees die
-(``JobStore.release``) and any other expired lease (``requeue_expired``), closes the MLflow
-runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
-those a stopped dispatcher left open), and force-stops an attempt whose job was cancelled
-when it has not stopped by itself within a grace period.
+It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting job
+stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler.
+Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
+``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no Ray-level retries:
+attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so jobs sharing a node
+never reserve more than its memory resource. While no live node has CPUs (a head of 0 CPUs
+alone, the worker nodes restarting, the local node dead) the queue waits for nodes, its head
+saying so; only a job larger than every node of a cluster with such nodes is unsatisfiable. A
+local Ray it started (no ``ray_address``) whose raylet or GCS server exits is replaced by a new
+one, the jobs of its attempts settled at once. It renews no lease itself (the attempt does),
+settles at once the job of an attempt it sees die (``JobStore.release``) and any other expired
+lease (``requeue_expired``), closes the MLflow runs of attempts that died (on a thread of its
+own: ``workers.run_closer``; at its start also those a stopped dispatcher left open), and
+force-stops an attempt whose job was cancelled when it has not stopped by itself within a grace
+period.
 Several dispatchers may share one database: claims and fencing make that safe.
 """
 
@@ -20,6 +24,7 @@ import functools
 import logging
 import operator
 import os
+import signal
 import socket
 import threading
 import time
@@ -41,7 +46,13 @@ log = logging.getLogger("gradq.dispatcher")
 
 FREED_LAG_S = 0.5  # see Dispatcher.capacity
 LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_reason
+NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
+RAY_DAEMONS = ("raylet", "gcs_server")  # a local Ray without either runs nothing more
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
+
+
+class RayDied(RuntimeError):
+    """The local Ray an attempt ran on lost a daemon, and the attempt with it."""
 
 
 @dataclass(frozen=True)
@@ -158,12 +169,22 @@ class Dispatcher:
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
+        self._own_node: Any = None  # the local Ray node this dispatcher started, if any
+        self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
         self.closer = RunCloser(config.worker.tracking_uri)
 
     # --- Ray ---------------------------------------------------------------------------------
 
     def connect(self) -> None:
+        self._start_ray()
+        # Create the tracking store's schema here, once: attempts starting side by side on a
+        # fresh SQLite store would otherwise race to migrate it.
+        make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
+
+    def _start_ray(self) -> None:
+        """Join Ray (``ray_address``) or start a local one, unless this process is already
+        connected; a local Ray started here is watched by ``local_ray_down``."""
         import ray
 
         if not ray.is_initialized():
@@ -173,15 +194,49 @@ class Dispatcher:
                 ray.init(
                     num_cpus=self.config.ray_num_cpus, include_dashboard=False, log_to_driver=False
                 )
+                self._own_node = ray._private.worker._global_node
         self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_attempt)
-        # Create the tracking store's schema here, once: attempts starting side by side on a
-        # fresh SQLite store would otherwise race to migrate it.
-        make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
         if self.config.warm_workers:
             # Start worker processes now and import torch, MLflow and the engine in them, so
             # the first job does not wait for it (Ray keeps idle workers for reuse).
             warm = ray.remote(num_cpus=0, max_retries=0)(warm_up)
             self._warming = [warm.remote() for _ in range(self.config.warm_workers)]
+
+    def local_ray_down(self) -> str | None:
+        """Why the local Ray this dispatcher started cannot run jobs now (its raylet or GCS
+        server has exited: the dispatcher is replacing it); None when it runs, or is not ours."""
+        why = self._ray_lost or self._dead_daemons()
+        return None if why is None else f"the local Ray is restarting: {why}"
+
+    def _dead_daemons(self) -> str | None:
+        node = self._own_node
+        if node is None:
+            return None
+        dead = sorted({kind for kind, _ in node.dead_processes() if kind in RAY_DAEMONS})
+        return f"its {' and '.join(dead)} exited" if dead else None
+
+    def restart_ray(self, why: str) -> None:
+        """Replace a local Ray that lost a daemon. The attempts on it died with it: each job
+        is settled at once (``JobStore.release``: requeued, or failed "lost" at its last
+        attempt), then a new local Ray starts; until it has, ``local_ray_down`` says why."""
+        import ray
+
+        self._ray_lost = why
+        log.warning("the local Ray is restarting: %s", why)
+        for job_id, attempt in list(self.inflight.items()):
+            del self.inflight[job_id]
+            self._settle_dead(job_id, attempt.job.attempt, RayDied(why))
+        self._freed.clear()
+        ray.shutdown()
+        self._own_node = None
+        # ray.init on the main thread (``gradq dispatcher``) sets its own SIGTERM handler: the
+        # process's stays
+        handler = signal.getsignal(signal.SIGTERM)
+        self._start_ray()
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        self._ray_lost = None
+        log.info("the local Ray was restarted")
 
     def capacity(self) -> tuple[Demand, Demand]:
         """(free resources, the largest node's resources), each kind on its own.
@@ -235,6 +290,9 @@ class Dispatcher:
         ray.wait(refs, num_returns=1, timeout=self.config.poll_seconds)
 
     def tick(self) -> None:
+        lost = self._ray_lost or self._dead_daemons()
+        if lost is not None:  # also a restart that raised: it is tried again
+            self.restart_ray(lost)
         self.reap()
         now = time.monotonic()
         if now - self._last_requeue >= self.config.requeue_seconds:
@@ -346,6 +404,11 @@ class Dispatcher:
         heads = self.store.next_queued(limit=self.config.max_claim)
         if not heads:
             return
+        if largest.cpus <= 1e-9:
+            # No live node has CPUs (a head of 0 CPUs alone, the workers restarting, the local
+            # node dead): the cluster is short of nodes for now, so no job is judged against it.
+            self._set_reason(heads[0], NO_NODE_REASON)
+            return
         fitting: list[str] = []
         for job in heads:
             needs = self.demand(job.id, job.spec)
@@ -353,9 +416,9 @@ class Dispatcher:
                 self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
             if not needs.within(free):
-                reason = f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
-                if job.pending_reason != reason:  # a write only when it changes
-                    self.store.set_pending_reason(job_id=job.id, reason=reason)
+                self._set_reason(
+                    job, f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
+                )
                 break
             free -= needs
             fitting.append(job.id)
@@ -392,11 +455,18 @@ class Dispatcher:
         self._freed = kept
 
     def unsatisfiable(self, job: JobView, needs: Demand, largest: Demand) -> None:
+        """A job larger than every node of a cluster that has nodes with CPUs: failed, or
+        (``unsatisfiable="wait"``) left queued with the reason."""
         reason = f"no node of the cluster can run it: needs {needs}, the largest node has {largest}"
         if self.config.unsatisfiable == "fail":
             self.store.fail_queued(job_id=job.id, reason=reason)
             self._demands.pop(job.id, None)
-        elif job.pending_reason != reason:
+        else:
+            self._set_reason(job, reason)
+
+    def _set_reason(self, job: JobView, reason: str) -> None:
+        """Say why a queued job waits: a write only when the reason changes."""
+        if job.pending_reason != reason:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
 
 

@@ -1,9 +1,11 @@
 """``gradq serve`` (everything in one process), ``gradq api`` and ``gradq dispatcher``.
 
 ``serve`` runs the migrations, starts the dispatcher with a local Ray in a thread, the MLflow
-UI as a subprocess (unless ``--no-mlflow-ui``) and the API with uvicorn. SIGINT and SIGTERM
-stop all of it; the database keeps every job, so a restart finds them as they were (a job
-that was running is requeued when its lease expires and resumes from its checkpoint).
+UI as a subprocess (unless ``--no-mlflow-ui``) and the API with uvicorn. When the local Ray's
+raylet or GCS server dies, the dispatcher starts a new local Ray (its jobs wait meanwhile, and
+``/readyz`` answers 503 saying so). SIGINT and SIGTERM stop all of it; the database keeps
+every job, so a restart finds them as they were (a job that was running is requeued when its
+lease expires and resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def serve(
         stack.callback(thread.join, 15)
         stack.callback(stop.set)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
-        app = create_app(settings, ray_probe=probes.local_ray(thread))
+        app = create_app(settings, ray_probe=probes.local_ray(thread, dispatcher.local_ray_down))
         stack.callback(_ignore_signals)  # runs first: the clean-up is not interrupted
         where = str(settings.port or "<a free port, named below>")
         err.print(f"gradq on http://{settings.host}:{where} (auth: {settings.auth})")

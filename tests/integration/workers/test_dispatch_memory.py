@@ -6,23 +6,18 @@ queue (SQLite) and MLflow store."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dispatching import running, wait
 
 from core.memory import estimate, size
 from core.spec import parse_spec
-from db.migrate import upgrade
-from db.session import make_engine
 from db.states import JobStatus
 from db.store import JobStore
-from db.views import JobView
-from workers.dispatcher import Dispatcher, DispatcherConfig
-from workers.task import WorkerConfig
 
 pytestmark = pytest.mark.slow
 
@@ -52,33 +47,8 @@ def ray_node() -> Iterator[Any]:
 
 @pytest.fixture
 def store(ray_node: Any, tmp_path: Path) -> Iterator[JobStore]:
-    db_url = f"sqlite:///{tmp_path}/gradq.db"
-    upgrade(db_url)
-    store = JobStore(make_engine(db_url))
-    config = WorkerConfig(
-        database_url=db_url, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        artifact_root=str(tmp_path / "artifacts"), lease_seconds=10.0, heartbeat_seconds=0.5,
-    )  # fmt: skip
-    dispatcher = Dispatcher(DispatcherConfig(worker=config, poll_seconds=0.1), store)
-    dispatcher.connect()
-    stop = threading.Event()
-    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    thread.start()
-    yield store
-    stop.set()
-    thread.join(timeout=30)
-    for attempt in dispatcher.inflight.values():
-        ray_node.cancel(attempt.ref, force=True)
-
-
-def wait(store: JobStore, job_id: str, until: Any, timeout: float = 120) -> JobView:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = store.get(job_id=job_id)
-        if until(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; job is {store.get(job_id=job_id)}")
+    with running(tmp_path) as (store, _):
+        yield store
 
 
 def test_a_job_waits_for_the_memory_another_holds(store: JobStore, ray_node: Any) -> None:

@@ -119,3 +119,17 @@ def test_the_demand_of_a_stored_spec() -> None:
     spec = parse_spec({**SMALL, "resources": {"cpus": 2, "gpus": 0.5}}).model_dump(mode="json")
     assert demand(spec) == Demand(2.0, 0.5, memory_of(spec))
     assert demand({"dataset": "no such data set"}).memory == 0  # its attempt reports it
+
+
+@pytest.mark.parametrize("mode", ["fail", "wait"])
+def test_with_no_node_with_cpus_every_job_waits_for_one(mode: str) -> None:
+    """A cluster with no live node with CPUs (a head of 0 CPUs alone, workers restarting, the
+    local node dead) is short of nodes for now: nothing is failed, the head says why."""
+    gpu_head = Demand(0, 1, 1 * GiB)  # a node without CPUs is no worker node either
+    for largest in (Demand(0, 0, 0), gpu_head):
+        d, store = dispatcher([Job("a", SMALL), Job("b", LARGE)], largest, largest)
+        d.config = DispatcherConfig(worker=d.config.worker, unsatisfiable=mode)  # type: ignore[arg-type]
+        d.launch()
+        assert store.failed == {} and len(store.queued) == 2
+        assert store.reasons == {"a": "waiting for a Ray node with CPUs: none is alive"}
+        assert d._remote.launched == []
