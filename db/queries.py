@@ -243,6 +243,12 @@ def keyed_jobs(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[
     return found
 
 
+def jobs_by_id(conn: Connection, ids: Iterable[str]) -> dict[str, Any]:
+    """The jobs of these ids that exist, by id (their row mappings)."""
+    rows = conn.execute(select(JOBS).where(JOBS.c.id.in_(sorted(set(ids)))))
+    return {row["id"]: row for row in rows.mappings()}
+
+
 def queue_counts(
     conn: Connection, tenants: builtins.list[str], priorities: builtins.list[int]
 ) -> tuple[dict[str, int], dict[int, int]]:

@@ -63,6 +63,7 @@ from db.queries import (
     claim_key,
     claim_order_by,
     job_scope,
+    jobs_by_id,
     keyed_jobs,
     queue_counts,
 )
@@ -128,6 +129,8 @@ class JobStore(JobQueries):
         :class:`QueueFull` when the tenant already has ``max_queued`` queued jobs (earlier
         ones of the group count). A replayed key (in the database or earlier in the group)
         gives the existing job with ``created=False``; a replay is not refused by the quota.
+        A request with ``may_exist`` whose ``job_id`` is stored (an earlier try committed it
+        unseen) gets that job, as created, and inserts nothing.
 
         New jobs of one group share one ``created_at``; among themselves the claim order is
         by id, as for any two jobs submitted in the same microsecond. Jobs another process
@@ -135,17 +138,19 @@ class JobStore(JobQueries):
         SQLite the write lock excludes them).
         """
         keys = [r.key for r in requests if r.key is not None]
+        retried = [r.job_id for r in requests if r.may_exist and r.job_id is not None]
         tenants = sorted({r.tenant for r in requests}) if max_queued is not None else []
         priorities = sorted({r.spec.priority for r in requests}) if positions else []
         # nothing to read first: the insert is the whole unit of work (one statement on
         # PostgreSQL, no BEGIN/COMMIT round trips)
-        tx = write_tx if keys or tenants or priorities else one_statement_tx
+        tx = write_tx if keys or tenants or priorities or retried else one_statement_tx
         with tx(self._engine) as conn:
+            stored = jobs_by_id(conn, retried) if retried else None
             existing = keyed_jobs(conn, keys)
             queued, before = queue_counts(conn, tenants, priorities)
             # stamped after the counts: every job they saw was committed, so created, before
             # it (on SQLite the write lock is held from here to the commit)
-            group = Group(requests, existing, queued, max_queued, utcnow())
+            group = Group(requests, existing, queued, max_queued, utcnow(), stored)
             inserted = _insert_jobs(conn, group.rows)
             taken = group.taken(inserted)
             group.inserted(inserted, keyed_jobs(conn, taken) if taken else {})

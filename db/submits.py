@@ -27,11 +27,16 @@ Answer = Submitted | StoreError
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    """One submit of a group (:meth:`db.store.JobStore.submit_many`)."""
+    """One submit of a group (:meth:`db.store.JobStore.submit_many`). ``job_id`` is the id
+    its new job gets (a fresh uuid4 when None); with ``may_exist`` an earlier try of this
+    submit may have stored that job (its commit's outcome unknown): the job with that id is
+    then its answer, as created, and nothing is inserted again."""
 
     spec: JobSpec
     tenant: str = "default"
     idempotency_key: str | None = None
+    job_id: str | None = None
+    may_exist: bool = False
 
     @property
     def key(self) -> Key | None:
@@ -42,8 +47,9 @@ class Group:
     """The answers to a group of submits, in order, from what the database held before the
     group's insert: ``existing``, the jobs that held its keys; ``queued``, each tenant's
     queued jobs (counted against ``max_queued``, None for no quota). Replays are answered
-    with the existing job and are not refused by the quota; the group's new jobs are
-    :attr:`rows`, all stamped ``now``."""
+    with the existing job and are not refused by the quota; ``stored``, the jobs an earlier
+    try of a request stored (by id, :attr:`SubmitRequest.may_exist`), answer it as created;
+    the group's new jobs are :attr:`rows`, all stamped ``now``."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class Group:
         queued: Mapping[str, int],
         max_queued: int | None,
         now: datetime,
+        stored: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._requests = requests
         self._existing = dict(existing)
@@ -61,7 +68,9 @@ class Group:
         self._repeats: list[int] = []  # the requests repeating a key new in this group
         counted, new_keys = dict(queued), set()
         for i, r in enumerate(requests):
-            if r.key in self._existing:
+            if stored and r.job_id is not None and r.job_id in stored:
+                self._answers[i] = Submitted(JobView.from_row(stored[r.job_id], created=True), None)
+            elif r.key in self._existing:
                 self._answers[i] = _replayed(self._existing[r.key], r)
             elif r.key in new_keys:
                 self._repeats.append(i)
@@ -110,19 +119,27 @@ class Group:
     ) -> list[Answer]:
         """Every request's answer with its queue position: a new job's from ``before`` (per
         priority, the queued jobs a claim takes before a job of that priority submitted now)
-        and the group's own new jobs ahead of it in the claim order; a replay's from
-        ``position``, counted after the group's inserts. None without ``before``."""
+        and the group's own new jobs ahead of it in the claim order; a replay's, or a job an
+        earlier try stored, from ``position``, counted after the group's inserts. None
+        without ``before``."""
         answers = [a for a in self._answers if a is not None]
         assert len(answers) == len(self._answers), "every request is answered"
         if before is None:
             return answers
-        new = [a.job for a in answers if isinstance(a, Submitted) and a.job.created]
+        ids = {row["id"] for row in self.rows}
+        new = [
+            a.job for a in answers if isinstance(a, Submitted) and a.job.created and a.job.id in ids
+        ]
         rank = {job.id: n for n, job in enumerate(sorted(new, key=claim_key))}
         out: list[Answer] = []
         for answer in answers:
             if isinstance(answer, Submitted):
                 job = answer.job
-                ahead = before[job.priority] + rank[job.id] if job.created else position(job)
+                ahead = (
+                    before[job.priority] + rank[job.id]
+                    if job.created and job.id in rank
+                    else position(job)
+                )
                 answer = Submitted(job, ahead)
             out.append(answer)
         return out
@@ -132,7 +149,7 @@ def new_job(r: SubmitRequest, now: datetime) -> dict[str, Any]:
     """A new job's row: every column (``JobView.from_row`` reads them all), queued."""
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
     row.update(
-        id=str(uuid.uuid4()),
+        id=r.job_id or str(uuid.uuid4()),
         tenant=r.tenant,
         name=r.spec.name,
         spec=r.spec.model_dump(mode="json"),

@@ -62,6 +62,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class RunBuffer:
     """Buffered metrics, gradient-check reports and checkpoints of one run (thread-safe).
 
+    With ``alive``, each MLflow call is made only while ``alive()`` is True: an attempt whose
+    lease ran out sends nothing more into the run its successor resumes.
+
     ``background=False`` sends on the caller's thread instead (as a due flush is reached)."""
 
     def __init__(
@@ -75,8 +78,10 @@ class RunBuffer:
         clock: Clock | None = None,
         background: bool = True,
         artifacts: RunArtifacts | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.alive = alive  # False once the attempt lost the run: nothing more is sent
         self.artifacts = artifacts or RunArtifacts(client, run_id)
         self.clock = clock or Clock()
         self.flush_interval_s = flush_interval_s
@@ -330,6 +335,8 @@ class RunBuffer:
         return sent
 
     def _call(self, what: str, fn: Callable[..., object], *args: object, **kwargs: object) -> bool:
+        if self.alive is not None and not self.alive():  # another attempt owns the run
+            return False
         try:
             with self.clock.measure():
                 fn(*args, **kwargs)

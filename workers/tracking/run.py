@@ -29,6 +29,7 @@ import logging
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -65,6 +66,10 @@ _ACTIVE = {"RUNNING", "SCHEDULED"}
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
 
 
+class LeaseExpired(RuntimeError):
+    """``finish()`` stopped because the attempt's lease ran out: its successor owns the run."""
+
+
 class JobTracker:
     """One attempt's writer into the job's MLflow run. Use: ``start()``, pass ``callback()``
     to ``core.train``, then ``finish()`` exactly once (``flush()`` at any time)."""
@@ -81,7 +86,9 @@ class JobTracker:
         artifact_root: str | None = None,
         flush_interval_s: float = 5.0,
         checkpoint_interval_s: float = 10.0,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
+        self.alive = alive  # see RunBuffer; finish() raises LeaseExpired once it is False
         self.tracking_uri, self.job_id, self.spec, self.attempt = (
             tracking_uri,
             job_id,
@@ -95,6 +102,7 @@ class JobTracker:
         self.run_id: str | None = run_id
         self.model_uri: str | None = None  # set by finish() when a model was logged
         self.model_version: str | None = None  # set when it was registered
+        self.finished = False  # set when finish() closed the run
         self._buffer: RunBuffer | None = None
         self._experiment: str | None = None  # the run's experiment id and params, for the
         self._params: dict[str, str] | None = None  # logged model (no get_run to find them)
@@ -232,6 +240,7 @@ class JobTracker:
         run_id = self._require_run()
         client = self.client
         buffer = self._make_buffer()
+        self._check_alive()
         metrics: list[Metric] = []  # sent with the last epochs and the tags: one call
         tags: list[RunTag] = []
         if result is not None:
@@ -246,6 +255,7 @@ class JobTracker:
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")
             model_id = None
             if status == "succeeded":
+                self._check_alive()
                 try:
                     info = log_model(
                         result,
@@ -255,6 +265,7 @@ class JobTracker:
                         experiment_id=self._run_experiment(),
                         params=self._params or {},
                         register_as=self.spec.register_as,
+                        job_id=self.job_id,
                     )
                 except BaseException:
                     buffer.flush()  # the epochs stay in the run that is closed FAILED
@@ -270,10 +281,22 @@ class JobTracker:
             self._artifacts().log_bytes(error.encode(), "error.txt")
         buffer.add_final(metrics, tags)
         if not buffer.flush():
+            self._check_alive()
             raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
+        self._check_alive()
         client.set_terminated(run_id, _STATUS[status])
+        self.finished = True
+
+    def abandon(self) -> None:
+        """Stop the sender thread and drop what is buffered: the run is another attempt's."""
+        if self._buffer is not None:
+            self._buffer.close()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self.alive is not None and not self.alive():
+            raise LeaseExpired(f"run {self.run_id}: this attempt's lease ran out")
 
     def _make_buffer(self) -> RunBuffer:
         if self._buffer is None:
@@ -284,6 +307,7 @@ class JobTracker:
                 checkpoint_interval_s=self.checkpoint_interval_s,
                 clock=self.clock,
                 artifacts=self._artifacts(),
+                alive=self.alive,
             )
         return self._buffer
 

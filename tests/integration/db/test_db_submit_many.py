@@ -179,3 +179,26 @@ def test_psycopg_binds_a_groups_arrays_in_binary(engine: Engine) -> None:
     with engine.connect() as conn:
         adapters = conn.connection.dbapi_connection.adapters
         assert adapters.get_dumper(list, PyFormat.AUTO).format == pq.Format.BINARY
+
+
+def test_a_retried_submit_finds_the_job_a_lost_commit_stored(
+    store: JobStore, engine: Engine, make_spec: SpecFactory
+) -> None:
+    """A request retried with ``may_exist`` (its group's commit went through unseen) gets the
+    job stored under its id, as created, and its place; nothing is inserted again. One not
+    stored is inserted under the id it carries."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    first = [SubmitRequest(make_spec(), job_id=ids[0]),
+             SubmitRequest(make_spec(), tenant="t", idempotency_key="k", job_id=ids[1])]  # fmt: skip
+    store.submit_many(first)  # committed; its answers lost
+    again = [SubmitRequest(r.spec, r.tenant, r.idempotency_key, r.job_id, may_exist=True)
+             for r in first] + [SubmitRequest(make_spec(), job_id=ids[2], may_exist=True)]  # fmt: skip
+    answers = [submitted(a) for a in store.submit_many(again)]
+    assert [a.job.id for a in answers] == ids
+    assert all(a.job.created for a in answers)  # each request made its job: 201, not a replay
+    for a in answers:
+        assert a.position == store.queue_position(job_id=a.job.id)
+    with engine.connect() as conn:
+        events = conn.execute(select(EVENTS.c.job_id)).scalars().all()
+    jobs, _ = store.list(limit=200)
+    assert sorted(j.id for j in jobs) == sorted(ids) == sorted(events)

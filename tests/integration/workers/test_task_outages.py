@@ -147,3 +147,88 @@ def test_a_database_outage_mid_attempt_gives_the_job_back_instead_of_failing_it(
     assert lease_threads(job.id) == []
     time.sleep(config.lease_seconds + 0.5)
     assert store.requeue_expired() == [(job.id, JobStatus.QUEUED)]  # its next attempt resumes
+
+
+MLFLOW_WRITES = ("log_batch", "log_inputs", "log_artifact", "set_terminated", "set_tag",
+                 "update_run", "create_logged_model", "log_outputs", "finalize_logged_model")  # fmt: skip
+
+
+def test_an_attempt_cut_off_from_the_database_stops_and_leaves_the_run_alone(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats fail (``StoreUnavailable``) from the third epoch on: once the lease the last one
+    renewed has run out, the job may be another attempt's, so this one stops training within
+    an epoch and makes no MLflow write (metrics, checkpoint, model, FINISHED) after that
+    deadline. Every MLflow write is stamped on entry; the deadline is stamped after the last
+    heartbeat that went through returned, so it is no earlier than the attempt's own."""
+    from mlflow import MlflowClient
+
+    store, config = setup
+    spec = {**SPEC, "register_as": "cut-off", "optimizer": {"epochs": 400, "batch_size": 16}}
+    job = store.submit(spec=parse_spec(spec))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+    renewed: list[float] = []  # when each heartbeat that went through returned
+    epochs: list[int] = []
+    real_beat = JobStore.heartbeat
+
+    def beat(self: JobStore, **kwargs: Any) -> Any:
+        if len(epochs) >= 3:
+            raise StoreUnavailable("server closed the connection")
+        answer = real_beat(self, **kwargs)
+        renewed.append(time.monotonic())
+        return answer
+
+    monkeypatch.setattr(JobStore, "heartbeat", beat)
+    writes: list[tuple[str, float]] = []
+    for name in MLFLOW_WRITES:
+        real = getattr(MlflowClient, name)
+
+        def stamped(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            writes.append((_name, time.monotonic()))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, name, stamped)
+    real_end = task.Lease.on_epoch_end
+
+    def slow_epoch(self: task.Lease, record: Any) -> None:  # each epoch lasts 50 ms at least
+        epochs.append(record.epoch)
+        time.sleep(0.05)
+        real_end(self, record)
+
+    monkeypatch.setattr(task.Lease, "on_epoch_end", slow_epoch)
+    assert run_attempt(config, claimed) == "stale"
+    deadline = renewed[-1] + config.lease_seconds
+    assert renewed and writes
+    assert [w for w in writes if w[1] > deadline] == []
+    assert max(epochs) < 400  # stopped long before the last epoch
+    assert lease_threads(job.id) == []
+    client = MlflowClient(config.tracking_uri)
+    run_id = store.get(job_id=job.id).mlflow_run_id
+    assert run_id is not None
+    assert client.get_run(run_id).info.status == "RUNNING"  # its successor resumes and closes it
+    assert client.search_model_versions("name='cut-off'") == []
+    assert store.get(job_id=job.id).status is JobStatus.RUNNING
+
+
+def test_the_model_is_registered_once_when_the_final_write_outlasts_its_retries(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt registers the model and closes its run, then its final write meets a
+    database outage longer than its retries: the job runs again, resumes the run and
+    succeeds; the registry holds one version of the job's model, tagged with the job."""
+    from mlflow import MlflowClient
+
+    store, config = setup
+    job = store.submit(spec=parse_spec({**SPEC, "register_as": "once"}))
+    [first] = store.claim(owner="test", lease_seconds=30)
+    with monkeypatch.context() as m:
+        m.setattr(task, "FINAL_WRITE_RETRY_S", 0.5)
+        outage(m, failures=10**6)
+        assert run_attempt(config, first) == "stale"
+    time.sleep(config.lease_seconds + 0.5)
+    assert store.requeue_expired() == [(job.id, JobStatus.QUEUED)]
+    [second] = store.claim(owner="test", lease_seconds=30)
+    assert second.attempt == 2 and second.mlflow_run_id is not None
+    assert run_attempt(config, second) == "succeeded"
+    versions = MlflowClient(config.tracking_uri).search_model_versions("name='once'")
+    assert [(str(v.version), v.tags.get("gradq.job_id")) for v in versions] == [("1", job.id)]

@@ -536,3 +536,40 @@ def test_mlflows_sqlite_store_runs_in_wal_with_normal_sync(tmp_path: Path) -> No
     with other.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL, untouched
     other.dispose()
+
+
+class LoseLeaseAfter(Callback):
+    """Turns ``alive`` False at the end of epoch ``n`` (the attempt's lease ran out)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.held = n, True
+
+    def alive(self) -> bool:
+        return self.held
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if record.epoch >= self.n:
+            self.held = False
+
+
+def test_a_tracker_whose_lease_ran_out_writes_nothing_more(mlflow_store: Store) -> None:
+    """Once ``alive()`` is False no metric, checkpoint, model or status reaches the run:
+    ``flush()`` sends nothing and ``finish()`` raises ``LeaseExpired`` with the run RUNNING,
+    its epochs only some of those before the lease ran out, and no model version registered."""
+    from workers.tracking.run import LeaseExpired
+
+    spec = iris_spec(register_as="lease-ran-out")
+    lease = LoseLeaseAfter(3)
+    tracker = tracker_for(mlflow_store, spec, "job-lease", flush_interval_s=0, alive=lease.alive)
+    run_id = tracker.start()
+    # the lease callback first: epoch 3 is the first one that comes after the lease ran out
+    result = train(spec, callbacks=[lease, tracker.callback()])
+    assert result.epochs == 8
+    assert tracker.flush() is False  # epochs 3-8 and their checkpoints stay buffered
+    with pytest.raises(LeaseExpired):
+        tracker.finish(status="succeeded", result=result)
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert set(steps(client, run_id, "loss/train")) <= {1, 2}  # sent in the background
+    assert client.search_model_versions("name='lease-ran-out'") == []
+    assert tracker.finished is False
