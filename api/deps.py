@@ -1,5 +1,6 @@
-"""What routes depend on, as ``Annotated`` aliases: ``StoreDep``, ``SettingsDep``,
-``TrackingDep``, ``ServicesDep`` and ``TenantDep`` (the caller's tenant, from its API key)."""
+"""What routes depend on, as ``Annotated`` aliases: ``StoreDep``, ``DatasetsDep``,
+``SettingsDep``, ``TrackingDep``, ``ServicesDep`` and ``TenantDep`` (the caller's tenant, from
+its API key)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError
 from api.group_commit import GroupCommit
 from api.settings import Settings
+from db.datasets import DatasetStore
+from db.keys import KeyStore
 from db.store import JobStore
 from workers.tracking.read import Tracking
 
@@ -27,6 +30,8 @@ class Services:
 
     settings: Settings
     store: JobStore
+    keys: KeyStore  # over the store's engine
+    datasets: DatasetStore  # over the store's engine
     submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking
     ray_probe: Callable[[], str]
@@ -45,6 +50,10 @@ async def get_store(services: ServicesDep) -> JobStore:
     return services.store
 
 
+async def get_datasets(services: ServicesDep) -> DatasetStore:
+    return services.datasets
+
+
 async def get_settings(services: ServicesDep) -> Settings:
     return services.settings
 
@@ -54,6 +63,7 @@ async def get_tracking(services: ServicesDep) -> Tracking:
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
+DatasetsDep = Annotated[DatasetStore, Depends(get_datasets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TrackingDep = Annotated[Tracking, Depends(get_tracking)]
 
@@ -100,7 +110,7 @@ async def resolve_tenant(services: Services, key: str | None) -> str:
             field="Authorization",
             headers=challenge,
         )
-    tenant = await run_in_threadpool(services.store.authenticate, key=key)
+    tenant = await run_in_threadpool(services.keys.authenticate, key=key)
     if tenant is None:
         raise ApiError(
             401,

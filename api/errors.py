@@ -22,17 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.csvdata import DataError
 from core.spec import FieldError, InvalidSpec, field_path
 from db.errors import (
-    DRIVER_ERRORS,
     DatasetNotFound,
     IdempotencyConflict,
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
     StaleAttempt,
-    StoreError,
     StoreUnavailable,
     ValueRefused,
-    driver_error,
 )
 from workers.tracking.read import TrackingUnavailable
 
@@ -186,11 +183,8 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database(_: Request, exc: Exception) -> JSONResponse:
-    known = exc if isinstance(exc, StoreError) else driver_error(exc)
-    if isinstance(known, ValueRefused):  # e.g. a NUL in text
+    if isinstance(exc, ValueRefused):  # e.g. a NUL in text
         return error_response(422, "invalid_value", "a value the database cannot store")
-    if not isinstance(known, StoreUnavailable):
-        return await _unexpected(_, exc)
     log.warning("database unavailable: %s", exc)
     return error_response(
         503,
@@ -222,7 +216,6 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONRe
     StarletteHTTPException: _http,
     StoreUnavailable: _database,
     ValueRefused: _database,
-    **dict.fromkeys(DRIVER_ERRORS, _database),
     TrackingUnavailable: _tracking,
     Exception: _unexpected,
 }

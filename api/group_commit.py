@@ -8,13 +8,18 @@ transaction holding its job has committed, never before: the job is durable when
 answered, exactly as with one transaction per submit.
 
 A group that fails as a whole (a value the database refuses, the database away) is retried
-one submit at a time, so each request gets its own answer, never a neighbour's error.
+one submit at a time, so each request gets its own answer, never a neighbour's error. Its
+commit may have gone through unseen (the connection dropped during COMMIT), so each job gets
+its id before the group's first try, and a retry answers with the job stored under that id
+instead of inserting it again: a submit without an ``Idempotency-Key`` is stored once too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from db.errors import StoreError
@@ -40,6 +45,8 @@ class GroupCommit:
         """The job, once committed; raises the :class:`StoreError` that refused it (or the
         database's error)."""
         future: asyncio.Future[Submitted | StoreError] = asyncio.get_running_loop().create_future()
+        if request.job_id is None:  # named now: a retry finds it if a lost commit stored it
+            request = dataclasses.replace(request, job_id=str(uuid.uuid4()))
         self._waiting.append((request, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
@@ -72,13 +79,15 @@ class GroupCommit:
     async def _commit(
         self, loop: asyncio.AbstractEventLoop, requests: list[SubmitRequest]
     ) -> list[Submitted | StoreError | Exception]:
-        """The group's answers; a group that fails as a whole is committed one by one."""
+        """The group's answers; a group that fails as a whole is committed one by one, each
+        answered by its job when the group's commit stored it after all."""
         try:
             return list(await loop.run_in_executor(self._thread, self._many, requests))
         except Exception as exc:
             if len(requests) == 1:
                 return [exc]
-        return [(await self._commit(loop, [request]))[0] for request in requests]
+        again = [dataclasses.replace(request, may_exist=True) for request in requests]
+        return [(await self._commit(loop, [request]))[0] for request in again]
 
     def _many(self, requests: list[SubmitRequest]) -> list[Submitted | StoreError]:
         return self._store.submit_many(requests, max_queued=self._max_queued)

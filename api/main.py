@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(settings)`` builds it; nothing is built at import.
 
-The lifespan makes the database engine, the store and the MLflow adapter from the settings
+The lifespan makes the database engine, the stores over it and the MLflow adapter from settings
 and disposes of them at shutdown. Routes live in ``api/routes/`` (one file per resource),
 errors are mapped in ``api/errors.py``; the middleware of ``api/middleware.py`` limits every
 request's body and counts every answer (``/metrics``). Every request, ``POST /v1/jobs``
@@ -25,6 +25,8 @@ from api.middleware import BodyLimit, CountResponses, ResponseCounts
 from api.routes import datasets, gradcheck, health, job_activity, jobs, submit
 from api.settings import Settings
 from core.spec import JobSpec
+from db.datasets import DatasetStore
+from db.keys import KeyStore
 from db.session import make_engine
 from db.store import JobStore
 from workers.tracking.read import Tracking
@@ -88,11 +90,14 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = JobStore(make_engine(settings.database_url))
+        engine = make_engine(settings.database_url)
+        store = JobStore(engine)
         submits = GroupCommit(store, max_queued=settings.max_queued_per_tenant)
         app.state.services = Services(
             settings=settings,
             store=store,
+            keys=KeyStore(engine),
+            datasets=DatasetStore(engine),
             submits=submits,
             tracking=Tracking(
                 tracking_uri=settings.mlflow_tracking_uri,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import defaults
@@ -21,6 +21,7 @@ from core.spec import SpecLimits
 from db.session import check_url
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 class Settings(BaseSettings):
@@ -48,6 +49,14 @@ class Settings(BaseSettings):
     max_parameters: int = Field(10_000_000, ge=1)
     max_epochs: int = Field(10_000, ge=1, le=100_000)
     max_hidden_layers: int = Field(64, ge=1, le=64)
+    # The most memory one job may need, as core.memory estimates it from the spec (bytes, or
+    # a size such as "4GiB"): a bigger job is refused at submission (422, naming the field
+    # behind most of it), and each attempt reserves its estimate as Ray's "memory" resource.
+    # 4 GiB: `gradq serve` on a 2-core, 24 GiB machine runs two jobs at once, 8 GiB together,
+    # beside the processes' own footprint (an idle Ray worker with torch and MLflow loaded
+    # takes about 0.5 GiB, bench/RESULTS.md, Memory), which leaves half of the machine free.
+    # At least 256 MiB: the smallest job is estimated at about 200 MiB.
+    max_job_memory: ByteSize = Field(ByteSize(4 * GiB), ge=256 * MiB)
     max_queued_per_tenant: int = Field(1000, ge=1)
     gradcheck_max_parameters: int = Field(200_000, ge=1)
     gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
@@ -108,6 +117,7 @@ class Settings(BaseSettings):
             max_parameters=self.max_parameters,
             max_epochs=self.max_epochs,
             max_hidden_layers=self.max_hidden_layers,
+            max_job_memory=int(self.max_job_memory),
         )
 
     @property

@@ -51,7 +51,8 @@ class EpochRecord:
         return cls(**d)
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric names for a tracker: train_loss, val_accuracy, layer1_dead_fraction, …"""
+        """Flat metric names: train_loss, val_accuracy, layer1_dead_fraction, … (a job's
+        progress carries them; its MLflow run keys them by section, ``loss/train``, …)."""
         out = {
             "lr": self.lr,
             "epoch_seconds": self.seconds,

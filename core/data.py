@@ -215,6 +215,12 @@ def _part_size(n: int, fraction: float) -> int:
     return 0 if fraction == 0.0 else max(1, round(n * fraction))
 
 
+def part_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """Rows of the train, validation and test parts of ``n`` rows (as ``load_dataset`` splits)."""
+    n_test, n_val = _part_size(n, test_fraction), _part_size(n, val_fraction)
+    return n - n_test - n_val, n_val, n_test
+
+
 def _split(
     y: np.ndarray, task: Task, seed: int, val_fraction: float, test_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,7 +229,7 @@ def _split(
     stratified, except (silently unstratified) when a class has fewer than 2 rows or a part
     is too small to hold one row of every class."""
     n = len(y)
-    n_test, n_val = _part_size(n, test_fraction), _part_size(n, val_fraction)
+    _, n_val, n_test = part_sizes(n, val_fraction, test_fraction)
     rest = np.arange(n)
     test = val = np.arange(0)
     if n_test:

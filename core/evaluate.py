@@ -1,9 +1,13 @@
-"""Metrics of a model on data parts, and per-layer diagnostics, without gradients."""
+"""Metrics of a model on data parts, and per-layer diagnostics, without gradients.
+
+The forward pass runs over bounded chunks of rows (``EVAL_CHUNK_BYTES`` of activations in
+the widest layer): evaluating a million rows takes the memory of a few thousand.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -12,6 +16,9 @@ from core.model import MLP, forward
 
 # |z| beyond which σ′(z) resp. tanh′(z) is below 1e-3: a unit saturated on every row is dead
 _SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
+
+# the most bytes an evaluation chunk's widest layer of activations may take (rows_per_chunk)
+EVAL_CHUNK_BYTES = 16 * 2**20
 
 
 def evaluate(
@@ -24,8 +31,10 @@ def evaluate(
     task: str,
     y_scale: float = 1.0,
     weights_before: Sequence[torch.Tensor] | None = None,
+    chunk_rows: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Metrics, and per-layer diagnostics when ``weights_before`` is given, in one pass.
+    """Metrics, and per-layer diagnostics when ``weights_before`` is given, in one pass over
+    the rows (in chunks of ``chunk_rows``, see ``evaluate_parts``).
 
     Metrics: {"loss", "accuracy"} for classification, {"loss", "rmse", "r2"} for regression
     (targets ``y`` standardised by ``y_scale``, which converts the RMSE back to their units).
@@ -43,6 +52,7 @@ def evaluate(
         task=task,
         y_scale=y_scale,
         weights_before=weights_before,
+        chunk_rows=chunk_rows,
     )
     return parts[0], layers
 
@@ -59,31 +69,40 @@ def evaluate_parts(
     task: str,
     y_scale: float = 1.0,
     weights_before: Sequence[torch.Tensor] | None = None,
+    chunk_rows: int | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """``evaluate`` for consecutive blocks of rows (``sizes``, e.g. the training rows, then
-    the validation rows), from one forward pass over all of them and one transfer of the
-    numbers; the dead fractions are those of the first block. An empty block gets ``{}``."""
+    the validation rows), with one transfer of the numbers; the dead fractions are those of
+    the first block. An empty block gets ``{}``.
+
+    The forward pass runs over ``chunk_rows`` rows at a time (default: ``rows_per_chunk``),
+    so that its activations take a bounded amount of memory however many rows there are.
+    Each row's loss and hit (or squared error) is kept, (n,) each, and each block's means are
+    taken over them as over one pass's; the dead units come from the running maximum (or
+    minimum of |z|) over the chunks: the numbers are those of one pass over all rows."""
     bounds = [0]
     for k in sizes:
         bounds.append(bounds[-1] + k)
-    if bounds[-1] != X.shape[0]:
-        raise ValueError(f"sizes add up to {bounds[-1]}, but X has {X.shape[0]} rows")
-    first = slice(0, bounds[1])
-    dead: list[torch.Tensor] = []
-
-    def dead_units(layer: int, z: torch.Tensor) -> None:
-        dead.append(_dead_fraction(model.activation, z[first]))
-
-    F = forward(
-        model.weights,
-        model.biases,
-        X,
-        activation=model.activation,
-        on_hidden=None if weights_before is None else dead_units,
-    )
-    numbers = _block_numbers(loss, task, F, y, T, bounds)  # gathered, then read in one transfer
-    numbers.extend(dead)
+    n = X.shape[0]
+    if bounds[-1] != n:
+        raise ValueError(f"sizes add up to {bounds[-1]}, but X has {n} rows")
+    step = chunk_rows or rows_per_chunk(model.widths, X.element_size())
+    dead = _DeadUnits(model.activation, len(model.hidden_widths), rows=bounds[1])
+    losses = torch.empty(n, dtype=X.dtype, device=X.device)
+    hits = torch.empty(n, dtype=torch.float64, device=X.device)  # 1/0, or squared errors
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        F = forward(
+            model.weights,
+            model.biases,
+            X[a:b],
+            activation=model.activation,
+            on_hidden=None if weights_before is None else dead.observer(a),
+        )
+        losses[a:b], hits[a:b] = _row_values(loss, task, F, y[a:b], T[a:b])
+    numbers = _block_numbers(task, losses, hits, y, bounds)  # read in one transfer
     if weights_before is not None:
+        numbers.extend(dead.fractions(X.device))
         weights = [w.detach() for w in model.weights]
         diffs = torch._foreach_sub(weights, list(weights_before))
         numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
@@ -92,33 +111,84 @@ def evaluate_parts(
     parts = _block_metrics(values, bounds, task, y_scale)
     if weights_before is None:
         return parts, []
-    return parts, _layer_diagnostics(values, len(dead), len(model.layers))
+    return parts, _layer_diagnostics(values, dead.layers, len(model.layers))
+
+
+def rows_per_chunk(widths: Sequence[int], itemsize: int, budget: int = EVAL_CHUNK_BYTES) -> int:
+    """Rows an evaluation chunk holds: its widest layer of activations (a hidden or the
+    output layer of an MLP whose widths, input first, are ``widths``) takes at most
+    ``budget`` bytes of ``itemsize``-byte numbers; at least one row."""
+    return max(1, budget // (max(widths[1:]) * itemsize))
+
+
+def _row_values(
+    loss: str, task: str, F: torch.Tensor, y: torch.Tensor, T: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's loss, and whether it is classified right (1.0 or 0.0, float64) or its
+    squared error (regression, float64)."""
+    pred = predict(loss, task, F)
+    if task == "classification":
+        return loss_per_row(loss, F, T), (pred == y).to(torch.float64)
+    err = pred.to(torch.float64) - y.to(torch.float64)
+    return loss_per_row(loss, F, T), err * err
 
 
 def _block_numbers(
-    loss: str,
     task: str,
-    F: torch.Tensor,
+    losses: torch.Tensor,
+    hits: torch.Tensor,
     y: torch.Tensor,
-    T: torch.Tensor,
     bounds: Sequence[int],
 ) -> list[torch.Tensor]:
     """Per non-empty block of rows: the mean loss and the accuracy, or the mean loss, the
     mean squared error and the targets' variance (regression), as 0-d tensors."""
-    rows = loss_per_row(loss, F, T)
-    pred = predict(loss, task, F)
-    if task == "classification":
-        per_row = [rows, (pred == y).to(torch.float64)]
-    else:
-        err = pred.to(torch.float64) - y.to(torch.float64)
-        per_row = [rows, err * err]
     numbers: list[torch.Tensor] = []
     for a, b in itertools.pairwise(bounds):
         if b > a:
-            numbers.extend(v[a:b].mean() for v in per_row)
+            numbers.extend((losses[a:b].mean(), hits[a:b].mean()))
             if task == "regression":
                 numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
     return numbers
+
+
+class _DeadUnits:
+    """The dead units of each hidden layer over the first ``rows`` rows, from chunks of
+    rows: per unit the largest pre-activation (ReLU: dead when ≤ 0) or the smallest |z|
+    (sigmoid, tanh: dead when beyond their saturation), folded over the chunks. Identity and
+    leaky ReLU units are never dead (φ′ ≥ 0.01 everywhere)."""
+
+    def __init__(self, activation: str, layers: int, *, rows: int) -> None:
+        self.activation, self.layers, self.rows = activation, layers, rows
+        self.extremes: list[torch.Tensor | None] = [None] * layers
+
+    def observer(self, start: int) -> Callable[[int, torch.Tensor], None] | None:
+        """``forward``'s ``on_hidden`` for the chunk whose first row is row ``start``; None
+        when the chunk has no row of the first block or the activation has no dead units."""
+        if start >= self.rows or self.activation not in ("relu", *_SATURATION):
+            return None
+        relu = self.activation == "relu"
+
+        def fold(layer: int, z: torch.Tensor) -> None:
+            z = z[: self.rows - start]
+            ext = z.amax(dim=0) if relu else z.abs().amin(dim=0)
+            seen = self.extremes[layer]
+            if seen is not None:
+                ext = torch.maximum(seen, ext) if relu else torch.minimum(seen, ext)
+            self.extremes[layer] = ext
+
+        return fold
+
+    def fractions(self, device: torch.device) -> list[torch.Tensor]:
+        """Per hidden layer, the fraction of its units that are dead (0-d, float64)."""
+        out = []
+        for ext in self.extremes:
+            if ext is None:  # no rows, or units that cannot die
+                out.append(torch.zeros((), dtype=torch.float64, device=device))
+            elif self.activation == "relu":
+                out.append((ext <= 0.0).to(torch.float64).mean())
+            else:
+                out.append((ext > _SATURATION[self.activation]).to(torch.float64).mean())
+        return out
 
 
 def _block_metrics(
@@ -153,15 +223,3 @@ def _layer_diagnostics(values: Iterator[float], hidden: int, L: int) -> list[dic
         }
         for i in range(L)
     ]
-
-
-def _dead_fraction(activation: str, z: torch.Tensor) -> torch.Tensor:
-    if z.shape[0] == 0:
-        return torch.zeros((), dtype=torch.float64, device=z.device)
-    if activation == "relu":
-        dead = z.amax(dim=0) <= 0.0
-    elif activation in _SATURATION:
-        dead = z.abs().amin(dim=0) > _SATURATION[activation]
-    else:  # identity and leaky_relu: φ′ ≥ 0.01 everywhere
-        return torch.zeros((), dtype=torch.float64, device=z.device)
-    return dead.to(torch.float64).mean()

@@ -81,7 +81,7 @@ def loss_value(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 def loss_per_row(loss: str, F: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """Each sample's loss, shape (n,): ``loss_value`` is their mean (evaluation takes the means
-    of several blocks of rows from one pass)."""
+    of several blocks of rows from one evaluation)."""
     if loss == "squared":
         return (F - T).pow(2).sum(dim=-1)
     if loss == "logistic":

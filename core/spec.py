@@ -299,11 +299,13 @@ class JobSpec(_Section):
 
 @dataclass(frozen=True)
 class SpecLimits:
-    """Service-wide limits a spec must stay within; the API builds them from its settings."""
+    """Service-wide limits a spec must stay within; the API builds them from its settings.
+    ``max_job_memory``: bytes of ``core.memory.estimate`` a job may need (None: no limit)."""
 
     max_parameters: int = 50_000_000
     max_epochs: int = 100_000
     max_hidden_layers: int = 64
+    max_job_memory: int | None = None
 
 
 def count_parameters(layers: Sequence[int]) -> int:
@@ -340,6 +342,14 @@ def check_limits(spec: JobSpec, limits: SpecLimits) -> None:
                 field="model.hidden", message=f"at most {limits.max_hidden_layers} hidden layers"
             )
         )
+    if limits.max_job_memory is not None:
+        from core.memory import estimate  # core.memory builds on this module
+
+        needs = estimate(spec)
+        if needs.total > limits.max_job_memory:
+            errors.append(
+                FieldError(field=needs.field, message=needs.refusal(limits.max_job_memory))
+            )
     if errors:
         raise InvalidSpec(errors)
 

@@ -156,7 +156,9 @@ def train(
     if status != "cancelled":
         state.early.restore(flat.params)
     model.eval()
-    metrics = final_metrics(model, data, loss=tensors.loss, dtype=dtype, device=device)
+    metrics = final_metrics(
+        model, data, loss=tensors.loss, dtype=dtype, device=device, encoded=tensors
+    )
     return TrainResult(
         model=model,
         history=state.history,
@@ -231,10 +233,10 @@ class TrainingData:
 
 
 class EpochEvaluation:
-    """Each epoch's record: one forward pass (``evaluate_parts``) over a fixed random subset
-    of ``TRAIN_EVAL_ROWS`` training rows followed by the validation rows, the per-layer
-    diagnostics against the weights at the epoch's start, and the norm of the last step's
-    gradient. A non-finite training loss is a divergence."""
+    """Each epoch's record: one evaluation (``evaluate_parts``, in chunks of rows) of a fixed
+    random subset of ``TRAIN_EVAL_ROWS`` training rows followed by the validation rows, the
+    per-layer diagnostics against the weights at the epoch's start, and the norm of the last
+    step's gradient. A non-finite training loss is a divergence."""
 
     def __init__(self, data: TrainingData, *, seed: int) -> None:
         rows = torch.randperm(data.n, generator=torch.Generator().manual_seed(seed))
@@ -545,30 +547,47 @@ def encode_parts(
 
 
 def final_metrics(
-    model: MLP, data: Dataset, *, loss: str, dtype: torch.dtype, device: torch.device
+    model: MLP,
+    data: Dataset,
+    *,
+    loss: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    encoded: TrainingData | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data."""
-    _, y_scale = target_scaling(data)
-    named = [
-        (part, X, y)
-        for part, X, y in (
-            ("train", data.X_train, data.y_train),
-            ("val", data.X_val, data.y_val),
-            ("test", data.X_test, data.y_test),
-        )
-        if len(X)
-    ]
-    encoded = encode_parts(
-        data,
-        ((X, y) for _, X, y in named),
-        loss=loss,
-        width=model.widths[-1],
-        dtype=dtype,
-        device=device,
-    )
+    """Loss and accuracy (or RMSE and R²) of the model on each non-empty part of the data.
+    ``encoded``: the training and validation parts as ``train`` holds them on the device,
+    evaluated as they are instead of encoded a second time; the other parts are encoded one
+    at a time, each released before the next."""
+    y_shift, y_scale = target_scaling(data)
+    ready: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    if encoded is not None:
+        ready["train"] = (encoded.X, encoded.y, encoded.T)
+        ready["val"] = (encoded.X_val, encoded.y_val, encoded.T_val)
     out: dict[str, float] = {}
-    for (part, _, _), (Xt, yt, Tt) in zip(named, encoded, strict=True):
+    for part, X, y in (
+        ("train", data.X_train, data.y_train),
+        ("val", data.X_val, data.y_val),
+        ("test", data.X_test, data.y_test),
+    ):
+        if not len(X):
+            continue
+        if part in ready:
+            Xt, yt, Tt = ready.pop(part)
+        else:
+            Xt, yt, Tt = encode_part(
+                data,
+                X,
+                y,
+                loss=loss,
+                width=model.widths[-1],
+                dtype=dtype,
+                device=device,
+                y_shift=y_shift,
+                y_scale=y_scale,
+            )
         metrics, _ = evaluate(model, Xt, yt, Tt, loss=loss, task=data.task, y_scale=y_scale)
+        del Xt, yt, Tt
         for k, v in metrics.items():
             out[f"{part}_{k}"] = v
     return out

@@ -53,11 +53,11 @@ def recount_queue(url: UrlOption = None) -> None:
     """Recount the queue's per-tenant, per-priority depths from the jobs and correct them
     (for a database restored with its triggers disabled, or a table rebuilt by hand)."""
     from db.session import make_engine
-    from db.submits import recount_queue_depth
+    from db.store import JobStore
 
     engine = make_engine(resolve_url(url))
     try:
-        changed = recount_queue_depth(engine)
+        changed = JobStore(engine).recount_queue_depth()
     finally:
         engine.dispose()
     for (tenant, priority), (was, now) in sorted(changed.items()):

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import cast
 
 from sqlalchemy import Engine, Table, insert, select
 
 from db.errors import DatasetNotFound
-from db.models import Dataset
+from db.models import Dataset, utcnow
 from db.session import read_tx, write_tx
 from db.views import DatasetView
 
 DATASETS = cast(Table, Dataset.__table__)
 
 
-class DatasetMixin:
-    """Data-set methods of :class:`db.store.JobStore`."""
+class DatasetStore:
+    """The uploaded data sets of every tenant. Methods are keyword-only."""
 
-    _engine: Engine
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
-    def add_dataset(
+    def add(
         self,
         *,
         tenant: str,
@@ -45,13 +46,13 @@ class DatasetMixin:
             columns=list(columns),
             target=target,
             uri=uri,
-            created_at=datetime.now(UTC),
+            created_at=utcnow(),
         )
         with write_tx(self._engine) as conn:
             conn.execute(insert(DATASETS), view.__dict__)
         return view
 
-    def get_dataset(self, *, dataset_id: str, tenant: str | None = None) -> DatasetView:
+    def get(self, *, dataset_id: str, tenant: str | None = None) -> DatasetView:
         """The data set; :class:`DatasetNotFound` if absent or another tenant's."""
         query = select(DATASETS).where(DATASETS.c.id == dataset_id)
         if tenant is not None:
@@ -62,7 +63,7 @@ class DatasetMixin:
             raise DatasetNotFound(dataset_id)
         return DatasetView(**row)
 
-    def list_datasets(self, *, tenant: str | None = None) -> list[DatasetView]:
+    def list(self, *, tenant: str | None = None) -> builtins.list[DatasetView]:
         """Data sets, newest first."""
         query = select(DATASETS).order_by(DATASETS.c.created_at.desc(), DATASETS.c.id.desc())
         if tenant is not None:

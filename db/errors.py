@@ -2,7 +2,8 @@
 
 The database driver's own errors (SQLAlchemy's) are read here too: :func:`driver_error` says
 which of them mean the database is away (:class:`StoreUnavailable`) or refused a value
-(:class:`ValueRefused`), so that no caller needs to know SQLAlchemy's exceptions.
+(:class:`ValueRefused`). The transactions of :mod:`db.session` raise those in the driver
+error's place, so that no caller needs to know SQLAlchemy's exceptions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-# The driver's exceptions that ``driver_error`` reads: for a handler registered by class.
+# The driver's exceptions that ``driver_error`` reads.
 DRIVER_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout)
 
 

@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from db.models import Base
-from db.session import make_engine
+from db.session import make_engine, translated
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -32,7 +32,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     """
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
+        with translated(), engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
@@ -47,7 +47,7 @@ def check(url: str) -> list[Any]:
     """
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        with translated(), engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             return list(compare_metadata(ctx, Base.metadata))
     finally:

@@ -1,36 +1,93 @@
-"""The read side of the job queue: get, list (cursor pages), events, counts, queue position.
+"""The read side of the job queue: get, list (cursor pages), events, counts, queue position,
+and the claim order, defined here once for the claim and every reader.
 
-Mixed into :class:`db.store.JobStore`; the statements that change jobs are in :mod:`db.store`.
+:class:`JobQueries` is the read half of :class:`db.store.JobStore`; every statement that
+changes a job is in :mod:`db.store`.
 """
 
 from __future__ import annotations
 
 import base64
 import builtins
+import functools
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import cast
+from types import SimpleNamespace
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, false, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+)
 
 from db.errors import InvalidCursor, JobNotFound
-from db.models import Job, JobEvent, QueueDepth
+from db.models import EVENTS, JOBS, QUEUE_DEPTH
 from db.session import read_tx
 from db.states import JobStatus
 from db.views import EventView, JobView
 
-JOBS = cast(Table, Job.__table__)
-EVENTS = cast(Table, JobEvent.__table__)
-QUEUE_DEPTH = cast(Table, QueueDepth.__table__)
 Q = JobStatus.QUEUED
 
+# --- the claim order ---------------------------------------------------------------------
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC: the one clock the store uses."""
-    return datetime.now(UTC)
+CLAIMABLE: tuple[ColumnElement[bool], ...] = (
+    JOBS.c.status == Q.value,
+    JOBS.c.cancel_requested == false(),
+)
+"""WHERE terms of the jobs a claim may take: queued, no cancel requested (the rows the
+queue-depth counters of migration 0003 count)."""
+
+CLAIM_ORDER: tuple[tuple[str, bool], ...] = (
+    ("priority", True),
+    ("created_at", False),
+    ("id", False),
+)
+"""The order in which claims take queued jobs, as (column, descending), most significant
+first: the highest priority, then the oldest, then the smallest id (jobs stamped with one
+instant, such as a group of submits). The claim, :meth:`JobQueries.next_queued`, every queue
+position and a submit's answers all follow it through :func:`claim_order_by`,
+:func:`claim_key` and :func:`ahead_of`. Its first key is the priority: the queue-depth
+counters count per priority, so positions read every higher priority from them."""
 
 
-class JobQueriesMixin:
+def claim_order_by() -> list[ColumnElement[Any]]:
+    """The claim order as ORDER BY terms (``ix_jobs_queue`` holds the jobs in it)."""
+    return [JOBS.c[name].desc() if desc else JOBS.c[name] for name, desc in CLAIM_ORDER]
+
+
+def claim_key(job: Any) -> tuple[Any, ...]:
+    """The claim order as a Python sort key of rows or views (a descending key is an int)."""
+    return tuple(-getattr(job, n) if desc else getattr(job, n) for n, desc in CLAIM_ORDER)
+
+
+def ahead_of(
+    job: Any, columns: Any = JOBS.c, keys: int = len(CLAIM_ORDER)
+) -> list[list[ColumnElement[bool]]]:
+    """Where a row of ``columns`` comes before ``job`` in the claim order, by its first
+    ``keys`` keys: alternatives (OR) of conjunctions (AND), one per key, each equal to
+    ``job`` on the keys before and ahead of it on this one (each one range of the queue
+    index)."""
+    out: list[list[ColumnElement[bool]]] = []
+    for i, (name, desc) in enumerate(CLAIM_ORDER[:keys]):
+        same = [columns[n] == getattr(job, n) for n, _ in CLAIM_ORDER[:i]]
+        value = getattr(job, name)
+        out.append([*same, columns[name] > value if desc else columns[name] < value])
+    return out
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+class JobQueries:
     """Read-only job methods of :class:`db.store.JobStore`."""
 
     _engine: Engine
@@ -112,15 +169,9 @@ class JobQueriesMixin:
             return int(conn.execute(query).scalar_one())
 
     def next_queued(self, *, limit: int = 16) -> builtins.list[JobView]:
-        """The queued jobs a claim would take next, in claim order (highest priority, then
-        oldest); read-only: the dispatcher looks at their resources before claiming."""
-        c = JOBS.c
-        query = (
-            select(JOBS)
-            .where(c.status == Q.value, c.cancel_requested == false())
-            .order_by(c.priority.desc(), c.created_at, c.id)
-            .limit(limit)
-        )
+        """The queued jobs a claim would take next, in the claim order; read-only: the
+        dispatcher looks at their resources before claiming."""
+        query = select(JOBS).where(*CLAIMABLE).order_by(*claim_order_by()).limit(limit)
         with read_tx(self._engine) as conn:
             return [JobView.from_row(r) for r in conn.execute(query).mappings()]
 
@@ -143,7 +194,7 @@ class JobQueriesMixin:
             return f"{ahead} job{'s' if ahead != 1 else ''} ahead in the queue"
         return "waiting for a free worker"
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- inside a transaction --------------------------------------------------------------
 
     @staticmethod
     def view(conn: Connection, job_id: str) -> JobView:
@@ -155,28 +206,89 @@ class JobQueriesMixin:
 
     @staticmethod
     def position(conn: Connection, job: JobView) -> int | None:
-        """Queued jobs a claim takes before ``job`` (claim order); None if not queued."""
+        """Queued jobs a claim takes before ``job`` (:func:`ahead_of`); None if not queued.
+
+        A higher priority is read from the per-(tenant, priority) counters (migration 0003);
+        the jobs of its own priority ahead of it are counted over ranges of the queue index
+        (a count as long as they are many)."""
         if job.status is not Q:
             return None
-        c, d, p, at = JOBS.c, QUEUE_DEPTH.c, job.priority, job.created_at
-        queued = (c.status == Q.value, c.cancel_requested == false())
-        # higher priorities from the per-(tenant, priority) counters (migration 0003); the
-        # job's own priority: two ranges of the queue index (status, cancel_requested,
-        # priority, created_at, id), as long as the jobs ahead of it at that priority
-        higher = select(func.coalesce(func.sum(d.queued), 0)).where(d.priority > p)
-        ranges = (
-            (c.priority == p, c.created_at < at),
-            (c.priority == p, c.created_at == at, c.id < job.id),
-        )
-        counts = [select(func.count()).where(*queued, *r).scalar_subquery() for r in ranges]
-        ahead = select(higher.scalar_subquery() + counts[0] + counts[1])
-        return int(conn.execute(ahead).scalar_one())
+        [higher] = ahead_of(job, QUEUE_DEPTH.c, keys=1)
+        _, *same = ahead_of(job)
+        counted = select(func.coalesce(func.sum(QUEUE_DEPTH.c.queued), 0)).where(*higher)
+        ranges = [select(func.count()).where(*CLAIMABLE, *r).scalar_subquery() for r in same]
+        ahead = sum(ranges, counted.scalar_subquery())
+        return int(conn.execute(select(ahead)).scalar_one())
 
 
 def job_scope(job_id: str, tenant: str | None) -> builtins.list[ColumnElement[bool]]:
     """WHERE terms selecting the job, and only if it belongs to ``tenant`` (when given)."""
     where = [JOBS.c.id == job_id]
     return where if tenant is None else [*where, JOBS.c.tenant == tenant]
+
+
+# --- what a group of submits reads before its insert -------------------------------------
+
+
+def keyed_jobs(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The jobs that hold these (tenant, idempotency key) pairs: one query per tenant."""
+    by_tenant: dict[str, set[str]] = {}
+    for tenant, key in keys:
+        by_tenant.setdefault(tenant, set()).add(key)
+    found: dict[tuple[str, str], Any] = {}  # → the job's row mapping
+    for tenant, names in by_tenant.items():
+        rows = conn.execute(_keyed_statement(), {"tenant": tenant, "keys": sorted(names)})
+        for row in rows.mappings():
+            found[(tenant, row["idempotency_key"])] = row
+    return found
+
+
+def jobs_by_id(conn: Connection, ids: Iterable[str]) -> dict[str, Any]:
+    """The jobs of these ids that exist, by id (their row mappings)."""
+    rows = conn.execute(select(JOBS).where(JOBS.c.id.in_(sorted(set(ids)))))
+    return {row["id"]: row for row in rows.mappings()}
+
+
+def queue_counts(
+    conn: Connection, tenants: builtins.list[str], priorities: builtins.list[int]
+) -> tuple[dict[str, int], dict[int, int]]:
+    """One SELECT on ``queue_depth`` (kept by triggers, migration 0003): each tenant's
+    claimable jobs (the quota) and, per priority, how many a claim takes before a job of that
+    priority stamped after all of them (a submit's): a higher priority, or the same one (all
+    older). Its cost is the table's size (tenants × priorities), not the queue's length."""
+    if not tenants and not priorities:
+        return {}, {}
+    params: dict[str, Any] = {f"t{n}": t for n, t in enumerate(tenants)}
+    params.update({f"p{n}": p for n, p in enumerate(priorities)})
+    counts = conn.execute(_counts_statement(len(tenants), len(priorities)), params).one()
+    queued = {t: int(counts[n]) for n, t in enumerate(tenants)}
+    before = {p: int(counts[len(tenants) + n]) for n, p in enumerate(priorities)}
+    return queued, before
+
+
+@functools.cache
+def _counts_statement(tenants: int, priorities: int) -> Any:
+    """Built once per shape (number of tenants and of priorities in a group); values bound."""
+    d = QUEUE_DEPTH.c
+    total = func.coalesce(func.sum(d.queued), 0)
+    columns: builtins.list[Any] = [
+        select(total).where(d.tenant == bindparam(f"t{n}")).scalar_subquery()
+        for n in range(tenants)
+    ]
+    for n in range(priorities):
+        priority = bindparam(f"p{n}", type_=Integer)
+        [higher] = ahead_of(SimpleNamespace(priority=priority), d, keys=1)
+        ahead = or_(and_(*higher), d.priority == priority)
+        columns.append(select(total).where(ahead).scalar_subquery())
+    return select(*columns)
+
+
+@functools.cache
+def _keyed_statement() -> Any:
+    return select(JOBS).where(
+        JOBS.c.tenant == bindparam("tenant"),
+        JOBS.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    )
 
 
 def _encode_cursor(at: datetime, job_id: str) -> str:

@@ -5,6 +5,10 @@ SQLAlchemy emits the ``BEGIN`` itself (the documented pysqlite recipe), as ``BEG
 for every transaction begun by ``engine.begin()`` so writers queue on the lock instead of
 failing on a read→write upgrade. Reads go through :func:`read_tx`, which begins a plain
 deferred ``BEGIN``. PostgreSQL gets a pre-pinged pool, so a restarted server is survived.
+
+Every transaction here raises the store's errors in the driver's place (:func:`translated`):
+a database that cannot be reached, or a connection that drops, is
+:class:`db.errors.StoreUnavailable`, chained from the driver's error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pydantic_core import to_json
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import DRIVER_ERRORS, driver_error
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _BEGIN_OPTION = "gradq_sqlite_begin"
@@ -38,9 +44,23 @@ def check_url(url: str) -> str:
     return url
 
 
+@contextmanager
+def translated() -> Iterator[None]:
+    """Raise the store's error that a driver error means (:func:`db.errors.driver_error`:
+    :class:`StoreUnavailable`, :class:`ValueRefused`), chained from it; any other error
+    as it is."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        known = driver_error(exc)
+        if known is None:
+            raise
+        raise known from exc
+
+
 def ping(engine: Engine) -> str:
-    """One ``SELECT 1``: returns what answered, or raises the driver's error."""
-    with engine.connect() as conn:
+    """One ``SELECT 1``: returns what answered, or raises :class:`StoreUnavailable`."""
+    with translated(), engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     return f"{engine.dialect.name} answers"
 
@@ -50,17 +70,21 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
 
     For a SQLite file URL the parent folder is created. Every connection then has WAL,
     ``busy_timeout``, ``foreign_keys=ON`` and ``check_same_thread=False``; ``engine.begin()``
-    starts a ``BEGIN IMMEDIATE`` write transaction. Other backends get ``pool_pre_ping``.
+    starts a ``BEGIN IMMEDIATE`` write transaction. Other backends get ``pool_pre_ping``;
+    psycopg binds lists in binary.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             url,
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
             json_serializer=json_text,
         )
+        if engine.dialect.driver == "psycopg":
+            event.listen(engine, "connect", _psycopg_on_connect)
+        return engine
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +105,15 @@ def json_text(value: Any) -> str:
     (a submit stores its whole spec; bench/RESULTS.md, API); compact, and NaN/Infinity
     written as ``json.dumps`` writes them."""
     return to_json(value, inf_nan_mode="constants").decode()
+
+
+def _psycopg_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Lists are bound in binary. psycopg's default for a list is array text, each element
+    quoted by a regular expression in Python: a group of submits binds each column of its
+    jobs as one array (``db.store``), thousands of elements a group."""
+    from psycopg.types.array import ListBinaryDumper
+
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -106,14 +139,14 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 
     On SQLite it holds the database's write lock from its first statement (BEGIN IMMEDIATE).
     """
-    with engine.begin() as conn:
+    with translated(), engine.begin() as conn:
         yield conn
 
 
 @contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction; on SQLite a deferred BEGIN, so it never waits for writers."""
-    with engine.connect() as conn:
+    with translated(), engine.connect() as conn:
         conn.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
         with conn.begin():
             yield conn
@@ -125,10 +158,10 @@ def one_statement_tx(engine: Engine) -> Iterator[Connection]:
     statement is atomic on its own; no BEGIN/COMMIT round trips); SQLite gets a write
     transaction (BEGIN IMMEDIATE), so several statements there stay atomic too."""
     if engine.dialect.name != "postgresql":
-        with engine.begin() as conn:
+        with write_tx(engine) as conn:
             yield conn
         return
-    with engine.connect() as conn:
+    with translated(), engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 

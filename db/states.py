@@ -1,6 +1,6 @@
 """The job state machine: the statuses and the ONE table of allowed transitions.
 
-Every change of a job's status goes through :func:`db.transitions.move`: it names one old and
+Every change of a job's status goes through :func:`db.store.move`: it names one old and
 one new status, checks that pair against this table (:func:`require`) and puts
 ``status = old`` in the UPDATE's WHERE, so a row moves only from the status its caller named
 and only along an edge of the table.
@@ -59,7 +59,7 @@ def sources(new: JobStatus | str) -> frozenset[JobStatus]:
 def require(old: JobStatus, new: JobStatus) -> tuple[JobStatus, JobStatus]:
     """Return ``(old, new)`` when the table allows it, else raise ``ValueError``.
 
-    :func:`db.transitions.move` calls it before each UPDATE, so a transition the table does
+    :func:`db.store.move` calls it before each UPDATE, so a transition the table does
     not hold can never be written.
     """
     if not can_transition(old, new):

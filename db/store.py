@@ -2,36 +2,75 @@
 
 Guarantees, for SQLite and PostgreSQL alike:
 
+* a submit (one job, or a group in one transaction) writes each new job with its
+  ``None → queued`` event in the same transaction, through one insert (:func:`_insert_jobs`);
+  an idempotency key makes one job per tenant: the unique constraint
+  ``(tenant, idempotency_key)`` decides between concurrent submits, even from other
+  processes, and the same key with another spec is refused;
 * every status change is declared against :data:`db.states.TRANSITIONS`, checks the old
   status inside its UPDATE (``WHERE id = :id AND status = :old``) and writes a ``job_events``
-  row in the same transaction (:func:`_move`);
+  row in the same transaction (:func:`move`);
 * every write from a worker is fenced: it applies only while ``status = 'running' AND
-  attempt = :attempt``, so a zombie attempt cannot overwrite a newer one;
-* claims lock with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) or hold the write lock
-  (SQLite ``BEGIN IMMEDIATE``), so each queued job is claimed by exactly one worker;
+  attempt = :attempt`` (:func:`fence`), so a zombie attempt cannot overwrite a newer one;
+* claims take jobs in the claim order (:data:`db.queries.CLAIM_ORDER`) and lock with
+  ``FOR UPDATE SKIP LOCKED`` (PostgreSQL) or hold the write lock (SQLite
+  ``BEGIN IMMEDIATE``), so each queued job is claimed by exactly one worker;
 * times are computed in Python (UTC) and bound as parameters.
 
-Submitting (one job, or a group in one transaction) is in :mod:`db.submits`; the read side
-(get, list, events, counts, queue position) is in :mod:`db.queries`.
+The per-(tenant, priority) counts of ``queue_depth`` follow every write by triggers on
+``jobs`` (migration 0003). The read side (get, list, events, counts, queue position) is
+:mod:`db.queries`; what a group of submits decides apart from SQL, :mod:`db.submits`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Engine, false, select, true, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    String,
+    Text,
+    bindparam,
+    cast,
+    column,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from db.datasets import DatasetMixin
-from db.errors import InvalidTransition, JobNotFound
-from db.keys import ApiKeyMixin
-from db.queries import EVENTS, JOBS, JobQueriesMixin, job_scope, utcnow
-from db.session import one_statement_tx, ping, read_tx, write_tx
-from db.states import TERMINAL, JobStatus
-from db.submits import SubmitMixin
-from db.transitions import fence, move, refuse
-from db.views import ClaimedJob, JobView
+from core.spec import JobSpec
+from db.errors import InvalidTransition, JobNotFound, StaleAttempt, StoreError
+from db.models import EVENTS, JOBS, QUEUE_DEPTH, UTCDateTime, utcnow
+from db.queries import (
+    CLAIMABLE,
+    JobQueries,
+    claim_key,
+    claim_order_by,
+    job_scope,
+    jobs_by_id,
+    keyed_jobs,
+    queue_counts,
+)
+from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
+from db.states import TERMINAL, JobStatus, require
+from db.submits import Group, SubmitRequest
+from db.views import ClaimedJob, JobView, Submitted
 
 # The event reasons of a job ended because its last attempt's lease ran out (the worker lost)
 # or its attempt was seen to die: nobody else closes its MLflow run (``lost_runs``).
@@ -39,11 +78,12 @@ LOST = "lost"
 LOST_CANCELLED = "cancel requested and lease expired"
 DIED = "lost: the attempt died"
 DIED_CANCELLED = "cancel requested and the attempt died"
+SUBMITTED = "submitted"  # the reason of a new job's first event
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
 
-class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
+class JobStore(JobQueries):
     """The queue's whole behaviour. Methods are keyword-only and return frozen views."""
 
     def __init__(self, engine: Engine) -> None:
@@ -57,6 +97,66 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         """Close the engine's pooled connections (at the end of the process that made it)."""
         self._engine.dispose()
 
+    # --- submitting ------------------------------------------------------------------------
+
+    def submit(
+        self, *, spec: JobSpec, tenant: str = "default", idempotency_key: str | None = None
+    ) -> JobView:
+        """Queue a job (event None → queued): a group of one (:meth:`submit_many`).
+        ``JobView.created`` says whether it is new.
+
+        With an ``idempotency_key``, a second submit by the same tenant with the same spec
+        (``spec.hash_fields()``) returns the first job (``created=False``); with a different
+        spec it raises :class:`IdempotencyConflict` and changes nothing. Concurrent submits
+        with one key make one job (the unique constraint decides).
+        """
+        request = SubmitRequest(spec, tenant, idempotency_key)
+        [answer] = self.submit_many([request], positions=False)
+        if isinstance(answer, StoreError):
+            raise answer
+        return answer.job
+
+    def submit_many(
+        self,
+        requests: Sequence[SubmitRequest],
+        *,
+        max_queued: int | None = None,
+        positions: bool = True,
+    ) -> list[Submitted | StoreError]:
+        """Submit a group in ONE transaction (one commit, one fsync where there is one), in
+        order; per request, a :class:`Submitted` (the job and, with ``positions``, its queue
+        position at commit) or the error that refused it: :class:`IdempotencyConflict`, or
+        :class:`QueueFull` when the tenant already has ``max_queued`` queued jobs (earlier
+        ones of the group count). A replayed key (in the database or earlier in the group)
+        gives the existing job with ``created=False``; a replay is not refused by the quota.
+        A request with ``may_exist`` whose ``job_id`` is stored (an earlier try committed it
+        unseen) gets that job, as created, and inserts nothing.
+
+        New jobs of one group share one ``created_at``; among themselves the claim order is
+        by id, as for any two jobs submitted in the same microsecond. Jobs another process
+        commits while the group is written are not counted in its positions (PostgreSQL; on
+        SQLite the write lock excludes them).
+        """
+        keys = [r.key for r in requests if r.key is not None]
+        retried = [r.job_id for r in requests if r.may_exist and r.job_id is not None]
+        tenants = sorted({r.tenant for r in requests}) if max_queued is not None else []
+        priorities = sorted({r.spec.priority for r in requests}) if positions else []
+        # nothing to read first: the insert is the whole unit of work (one statement on
+        # PostgreSQL, no BEGIN/COMMIT round trips)
+        tx = write_tx if keys or tenants or priorities or retried else one_statement_tx
+        with tx(self._engine) as conn:
+            stored = jobs_by_id(conn, retried) if retried else None
+            existing = keyed_jobs(conn, keys)
+            queued, before = queue_counts(conn, tenants, priorities)
+            # stamped after the counts: every job they saw was committed, so created, before
+            # it (on SQLite the write lock is held from here to the commit)
+            group = Group(requests, existing, queued, max_queued, utcnow(), stored)
+            inserted = _insert_jobs(conn, group.rows)
+            taken = group.taken(inserted)
+            group.inserted(inserted, keyed_jobs(conn, taken) if taken else {})
+            position = functools.partial(self.position, conn)
+            return group.answers(before if positions else None, position)
+
     # --- the worker's side -----------------------------------------------------------------
 
     def claim(
@@ -67,8 +167,9 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         lease_seconds: float,
         ids: Sequence[str] | None = None,
     ) -> list[ClaimedJob]:
-        """Claim up to ``limit`` queued jobs, highest priority first, then oldest; with
-        ``ids``, only among those (the dispatcher claims the jobs it has room for).
+        """Claim up to ``limit`` queued jobs in the claim order (:data:`db.queries.CLAIM_ORDER`:
+        highest priority first, then oldest); with ``ids``, only among those (the dispatcher
+        claims the jobs it has room for). Returned in that order.
 
         In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
         lease_seconds) and ``started_at``; a queued→running event is written in the same
@@ -81,8 +182,8 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
         only = [JOBS.c.id.in_(list(ids))] if ids is not None else []
         picked = (
             select(JOBS.c.id)
-            .where(JOBS.c.status == Q.value, JOBS.c.cancel_requested == false(), *only)
-            .order_by(JOBS.c.priority.desc(), JOBS.c.created_at, JOBS.c.id)
+            .where(*CLAIMABLE, *only)
+            .order_by(*claim_order_by())
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("picked")
@@ -115,7 +216,7 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
                 now,
                 extra,
             )
-        rows = sorted(rows, key=lambda r: (-r.priority, r.created_at, r.id))
+        rows = sorted(rows, key=claim_key)
         return [
             ClaimedJob(
                 id=r.id,
@@ -380,6 +481,41 @@ class JobStore(SubmitMixin, JobQueriesMixin, ApiKeyMixin, DatasetMixin):
                 is not None
             )
 
+    # --- upkeep ----------------------------------------------------------------------------
+
+    def recount_queue_depth(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Recount ``queue_depth`` from ``jobs`` and correct it; returns ``{(tenant, priority):
+        (was, is)}`` for each key that was wrong (empty when all agreed).
+
+        For a table its triggers could not keep: rows restored with triggers disabled
+        (``pg_restore --disable-triggers``), a ``TRUNCATE``, a migration that rebuilt ``jobs``.
+        A count too high would refuse a tenant's submits (the quota) until corrected. Writers
+        wait for the recount: PostgreSQL takes a SHARE ROW EXCLUSIVE lock on ``jobs``, SQLite
+        its write lock."""
+        c, d = JOBS.c, QUEUE_DEPTH.c
+        with write_tx(self._engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+            claimable = select(c.tenant, c.priority, func.count()).where(*CLAIMABLE)
+            rows = conn.execute(claimable.group_by(c.tenant, c.priority))
+            truth = {(t, p): int(n) for t, p, n in rows}
+            kept = {
+                (t, p): int(q) for t, p, q in conn.execute(select(d.tenant, d.priority, d.queued))
+            }
+            changed = {
+                key: (kept.get(key, 0), truth.get(key, 0))
+                for key in truth.keys() | kept.keys()
+                if kept.get(key, 0) != truth.get(key, 0)
+            }
+            if changed:
+                conn.execute(delete(QUEUE_DEPTH))
+                if truth:
+                    conn.execute(
+                        insert(QUEUE_DEPTH),
+                        [dict(tenant=t, priority=p, queued=n) for (t, p), n in truth.items()],
+                    )
+        return changed
+
 
 def _finish_reason(status: JobStatus, error: Any) -> str:
     if status is JobStatus.FAILED and error is not None:
@@ -387,4 +523,154 @@ def _finish_reason(status: JobStatus, error: Any) -> str:
         return f"failed: {str(message)[:500]}"
     return {JobStatus.SUCCEEDED: "succeeded", JobStatus.CANCELLED: "cancelled on request"}.get(
         status, status.value
+    )
+
+
+# --- how a status changes: the conditional UPDATE with its event, and fencing ---------------
+
+EVENT_COLUMNS = ("job_id", "at", "from_status", "to_status", "attempt", "reason")
+
+
+def move(
+    conn: Connection,
+    old: JobStatus,
+    new: JobStatus,
+    where: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+    reason: str,
+    now: datetime,
+    extra: Sequence[Any] = (),
+) -> Sequence[Row[Any]]:
+    """The one way a status changes: ``old → new`` (checked against the table) for the rows
+    matching ``where`` AND ``status = old``, with one event per moved row, in ``conn``'s
+    transaction. Returns the moved rows (id, attempt after the update, ``extra`` columns).
+
+    The only code that writes ``jobs.status`` once a job exists. On PostgreSQL it is a
+    single statement, so it is atomic even in autocommit."""
+    require(old, new)
+    stmt = (
+        update(JOBS)
+        .where(JOBS.c.status == old.value, *where)
+        .values(status=new.value, updated_at=now, **values)
+        .returning(JOBS.c.id, JOBS.c.attempt, *extra)
+    )
+    if conn.dialect.name == "postgresql":
+        # One statement: the UPDATE and the INSERT of its events in data-modifying CTEs
+        # (atomic on its own, one round trip).
+        moved = stmt.cte("moved")
+        events = select(
+            moved.c.id, literal(now, UTCDateTime()), literal(old.value, String()),
+            literal(new.value, String()), moved.c.attempt, literal(reason, Text()),
+        )  # fmt: skip
+        logged = insert(EVENTS).from_select(EVENT_COLUMNS, events).cte("logged")
+        return conn.execute(select(moved).add_cte(logged)).all()
+    rows = conn.execute(stmt).all()
+    if rows:
+        conn.execute(
+            insert(EVENTS),
+            [dict(zip(EVENT_COLUMNS, (r.id, now, old.value, new.value, r.attempt, reason),
+                      strict=True)) for r in rows],
+        )  # fmt: skip
+    return rows
+
+
+def fence(job_id: str, attempt: int) -> list[ColumnElement[bool]]:
+    """WHERE terms of a fenced write: the job, still running, still at ``attempt``."""
+    return [
+        JOBS.c.id == job_id,
+        JOBS.c.status == JobStatus.RUNNING.value,
+        JOBS.c.attempt == attempt,
+    ]
+
+
+def refuse(conn: Connection, job_id: str, attempt: int, new: JobStatus | None) -> NoReturn:
+    """Raise the right error for a refused fenced write: not found, stale, or illegal."""
+    current = conn.execute(select(JOBS.c.status, JOBS.c.attempt).where(JOBS.c.id == job_id))
+    row = current.first()
+    if row is None:
+        raise JobNotFound(job_id)
+    status, now_attempt = row
+    lease_lost = status == JobStatus.QUEUED.value and now_attempt > 0
+    if new is None or now_attempt != attempt or lease_lost:
+        raise StaleAttempt(job_id, attempt, now_attempt, status)
+    raise InvalidTransition(job_id, status, new.value)
+
+
+# --- the one insert of new jobs ------------------------------------------------------------
+
+ROW_COLUMNS = ("id", "tenant", "name", "spec", "priority", "max_attempts", "idempotency_key")
+"""The columns a new job sets that differ between the jobs of a group."""
+GROUP_COLUMNS = ("status", "attempt", "cancel_requested", "created_at", "updated_at")
+"""The columns a new job sets that are the same for every job of a group: queued, attempt 0,
+no cancel requested, the group's instant."""
+INSERTED_COLUMNS = ROW_COLUMNS + GROUP_COLUMNS
+"""What a new job's row sets; the other columns start NULL. Binding only these, about half of
+the columns, halves the per-row parameter processing of a group's insert, which is Python
+work on the one writer thread (bench/RESULTS.md, API)."""
+
+
+def _insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert new jobs (rows of :func:`db.submits.new_job`, one group: the same
+    ``GROUP_COLUMNS``) and the submit event of each one inserted; the ids inserted. A job
+    whose key another insert took is left out (``ON CONFLICT DO NOTHING`` on the tenant's
+    key, which waits for a concurrent insert of that key to end)."""
+    if not rows:
+        return set()
+    if conn.dialect.name == "postgresql":
+        params = {c: [row[c] for row in rows] for c in ROW_COLUMNS}
+        params["spec"] = [json_text(row["spec"]) for row in rows]
+        params.update({c: rows[0][c] for c in GROUP_COLUMNS})
+        return {r[0] for r in conn.execute(_insert_statement_pg(), params)}
+    values = [{c: row[c] for c in INSERTED_COLUMNS} for row in rows]
+    inserted = {r[0] for r in conn.execute(_insert_statement_sqlite(), values)}
+    events = [
+        dict(job_id=row["id"], at=row["created_at"], from_status=None, to_status=row["status"],
+             attempt=row["attempt"], reason=SUBMITTED)
+        for row in rows if row["id"] in inserted
+    ]  # fmt: skip
+    if events:
+        conn.execute(insert(EVENTS), events)
+    return inserted
+
+
+@functools.cache
+def _insert_statement_pg() -> Any:
+    """PostgreSQL: the group's jobs and their events in one statement whose text does not
+    depend on the group's size: each of ``ROW_COLUMNS`` bound as one array, ``unnest``-ed
+    into rows, each of ``GROUP_COLUMNS`` bound once. SQLAlchemy's multi-row ``INSERT …
+    VALUES (…), (…)`` is a new text for each group size, longer than psycopg caches, so
+    psycopg would parse it again in Python for every group (bench/RESULTS.md, API); the
+    arrays go in binary (:func:`db.session.make_engine`). As one statement, the queue
+    counters' statement trigger locks its keys once, in key order; RETURNING names the jobs
+    inserted (those that have an event)."""
+    types = {c: Text() if c == "spec" else JOBS.c[c].type for c in ROW_COLUMNS}
+    new = (
+        func.unnest(*(bindparam(c, type_=ARRAY(t)) for c, t in types.items()))
+        .table_valued(*(column(c, t) for c, t in types.items()))
+        .render_derived("new")
+    )
+    shared = {c: bindparam(c, type_=JOBS.c[c].type) for c in GROUP_COLUMNS}
+    values = [cast(new.c[c], JSONB) if c == "spec" else new.c[c] for c in ROW_COLUMNS]
+    job = (
+        pg_insert(JOBS)
+        .from_select(INSERTED_COLUMNS, select(*values, *shared.values()))
+        .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
+        .returning(JOBS.c.id)
+        .cte("job")
+    )
+    event = select(
+        job.c.id, shared["created_at"], null(), shared["status"], shared["attempt"],
+        literal(SUBMITTED, Text()),
+    )  # fmt: skip
+    return insert(EVENTS).from_select(EVENT_COLUMNS, event).returning(EVENTS.c.job_id)
+
+
+@functools.cache
+def _insert_statement_sqlite() -> Any:
+    """SQLite: the group's jobs (SQLAlchemy sends the rows in multi-row batches); their
+    events follow in a statement of their own."""
+    return (
+        sqlite_insert(JOBS)
+        .on_conflict_do_nothing(index_elements=[JOBS.c.tenant, JOBS.c.idempotency_key])
+        .returning(JOBS.c.id)
     )

@@ -1,28 +1,41 @@
 """The dispatcher: moves queued jobs onto Ray as the cluster has room, and reaps them.
 
-It claims only as many jobs as the cluster has free CPUs and GPUs for, so a waiting job stays
-``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler. Each
-claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
-``num_gpus`` and no Ray-level retries: attempts belong to the queue. It renews no lease
-itself (the attempt does), settles at once the job of an attempt it sees die
-(``JobStore.release``) and any other expired lease (``requeue_expired``), closes the MLflow
-runs of attempts that died (on a thread of its own: ``workers.run_closer``; at its start also
-those a stopped dispatcher left open), and force-stops an attempt whose job was cancelled
-when it has not stopped by itself within a grace period.
+It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting job
+stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler.
+Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
+``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no Ray-level retries:
+attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so jobs sharing a node
+never reserve more than its memory resource. While no live node has CPUs (a head of 0 CPUs
+alone, the worker nodes restarting, the local node dead) the queue waits for nodes, its head
+saying so; only a job larger than every node of a cluster with such nodes is unsatisfiable. A
+local Ray it started (no ``ray_address``) whose raylet or GCS server exits is replaced by a new
+one, the jobs of its attempts settled at once. It renews no lease itself (the attempt does),
+settles at once the job of an attempt it sees die (``JobStore.release``) and any other expired
+lease (``requeue_expired``), closes the MLflow runs of attempts that died (on a thread of its
+own: ``workers.run_closer``; at its start also those a stopped dispatcher left open), and
+force-stops an attempt whose job was cancelled when it has not stopped by itself within a grace
+period.
 Several dispatchers may share one database: claims and fencing make that safe.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import os
+import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from core.memory import estimate, size
+from core.spec import JobSpec
 from db.store import JobStore
 from db.views import ClaimedJob, JobView
 from workers.run_closer import RunCloser
@@ -33,7 +46,13 @@ log = logging.getLogger("gradq.dispatcher")
 
 FREED_LAG_S = 0.5  # see Dispatcher.capacity
 LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_reason
+NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
+RAY_DAEMONS = ("raylet", "gcs_server")  # a local Ray without either runs nothing more
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
+
+
+class RayDied(RuntimeError):
+    """The local Ray an attempt ran on lost a daemon, and the attempt with it."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +84,54 @@ class DispatcherConfig:
     lost_runs_lookback_hours: float = 24.0
 
 
+@dataclass(frozen=True)
+class Demand:
+    """Resources on Ray: CPUs, GPUs and memory (bytes). An attempt's are the spec's
+    ``resources`` and ``core.memory``'s estimate of the job's peak memory."""
+
+    cpus: float
+    gpus: float
+    memory: float
+
+    def within(self, room: Demand) -> bool:
+        return all(a <= b + 1e-9 for a, b in zip(astuple(self), astuple(room), strict=True))
+
+    def __add__(self, other: Demand) -> Demand:
+        return Demand(*map(operator.add, astuple(self), astuple(other)))
+
+    def __sub__(self, other: Demand) -> Demand:
+        return Demand(*map(operator.sub, astuple(self), astuple(other)))
+
+    def least(self, other: Demand) -> Demand:
+        """Each kind's smaller amount."""
+        return Demand(*map(min, astuple(self), astuple(other)))
+
+    def most(self, other: Demand) -> Demand:
+        """Each kind's larger amount."""
+        return Demand(*map(max, astuple(self), astuple(other)))
+
+    def __str__(self) -> str:
+        return f"{self.cpus:g} CPU / {self.gpus:g} GPU / {size(self.memory)} memory"
+
+
+NOTHING = Demand(0.0, 0.0, 0.0)
+
+
+def demand(spec: dict[str, Any]) -> Demand:
+    """What an attempt of the job with this spec (as stored) reserves."""
+    r = spec.get("resources") or {}
+    try:
+        memory = estimate(JobSpec.model_validate(spec)).total
+    except ValidationError:  # a spec this version cannot read: its attempt fails it as invalid
+        memory = 0
+    return Demand(float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0)), memory)
+
+
 @dataclass
 class Attempt:
     job: ClaimedJob
     ref: Any  # ray.ObjectRef
-    cpus: float
-    gpus: float
+    needs: Demand
     launched: float
     cancel_seen: float | None = None
     force_cancelled: bool = False
@@ -94,11 +155,6 @@ def death(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def resources(spec: dict[str, Any]) -> tuple[float, float]:
-    r = spec.get("resources") or {}
-    return float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0))
-
-
 class Dispatcher:
     def __init__(self, config: DispatcherConfig, store: JobStore) -> None:
         self.config = config
@@ -109,15 +165,26 @@ class Dispatcher:
         self._warming: list[Any] = []
         self._last_requeue = 0.0
         self._last_cancel_check = 0.0
-        # (when, CPUs, GPUs) of attempts reaped lately: Ray's view of the free resources
+        # (when, resources) of attempts reaped lately: Ray's view of the free resources
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
-        self._freed: list[tuple[float, float, float]] = []
+        self._freed: list[tuple[float, Demand]] = []
+        self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
+        self._own_node: Any = None  # the local Ray node this dispatcher started, if any
+        self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
         self.closer = RunCloser(config.worker.tracking_uri)
 
     # --- Ray ---------------------------------------------------------------------------------
 
     def connect(self) -> None:
+        self._start_ray()
+        # Create the tracking store's schema here, once: attempts starting side by side on a
+        # fresh SQLite store would otherwise race to migrate it.
+        make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
+
+    def _start_ray(self) -> None:
+        """Join Ray (``ray_address``) or start a local one, unless this process is already
+        connected; a local Ray started here is watched by ``local_ray_down``."""
         import ray
 
         if not ray.is_initialized():
@@ -127,18 +194,52 @@ class Dispatcher:
                 ray.init(
                     num_cpus=self.config.ray_num_cpus, include_dashboard=False, log_to_driver=False
                 )
+                self._own_node = ray._private.worker._global_node
         self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_attempt)
-        # Create the tracking store's schema here, once: attempts starting side by side on a
-        # fresh SQLite store would otherwise race to migrate it.
-        make_client(self.config.worker.tracking_uri).search_experiments(max_results=1)
         if self.config.warm_workers:
             # Start worker processes now and import torch, MLflow and the engine in them, so
             # the first job does not wait for it (Ray keeps idle workers for reuse).
             warm = ray.remote(num_cpus=0, max_retries=0)(warm_up)
             self._warming = [warm.remote() for _ in range(self.config.warm_workers)]
 
-    def capacity(self) -> tuple[float, float, float, float]:
-        """(free CPUs, free GPUs, largest node's CPUs, largest node's GPUs).
+    def local_ray_down(self) -> str | None:
+        """Why the local Ray this dispatcher started cannot run jobs now (its raylet or GCS
+        server has exited: the dispatcher is replacing it); None when it runs, or is not ours."""
+        why = self._ray_lost or self._dead_daemons()
+        return None if why is None else f"the local Ray is restarting: {why}"
+
+    def _dead_daemons(self) -> str | None:
+        node = self._own_node
+        if node is None:
+            return None
+        dead = sorted({kind for kind, _ in node.dead_processes() if kind in RAY_DAEMONS})
+        return f"its {' and '.join(dead)} exited" if dead else None
+
+    def restart_ray(self, why: str) -> None:
+        """Replace a local Ray that lost a daemon. The attempts on it died with it: each job
+        is settled at once (``JobStore.release``: requeued, or failed "lost" at its last
+        attempt), then a new local Ray starts; until it has, ``local_ray_down`` says why."""
+        import ray
+
+        self._ray_lost = why
+        log.warning("the local Ray is restarting: %s", why)
+        for job_id, attempt in list(self.inflight.items()):
+            del self.inflight[job_id]
+            self._settle_dead(job_id, attempt.job.attempt, RayDied(why))
+        self._freed.clear()
+        ray.shutdown()
+        self._own_node = None
+        # ray.init on the main thread (``gradq dispatcher``) sets its own SIGTERM handler: the
+        # process's stays
+        handler = signal.getsignal(signal.SIGTERM)
+        self._start_ray()
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        self._ray_lost = None
+        log.info("the local Ray was restarted")
+
+    def capacity(self) -> tuple[Demand, Demand]:
+        """(free resources, the largest node's resources), each kind on its own.
 
         Free is what Ray reports available, plus what attempts of ours that ended in the last
         ``FREED_LAG_S`` held (Ray reports a task's resources free ~0.1 s after its result is
@@ -146,20 +247,16 @@ class Dispatcher:
         the cluster's total less what our running attempts hold."""
         import ray
 
-        avail = ray.available_resources()
-        total = ray.cluster_resources()
+        def of(resources: dict[str, float]) -> Demand:
+            return Demand(*(float(resources.get(k, 0.0)) for k in ("CPU", "GPU", "memory")))
+
         now = time.monotonic()
         self._freed = [f for f in self._freed if now - f[0] < FREED_LAG_S]
-        ours_cpu = sum(a.cpus for a in self.inflight.values())
-        ours_gpu = sum(a.gpus for a in self.inflight.values())
-        freed_cpu = sum(f[1] for f in self._freed)
-        freed_gpu = sum(f[2] for f in self._freed)
-        free_cpu = min(avail.get("CPU", 0.0) + freed_cpu, total.get("CPU", 0.0) - ours_cpu)
-        free_gpu = min(avail.get("GPU", 0.0) + freed_gpu, total.get("GPU", 0.0) - ours_gpu)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        max_cpu = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
-        max_gpu = max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0)
-        return free_cpu, free_gpu, max_cpu, max_gpu
+        ours = sum((a.needs for a in self.inflight.values()), NOTHING)
+        freed = sum((f[1] for f in self._freed), NOTHING)
+        free = (of(ray.available_resources()) + freed).least(of(ray.cluster_resources()) - ours)
+        nodes = [of(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+        return free, functools.reduce(Demand.most, nodes, NOTHING)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -193,6 +290,9 @@ class Dispatcher:
         ray.wait(refs, num_returns=1, timeout=self.config.poll_seconds)
 
     def tick(self) -> None:
+        lost = self._ray_lost or self._dead_daemons()
+        if lost is not None:  # also a restart that raised: it is tried again
+            self.restart_ray(lost)
         self.reap()
         now = time.monotonic()
         if now - self._last_requeue >= self.config.requeue_seconds:
@@ -218,7 +318,7 @@ class Dispatcher:
         for ref in done:
             job_id = refs[ref]
             attempt = self.inflight.pop(job_id)
-            self._freed.append((time.monotonic(), attempt.cpus, attempt.gpus))
+            self._freed.append((time.monotonic(), attempt.needs))
             try:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
@@ -286,32 +386,41 @@ class Dispatcher:
                 ray.cancel(attempt.ref, force=True)
                 attempt.force_cancelled = True
 
+    def demand(self, job_id: str, spec: dict[str, Any]) -> Demand:
+        """``demand(spec)``, worked out once per queued job (a spec never changes)."""
+        if job_id not in self._demands:
+            if len(self._demands) >= 4 * self.config.max_claim + 1024:
+                self._demands.clear()  # ids of jobs since claimed or cancelled elsewhere
+            self._demands[job_id] = demand(spec)
+        return self._demands[job_id]
+
     def launch(self) -> None:
         """Claim what fits in the free resources, in claim order, and start each on Ray."""
-        free_cpu, free_gpu, max_cpu, max_gpu = self.capacity()
+        free, largest = self.capacity()
         now = time.monotonic()
-        if free_cpu <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
+        if free.cpus <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
             return  # under load: a tick per finished attempt read 16 jobs here for nothing
         self._last_scan = now
         heads = self.store.next_queued(limit=self.config.max_claim)
         if not heads:
             return
+        if largest.cpus <= 1e-9:
+            # No live node has CPUs (a head of 0 CPUs alone, the workers restarting, the local
+            # node dead): the cluster is short of nodes for now, so no job is judged against it.
+            self._set_reason(heads[0], NO_NODE_REASON)
+            return
         fitting: list[str] = []
         for job in heads:
-            cpus, gpus = resources(job.spec)
-            if cpus > max_cpu or gpus > max_gpu:
-                self.unsatisfiable(job, cpus, gpus, max_cpu, max_gpu)
+            needs = self.demand(job.id, job.spec)
+            if not needs.within(largest):
+                self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
-            if cpus > free_cpu + 1e-9 or gpus > free_gpu + 1e-9:
-                reason = (
-                    f"waiting for resources: needs {cpus:g} CPU / {gpus:g} GPU, "
-                    f"{max(free_cpu, 0):g} CPU / {max(free_gpu, 0):g} GPU free"
+            if not needs.within(free):
+                self._set_reason(
+                    job, f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
                 )
-                if job.pending_reason != reason:  # a write only when it changes
-                    self.store.set_pending_reason(job_id=job.id, reason=reason)
                 break
-            free_cpu -= cpus
-            free_gpu -= gpus
+            free -= needs
             fitting.append(job.id)
         if not fitting:
             return
@@ -322,41 +431,42 @@ class Dispatcher:
             lease_seconds=max(self.config.start_lease_seconds, self.config.worker.lease_seconds),
         )
         for claimed in claimed_jobs:
-            cpus, gpus = resources(claimed.spec)
-            self._reuse_freed(cpus, gpus)
+            needs = self.demand(claimed.id, claimed.spec)
+            del self._demands[claimed.id]  # no longer queued
+            self._reuse_freed(needs)
             ref = self._remote.options(
-                num_cpus=cpus, num_gpus=gpus, name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}"
+                num_cpus=needs.cpus,
+                num_gpus=needs.gpus,
+                memory=int(needs.memory),
+                name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}",
             ).remote(self.config.worker, claimed)
-            self.inflight[claimed.id] = Attempt(claimed, ref, cpus, gpus, time.monotonic())
-            log.info(
-                "job %s attempt %s launched (%g CPU, %g GPU)",
-                claimed.id,
-                claimed.attempt,
-                cpus,
-                gpus,
-            )
+            self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
+            log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
 
-    def _reuse_freed(self, cpus: float, gpus: float) -> None:
+    def _reuse_freed(self, needs: Demand) -> None:
         """A launch takes what it needs from the recently freed resources first, so that they
         are not counted free again while Ray's view has not caught up."""
         kept = []
-        for when, c, g in self._freed:
-            take_c, take_g = min(c, cpus), min(g, gpus)
-            cpus, gpus = cpus - take_c, gpus - take_g
-            if c - take_c > 1e-9 or g - take_g > 1e-9:
-                kept.append((when, c - take_c, g - take_g))
+        for when, freed in self._freed:
+            take = freed.least(needs)
+            needs, left = needs - take, freed - take
+            if any(v > 1e-9 for v in astuple(left)):
+                kept.append((when, left))
         self._freed = kept
 
-    def unsatisfiable(
-        self, job: JobView, cpus: float, gpus: float, max_cpu: float, max_gpu: float
-    ) -> None:
-        reason = (
-            f"no node of the cluster can run it: needs {cpus:g} CPU / {gpus:g} GPU, the "
-            f"largest node has {max_cpu:g} CPU / {max_gpu:g} GPU"
-        )
+    def unsatisfiable(self, job: JobView, needs: Demand, largest: Demand) -> None:
+        """A job larger than every node of a cluster that has nodes with CPUs: failed, or
+        (``unsatisfiable="wait"``) left queued with the reason."""
+        reason = f"no node of the cluster can run it: needs {needs}, the largest node has {largest}"
         if self.config.unsatisfiable == "fail":
             self.store.fail_queued(job_id=job.id, reason=reason)
-        elif job.pending_reason != reason:
+            self._demands.pop(job.id, None)
+        else:
+            self._set_reason(job, reason)
+
+    def _set_reason(self, job: JobView, reason: str) -> None:
+        """Say why a queued job waits: a write only when the reason changes."""
+        if job.pending_reason != reason:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
 
 

@@ -24,12 +24,16 @@ def ray_head_reachable(address: str, timeout: float = 2.0) -> str:
     return f"Ray head {host}:{port} accepts connections"
 
 
-def local_ray(thread: threading.Thread) -> Callable[[], str]:
-    """For ``gradq serve``: the in-process Ray is up and the dispatcher thread alive."""
+def local_ray(thread: threading.Thread, down: Callable[[], str | None]) -> Callable[[], str]:
+    """For ``gradq serve``: the in-process Ray is up (``down``: why it is not, while the
+    dispatcher restarts it, as ``Dispatcher.local_ray_down``) and the dispatcher thread alive."""
 
     def probe() -> str:
         import ray
 
+        why = down()
+        if why is not None:
+            raise RuntimeError(why)
         if not ray.is_initialized():
             raise RuntimeError("the local Ray is not running")
         if not thread.is_alive():

@@ -4,7 +4,9 @@
 this is not the first attempt, trains with ``core.train``, heartbeats the lease with progress
 from a background thread, stops when a cancel is requested, and writes the final status once,
 in one ``try/except/finally``. Every database write is fenced by the attempt number: a zombie
-attempt (its lease expired and the job was claimed again) is refused and stops quietly. A job
+attempt (its lease expired and the job was claimed again) is refused and stops quietly; an
+attempt cut off from the database stops by itself once its lease's deadline has passed with
+no heartbeat through, and writes nothing more to MLflow (``Lease``). A job
 is ``succeeded`` only once its model and artifacts are in MLflow: when ``finish()`` fails for
 a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED.
 """
@@ -24,8 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from core import defaults
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
@@ -33,7 +33,9 @@ from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
 from core.spec import InvalidSpec, JobSpec
 from core.train import Diverged, TrainResult, train
-from db.errors import StaleAttempt, StoreError
+from db.datasets import DatasetStore
+from db.errors import StaleAttempt, StoreError, StoreUnavailable
+from db.models import utcnow
 from db.session import make_engine
 from db.store import JobStore
 from db.views import ClaimedJob
@@ -62,11 +64,11 @@ _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
-def _store(url: str) -> JobStore:
+def _engine(url: str) -> Any:
     """One engine per database URL per worker process (Ray reuses worker processes)."""
     if url not in _engines:
         _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
-    return JobStore(_engines[url])
+    return _engines[url]
 
 
 def node_name() -> str:
@@ -83,7 +85,14 @@ def node_name() -> str:
 
 class Lease(Callback):
     """Heartbeats from a thread (a long epoch must not lose the lease) with the latest
-    progress; ``should_stop`` turns True on a cancel request or when the lease was lost."""
+    progress; ``should_stop`` turns True on a cancel request or when the lease was lost.
+
+    The attempt knows its lease's deadline: the expiry the last successful heartbeat set
+    (``lease_seconds`` after that heartbeat began, on this process's monotonic clock; at first
+    the claim's). Once the deadline has passed without a successful heartbeat (the database
+    unreachable) the job may have been claimed again, so the lease counts as lost: training
+    stops at the next step and ``alive()`` turns False, which stops every MLflow write of the
+    attempt (``JobTracker(alive=...)``)."""
 
     def __init__(self, store: JobStore, job: ClaimedJob, config: WorkerConfig, epochs: int) -> None:
         self.store, self.job, self.config = store, job, config
@@ -97,6 +106,8 @@ class Lease(Callback):
         }
         self.cancel = threading.Event()
         self.lost = threading.Event()
+        left = (job.lease_expires_at - utcnow()).total_seconds()
+        self.deadline = time.monotonic() + max(0.0, min(left, config.lease_seconds))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{job.id}", daemon=True)
 
@@ -108,7 +119,21 @@ class Lease(Callback):
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def alive(self) -> bool:
+        """Whether this attempt still holds its lease; sets ``lost`` once the deadline passed."""
+        if not self.lost.is_set() and time.monotonic() >= self.deadline:
+            log.warning(
+                "job %s attempt %s: no heartbeat went through for %.0f s, the lease ran out; "
+                "the attempt stops and writes nothing more",
+                self.job.id,
+                self.job.attempt,
+                self.config.lease_seconds,
+            )
+            self.lost.set()
+        return not self.lost.is_set()
+
     def beat(self) -> None:
+        began = time.monotonic()
         try:
             if self.store.heartbeat(
                 job_id=self.job.id,
@@ -118,11 +143,15 @@ class Lease(Callback):
                 node=self.node,
             ):
                 self.cancel.set()
+            self.deadline = began + self.config.lease_seconds
+        except StoreUnavailable as exc:  # the database is away: retry until the deadline
+            log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
         except StoreError as exc:  # stale attempt, job finished or gone: this attempt is over
             log.warning("job %s attempt %s: lease lost (%s)", self.job.id, self.job.attempt, exc)
             self.lost.set()
-        except Exception as exc:  # the database is briefly away: keep training, retry
-            log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
+        except Exception:  # unexpected: keep training, the next beat tries again
+            log.exception("job %s: heartbeat failed, retrying", self.job.id)
+        self.alive()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds) and not self.lost.is_set():
@@ -143,14 +172,14 @@ class Lease(Callback):
         )
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.lost.is_set()
+        return self.cancel.is_set() or not self.alive()
 
 
 _DATASETS: dict[tuple[str, int], Dataset] = {}  # built-in and synthetic ones, per process
 _MAX_CACHED_DATASETS = 4
 
 
-def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
+def _data(spec: JobSpec, datasets: DatasetStore, tracking_uri: str) -> Dataset:
     """The job's data set. An uploaded one is fetched from where the database says its bytes
     live. A built-in or synthetic one depends only on its spec and the seed: the worker
     process keeps the last few it loaded (a warm worker runs many jobs; scikit-learn parses
@@ -173,7 +202,7 @@ def _data(spec: JobSpec, store: JobStore, tracking_uri: str) -> Dataset:
             classes=list(cached.classes),
         )
     assert spec.dataset.id is not None
-    record = store.get_dataset(dataset_id=spec.dataset.id)
+    record = datasets.get(dataset_id=spec.dataset.id)
     uri = record.uri
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
@@ -221,7 +250,8 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    store = _store(config.database_url)
+    engine = _engine(config.database_url)
+    store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
@@ -245,8 +275,11 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             artifact_root=config.artifact_root,
             flush_interval_s=config.metrics_flush_seconds,
             checkpoint_interval_s=config.checkpoint_upload_seconds,
+            alive=lease.alive,
         )
         marks["tracker_start"] = time.time()
+        if not lease.alive():  # the run may be a successor's already: leave it alone
+            return "stale"
         run_id = tracker.start()
         marks["tracker_started"] = time.time()
         store.set_run(
@@ -261,14 +294,11 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             if job.attempt > 1
             else None
         )
-        result = train(
-            spec,
-            callbacks=[lease, tracker.callback()],
-            resume_from=resume,
-            data=_data(spec, store, config.tracking_uri),
-        )
+        data = _data(spec, DatasetStore(engine), config.tracking_uri)
+        tracker.log_dataset(data)
+        result = train(spec, callbacks=[lease, tracker.callback()], resume_from=resume, data=data)
         marks["trained"] = time.time()
-        if lease.lost.is_set():
+        if not lease.alive():
             return "stale"
         if result.status == "cancelled":
             status = "cancelled"
@@ -293,7 +323,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     except StaleAttempt:
         lease.lost.set()
         return "stale"
-    except (OperationalError, InterfaceError) as exc:  # the database went away: not the job's
+    except StoreUnavailable as exc:  # the database went away: not the job's
         # fault. No final write (it could not be made): the heartbeats stop, the lease runs
         # out and the job is claimed again, resuming from its checkpoint.
         log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
@@ -307,14 +337,16 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         }
     finally:
         final: Literal["succeeded", "failed", "cancelled"] = "failed" if error else status
-        if not lease.lost.is_set():
+        written = False
+        if lease.alive():
             try:
                 if tracker is not None and tracker.run_id is not None:
                     message = None if error is None else str(error["message"])
                     tracker.finish(status=final, result=result, error=message)
             except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
-                if final == "succeeded":  # "succeeded" promises a model one can load
+                # once the lease ran out (LeaseExpired) the run is the next attempt's
+                if final == "succeeded" and lease.alive():
                     error = {
                         "type": "tracking_failed",
                         "message": "the model and artifacts could not be written to MLflow: "
@@ -322,49 +354,85 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                     }
                     final, result_body = "failed", None
                     _close_failed_run(config, tracker, error["message"])
-            marks["tracker_finished"] = time.time()
-            if result_body is not None:
-                result_body["timings"] = _timings(marks, started, started_cpu, tracker)
-            try:
-                _final_write(
-                    store,
-                    job,
-                    config,
-                    status=final,
-                    result=result_body,
-                    error=error,
-                    reason=None if error is None else error["type"],
-                    progress=dict(lease.progress),
-                )
-            except StoreError as exc:
-                log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
-                lease.lost.set()
-            except Exception as exc:  # the database stayed away: the lease decides
-                log.error(
-                    "job %s attempt %s: final write failed for %.0f s (%s); the lease expires "
-                    "and the job runs again from its checkpoint",
-                    job.id,
-                    job.attempt,
-                    FINAL_WRITE_RETRY_S,
-                    exc,
-                )
-                lease.lost.set()
+        # after a finish() that went through, the final write is made even if the lease ran
+        # out meanwhile: the database fences it, and a job still ours is then done
+        if not lease.lost.is_set() or (tracker is not None and tracker.finished):
+            written = _write_outcome(
+                store,
+                job,
+                config,
+                lease,
+                marks,
+                started,
+                started_cpu,
+                tracker,
+                final,
+                result_body,
+                error,
+            )
+        if tracker is not None and not written:
+            tracker.abandon()
         lease.close()
-    return "stale" if lease.lost.is_set() else final
+    return final if written else "stale"
+
+
+def _write_outcome(
+    store: JobStore,
+    job: ClaimedJob,
+    config: WorkerConfig,
+    lease: Lease,
+    marks: dict[str, float],
+    started: float,
+    started_cpu: float,
+    tracker: JobTracker | None,
+    final: Literal["succeeded", "failed", "cancelled"],
+    result_body: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> bool:
+    """The attempt's final write (:func:`_final_write`); whether it went through."""
+    marks["tracker_finished"] = time.time()
+    if result_body is not None:
+        result_body["timings"] = _timings(marks, started, started_cpu, tracker)
+    try:
+        _final_write(
+            store,
+            job,
+            config,
+            status=final,
+            result=result_body,
+            error=error,
+            reason=None if error is None else error["type"],
+            progress=dict(lease.progress),
+        )
+        return True
+    except StoreUnavailable as exc:  # the database stayed away: the lease decides
+        log.error(
+            "job %s attempt %s: final write failed for %.0f s (%s); the lease expires "
+            "and the job runs again from its checkpoint",
+            job.id,
+            job.attempt,
+            FINAL_WRITE_RETRY_S,
+            exc,
+        )
+    except StoreError as exc:
+        log.warning("job %s attempt %s: final write refused: %s", job.id, job.attempt, exc)
+    except Exception:  # unexpected: the lease decides
+        log.exception("job %s attempt %s: final write failed", job.id, job.attempt)
+    lease.lost.set()
+    return False
 
 
 def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:
-    """``store.finish``, retried while the database is away (a restart, a failover) for up to
-    ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on meanwhile, so a short outage does not
-    make a finished attempt run again. A refusal (``StoreError``) is not retried."""
+    """``store.finish``, retried while the database is away (:class:`StoreUnavailable`: a
+    restart, a failover) for up to ``FINAL_WRITE_RETRY_S``: the lease's heartbeats go on
+    meanwhile, so a short outage does not make a finished attempt run again. A refusal (any
+    other ``StoreError``) is not retried."""
     deadline = time.monotonic() + FINAL_WRITE_RETRY_S
     while True:
         try:
             store.finish(job_id=job.id, attempt=job.attempt, **outcome)
             return
-        except StoreError:
-            raise
-        except Exception as exc:
+        except StoreUnavailable as exc:
             if time.monotonic() >= deadline:
                 raise
             log.warning("job %s: final write failed (%s), retrying", job.id, exc)

@@ -10,9 +10,9 @@ from rich.console import Console
 
 from api.cli.tables import add, listing
 from api.settings import Settings
+from db.keys import KeyStore
 from db.migrate import upgrade
 from db.session import make_engine
-from db.store import JobStore
 
 keys_app = typer.Typer(
     help="API keys (GRADQ_AUTH=keys): create, revoke, list.", no_args_is_help=True
@@ -21,10 +21,10 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _store() -> JobStore:
+def _keys() -> KeyStore:
     settings = Settings()
     upgrade(settings.database_url)
-    return JobStore(make_engine(settings.database_url))
+    return KeyStore(make_engine(settings.database_url))
 
 
 @keys_app.command("create")
@@ -36,7 +36,7 @@ def create(
     if not name or len(name) > 100:
         err.print("[red]--tenant must be 1 to 100 characters[/]")
         raise typer.Exit(2)
-    key_id, key = _store().create_api_key(tenant=name)
+    key_id, key = _keys().create(tenant=name)
     err.print(f"key {key_id} for tenant {name!r} (shown once; send as 'Authorization: Bearer'):")
     typer.echo(key)
 
@@ -46,11 +46,8 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="the key's id, or its prefix (gq_…)")],
 ) -> None:
     """Revoke a key: requests with it get 401 from then on."""
-    store = _store()
-    if key_id.startswith("gq_"):
-        n = store.revoke_api_key(prefix=key_id[:11])
-    else:
-        n = store.revoke_api_key(key_id=key_id)
+    keys = _keys()
+    n = keys.revoke(prefix=key_id[:11]) if key_id.startswith("gq_") else keys.revoke(key_id=key_id)
     if not n:
         err.print(f"[red]no active key {key_id}[/]")
         raise typer.Exit(1)
@@ -60,7 +57,7 @@ def revoke(
 @keys_app.command("list")
 def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
     """Keys (ids, tenants, prefixes), never their secrets."""
-    keys = _store().list_api_keys(tenant=tenant)
+    keys = _keys().list(tenant=tenant)
     table = listing(console, [k.id for k in keys], "tenant", "prefix", "created", "revoked")
     for k in keys:
         revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""

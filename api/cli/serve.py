@@ -1,9 +1,11 @@
 """``gradq serve`` (everything in one process), ``gradq api`` and ``gradq dispatcher``.
 
 ``serve`` runs the migrations, starts the dispatcher with a local Ray in a thread, the MLflow
-UI as a subprocess (unless ``--no-mlflow-ui``) and the API with uvicorn. SIGINT and SIGTERM
-stop all of it; the database keeps every job, so a restart finds them as they were (a job
-that was running is requeued when its lease expires and resumes from its checkpoint).
+UI as a subprocess (unless ``--no-mlflow-ui``) and the API with uvicorn. When the local Ray's
+raylet or GCS server dies, the dispatcher starts a new local Ray (its jobs wait meanwhile, and
+``/readyz`` answers 503 saying so). SIGINT and SIGTERM stop all of it; the database keeps
+every job, so a restart finds them as they were (a job that was running is requeued when its
+lease expires and resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ def _prepare(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     upgrade(settings.database_url)
     if settings.bootstrap_api_key is not None:
+        from db.keys import KeyStore
         from db.session import make_engine
-        from db.store import JobStore
 
         engine = make_engine(settings.database_url)
         key = settings.bootstrap_api_key.get_secret_value()
-        if JobStore(engine).ensure_api_key(tenant=settings.bootstrap_tenant, key=key):
+        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key):
             logging.getLogger("gradq").info("stored the bootstrap API key")
         engine.dispose()
     if urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https"):
@@ -203,7 +205,7 @@ def serve(
         stack.callback(thread.join, 15)
         stack.callback(stop.set)
         signal.signal(signal.SIGTERM, _interrupt)  # ray.init installed its own
-        app = create_app(settings, ray_probe=probes.local_ray(thread))
+        app = create_app(settings, ray_probe=probes.local_ray(thread, dispatcher.local_ray_down))
         stack.callback(_ignore_signals)  # runs first: the clean-up is not interrupted
         where = str(settings.port or "<a free port, named below>")
         err.print(f"gradq on http://{settings.host}:{where} (auth: {settings.auth})")

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from api import present, schemas
-from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
+from api.deps import DatasetsDep, SettingsDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
 from core.csvdata import DataError, read_csv_table
@@ -36,7 +36,7 @@ def _filename(name: str | None) -> str:
 def upload(
     file: Annotated[UploadFile, File(description="a CSV with a header row")],
     target: Annotated[str, Form(min_length=1, max_length=200, description="the column to predict")],
-    store: StoreDep,
+    datasets: DatasetsDep,
     settings: SettingsDep,
     tracking: TrackingDep,
     tenant: TenantDep,
@@ -69,7 +69,7 @@ def upload(
         )
     except Exception as exc:
         raise TrackingUnavailable(f"could not store the file in MLflow: {exc}") from exc
-    view = store.add_dataset(
+    view = datasets.add(
         tenant=tenant,
         name=name or filename,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -83,13 +83,13 @@ def upload(
 
 
 @router.get("", response_model=schemas.DatasetList, responses=errors())
-def list_datasets(store: StoreDep, tenant: TenantDep) -> schemas.DatasetList:
+def list_datasets(datasets: DatasetsDep, tenant: TenantDep) -> schemas.DatasetList:
     """The tenant's uploaded data sets, newest first."""
-    views = store.list_datasets(tenant=tenant)
+    views = datasets.list(tenant=tenant)
     return schemas.DatasetList(items=[present.dataset(v) for v in views])
 
 
 @router.get("/{dataset_id}", response_model=schemas.Dataset, responses=errors(404))
-def get_dataset(dataset_id: str, store: StoreDep, tenant: TenantDep) -> schemas.Dataset:
+def get_dataset(dataset_id: str, datasets: DatasetsDep, tenant: TenantDep) -> schemas.Dataset:
     """One uploaded data set: rows, columns, sha256 and where its bytes live."""
-    return present.dataset(store.get_dataset(dataset_id=dataset_id, tenant=tenant))
+    return present.dataset(datasets.get(dataset_id=dataset_id, tenant=tenant))

@@ -47,8 +47,8 @@ def _check(spec: JobSpec, batch: int, services: Services, tenant: str) -> dict[s
     with tempfile.TemporaryDirectory(prefix="gradq-gradcheck-") as tmp:
         path = None
         if ds.name == "upload" and ds.id is not None:
-            check_upload(spec, services.store, tenant)
-            record = services.store.get_dataset(dataset_id=ds.id, tenant=tenant)
+            check_upload(spec, services.datasets, tenant)
+            record = services.datasets.get(dataset_id=ds.id, tenant=tenant)
             path = services.tracking.download(record.uri, tmp)
         data = load_dataset(ds, seed=spec.seed, path=path)
     try:

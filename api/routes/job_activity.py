@@ -31,11 +31,18 @@ def metrics(
     tracking: TrackingDep,
     tenant: TenantDep,
     key: Annotated[
-        list[str] | None, Query(max_length=100, description="only these metrics (repeatable)")
+        list[str] | None,
+        Query(
+            max_length=100,
+            description="only these metrics (repeatable): a key such as `loss/val`, or its "
+            "former name (`val_loss`), answered under the name asked",
+        ),
     ] = None,
 ) -> schemas.Metrics:
     """The learning curves from the job's MLflow run, per metric a list of {step, value};
-    empty while the run is not known yet."""
+    empty while the run is not known yet. Metrics are named as in MLflow (`loss/train`,
+    `accuracy/val`, `timing/epoch_seconds`, `final_test_accuracy`, …), also for a run logged
+    under their former flat names (`train_loss`, …), which `key` accepts too."""
     view = store.get(job_id=job_id, tenant=tenant)
     curves: dict[str, list[schemas.Point]] = {}
     if view.mlflow_run_id:

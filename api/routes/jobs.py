@@ -10,6 +10,7 @@ from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.routes.common import AUTHENTICATED, errors
 from core.spec import InvalidSpec, JobSpec
+from db.datasets import DatasetStore
 from db.errors import DatasetNotFound, InvalidTransition
 from db.states import JobStatus
 from db.store import JobStore
@@ -63,12 +64,12 @@ def waiting_reason(ahead: int | None) -> str | None:
     return "waiting for a free worker"
 
 
-def check_upload(spec: JobSpec, store: JobStore, tenant: str) -> None:
+def check_upload(spec: JobSpec, datasets: DatasetStore, tenant: str) -> None:
     """An ``upload`` data set must be one of the tenant's, and have the target column."""
     if spec.dataset.name != "upload" or spec.dataset.id is None:
         return
     try:
-        found = store.get_dataset(dataset_id=spec.dataset.id, tenant=tenant)
+        found = datasets.get(dataset_id=spec.dataset.id, tenant=tenant)
     except DatasetNotFound:
         raise InvalidSpec.at(
             "dataset.id", f"no uploaded data set {spec.dataset.id!r} (see GET /v1/datasets)"

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests" / "integration" / "deploy") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests" / "integration" / "deploy"))
 from deploy_stack import descendants, off_loopback, served_port  # noqa: E402
+from deploy_stack import free_port as free_port  # noqa: E402  (for the tests that start servers)
 
 GRADQ = str(Path(sys.executable).with_name("gradq"))
 BOOT_TIMEOUT_S = 180.0

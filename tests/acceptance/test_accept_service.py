@@ -60,9 +60,13 @@ def test_the_learning_curves_and_the_mlflow_run(service: Service, watched: dict[
     with service.client() as http:
         curves = http.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]
         events = http.get(f"/v1/jobs/{job['id']}/events").json()
-    steps = [p["step"] for p in curves["train_loss"]]
+        for query, name in (("loss/val", "loss/val"), ("loss%2Fval", "loss/val"),
+                            ("val_loss", "val_loss")):  # fmt: skip
+            asked = http.get(f"/v1/jobs/{job['id']}/metrics?key={query}").json()["metrics"]
+            assert asked == {name: curves["loss/val"]}, query
+    steps = [p["step"] for p in curves["loss/train"]]
     assert steps == list(range(1, job["result"]["epochs"] + 1))
-    assert all(isinstance(p["value"], float) for p in curves["val_accuracy"])
+    assert all(isinstance(p["value"], float) for p in curves["accuracy/val"])
     assert [(e["from_status"], e["to_status"]) for e in events] == [
         (None, "queued"), ("queued", "running"), ("running", "succeeded")
     ]  # fmt: skip

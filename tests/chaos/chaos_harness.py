@@ -36,6 +36,7 @@ from gradq_service import service_env
 from mlflow import MlflowClient
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+LOSS = "loss/train"  # the training loss's key in a job's MLflow run, one point per epoch
 PG_BIN = Path(os.environ.get("GRADQ_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 FAST = {  # short leases and polling: a lost attempt is noticed in seconds
     "GRADQ_LEASE_SECONDS": "4",
@@ -141,7 +142,7 @@ class Audit:
 def audit(http: httpx.Client, tracking_uri: str, accepted: dict[str, int]) -> Audit:
     """Count, for every accepted job (id → epochs), what was lost (not ended ``succeeded``, or
     not found) and what was duplicated (a second MLflow run tagged with its id, a
-    ``train_loss`` step logged more than once, attempts overlapping in its events). Asserts
+    ``loss/train`` step logged more than once, attempts overlapping in its events). Asserts
     nothing: the test records the counts, then calls :meth:`Audit.assert_clean`."""
     result = Audit()
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -198,7 +199,7 @@ def _audit_attempts(result: Audit, job: dict[str, Any], events: list[dict[str, A
 def _audit_run(
     result: Audit, client: MlflowClient, experiments: list[str], job: dict[str, Any], epochs: int
 ) -> None:
-    """One MLflow run tagged with the job's id, its own; ``train_loss`` at each step
+    """One MLflow run tagged with the job's id, its own; ``loss/train`` at each step
     1..epochs exactly once (raw history, not de-duplicated) and the run FINISHED."""
     job_id, run_id = job["id"], job["mlflow_run_id"]
     runs = client.search_runs(experiments, f"tags.`gradq.job_id` = '{job_id}'")
@@ -208,9 +209,9 @@ def _audit_run(
     if run_id not in ids:
         result.problems.append(f"job {job_id}: its run {run_id} is not among its runs {ids}")
         return
-    steps = Counter(p.step for p in client.get_metric_history(run_id, "train_loss"))
+    steps = Counter(p.step for p in client.get_metric_history(run_id, LOSS))
     result.duplicated += [
-        f"job {job_id}: train_loss step {step} logged {n} times"
+        f"job {job_id}: {LOSS} step {step} logged {n} times"
         for step, n in sorted(steps.items())
         if n > 1
     ]
@@ -220,7 +221,7 @@ def _audit_run(
     if status != "FINISHED":
         result.problems.append(f"job {job_id}: its run {run_id} is {status}")
     if sorted(steps) != list(range(1, epochs + 1)):
-        result.problems.append(f"job {job_id}: train_loss steps {sorted(steps)}, not 1..{epochs}")
+        result.problems.append(f"job {job_id}: {LOSS} steps {sorted(steps)}, not 1..{epochs}")
 
 
 def not_ready(response: httpx.Response) -> bool:

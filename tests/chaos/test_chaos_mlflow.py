@@ -104,7 +104,7 @@ def test_mlflow_server_down_30s_training_goes_on_and_nothing_is_lost(stack: Stac
         run_id = now[long_id]["mlflow_run_id"]
         reached = now[long_id]["progress"]["epoch"]
         wait_until("the epochs trained during the outage to reach MLflow", lambda: max(
-            (m.step for m in client.get_metric_history(run_id, "train_loss")), default=0
+            (m.step for m in client.get_metric_history(run_id, "loss/train")), default=0
         ) >= reached, 300, context=stack.logs)  # fmt: skip
         recover_s = time.monotonic() - back_at
         final = wait_until("every job to end", lambda: all_terminal(http, list(accepted)), 300,

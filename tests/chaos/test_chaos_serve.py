@@ -27,7 +27,7 @@ from chaos_harness import (
     record,
     wait_until,
 )
-from deploy_stack import Stack, alive, descendants
+from deploy_stack import Stack, alive, descendants, processes
 from gradq_service import GRADQ
 
 pytestmark = pytest.mark.timeout(300)
@@ -110,3 +110,51 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
         assert final[job_id]["attempt"] == 2, final[job_id]
         assert final[job_id]["result"]["resumed_from_epoch"] >= 1, final[job_id]["result"]
     assert len(accepted) == 5
+
+
+def test_serve_restarts_its_local_ray_when_its_raylet_dies(stack: Stack) -> None:
+    """Fault 2b: the raylet of ``gradq serve``'s local Ray is SIGKILLed while a job trains.
+    ``/readyz`` says the local Ray is restarting; jobs submitted meanwhile wait (none is failed
+    as unschedulable), the training job is requeued, and all of them succeed on the new Ray."""
+    data = stack.folder / "data"
+    env = chaos_env(data, RAY_TMPDIR=str(stack.ray_temp))
+    data.mkdir()
+    accepted: dict[str, int] = {}
+    errors = ServerErrors()
+
+    def submit(http: httpx.Client, spec: dict) -> str:
+        r = http.post("/v1/jobs", json=spec)
+        assert r.status_code == 201, r.text
+        accepted[r.json()["id"]] = spec["optimizer"]["epochs"]
+        return str(r.json()["id"])
+
+    with serve(stack, "serve", env, errors) as http:
+        long = submit(http, digits("long", 40))
+
+        def training() -> bool:
+            j = jobs(http, [long])[long]
+            return j["status"] == "running" and (j.get("progress") or {}).get("epoch", 0) >= 2
+
+        wait_until("the long job to train 2 epochs", training, 180, context=stack.logs)
+        serve_pid = stack.processes["serve"].pid
+        table = processes()
+        raylets = [p for p in descendants(serve_pid) if "/raylet " in f"{table[p][1]} "]
+        assert len(raylets) == 1, [table[p][1][:80] for p in descendants(serve_pid)]
+        os.kill(raylets[0], signal.SIGKILL)
+        wait_until("the raylet to be gone", lambda: not alive(raylets[0]), 30)
+        down = http.get("/readyz")
+        during = [submit(http, iris(f"during-{i}", seed=i)) for i in range(2)]
+        assert down.status_code == 503, down.text
+        detail = down.json()["checks"]["ray"]["detail"]
+        assert detail == "RuntimeError: the local Ray is restarting: its raylet exited", detail
+        wait_until("/readyz", lambda: http.get("/readyz").status_code == 200, 180,
+                   context=stack.logs)  # fmt: skip
+        ids = [long, *during]
+        final = wait_until("every job to end", lambda: all_terminal(http, ids), 240,
+                           context=stack.logs)  # fmt: skip
+        checked = audit(http, env["GRADQ_MLFLOW_TRACKING_URI"], accepted)
+    checked.assert_clean()
+    errors.assert_none()
+    for job_id, job in final.items():
+        assert job["status"] == "succeeded", (job_id, job["error"], stack.logs())
+    assert final[long]["attempt"] == 2, final[long]

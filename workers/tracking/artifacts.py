@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from core.train import TrainResult
 
 MODEL_NAME = "model"  # the model's name in the run: runs:/<run_id>/model
+JOB_TAG = "gradq.job_id"  # on a run and on the model version registered from it
 _GLOBAL_URI_LOCK = threading.Lock()
 
 
@@ -146,11 +147,15 @@ def log_model(
     experiment_id: str,
     params: Mapping[str, str],
     register_as: str | None,
+    job_id: str | None = None,
 ) -> LoggedModelInfo:
     """Log ``export_model(result)`` as the run's model ``model`` (pickle format: the loaded
     module is the same ``ExportedModel``, taking raw float32 features of any batch size; the
     ``core`` package must be importable where it is loaded) with a signature and an input
-    example of 5 raw training rows, and register it under ``register_as`` when given.
+    example of 5 raw training rows, and register it under ``register_as`` when given. With
+    ``job_id`` the version is tagged ``gradq.job_id`` and registered once per job: when a
+    version of ``register_as`` already has the job's tag (an earlier attempt registered it and
+    could not record the outcome), that version is the answer and none is added.
     ``mlflow.pytorch.load_model`` loads ``models:/<model_id>`` and ``runs:/<run_id>/model``.
 
     The caller logs the run's ``final_*`` metrics at step 0 with ``model_id=info.model_id``,
@@ -209,7 +214,26 @@ def log_model(
         raise
     client.finalize_logged_model(model_id, LoggedModelStatus.READY)
     version = None
-    if register_as is not None:  # the registry client reads the process-wide URI
-        with _process_tracking_uri(tracking_uri):
-            version = str(mlflow.register_model(f"models:/{model_id}", register_as).version)
+    if register_as is not None:
+        version = _register_once(client, tracking_uri, model_id, register_as, job_id)
     return LoggedModelInfo(f"models:/{model_id}", model_id, version)
+
+
+def _register_once(
+    client: MlflowClient, tracking_uri: str, model_id: str, name: str, job_id: str | None
+) -> str:
+    """The version of ``name`` that holds the job's model: the one tagged with ``job_id``
+    when there is one, else a new one (tagged)."""
+    import mlflow
+
+    if job_id is not None:  # a uuid; the name (any text) is compared here, not quoted
+        registered = [
+            v
+            for v in client.search_model_versions(f"tags.`{JOB_TAG}` = '{job_id}'")
+            if v.name == name
+        ]
+        if registered:
+            return str(min(int(v.version) for v in registered))
+    tags = None if job_id is None else {JOB_TAG: job_id}
+    with _process_tracking_uri(tracking_uri):  # the registry client reads the process's URI
+        return str(mlflow.register_model(f"models:/{model_id}", name, tags=tags).version)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
@@ -42,6 +42,7 @@ from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint
 from workers.tracking.artifacts import RunArtifacts
 from workers.tracking.clock import Clock
+from workers.tracking.names import mlflow_key, mlflow_metrics
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -61,6 +62,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class RunBuffer:
     """Buffered metrics, gradient-check reports and checkpoints of one run (thread-safe).
 
+    With ``alive``, each MLflow call is made only while ``alive()`` is True: an attempt whose
+    lease ran out sends nothing more into the run its successor resumes.
+
     ``background=False`` sends on the caller's thread instead (as a due flush is reached)."""
 
     def __init__(
@@ -74,8 +78,10 @@ class RunBuffer:
         clock: Clock | None = None,
         background: bool = True,
         artifacts: RunArtifacts | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.alive = alive  # False once the attempt lost the run: nothing more is sent
         self.artifacts = artifacts or RunArtifacts(client, run_id)
         self.clock = clock or Clock()
         self.flush_interval_s = flush_interval_s
@@ -84,6 +90,7 @@ class RunBuffer:
         self.points: deque[Metric] = deque(maxlen=max_points)
         self.params: list[Param] = []  # sent with the next metrics (the run's first send)
         self.tags: list[RunTag] = []  # likewise (the run's last send)
+        self.inputs: list[DatasetInput] = []  # sent before the next batch of metrics
         self.reports: dict[int, str] = {}  # step → report JSON not yet uploaded
         self.pending: dict[str, Checkpoint] = {}  # artifact dir → snapshot not yet uploaded
         self.dropped = 0  # points dropped because the buffer was full
@@ -104,6 +111,11 @@ class RunBuffer:
         with self._lock:
             self.params.extend(params)
 
+    def add_inputs(self, datasets: list[DatasetInput]) -> None:
+        """The run's dataset inputs, sent before the metrics of the next send."""
+        with self._lock:
+            self.inputs.extend(datasets)
+
     def add_final(self, metrics: list[Metric], tags: list[RunTag]) -> None:
         """The run's last metrics and tags, sent with what is still buffered at the next
         ``flush()``: a finishing run's last epochs, its final metrics and tags in one call."""
@@ -114,15 +126,15 @@ class RunBuffer:
     def add_epoch(self, record: EpochRecord) -> None:
         if record.epoch <= self.skip_epochs_through:
             return
-        self._add(record.metrics(), step=record.epoch)
+        self._add(mlflow_metrics(record.metrics()), step=record.epoch)
         self._maybe_flush()
 
     def add_gradcheck(self, report: GradcheckReport) -> None:
         if report.step <= self.skip_gradchecks_through:
             return
         values = {
-            "gradcheck_max_rel_error": report.max_rel_error,
-            "gradcheck_max_fd_rel_error": report.max_fd_rel_error,
+            mlflow_key("gradcheck_max_rel_error"): report.max_rel_error,
+            mlflow_key("gradcheck_max_fd_rel_error"): report.max_fd_rel_error,
         }
         self._add(values, step=report.step)
         text = report.to_json()
@@ -156,7 +168,7 @@ class RunBuffer:
         (never raises for an MLflow error)."""
         ok = self._send(every_checkpoint=True)
         with self._lock:
-            return ok and not self.pending and not self.params and not self.tags
+            return ok and not (self.pending or self.params or self.tags or self.inputs)
 
     def close(self) -> None:
         """Stop the sender thread (what is still buffered stays, for ``flush()``)."""
@@ -210,7 +222,7 @@ class RunBuffer:
                 }
                 self._last_upload.update({d: now for d in uploads})  # not due while in flight
             self._last_flush = now
-            ok = self._send_metrics() and self._send_reports()
+            ok = self._send_inputs() and self._send_metrics() and self._send_reports()
             serialised: dict[int, bytes] = {}  # last and best are often one snapshot
             for directory, snapshot in uploads.items():
                 sent = ok and self._send_checkpoint(directory, snapshot, serialised)
@@ -231,6 +243,17 @@ class RunBuffer:
                     log.warning("run %s: metric buffer full, dropping oldest points", self.run_id)
                 self.dropped += overflow
             self.points.extend(metrics)
+
+    def _send_inputs(self) -> bool:
+        with self._lock:
+            inputs = list(self.inputs)
+        if not inputs:
+            return True
+        if not self._call("log_inputs", self.client.log_inputs, self.run_id, datasets=inputs):
+            return False
+        with self._lock:
+            del self.inputs[: len(inputs)]
+        return True
 
     def _send_metrics(self) -> bool:
         """The points buffered now (not those training adds meanwhile: the next send's), the
@@ -312,6 +335,8 @@ class RunBuffer:
         return sent
 
     def _call(self, what: str, fn: Callable[..., object], *args: object, **kwargs: object) -> bool:
+        if self.alive is not None and not self.alive():  # another attempt owns the run
+            return False
         try:
             with self.clock.measure():
                 fn(*args, **kwargs)

@@ -121,10 +121,15 @@ def metric_history(*, tracking_uri: str, run_id: str, key: str) -> list[tuple[in
     return sorted(by_step.items())
 
 
+# The run page's tab of charts: a job's link opens on its curves.
+CURVES_TAB = "model-metrics"
+
+
 def run_page(*, ui_base: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI, ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}``,
-    from ids already known (no call to MLflow)."""
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The run's page in the MLflow UI on its "Model metrics" tab, where the learning curves
+    are: ``{ui_base}/#/experiments/{exp_id}/runs/{run_id}/model-metrics``, from ids already
+    known (no call to MLflow)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/{CURVES_TAB}"
 
 
 def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:

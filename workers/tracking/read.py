@@ -23,6 +23,7 @@ from workers.tracking.client import (
     run_page,
     run_url,
 )
+from workers.tracking.names import aliases, mlflow_key
 
 __all__ = ["DATASETS_EXPERIMENT", "Tracking", "TrackingUnavailable", "run_page"]
 
@@ -60,22 +61,34 @@ class Tracking:
     def curves(
         self, run_id: str, keys: list[str] | None = None
     ) -> dict[str, list[tuple[int, float]]]:
-        """Each metric of the run (or only ``keys``) as (step, value), by step."""
+        """Each metric of the run (or only ``keys``) as (step, value), by step.
+
+        Metrics are named by their MLflow keys (``loss/val``, ``weights/layer1_weight_norm``,
+        ``final_test_accuracy``: ``workers.tracking.names``), also those of a run logged under
+        the former flat names. A key asked for may be either name (``val_loss`` or
+        ``loss/val``): its curve is answered under the name asked, from whichever the run has
+        (both merged, by step, for a run that a resumed attempt continued under the new)."""
         from mlflow.exceptions import MlflowException
 
         self.reachable()
         try:
-            names = keys or sorted(make_client(self.tracking_uri).get_run(run_id).data.metrics)
-            return {
-                k: metric_history(tracking_uri=self.tracking_uri, run_id=run_id, key=k)
-                for k in names
-            }
+            logged = set(make_client(self.tracking_uri).get_run(run_id).data.metrics)
+            names = keys or sorted({mlflow_key(k) for k in logged})
+            return {name: self._curve(run_id, name, logged) for name in names}
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return {}
             raise TrackingUnavailable(f"MLflow refused: {exc.message}") from exc
         except Exception as exc:
             raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
+
+    def _curve(self, run_id: str, name: str, logged: set[str]) -> list[tuple[int, float]]:
+        points: dict[int, float] = {}
+        uri = self.tracking_uri
+        for key in reversed(aliases(name)):  # the former name first: the key's points win
+            if key in logged:
+                points.update(metric_history(tracking_uri=uri, run_id=run_id, key=key))
+        return sorted(points.items())
 
     def store_dataset(self, *, data: bytes, filename: str, tenant: str, name: str) -> str:
         """Log the bytes as an artifact of a new run in the ``gradq-datasets`` experiment;

@@ -4,11 +4,16 @@ Nothing connects at import; every entry point takes a ``tracking_uri``. A job's 
 
 - params: the flattened spec (``model.hidden``, ``optimizer.lr``, …; see ``flatten_params``);
 - tags: ``gradq.job_id``, ``gradq.attempt``, ``gradq.node`` and ``gradq.attempt.<n>.node``;
-- metrics: ``EpochRecord.metrics()`` at step = epoch (1-based, continued by a resumed
-  attempt), ``gradcheck_max_rel_error`` / ``gradcheck_max_fd_rel_error`` at step = optimizer
-  step, and at the end ``final_<name>`` for each of ``TrainResult.metrics`` plus
-  ``final_epochs``, ``final_steps``, ``gradcheck_count`` (no step: logged at step 0, so that
-  they are also the logged model's metrics);
+- a description (tag ``mlflow.note.content``: the job's model, loss and optimizer in one
+  line) and, once ``log_dataset`` is called, the training data as a dataset input
+  (``workers.tracking.inputs``);
+- metrics, keyed for MLflow's run page (``workers.tracking.names``): ``EpochRecord.metrics()``
+  at step = epoch (1-based, continued by a resumed attempt: ``loss/train``, ``accuracy/val``,
+  ``timing/…``, ``training/…``, ``weights/…``), ``training/gradcheck_max_rel_error`` /
+  ``training/gradcheck_max_fd_rel_error`` at step = optimizer step, and at the end
+  ``final_<name>`` for each of ``TrainResult.metrics`` plus ``final_epochs``,
+  ``final_steps``, ``gradcheck_count`` (no step: logged at step 0, so that they are also the
+  logged model's metrics);
 - artifacts: ``checkpoints/last/checkpoint.pt``, ``checkpoints/best/checkpoint.pt``,
   ``gradcheck/step_XXXXXXXX.json``, ``plots/learning_curve.png``, ``error.txt`` and the model
   ``model`` (``runs:/<run_id>/model``).
@@ -24,6 +29,7 @@ import logging
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -39,6 +45,8 @@ from workers.tracking.buffer import (
 )
 from workers.tracking.client import find_or_create_experiment, is_remote, make_client
 from workers.tracking.clock import Clock
+from workers.tracking.inputs import DESCRIPTION_TAG, dataset_input, description
+from workers.tracking.names import aliases
 from workers.tracking.plot import learning_curve_png
 
 if TYPE_CHECKING:
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from core.callbacks import Callback
+    from core.data import Dataset
     from core.spec import JobSpec
     from core.train import TrainResult
 
@@ -55,6 +64,10 @@ MAX_ERROR_TAG = 5000
 _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _ACTIVE = {"RUNNING", "SCHEDULED"}
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
+
+
+class LeaseExpired(RuntimeError):
+    """``finish()`` stopped because the attempt's lease ran out: its successor owns the run."""
 
 
 class JobTracker:
@@ -73,7 +86,9 @@ class JobTracker:
         artifact_root: str | None = None,
         flush_interval_s: float = 5.0,
         checkpoint_interval_s: float = 10.0,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
+        self.alive = alive  # see RunBuffer; finish() raises LeaseExpired once it is False
         self.tracking_uri, self.job_id, self.spec, self.attempt = (
             tracking_uri,
             job_id,
@@ -87,12 +102,14 @@ class JobTracker:
         self.run_id: str | None = run_id
         self.model_uri: str | None = None  # set by finish() when a model was logged
         self.model_version: str | None = None  # set when it was registered
+        self.finished = False  # set when finish() closed the run
         self._buffer: RunBuffer | None = None
         self._experiment: str | None = None  # the run's experiment id and params, for the
         self._params: dict[str, str] | None = None  # logged model (no get_run to find them)
         self.clock = Clock()  # seconds spent in MLflow work: see ``Clock``
         self._artifact_uri: str | None = None  # the run's, once known
         self._run_artifacts: RunArtifacts | None = None
+        self._has_dataset = False  # the run already has its dataset input (a resumed run)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -126,6 +143,7 @@ class JobTracker:
             if found:
                 self.run_id = self._one_run(found).info.run_id
             else:  # tagged at creation, so that a retry finds it; nothing in it to skip
+                tags[DESCRIPTION_TAG] = description(self.job_id, self.spec)
                 run = self._create_run(experiment_id, tags)
                 # A create that MLflow's client retried (the server committed it, the answer
                 # was lost) or one by an earlier attempt still alive made a second run: the
@@ -147,11 +165,14 @@ class JobTracker:
             raise ValueError(f"MLflow run {self.run_id} belongs to job {owner}, not {self.job_id}")
         if run.info.status != "RUNNING":
             client.update_run(self.run_id, status="RUNNING")
+        if DESCRIPTION_TAG not in run.data.tags:  # a description someone edited stays
+            tags[DESCRIPTION_TAG] = description(self.job_id, self.spec)
         client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._has_dataset = bool(run.inputs and run.inputs.dataset_inputs)
         buffer = self._make_buffer()
-        buffer.skip_epochs_through = _max_step(client, self.run_id, "train_loss", default=0)
+        buffer.skip_epochs_through = _max_step(client, run, "train_loss", default=0)
         buffer.skip_gradchecks_through = _max_step(
-            client, self.run_id, "gradcheck_max_rel_error", default=-1
+            client, run, "gradcheck_max_rel_error", default=-1
         )
         return self.run_id
 
@@ -160,6 +181,19 @@ class JobTracker:
         """The run's experiment id, known once ``start()`` has returned (stored with the run
         id, so that the API builds the run's link without asking MLflow)."""
         return self._experiment
+
+    def log_dataset(self, data: Dataset) -> None:
+        """Record ``data`` (its training part) as the run's dataset input, sent with the next
+        metrics (needs ``start()``). A resumed run that has it already is left as it is. Never
+        raises: a data set MLflow cannot describe is logged as a warning, the job goes on."""
+        if self._has_dataset:
+            return
+        try:
+            with self.clock.measure():
+                self._make_buffer().add_inputs([dataset_input(self.spec, data)])
+        except Exception as exc:
+            log.warning("job %s: no dataset input for its run: %s", self.job_id, exc)
+        self._has_dataset = True
 
     def callback(self) -> Callback:
         """The core callback of this run (needs ``start()`` or a ``run_id``); never raises
@@ -206,6 +240,7 @@ class JobTracker:
         run_id = self._require_run()
         client = self.client
         buffer = self._make_buffer()
+        self._check_alive()
         metrics: list[Metric] = []  # sent with the last epochs and the tags: one call
         tags: list[RunTag] = []
         if result is not None:
@@ -220,6 +255,7 @@ class JobTracker:
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")
             model_id = None
             if status == "succeeded":
+                self._check_alive()
                 try:
                     info = log_model(
                         result,
@@ -229,6 +265,7 @@ class JobTracker:
                         experiment_id=self._run_experiment(),
                         params=self._params or {},
                         register_as=self.spec.register_as,
+                        job_id=self.job_id,
                     )
                 except BaseException:
                     buffer.flush()  # the epochs stay in the run that is closed FAILED
@@ -244,10 +281,22 @@ class JobTracker:
             self._artifacts().log_bytes(error.encode(), "error.txt")
         buffer.add_final(metrics, tags)
         if not buffer.flush():
+            self._check_alive()
             raise RuntimeError(f"run {run_id}: could not flush buffered metrics to MLflow")
+        self._check_alive()
         client.set_terminated(run_id, _STATUS[status])
+        self.finished = True
+
+    def abandon(self) -> None:
+        """Stop the sender thread and drop what is buffered: the run is another attempt's."""
+        if self._buffer is not None:
+            self._buffer.close()
 
     # --- internals -------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self.alive is not None and not self.alive():
+            raise LeaseExpired(f"run {self.run_id}: this attempt's lease ran out")
 
     def _make_buffer(self) -> RunBuffer:
         if self._buffer is None:
@@ -258,6 +307,7 @@ class JobTracker:
                 checkpoint_interval_s=self.checkpoint_interval_s,
                 clock=self.clock,
                 artifacts=self._artifacts(),
+                alive=self.alive,
             )
         return self._buffer
 
@@ -359,8 +409,14 @@ def close_run(*, tracking_uri: str, run_id: str, status: str, reason: str | None
     client.set_terminated(run_id, mlflow_status)
 
 
-def _max_step(client: MlflowClient, run_id: str, key: str, *, default: int) -> int:
-    return max((m.step for m in client.get_metric_history(run_id, key)), default=default)
+def _max_step(client: MlflowClient, run: Run, name: str, *, default: int) -> int:
+    """The last step of metric ``name`` in the run, under its key or the name it had before
+    (a run that an attempt before this version of gradq started)."""
+    logged = [k for k in aliases(name) if k in run.data.metrics]
+    return max(
+        (m.step for k in logged for m in client.get_metric_history(run.info.run_id, k)),
+        default=default,
+    )
 
 
 def _now_ms() -> int:

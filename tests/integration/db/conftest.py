@@ -19,8 +19,10 @@ import pytest
 from sqlalchemy import Engine, insert
 
 from core.spec import JobSpec, parse_spec
+from db.datasets import DatasetStore
+from db.keys import KeyStore
 from db.migrate import upgrade
-from db.queries import EVENTS, JOBS
+from db.models import EVENTS, JOBS
 from db.session import make_engine
 from db.store import JobStore
 
@@ -56,6 +58,16 @@ def engine(migrated_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def store(engine: Engine) -> JobStore:
     return JobStore(engine)
+
+
+@pytest.fixture
+def keys(engine: Engine) -> KeyStore:
+    return KeyStore(engine)
+
+
+@pytest.fixture
+def datasets(engine: Engine) -> DatasetStore:
+    return DatasetStore(engine)
 
 
 @pytest.fixture

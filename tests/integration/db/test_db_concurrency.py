@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from core.spec import JobSpec
 from db.errors import StaleAttempt
-from db.queries import EVENTS, JOBS
+from db.models import EVENTS, JOBS
 from db.session import make_engine
 from db.store import JobStore
 

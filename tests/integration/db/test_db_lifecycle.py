@@ -6,13 +6,18 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine
 
 from core.spec import JobSpec
 from db.errors import InvalidTransition, StaleAttempt
+from db.models import utcnow
 from db.states import JobStatus
-from db.store import JobStore, utcnow
+from db.store import JobStore
+from db.submits import SubmitRequest
+from db.views import Submitted
 
 SpecFactory = Callable[..., JobSpec]
+BulkQueue = Callable[..., list[str]]
 
 
 def _path(store: JobStore, job_id: str) -> list[tuple[str | None, str, int]]:
@@ -34,6 +39,34 @@ def test_claim_takes_highest_priority_then_oldest(store: JobStore, make_spec: Sp
     assert job.lease_expires_at - job.started_at == timedelta(seconds=60)
     assert first[0].spec == top.spec and first[0].attempt == 1
     assert _path(store, top.id) == [(None, "queued", 0), ("queued", "running", 1)]
+
+
+def test_every_reader_follows_the_one_claim_order(
+    store: JobStore, engine: Engine, make_spec: SpecFactory, bulk_queue: BulkQueue
+) -> None:
+    """next_queued, queue_position, a group's answered positions and claim agree on one
+    order, and it is the documented one: priority desc, then created_at, then id. The queue
+    holds every kind of tie: older jobs of one priority, a group sharing one instant across
+    priorities, and later single submits that overtake it."""
+    bulk_queue(engine, 3, spec=make_spec(), priority=0)
+    bulk_queue(engine, 2, spec=make_spec(priority=5), priority=5)
+    group = store.submit_many([SubmitRequest(make_spec(priority=p)) for p in (0, 5, 9, 5, 0, -1)])
+    for answer in group:
+        assert isinstance(answer, Submitted)
+        assert answer.position == store.queue_position(job_id=answer.job.id)
+    for p in (9, 0, 5):
+        store.submit(spec=make_spec(priority=p))
+    queued = store.next_queued(limit=100)
+    assert len(queued) == 14
+    order = [(-j.priority, j.created_at, j.id) for j in queued]
+    assert order == sorted(order) and len(set(order)) == len(order)
+    assert [store.queue_position(job_id=j.id) for j in queued] == list(range(len(queued)))
+    claimed: list[str] = []
+    for limit in (1, 4, 2, 7):
+        batch = store.claim(owner="w", limit=limit, lease_seconds=60)
+        assert len(batch) == limit
+        claimed += [c.id for c in batch]
+    assert claimed == [j.id for j in queued]
 
 
 def test_heartbeat_renews_lease_stores_progress_and_reports_cancel(

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from db.cli import db_app
 from db.migrate import check, upgrade
-from db.queries import JOBS, QUEUE_DEPTH
+from db.models import JOBS, QUEUE_DEPTH
 from db.session import make_engine
 from db.store import JobStore
 

@@ -18,11 +18,11 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from core.spec import JobSpec
 from db.errors import QueueFull, StoreError
 from db.migrate import upgrade
-from db.queries import JOBS, QUEUE_DEPTH, utcnow
+from db.models import JOBS, QUEUE_DEPTH, utcnow
 from db.session import make_engine, write_tx
 from db.states import JobStatus
 from db.store import JobStore
-from db.submits import SubmitRequest, recount_queue_depth
+from db.submits import SubmitRequest
 from db.views import Submitted
 from tests.integration.db.conftest import insert_queued
 
@@ -290,12 +290,16 @@ def test_recount_corrects_counts_the_triggers_could_not_keep(
     with engine.begin() as conn:
         conn.execute(update(QUEUE_DEPTH).where(QUEUE_DEPTH.c.tenant == "a").values(queued=99))
         conn.execute(delete(QUEUE_DEPTH).where(QUEUE_DEPTH.c.tenant == "b"))
-    assert recount_queue_depth(engine) == {("a", 0): (99, 2), ("a", 3): (99, 1), ("b", 0): (0, 1)}
+    assert JobStore(engine).recount_queue_depth() == {
+        ("a", 0): (99, 2),
+        ("a", 3): (99, 1),
+        ("b", 0): (0, 1),
+    }
     assert depth(engine) == truth(engine)
     with engine.begin() as conn:
         conn.execute(update(QUEUE_DEPTH).values(queued=QUEUE_DEPTH.c.queued + 5))
     result = CliRunner().invoke(db_app, ["recount-queue", "--url", migrated_url])
     assert result.exit_code == 0, result.output
     assert "tenant 'b' priority 0: 6 → 1" in result.output and "corrected 3" in result.output
-    assert recount_queue_depth(engine) == {}
+    assert JobStore(engine).recount_queue_depth() == {}
     assert depth(engine) == truth(engine)

@@ -1,4 +1,4 @@
-"""Submitting and reading jobs: idempotency, tenants, pagination, keys and data sets."""
+"""Submitting and reading jobs: idempotency, tenants, pagination, counts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from core.spec import JobSpec
-from db.errors import DatasetNotFound, IdempotencyConflict, InvalidCursor, JobNotFound
-from db.queries import JOBS
+from db.errors import IdempotencyConflict, InvalidCursor, JobNotFound
+from db.models import JOBS
 from db.states import JobStatus
 from db.store import JobStore
 
@@ -127,35 +127,6 @@ def test_list_filters_by_status_and_name(store: JobStore, make_spec: SpecFactory
         store.list(cursor="garbage!")
 
 
-def test_api_keys_store_only_a_hash(store: JobStore, engine: Engine) -> None:
-    key_id, key = store.create_api_key(tenant="acme")
-    assert store.authenticate(key=key) == "acme"
-    assert store.authenticate(key=key + "x") is None
-    with engine.connect() as conn:
-        dumped = " ".join(str(v) for r in conn.exec_driver_sql("SELECT * FROM api_keys") for v in r)
-    assert key not in dumped and key[:11] in dumped
-    [view] = store.list_api_keys(tenant="acme")
-    assert view.id == key_id and view.prefix == key[:11] and view.revoked_at is None
-    assert store.revoke_api_key(key_id=key_id) == 1
-    assert store.authenticate(key=key) is None
-    assert store.revoke_api_key(key_id=key_id) == 0  # already revoked
-    _, other = store.create_api_key(tenant="acme")
-    assert store.revoke_api_key(prefix=other[:11]) == 1 and store.authenticate(key=other) is None
-
-
-def test_datasets_round_trip_per_tenant(store: JobStore) -> None:
-    ds = store.add_dataset(
-        tenant="acme", name="houses.csv", sha256="ab" * 32, size=1234, rows=50,
-        columns=["area", "price"], target="price", uri="mlflow-artifacts:/datasets/x/houses.csv",
-    )  # fmt: skip
-    assert store.get_dataset(dataset_id=ds.id, tenant="acme") == ds
-    assert store.get_dataset(dataset_id=ds.id).columns == ["area", "price"]
-    with pytest.raises(DatasetNotFound):
-        store.get_dataset(dataset_id=ds.id, tenant="other")
-    assert store.list_datasets(tenant="acme") == [ds]
-    assert store.list_datasets(tenant="other") == []
-
-
 def test_count_queued_counts_only_queued_jobs_of_the_tenant(
     store: JobStore, make_spec: SpecFactory
 ) -> None:
@@ -168,13 +139,3 @@ def test_count_queued_counts_only_queued_jobs_of_the_tenant(
     assert store.count_queued(tenant="a") == expected_a
     assert store.count_queued(tenant="b") == 1 - (claimed.tenant == "b")
     assert store.count_queued() == 3
-
-
-def test_ensure_api_key_stores_a_chosen_key_once(store: JobStore) -> None:
-    key = "gq_" + "s" * 40
-    assert store.ensure_api_key(tenant="ops", key=key) is True
-    assert store.ensure_api_key(tenant="ops", key=key) is False  # restarts change nothing
-    assert store.authenticate(key=key) == "ops"
-    assert [k.tenant for k in store.list_api_keys(tenant="ops")] == ["ops"]
-    with pytest.raises(ValueError, match="another tenant"):
-        store.ensure_api_key(tenant="someone-else", key=key)

@@ -7,13 +7,14 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import Engine, insert, select, text
 
 from core.spec import JobSpec
 from db.errors import IdempotencyConflict, QueueFull
-from db.queries import EVENTS, JOBS
-from db.store import JobStore
-from db.submits import INSERTED_COLUMNS, SubmitRequest
+from db.models import EVENTS, JOBS
+from db.store import INSERTED_COLUMNS, JobStore
+from db.submits import SubmitRequest
 from db.views import Submitted
 
 SpecFactory = Callable[..., JobSpec]
@@ -127,7 +128,7 @@ def test_concurrent_groups_with_one_key_make_one_job(
 def test_a_group_stores_what_sqlalchemys_insert_stores(
     engine: Engine, store: JobStore, make_spec: SpecFactory
 ) -> None:
-    """A group's insert (``_insert_rows``: on PostgreSQL a statement of its own, unnesting
+    """A group's insert (``_insert_jobs``: on PostgreSQL a statement of its own, unnesting
     arrays) stores every value, read raw (as text, and on SQLite with its storage class), as
     SQLAlchemy's own insert of the same row stores it: the readers (claim order, queue
     positions, time filters) compare them raw."""
@@ -165,3 +166,39 @@ def test_a_group_stores_what_sqlalchemys_insert_stores(
             "job_events", "job_id", event_columns, twins[name]
         ), name
     assert store.get(job_id=ours["a"]).idempotency_key == "key-a"
+
+
+def test_psycopg_binds_a_groups_arrays_in_binary(engine: Engine) -> None:
+    """psycopg's default for a list is array text, each element quoted in Python; the
+    engine's connections bind lists in binary instead (a group binds a column as one list)."""
+    if engine.dialect.driver != "psycopg":
+        pytest.skip("psycopg's adapters only")
+    from psycopg import pq
+    from psycopg.adapt import PyFormat
+
+    with engine.connect() as conn:
+        adapters = conn.connection.dbapi_connection.adapters
+        assert adapters.get_dumper(list, PyFormat.AUTO).format == pq.Format.BINARY
+
+
+def test_a_retried_submit_finds_the_job_a_lost_commit_stored(
+    store: JobStore, engine: Engine, make_spec: SpecFactory
+) -> None:
+    """A request retried with ``may_exist`` (its group's commit went through unseen) gets the
+    job stored under its id, as created, and its place; nothing is inserted again. One not
+    stored is inserted under the id it carries."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    first = [SubmitRequest(make_spec(), job_id=ids[0]),
+             SubmitRequest(make_spec(), tenant="t", idempotency_key="k", job_id=ids[1])]  # fmt: skip
+    store.submit_many(first)  # committed; its answers lost
+    again = [SubmitRequest(r.spec, r.tenant, r.idempotency_key, r.job_id, may_exist=True)
+             for r in first] + [SubmitRequest(make_spec(), job_id=ids[2], may_exist=True)]  # fmt: skip
+    answers = [submitted(a) for a in store.submit_many(again)]
+    assert [a.job.id for a in answers] == ids
+    assert all(a.job.created for a in answers)  # each request made its job: 201, not a replay
+    for a in answers:
+        assert a.position == store.queue_position(job_id=a.job.id)
+    with engine.connect() as conn:
+        events = conn.execute(select(EVENTS.c.job_id)).scalars().all()
+    jobs, _ = store.list(limit=200)
+    assert sorted(j.id for j in jobs) == sorted(ids) == sorted(events)

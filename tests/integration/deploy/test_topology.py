@@ -195,5 +195,5 @@ def run_topology(
     assert stored, "no checkpoint in the MLflow server's artifact destination"
     for i, epochs in zip(ids, [s["optimizer"]["epochs"] for s in specs], strict=True):
         curves = http.get(f"/v1/jobs/{i}/metrics").json()
-        steps = [p["step"] for p in curves["metrics"]["train_loss"]]
+        steps = [p["step"] for p in curves["metrics"]["loss/train"]]
         assert steps == list(range(1, epochs + 1)), (i, steps)  # continuous, no duplicate

@@ -69,7 +69,7 @@ def test_a_job_whose_model_cannot_be_logged_fails_and_its_run_ends_failed(
     assert run.info.status == "FAILED"
     assert "artifact store unreachable" in run.data.tags["gradq.close_reason"]
     # the epochs were still buffered when the model failed: they are in the run all the same
-    history = client.get_metric_history(job.mlflow_run_id, "train_loss")
+    history = client.get_metric_history(job.mlflow_run_id, "loss/train")
     assert sorted(m.step for m in history) == list(range(1, SPEC["optimizer"]["epochs"] + 1))
 
 

@@ -157,10 +157,14 @@ def test_job_succeeds_with_run_metrics_and_a_model(service: Service) -> None:
     client = MlflowClient(tracking_uri=service.tracking_uri)
     run = client.get_run(job.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["gradq.job_id"] == job_id
-    for key in ("train_loss", "val_loss"):
+    for key in ("loss/train", "loss/val"):
         steps = [s for s, _ in metric_history(tracking_uri=service.tracking_uri,
                                               run_id=job.mlflow_run_id, key=key)]  # fmt: skip
         assert steps == list(range(1, 7))
+    assert run.data.tags["mlflow.note.content"].startswith(f"gradq job {job_id} on ")
+    (trained_on,) = run.inputs.dataset_inputs  # the run page's "Datasets" panel
+    assert trained_on.dataset.name == parse_spec(small_job()).dataset.name
+    assert [(t.key, t.value) for t in trained_on.tags] == [("mlflow.data.context", "training")]
     artifacts = {a.path for a in client.list_artifacts(job.mlflow_run_id)}
     assert {"checkpoints", "gradcheck", "plots"} <= artifacts
     mlflow.set_tracking_uri(service.tracking_uri)
@@ -187,7 +191,7 @@ def test_killed_worker_resumes_from_its_checkpoint(service: Service) -> None:
     assert transitions.count(("queued", "running")) == 2
     assert ("running", "queued") in transitions  # the attempt died and the job went back
     steps = [s for s, _ in metric_history(tracking_uri=service.tracking_uri,
-                                          run_id=job.mlflow_run_id or "", key="train_loss")]  # fmt: skip
+                                          run_id=job.mlflow_run_id or "", key="loss/train")]  # fmt: skip
     assert steps == list(range(1, 41))  # continuous: no gap, no duplicate
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,17 +150,25 @@ def test_a_finished_run_has_status_tags_params_final_metrics_and_a_url(finished:
     url = run_url(
         ui_base="http://ui:5000/", tracking_uri=finished.client.tracking_uri, run_id=run_id
     )
-    assert url == f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    assert (
+        url == f"http://ui:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}/model-metrics"
+    )
 
 
 def test_each_epoch_is_one_point_and_the_history_matches_training(finished: Finished) -> None:
     client, run_id = finished.client, finished.run_id
-    for key in ("train_loss", "val_loss", "val_accuracy", "layer2_dead_fraction", "lr"):
+    for key in (
+        "loss/train",
+        "loss/val",
+        "accuracy/val",
+        "weights/layer2_dead_fraction",
+        "training/lr",
+    ):
         assert steps(client, run_id, key) == list(range(1, 9)), key
-    val = metric_history(tracking_uri=client.tracking_uri, run_id=run_id, key="val_loss")
+    val = metric_history(tracking_uri=client.tracking_uri, run_id=run_id, key="loss/val")
     assert val == [(r.epoch, pytest.approx(r.val["loss"])) for r in finished.result.history]
     grad = metric_history(
-        tracking_uri=client.tracking_uri, run_id=run_id, key="gradcheck_max_rel_error"
+        tracking_uri=client.tracking_uri, run_id=run_id, key="training/gradcheck_max_rel_error"
     )
     assert len(grad) == 1 and grad[0][0] == 0 and grad[0][1] < 1e-8
 
@@ -253,9 +262,9 @@ def test_a_second_attempt_resumes_the_same_run_without_gaps_or_duplicates(
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    for key in ("train_loss", "val_loss", "grad_norm"):
+    for key in ("loss/train", "loss/val", "training/grad_norm"):
         assert steps(client, run_id, key) == list(range(1, 9)), key
-    logged = metric_history(tracking_uri=mlflow_store.uri, run_id=run_id, key="train_loss")
+    logged = metric_history(tracking_uri=mlflow_store.uri, run_id=run_id, key="loss/train")
     assert logged == [(r.epoch, pytest.approx(r.train["loss"])) for r in result.history]
     tags = run.data.tags
     assert tags["gradq.attempt"] == "2" and tags["gradq.node"] == "node-b"
@@ -286,7 +295,7 @@ def test_failed_and_cancelled_runs_end_failed_and_killed(
     run = client.get_run(failed_id)
     assert run.info.status == "FAILED" and run.data.tags["gradq.error"].startswith("Diverged")
     assert len(download(client, failed_id, "error.txt", tmp_path)) > 9000
-    assert steps(client, failed_id, "train_loss") == [1, 2]
+    assert steps(client, failed_id, "loss/train") == [1, 2]
     assert not [a for a in client.list_artifacts(failed_id) if a.path == "model"]
 
     cancelled = tracker_for(mlflow_store, spec, "job-cancelled")
@@ -340,7 +349,7 @@ def test_fast_epochs_are_sent_in_few_batches(
     result = train(spec, callbacks=[tracker.callback()])
     assert result.epochs == 30 and tracker.flush() is True
     assert 1 <= len(calls) <= 2, calls  # the first checkpoint's upload flushes epoch 1
-    assert steps(tracker.client, run_id, "train_loss") == list(range(1, 31))
+    assert steps(tracker.client, run_id, "loss/train") == list(range(1, 31))
 
 
 def log_batch_sizes(tracker: JobTracker, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
@@ -356,6 +365,18 @@ def log_batch_sizes(tracker: JobTracker, monkeypatch: pytest.MonkeyPatch) -> lis
     return calls
 
 
+def first_checkpoint_sent(tracker: JobTracker, timeout_s: float = 60.0) -> None:
+    """Wait for the send that the first checkpoint starts in the background (the params, the
+    data set and the epochs so far): on a loaded host it may still be on its way when training
+    ends, and finish() would then be its second call."""
+    buffer = tracker._buffer
+    assert buffer is not None
+    deadline = time.monotonic() + timeout_s
+    while buffer.params or buffer.inputs:
+        assert time.monotonic() < deadline, "the first checkpoint's send never happened"
+        time.sleep(0.01)
+
+
 def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     mlflow_store: Store,
     monkeypatch: pytest.MonkeyPatch,
@@ -364,6 +385,7 @@ def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     tracker = tracker_for(mlflow_store, spec, "job-one-call", flush_interval_s=60.0)
     run_id = tracker.start()
     result = train(spec, callbacks=[tracker.callback()])
+    first_checkpoint_sent(tracker)
     calls = log_batch_sizes(tracker, monkeypatch)
     tracker.finish(status="succeeded", result=result)
     assert len(calls) == 1, calls  # the finals, the model's tag and the last epochs
@@ -372,7 +394,7 @@ def test_finish_sends_the_last_epochs_the_final_metrics_and_tags_in_one_call(
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["gradq.model_uri"] == tracker.model_uri
     assert run.data.metrics["final_epochs"] == 3
-    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+    assert steps(tracker.client, run_id, "loss/train") == [1, 2, 3]
 
 
 def test_a_one_epoch_job_is_tracked_in_one_log_batch(
@@ -392,7 +414,7 @@ def test_a_one_epoch_job_is_tracked_in_one_log_batch(
     assert params > 10 and tags >= 1 and metrics > len(result.metrics)
     listed = {f.path for f in tracker.client.list_artifacts(run_id, "checkpoints/last")}
     assert "checkpoints/last/checkpoint.pt" in listed
-    assert steps(tracker.client, run_id, "train_loss") == [1]
+    assert steps(tracker.client, run_id, "loss/train") == [1]
 
 
 def test_a_failed_flush_keeps_the_points_and_the_retry_sends_them_once(
@@ -415,7 +437,7 @@ def test_a_failed_flush_keeps_the_points_and_the_retry_sends_them_once(
     assert latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id) is None  # held back
     monkeypatch.setattr(tracker.client, "log_batch", real)
     assert tracker.flush() is True and tracker.pending_points == 0
-    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+    assert steps(tracker.client, run_id, "loss/train") == [1, 2, 3]
     checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
     assert checkpoint is not None and checkpoint.epoch == 3
 
@@ -455,7 +477,7 @@ def test_the_buffer_is_bounded_and_counts_what_it_dropped() -> None:
     buffer = RunBuffer(
         client, "0" * 32, flush_interval_s=3600, checkpoint_interval_s=3600, max_points=20
     )
-    for epoch in range(1, 11):  # 5 metrics an epoch: lr, epoch_seconds, …, train_loss
+    for epoch in range(1, 11):  # 5 metrics an epoch: training/lr, …, loss/train
         buffer.add_epoch(EpochRecord(epoch, epoch, 0.1, 0.01, 1e4, 1.0, {"loss": 1.0 / epoch}))
     assert (len(buffer.points), buffer.dropped, buffer.failures) == (20, 30, 0)
     assert [p.step for p in buffer.points] == [s for s in range(7, 11) for _ in range(5)]
@@ -492,7 +514,7 @@ def test_training_never_waits_for_a_slow_mlflow(
     assert latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id) is None
     release.set()
     assert tracker.flush() is True and tracker.pending_points == 0
-    assert steps(tracker.client, run_id, "train_loss") == [1, 2, 3]
+    assert steps(tracker.client, run_id, "loss/train") == [1, 2, 3]
     checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
     assert checkpoint is not None and checkpoint.epoch == 3
 
@@ -514,3 +536,40 @@ def test_mlflows_sqlite_store_runs_in_wal_with_normal_sync(tmp_path: Path) -> No
     with other.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL, untouched
     other.dispose()
+
+
+class LoseLeaseAfter(Callback):
+    """Turns ``alive`` False at the end of epoch ``n`` (the attempt's lease ran out)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.held = n, True
+
+    def alive(self) -> bool:
+        return self.held
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if record.epoch >= self.n:
+            self.held = False
+
+
+def test_a_tracker_whose_lease_ran_out_writes_nothing_more(mlflow_store: Store) -> None:
+    """Once ``alive()`` is False no metric, checkpoint, model or status reaches the run:
+    ``flush()`` sends nothing and ``finish()`` raises ``LeaseExpired`` with the run RUNNING,
+    its epochs only some of those before the lease ran out, and no model version registered."""
+    from workers.tracking.run import LeaseExpired
+
+    spec = iris_spec(register_as="lease-ran-out")
+    lease = LoseLeaseAfter(3)
+    tracker = tracker_for(mlflow_store, spec, "job-lease", flush_interval_s=0, alive=lease.alive)
+    run_id = tracker.start()
+    # the lease callback first: epoch 3 is the first one that comes after the lease ran out
+    result = train(spec, callbacks=[lease, tracker.callback()])
+    assert result.epochs == 8
+    assert tracker.flush() is False  # epochs 3-8 and their checkpoints stay buffered
+    with pytest.raises(LeaseExpired):
+        tracker.finish(status="succeeded", result=result)
+    client = MlflowClient(tracking_uri=mlflow_store.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert set(steps(client, run_id, "loss/train")) <= {1, 2}  # sent in the background
+    assert client.search_model_versions("name='lease-ran-out'") == []
+    assert tracker.finished is False

@@ -9,15 +9,11 @@ connection drops at that moment, and MLflow's client sends the same create again
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,12 +24,7 @@ from mlflow.entities import ViewType
 from core.spec import JobSpec, parse_spec
 from workers.tracking import JobTracker
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from deploy_stack import kill, served_port
-
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -96,33 +87,11 @@ def _job_of_create(path: str, body: bytes) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LosingProxy]:
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    log = folder / "mlflow.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{folder}/mlflow.db", "--serve-artifacts", "--artifacts-destination",
-             str(folder / "artifacts"), "--host", "127.0.0.1", "--port", "0",
-             "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder,
-        )  # fmt: skip
-    try:
-        upstream = f"http://127.0.0.1:{served_port(log, process)}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{upstream}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        losing = LosingProxy(upstream)
-        server = losing.serve()
-        yield losing
-        server.shutdown()
-    finally:
-        kill([process.pid], grace=10)
+def proxy(mlflow_server: str) -> Iterator[LosingProxy]:
+    losing = LosingProxy(mlflow_server)
+    server = losing.serve()
+    yield losing
+    server.shutdown()
 
 
 def spec() -> JobSpec:

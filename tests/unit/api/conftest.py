@@ -12,7 +12,12 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from core.spec import parse_spec
 from db.migrate import upgrade
+from db.session import make_engine
+from db.store import JobStore
+
+IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 3}}
 
 
 @pytest.fixture
@@ -50,3 +55,23 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture
+def running_job(tmp_path: Path) -> Callable[..., str]:
+    """Makes a job (an iris spec) claimed by a worker whose attempt stored its run id and,
+    if given, its experiment id; returns the job's id."""
+
+    def make(*, run_id: str, experiment_id: str | None, key: str | None = None) -> str:
+        engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
+        try:
+            store = JobStore(engine)
+            job_id = store.submit(spec=parse_spec(IRIS), idempotency_key=key).id
+            (claimed,) = store.claim(owner="w", lease_seconds=300, ids=[job_id])
+            store.set_run(job_id=job_id, attempt=claimed.attempt, mlflow_run_id=run_id,
+                          mlflow_experiment_id=experiment_id)  # fmt: skip
+        finally:
+            engine.dispose()
+        return job_id
+
+    return make

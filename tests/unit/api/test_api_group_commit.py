@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ from fastapi.testclient import TestClient
 
 from api.group_commit import GroupCommit
 from core.spec import parse_spec
-from db.errors import QueueFull, StoreError
+from db.errors import QueueFull, StoreError, StoreUnavailable
+from db.migrate import upgrade
+from db.session import make_engine
+from db.store import JobStore
 from db.submits import SubmitRequest
 from db.views import Submitted
 
@@ -110,3 +114,46 @@ def test_a_lone_submit_is_not_held_back(n: int) -> None:
     finally:
         commit.close()
     assert store.groups == [["x"]] * n
+
+
+class LostCommitStore(JobStore):
+    """A real store whose first group commits and then raises, as when the connection drops
+    during COMMIT: the jobs are stored, the writer cannot know it."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.groups: list[int] = []
+
+    def submit_many(self, requests: Any, **kwargs: Any) -> list[Submitted | StoreError]:
+        answers = super().submit_many(requests, **kwargs)
+        self.groups.append(len(requests))
+        if len(self.groups) == 1:
+            raise StoreUnavailable("server closed the connection unexpectedly")
+        return answers
+
+
+def test_a_group_whose_commit_went_through_unseen_stores_each_job_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/gradq.db"
+    upgrade(url)
+    engine = make_engine(url)
+    store = LostCommitStore(engine)
+    commit = GroupCommit(store, max_queued=None)
+    names = ["a", "b", "c"]
+
+    async def main() -> list[Any]:
+        calls = [
+            commit.submit(SubmitRequest(parse_spec({"dataset": "iris", "name": n}))) for n in names
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(main())
+        stored, _ = store.list(limit=100)
+    finally:
+        commit.close()
+        engine.dispose()
+    assert store.groups[0] == 3  # one group, its commit's outcome unknown to the writer
+    assert sorted(j.name for j in stored) == names  # each job once
+    assert all(isinstance(a, Submitted) for a in answers)
+    assert sorted(a.job.id for a in answers) == sorted(j.id for j in stored)
+    assert all(a.job.created and a.position is not None for a in answers)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from api.main import YOUNG_COLLECTION_THRESHOLD, create_app
 from api.settings import Settings
 from core.spec import parse_spec
+from db.keys import KeyStore
 from db.session import make_engine
 from db.store import JobStore
 
@@ -117,9 +118,9 @@ def test_an_upload_id_that_does_not_exist(client: TestClient) -> None:
 
 
 def test_keys_tenants_and_401(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
-    store = JobStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
-    _, key_a = store.create_api_key(tenant="a")
-    key_b_id, key_b = store.create_api_key(tenant="b")
+    keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
+    _, key_a = keys.create(tenant="a")
+    key_b_id, key_b = keys.create(tenant="b")
     client = make_client(auth="keys")
     a = {"Authorization": f"Bearer {key_a}"}
     b = {"Authorization": f"Bearer {key_b}"}
@@ -133,7 +134,7 @@ def test_keys_tenants_and_401(make_client: Callable[..., TestClient], tmp_path: 
     csv_spec = {"dataset": {"name": "csv", "path": "/etc/passwd", "target": "x"}}
     r = client.post("/v1/jobs", json=csv_spec, headers=a)
     assert (r.status_code, r.json()["error"]["field"]) == (422, "dataset.name")
-    store.revoke_api_key(key_id=key_b_id)
+    keys.revoke(key_id=key_b_id)
     r = client.get("/v1/jobs", headers=b)
     assert (r.status_code, r.json()["error"]["message"]) == (401, "unknown or revoked API key")
     assert client.get("/healthz").status_code == 200

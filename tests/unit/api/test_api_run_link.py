@@ -5,14 +5,9 @@ whose run was stored before migration 0004 (no experiment id) asks MLflow, as be
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-
-from core.spec import parse_spec
-from db.session import make_engine
-from db.store import JobStore
 
 IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 3}}
 RUN = "0123456789abcdef0123456789abcdef"
@@ -36,28 +31,14 @@ class SilentTracking:
         raise AssertionError(f"the API used tracking.{name}")
 
 
-def running_job(tmp_path: Path, *, experiment_id: str | None, key: str | None = None) -> str:
-    """A job claimed by a worker whose attempt stored its run (and experiment, if given)."""
-    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
-    try:
-        store = JobStore(engine)
-        job_id = store.submit(spec=parse_spec(IRIS), idempotency_key=key).id
-        (claimed,) = store.claim(owner="w", lease_seconds=300, ids=[job_id])
-        store.set_run(job_id=job_id, attempt=claimed.attempt, mlflow_run_id=RUN,
-                      mlflow_experiment_id=experiment_id)  # fmt: skip
-    finally:
-        engine.dispose()
-    return job_id
-
-
 def test_get_job_builds_the_link_without_mlflow(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], running_job: Callable[..., str]
 ) -> None:
     client = make_client(mlflow_ui_url="https://mlflow.example.org/ui/")
     tracking = SilentTracking()
     client.app.state.services.tracking = tracking  # type: ignore[attr-defined]
-    job_id = running_job(tmp_path, experiment_id="42", key="k")
-    link = f"https://mlflow.example.org/ui/#/experiments/42/runs/{RUN}"
+    job_id = running_job(run_id=RUN, experiment_id="42", key="k")
+    link = f"https://mlflow.example.org/ui/#/experiments/42/runs/{RUN}/model-metrics"
 
     r = client.get(f"/v1/jobs/{job_id}")
     assert r.status_code == 200, r.text
@@ -70,12 +51,12 @@ def test_get_job_builds_the_link_without_mlflow(
 
 
 def test_a_job_stored_before_the_experiment_id_still_gets_its_link_from_mlflow(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], running_job: Callable[..., str]
 ) -> None:
     client = make_client()
     tracking = SilentTracking(legacy_link="http://127.0.0.1:5000/#/experiments/3/runs/x")
     client.app.state.services.tracking = tracking  # type: ignore[attr-defined]
-    job_id = running_job(tmp_path, experiment_id=None)
+    job_id = running_job(run_id=RUN, experiment_id=None)
     r = client.get(f"/v1/jobs/{job_id}")
     assert r.json()["links"]["mlflow_run"] == tracking.legacy_link
     assert tracking.used == [f"run_link({RUN})"]

@@ -22,8 +22,8 @@ from api.deps import bearer, get_tenant
 from api.main import create_app
 from api.routes import submit
 from api.settings import Settings
+from db.keys import KeyStore
 from db.session import make_engine
-from db.store import JobStore
 
 IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 2}}
 VOLATILE = {"id", "created_at", "updated_at", "links", "queue_position", "pending_reason"}
@@ -142,10 +142,10 @@ def test_bad_input_answers_alike(
 
 
 def test_keys_quota_and_body_limit_answer_alike(pair: Callable[..., Pair], tmp_path: Path) -> None:
-    store = JobStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
-    _, key = store.create_api_key(tenant="a")
-    revoked_id, revoked = store.create_api_key(tenant="b")
-    store.revoke_api_key(key_id=revoked_id)
+    keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
+    _, key = keys.create(tenant="a")
+    revoked_id, revoked = keys.create(tenant="b")
+    keys.revoke(key_id=revoked_id)
     p = pair(auth="keys", max_queued_per_tenant=2, max_body_bytes=2000)
     for headers in (
         {},

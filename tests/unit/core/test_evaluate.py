@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.callbacks import EpochRecord
-from core.evaluate import evaluate, evaluate_parts
+from core.evaluate import EVAL_CHUNK_BYTES, evaluate, evaluate_parts, rows_per_chunk
 from core.losses import encode_targets, loss_value
 from core.model import build_mlp
 from core.spec import ModelSpec
@@ -98,3 +98,65 @@ def test_epoch_record_to_dict_is_asdict() -> None:
     d["layers"][0]["weight_norm"] = 9.0
     assert record.train["loss"] == 0.2 and record.layers[0]["weight_norm"] == 2.0
     assert EpochRecord.from_dict(record.to_dict()) == record
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu"])
+@pytest.mark.parametrize(
+    ("loss", "task", "width"),
+    [
+        ("cross_entropy", "classification", 3),
+        ("logistic", "classification", 1),
+        ("squared", "regression", 1),
+    ],
+)
+def test_evaluation_in_chunks_equals_one_pass(
+    activation: str, loss: str, task: str, width: int
+) -> None:
+    """Chunks of 1, 3 and 8 rows (blocks cut across them) give the numbers of one pass over
+    all 23 rows; the dead fractions are exactly those of their definition on the first block."""
+    g = torch.Generator().manual_seed(5)
+    model = build_mlp(
+        ModelSpec(hidden=[7, 5], activation=activation), 4, width, generator=g, dtype=torch.float64
+    )
+    before = [w.detach().clone() for w in model.weights]
+    with torch.no_grad():  # wide pre-activations: units dead or saturated on some rows only
+        model.weights[0].mul_(6.0)
+        model.biases[0].copy_(torch.linspace(-30.0, 30.0, 7, dtype=torch.float64))
+    X = torch.randn(23, 4, generator=g, dtype=torch.float64)
+    X[13:] *= 4.0  # the second block wakes units that are dead on the first
+    if task == "regression":
+        y = torch.randn(23, generator=g, dtype=torch.float64)
+    else:
+        y = torch.randint(0, 2 if loss == "logistic" else 3, (23,), generator=g)
+    T = encode_targets(loss, task, y, width)
+    kw = {"loss": loss, "task": task, "y_scale": 2.0, "weights_before": before}
+    whole, whole_layers = evaluate_parts(model, X, y, T, [13, 10, 0], chunk_rows=23, **kw)
+    for rows in (1, 3, 8):
+        parts, layers = evaluate_parts(model, X, y, T, [13, 10, 0], chunk_rows=rows, **kw)
+        assert parts[2] == {}
+        for got, want in zip(parts[:2], whole[:2], strict=True):
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+        for got, want in zip(layers, whole_layers, strict=True):
+            assert got["dead_fraction"] == want["dead_fraction"]
+            assert got == pytest.approx(want, rel=1e-12)
+
+    def dead(rows: int) -> float:
+        z = (X[:rows] @ model.weights[0].T + model.biases[0]).detach()
+        if activation == "relu":
+            return float((z.amax(dim=0) <= 0).double().mean())
+        if activation in ("sigmoid", "tanh"):
+            limit = {"sigmoid": 6.9, "tanh": 4.15}[activation]
+            return float((z.abs().amin(dim=0) > limit).double().mean())
+        return 0.0
+
+    assert whole_layers[0]["dead_fraction"] == dead(13)
+    if activation != "leaky_relu":
+        assert 0.0 < dead(13) < 1.0  # some units dead on the first block, not all
+        assert dead(23) != dead(13)  # and the rows of the second block do not count
+
+
+def test_a_chunk_holds_the_budget_of_its_widest_layer() -> None:
+    assert rows_per_chunk([2, 4096, 2], 4) == EVAL_CHUNK_BYTES // (4096 * 4)
+    assert rows_per_chunk([2, 4096, 2], 4, budget=64 * 2**20) == 4096
+    assert rows_per_chunk([10_000, 64, 8], 8) == EVAL_CHUNK_BYTES // (64 * 8)  # not the input
+    assert rows_per_chunk([2, 65_536, 2], 8, budget=1000) == 1  # at least one row

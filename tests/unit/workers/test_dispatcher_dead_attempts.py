@@ -9,13 +9,10 @@ from typing import Any
 
 import pytest
 
+from db.errors import StoreUnavailable
 from db.states import JobStatus
 from workers.dispatcher import Dispatcher, DispatcherConfig, death
 from workers.task import WorkerConfig
-
-
-class DatabaseAway(Exception):
-    pass
 
 
 @dataclass
@@ -81,7 +78,7 @@ def test_a_dead_attempt_is_released_and_an_ended_job_has_its_run_closed(
 
 
 def test_with_the_database_away_the_dead_attempt_is_left_to_its_lease() -> None:
-    store = FakeStore(DatabaseAway)
+    store = FakeStore(StoreUnavailable)
     d, closer = dispatcher(store)
     d._settle_dead("job-1", 1, WorkerCrashedError("gone"))  # does not raise: the loop goes on
     assert store.released == [("job-1", 1, "WorkerCrashedError: gone")]

@@ -1,0 +1,340 @@
+"""A job's peak memory, estimated from its spec alone: what admission checks and what the
+dispatcher reserves on the cluster for each attempt.
+
+``estimate(spec)`` follows an attempt the way a worker runs it (``workers.task``): the data
+set loaded by ``core.data`` and kept twice (the worker process's cache of data sets and the
+job's own copy), then ``core.train.train`` in float32 with the tracking callback's checkpoint
+snapshots. An attempt passes through phases whose memory does not all coexist: loading the
+data, training steps (one of them with the gradient validator) and evaluations. The estimate
+is the largest phase, and its ``parts`` are that phase's, in bytes:
+
+=========== ===================================================================================
+part        what it counts
+=========== ===================================================================================
+data        the data set, float64 features and its targets, twice; while loading, instead,
+            the generator's, the split's and the standardisation's temporaries
+tensors     ``train``'s copies in the training dtype: the training and validation features and
+            encoded targets (a one-hot encoding passes through int64 and float64), the epoch
+            evaluation's rows, the manual engine's [X | T], the epoch's row order
+activations a training step: the manual engine's buffers for the batch size and for the
+            epoch's last, smaller batch (autograd: the step's graph), the dropout masks
+evaluation  an evaluation chunk's activations (``core.evaluate.rows_per_chunk``), each row's
+            loss and hit, the test part encoded for the final metrics
+parameters  parameters, gradients, momentum, the weight-decay mask, the weights at the epoch's
+            start and at the best epoch, checkpoint snapshots and their serialisation
+gradcheck   the validator, in float64: copies of the parameters and the batch, its manual and
+            autograd passes, and the ±h copies of a parameter tensor (2·min(fd_samples,
+            ``FD_CHUNK``) of them) that the finite differences run with their activations
+attempt     what an attempt adds whatever its size: torch's first steps, the tracking store's
+            client, the model's export (``ATTEMPT_BYTES``, measured by bench/memory.py)
+allocator   the C allocator's slack: blocks freed below glibc's mmap threshold stay in the
+            process's heap (``HEAP_SLACK``, measured alike)
+=========== ===================================================================================
+
+The figures are what a job adds to an idle worker process, one that has imported gradq,
+torch and MLflow (its own footprint is the same for every job: the operator leaves room for
+it); ``bench/memory.py`` runs jobs as a worker does and sets their measured peaks beside the
+estimates. A job on a GPU is counted alike (its tensors then take the GPU's memory instead).
+
+csv and upload data sets: the spec does not tell their shape. The estimate assumes the
+largest table the default upload limit allows (50 MiB of CSV holds at most 25 million
+numbers, each a digit and a separator): ``FILE_ROWS`` rows (the most a CSV may have) of
+``FILE_FEATURES`` features, and ``FILE_CLASSES`` classes (the most a target column is
+detected as a class label with; a spec that sets ``task: classification`` on a column of
+more classes takes more).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from core.data import DEFAULT_SAMPLES, part_sizes
+from core.evaluate import rows_per_chunk
+from core.gradcheck import FD_CHUNK
+from core.spec import (
+    FILE_DATASETS,
+    SYNTHETIC_DATASETS,
+    JobSpec,
+    count_parameters,
+    dataset_shape,
+)
+from core.train import TRAIN_EVAL_ROWS
+
+GiB = 2**30
+MiB = 2**20
+
+FILE_ROWS, FILE_FEATURES, FILE_CLASSES = 1_000_000, 24, 50
+BUILTIN_ROWS = {"iris": 150, "wine": 178, "breast_cancer": 569, "digits": 1797, "diabetes": 442}
+# Loading's peak: this many float64 copies of the features (the table, a part being
+# standardised and its temporaries) and, per row, the split's index arrays and the labels.
+LOAD_FEATURE_COPIES = 2.25
+LOAD_ROW_BYTES = {"classification": 96, "regression": 32}
+# Above the largest of their measured figures (bench/RESULTS.md, Memory): what a one-epoch
+# iris job adds, and how far a job's peak resident memory lies above its live bytes when
+# freed blocks below glibc's dynamic mmap threshold (up to 32 MiB) stay in the heap.
+ATTEMPT_BYTES = 96 * MiB
+HEAP_SLACK = 96 * MiB
+FIXED = ("attempt", "allocator")  # parts every job has
+ITEMSIZE = 4  # float32, what a worker trains in
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """``total`` bytes at the job's peak, in ``phase`` (one of ``_phases``: "loading",
+    "encoding", "check", "step", "evaluation"); ``parts`` the bytes of each part then;
+    ``field`` the spec field behind the largest part (of those a spec changes) and ``what``
+    that part in words."""
+
+    total: int
+    phase: str
+    parts: dict[str, int]
+    field: str
+    what: str
+
+    def refusal(self, limit: int) -> str:
+        """Why a service whose limit is ``limit`` bytes refuses the job."""
+        return (
+            f"this job needs about {size(self.total)} of memory ({self.what}); the limit is "
+            f"{size(limit)} (GRADQ_MAX_JOB_MEMORY)"
+        )
+
+
+def size(n: float) -> str:
+    """Bytes for a reader: ``4 GiB``, ``19.6 GiB``, ``312 MiB``."""
+    if n >= GiB:
+        return f"{n / GiB:.1f}".removesuffix(".0") + " GiB"
+    return f"{math.ceil(n / MiB)} MiB"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The numbers the parts are made of, resolved from the spec."""
+
+    rows: int
+    features: int
+    classes: int  # 0 for regression
+    out: int  # output width, also the encoded targets' width
+    parts: tuple[int, int, int]  # train, validation, test rows
+    widths: list[int]  # input first
+    batch: int
+    last_batch: int  # 0 when the batch size divides the training rows
+    itemsize: int = ITEMSIZE
+
+    @property
+    def hidden(self) -> int:  # units of all hidden layers
+        return sum(self.widths[1:-1])
+
+    @property
+    def units(self) -> int:  # units of all layers but the input
+        return sum(self.widths[1:])
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self.widths)
+
+
+def _shape(spec: JobSpec) -> _Shape:
+    ds = spec.dataset
+    known = dataset_shape(ds)
+    if ds.name in SYNTHETIC_DATASETS:
+        rows = ds.n_samples or DEFAULT_SAMPLES
+    else:
+        rows = BUILTIN_ROWS.get(ds.name, FILE_ROWS)
+    features = known.n_features or FILE_FEATURES
+    classes = 0 if known.task == "regression" else known.n_classes or FILE_CLASSES
+    loss = spec.resolved_loss(known.task)
+    out = 1 if known.task == "regression" or loss == "logistic" else classes
+    n_train, n_val, n_test = part_sizes(rows, ds.validation_fraction, ds.test_fraction)
+    batch = min(spec.optimizer.batch_size, n_train)
+    return _Shape(
+        rows=rows,
+        features=features,
+        classes=classes,
+        out=out,
+        parts=(n_train, n_val, n_test),
+        widths=[features, *spec.model.hidden, out],
+        batch=batch,
+        last_batch=n_train % batch,
+    )
+
+
+def estimate(spec: JobSpec) -> MemoryEstimate:
+    """The job's peak memory above an idle worker process, with its parts (see the module)."""
+    s = _shape(spec)
+    phases = _phases(spec, s)
+    phase = max(phases, key=lambda p: sum(phases[p].values()))
+    parts = phases[phase]
+    largest = max((p for p in parts if p not in FIXED), key=parts.__getitem__)
+    where, what = _blame(spec, s, largest)
+    return MemoryEstimate(sum(parts.values()), phase, dict(parts), where, what)
+
+
+def _phases(spec: JobSpec, s: _Shape) -> dict[str, dict[str, int]]:
+    """Each phase of an attempt and the parts it holds at its largest:
+
+    - loading: the data set while ``core.data`` generates, splits and standardises it;
+    - encoding: ``TrainingData`` making the training part's tensors (before the model);
+    - check: a gradient check (before the step it checks: that step's masks exist);
+    - step: a training step;
+    - evaluation: an epoch's record or the final metrics.
+    """
+    n_train = s.parts[0]
+    f, d, k = s.itemsize, s.features, s.out
+    # the worker's cached copy and the job's (a file's is read for each job, not cached)
+    data = (1 if spec.dataset.name in FILE_DATASETS else 2) * (s.rows * d * 8 + s.rows * 8)
+    task = "regression" if s.classes == 0 else "classification"
+    loading = int(LOAD_FEATURE_COPIES * s.rows * d * 8) + LOAD_ROW_BYTES[task] * s.rows
+    # encoding the training part: features, then one-hot targets through int64 and float64
+    encoding = n_train * d * f + n_train * (16 * k if s.classes and k > 1 else 16)
+    tensors = _tensors(spec, s)
+    plans, step, masks = _activations(spec, s)
+    fixed = {"data": data, "tensors": tensors, "parameters": _parameters(spec, s, later=True)}
+    # a check after the first step meets the last batch's buffers and checkpoint snapshots
+    gc = spec.gradcheck
+    later = 0 < gc.every_steps < spec.optimizer.epochs * -(-n_train // s.batch)
+    check = {
+        **fixed,
+        "parameters": _parameters(spec, s, later=later),
+        "activations": (plans if later else plans * s.batch // (s.batch + s.last_batch)) + masks,
+        "gradcheck": _gradcheck(spec, s) if gc.at_start or later else 0,
+    }
+    phases = {
+        "loading": {"data": max(loading, data)},
+        "encoding": {"data": data, "tensors": encoding},
+        "check": check,
+        "step": {**fixed, "activations": plans + step},
+        "evaluation": {**fixed, "activations": plans, "evaluation": _evaluation(s)},
+    }
+    for parts in phases.values():
+        parts.update(attempt=ATTEMPT_BYTES, allocator=HEAP_SLACK)
+    return phases
+
+
+def _tensors(spec: JobSpec, s: _Shape) -> int:
+    """``train``'s tensors once made: training and validation features and encoded targets
+    (and standardised regression targets: class indices share numpy's memory), the epoch
+    evaluation's copy of its rows, the manual engine's [X | T] and an epoch's row order."""
+    n_train, n_val, _ = s.parts
+    f, d, k = s.itemsize, s.features, s.out
+    kept = (n_train + n_val) * (d + k + (1 if s.classes == 0 else 0)) * f
+    evaluated = min(TRAIN_EVAL_ROWS, n_train) + n_val
+    kept += evaluated * ((d + k) * f + 8) + n_train * 8
+    if spec.engine != "autograd":
+        kept += n_train * (d + k) * f
+    return kept
+
+
+def _activations(spec: JobSpec, s: _Shape) -> tuple[int, int, int]:
+    """(buffers kept between steps, a step's transient memory, one step's dropout masks).
+
+    The manual engine keeps ``Backprop``'s buffers for the batch size and for the epoch's
+    last batch; a step adds its masks while the previous step's are still held. Autograd
+    keeps nothing between steps; a step holds its masks and its graph (each hidden layer's
+    output, masked output, the layer being computed, the loss) or, while the next masks are
+    drawn, two sets of masks."""
+    f, d, k, dropout = s.itemsize, s.features, s.out, spec.regularization.dropout > 0
+    masks = s.batch * s.hidden * f if dropout else 0
+    if spec.engine == "autograd":
+        graph = s.batch * (d + k + (1 + dropout) * s.hidden + 3 * max(s.widths[1:]) + 4 * k) * f
+        return 0, masks + max(masks, graph), masks
+    per_row = (d + k) + s.units + s.hidden * (1 + dropout) + k + 1  # Backprop's buffers
+    return (s.batch + s.last_batch) * per_row * f, 2 * masks, masks
+
+
+def _evaluation(s: _Shape) -> int:
+    """A chunk's activations (each layer's z and φ(z), the layer's input, |z|), the rows'
+    losses and hits, and the test part encoded for the final metrics (its one-hot targets
+    through int64 and float64) before it is evaluated."""
+    n_train, n_val, n_test = s.parts
+    f, k = s.itemsize, s.out
+    rows = max(n_train, min(TRAIN_EVAL_ROWS, n_train) + n_val)
+    chunk = min(rows_per_chunk(s.widths, f), rows) * (4 * max(s.widths[1:]) + 4 * k) * f
+    per_row = f + 8 + (8 if s.classes == 0 else 0)  # losses, hits (regression: targets)
+    test = n_test * ((s.features + k) * f + 8)
+    test_encoding = n_test * (16 * k if s.classes and k > 1 else 16)
+    return max(rows * per_row + chunk, test + max(test_encoding, n_test * per_row + chunk))
+
+
+def _parameters(spec: JobSpec, s: _Shape, *, later: bool) -> int:
+    """Parameters, gradients, momentum, the weights at the epoch's start and the weight-decay
+    mask; ``later`` (after the first epoch) also the best epoch's weights when kept, and
+    checkpoint snapshots: two pending (the last and the best), one being serialised (its
+    copies, then its bytes)."""
+    reg = spec.regularization
+    es = reg.early_stopping
+    copies = 4 + (reg.weight_decay > 0)
+    if later:
+        best = es.enabled and es.restore_best and spec.dataset.validation_fraction > 0
+        snapshot = 2 + best  # parameters, momentum (and the best epoch's)
+        copies += best + 4 * snapshot
+    return copies * s.parameters * s.itemsize
+
+
+def _gradcheck(spec: JobSpec, s: _Shape) -> int:
+    """The validator in float64: copies of the parameters, the batch and its masks, the
+    manual pass's buffers and gradients, autograd's graph and gradients, and the finite
+    differences at their largest tensor."""
+    gc = spec.gradcheck
+    rows, k, dropout = min(gc.max_batch, s.batch), s.out, spec.regularization.dropout > 0
+    batch = rows * (s.features + k + s.hidden * dropout)
+    passes = rows * (s.units + s.hidden * (1 + dropout) + k) + rows * (3 * s.units + 4 * k)
+    total = (4 * s.parameters + batch + passes) * 8
+    return total + _finite_differences(gc.fd_samples, rows, s.widths)[0] * 8
+
+
+def _finite_differences(samples: int, rows: int, widths: list[int]) -> tuple[int, str]:
+    """Numbers the finite differences hold at once, at their largest parameter tensor, and
+    what they are: the ±h copies of the tensor (two chunks' when it has more coordinates to
+    check than one chunk takes) and, per copy, the batch's activations from that layer up:
+    at most four layers' worth at a time (z, φ(z), the next product and z again)."""
+    most, what = 0, ""
+    if samples == 0:
+        return most, what
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        widest = max(widths[layer + 1 :])
+        for numel, name in ((fan_in * fan_out, f"W{layer + 1}"), (fan_out, f"b{layer + 1}")):
+            coords = min(samples, numel)
+            copies = 2 * min(coords, FD_CHUNK)
+            tensor = copies * numel * (2 if coords > FD_CHUNK else 1)
+            if tensor + copies * rows * 4 * widest > most:
+                most = tensor + copies * rows * 4 * widest
+                what = f"{copies} perturbed copies of {name} ({numel:,} numbers) on {rows:,} rows"
+    return most, what
+
+
+def _blame(spec: JobSpec, s: _Shape, part: str) -> tuple[str, str]:
+    """The spec field behind ``part`` and the part in words."""
+    ds = spec.dataset
+    n_train = s.parts[0]
+    data_field = {"csv": "dataset.path", "upload": "dataset.id"}.get(ds.name, "dataset.n_samples")
+    if ds.name not in SYNTHETIC_DATASETS and ds.name not in ("csv", "upload"):
+        data_field = "dataset.name"
+    if ds.name == "blobs" and s.features / 2 > s.rows / DEFAULT_SAMPLES:
+        data_field = "dataset.n_features"
+    table = f"{s.rows:,} rows × {s.features:,} features"
+    if part == "data":
+        return data_field, f"the data set, {table} in float64"
+    if part == "tensors":
+        if s.out > s.features and ds.name in ("blobs", "spirals"):
+            return "dataset.n_classes", f"{n_train:,} training rows of {s.out:,} one-hot classes"
+        return data_field, f"the training tensors of {table}"
+    widest = max(s.widths[1:])
+    if part == "activations":
+        by_batch = s.batch / 32 >= widest / 64  # the further above its default
+        what = f"activations of a batch of {s.batch:,} rows × {s.units:,} units"
+        return ("optimizer.batch_size" if by_batch else "model.hidden"), what
+    if part == "evaluation":
+        chunk = min(rows_per_chunk(s.widths, s.itemsize), n_train)
+        if 4 * chunk * widest >= 3 * n_train:  # its activations' bytes against 12 per row
+            return "model.hidden", f"evaluation chunks of {chunk:,} rows × {widest:,} units"
+        return data_field, f"evaluating {n_train:,} rows: a loss and a hit per row"
+    if part == "parameters":
+        return "model.hidden", f"{s.parameters:,} parameters, their gradients, momentum and copies"
+    gc = spec.gradcheck
+    rows = min(gc.max_batch, s.batch)
+    fd, what = _finite_differences(gc.fd_samples, rows, s.widths)
+    if fd * 8 * 2 >= _gradcheck(spec, s):
+        return "gradcheck.fd_samples", f"the gradient check's finite differences: {what}"
+    return "gradcheck.max_batch", f"the gradient check on {rows:,} rows in float64"

@@ -1,0 +1,132 @@
+"""The admission estimate of a job's memory (core.memory) and its limit (core.spec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core import memory
+from core.data import load_dataset
+from core.memory import FILE_FEATURES, FILE_ROWS, GiB, MiB, estimate, size
+from core.spec import DatasetSpec, InvalidSpec, SpecLimits, parse_spec
+
+
+def _estimate(data: dict[str, Any]) -> memory.MemoryEstimate:
+    return estimate(parse_spec(data))
+
+
+def _grows(small: dict[str, Any], large: dict[str, Any], part: str, field: str) -> None:
+    """``part`` grows from ``small`` to ``large``, is the largest part of ``large``'s peak and
+    is blamed on ``field``; every estimate's parts add up to its total."""
+    a, b = _estimate(small), _estimate(large)
+    assert b.parts[part] > a.parts.get(part, 0)
+    assert b.total > a.total
+    assert b.field == field
+    assert max((p for p in b.parts if p not in memory.FIXED), key=b.parts.__getitem__) == part
+    for e in (a, b):
+        assert sum(e.parts.values()) == e.total
+
+
+def test_the_data_set_grows_with_its_rows_and_features() -> None:
+    blobs = {"name": "blobs", "n_samples": 100_000, "n_features": 100}
+    _grows({"dataset": blobs}, {"dataset": {**blobs, "n_samples": 200_000}}, "data",
+           "dataset.n_samples")  # fmt: skip
+    wide = {"name": "blobs", "n_samples": 20_000, "n_features": 2_000}
+    _grows({"dataset": {**wide, "n_features": 200}}, {"dataset": wide}, "data",
+           "dataset.n_features")  # fmt: skip
+    e = _estimate({"dataset": {**blobs, "n_samples": 200_000}})
+    # float64 features and targets, in the worker's cache and in the job's own copy
+    assert e.parts["data"] >= 2 * 200_000 * (100 + 1) * 8
+    assert "200,000 rows × 100 features" in e.what
+
+
+def test_one_hot_targets_grow_with_the_classes() -> None:
+    blobs = {"name": "blobs", "n_samples": 100_000, "n_classes": 50}
+    _grows({"dataset": blobs}, {"dataset": {**blobs, "n_classes": 500}}, "tensors",
+           "dataset.n_classes")  # fmt: skip
+
+
+def test_activations_grow_with_the_batch() -> None:
+    job = {"dataset": {"name": "moons", "n_samples": 200_000}, "model": {"hidden": [1024]}}
+    _grows({**job, "optimizer": {"batch_size": 4096}},
+           {**job, "optimizer": {"batch_size": 65_536}}, "activations",
+           "optimizer.batch_size")  # fmt: skip
+    e = _estimate({**job, "optimizer": {"batch_size": 65_536}})
+    # the manual engine's buffers of the batch (65,536 rows) and of the epoch's last
+    # (120,000 − 65,536 rows): Z and Δ of the hidden layer, at least, in float32
+    assert e.parts["activations"] >= 120_000 * 2 * 1024 * 4
+
+
+def test_parameters_grow_with_the_layers() -> None:
+    job = {"dataset": "digits", "gradcheck": {"fd_samples": 0}}
+    _grows({**job, "model": {"hidden": [1024, 1024]}},
+           {**job, "model": {"hidden": [2048, 2048]}}, "parameters", "model.hidden")  # fmt: skip
+    e = _estimate({**job, "model": {"hidden": [2048, 2048]}})
+    n = 64 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 10 + 10
+    assert f"{n:,} parameters" in e.what
+    assert e.parts["parameters"] >= 5 * n * 4  # θ, ∇θ, momentum, decay mask, epoch start
+
+
+def test_finite_differences_grow_with_fd_samples() -> None:
+    job = {"dataset": "digits", "model": {"hidden": [1024, 1024]}}
+    _grows({**job, "gradcheck": {"fd_samples": 8}}, {**job, "gradcheck": {"fd_samples": 64}},
+           "gradcheck", "gradcheck.fd_samples")  # fmt: skip
+    e = _estimate({**job, "gradcheck": {"fd_samples": 64}})
+    assert e.phase == "check"
+    # 2 × 64 float64 copies of W2, 1024 × 1024
+    assert e.parts["gradcheck"] >= 128 * 1024 * 1024 * 8
+    assert "128 perturbed copies of W2 (1,048,576 numbers)" in e.what
+    never = _estimate({**job, "gradcheck": {"fd_samples": 64, "at_start": False,
+                                            "every_steps": 0}})  # fmt: skip
+    assert never.parts.get("gradcheck", 0) == 0 and never.total < e.total
+
+
+def test_the_checked_batch_grows_with_max_batch() -> None:
+    job = {"dataset": "digits", "model": {"hidden": [2048]}, "optimizer": {"batch_size": 1024}}
+    _grows({**job, "gradcheck": {"fd_samples": 0, "max_batch": 32}},
+           {**job, "gradcheck": {"fd_samples": 0, "max_batch": 1024}}, "gradcheck",
+           "gradcheck.max_batch")  # fmt: skip
+
+
+def test_evaluation_is_bounded_by_its_chunks() -> None:
+    """A million rows through a 4096-wide layer: evaluated in chunks, the job needs far less
+    than the 16 GB of one pass over its training rows (600,000 × 4096 float32 numbers, Z
+    and φ(Z)): four chunks' arrays of 16 MiB and 12 bytes a row."""
+    job = {"model": {"hidden": [4096]}, "optimizer": {"batch_size": 1024}}
+    big = _estimate({**job, "dataset": {"name": "moons", "n_samples": 1_000_000}})
+    assert big.total < 1 * GiB and big.phase == "evaluation"
+    assert big.parts["evaluation"] < 4 * 16 * MiB + 600_000 * 12 + 200_000 * 50
+    assert big.field == "model.hidden" and "chunks of 1,024 rows × 4,096 units" in big.what
+
+
+def test_file_data_sets_assume_the_largest_upload() -> None:
+    e = _estimate({"dataset": {"name": "upload", "id": "d1", "target": "y"}})
+    # read for the job alone (a worker caches no file), float64 features and targets
+    assert e.parts["data"] == FILE_ROWS * (FILE_FEATURES + 1) * 8
+    assert e.field == "dataset.id" and f"{FILE_ROWS:,} rows × {FILE_FEATURES} features" in e.what
+
+
+def test_size_is_read_in_mib_or_gib() -> None:
+    assert (size(4 * GiB), size(19.6 * GiB), size(312 * MiB), size(1)) == (
+        "4 GiB", "19.6 GiB", "312 MiB", "1 MiB")  # fmt: skip
+
+
+def test_a_job_over_the_memory_limit_is_refused_naming_its_field() -> None:
+    job = {"dataset": {"name": "moons", "n_samples": 200_000}, "model": {"hidden": [1024]},
+           "optimizer": {"batch_size": 65_536}}  # fmt: skip
+    needs = _estimate(job).total
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(job, limits=SpecLimits(max_job_memory=needs - 1))
+    (error,) = info.value.errors
+    assert error.field == "optimizer.batch_size"
+    assert error.message.startswith(f"this job needs about {size(needs)} of memory (activations")
+    assert error.message.endswith(f"the limit is {size(needs - 1)} (GRADQ_MAX_JOB_MEMORY)")
+    assert parse_spec(job, limits=SpecLimits(max_job_memory=needs)).optimizer.batch_size == 65_536
+    assert parse_spec(job).optimizer.batch_size == 65_536  # core alone sets no memory limit
+
+
+@pytest.mark.parametrize("name", sorted(memory.BUILTIN_ROWS))
+def test_the_rows_of_each_bundled_data_set(name: str) -> None:
+    data = load_dataset(DatasetSpec(name=name), seed=0)
+    assert len(data.X_train) + len(data.X_val) + len(data.X_test) == memory.BUILTIN_ROWS[name]
