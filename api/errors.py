@@ -228,8 +228,8 @@ def install(app: FastAPI) -> None:
 
 
 async def respond(request: Request, exc: Exception) -> JSONResponse:
-    """The answer ``install``'s handlers give for ``exc`` (the nearest class in its MRO, as
-    Starlette picks): for code that runs below FastAPI's exception middleware."""
+    """The answer ``install``'s handlers give for ``exc``: the handler of the nearest class
+    in its MRO, as Starlette picks it."""
     for kind in type(exc).__mro__:
         handler = _HANDLERS.get(kind)
         if handler is not None:

@@ -3,7 +3,7 @@
 Read once at start (``Settings()``) and passed down; nothing reads the environment later.
 The embedded default needs none of them: SQLite and MLflow's SQLite store under
 ``./gradq-data/``, a local Ray, no API keys, bound to 127.0.0.1. Defaults that other rooms
-share (database, MLflow, lease) are those of :mod:`core.defaults`.
+share (database, MLflow, lease, the API's address) are those of :mod:`core.defaults`.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     # A first API key chosen by the operator (a deployment's secret): stored (its hash) at start
     bootstrap_api_key: SecretStr | None = None
     bootstrap_tenant: str = Field("default", min_length=1, max_length=100)
-    host: str = "127.0.0.1"
+    host: str = defaults.API_HOST
     # 0: any free port, bound at start and named in uvicorn's "running on" line of the log
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(defaults.API_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(1 * MiB, ge=1024)
     max_upload_bytes: int = Field(50 * MiB, ge=1024)
     max_parameters: int = Field(10_000_000, ge=1)

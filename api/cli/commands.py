@@ -1,6 +1,6 @@
 """The ``gradq`` commands that talk to the service over HTTP: submit (and watch), jobs, show,
-cancel, logs, datasets. ``--url`` defaults to $GRADQ_URL or http://127.0.0.1:8000, ``--key``
-to $GRADQ_API_KEY."""
+cancel, logs, datasets. ``--url`` defaults to $GRADQ_URL or the address the API listens on
+by default (``core.defaults.API_URL``), ``--key`` to $GRADQ_API_KEY."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from rich.table import Table
 
 from api.cli.http import ApiClient, ApiFailure
 from api.cli.tables import add, listing, when
+from core import defaults
 
 console = Console()
 err = Console(stderr=True)
 datasets_app = typer.Typer(help="Uploaded data sets.", no_args_is_help=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="the service [$GRADQ_URL]")]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help=f"the service [$GRADQ_URL, {defaults.API_URL}]")
+]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="an API key [$GRADQ_API_KEY]")]
 TERMINAL = ("succeeded", "failed", "cancelled")
 WATCH_POLL_SECONDS = 0.5

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from core import defaults
 
 
 class ApiFailure(Exception):
@@ -20,7 +20,7 @@ class ApiFailure(Exception):
 
 class ApiClient:
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
-        self.url = (url or os.environ.get("GRADQ_URL") or DEFAULT_URL).rstrip("/")
+        self.url = (url or os.environ.get("GRADQ_URL") or defaults.API_URL).rstrip("/")
         key = key or os.environ.get("GRADQ_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)

@@ -35,9 +35,14 @@ if TYPE_CHECKING:
 err = Console(stderr=True)
 log = logging.getLogger("gradq.serve")
 
-HostOpt = Annotated[str | None, typer.Option(help="bind address [$GRADQ_HOST, 127.0.0.1]")]
+HostOpt = Annotated[
+    str | None, typer.Option(help=f"bind address [$GRADQ_HOST, {defaults.API_HOST}]")
+]
 PortOpt = Annotated[
-    int | None, typer.Option(help="port; 0: any free one, named in the log [$GRADQ_PORT, 8000]")
+    int | None,
+    typer.Option(
+        help=f"port; 0: any free one, named in the log [$GRADQ_PORT, {defaults.API_PORT}]"
+    ),
 ]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="allow a non-loopback address without API keys")

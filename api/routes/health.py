@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api import schemas
 from api.deps import Services, ServicesDep, get_tenant
-from api.fast_submit import ResponseCounts
+from api.middleware import ResponseCounts
 from api.routes.common import errors
 from db.states import JobStatus
 
@@ -70,7 +70,7 @@ async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
 def metrics(request: Request, services: ServicesDep, _: Authorized) -> PlainTextResponse:
     """Prometheus text format: jobs by status, queue depth, running attempts, claim latency,
     and this process's HTTP answers by status class."""
-    counts = getattr(request.app, "responses", None)
+    counts = getattr(request.app.state, "responses", None)  # api.main's CountResponses
     by_class = counts.by_class if isinstance(counts, ResponseCounts) else None
     return PlainTextResponse(
         prometheus_text(services, by_class), media_type="text/plain; version=0.0.4; charset=utf-8"

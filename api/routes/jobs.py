@@ -1,36 +1,23 @@
-"""``/v1/jobs``: submit, list, show, cancel."""
+"""``/v1/jobs``: list, show, cancel (submit: ``api.routes.submit``)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query
 
 from api import present, schemas
-from api.deps import Services, SettingsDep, StoreDep, TenantDep, TrackingDep
-from api.errors import ApiError
-from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
+from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
+from api.routes.common import AUTHENTICATED, errors
 from core.spec import InvalidSpec, JobSpec
 from db.datasets import DatasetStore
-from db.errors import DatasetNotFound, InvalidTransition, QueueFull
+from db.errors import DatasetNotFound, InvalidTransition
 from db.states import JobStatus
 from db.store import JobStore
-from db.submits import SubmitRequest
 from db.views import JobView
 from workers.tracking.read import Tracking, run_page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
-
-MAX_IDEMPOTENCY_KEY = 200
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=MAX_IDEMPOTENCY_KEY,
-        description="the same key and spec again returns the same job; another spec: 409",
-    ),
-]
 
 
 def detailed(view: JobView, store: JobStore, tracking: Tracking, ui_url: str) -> schemas.Job:
@@ -38,7 +25,7 @@ def detailed(view: JobView, store: JobStore, tracking: Tracking, ui_url: str) ->
     position = reason = None
     if view.status is JobStatus.QUEUED:
         position = store.queue_position(job_id=view.id)
-        reason = view.pending_reason or _waiting(position)
+        reason = view.pending_reason or waiting_reason(position)
     link = run_link(view, tracking, ui_url)
     return present.job(view, queue_position=position, pending_reason=reason, mlflow_link=link)
 
@@ -67,7 +54,7 @@ def needs_mlflow(view: JobView) -> bool:
     return view.mlflow_run_id is not None and view.mlflow_experiment_id is None
 
 
-def _waiting(ahead: int | None) -> str | None:
+def waiting_reason(ahead: int | None) -> str | None:
     """Why a queued job waits when the dispatcher has not said (as ``store.pending_reason``,
     without reading the job again)."""
     if ahead is None:
@@ -93,67 +80,6 @@ def check_upload(spec: JobSpec, datasets: DatasetStore, tenant: str) -> None:
             f"{spec.dataset.target!r} is not a column of data set {found.id}: "
             f"{', '.join(found.columns)}",
         )
-
-
-@router.post(
-    "",
-    status_code=201,
-    response_model=schemas.Job,
-    openapi_extra=SPEC_BODY,
-    responses={
-        200: {"model": schemas.Job, "description": "an idempotent replay: the job already made"},
-        **errors(400, 409, 422, 429),
-    },
-)
-async def submit(
-    request: Request, tenant: TenantDep, idempotency_key: IdempotencyKey = None
-) -> Response:
-    """Queue a training job. The body is a JobSpec; only `dataset` is required."""
-    # Served by ``api.fast_submit`` below FastAPI's routing; this route is what the OpenAPI
-    # schema documents, and what answers when the app runs without that middleware.
-    return await submit_job(request, tenant, idempotency_key)
-
-
-async def submit_job(request: Request, tenant: str, idempotency_key: str | None) -> Response:
-    """``POST /v1/jobs`` for a known tenant: parse the spec, queue it through the group
-    commit, answer 201 with the job (200 for an idempotent replay)."""
-    services: Services = request.app.state.services
-    spec = await read_spec(request, services.settings)
-    if spec.dataset.name == "upload" and spec.dataset.id is not None:
-        await run_in_threadpool(check_upload, spec, services.datasets, tenant)
-    wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
-    try:
-        done = await services.submits.submit(wanted)
-    except QueueFull as exc:
-        raise ApiError(
-            429,
-            "too_many_queued",
-            f"{exc.queued} jobs of yours are queued, the limit is {exc.limit}: "
-            "wait for some to start, or cancel some",
-            headers={"Retry-After": "10"},
-        ) from None
-    view, ui_url = done.job, services.settings.mlflow_ui_url
-    if needs_mlflow(view):  # a replay of a job whose run was stored before migration 0004
-        link = await run_in_threadpool(run_link, view, services.tracking, ui_url)
-    else:
-        link = run_link(view, services.tracking, ui_url)
-    reason = None
-    if view.status is JobStatus.QUEUED:
-        reason = view.pending_reason or _waiting(done.position)
-    job = present.job(
-        view,
-        queue_position=done.position,
-        pending_reason=reason,
-        mlflow_link=link,
-        pydantic_json=True,
-    )
-    # Rendered here, once: the model was validated when it was built (FastAPI would validate
-    # a returned model against response_model a second time, then encode it).
-    return Response(
-        job.model_dump_json(),
-        status_code=201 if view.created else 200,
-        media_type="application/json",
-    )
 
 
 @router.get("", response_model=schemas.JobPage, responses=errors(422))

@@ -21,25 +21,34 @@ IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 3}}
 
 
 @pytest.fixture
-def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on the test's migrated SQLite file and MLflow store, with ``overrides``."""
     db_url = f"sqlite:///{tmp_path}/gradq.db"
     upgrade(db_url)
-    clients: list[TestClient] = []
 
-    def make(**overrides: Any) -> TestClient:
+    def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": db_url,
             "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
             **overrides,
         }
-        settings = Settings(**values)
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client
 
     yield make
-    for c in clients:
+    for c in reversed(clients):  # last started, first stopped
         c.__exit__(None, None, None)
 
 

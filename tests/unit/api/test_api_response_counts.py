@@ -1,6 +1,7 @@
 """``/metrics`` counts the server's HTTP answers by status class
-(``gradq_http_responses_total``): the fast ``POST /v1/jobs`` path, the FastAPI routes, an
-error answered 500 by the error handlers and a request that raised before answering."""
+(``gradq_http_responses_total``, ``api.middleware.CountResponses``): ``POST /v1/jobs`` and
+every other route alike, each answer once, the body limit's 413, an error answered 500 by
+the error handlers and a request that raised before answering."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from starlette.types import Receive, Scope, Send
-
-from api.fast_submit import GradqApp
 
 IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 2}}
 
@@ -23,36 +21,31 @@ def answers(client: TestClient) -> dict[str, int]:
     return {name: int(n) for name, n in found}
 
 
-def test_every_answer_is_counted_by_status_class(
+def test_every_answer_is_counted_once_by_status_class(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client()
-    app = client.app
-    assert isinstance(app, GradqApp)
+    client = make_client(max_body_bytes=2048)
     assert answers(client) == {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
-    assert client.post("/v1/jobs", json=IRIS).status_code == 201  # the fast path
-    assert client.post("/v1/jobs", content=b"{").status_code == 400  # the fast path, refused
-    assert client.get("/v1/jobs/nope").status_code == 404  # through FastAPI
+    for _ in range(3):
+        assert client.post("/v1/jobs", json=IRIS).status_code == 201
+    # /metrics itself counts once it has answered: each count below holds the one before
+    assert answers(client) == {"1xx": 0, "2xx": 4, "3xx": 0, "4xx": 0, "5xx": 0}
+    assert client.post("/v1/jobs", content=b"{").status_code == 400
+    assert client.post("/v1/jobs", json={**IRIS, "name": "n" * 3000}).status_code == 413
+    assert client.get("/v1/jobs/nope").status_code == 404
     assert client.get("/healthz").status_code == 200
-    # /metrics itself counts once it has answered: the 2xx below include the first one
-    assert answers(client) == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 2, "5xx": 0}
+    assert answers(client) == {"1xx": 0, "2xx": 6, "3xx": 0, "4xx": 3, "5xx": 0}
 
     async def broken(*_: object) -> None:
         raise RuntimeError("boom")
 
-    services = app.state.services
-    monkeypatch.setattr(services.submits, "submit", broken)  # the fast path's handler: 500
+    services = client.app.state.services  # type: ignore[attr-defined]
+    monkeypatch.setattr(services.submits, "submit", broken)  # raised before answering: 500
     assert client.post("/v1/jobs", json=IRIS).status_code == 500
 
     def fails(**_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(services.store, "get", fails)  # a FastAPI route's handlers: 500
+    monkeypatch.setattr(services.store, "get", fails)
     assert client.get("/v1/jobs/nope").status_code == 500
-
-    async def raises(scope: Scope, receive: Receive, send: Send) -> None:
-        raise RuntimeError("nothing answered")
-
-    monkeypatch.setattr(app, "_fast_submit", raises)  # raised before answering: the server's 500
-    assert client.post("/v1/jobs", json=IRIS).status_code == 500
-    assert answers(client) == {"1xx": 0, "2xx": 4, "3xx": 0, "4xx": 2, "5xx": 3}
+    assert answers(client) == {"1xx": 0, "2xx": 7, "3xx": 0, "4xx": 3, "5xx": 2}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from api.main import YOUNG_COLLECTION_THRESHOLD, create_app
+from api.settings import Settings
 from core.spec import parse_spec
 from db.keys import KeyStore
 from db.session import make_engine
@@ -155,3 +157,17 @@ def test_startup_freezes_what_it_loaded(make_client: Callable[..., TestClient]) 
     client = make_client()
     assert gc.get_freeze_count() >= before + len(kept)
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_the_running_app_collects_the_young_generation_less_often(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """While the app runs, the young generation is collected only past
+    ``YOUNG_COLLECTION_THRESHOLD`` net new objects; at shutdown the thresholds it found
+    are back."""
+    before = gc.get_threshold()
+    assert before[0] < YOUNG_COLLECTION_THRESHOLD
+    with TestClient(create_app(make_settings())) as client:
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *before[1:])
+        assert client.post("/v1/jobs", json=IRIS).status_code == 201
+    assert gc.get_threshold() == before

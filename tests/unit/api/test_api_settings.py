@@ -23,13 +23,19 @@ def test_defaults_are_the_embedded_service(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_defaults_are_the_shared_ones_of_core_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each default other rooms also use has one definition (core.defaults): the settings,
-    `gradq db` and the artifact folder of `gradq serve` agree with it."""
+    `gradq db`, the artifact folder of `gradq serve` and the client commands' URL agree
+    with it."""
+    from api.cli.http import ApiClient
     from db.cli import resolve_url
 
     for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_ROOT",
-                 "MLFLOW_UI_URL", "LEASE_SECONDS", "HEARTBEAT_SECONDS"):  # fmt: skip
+                 "MLFLOW_UI_URL", "LEASE_SECONDS", "HEARTBEAT_SECONDS", "HOST", "PORT",
+                 "URL"):  # fmt: skip
         monkeypatch.delenv(f"GRADQ_{name}", raising=False)
     s = Settings()
+    assert (s.host, s.port) == (defaults.API_HOST, defaults.API_PORT)
+    with ApiClient() as client:  # where `gradq submit` and the others look for the API
+        assert client.url == f"http://{s.host}:{s.port}" == defaults.API_URL
     assert (s.database_url, s.mlflow_tracking_uri, s.mlflow_ui_url) == (
         defaults.DATABASE_URL, defaults.MLFLOW_TRACKING_URI, defaults.MLFLOW_UI_URL)  # fmt: skip
     assert (s.lease_seconds, s.heartbeat_seconds) == (
