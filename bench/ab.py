@@ -44,11 +44,16 @@ def unpack(ref: str | None, into: Path) -> Path:
 
 
 def figures(report: Any, prefix: str = "") -> dict[str, float]:
-    """Every number of a JSON report, by its path of keys joined with dots."""
+    """Every number of a JSON report, by its path of keys joined with dots; a list's items
+    are named by their position and, for objects, their text fields (``1/sqlite/closed``)."""
     out: dict[str, float] = {}
     if isinstance(report, dict):
         for key, value in report.items():
             out.update(figures(value, f"{prefix}{key}."))
+    elif isinstance(report, list):  # rows: named by position and their text fields
+        for i, row in enumerate(report):
+            words = [v for v in row.values() if isinstance(v, str)] if isinstance(row, dict) else []
+            out.update(figures(row, f"{prefix}{'/'.join([str(i), *words])}."))
     elif isinstance(report, (int, float)) and not isinstance(report, bool):
         out[prefix.rstrip(".")] = float(report)
     return out

@@ -19,6 +19,15 @@ def test_figures_are_every_number_by_its_path_of_keys() -> None:
     assert ab.figures(report) == {"rows.a.steps_per_s": 10.0, "n": 2.5}
 
 
+def test_rows_of_a_list_are_named_by_position_and_text() -> None:
+    rows = [{"backend": "sqlite", "clients": 1, "rate": 5.0}, {"backend": "pg", "clients": 50}]
+    assert ab.figures(rows) == {
+        "0/sqlite.clients": 1.0,
+        "0/sqlite.rate": 5.0,
+        "1/pg.clients": 50.0,
+    }
+
+
 def test_table_is_the_median_of_each_side_and_new_over_old() -> None:
     rounds = {
         "old": [{"x": 10.0, "only_old": 1.0}, {"x": 30.0, "only_old": 1.0}, {"x": 20.0}],
