@@ -17,11 +17,11 @@ from sklearn import datasets as skd
 from sklearn.model_selection import train_test_split
 
 from core.csvdata import DataError, Table, read_csv_table
+from core.sizes import DEFAULT_SAMPLES, part_sizes
 from core.spec import BUILTIN_DATASETS, DatasetSpec, Task, dataset_shape
 
 __all__ = ["DataError", "Dataset", "Table", "load_dataset", "read_csv_table"]
 
-DEFAULT_SAMPLES = 500
 DEFAULT_NOISE = 0.1
 
 
@@ -207,18 +207,6 @@ _SYNTHETIC: dict[str, Callable[[int, float, int, int, int], Arrays]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Split and standardisation
-
-
-def _part_size(n: int, fraction: float) -> int:
-    """Rows of a part that is ``fraction`` of ``n``: rounded, at least 1 unless the fraction is 0.
-    With n >= 10 and the two fractions summing to < 0.9, at least one training row remains."""
-    return 0 if fraction == 0.0 else max(1, round(n * fraction))
-
-
-def part_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    """Rows of the train, validation and test parts of ``n`` rows (as ``load_dataset`` splits)."""
-    n_test, n_val = _part_size(n, test_fraction), _part_size(n, val_fraction)
-    return n - n_test - n_val, n_val, n_test
 
 
 def _split(

@@ -1,7 +1,7 @@
 """Metrics of a model on data parts, and per-layer diagnostics, without gradients.
 
-The forward pass runs over bounded chunks of rows (``EVAL_CHUNK_BYTES`` of activations in
-the widest layer): evaluating a million rows takes the memory of a few thousand.
+The forward pass runs over bounded chunks of rows (``core.sizes.EVAL_CHUNK_BYTES`` of
+activations in the widest layer): evaluating a million rows takes the memory of a few thousand.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ import torch
 
 from core.losses import loss_per_row, predict
 from core.model import MLP, forward
+from core.sizes import rows_per_chunk
 
 # |z| beyond which σ′(z) resp. tanh′(z) is below 1e-3: a unit saturated on every row is dead
 _SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
-
-# the most bytes an evaluation chunk's widest layer of activations may take (rows_per_chunk)
-EVAL_CHUNK_BYTES = 16 * 2**20
 
 
 def evaluate(
@@ -112,13 +110,6 @@ def evaluate_parts(
     if weights_before is None:
         return parts, []
     return parts, _layer_diagnostics(values, dead.layers, len(model.layers))
-
-
-def rows_per_chunk(widths: Sequence[int], itemsize: int, budget: int = EVAL_CHUNK_BYTES) -> int:
-    """Rows an evaluation chunk holds: its widest layer of activations (a hidden or the
-    output layer of an MLP whose widths, input first, are ``widths``) takes at most
-    ``budget`` bytes of ``itemsize``-byte numbers; at least one row."""
-    return max(1, budget // (max(widths[1:]) * itemsize))
 
 
 def _row_values(

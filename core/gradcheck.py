@@ -28,6 +28,7 @@ from core.backprop import backprop
 from core.data import Dataset, load_dataset
 from core.losses import encode_targets, loss_value, output_width
 from core.model import build_mlp, forward, sample_masks
+from core.sizes import FD_CHUNK
 from core.spec import JobSpec
 
 FD_STEP = 1e-6  # central differences in float64: truncation O(h²) ≈ 1e-12, rounding ≈ ε/h ≈ 1e-10
@@ -104,9 +105,6 @@ def gradient_scale(
     if weight_decay:
         scale = max(scale, 2.0 * weight_decay * max(_max_abs(w) for w in weights))
     return max(scale, 1e-12)
-
-
-FD_CHUNK = 128  # coordinates of one tensor whose ± copies are evaluated in one batched pass
 
 
 def central_differences(

@@ -50,9 +50,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from core.data import DEFAULT_SAMPLES, part_sizes
-from core.evaluate import rows_per_chunk
-from core.gradcheck import FD_CHUNK
+from core.sizes import DEFAULT_SAMPLES, FD_CHUNK, TRAIN_EVAL_ROWS, part_sizes, rows_per_chunk
 from core.spec import (
     FILE_DATASETS,
     SYNTHETIC_DATASETS,
@@ -60,7 +58,6 @@ from core.spec import (
     count_parameters,
     dataset_shape,
 )
-from core.train import TRAIN_EVAL_ROWS
 
 GiB = 2**30
 MiB = 2**20

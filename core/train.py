@@ -39,11 +39,9 @@ from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
 from core.optim import SGD, FlatParameters, learning_rate
+from core.sizes import TRAIN_EVAL_ROWS
 from core.spec import JobSpec
 from core.state import TrainState
-
-TRAIN_EVAL_ROWS = 10_000  # training-loss rows evaluated per epoch (a fixed subset beyond this)
-
 
 DIVERGENCE_CHECK_STEPS = 32  # on a GPU: steps between divergence read-backs (DivergenceGuard)
 

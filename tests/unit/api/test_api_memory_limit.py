@@ -57,3 +57,33 @@ def test_the_limit_is_read_as_bytes_or_a_size(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ValidationError) as info:
         Settings(max_job_memory="100MiB")
     assert info.value.errors()[0]["loc"] == ("max_job_memory",)
+
+
+# A fresh interpreter serves submits over the limit and under it, then lists what it loaded.
+LIGHT_SUBMIT = """
+import sys, tempfile
+from fastapi.testclient import TestClient
+from api.main import create_app
+from api.settings import Settings
+from db.migrate import upgrade
+
+folder = tempfile.mkdtemp()
+upgrade(f"sqlite:///{folder}/gradq.db")
+settings = Settings(database_url=f"sqlite:///{folder}/gradq.db",
+                    mlflow_tracking_uri=f"sqlite:///{folder}/mlflow.db")
+with TestClient(create_app(settings)) as client:
+    codes = [client.post("/v1/jobs", json=job).status_code for job in JOBS]
+print(codes, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "sklearn", "scipy"}))
+"""
+
+
+def test_the_admission_estimate_loads_no_training_stack_into_the_api() -> None:
+    """core.memory is arithmetic: the API process that checks every submit against the limit
+    never imports torch or scikit-learn (they would put hundreds of thousands of objects
+    under its garbage collector and cost every request)."""
+    import subprocess
+    import sys
+
+    script = f"JOBS = {[BIG, IRIS]!r}\n" + LIGHT_SUBMIT
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "[422, 201] []"

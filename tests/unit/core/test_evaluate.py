@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from core.callbacks import EpochRecord
-from core.evaluate import EVAL_CHUNK_BYTES, evaluate, evaluate_parts, rows_per_chunk
+from core.evaluate import evaluate, evaluate_parts
 from core.losses import encode_targets, loss_value
 from core.model import build_mlp
+from core.sizes import EVAL_CHUNK_BYTES, rows_per_chunk
 from core.spec import ModelSpec
 
 
