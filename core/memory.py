@@ -158,7 +158,52 @@ def _shape(spec: JobSpec) -> _Shape:
 
 
 def estimate(spec: JobSpec) -> MemoryEstimate:
-    """The job's peak memory above an idle worker process, with its parts (see the module)."""
+    """The job's peak memory above an idle worker process, with its parts (see the module).
+
+    Specs that differ only in fields the estimate does not read (learning rates, seeds,
+    names, priorities, …) share one estimate: it is computed once per :func:`estimate_key`
+    and kept (up to ``CACHE_SIZE`` keys; the API runs it on every submit, and a sweep's
+    specs differ in just such fields). The estimate returned may be shared: do not change
+    its ``parts``."""
+    key = estimate_key(spec)
+    found = _CACHE.get(key)
+    if found is None:
+        if len(_CACHE) >= CACHE_SIZE:
+            _CACHE.clear()
+        found = _CACHE[key] = compute(spec)
+    return found
+
+
+CACHE_SIZE = 4096
+_CACHE: dict[tuple[object, ...], MemoryEstimate] = {}
+
+
+def estimate_key(spec: JobSpec) -> tuple[object, ...]:
+    """Every spec field the estimate reads (for dropout and weight decay, only whether they
+    are on): two specs with one key have one estimate."""
+    opt, reg, gc = spec.optimizer, spec.regularization, spec.gradcheck
+    es = reg.early_stopping
+    return (
+        *spec.dataset.__dict__.values(),  # every field of the data set: scalars
+        *spec.model.hidden,
+        None,  # the end of the widths
+        spec.loss,
+        spec.engine,
+        opt.batch_size,
+        opt.epochs,
+        reg.dropout > 0,
+        reg.weight_decay > 0,
+        es.enabled,
+        es.restore_best,
+        gc.at_start,
+        gc.every_steps,
+        gc.fd_samples,
+        gc.max_batch,
+    )
+
+
+def compute(spec: JobSpec) -> MemoryEstimate:
+    """:func:`estimate` without its cache."""
     s = _shape(spec)
     phases = _phases(spec, s)
     phase = max(phases, key=lambda p: sum(phases[p].values()))

@@ -130,3 +130,79 @@ def test_a_job_over_the_memory_limit_is_refused_naming_its_field() -> None:
 def test_the_rows_of_each_bundled_data_set(name: str) -> None:
     data = load_dataset(DatasetSpec(name=name), seed=0)
     assert len(data.X_train) + len(data.X_val) + len(data.X_test) == memory.BUILTIN_ROWS[name]
+
+
+BASE = {"dataset": {"name": "blobs", "n_samples": 20_000, "n_features": 40},
+        "model": {"hidden": [64, 32]}, "optimizer": {"batch_size": 64, "epochs": 3},
+        "regularization": {"dropout": 0.1}, "gradcheck": {"every_steps": 300}}  # fmt: skip
+# fields the estimate does not read, or reads only as on/off
+UNREAD = [{"optimizer": {"lr": 0.5}}, {"optimizer": {"momentum": 0.0, "nesterov": False}},
+          {"model": {"activation": "tanh", "init": "xavier", "hidden": [64, 32]}},
+          {"regularization": {"dropout": 0.4}}, {"regularization": {"weight_decay": 0.05}},
+          {"gradcheck": {"every_steps": 300, "tolerance": 1e-6}},
+          {"seed": 7}, {"priority": 5}, {"name": "other"}]  # fmt: skip
+# (a spec, the same with one field the estimate reads changed), as edits of BASE
+READ = [({}, {"dataset": {**BASE["dataset"], "n_samples": 30_000}}),
+        ({}, {"dataset": {**BASE["dataset"], "n_features": 80}}),
+        ({}, {"dataset": {**BASE["dataset"], "n_classes": 5}}),
+        ({}, {"dataset": {**BASE["dataset"], "validation_fraction": 0.4}}),
+        ({}, {"dataset": {**BASE["dataset"], "test_fraction": 0.5}}),
+        ({}, {"dataset": {"name": "moons", "n_features": None}}),
+        ({}, {"model": {"hidden": [64]}}), ({}, {"model": {"hidden": [64, 32, 8]}}),
+        ({}, {"optimizer": {"batch_size": 4096, "epochs": 3}}),
+        ({}, {"optimizer": {"batch_size": 64, "epochs": 1}}),
+        ({}, {"regularization": {"dropout": 0.0}}),
+        ({}, {"regularization": {"dropout": 0.1, "weight_decay": 0.0}}),
+        ({"gradcheck": {"every_steps": 0}}, {"gradcheck": {"every_steps": 0, "at_start": False}}),
+        ({}, {"gradcheck": {"every_steps": 0}}),
+        ({}, {"gradcheck": {"every_steps": 300, "fd_samples": 4096}}),
+        ({}, {"gradcheck": {"every_steps": 300, "max_batch": 4096}}),
+        ({}, {"engine": "autograd"}),
+        (moons := {"dataset": {"name": "moons", "n_features": None}}, {**moons, "loss": "logistic"}),
+        ({}, {"regularization": {"dropout": 0.1, "early_stopping": {"restore_best": False}}}),
+        ({}, {"regularization": {"dropout": 0.1, "early_stopping": {"enabled": False}}})]  # fmt: skip
+
+
+def _with(edit: dict[str, Any], base: dict[str, Any] = BASE) -> dict[str, Any]:
+    """``base`` with ``edit``'s values, section by section."""
+    out = dict(base)
+    for key, value in edit.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _with(value, base[key]) if both else value
+    return out
+
+
+def _figures(edit: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything the estimate computes for a spec: each phase's parts, and the peak."""
+    spec = parse_spec(_with(edit))
+    return memory._phases(spec, memory._shape(spec)), memory.compute(spec)
+
+
+def test_specs_that_differ_only_in_fields_the_estimate_does_not_read_share_one() -> None:
+    memory._CACHE.clear()
+    base = _estimate(BASE)
+    for edit in UNREAD:
+        assert _figures(edit) == _figures({}), edit  # the field does not change the figures
+        assert estimate(parse_spec(_with(edit))) is base, edit  # the cache answers it
+
+
+def test_every_field_the_estimate_reads_is_in_its_key() -> None:
+    """Each field whose change changes the figures changes the key; and each spec, asked
+    after all the others were cached, gets its own estimate."""
+    memory._CACHE.clear()
+    asked = []
+    for reference, changed in READ:
+        assert _figures(changed) != _figures(reference), changed
+        one, other = parse_spec(_with(reference)), parse_spec(_with(changed))
+        assert memory.estimate_key(one) != memory.estimate_key(other), changed
+        asked += [one, other]
+    for spec in asked * 2:
+        assert estimate(spec) == memory.compute(spec)
+
+
+def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "CACHE_SIZE", 3)
+    memory._CACHE.clear()
+    for n in range(10):
+        _estimate({**BASE, "optimizer": {"batch_size": 10 + n}})
+        assert len(memory._CACHE) <= 3
