@@ -53,9 +53,9 @@ class Settings(BaseSettings):
     # a size such as "4GiB"): a bigger job is refused at submission (422, naming the field
     # behind most of it), and each attempt reserves its estimate as Ray's "memory" resource.
     # 4 GiB: `gradq serve` on a 2-core, 24 GiB machine runs two jobs at once, 8 GiB together,
-    # beside the processes' own footprint (an idle Ray worker with torch and MLflow loaded
-    # takes about 0.5 GiB, bench/RESULTS.md, Memory), which leaves half of the machine free.
-    # At least 256 MiB: the smallest job is estimated at about 200 MiB.
+    # beside the processes' own footprint (an idle Ray worker's is in bench/RESULTS.md,
+    # Memory), which leaves half of the machine free. At least 256 MiB: above what
+    # core.memory counts for every job (ATTEMPT_BYTES and HEAP_SLACK).
     max_job_memory: ByteSize = Field(ByteSize(4 * GiB), ge=256 * MiB)
     max_queued_per_tenant: int = Field(1000, ge=1)
     gradcheck_max_parameters: int = Field(200_000, ge=1)

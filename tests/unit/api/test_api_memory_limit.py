@@ -48,6 +48,15 @@ def test_a_smaller_limit_refuses_a_smaller_job(make_client: Callable[..., TestCl
                                                  "(GRADQ_MAX_JOB_MEMORY)")  # fmt: skip
 
 
+def test_the_smallest_limit_allowed_admits_a_small_job() -> None:
+    """GRADQ_MAX_JOB_MEMORY may be as low as 256 MiB: above what every job counts."""
+    from core import memory
+
+    floor = Settings.model_fields["max_job_memory"].metadata[0].ge
+    assert memory.ATTEMPT_BYTES + memory.HEAP_SLACK < floor == 256 * MiB
+    assert estimate(parse_spec(IRIS)).total < floor
+
+
 def test_the_limit_is_read_as_bytes_or_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRADQ_MAX_JOB_MEMORY", raising=False)
     assert Settings().max_job_memory == Settings().limits.max_job_memory == 4 * GiB
