@@ -10,7 +10,9 @@ Run as its own process, so that the test's own process holds no Ray state::
 It writes ``FOLDER/cluster.json`` (the head's address and each worker node's raylet pid) once
 every node is up, then removes worker node ``n`` when a file ``FOLDER/remove-n`` appears (SIGTERM
 to its processes, SIGKILL after a grace: what ``docker compose stop`` does) and writes
-``FOLDER/removed-n``. It shuts the cluster down on SIGTERM.
+``FOLDER/removed-n``; when a file ``FOLDER/add-n`` appears it starts a new one-CPU worker node
+(number ``n``, counting on from the first ones) and writes ``FOLDER/added-n`` once it is up.
+It shuts the cluster down on SIGTERM.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def main() -> None:
     print(f"cluster up: {json.dumps(info)}", flush=True)
     try:
         while not stopping:
+            if (args.folder / f"add-{len(workers) + 1}").exists():
+                workers.append(cluster.add_node(num_cpus=1))
+                cluster.wait_for_nodes()
+                (args.folder / f"added-{len(workers)}").write_text("")
+                print(f"worker node {len(workers)} added", flush=True)
             for n, node in enumerate(workers, start=1):
                 if (args.folder / f"remove-{n}").exists() and node in cluster.worker_nodes:
                     cluster.remove_node(node, allow_graceful=True)

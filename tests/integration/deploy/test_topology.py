@@ -13,7 +13,8 @@ every TCP socket the stack's processes listen on, and every UDP socket they boun
 
 Six jobs run across both workers; one worker node is removed while its job trains, and that
 job resumes on the other node from the checkpoint it downloads over MLflow's HTTP artifact
-service. Only processes this test started are stopped (by process group, then by pid for
+service. Then the other worker node is removed too: jobs submitted to a cluster with no
+worker node stay queued, saying why, until a new node joins and runs them all. Only processes this test started are stopped (by process group, then by pid for
 any descendant left, found through this test's own Ray temp dir); never a global ``ray stop``.
 """
 
@@ -36,7 +37,7 @@ from deploy_stack import Stack, databases, descendants, off_loopback, wait_for
 from mlflow import MlflowClient
 
 # chaos: a worker node is lost mid-training (part of `pytest -m chaos`, see tests/chaos/)
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(600)]
 
 BIN = Path(sys.executable).parent
 CLUSTER = Path(__file__).with_name("ray_cluster.py")
@@ -55,7 +56,6 @@ def job(name: str, dataset: str, hidden: list[int], epochs: int, batch: int) -> 
 def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
     if postgres_down is not None:
         pytest.skip(postgres_down)
-    started = time.monotonic()
     base = os.environ.get(
         "GRADQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     )
@@ -124,7 +124,6 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
         stack.stop_all()
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(ray_temp, ignore_errors=True)
-    assert time.monotonic() - started < 400
 
 
 def run_topology(
@@ -197,3 +196,40 @@ def run_topology(
         curves = http.get(f"/v1/jobs/{i}/metrics").json()
         steps = [p["step"] for p in curves["metrics"]["loss/train"]]
         assert steps == list(range(1, epochs + 1)), (i, steps)  # continuous, no duplicate
+    no_workers_then_one(http, stack, folder, victims[0], len(raylets))
+
+
+def no_workers_then_one(
+    http: httpx.Client, stack: Stack, folder: Path, removed: int, nodes: int
+) -> None:
+    """Every worker node stopped: new jobs wait, queued with the reason; a node that joins
+    runs them all."""
+    last = next(n for n in range(1, nodes + 1) if n != removed)
+    (folder / f"remove-{last}").write_text("")
+    wait_for("the last worker node's removal", lambda: (folder / f"removed-{last}").exists(),
+             60, stack)  # fmt: skip
+    ids = []
+    for i in range(2):
+        r = http.post("/v1/jobs", json=job(f"later-{i}", "iris", [8], epochs=3, batch=16))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+
+    def waiting() -> list[dict[str, Any]] | None:
+        jobs = [http.get(f"/v1/jobs/{i}").json() for i in ids]
+        reasons = [j.get("pending_reason") or "" for j in jobs]
+        return jobs if all("none is alive" in r for r in reasons) else None
+
+    jobs = wait_for("the jobs to wait for a node", waiting, 60, stack)
+    assert [j["status"] for j in jobs] == ["queued", "queued"]
+    assert all("waiting for a Ray node with CPUs" in j["pending_reason"] for j in jobs), jobs
+    time.sleep(3)  # a few dispatch rounds later, still waiting: nothing failed them
+    assert [http.get(f"/v1/jobs/{i}").json()["status"] for i in ids] == ["queued", "queued"]
+    (folder / f"add-{nodes + 1}").write_text("")
+    wait_for("the new worker node", lambda: (folder / f"added-{nodes + 1}").exists(), 120, stack)
+
+    def done() -> list[dict[str, Any]] | None:
+        jobs = [http.get(f"/v1/jobs/{i}").json() for i in ids]
+        return jobs if all(j["status"] in TERMINAL for j in jobs) else None
+
+    for j in wait_for("the waiting jobs to finish", done, 180, stack):
+        assert (j["status"], j["attempt"]) == ("succeeded", 1), (j["error"], stack.logs())
