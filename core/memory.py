@@ -36,12 +36,13 @@ torch and MLflow (its own footprint is the same for every job: the operator leav
 it); ``bench/memory.py`` runs jobs as a worker does and sets their measured peaks beside the
 estimates. A job on a GPU is counted alike (its tensors then take the GPU's memory instead).
 
-csv and upload data sets: the spec does not tell their shape. The estimate assumes the
-largest table the default upload limit allows (50 MiB of CSV holds at most 25 million
-numbers, each a digit and a separator): ``FILE_ROWS`` rows (the most a CSV may have) of
-``FILE_FEATURES`` features, and ``FILE_CLASSES`` classes (the most a target column is
-detected as a class label with; a spec that sets ``task: classification`` on a column of
-more classes takes more).
+csv and upload data sets: the spec does not tell their shape. An upload's is known from
+its record (``core.uploads.upload_shape``: rows, features, classes), which the API passes
+as ``shape``. Otherwise the estimate assumes the largest table the default upload limit
+allows (50 MiB of CSV holds at most 25 million numbers, each a digit and a separator):
+``FILE_ROWS`` rows (the most a CSV may have) of ``FILE_FEATURES`` features, and
+``FILE_CLASSES`` classes (the most a target column is detected as a class label with; a
+spec that sets ``task: classification`` on a column of more classes takes more).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from core.sizes import DEFAULT_SAMPLES, FD_CHUNK, TRAIN_EVAL_ROWS, part_sizes, r
 from core.spec import (
     FILE_DATASETS,
     SYNTHETIC_DATASETS,
+    DatasetShape,
     JobSpec,
     count_parameters,
     dataset_shape,
@@ -132,10 +134,12 @@ class _Shape:
         return count_parameters(self.widths)
 
 
-def _shape(spec: JobSpec) -> _Shape:
+def _shape(spec: JobSpec, shape: DatasetShape | None = None) -> _Shape:
     ds = spec.dataset
-    known = dataset_shape(ds)
-    if ds.name in SYNTHETIC_DATASETS:
+    known = shape or dataset_shape(ds)
+    if known.n_rows is not None:
+        rows = known.n_rows
+    elif ds.name in SYNTHETIC_DATASETS:
         rows = ds.n_samples or DEFAULT_SAMPLES
     else:
         rows = BUILTIN_ROWS.get(ds.name, FILE_ROWS)
@@ -157,9 +161,11 @@ def _shape(spec: JobSpec) -> _Shape:
     )
 
 
-def estimate(spec: JobSpec) -> MemoryEstimate:
-    """The job's peak memory above an idle worker process, with its parts (see the module)."""
-    s = _shape(spec)
+def estimate(spec: JobSpec, shape: DatasetShape | None = None) -> MemoryEstimate:
+    """The job's peak memory above an idle worker process, with its parts (see the module).
+    ``shape``: the data set's, when known beyond the spec (an upload's record, with its
+    rows); default ``dataset_shape``."""
+    s = _shape(spec, shape)
     phases = _phases(spec, s)
     phase = max(phases, key=lambda p: sum(phases[p].values()))
     parts = phases[phase]
