@@ -35,7 +35,9 @@ class Services:
     submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking
     ray_probe: Callable[[], str]
-    gradcheck_slots: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
+    # POST /v1/gradcheck: the one check running, and how many wait for it
+    gradcheck_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    gradcheck_waiting: int = 0
 
 
 async def get_services(request: Request) -> Services:

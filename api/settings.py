@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = Field(1000, ge=1)
     gradcheck_max_parameters: int = Field(200_000, ge=1)
     gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
+    # POST /v1/gradcheck runs in the API process, one check at a time: a check whose memory
+    # (core.memory.gradcheck_estimate) is over gradcheck_max_memory (bytes or a size) is
+    # refused (422 naming the field); at most gradcheck_queue more wait for the one running
+    # (beyond: 429 with Retry-After); a check whose client goes away is stopped
+    gradcheck_max_memory: ByteSize = Field(ByteSize(512 * MiB), ge=16 * MiB)
+    gradcheck_queue: int = Field(4, ge=0, le=10_000)
     lease_seconds: float = Field(defaults.LEASE_SECONDS, gt=0)
     heartbeat_seconds: float = Field(defaults.HEARTBEAT_SECONDS, gt=0)
     unsatisfiable: Literal["fail", "wait"] = "fail"

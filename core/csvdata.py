@@ -19,6 +19,7 @@ from typing import TextIO
 import numpy as np
 
 from core.spec import FieldError, InvalidSpec, Task
+from core.uploads import ColumnProfile
 
 MIN_ROWS = 10
 MAX_ROWS = 1_000_000
@@ -218,3 +219,29 @@ def _classes(
         )
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[k] for k in keys], dtype=np.int64), classes, "classification"
+
+
+def column_profiles(table: Table, target: str) -> dict[str, ColumnProfile]:
+    """Each column of ``table`` (read with ``target`` as its target) as a target would be:
+    what :func:`core.uploads.upload_shape` needs to know an upload's shape for any of its
+    columns without reading the file again."""
+    profiles = {name: _numeric_profile(table.X[:, j]) for j, name in enumerate(table.feature_names)}
+    if table.task == "regression":
+        profiles[target] = _numeric_profile(table.y)
+    else:
+        text = not all(_is_number(c) for c in table.classes)
+        profiles[target] = ColumnProfile(text, not text, len(table.classes))
+    return profiles
+
+
+def _numeric_profile(values: np.ndarray) -> ColumnProfile:
+    integral = bool(np.all(values == np.round(values)))
+    return ColumnProfile(False, integral, len(np.unique(values)) if integral else None)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -17,7 +17,7 @@ passes when every tensor does.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,6 +85,11 @@ class GradcheckReport:
         )
 
 
+class GradcheckStopped(RuntimeError):
+    """The caller's ``stop`` said to stop: the check ended between two chunks of its finite
+    differences, without a report."""
+
+
 class GradcheckFailed(RuntimeError):
     """Manual gradients disagree with autograd or finite differences beyond the tolerance."""
 
@@ -119,34 +124,39 @@ def central_differences(
     weight_decay: float,
     tensor: int,
     coords: torch.Tensor,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(f(θ + h·eᵢ) − f(θ − h·eᵢ)) / 2h for coordinates ``coords`` of parameter ``tensor``
     (0 = W1, 1 = b1, 2 = W2, …), f = mean loss + λ·Σ‖W‖².
 
-    The layers below the perturbed one run once; the perturbed layer and those above run on a
-    batch of 2k copies of the network at once (k at a time). Terms of f that a coordinate does
-    not touch are identical in both evaluations and cancel; of the penalty only the perturbed
-    entry's own term λ(w ± h)² is evaluated, which also keeps its rounding out of the data
-    loss's differences.
+    The layers below the perturbed one run once, and so does the perturbed layer's product
+    z = hWᵀ + b: moving Wᵢⱼ by ±h moves only column i of z, by ±h·hⱼ (bᵢ: by ±h), so each of
+    the 2k perturbed networks (k coordinates at a time) starts from a copy of z with that one
+    column moved, and only the layers above run on the batch of 2k. Terms of f that a
+    coordinate does not touch are identical in both evaluations and cancel; of the penalty
+    only the perturbed entry's own term λ(w ± h)² is evaluated, which also keeps its rounding
+    out of the data loss's differences. ``stop`` is asked before each chunk of k coordinates:
+    when it says so, :class:`GradcheckStopped` is raised.
     """
     act = get_activation(activation)
     layer, is_bias = divmod(tensor, 2)
     h = forward(W, b, X, activation=act, masks=masks, hidden=layer)  # unperturbed: computed once
-    target = b[layer] if is_bias else W[layer]
-    flat = target.reshape(-1)
+    z0 = torch.matmul(h, W[layer].t()) + b[layer]  # (n, out)
+    flat = (b[layer] if is_bias else W[layer]).reshape(-1)
+    fan_in = W[layer].shape[1]
     out = torch.empty(len(coords), dtype=X.dtype, device=X.device)
     done = 0
     for chunk in coords.to(X.device).split(FD_CHUNK):
+        if stop is not None and stop():
+            raise GradcheckStopped("the gradient check was stopped")
         k = len(chunk)
         steps = torch.cat([torch.full((k,), FD_STEP), torch.full((k,), -FD_STEP)]).to(X)
+        both = chunk.repeat(2)
         rows = torch.arange(2 * k, device=X.device)
-        copies = flat.repeat(2 * k, 1)
-        copies[rows, chunk.repeat(2)] += steps
-        copies = copies.view(2 * k, *target.shape)
-        if is_bias:
-            z = torch.matmul(h, W[layer].t()) + copies[:, None, :]  # (2k, n, out)
-        else:
-            z = torch.matmul(h, copies.transpose(1, 2)) + b[layer]
+        unit = both if is_bias else torch.div(both, fan_in, rounding_mode="floor")
+        z = z0.expand(2 * k, *z0.shape).clone()  # (2k, n, out)
+        moved = steps[:, None] if is_bias else steps[:, None] * h[:, both % fan_in].t()
+        z[rows, :, unit] += moved
         for j in range(layer + 1, len(W)):
             phi = act.forward(z)
             z = torch.matmul(phi * masks[j - 1] if masks is not None else phi, W[j].t()) + b[j]
@@ -210,10 +220,14 @@ class _Batch64:
             auto = torch.autograd.grad(self.objective(leaves[:L], leaves[L:]), leaves)
         return [auto[i // 2] if i % 2 == 0 else auto[L + i // 2] for i in range(2 * L)]
 
-    def central_differences(self, tensor: int, coords: torch.Tensor) -> torch.Tensor:
+    def central_differences(
+        self, tensor: int, coords: torch.Tensor, stop: Callable[[], bool] | None = None
+    ) -> torch.Tensor:
         """``central_differences`` of f for coordinates ``coords`` of parameter ``tensor``."""
         W, b, X, T, masks = self.W, self.b, self.X, self.T, self.masks
-        return central_differences(W, b, X, T, masks, tensor=tensor, coords=coords, **self.terms)
+        return central_differences(
+            W, b, X, T, masks, tensor=tensor, coords=coords, stop=stop, **self.terms
+        )
 
 
 def check_gradients(
@@ -231,10 +245,12 @@ def check_gradients(
     fd_samples: int | None = 8,
     step: int = 0,
     seed: int = 0,
+    stop: Callable[[], bool] | None = None,
 ) -> GradcheckReport:
     """Check the manual gradients of one batch (encoded targets ``T``, see ``core.losses``).
 
-    Everything is copied to float64 first; the caller's tensors are not touched.
+    Everything is copied to float64 first; the caller's tensors are not touched. ``stop`` is
+    asked between chunks of the finite differences (:class:`GradcheckStopped` when it says so).
     """
     batch = _Batch64(
         W=[_f64(w) for w in weights],
@@ -259,7 +275,9 @@ def check_gradients(
                 if fd_samples is None or fd_samples >= n
                 else torch.randperm(n, generator=gen)[:fd_samples]
             )
-            fd = batch.central_differences(i, coords) if fd_samples != 0 and len(coords) else None
+            fd = None
+            if fd_samples != 0 and len(coords):
+                fd = batch.central_differences(i, coords, stop)
             checks.append(
                 _compare(
                     names[i],
@@ -315,10 +333,12 @@ def check_spec(
     batch_size: int = 16,
     fd_samples: int | None = None,
     data: Dataset | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> GradcheckReport:
     """The instructor's proof for a spec, without training: the spec's model, freshly
     initialised, on the first ``batch_size`` training rows, with dropout masks when the spec
     has dropout, checked in float64 against autograd and (all, by default) central differences.
+    ``stop``: as for :func:`check_gradients`.
     """
     data = data if data is not None else load_dataset(spec.dataset, seed=spec.seed)
     loss = spec.resolved_loss(data.task)
@@ -351,4 +371,5 @@ def check_spec(
         fd_tolerance=spec.gradcheck.fd_tolerance,
         fd_samples=fd_samples,
         seed=spec.seed,
+        stop=stop,
     )

@@ -23,8 +23,8 @@ evaluation  an evaluation chunk's activations (``core.evaluate.rows_per_chunk``)
 parameters  parameters, gradients, momentum, the weight-decay mask, the weights at the epoch's
             start and at the best epoch, checkpoint snapshots and their serialisation
 gradcheck   the validator, in float64: copies of the parameters and the batch, its manual and
-            autograd passes, and the ±h copies of a parameter tensor (2·min(fd_samples,
-            ``FD_CHUNK``) of them) that the finite differences run with their activations
+            autograd passes, and the finite differences' activations of the ±h copies of the
+            network above a perturbed tensor (2·min(fd_samples, ``FD_CHUNK``) of them)
 attempt     what an attempt adds whatever its size: torch's first steps, the tracking store's
             client, the model's export (``ATTEMPT_BYTES``, measured by bench/memory.py)
 allocator   the C allocator's slack: blocks freed below glibc's mmap threshold stay in the
@@ -36,12 +36,13 @@ torch and MLflow (its own footprint is the same for every job: the operator leav
 it); ``bench/memory.py`` runs jobs as a worker does and sets their measured peaks beside the
 estimates. A job on a GPU is counted alike (its tensors then take the GPU's memory instead).
 
-csv and upload data sets: the spec does not tell their shape. The estimate assumes the
-largest table the default upload limit allows (50 MiB of CSV holds at most 25 million
-numbers, each a digit and a separator): ``FILE_ROWS`` rows (the most a CSV may have) of
-``FILE_FEATURES`` features, and ``FILE_CLASSES`` classes (the most a target column is
-detected as a class label with; a spec that sets ``task: classification`` on a column of
-more classes takes more).
+csv and upload data sets: the spec does not tell their shape. An upload's is known from
+its record (``core.uploads.upload_shape``: rows, features, classes), which the API passes
+as ``shape``. Otherwise the estimate assumes the largest table the default upload limit
+allows (50 MiB of CSV holds at most 25 million numbers, each a digit and a separator):
+``FILE_ROWS`` rows (the most a CSV may have) of ``FILE_FEATURES`` features, and
+``FILE_CLASSES`` classes (the most a target column is detected as a class label with; a
+spec that sets ``task: classification`` on a column of more classes takes more).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from core.sizes import DEFAULT_SAMPLES, FD_CHUNK, TRAIN_EVAL_ROWS, part_sizes, r
 from core.spec import (
     FILE_DATASETS,
     SYNTHETIC_DATASETS,
+    DatasetShape,
     JobSpec,
     count_parameters,
     dataset_shape,
@@ -90,11 +92,13 @@ class MemoryEstimate:
     field: str
     what: str
 
-    def refusal(self, limit: int) -> str:
-        """Why a service whose limit is ``limit`` bytes refuses the job."""
+    def refusal(
+        self, limit: int, setting: str = "GRADQ_MAX_JOB_MEMORY", subject: str = "this job"
+    ) -> str:
+        """Why a service whose limit (``setting``) is ``limit`` bytes refuses ``subject``."""
         return (
-            f"this job needs about {size(self.total)} of memory ({self.what}); the limit is "
-            f"{size(limit)} (GRADQ_MAX_JOB_MEMORY)"
+            f"{subject} needs about {size(self.total)} of memory ({self.what}); the limit is "
+            f"{size(limit)} ({setting})"
         )
 
 
@@ -132,10 +136,12 @@ class _Shape:
         return count_parameters(self.widths)
 
 
-def _shape(spec: JobSpec) -> _Shape:
+def _shape(spec: JobSpec, shape: DatasetShape | None = None) -> _Shape:
     ds = spec.dataset
-    known = dataset_shape(ds)
-    if ds.name in SYNTHETIC_DATASETS:
+    known = shape or dataset_shape(ds)
+    if known.n_rows is not None:
+        rows = known.n_rows
+    elif ds.name in SYNTHETIC_DATASETS:
         rows = ds.n_samples or DEFAULT_SAMPLES
     else:
         rows = BUILTIN_ROWS.get(ds.name, FILE_ROWS)
@@ -157,20 +163,22 @@ def _shape(spec: JobSpec) -> _Shape:
     )
 
 
-def estimate(spec: JobSpec) -> MemoryEstimate:
+def estimate(spec: JobSpec, shape: DatasetShape | None = None) -> MemoryEstimate:
     """The job's peak memory above an idle worker process, with its parts (see the module).
+    ``shape``: the data set's, when known beyond the spec (an upload's record, with its
+    rows); default ``dataset_shape``.
 
     Specs that differ only in fields the estimate does not read (learning rates, seeds,
     names, priorities, …) share one estimate: it is computed once per :func:`estimate_key`
     and kept (up to ``CACHE_SIZE`` keys; the API runs it on every submit, and a sweep's
     specs differ in just such fields). The estimate returned may be shared: do not change
     its ``parts``."""
-    key = estimate_key(spec)
+    key = estimate_key(spec, shape)
     found = _CACHE.get(key)
     if found is None:
         if len(_CACHE) >= CACHE_SIZE:
             _CACHE.clear()
-        found = _CACHE[key] = compute(spec)
+        found = _CACHE[key] = compute(spec, shape)
     return found
 
 
@@ -178,12 +186,14 @@ CACHE_SIZE = 4096
 _CACHE: dict[tuple[object, ...], MemoryEstimate] = {}
 
 
-def estimate_key(spec: JobSpec) -> tuple[object, ...]:
+def estimate_key(spec: JobSpec, shape: DatasetShape | None = None) -> tuple[object, ...]:
     """Every spec field the estimate reads (for dropout and weight decay, only whether they
-    are on): two specs with one key have one estimate."""
+    are on), and the data set's shape when given: two specs with one key have one
+    estimate."""
     opt, reg, gc = spec.optimizer, spec.regularization, spec.gradcheck
     es = reg.early_stopping
     return (
+        shape,
         *spec.dataset.__dict__.values(),  # every field of the data set: scalars
         *spec.model.hidden,
         None,  # the end of the widths
@@ -202,14 +212,54 @@ def estimate_key(spec: JobSpec) -> tuple[object, ...]:
     )
 
 
-def compute(spec: JobSpec) -> MemoryEstimate:
+def compute(spec: JobSpec, shape: DatasetShape | None = None) -> MemoryEstimate:
     """:func:`estimate` without its cache."""
-    s = _shape(spec)
+    s = _shape(spec, shape)
     phases = _phases(spec, s)
     phase = max(phases, key=lambda p: sum(phases[p].values()))
     parts = phases[phase]
     largest = max((p for p in parts if p not in FIXED), key=parts.__getitem__)
     where, what = _blame(spec, s, largest)
+    return MemoryEstimate(sum(parts.values()), phase, dict(parts), where, what)
+
+
+def gradcheck_estimate(
+    spec: JobSpec, *, batch: int, fd_samples: int, shape: DatasetShape | None = None
+) -> MemoryEstimate:
+    """What ``core.gradcheck.check_spec`` holds for ``spec`` on its first ``batch`` training
+    rows with ``fd_samples`` coordinates per tensor, as the gradient-check endpoint runs it:
+    while loading, the data set's load (``data``); then the loaded data set, the model's
+    parameters in float64 and the validator (``gradcheck``, as in a job's check). The
+    validator's rows are blamed on ``gradcheck.max_batch`` or its coordinates on
+    ``gradcheck.fd_samples``, whichever is further above its default (16 rows, 8)."""
+    checked = spec.model_copy(
+        update={
+            "optimizer": spec.optimizer.model_copy(update={"batch_size": batch}),
+            "gradcheck": spec.gradcheck.model_copy(
+                update={"max_batch": batch, "fd_samples": fd_samples}
+            ),
+        }
+    )
+    s = _shape(checked, shape)
+    task = "regression" if s.classes == 0 else "classification"
+    data = s.rows * s.features * 8 + s.rows * 8
+    loading = int(LOAD_FEATURE_COPIES * s.rows * s.features * 8) + LOAD_ROW_BYTES[task] * s.rows
+    phases = {
+        "loading": {"data": max(loading, data)},
+        "check": {
+            "data": data,
+            "parameters": s.parameters * 8,
+            "gradcheck": _gradcheck(checked, s),
+        },
+    }
+    phase = max(phases, key=lambda p: sum(phases[p].values()))
+    parts = phases[phase]
+    largest = max(parts, key=parts.__getitem__)
+    where, what = _blame(checked, s, largest)
+    if largest == "gradcheck":
+        where = "gradcheck.max_batch" if batch / 16 >= fd_samples / 8 else "gradcheck.fd_samples"
+    elif largest == "parameters":
+        what = f"{s.parameters:,} parameters and the check's copies of them, in float64"
     return MemoryEstimate(sum(parts.values()), phase, dict(parts), where, what)
 
 
@@ -328,21 +378,20 @@ def _gradcheck(spec: JobSpec, s: _Shape) -> int:
 
 def _finite_differences(samples: int, rows: int, widths: list[int]) -> tuple[int, str]:
     """Numbers the finite differences hold at once, at their largest parameter tensor, and
-    what they are: the ±h copies of the tensor (two chunks' when it has more coordinates to
-    check than one chunk takes) and, per copy, the batch's activations from that layer up:
-    at most four layers' worth at a time (z, φ(z), the next product and z again)."""
+    what they are: per ±h copy of the network (2·min(samples, ``FD_CHUNK``) of them; the
+    tensor itself is not copied: its layer's product is moved by one column per copy), the
+    batch's activations from that layer up: at most four layers' worth at a time (z, φ(z),
+    the next product and z again)."""
     most, what = 0, ""
     if samples == 0:
         return most, what
     for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         widest = max(widths[layer + 1 :])
         for numel, name in ((fan_in * fan_out, f"W{layer + 1}"), (fan_out, f"b{layer + 1}")):
-            coords = min(samples, numel)
-            copies = 2 * min(coords, FD_CHUNK)
-            tensor = copies * numel * (2 if coords > FD_CHUNK else 1)
-            if tensor + copies * rows * 4 * widest > most:
-                most = tensor + copies * rows * 4 * widest
-                what = f"{copies} perturbed copies of {name} ({numel:,} numbers) on {rows:,} rows"
+            copies = 2 * min(samples, numel, FD_CHUNK)
+            if copies * rows * 4 * widest > most:
+                most = copies * rows * 4 * widest
+                what = f"{copies} perturbed copies of the layers from {name} up on {rows:,} rows"
     return most, what
 
 

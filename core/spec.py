@@ -51,6 +51,7 @@ class DatasetShape:
     task: Task
     n_features: int | None
     n_classes: int | None  # None for regression and for files, known only once loaded
+    n_rows: int | None = None  # an uploaded set's, from its record (``core.uploads``)
 
 
 class FieldError(BaseModel):
@@ -251,21 +252,7 @@ class JobSpec(_Section):
 
     @model_validator(mode="after")
     def _combination(self) -> JobSpec:
-        shape = dataset_shape(self.dataset)
-        errors: list[FieldError] = []
-        if self.loss is not None:
-            if shape.task == "regression" and self.loss != "squared":
-                errors.append(
-                    _fe("loss", f"{self.loss!r} needs a classification task; use 'squared'")
-                )
-            if self.loss == "logistic" and shape.n_classes is not None and shape.n_classes != 2:
-                errors.append(
-                    _fe(
-                        "loss",
-                        f"'logistic' needs 2 classes, {self.dataset.name!r} has"
-                        f" {shape.n_classes}; use 'cross_entropy'",
-                    )
-                )
+        errors = self.loss_errors(dataset_shape(self.dataset))
         es = self.regularization.early_stopping
         if es.enabled and self.dataset.validation_fraction == 0.0:
             errors.append(
@@ -280,6 +267,23 @@ class JobSpec(_Section):
         if errors:
             raise _Nested(errors)
         return self
+
+    def loss_errors(self, shape: DatasetShape) -> list[FieldError]:
+        """What is wrong with the spec's loss for a data set of ``shape``."""
+        errors: list[FieldError] = []
+        if self.loss is None:
+            return errors
+        if shape.task == "regression" and self.loss != "squared":
+            errors.append(_fe("loss", f"{self.loss!r} needs a classification task; use 'squared'"))
+        if self.loss == "logistic" and shape.n_classes is not None and shape.n_classes != 2:
+            errors.append(
+                _fe(
+                    "loss",
+                    f"'logistic' needs 2 classes, {self.dataset.name!r} has"
+                    f" {shape.n_classes}; use 'cross_entropy'",
+                )
+            )
+        return errors
 
     def resolved_loss(self, task: Task | None = None) -> LossName:
         """The loss to train with: the spec's, or the task's default."""
@@ -313,18 +317,27 @@ def count_parameters(layers: Sequence[int]) -> int:
     return sum(a * b + b for a, b in itertools.pairwise(layers))
 
 
-def estimated_parameters(spec: JobSpec) -> int:
-    """Parameters of the spec's model, with unknown input/output widths counted as 1."""
-    shape = dataset_shape(spec.dataset)
+def estimated_parameters(spec: JobSpec, shape: DatasetShape | None = None) -> int:
+    """Parameters of the spec's model on a data set of ``shape`` (default: what the spec
+    tells, ``dataset_shape``), with unknown input/output widths counted as 1."""
+    shape = shape or dataset_shape(spec.dataset)
     out = 1 if shape.task == "regression" else (shape.n_classes or 1)
-    if spec.resolved_loss() == "logistic":
+    if spec.resolved_loss(shape.task) == "logistic":
         out = 1
     return count_parameters([shape.n_features or 1, *spec.model.hidden, out])
 
 
-def check_limits(spec: JobSpec, limits: SpecLimits) -> None:
+def check_limits(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None = None) -> None:
+    """Refuse a spec beyond ``limits``, every problem with its field.
+
+    The parameter and memory limits depend on the data set's width and rows. An ``upload``'s
+    are known only from its record: without ``shape`` those two limits are not checked for
+    an upload (the caller that has the record checks them, with the upload's shape,
+    ``core.uploads.upload_shape``); for every other data set ``shape`` defaults to
+    ``dataset_shape``."""
     errors: list[FieldError] = []
-    n = estimated_parameters(spec)
+    sized = shape is not None or spec.dataset.name != "upload"
+    n = estimated_parameters(spec, shape) if sized else 0
     if n > limits.max_parameters:
         errors.append(
             FieldError(
@@ -342,10 +355,10 @@ def check_limits(spec: JobSpec, limits: SpecLimits) -> None:
                 field="model.hidden", message=f"at most {limits.max_hidden_layers} hidden layers"
             )
         )
-    if limits.max_job_memory is not None:
+    if limits.max_job_memory is not None and sized:
         from core.memory import estimate  # core.memory builds on this module
 
-        needs = estimate(spec)
+        needs = estimate(spec, shape)
         if needs.total > limits.max_job_memory:
             errors.append(
                 FieldError(field=needs.field, message=needs.refusal(limits.max_job_memory))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, RowMapping, Table, insert, select
 
 from db.errors import DatasetNotFound
 from db.models import Dataset, utcnow
@@ -15,6 +15,16 @@ from db.session import read_tx, write_tx
 from db.views import DatasetView
 
 DATASETS = cast(Table, Dataset.__table__)
+
+
+def _view(row: RowMapping) -> DatasetView:
+    """A stored row as a view. ``columns`` holds the column names, or (with no migration of
+    the table) ``{"names": [...], "profile": {...}}`` for a data set recorded with profiles."""
+    values = dict(row)
+    stored = values["columns"]
+    if isinstance(stored, dict):
+        values["columns"], values["profile"] = list(stored["names"]), stored.get("profile")
+    return DatasetView(**values)
 
 
 class DatasetStore:
@@ -34,8 +44,10 @@ class DatasetStore:
         columns: Sequence[str],
         target: str | None,
         uri: str,
+        profile: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> DatasetView:
-        """Record an uploaded data set whose bytes already live at ``uri``."""
+        """Record an uploaded data set whose bytes already live at ``uri``, with ``profile``
+        (each column as a target would be, ``core.uploads.ColumnProfile.to_json``)."""
         view = DatasetView(
             id=str(uuid.uuid4()),
             tenant=tenant,
@@ -47,9 +59,13 @@ class DatasetStore:
             target=target,
             uri=uri,
             created_at=utcnow(),
+            profile=None if profile is None else {k: dict(v) for k, v in profile.items()},
         )
+        row = {k: v for k, v in view.__dict__.items() if k != "profile"}
+        if view.profile is not None:
+            row["columns"] = {"names": view.columns, "profile": view.profile}
         with write_tx(self._engine) as conn:
-            conn.execute(insert(DATASETS), view.__dict__)
+            conn.execute(insert(DATASETS), row)
         return view
 
     def get(self, *, dataset_id: str, tenant: str | None = None) -> DatasetView:
@@ -61,7 +77,7 @@ class DatasetStore:
             row = conn.execute(query).mappings().first()
         if row is None:
             raise DatasetNotFound(dataset_id)
-        return DatasetView(**row)
+        return _view(row)
 
     def list(self, *, tenant: str | None = None) -> builtins.list[DatasetView]:
         """Data sets, newest first."""
@@ -69,4 +85,4 @@ class DatasetStore:
         if tenant is not None:
             query = query.where(DATASETS.c.tenant == tenant)
         with read_tx(self._engine) as conn:
-            return [DatasetView(**r) for r in conn.execute(query).mappings()]
+            return [_view(r) for r in conn.execute(query).mappings()]

@@ -104,6 +104,9 @@ class DatasetView:
     target: str | None
     uri: str
     created_at: datetime
+    # each column as a target would be (``core.uploads.ColumnProfile.to_json``), recorded at
+    # upload; None for a data set recorded before profiles were
+    profile: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

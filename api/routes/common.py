@@ -23,7 +23,7 @@ _ERRORS = {
     409: "conflicts with the resource's state",
     413: "the request body is over the limit",
     422: "invalid input; `field` names where",
-    429: "too many queued jobs for this tenant",
+    429: "too many queued jobs for this tenant, or gradient checks waiting (Retry-After)",
     503: "the database or MLflow is not reachable",
 }
 

@@ -12,7 +12,7 @@ from api import present, schemas
 from api.deps import DatasetsDep, SettingsDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
-from core.csvdata import DataError, read_csv_table
+from core.csvdata import DataError, column_profiles, read_csv_table
 from core.spec import FieldError
 from workers.tracking.read import TrackingUnavailable
 
@@ -78,6 +78,7 @@ def upload(
         columns=[*table.feature_names, target],
         target=target,
         uri=uri,
+        profile={k: v.to_json() for k, v in column_profiles(table, target).items()},
     )
     return present.dataset(view)
 

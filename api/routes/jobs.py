@@ -9,7 +9,15 @@ from fastapi import APIRouter, Query
 from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.routes.common import AUTHENTICATED, errors
-from core.spec import InvalidSpec, JobSpec
+from core.spec import (
+    DatasetShape,
+    InvalidSpec,
+    JobSpec,
+    SpecLimits,
+    check_limits,
+    dataset_shape,
+)
+from core.uploads import ColumnProfile, upload_shape
 from db.datasets import DatasetStore
 from db.errors import DatasetNotFound, InvalidTransition
 from db.states import JobStatus
@@ -64,10 +72,17 @@ def waiting_reason(ahead: int | None) -> str | None:
     return "waiting for a free worker"
 
 
-def check_upload(spec: JobSpec, datasets: DatasetStore, tenant: str) -> None:
-    """An ``upload`` data set must be one of the tenant's, and have the target column."""
+def check_upload(
+    spec: JobSpec, datasets: DatasetStore, tenant: str, limits: SpecLimits | None = None
+) -> DatasetShape | None:
+    """An ``upload`` data set must be one of the tenant's and have the target column. The
+    spec is then checked against the upload's shape (``core.uploads.upload_shape``: the
+    target's task and classes, the features and rows recorded at upload): its loss, and,
+    with ``limits``, the parameter and memory limits. Returns that shape (None: not an
+    upload, or one recorded before shapes were, whose limits are checked on the shape
+    ``core.memory`` assumes for files)."""
     if spec.dataset.name != "upload" or spec.dataset.id is None:
-        return
+        return None
     try:
         found = datasets.get(dataset_id=spec.dataset.id, tenant=tenant)
     except DatasetNotFound:
@@ -80,6 +95,18 @@ def check_upload(spec: JobSpec, datasets: DatasetStore, tenant: str) -> None:
             f"{spec.dataset.target!r} is not a column of data set {found.id}: "
             f"{', '.join(found.columns)}",
         )
+    shape = None
+    if found.profile is not None:
+        profiles = {k: ColumnProfile.from_json(v) for k, v in found.profile.items()}
+        shape = upload_shape(
+            spec.dataset, columns=found.columns, rows=found.rows, profiles=profiles
+        )
+        errors = spec.loss_errors(shape)
+        if errors:
+            raise InvalidSpec(errors)
+    if limits is not None:
+        check_limits(spec, limits, shape or dataset_shape(spec.dataset))
+    return shape
 
 
 @router.get("", response_model=schemas.JobPage, responses=errors(422))

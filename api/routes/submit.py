@@ -134,7 +134,8 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
     services: Services = request.app.state.services
     spec = await read_spec(request, services.settings)
     if spec.dataset.name == "upload" and spec.dataset.id is not None:
-        await run_in_threadpool(check_upload, spec, services.datasets, tenant)
+        limits = services.settings.limits  # the parameter and memory limits need its shape
+        await run_in_threadpool(check_upload, spec, services.datasets, tenant, limits)
     wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
     try:
         done = await services.submits.submit(wanted)

@@ -74,9 +74,10 @@ def test_finite_differences_grow_with_fd_samples() -> None:
            "gradcheck", "gradcheck.fd_samples")  # fmt: skip
     e = _estimate({**job, "gradcheck": {"fd_samples": 64}})
     assert e.phase == "check"
-    # 2 × 64 float64 copies of W2, 1024 × 1024
-    assert e.parts["gradcheck"] >= 128 * 1024 * 1024 * 8
-    assert "128 perturbed copies of W2 (1,048,576 numbers)" in e.what
+    # 2 × 64 perturbed copies of the network from the first layer up, each its 32 rows'
+    # float64 activations of a 1024-wide layer (the tensor itself is not copied)
+    assert e.parts["gradcheck"] >= 128 * 32 * 1024 * 8
+    assert "128 perturbed copies of the layers from W1 up on 32 rows" in e.what
     never = _estimate({**job, "gradcheck": {"fd_samples": 64, "at_start": False,
                                             "every_steps": 0}})  # fmt: skip
     assert never.parts.get("gradcheck", 0) == 0 and never.total < e.total
@@ -206,3 +207,14 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(10):
         _estimate({**BASE, "optimizer": {"batch_size": 10 + n}})
         assert len(memory._CACHE) <= 3
+
+
+def test_the_cache_keeps_apart_uploads_of_one_spec_and_different_shapes() -> None:
+    from core.spec import DatasetShape
+
+    memory._CACHE.clear()
+    spec = parse_spec({"dataset": {"name": "upload", "id": "d1", "target": "y"}})
+    narrow = DatasetShape("classification", 4, 3, n_rows=1_000)
+    wide = DatasetShape("classification", 400, 3, n_rows=100_000)
+    assert estimate(spec, narrow) == memory.compute(spec, narrow)
+    assert estimate(spec, wide) == memory.compute(spec, wide) != memory.compute(spec, narrow)
