@@ -58,6 +58,9 @@ class WorkerConfig:
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking.buffer)
     checkpoint_upload_seconds: float = 10.0
+    # API keys are on (GRADQ_AUTH=keys): a job's MLflow experiment and registered model are
+    # named for its tenant (workers.tracking.scope); off, names are as the spec gives them
+    tenant_names: bool = False
 
 
 _engines: dict[str, Any] = {}
@@ -276,6 +279,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             flush_interval_s=config.metrics_flush_seconds,
             checkpoint_interval_s=config.checkpoint_upload_seconds,
             alive=lease.alive,
+            tenant=job.tenant if config.tenant_names else None,
         )
         marks["tracker_start"] = time.time()
         if not lease.alive():  # the run may be a successor's already: leave it alone
