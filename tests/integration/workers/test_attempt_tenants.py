@@ -1,21 +1,26 @@
 """Tenants through MLflow: attempts run in this process (``run_attempt`` without Ray) against
 the real job database (SQLite) and a real MLflow SQLite store, as a service with API keys
-runs them (``WorkerConfig(tenant_names=True)``)."""
+runs them (``WorkerConfig(tenant_names=True)``): each tenant's MLflow names are its own, and
+what someone changed in MLflow behind gradq's back is not trained on."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 from core.spec import parse_spec
+from db.datasets import DatasetStore
 from db.migrate import upgrade
 from db.session import make_engine
 from db.store import JobStore
 from db.views import JobView
 from workers.task import WorkerConfig, run_attempt
+from workers.tracking.read import Tracking
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +35,7 @@ SPEC: dict[str, Any] = {
 @dataclass(frozen=True)
 class Stores:
     jobs: JobStore
+    datasets: DatasetStore
     config: WorkerConfig
     client: MlflowClient
 
@@ -45,7 +51,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
         artifact_root=str(folder / "artifacts"),
         tenant_names=True,
     )
-    return Stores(JobStore(make_engine(db_url)), config, MlflowClient(config.tracking_uri))
+    engine = make_engine(db_url)
+    client = MlflowClient(config.tracking_uri)
+    return Stores(JobStore(engine), DatasetStore(engine), config, client)
 
 
 def attempt(stores: Stores, tenant: str, **spec: Any) -> JobView:
@@ -116,3 +124,47 @@ def test_without_keys_names_stay_as_given(stores: Stores) -> None:
     job = stores.jobs.get(job_id=job_id)
     assert job.mlflow_experiment_id is not None
     assert stores.client.get_experiment(job.mlflow_experiment_id).name == "plain"
+
+
+def upload(stores: Stores, data: bytes, tenant: str) -> str:
+    """Store ``data`` as the API's upload route does (bytes in MLflow, sha256 in the store)."""
+    tracking = Tracking(
+        tracking_uri=stores.config.tracking_uri,
+        artifact_root=stores.config.artifact_root,
+        ui_url="http://127.0.0.1:5000",
+    )
+    uri = tracking.store_dataset(data=data, filename="d.csv", tenant=tenant, name="d")
+    return stores.datasets.add(
+        tenant=tenant, name="d", sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+        rows=data.count(b"\n") - 1, columns=["a", "b", "y"], target="y", uri=uri,
+    ).id  # fmt: skip
+
+
+def csv_rows(n: int, *, flip: bool = False) -> bytes:
+    rows = [f"{i},{(i * 7) % 5},{(i % 2) ^ flip}" for i in range(n)]
+    return ("a,b,y\n" + "\n".join(rows) + "\n").encode()
+
+
+def test_a_data_set_replaced_in_mlflow_fails_the_job_once_and_is_not_trained_on(
+    stores: Stores, tmp_path: Path
+) -> None:
+    dataset = {"name": "upload", "target": "y"}
+    intact = attempt(
+        stores, "team-a", dataset=dataset | {"id": upload(stores, csv_rows(40), "team-a")}
+    )
+    assert intact.status.value == "succeeded"
+    dataset_id = upload(stores, csv_rows(40), "team-a")
+    uri = stores.datasets.get(dataset_id=dataset_id).uri
+    run_id = uri.removeprefix("runs:/").split("/")[0]
+    # someone who reaches MLflow writes other rows over the artifact
+    (tmp_path / "d.csv").write_bytes(csv_rows(40, flip=True))
+    stores.client.log_artifact(run_id, str(tmp_path / "d.csv"))
+    job = attempt(stores, "team-a", dataset=dataset | {"id": dataset_id})
+    assert job.status.value == "failed" and job.attempt == 1  # final: not claimed again
+    assert job.error is not None and job.error["type"] == "dataset_changed"
+    message = job.error["message"]
+    assert dataset_id in message and hashlib.sha256(csv_rows(40)).hexdigest() in message
+    assert hashlib.sha256(csv_rows(40, flip=True)).hexdigest() in message
+    assert job.result is None and job.mlflow_run_id is not None
+    run = stores.client.get_run(job.mlflow_run_id)
+    assert run.info.status == "FAILED" and "loss/train" not in run.data.metrics
