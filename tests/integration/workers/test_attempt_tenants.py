@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from core.spec import parse_spec
@@ -78,6 +81,15 @@ def test_two_tenants_with_the_same_names_get_their_own_experiment_and_registered
         [version] = stores.client.search_model_versions(f"run_id = '{job.mlflow_run_id}'")
         assert version.name == f"{tenant}.iris-mlp" and int(version.version) == 1
         assert job.spec["experiment"] == "shared" and job.spec["register_as"] == "iris-mlp"
+        # the registered version loads, as the README says, with no unpickling allowed
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+            mlflow.set_tracking_uri(stores.config.tracking_uri)
+            try:
+                model = mlflow.pytorch.load_model(f"models:/{tenant}.iris-mlp/1")
+            finally:
+                mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        assert tuple(model(torch.ones(2, 4)).shape) == (2, 3)
     # the names as the tenants gave them hold nothing
     assert stores.client.get_experiment_by_name("shared") is None
     assert stores.client.search_registered_models("name = 'iris-mlp'") == []
@@ -95,6 +107,15 @@ def test_a_name_holding_the_separator_cannot_reach_another_tenants_names(stores:
     assert names == {"x.y.z", "x%2Ey.z"}
     models = {m.name for m in stores.client.search_registered_models("name LIKE '%m'")}
     assert {"x.y.m", "x%2Ey.m"} <= models
+
+
+def test_a_scoped_name_longer_than_mlflow_keeps_fails_the_job_naming_the_field(
+    stores: Stores,
+) -> None:
+    job = attempt(stores, "t" * 60, experiment="n" * 200)
+    assert job.status.value == "failed" and job.error is not None
+    assert job.error["message"].startswith("experiment: ") and "at most 256" in job.error["message"]
+    assert job.mlflow_run_id is None
 
 
 def test_a_tenant_cannot_revive_another_tenants_deleted_experiment(stores: Stores) -> None:

@@ -240,17 +240,19 @@ class Payload:
         return (self.marker.touch, ())
 
 
-def tampered_copy(finished: Finished, tmp: Path, marker: Path) -> Path:
-    """The run's model as someone who reaches MLflow could leave it: its weights record
-    replaced by a pickle that runs code (flagged as pickled in the archive's config), or a
-    pickled model file where the model keeps its data."""
+def tampered_copy(finished: Finished, tmp: Path, marker: Path, how: str) -> Path:
+    """The run's model as someone who reaches MLflow could leave it: ``"record"``, its
+    weights record replaced by a pickle that runs code (flagged as pickled in the archive's
+    config); ``"file"``, a pickled model file (MLflow's pickle format) put in its place."""
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{finished.run_id}/model",
                                                      dst_path=str(tmp)))  # fmt: skip
     evil = tmp / "evil.pt"
     torch.save(Payload(marker), evil)
-    [data_file] = [f for f in (local / "data").iterdir() if f.stem == "model"]
-    if data_file.suffix != ".pt2":  # any other format is a file torch unpickles
-        data_file.write_bytes(evil.read_bytes())
+    data_file = local / "data" / "model.pt2"
+    if how == "file":
+        data_file.unlink()
+        (local / "data" / "model.pth").write_bytes(evil.read_bytes())
+        (local / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
         return local
     records = {}
     with zipfile.ZipFile(data_file) as archive:
@@ -267,11 +269,12 @@ def tampered_copy(finished: Finished, tmp: Path, marker: Path) -> Path:
     return local
 
 
+@pytest.mark.parametrize("how", ["record", "file"])
 def test_a_replaced_model_file_is_refused_and_runs_no_code(
-    finished: Finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    finished: Finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     marker = tmp_path / "code-ran"
-    local = tampered_copy(finished, tmp_path / "copy", marker)
+    local = tampered_copy(finished, tmp_path / "copy", marker, how)
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(MlflowException, match="pickle"):
         mlflow.pytorch.load_model(str(local))
