@@ -11,7 +11,8 @@ makes another tenant's prefix (``a.b.x`` is tenant ``a``'s, ``a%2Eb.x`` tenant `
 ``.`` rather than ``/``: MLflow refuses ``/`` and ``:`` in a registered model's name.
 
 Without keys (``tenant=None``) names are as given. The spec keeps the names as the tenant
-gave them: that is what the API shows.
+gave them: that is what the API shows; ``given_name`` reads a tenant's own name back from an
+MLflow name, for a reader that lists names from MLflow.
 """
 
 from __future__ import annotations
@@ -41,3 +42,12 @@ def scoped_name(name: str, *, tenant: str | None, field: str) -> str:
             f"{len(scoped)} characters; MLflow keeps at most {MAX_NAME}"
         )
     return scoped
+
+
+def given_name(scoped: str, *, tenant: str | None) -> str | None:
+    """The name ``tenant`` gave, from an MLflow name: None when it is not one of that
+    tenant's (``tenant`` None: the name itself, as names are not scoped without keys)."""
+    if tenant is None:
+        return scoped
+    prefix = f"{tenant_prefix(tenant)}{SEPARATOR}"
+    return scoped.removeprefix(prefix) if scoped.startswith(prefix) else None

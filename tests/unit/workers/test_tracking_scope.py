@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.tracking.scope import MAX_NAME, scoped_name, tenant_prefix
+from workers.tracking.scope import MAX_NAME, given_name, scoped_name, tenant_prefix
 
 
 def test_names_are_prefixed_with_the_tenant_and_kept_as_given_without_one() -> None:
@@ -30,3 +30,11 @@ def test_a_scoped_name_longer_than_mlflow_keeps_is_refused_naming_the_field() ->
     with pytest.raises(ValueError, match=rf"^register_as: .* at most {MAX_NAME}"):
         scoped_name(name, tenant="t" * 60, field="register_as")
     assert len(scoped_name(name, tenant="t" * 55, field="register_as")) == MAX_NAME
+
+
+def test_the_given_name_is_read_back_only_by_its_own_tenant() -> None:
+    scoped = scoped_name("b.x", tenant="a", field="experiment")
+    assert given_name(scoped, tenant="a") == "b.x"
+    assert given_name(scoped, tenant="a.b") is None  # "a.b.x" is not tenant "a.b"'s "x"
+    assert given_name(scoped_name("x", tenant="a.b", field="e"), tenant="a.b") == "x"
+    assert given_name("plain", tenant=None) == "plain"
