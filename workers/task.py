@@ -43,6 +43,7 @@ from db.session import make_engine
 from db.store import JobStore
 from db.views import ClaimedJob, DatasetView
 from workers.tracking import JobTracker, close_run, latest_checkpoint
+from workers.tracking.artifacts import import_model_logging
 
 log = logging.getLogger("gradq.task")
 _ARRAYS = [
@@ -278,6 +279,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     engine = _engine(config.database_url)
     store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
+    import_model_logging()  # before the heartbeats: see its docstring
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
     status: Literal["succeeded", "cancelled"] = "succeeded"

@@ -9,6 +9,7 @@ register models against different stores never see each other's URI.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -136,6 +137,16 @@ def pip_requirements() -> tuple[str, ...]:
     """What a loaded model needs besides MLflow (which MLflow adds itself): torch, at the
     version the worker runs. Given explicitly, so that MLflow infers nothing."""
     return (f"torch=={torch.__version__.split('+')[0]}",)
+
+
+def import_model_logging() -> None:
+    """Import what :func:`log_model` needs (MLflow's PyTorch flavour, ``torch.export`` and the
+    tracer behind it). A process's first import of them can hold the GIL long enough to keep
+    an attempt's heartbeat thread from renewing a short lease (the 1 s leases of
+    tests/integration/workers/test_task_outages.py): an attempt does it before its
+    heartbeats start, and a Ray worker when it is warmed up."""
+    for module in ("mlflow.models", "mlflow.pytorch", "torch._dynamo", "torch.export"):
+        importlib.import_module(module)
 
 
 def log_model(
