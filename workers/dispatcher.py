@@ -143,7 +143,10 @@ def warm_up() -> str:
     import mlflow.pytorch
 
     import workers.task  # torch, MLflow's client and core come with it
+    import workers.tracking.artifacts
     import workers.tracking.plot
+
+    workers.tracking.artifacts.import_model_logging()  # torch.export, for the model
 
     workers.tracking.plot.learning_curve_png([])  # loads Pillow's font
     return f"warm: {workers.task.__name__}, {mlflow.pytorch.__name__}, {mlflow.models.__name__}"

@@ -8,12 +8,15 @@ attempt (its lease expired and the job was claimed again) is refused and stops q
 attempt cut off from the database stops by itself once its lease's deadline has passed with
 no heartbeat through, and writes nothing more to MLflow (``Lease``). A job
 is ``succeeded`` only once its model and artifacts are in MLflow: when ``finish()`` fails for
-a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED.
+a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED. An
+uploaded data set whose fetched bytes are not those uploaded (their sha256) fails the job at
+once (``dataset_changed``), without training on them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import socket
@@ -38,8 +41,9 @@ from db.errors import StaleAttempt, StoreError, StoreUnavailable
 from db.models import utcnow
 from db.session import make_engine
 from db.store import JobStore
-from db.views import ClaimedJob
+from db.views import ClaimedJob, DatasetView
 from workers.tracking import JobTracker, close_run, latest_checkpoint
+from workers.tracking.artifacts import import_model_logging
 
 log = logging.getLogger("gradq.task")
 _ARRAYS = [
@@ -58,6 +62,9 @@ class WorkerConfig:
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking.buffer)
     checkpoint_upload_seconds: float = 10.0
+    # API keys are on (GRADQ_AUTH=keys): a job's MLflow experiment and registered model are
+    # named for its tenant (workers.tracking.scope); off, names are as the spec gives them
+    tenant_names: bool = False
 
 
 _engines: dict[str, Any] = {}
@@ -181,10 +188,11 @@ _MAX_CACHED_DATASETS = 4
 
 def _data(spec: JobSpec, datasets: DatasetStore, tracking_uri: str) -> Dataset:
     """The job's data set. An uploaded one is fetched from where the database says its bytes
-    live. A built-in or synthetic one depends only on its spec and the seed: the worker
-    process keeps the last few it loaded (a warm worker runs many jobs; scikit-learn parses
-    ``digits`` from its CSV again at each load) and hands each job its own copy of the
-    arrays."""
+    live (into a temporary folder, removed once it is parsed) and trained on only when its
+    sha256 is the one recorded at upload (:class:`DatasetChanged` otherwise). A built-in or
+    synthetic one depends only on its spec and the seed: the worker process keeps the last
+    few it loaded (a warm worker runs many jobs; scikit-learn parses ``digits`` from its CSV
+    again at each load) and hands each job its own copy of the arrays."""
     if spec.dataset.name == "csv":  # a file that may change between jobs: read each time
         return load_dataset(spec.dataset, seed=spec.seed)
     if spec.dataset.name != "upload":
@@ -205,17 +213,35 @@ def _data(spec: JobSpec, datasets: DatasetStore, tracking_uri: str) -> Dataset:
     record = datasets.get(dataset_id=spec.dataset.id)
     uri = record.uri
     if uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://"))
-    elif not urlparse(uri).scheme:  # a plain path; ``runs:/…`` has a scheme but no "//"
-        path = Path(uri)
-    else:
-        import mlflow.artifacts
+        return _verified(spec, record, Path(uri.removeprefix("file://")))
+    if not urlparse(uri).scheme:  # a plain path; ``runs:/…`` has a scheme but no "//"
+        return _verified(spec, record, Path(uri))
+    import mlflow.artifacts
 
-        folder = tempfile.mkdtemp(prefix="gradq-data-")
-        path = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri
-            )
+    with tempfile.TemporaryDirectory(prefix="gradq-data-") as folder:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri
+        )
+        return _verified(spec, record, Path(path))
+
+
+class DatasetChanged(Exception):
+    """An uploaded data set's bytes are not those uploaded: their sha256 differs from the
+    one the data-set store recorded at upload (someone replaced the artifact)."""
+
+
+def _verified(spec: JobSpec, record: DatasetView, path: Path) -> Dataset:
+    """The data set of the fetched file ``path`` once its sha256 is the one recorded at
+    upload; :class:`DatasetChanged` otherwise, before anything is parsed or trained."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != record.sha256:
+        raise DatasetChanged(
+            f"dataset.id: the bytes of uploaded data set {record.id} have changed since "
+            f"its upload (sha256 {digest.hexdigest()}, uploaded as {record.sha256}); "
+            "the job does not train on them. Upload the data set again."
         )
     return load_dataset(spec.dataset, seed=spec.seed, path=path)
 
@@ -253,6 +279,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     engine = _engine(config.database_url)
     store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
+    import_model_logging()  # before the heartbeats: see its docstring
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
     status: Literal["succeeded", "cancelled"] = "succeeded"
@@ -276,6 +303,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             flush_interval_s=config.metrics_flush_seconds,
             checkpoint_interval_s=config.checkpoint_upload_seconds,
             alive=lease.alive,
+            tenant=job.tenant if config.tenant_names else None,
         )
         marks["tracker_start"] = time.time()
         if not lease.alive():  # the run may be a successor's already: leave it alone
@@ -320,6 +348,8 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         error = {"type": "gradcheck_failed", "message": str(exc), "report": exc.report.to_dict()}
     except (InvalidSpec, CheckpointError) as exc:
         error = {"type": "invalid", "message": str(exc)}
+    except DatasetChanged as exc:  # final: another attempt would fetch the same bytes
+        error = {"type": "dataset_changed", "message": str(exc)}
     except StaleAttempt:
         lease.lost.set()
         return "stale"

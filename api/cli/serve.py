@@ -100,6 +100,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         artifact_root=settings.artifact_root,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
+        tenant_names=settings.auth == "keys",
     )
     config = DispatcherConfig(
         worker=worker,

@@ -5,6 +5,7 @@
 - ``buffer``, ``artifacts``, ``clock``, ``plot``: what the tracker sends, how, and at what
   cost; the learning-curve PNG;
 - ``client``: the MLflow client, experiments, metric history and run links;
+- ``scope``: experiment and registered model names scoped by tenant (API keys on);
 - ``read``: the read interface of ``api/`` (``Tracking``).
 
 The names below are importable from ``workers.tracking``; each is loaded on first use, so

@@ -9,6 +9,7 @@ register models against different stores never see each other's URI.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -138,6 +139,16 @@ def pip_requirements() -> tuple[str, ...]:
     return (f"torch=={torch.__version__.split('+')[0]}",)
 
 
+def import_model_logging() -> None:
+    """Import what :func:`log_model` needs (MLflow's PyTorch flavour, ``torch.export`` and the
+    tracer behind it). A process's first import of them can hold the GIL long enough to keep
+    an attempt's heartbeat thread from renewing a short lease (the 1 s leases of
+    tests/integration/workers/test_task_outages.py): an attempt does it before its
+    heartbeats start, and a Ray worker when it is warmed up."""
+    for module in ("mlflow.models", "mlflow.pytorch", "torch._dynamo", "torch.export"):
+        importlib.import_module(module)
+
+
 def log_model(
     result: TrainResult,
     *,
@@ -149,14 +160,18 @@ def log_model(
     register_as: str | None,
     job_id: str | None = None,
 ) -> LoggedModelInfo:
-    """Log ``export_model(result)`` as the run's model ``model`` (pickle format: the loaded
-    module is the same ``ExportedModel``, taking raw float32 features of any batch size; the
-    ``core`` package must be importable where it is loaded) with a signature and an input
-    example of 5 raw training rows, and register it under ``register_as`` when given. With
+    """Log ``export_model(result)`` as the run's model ``model`` in MLflow's ``pt2`` format (a
+    ``torch.export`` program: the graph and its tensors, no pickled code; the loaded module
+    takes raw float32 features of any batch size and computes what ``ExportedModel`` does;
+    its classes, task and loss are the model's metadata ``gradq_classes``, ``gradq_task``,
+    ``gradq_loss``) with a signature and an input example of 5 raw training rows, and
+    register it under ``register_as`` when given. With
     ``job_id`` the version is tagged ``gradq.job_id`` and registered once per job: when a
     version of ``register_as`` already has the job's tag (an earlier attempt registered it and
     could not record the outcome), that version is the answer and none is added.
-    ``mlflow.pytorch.load_model`` loads ``models:/<model_id>`` and ``runs:/<run_id>/model``.
+    ``mlflow.pytorch.load_model`` loads ``models:/<model_id>`` and ``runs:/<run_id>/model``,
+    also with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, which makes MLflow refuse a model
+    file that someone replaced with one that unpickles code (README, Security).
 
     The caller logs the run's ``final_*`` metrics at step 0 with ``model_id=info.model_id``,
     which links them to the model (in the same call as its last tags).
@@ -200,11 +215,16 @@ def log_model(
                     model_uuid=model_id,
                     run_id=run_id,
                     model_id=model_id,
+                    metadata={
+                        "gradq_classes": list(model.classes),
+                        "gradq_task": model.task,
+                        "gradq_loss": model.loss,
+                    },
                 ),
                 signature=infer_signature(example, output),
                 input_example=example,
                 pip_requirements=list(pip_requirements()),
-                serialization_format="pickle",
+                serialization_format="pt2",
             )
             # the client's log_model_artifacts reads the whole logged model back first (its
             # params too) to find the location create_logged_model has just returned

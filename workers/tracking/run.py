@@ -48,6 +48,7 @@ from workers.tracking.clock import Clock
 from workers.tracking.inputs import DESCRIPTION_TAG, dataset_input, description
 from workers.tracking.names import aliases
 from workers.tracking.plot import learning_curve_png
+from workers.tracking.scope import scoped_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -72,7 +73,9 @@ class LeaseExpired(RuntimeError):
 
 class JobTracker:
     """One attempt's writer into the job's MLflow run. Use: ``start()``, pass ``callback()``
-    to ``core.train``, then ``finish()`` exactly once (``flush()`` at any time)."""
+    to ``core.train``, then ``finish()`` exactly once (``flush()`` at any time). With
+    ``tenant``, the spec's experiment and registered model are the tenant's own in MLflow
+    (``workers.tracking.scope``)."""
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class JobTracker:
         flush_interval_s: float = 5.0,
         checkpoint_interval_s: float = 10.0,
         alive: Callable[[], bool] | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.alive = alive  # see RunBuffer; finish() raises LeaseExpired once it is False
         self.tracking_uri, self.job_id, self.spec, self.attempt = (
@@ -96,6 +100,14 @@ class JobTracker:
             attempt,
         )
         self.node = node or socket.gethostname()
+        # the spec's experiment and registered model as MLflow names them: scoped by
+        # ``tenant`` when one is given (API keys on), else as given (workers.tracking.scope)
+        self.experiment_name = scoped_name(spec.experiment, tenant=tenant, field="experiment")
+        self.registered_name = (
+            None
+            if spec.register_as is None
+            else scoped_name(spec.register_as, tenant=tenant, field="register_as")
+        )
         self.artifact_root = artifact_root
         self.flush_interval_s, self.checkpoint_interval_s = flush_interval_s, checkpoint_interval_s
         self.client = make_client(tracking_uri)
@@ -116,7 +128,7 @@ class JobTracker:
     def start(self) -> str:
         """Open the job's run and return its id (raises when MLflow is unreachable).
 
-        Without ``run_id``: the experiment ``spec.experiment`` is fetched or created, and a
+        Without ``run_id``: the experiment ``experiment_name`` is fetched or created, and a
         run already tagged with this job id is reused (a first attempt that died before its
         run id was saved), else a run named ``spec.name`` is created and the flattened spec
         logged as params. A job has one run: when several carry its id (a create retried by
@@ -220,7 +232,7 @@ class JobTracker:
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
         ``gradcheck_count`` and ``plots/learning_curve.png``; for ``succeeded`` also the model
-        (``self.model_uri``), registered as ``spec.register_as`` when set
+        (``self.model_uri``), registered as ``registered_name`` when set
         (``self.model_version``). With ``error``: tag ``gradq.error`` (cut to 5000
         characters) and the full text as ``error.txt``. Raises when MLflow fails; the run is
         then left RUNNING, and ``close_run`` (or a retry) closes it."""
@@ -264,7 +276,7 @@ class JobTracker:
                         run_id=run_id,
                         experiment_id=self._run_experiment(),
                         params=self._params or {},
-                        register_as=self.spec.register_as,
+                        register_as=self.registered_name,
                         job_id=self.job_id,
                     )
                 except BaseException:
@@ -359,19 +371,19 @@ class JobTracker:
         try:
             return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
         except MlflowException:
-            if _EXPERIMENTS.pop((self.tracking_uri, self.spec.experiment), None) is None:
+            if _EXPERIMENTS.pop((self.tracking_uri, self.experiment_name), None) is None:
                 raise
         experiment_id = self._experiment_id()
         return self.client.create_run(experiment_id, run_name=self.spec.name, tags=tags)
 
     def _experiment_id(self) -> str:
-        """The id of ``spec.experiment``, created or restored when needed; remembered per
+        """The id of ``experiment_name``, created or restored when needed; remembered per
         process (a worker runs many jobs of few experiments)."""
-        key = (self.tracking_uri, self.spec.experiment)
+        key = (self.tracking_uri, self.experiment_name)
         if key not in _EXPERIMENTS:
             _EXPERIMENTS[key] = find_or_create_experiment(
                 self.client,
-                self.spec.experiment,
+                self.experiment_name,
                 tracking_uri=self.tracking_uri,
                 artifact_root=self.artifact_root,
             )

@@ -163,6 +163,8 @@ def test_each_role_gets_the_settings_it_needs(services: dict[str, dict[str, Any]
     assert environment(services["dispatcher"]).get("GRADQ_RAY_ADDRESS") == "ray-head:6379"
     api = environment(services["api"])
     assert api.get("GRADQ_AUTH") == "keys"
+    # the dispatcher's workers name MLflow experiments and models for their tenant
+    assert environment(services["dispatcher"]).get("GRADQ_AUTH") == "keys"
     # With the example's values substituted, the api's and dispatcher's settings validate.
     first_key = "gq_" + "k" * 40
     values = {

@@ -14,12 +14,15 @@ import os
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
+import mlflow.models
 import mlflow.pytorch
 import numpy as np
 import pytest
@@ -197,8 +200,10 @@ def test_artifacts_checkpoint_gradcheck_and_learning_curve(
 
 
 def test_the_model_loads_from_the_run_and_reproduces_the_test_accuracy(
-    finished: Finished, mlflow_store: Store, global_uri: None
+    finished: Finished, mlflow_store: Store, global_uri: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # loaded as the README says: with MLflow told to unpickle nothing from the store
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     data, run_id = finished.result.data, finished.run_id
     X = torch.as_tensor(data.raw(data.X_test), dtype=torch.float32)
     for uri in (f"runs:/{run_id}/model", finished.tracker.model_uri):
@@ -209,6 +214,9 @@ def test_the_model_loads_from_the_run_and_reproduces_the_test_accuracy(
         assert probs.shape == (len(X), 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         accuracy = float((probs.argmax(axis=1) == data.y_test).mean())
         assert accuracy == pytest.approx(finished.result.metrics["test_accuracy"])
+        metadata = mlflow.models.get_model_info(uri).metadata
+        assert metadata == {"gradq_classes": data.classes, "gradq_task": "classification",
+                            "gradq_loss": "cross_entropy"}  # fmt: skip
     # the logged model belongs to the run's experiment, its files under the artifact root
     model_id = finished.tracker.model_uri.removeprefix("models:/")  # type: ignore[union-attr]
     logged = finished.client.get_logged_model(model_id)
@@ -220,6 +228,62 @@ def test_the_model_loads_from_the_run_and_reproduces_the_test_accuracy(
     outputs = run.outputs.model_outputs if run.outputs else []
     assert [o.model_id for o in outputs] == [model_id]
     assert not (mlflow_store.folder / "mlruns").exists()
+
+
+class Payload:
+    """What a replaced model file carries: unpickling it touches ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.marker.touch, ())
+
+
+def tampered_copy(finished: Finished, tmp: Path, marker: Path, how: str) -> Path:
+    """The run's model as someone who reaches MLflow could leave it: ``"record"``, its
+    weights record replaced by a pickle that runs code (flagged as pickled in the archive's
+    config); ``"file"``, a pickled model file (MLflow's pickle format) put in its place."""
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{finished.run_id}/model",
+                                                     dst_path=str(tmp)))  # fmt: skip
+    evil = tmp / "evil.pt"
+    torch.save(Payload(marker), evil)
+    data_file = local / "data" / "model.pt2"
+    if how == "file":
+        data_file.unlink()
+        (local / "data" / "model.pth").write_bytes(evil.read_bytes())
+        (local / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
+        return local
+    records = {}
+    with zipfile.ZipFile(data_file) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    [config_name] = [n for n in records if n.endswith("weights/model_weights_config.json")]
+    config = json.loads(records[config_name])
+    entry = next(iter(config["config"].values()))
+    entry["use_pickle"] = True
+    records[config_name] = json.dumps(config).encode()
+    records[config_name.rsplit("/", 1)[0] + "/" + entry["path_name"]] = evil.read_bytes()
+    with zipfile.ZipFile(data_file, "w") as archive:
+        for name, content in records.items():
+            archive.writestr(name, content)
+    return local
+
+
+@pytest.mark.parametrize("how", ["record", "file"])
+def test_a_replaced_model_file_is_refused_and_runs_no_code(
+    finished: Finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    marker = tmp_path / "code-ran"
+    local = tampered_copy(finished, tmp_path / "copy", marker, how)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(MlflowException, match="pickle"):
+        mlflow.pytorch.load_model(str(local))
+    assert not marker.exists()
+    # the payload is live: a loader that allows pickles (MLflow's default) runs it
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    with pytest.raises(Exception):  # noqa: B017  # what fails after the code ran varies
+        mlflow.pytorch.load_model(str(local))
+    assert marker.exists()
 
 
 def test_the_model_is_registered_under_register_as(finished: Finished) -> None:
