@@ -245,6 +245,14 @@ class JobSpec(_Section):
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
     register_as: str | None = Field(None, min_length=1, max_length=200)
 
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        """What MLflow's model registry accepts as a name: no '/' or ':', not '.' or '..'."""
+        if v is not None and (set(v) & {"/", ":"} or v.strip(".") == ""):
+            raise ValueError("a registered model's name has no '/' or ':' and is not '.' or '..'")
+        return v
+
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset_shorthand(cls, v: Any) -> Any:

@@ -99,6 +99,9 @@ def test_a_spec_with_only_a_dataset_has_working_defaults() -> None:
         ({"model": {"hidden": [3]}}, "dataset", "required"),
         ({"dataset": "digits", "max_attempts": 0}, "max_attempts", "greater than"),
         ({"dataset": "digits", "seed": -1}, "seed", "greater than"),
+        ({"dataset": "digits", "register_as": "team/model"}, "register_as", "no '/' or ':'"),
+        ({"dataset": "digits", "register_as": "models:v1"}, "register_as", "no '/' or ':'"),
+        ({"dataset": "digits", "register_as": ".."}, "register_as", "is not '.' or '..'"),
     ],
 )
 def test_invalid_specs_name_their_field(data: dict[str, Any], field: str, needle: str) -> None:
