@@ -22,7 +22,7 @@ from api import errors
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
-from api.routes import datasets, gradcheck, health, job_activity, jobs, submit
+from api.routes import artifacts, datasets, gradcheck, health, job_activity, jobs, submit
 from api.settings import Settings
 from core.spec import JobSpec
 from db.datasets import DatasetStore
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     app.state.responses = ResponseCounts()
     app.add_middleware(CountResponses, counts=app.state.responses)
     submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
-    for module in (jobs, job_activity, datasets, gradcheck, health):
+    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health):
         app.include_router(module.router)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

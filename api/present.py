@@ -42,6 +42,7 @@ def job(
         events=f"{base}/events",
         metrics=f"{base}/metrics",
         cancel=f"{base}/cancel",
+        artifacts=f"{base}/artifacts",
         mlflow_run=mlflow_link,
     )
     return build(

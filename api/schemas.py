@@ -49,7 +49,13 @@ class JobLinks(BaseModel):
     events: str
     metrics: str
     cancel: str
-    mlflow_run: str | None = Field(None, description="the run in the MLflow UI, once known")
+    artifacts: str = Field(description="the run's files: checkpoints, reports, curve, model")
+    mlflow_run: str | None = Field(
+        None,
+        description="the run in the MLflow UI, once known; always null with GRADQ_AUTH=keys "
+        "(MLflow is an operator tool: tenants read their runs through `metrics` and "
+        "`artifacts`)",
+    )
 
 
 class Job(BaseModel):
@@ -100,6 +106,19 @@ class Metrics(BaseModel):
     job_id: str
     mlflow_run_id: str | None
     metrics: dict[str, list[Point]] = Field(description="per metric, its curve by step")
+
+
+class ArtifactFile(BaseModel):
+    path: str = Field(
+        description="the file's path in the job's run, e.g. `plots/learning_curve.png`"
+    )
+    size: int | None = Field(description="bytes, where the artifact store says")
+    url: str = Field(description="GET it here (under the same key)")
+
+
+class Artifacts(BaseModel):
+    job_id: str
+    artifacts: list[ArtifactFile] = Field(description="every file of the job's run, by path")
 
 
 class Dataset(BaseModel):

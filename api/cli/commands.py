@@ -119,6 +119,9 @@ def _summary(job: dict[str, Any]) -> None:
         console.print(
             f"MLflow run: {link or job['mlflow_run_id']}", highlight=False, soft_wrap=True
         )
+    files = job["links"].get("artifacts")
+    if files and job.get("mlflow_run_id"):  # the run's files through gradq's API (any tenant)
+        console.print(f"files: {files}", highlight=False, soft_wrap=True)
 
 
 def jobs(

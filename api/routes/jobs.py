@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
 from api.routes.common import AUTHENTICATED, errors
+from api.settings import Settings
 from core.spec import (
     DatasetShape,
     InvalidSpec,
@@ -28,14 +29,22 @@ from workers.tracking.read import Tracking, run_page
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
 
 
-def detailed(view: JobView, store: JobStore, tracking: Tracking, ui_url: str) -> schemas.Job:
-    """A job with its queue position, why it waits, and its MLflow link (:func:`run_link`)."""
+def detailed(view: JobView, store: JobStore, tracking: Tracking, settings: Settings) -> schemas.Job:
+    """A job with its queue position, why it waits, and its MLflow link (:func:`run_link`,
+    only where :func:`shows_mlflow`)."""
     position = reason = None
     if view.status is JobStatus.QUEUED:
         position = store.queue_position(job_id=view.id)
         reason = view.pending_reason or waiting_reason(position)
-    link = run_link(view, tracking, ui_url)
+    link = run_link(view, tracking, settings.mlflow_ui_url) if shows_mlflow(settings) else None
     return present.job(view, queue_position=position, pending_reason=reason, mlflow_link=link)
+
+
+def shows_mlflow(settings: Settings) -> bool:
+    """Whether a job's view links its run in the MLflow UI: not with ``GRADQ_AUTH=keys``,
+    where callers are tenants and MLflow is an operator tool (a tenant reads its runs through
+    gradq's ``metrics`` and ``artifacts`` routes); without keys, as always."""
+    return settings.auth != "keys"
 
 
 def run_link(view: JobView, tracking: Tracking, ui_url: str) -> str | None:
@@ -132,7 +141,7 @@ def get_job(
     """Status, attempt, queue position and why it waits, progress, result or error, and
     where it is in MLflow (run id, UI link, checkpoint)."""
     view = store.get(job_id=job_id, tenant=tenant)
-    return detailed(view, store, tracking, settings.mlflow_ui_url)
+    return detailed(view, store, tracking, settings)
 
 
 @router.post(
@@ -149,4 +158,4 @@ def cancel(
         if exc.from_status != JobStatus.CANCELLED.value:
             raise
         view = store.get(job_id=job_id, tenant=tenant)
-    return detailed(view, store, tracking, settings.mlflow_ui_url)
+    return detailed(view, store, tracking, settings)

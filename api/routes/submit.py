@@ -23,7 +23,7 @@ from api import present, schemas
 from api.deps import Services, TenantDep, bearer_key, get_tenant, resolve_tenant
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
-from api.routes.jobs import check_upload, needs_mlflow, run_link, waiting_reason
+from api.routes.jobs import check_upload, needs_mlflow, run_link, shows_mlflow, waiting_reason
 from db.errors import QueueFull
 from db.states import JobStatus
 from db.submits import SubmitRequest
@@ -148,7 +148,9 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
             headers={"Retry-After": "10"},
         ) from None
     view, ui_url = done.job, services.settings.mlflow_ui_url
-    if needs_mlflow(view):  # a replay of a job whose run was stored before migration 0004
+    if not shows_mlflow(services.settings):
+        link = None
+    elif needs_mlflow(view):  # a replay of a job whose run was stored before migration 0004
         link = await run_in_threadpool(run_link, view, services.tracking, ui_url)
     else:
         link = run_link(view, services.tracking, ui_url)

@@ -76,6 +76,29 @@ def test_the_learning_curves_and_the_mlflow_run(service: Service, watched: dict[
     assert run.data.params["model.hidden"] == "[8]"
 
 
+def test_the_runs_files_through_the_api(service: Service, watched: dict[str, Any]) -> None:
+    """A succeeded job's checkpoints, curve picture and model files come through gradq's
+    API, byte for byte as MLflow holds them."""
+    job = watched["job"]
+    assert job["links"]["artifacts"] == f"/v1/jobs/{job['id']}/artifacts"
+    with service.client() as http:
+        listed = http.get(job["links"]["artifacts"]).json()["artifacts"]
+        paths = {a["path"]: a for a in listed}
+        assert {"checkpoints/last/checkpoint.pt", "checkpoints/best/checkpoint.pt",
+                "plots/learning_curve.png", "model/MLmodel"} <= set(paths)  # fmt: skip
+        png = http.get(paths["plots/learning_curve.png"]["url"])
+        mlmodel = http.get(paths["model/MLmodel"]["url"])
+    assert png.content.startswith(b"\x89PNG")
+    assert len(png.content) == paths["plots/learning_curve.png"]["size"]
+    model_id = (
+        MlflowClient(service.env["GRADQ_MLFLOW_TRACKING_URI"])
+        .get_run(job["mlflow_run_id"])
+        .data.tags["gradq.model_uri"]
+        .removeprefix("models:/")
+    )
+    assert f"model_id: {model_id}" in mlmodel.text
+
+
 def test_cancel_running_and_queued_jobs(service: Service) -> None:
     with service.client() as http:
         long = http.post("/v1/jobs", json=LONG).json()

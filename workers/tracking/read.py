@@ -1,5 +1,6 @@
-"""The tracking read interface, what the API asks of MLflow: a run's link and learning
-curves, data-set uploads and their bytes, a ping; and ``run_page``, a run's link from ids
+"""The tracking read interface, what the API asks of MLflow: a run's link, learning curves
+and artifacts (listed, and fetched one file at a time), data-set uploads and their bytes, a
+ping; and ``run_page``, a run's link from ids
 already known, which asks MLflow nothing.
 
 Built per app (no client, no MLflow import at import). Calls are blocking: routes run them in
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -25,9 +29,27 @@ from workers.tracking.client import (
 )
 from workers.tracking.names import aliases, mlflow_key
 
-__all__ = ["DATASETS_EXPERIMENT", "Tracking", "TrackingUnavailable", "run_page"]
+__all__ = [
+    "DATASETS_EXPERIMENT",
+    "MODEL_FOLDER",
+    "Artifact",
+    "Tracking",
+    "TrackingUnavailable",
+    "run_page",
+]
 
 DATASETS_EXPERIMENT = "gradq-datasets"
+MODEL_FOLDER = "model"  # the run's model files, listed under model/ (runs:/<run_id>/model)
+MODEL_URI_TAG = "gradq.model_uri"  # models:/<model_id>, set on the run by its tracker
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file of a run: its path in the run (``/``-separated) and its size in bytes (None
+    where the artifact store does not say)."""
+
+    path: str
+    size: int | None
 
 
 class TrackingUnavailable(Exception):
@@ -89,6 +111,57 @@ class Tracking:
             if key in logged:
                 points.update(metric_history(tracking_uri=uri, run_id=run_id, key=key))
         return sorted(points.items())
+
+    def artifacts(self, run_id: str) -> list[Artifact]:
+        """Every file of the run, by path: what its attempts logged (checkpoints, gradient-check
+        reports, the learning-curve picture, ``error.txt``) and the files of its model under
+        ``model/`` once it has one. Empty for a run MLflow does not know."""
+        from mlflow.exceptions import MlflowException
+
+        self.reachable()
+        try:
+            client = make_client(self.tracking_uri)
+            found = _walk(lambda path: client.list_artifacts(run_id, path))
+            model_id = _model_id(client.get_run(run_id).data.tags.get(MODEL_URI_TAG))
+            if model_id is not None:
+                files = _walk(lambda path: client.list_logged_model_artifacts(model_id, path))
+                found += [Artifact(f"{MODEL_FOLDER}/{a.path}", a.size) for a in files]
+            return sorted(found, key=lambda a: a.path)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise TrackingUnavailable(f"MLflow refused: {exc.message}") from exc
+        except Exception as exc:
+            raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
+
+    def fetch_artifact(self, run_id: str, path: str, folder: str) -> Path | None:
+        """A local copy, under ``folder``, of the run's file ``path`` as :meth:`artifacts`
+        lists it; None when it lists no such file (a folder, a path that leaves the run, a
+        file of another run: only a listed path is ever fetched)."""
+        import mlflow.artifacts
+
+        if path not in {a.path for a in self.artifacts(run_id)}:
+            return None
+        try:
+            if path.startswith(f"{MODEL_FOLDER}/"):
+                client = make_client(self.tracking_uri)
+                model_id = _model_id(client.get_run(run_id).data.tags.get(MODEL_URI_TAG))
+                assert model_id is not None  # listed: the run has a model
+                location = client.get_logged_model(model_id).artifact_location
+                uri = location.rstrip("/") + "/" + path.removeprefix(f"{MODEL_FOLDER}/")
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=folder, tracking_uri=self.tracking_uri
+                )
+            else:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=path,
+                    dst_path=folder,
+                    tracking_uri=self.tracking_uri,
+                )
+        except Exception as exc:
+            raise TrackingUnavailable(f"could not fetch {path} from MLflow: {exc}") from exc
+        return Path(local)
 
     def store_dataset(self, *, data: bytes, filename: str, tenant: str, name: str) -> str:
         """Log the bytes as an artifact of a new run in the ``gradq-datasets`` experiment;
@@ -153,6 +226,28 @@ class Tracking:
             return f"{self.tracking_uri} answers /health"
         make_client(self.tracking_uri).search_experiments(max_results=1)
         return f"{_safe(self.tracking_uri)} answers"
+
+
+def _walk(listing: Callable[[str | None], list[Any]]) -> list[Artifact]:
+    """The files below a folder of artifacts, depth first, from ``listing(folder)`` (MLflow's
+    ``FileInfo``: path, is_dir, file_size; None for the top)."""
+    found: list[Artifact] = []
+    folders: list[str | None] = [None]
+    while folders:
+        for info in listing(folders.pop()):
+            if info.is_dir:
+                folders.append(info.path)
+            else:
+                found.append(Artifact(info.path, info.file_size))
+    return found
+
+
+def _model_id(model_uri: str | None) -> str | None:
+    """The logged model's id of a ``models:/<model_id>`` URI (the run's tag)."""
+    if not model_uri or not model_uri.startswith("models:/"):
+        return None
+    model_id = model_uri.removeprefix("models:/").strip("/")
+    return model_id if model_id and "/" not in model_id else None
 
 
 def _safe(uri: str) -> str:

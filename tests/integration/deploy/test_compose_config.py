@@ -111,6 +111,7 @@ def test_every_service_can_start(services: dict[str, dict[str, Any]]) -> None:
     expected = {
         "postgres",
         "mlflow",
+        "mlflow-service-account",
         "ray-head",
         "ray-worker",
         "ray-worker-gpu",
@@ -235,20 +236,26 @@ def test_healthchecks_and_startup_order(services: dict[str, dict[str, Any]]) -> 
         check = services[name]["healthcheck"]
         assert not check.get("disable") and check["test"][0] in ("CMD", "CMD-SHELL"), name
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
-    for name in ("ray-worker", "ray-worker-gpu", "dispatcher"):
+    for name in ("ray-worker", "ray-worker-gpu", "dispatcher", "mlflow-service-account"):
         assert services[name]["healthcheck"] == {"disable": True}, name  # no HTTP to probe
+    account = "mlflow-service-account"  # one-shot: gradq's services wait for it to finish
     needs = {
         "mlflow": {"postgres"},
-        "ray-worker": {"ray-head", "mlflow"},
-        "ray-worker-gpu": {"ray-head", "mlflow"},
-        "dispatcher": {"postgres", "mlflow", "ray-head"},
-        "api": {"postgres", "mlflow", "ray-head"},
+        account: {"mlflow"},
+        "ray-worker": {"ray-head", "mlflow", account},
+        "ray-worker-gpu": {"ray-head", "mlflow", account},
+        "dispatcher": {"postgres", "mlflow", account, "ray-head"},
+        "api": {"postgres", "mlflow", account, "ray-head"},
     }
     for name, required in needs.items():
         depends = services[name]["depends_on"]
         assert set(depends) == required, name
         for dep, how in depends.items():
             assert how["condition"] in DEPENDS_CONDITIONS
+            if dep == account:
+                assert how["condition"] == "service_completed_successfully", name
+                assert services[dep]["restart"] == "no"
+                continue
             assert how["condition"] == "service_healthy", f"{name} -> {dep}"
             assert "healthcheck" in services[dep] and not services[dep]["healthcheck"].get(
                 "disable"
@@ -280,6 +287,76 @@ def test_published_ports_bind_loopback_by_default(services: dict[str, dict[str, 
     assert "ray-worker" not in published, "a scaled service cannot publish a fixed port"
 
 
+BIND_SETTINGS = {
+    "api": "API_BIND_ADDRESS",
+    "mlflow": "MLFLOW_BIND_ADDRESS",
+    "ray-head": "RAY_DASHBOARD_BIND_ADDRESS",
+}
+
+
+def bound_hosts(services: dict[str, dict[str, Any]], values: dict[str, str]) -> dict[str, str]:
+    """The host address each published port binds, with ``values`` substituted."""
+    hosts = {}
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            hosts[name] = substitute(port, values).rpartition(":")[0].split(":")[0]
+    return hosts
+
+
+def test_each_port_has_its_own_bind_address(services: dict[str, dict[str, Any]]) -> None:
+    """Opening the API to tenants (API_BIND_ADDRESS) leaves MLflow and the Ray dashboard on
+    loopback: each published port binds an address of its own, 127.0.0.1 unless set."""
+    defaults = env_example()
+    assert {defaults[v] for v in BIND_SETTINGS.values()} == {"127.0.0.1"}
+    assert "BIND_ADDRESS" not in defaults
+    for name, variable in BIND_SETTINGS.items():
+        for port in services[name]["ports"]:
+            assert interpolated(port)[0] == (variable, ":-", "127.0.0.1"), f"{name}: {port}"
+        opened = bound_hosts(services, {**defaults, variable: "0.0.0.0"})
+        assert opened == {n: "0.0.0.0" if n == name else "127.0.0.1" for n in BIND_SETTINGS}
+
+
+def test_mlflow_asks_for_a_user_and_gradq_signs_in_as_its_own(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """MLflow runs its basic-auth app (docker/mlflow-auth.ini), with an admin password that
+    compose requires; gradq's services send their own account's credentials, which the
+    one-shot mlflow-service-account service makes, signed in as the admin."""
+    mlflow = services["mlflow"]
+    words = command_words(mlflow)
+    assert words[words.index("--app-name") + 1] == "basic-auth"
+    env = environment(mlflow)
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    config = (COMPOSE.parent / mounted[env["MLFLOW_AUTH_CONFIG_PATH"]]).read_text()
+    assert re.search(r"^default_permission = NO_PERMISSIONS$", config, re.MULTILINE)
+    cache = re.search(r"^auth_cache_ttl_seconds = (\d+)$", config, re.MULTILINE)
+    assert cache and int(cache[1]) > 0, "every request would pay a password hash check"
+    database = re.search(r"^database_uri = sqlite:///(/[^/]+)/", config, re.MULTILINE)
+    assert database and database[1] in mounted and database[1] != "/mlartifacts"
+    assert mounted[database[1]] in (load_compose().get("volumes") or {})  # kept on restart
+    assert interpolated(env["MLFLOW_AUTH_ADMIN_PASSWORD"])[0][:2] == ("MLFLOW_ADMIN_PASSWORD", ":?")
+    assert interpolated(env["MLFLOW_FLASK_SERVER_SECRET_KEY"])[0][:2] == ("MLFLOW_SECRET_KEY", ":?")
+
+    maker = services["mlflow-service-account"]
+    made = environment(maker)
+    script = {v.split(":")[1]: v.split(":")[0] for v in maker["volumes"]}[command_words(maker)[1]]
+    assert "AuthServiceClient" in (COMPOSE.parent / script).read_text()
+    assert made["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert made["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    for name in GRADQ_SERVICES:
+        gradq = environment(services[name])
+        assert gradq["MLFLOW_TRACKING_USERNAME"] == made["SERVICE_ACCOUNT_USERNAME"], name
+        assert gradq["MLFLOW_TRACKING_PASSWORD"] == made["SERVICE_ACCOUNT_PASSWORD"], name
+        assert interpolated(gradq["MLFLOW_TRACKING_PASSWORD"])[0][:2] == (
+            "MLFLOW_GRADQ_PASSWORD",
+            ":?",
+        ), name
+    defaults = env_example()
+    assert substitute(made["SERVICE_ACCOUNT_USERNAME"], defaults) != substitute(
+        env["MLFLOW_AUTH_ADMIN_USERNAME"], defaults
+    ), "gradq's account is not the operators' admin"
+
+
 def test_env_example_covers_every_variable_and_no_secret() -> None:
     text = COMPOSE.read_text()
     referenced = {name for name, _, _ in interpolated(text)}
@@ -288,7 +365,8 @@ def test_env_example_covers_every_variable_and_no_secret() -> None:
     missing = referenced - set(values)
     assert not missing, f"docker/.env.example lacks {sorted(missing)}"
     required = {name for name, op, _ in interpolated(text) if op in (":?", "?")}
-    assert {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"} <= required
+    assert {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "MLFLOW_ADMIN_PASSWORD",
+            "MLFLOW_GRADQ_PASSWORD", "MLFLOW_SECRET_KEY"} <= required  # fmt: skip
     for name in required | {"GRADQ_API_KEY"}:
         assert values.get(name, "") in PLACEHOLDERS, f"{name} in .env.example looks like a secret"
     for key, value in values.items():
@@ -338,4 +416,5 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     ).stdout.split()
-    assert {"postgres", "mlflow", "ray-head", "ray-worker", "dispatcher", "api"} <= set(names)
+    assert {"postgres", "mlflow", "mlflow-service-account", "ray-head", "ray-worker",
+            "dispatcher", "api"} <= set(names)  # fmt: skip

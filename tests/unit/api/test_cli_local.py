@@ -44,3 +44,17 @@ def test_train_prints_its_outcome_on_one_line_and_the_final_metrics(tmp_path: Pa
     assert f"quick: completed after 3 epochs, {steps} steps, best epoch 3\n" in result.output
     for metric in ("train_loss", "val_accuracy", "test_accuracy"):
         assert metric in result.output
+
+
+def test_a_jobs_summary_names_its_files_route() -> None:
+    """Under keys a job has no MLflow link; its summary still says where its files are."""
+    from api.cli.commands import _summary, console
+
+    job = {"id": "j1", "name": "n", "status": "succeeded", "mlflow_run_id": "r1",
+           "links": {"mlflow_run": None, "artifacts": "/v1/jobs/j1/artifacts"}}  # fmt: skip
+    with console.capture() as captured:
+        _summary(job)
+    assert "files: /v1/jobs/j1/artifacts\n" in captured.get()
+    with console.capture() as captured:
+        _summary({**job, "mlflow_run_id": None})
+    assert "files:" not in captured.get()

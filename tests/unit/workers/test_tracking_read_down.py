@@ -28,3 +28,7 @@ def test_a_server_that_is_down_is_reported_without_waiting_for_retries() -> None
     assert tracking.run_link("0" * 32) is None
     with pytest.raises(TrackingUnavailable):
         tracking.store_dataset(data=b"a,y\n1,0\n", filename="d.csv", tenant="t", name="d")
+    with pytest.raises(TrackingUnavailable, match="not reachable"):
+        tracking.artifacts("0" * 32)
+    with pytest.raises(TrackingUnavailable, match="not reachable"):
+        tracking.fetch_artifact("0" * 32, "plots/learning_curve.png", "/nonexistent")
