@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # line per request is a noticeable part of the server's CPU per submit (bench/RESULTS.md,
     # API); every job's changes are in its events whether it is on or not
     access_log: bool = False
+    # --- sharing the cluster between tenants (README, "Sharing the cluster") ---------------
+    # how long a queued job that fits a node but not the room free now lets smaller jobs
+    # behind it start in the room it leaves, before that room is held for it (0: never)
+    backfill_seconds: float = Field(30.0, ge=0)
 
     @field_validator("bootstrap_api_key")
     @classmethod

@@ -2,6 +2,8 @@
 
 It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting job
 stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler.
+A job that fits a node but not the room free now does not hold up the smaller jobs behind it
+(backfill) until it has waited ``backfill_seconds``; then the room it needs is held for it.
 Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
 ``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no Ray-level retries:
 attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so jobs sharing a node
@@ -28,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -79,6 +82,11 @@ class DispatcherConfig:
     # read this often, not at every tick, to fail (or mark) jobs no node can ever run and to
     # keep the waiting reason current.
     full_scan_seconds: float = 1.0
+    # Backfill: jobs behind a queued job that fits a node but not the room free now start in
+    # the room it leaves; once it has waited this long, the room it needs is held for it
+    # (jobs behind it then use only what it does not need), so it starts when that much is
+    # free. Bounds how long a large job is passed by smaller ones; 0: never passed.
+    backfill_seconds: float = 30.0
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
     lost_runs_lookback_hours: float = 24.0
@@ -169,6 +177,9 @@ class Dispatcher:
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
+        # since when (``clock``) each queued job seen waiting for room has waited: backfill
+        self._waiting: dict[str, float] = {}
+        self.clock: Callable[[], float] = time.monotonic  # of backfill's window (tests set it)
         self._own_node: Any = None  # the local Ray node this dispatcher started, if any
         self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
@@ -395,7 +406,13 @@ class Dispatcher:
         return self._demands[job_id]
 
     def launch(self) -> None:
-        """Claim what fits in the free resources, in claim order, and start each on Ray."""
+        """Claim what fits in the free resources, in claim order, and start each on Ray.
+
+        A job that fits a node but not the room free now waits, saying so, and the jobs
+        behind it that fit start in the room left (backfill). Once it has waited
+        ``backfill_seconds`` the room it needs is held for it: each kind it needs is taken
+        from what jobs behind it may use, so none of them can delay it, and it starts as soon
+        as that room is free."""
         free, largest = self.capacity()
         now = time.monotonic()
         if free.cpus <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
@@ -409,6 +426,8 @@ class Dispatcher:
             # node dead): the cluster is short of nodes for now, so no job is judged against it.
             self._set_reason(heads[0], NO_NODE_REASON)
             return
+        seen = {job.id for job in heads}
+        self._waiting = {k: v for k, v in self._waiting.items() if k in seen}
         fitting: list[str] = []
         for job in heads:
             needs = self.demand(job.id, job.spec)
@@ -416,10 +435,9 @@ class Dispatcher:
                 self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
             if not needs.within(free):
-                self._set_reason(
-                    job, f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
-                )
-                break
+                free = self._wait_for_room(job, needs, free)
+                continue
+            self._waiting.pop(job.id, None)
             free -= needs
             fitting.append(job.id)
         if not fitting:
@@ -442,6 +460,21 @@ class Dispatcher:
             ).remote(self.config.worker, claimed)
             self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
             log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
+
+    def _wait_for_room(self, job: JobView, needs: Demand, free: Demand) -> Demand:
+        """A job that fits a node but not ``free`` waits, its reason saying so; returns the
+        room the jobs behind it may use: all of ``free`` while it is within its backfill
+        window, else ``free`` less what it needs (each kind at least 0)."""
+        now = self.clock()
+        since = self._waiting.setdefault(job.id, now)
+        reason = f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
+        window = self.config.backfill_seconds
+        if now - since < window:
+            self._set_reason(job, reason)
+            return free
+        held = f"; held for it: it waited past the {window:g} s backfill window"
+        self._set_reason(job, reason + held)
+        return (free - needs).most(NOTHING)
 
     def _reuse_freed(self, needs: Demand) -> None:
         """A launch takes what it needs from the recently freed resources first, so that they

@@ -106,6 +106,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         ray_address=settings.ray_address,
         ray_num_cpus=settings.ray_num_cpus,
         unsatisfiable=settings.unsatisfiable,
+        backfill_seconds=settings.backfill_seconds,
     )
     return Dispatcher(config, JobStore(make_engine(settings.database_url)))
 
