@@ -79,7 +79,8 @@ def _prepare(settings: Settings) -> None:
 
         engine = make_engine(settings.database_url)
         key = settings.bootstrap_api_key.get_secret_value()
-        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key):
+        # the deployment's own key: an operator's (it may read /metrics)
+        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key, role="operator"):
             logging.getLogger("gradq").info("stored the bootstrap API key")
         engine.dispose()
     if urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https"):
