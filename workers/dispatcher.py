@@ -39,8 +39,9 @@ from pydantic import ValidationError
 
 from core.memory import estimate, size
 from core.spec import JobSpec
+from db.keys import KeyStore
 from db.store import JobStore
-from db.views import ClaimedJob, JobView
+from db.views import ClaimedJob, JobView, TenantCaps
 from workers.run_closer import RunCloser
 from workers.task import WorkerConfig, run_attempt
 from workers.tracking import make_client
@@ -87,6 +88,12 @@ class DispatcherConfig:
     # (jobs behind it then use only what it does not need), so it starts when that much is
     # free. Bounds how long a large job is passed by smaller ones; 0: never passed.
     backfill_seconds: float = 30.0
+    # The most jobs a tenant may have running at once, unless its API keys set a cap
+    # (``KeyStore.tenant_caps``); None: no cap. A tenant at its cap waits, saying so, and the
+    # jobs of other tenants behind it run. The counts are read from the database at each
+    # launch, so dispatchers sharing it each keep the cap; two launching in the same instant
+    # may together pass it by what they claim at once.
+    max_running_per_tenant: int | None = None
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
     lost_runs_lookback_hours: float = 24.0
@@ -164,9 +171,12 @@ def death(exc: BaseException) -> str:
 
 
 class Dispatcher:
-    def __init__(self, config: DispatcherConfig, store: JobStore) -> None:
+    def __init__(
+        self, config: DispatcherConfig, store: JobStore, keys: KeyStore | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        self.keys = keys  # the API keys whose caps apply (GRADQ_AUTH=keys); None: the default
         self.inflight: dict[str, Attempt] = {}
         self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
@@ -428,18 +438,25 @@ class Dispatcher:
             return
         seen = {job.id for job in heads}
         self._waiting = {k: v for k, v in self._waiting.items() if k in seen}
+        caps, running = self._running_caps({job.tenant for job in heads})
         fitting: list[str] = []
         for job in heads:
             needs = self.demand(job.id, job.spec)
             if not needs.within(largest):
                 self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
+            cap = caps.get(job.tenant)
+            if cap is not None and running[job.tenant] >= cap:
+                self._set_reason(job, f"tenant {job.tenant} is at its cap of {cap} running jobs")
+                continue  # other tenants' jobs behind it run
             if not needs.within(free):
                 free = self._wait_for_room(job, needs, free)
                 continue
             self._waiting.pop(job.id, None)
             free -= needs
             fitting.append(job.id)
+            if cap is not None:
+                running[job.tenant] += 1
         if not fitting:
             return
         claimed_jobs = self.store.claim(
@@ -460,6 +477,20 @@ class Dispatcher:
             ).remote(self.config.worker, claimed)
             self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
             log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
+
+    def _running_caps(self, tenants: set[str]) -> tuple[dict[str, int | None], dict[str, int]]:
+        """(each tenant's cap of running jobs, None for none; the running jobs of those with
+        one). No query without keys and without a default cap."""
+        default = TenantCaps(max_running=self.config.max_running_per_tenant)
+        if self.keys is not None:
+            caps = {
+                t: c.max_running
+                for t, c in self.keys.tenant_caps(tenants=tenants, default=default).items()
+            }
+        else:
+            caps = dict.fromkeys(tenants, default.max_running)
+        capped = [t for t, cap in caps.items() if cap is not None]
+        return caps, self.store.running_counts(tenants=capped) if capped else {}
 
     def _wait_for_room(self, job: JobView, needs: Demand, free: Demand) -> Demand:
         """A job that fits a node but not ``free`` waits, its reason saying so; returns the

@@ -25,6 +25,7 @@ class Job:
     spec: dict[str, Any]
     attempt: int = 1
     pending_reason: str | None = None
+    tenant: str = "default"
 
 
 @dataclass
