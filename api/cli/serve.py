@@ -90,6 +90,7 @@ def _prepare(settings: Settings) -> None:
 
 
 def _dispatcher(settings: Settings) -> Dispatcher:
+    from db.keys import KeyStore
     from db.session import make_engine
     from db.store import JobStore
     from workers.dispatcher import Dispatcher, DispatcherConfig
@@ -108,8 +109,11 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         ray_num_cpus=settings.ray_num_cpus,
         unsatisfiable=settings.unsatisfiable,
         backfill_seconds=settings.backfill_seconds,
+        max_running_per_tenant=settings.tenant_max_running,
     )
-    return Dispatcher(config, JobStore(make_engine(settings.database_url)))
+    engine = make_engine(settings.database_url)
+    keys = KeyStore(engine) if settings.auth == "keys" else None  # their caps apply
+    return Dispatcher(config, JobStore(engine), keys)
 
 
 def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:

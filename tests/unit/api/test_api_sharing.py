@@ -1,0 +1,100 @@
+"""Sharing the service between tenants (issue 16, finding 4 and 11): per-tenant priority caps
+set by settings or API keys, the floor on `resources.cpus`, `/metrics` for operator keys
+only, and the dispatcher ``gradq serve`` builds from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from api.cli.keys import keys_app
+from api.cli.serve import _dispatcher
+from db.keys import KeyStore
+from db.session import make_engine
+from tests.unit.api.conftest import IRIS
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_priority_above_the_default_cap_is_refused(client_capped: TestClient) -> None:
+    r = client_capped.post("/v1/jobs", json={**IRIS, "priority": 1000})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "priority"
+    assert error["message"] == "at most 10 for tenant default (its cap), not 1000"
+    r = client_capped.post("/v1/jobs", json={**IRIS, "priority": 10})
+    assert (r.status_code, r.json()["priority"]) == (201, 10)
+
+
+def test_a_keys_priority_cap_applies_to_its_tenant_only(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
+    _, capped = keys.create(tenant="a", max_priority=5)
+    _, free = keys.create(tenant="b")
+    client = make_client(auth="keys")
+    r = client.post("/v1/jobs", json={**IRIS, "priority": 6}, headers=bearer(capped))
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "priority")
+    assert "at most 5 for tenant a" in r.json()["error"]["message"]
+    r = client.post("/v1/jobs", json={**IRIS, "priority": 1000}, headers=bearer(free))
+    assert (r.status_code, r.json()["priority"]) == (201, 1000)
+
+
+def test_a_share_of_a_cpu_below_the_floor_is_refused(client: TestClient) -> None:
+    r = client.post("/v1/jobs", json={**IRIS, "resources": {"cpus": 0.001}})
+    assert r.status_code == 422
+    assert (r.json()["error"]["field"], r.json()["error"]["message"]) == (
+        "resources.cpus", "at least 0.25 CPUs a job")  # fmt: skip
+
+
+def test_metrics_need_an_operators_key(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
+    _, tenant = keys.create(tenant="a")
+    _, operator = keys.create(tenant="ops", role="operator")
+    client = make_client(auth="keys")
+    r = client.get("/metrics", headers=bearer(tenant))
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+    assert "operator" in r.json()["error"]["message"]
+    assert client.get("/metrics").status_code == 401
+    r = client.get("/metrics", headers=bearer(operator))
+    assert r.status_code == 200 and "gradq_queue_depth 0" in r.text
+
+
+def test_without_keys_metrics_stay_open(client: TestClient) -> None:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and "gradq_jobs{" in r.text
+
+
+def test_serve_builds_the_dispatcher_with_the_sharing_settings(
+    make_settings: Callable[..., object],
+) -> None:
+    settings = make_settings(backfill_seconds=7, tenant_max_running=3)
+    d = _dispatcher(settings)  # type: ignore[arg-type]
+    assert (d.config.backfill_seconds, d.config.max_running_per_tenant) == (7, 3)
+    assert d.keys is None  # no keys: the default caps every tenant
+    assert _dispatcher(make_settings(auth="keys")).keys is not None  # type: ignore[arg-type]
+
+
+def test_keys_create_sets_role_and_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/keys.db"
+    monkeypatch.setenv("GRADQ_DATABASE_URL", url)
+    runner = CliRunner()
+    made = runner.invoke(keys_app, ["create", "--tenant", "ops", "--role", "operator",
+                                    "--max-running", "2", "--max-priority", "7"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    [view] = KeyStore(make_engine(url)).list(tenant="ops")
+    assert (view.role, view.max_running, view.max_priority) == ("operator", 2, 7)
+    listed = runner.invoke(keys_app, ["list"], env={"COLUMNS": "160"})  # wide: role, caps
+    assert "operator" in listed.output and "running 2, priority 7" in listed.output
+    for option, value in (("--role", "root"), ("--max-running", "0"), ("--max-priority", "2000")):
+        bad = runner.invoke(keys_app, ["create", "--tenant", "x", option, value])
+        assert bad.exit_code == 2 and option in bad.output, (option, bad.output)
+    assert [k.tenant for k in KeyStore(make_engine(url)).list()] == ["ops"]
