@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # how long the API remembers a valid API key (and its tenant's caps): a revoked key is
     # refused at most this long after; unknown keys are remembered at most 1 s (0: no cache)
     key_cache_seconds: float = Field(5.0, ge=0, le=300)
+    # database connections each Ray worker process keeps at most (README: the connection
+    # budget against PostgreSQL's max_connections)
+    worker_db_connections: int = Field(2, ge=2, le=20)
 
     @field_validator("bootstrap_api_key")
     @classmethod

@@ -58,16 +58,21 @@ class WorkerConfig:
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     metrics_flush_seconds: float = 1.0  # sends run on a background thread (tracking.buffer)
     checkpoint_upload_seconds: float = 10.0
+    # database connections a worker process keeps at most (its pool, no overflow): the
+    # attempt's thread and its heartbeat thread each hold one at a time
+    db_connections: int = 2
 
 
 _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
-def _engine(url: str) -> Any:
-    """One engine per database URL per worker process (Ray reuses worker processes)."""
+def _engine(config: WorkerConfig) -> Any:
+    """One engine per database URL per worker process (Ray reuses worker processes), holding
+    at most ``config.db_connections`` connections."""
+    url = config.database_url
     if url not in _engines:
-        _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
+        _engines[url] = make_engine(url, pool_size=config.db_connections, max_overflow=0)
     return _engines[url]
 
 
@@ -250,7 +255,7 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    engine = _engine(config.database_url)
+    engine = _engine(config)
     store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
     lease = Lease(store, job, config, spec.optimizer.epochs)

@@ -102,6 +102,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         artifact_root=settings.artifact_root,
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
+        db_connections=settings.worker_db_connections,
     )
     config = DispatcherConfig(
         worker=worker,

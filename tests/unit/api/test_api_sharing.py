@@ -76,9 +76,10 @@ def test_without_keys_metrics_stay_open(client: TestClient) -> None:
 def test_serve_builds_the_dispatcher_with_the_sharing_settings(
     make_settings: Callable[..., object],
 ) -> None:
-    settings = make_settings(backfill_seconds=7, tenant_max_running=3)
+    settings = make_settings(backfill_seconds=7, tenant_max_running=3, worker_db_connections=4)
     d = _dispatcher(settings)  # type: ignore[arg-type]
     assert (d.config.backfill_seconds, d.config.max_running_per_tenant) == (7, 3)
+    assert d.config.worker.db_connections == 4
     assert d.keys is None  # no keys: the default caps every tenant
     assert _dispatcher(make_settings(auth="keys")).keys is not None  # type: ignore[arg-type]
 
