@@ -26,6 +26,7 @@ from db.views import KeyGrant, TenantCaps
 DEFAULT_TENANT = "default"
 NEGATIVE_SECONDS = 1.0  # the most an unknown key is remembered as unknown
 MAX_ENTRIES = 10_000  # per cache: the oldest entry goes first beyond it
+NO_KEYS = KeyGrant(tenant=DEFAULT_TENANT, role="operator")  # every request without keys
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -66,21 +67,17 @@ class Access:
         self, settings: Settings, keys: KeyStore, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings, self.keys = settings, keys
+        self.default_caps = TenantCaps(
+            max_running=settings.tenant_max_running, max_priority=settings.tenant_max_priority
+        )
         self._grants: TtlCache[str, KeyGrant | None] = TtlCache(clock)
         self._caps: TtlCache[str, TenantCaps] = TtlCache(clock)
-
-    @property
-    def default_caps(self) -> TenantCaps:
-        return TenantCaps(
-            max_running=self.settings.tenant_max_running,
-            max_priority=self.settings.tenant_max_priority,
-        )
 
     async def grant(self, key: str | None) -> KeyGrant:
         """The tenant and role of ``key``; "default", an operator, without keys. A missing,
         unknown or revoked key is a 401 ``ApiError``."""
         if self.settings.auth == "none":
-            return KeyGrant(tenant=DEFAULT_TENANT, role="operator")
+            return NO_KEYS
         challenge = {"WWW-Authenticate": "Bearer"}
         if not key:
             raise ApiError(
