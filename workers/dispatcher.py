@@ -440,6 +440,7 @@ class Dispatcher:
         self._waiting = {k: v for k, v in self._waiting.items() if k in seen}
         caps, running = self._running_caps({job.tenant for job in heads})
         fitting: list[str] = []
+        blocked = 0  # jobs seen waiting for room in this scan
         for job in heads:
             needs = self.demand(job.id, job.spec)
             if not needs.within(largest):
@@ -450,7 +451,8 @@ class Dispatcher:
                 self._set_reason(job, f"tenant {job.tenant} is at its cap of {cap} running jobs")
                 continue  # other tenants' jobs behind it run
             if not needs.within(free):
-                free = self._wait_for_room(job, needs, free)
+                free = self._wait_for_room(job, needs, free, first=not blocked)
+                blocked += 1
                 continue
             self._waiting.pop(job.id, None)
             free -= needs
@@ -492,13 +494,17 @@ class Dispatcher:
         capped = [t for t, cap in caps.items() if cap is not None]
         return caps, self.store.running_counts(tenants=capped) if capped else {}
 
-    def _wait_for_room(self, job: JobView, needs: Demand, free: Demand) -> Demand:
-        """A job that fits a node but not ``free`` waits, its reason saying so; returns the
-        room the jobs behind it may use: all of ``free`` while it is within its backfill
-        window, else ``free`` less what it needs (each kind at least 0)."""
+    def _wait_for_room(self, job: JobView, needs: Demand, free: Demand, *, first: bool) -> Demand:
+        """A job that fits a node but not ``free`` waits, its reason saying so (the ``first``
+        such job of a scan also says what is free: the others' reasons do not change with
+        every job that starts or ends, so they are written once); returns the room the jobs
+        behind it may use: all of ``free`` while it is within its backfill window, else
+        ``free`` less what it needs (each kind at least 0)."""
         now = self.clock()
         since = self._waiting.setdefault(job.id, now)
-        reason = f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
+        reason = f"waiting for resources: needs {needs}"
+        if first:
+            reason += f", {free.most(NOTHING)} free"
         window = self.config.backfill_seconds
         if now - since < window:
             self._set_reason(job, reason)

@@ -54,7 +54,12 @@ def test_a_head_that_waited_past_the_backfill_window_holds_its_room() -> None:
     d.launch()  # the head has waited 30 s: its 2 CPUs are held, "b" may not take the 1 free
     assert list(d.inflight) == ["a"]
     assert store.reasons["head"].endswith("; held for it: it waited past the 30 s backfill window")
-    assert store.reasons["b"].startswith("waiting for resources: needs 1 CPU")
+    # "b" has waited as long, for room too; its reason, unlike the first's, leaves out what
+    # is free (it would change with every job that starts or ends)
+    assert store.reasons["b"] == (
+        f"waiting for resources: needs {_needs(spec(1))}; "
+        "held for it: it waited past the 30 s backfill window"
+    )
 
 
 def test_a_held_head_leaves_the_kinds_it_does_not_lack_to_jobs_behind_it() -> None:
@@ -70,6 +75,10 @@ def test_a_held_head_leaves_the_kinds_it_does_not_lack_to_jobs_behind_it() -> No
     store.queued.append(Job("cpu2", spec(1)))
     d.launch()
     assert list(d.inflight) == ["cpu", "cpu2"] and [j.id for j in store.queued] == ["gpu"]
+
+
+def _needs(job: dict[str, Any]) -> str:
+    return f"1 CPU / 0 GPU / {_size(memory_of(job))} memory"
 
 
 def _size(n: int) -> str:
