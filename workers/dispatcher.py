@@ -53,6 +53,7 @@ LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_r
 NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
 RAY_DAEMONS = ("raylet", "gcs_server")  # a local Ray without either runs nothing more
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
+CAPS_SECONDS = 5.0  # how long the keys' caps read are used: a changed cap applies within it
 
 
 class RayDied(RuntimeError):
@@ -89,10 +90,10 @@ class DispatcherConfig:
     # free. Bounds how long a large job is passed by smaller ones; 0: never passed.
     backfill_seconds: float = 30.0
     # The most jobs a tenant may have running at once, unless its API keys set a cap
-    # (``KeyStore.tenant_caps``); None: no cap. A tenant at its cap waits, saying so, and the
-    # jobs of other tenants behind it run. The counts are read from the database at each
-    # launch, so dispatchers sharing it each keep the cap; two launching in the same instant
-    # may together pass it by what they claim at once.
+    # (``KeyStore.tenant_caps``, read every ``CAPS_SECONDS``); None: no cap. A tenant at its
+    # cap waits, saying so, and the jobs of other tenants behind it run. The running jobs are
+    # counted in the database at each launch, so dispatchers sharing it each keep the cap; two
+    # launching in the same instant may together pass it by what they claim at once.
     max_running_per_tenant: int | None = None
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
@@ -176,7 +177,7 @@ class Dispatcher:
     ) -> None:
         self.config = config
         self.store = store
-        self.keys = keys  # the API keys whose caps apply (GRADQ_AUTH=keys); None: the default
+        self.keys = keys  # the API keys whose caps apply; None: the default caps every tenant
         self.inflight: dict[str, Attempt] = {}
         self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
@@ -189,7 +190,9 @@ class Dispatcher:
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
         # since when (``clock``) each queued job seen waiting for room has waited: backfill
         self._waiting: dict[str, float] = {}
-        self.clock: Callable[[], float] = time.monotonic  # of backfill's window (tests set it)
+        self.clock: Callable[[], float] = time.monotonic  # of backfill and caps (tests set it)
+        self._caps: dict[str, int | None] = {}  # tenants' caps of running jobs, read at…
+        self._caps_read = float("-inf")  # …this time (``clock``)
         self._own_node: Any = None  # the local Ray node this dispatcher started, if any
         self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
@@ -483,16 +486,24 @@ class Dispatcher:
     def _running_caps(self, tenants: set[str]) -> tuple[dict[str, int | None], dict[str, int]]:
         """(each tenant's cap of running jobs, None for none; the running jobs of those with
         one). No query without keys and without a default cap."""
-        default = TenantCaps(max_running=self.config.max_running_per_tenant)
-        if self.keys is not None:
-            caps = {
-                t: c.max_running
-                for t, c in self.keys.tenant_caps(tenants=tenants, default=default).items()
-            }
-        else:
-            caps = dict.fromkeys(tenants, default.max_running)
+        caps = self._tenant_caps(tenants)
         capped = [t for t, cap in caps.items() if cap is not None]
         return caps, self.store.running_counts(tenants=capped) if capped else {}
+
+    def _tenant_caps(self, tenants: set[str]) -> dict[str, int | None]:
+        """Each tenant's cap of running jobs: its keys' (``KeyStore.tenant_caps``), read at
+        most every ``CAPS_SECONDS``, else the configured default."""
+        default = self.config.max_running_per_tenant
+        if self.keys is None:
+            return dict.fromkeys(tenants, default)
+        now = self.clock()
+        if now - self._caps_read >= CAPS_SECONDS:
+            self._caps, self._caps_read = {}, now
+        missing = tenants - self._caps.keys()
+        if missing:
+            read = self.keys.tenant_caps(tenants=missing, default=TenantCaps(max_running=default))
+            self._caps.update({t: c.max_running for t, c in read.items()})
+        return {t: self._caps[t] for t in tenants}
 
     def _wait_for_room(self, job: JobView, needs: Demand, free: Demand, *, first: bool) -> Demand:
         """A job that fits a node but not ``free`` waits, its reason saying so (the ``first``

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from core.memory import GiB
 from db.views import TenantCaps
 from tests.unit.workers.test_dispatcher_memory import SMALL, FakeStore, Job, dispatcher
-from workers.dispatcher import Demand, Dispatcher, DispatcherConfig
+from workers.dispatcher import CAPS_SECONDS, Demand, Dispatcher, DispatcherConfig
 
 ROOM = Demand(8, 0, 16 * GiB)
 
@@ -66,3 +66,23 @@ def test_no_cap_reads_no_counts() -> None:
     d.store.running_counts = None  # type: ignore[attr-defined]  # a call would raise
     d.launch()
     assert list(d.inflight) == ["d1", "d2"]
+
+
+def test_the_keys_caps_are_read_again_after_caps_seconds() -> None:
+    reads: list[set[str]] = []
+    keys = FakeKeys({"alice": TenantCaps(max_running=1)})
+    real = keys.tenant_caps
+    keys.tenant_caps = lambda **kw: (reads.append(set(kw["tenants"])), real(**kw))[1]  # type: ignore[method-assign]
+    clock = [0.0]
+    d = capped([Job("a1", SMALL, tenant="alice"), Job("a2", SMALL, tenant="alice")], {"alice": 0})
+    d.keys, d.clock = keys, (lambda: clock[0])  # type: ignore[assignment]
+    d.launch()
+    assert list(d.inflight) == ["a1"]
+    d.store.running["alice"] = 1  # type: ignore[attr-defined]
+    keys.caps["alice"] = TenantCaps(max_running=2)  # the cap is raised: not seen yet
+    clock[0] += CAPS_SECONDS - 0.1
+    d.launch()
+    assert list(d.inflight) == ["a1"] and reads == [{"alice"}]
+    clock[0] += 0.1
+    d.launch()
+    assert list(d.inflight) == ["a1", "a2"] and reads == [{"alice"}, {"alice"}]
