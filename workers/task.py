@@ -69,7 +69,7 @@ FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database tha
 
 def _engine(config: WorkerConfig) -> Any:
     """One engine per database URL per worker process (Ray reuses worker processes), holding
-    at most ``config.db_connections`` connections."""
+    at most ``config.db_connections`` connections, and none once an attempt has ended."""
     url = config.database_url
     if url not in _engines:
         _engines[url] = make_engine(url, pool_size=config.db_connections, max_overflow=0)
@@ -378,6 +378,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         if tracker is not None and not written:
             tracker.abandon()
         lease.close()
+        engine.dispose()  # an idle worker process holds no connection until its next attempt
     return final if written else "stale"
 
 
