@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     access_log: bool = False
     # --- sharing the cluster between tenants (README, "Sharing the cluster") ---------------
     # how long a queued job that fits a node but not the room free now lets smaller jobs
-    # behind it start in the room it leaves, before that room is held for it (0: never)
+    # behind it start in the room it leaves, before that room is held for it (0: at once)
     backfill_seconds: float = Field(30.0, ge=0)
     # each tenant's caps unless its API keys set their own (`gradq keys create --max-running
     # N --max-priority P`; a tenant gets the strictest its active keys set): the most jobs

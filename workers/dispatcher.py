@@ -87,7 +87,7 @@ class DispatcherConfig:
     # Backfill: jobs behind a queued job that fits a node but not the room free now start in
     # the room it leaves; once it has waited this long, the room it needs is held for it
     # (jobs behind it then use only what it does not need), so it starts when that much is
-    # free. Bounds how long a large job is passed by smaller ones; 0: never passed.
+    # free. Bounds how long smaller jobs may take room a large job needs; 0: held at once.
     backfill_seconds: float = 30.0
     # The most jobs a tenant may have running at once, unless its API keys set a cap
     # (``KeyStore.tenant_caps``, read every ``CAPS_SECONDS``); None: no cap. A tenant at its
