@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from api.cli.keys import keys_app
 from api.cli.serve import _dispatcher
+from api.settings import Settings
 from db.keys import KeyStore
 from db.session import make_engine
 from tests.unit.api.conftest import IRIS
@@ -98,3 +100,29 @@ def test_keys_create_sets_role_and_caps(tmp_path: Path, monkeypatch: pytest.Monk
         bad = runner.invoke(keys_app, ["create", "--tenant", "x", option, value])
         assert bad.exit_code == 2 and option in bad.output, (option, bad.output)
     assert [k.tenant for k in KeyStore(make_engine(url)).list()] == ["ops"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("backfill_seconds", -1, "greater than or equal to 0"),
+        ("tenant_max_running", 0, "greater than or equal to 1"),
+        ("tenant_max_priority", 1001, "less than or equal to 1000"),
+        ("key_cache_seconds", 301, "less than or equal to 300"),
+        ("worker_db_connections", 1, "greater than or equal to 2"),
+    ],
+)
+def test_bad_sharing_settings_name_the_field(field: str, value: object, words: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(**{field: value})  # type: ignore[arg-type]
+    [error] = info.value.errors()
+    assert error["loc"] == (field,) and words in error["msg"]
+
+
+def test_the_sharing_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BACKFILL_SECONDS", "TENANT_MAX_RUNNING", "TENANT_MAX_PRIORITY",
+                 "KEY_CACHE_SECONDS", "WORKER_DB_CONNECTIONS"):  # fmt: skip
+        monkeypatch.delenv(f"GRADQ_{name}", raising=False)
+    s = Settings()
+    assert (s.backfill_seconds, s.tenant_max_running, s.tenant_max_priority) == (30, None, None)
+    assert (s.key_cache_seconds, s.worker_db_connections) == (5, 2)
