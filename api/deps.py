@@ -1,6 +1,6 @@
 """What routes depend on, as ``Annotated`` aliases: ``StoreDep``, ``DatasetsDep``,
-``SettingsDep``, ``TrackingDep``, ``ServicesDep`` and ``TenantDep`` (the caller's tenant, from
-its API key)."""
+``SettingsDep``, ``TrackingDep``, ``ServicesDep``, ``TenantDep`` (the caller's tenant, from
+its API key) and ``OperatorDep`` (the caller's key is an operator's)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
+from api.access import Access
 from api.errors import ApiError
 from api.group_commit import GroupCommit
 from api.settings import Settings
 from db.datasets import DatasetStore
 from db.keys import KeyStore
 from db.store import JobStore
+from db.views import KeyGrant
 from workers.tracking.read import Tracking
-
-DEFAULT_TENANT = "default"
 
 
 @dataclass
@@ -31,6 +30,7 @@ class Services:
     settings: Settings
     store: JobStore
     keys: KeyStore  # over the store's engine
+    access: Access  # keys to tenants and roles, tenants to caps, cached (over ``keys``)
     datasets: DatasetStore  # over the store's engine
     submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking
@@ -101,27 +101,21 @@ def bearer_key(authorization: str | None) -> str | None:
 
 async def resolve_tenant(services: Services, key: str | None) -> str:
     """The tenant of ``key`` (see ``get_tenant``); raises a 401 ``ApiError``."""
-    if services.settings.auth == "none":
-        return DEFAULT_TENANT
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if not key:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "an API key is required: send 'Authorization: Bearer <key>'",
-            field="Authorization",
-            headers=challenge,
-        )
-    tenant = await run_in_threadpool(services.keys.authenticate, key=key)
-    if tenant is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "unknown or revoked API key",
-            field="Authorization",
-            headers=challenge,
-        )
-    return tenant
+    return (await services.access.grant(key)).tenant
+
+
+async def get_operator(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> KeyGrant:
+    """The caller's key when it is an operator's (always so without keys): 401 as
+    ``get_tenant``, 403 for a tenant's key."""
+    services: Services = request.app.state.services
+    grant = await services.access.grant(credentials.credentials if credentials else None)
+    if grant.role != "operator":
+        raise ApiError(403, "forbidden", "only an operator's API key may read this")
+    return grant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+OperatorDep = Annotated[KeyGrant, Depends(get_operator)]

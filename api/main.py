@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
+from api.access import Access
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
@@ -93,10 +94,12 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         engine = make_engine(settings.database_url)
         store = JobStore(engine)
         submits = GroupCommit(store, max_queued=settings.max_queued_per_tenant)
+        keys = KeyStore(engine)
         app.state.services = Services(
             settings=settings,
             store=store,
-            keys=KeyStore(engine),
+            keys=keys,
+            access=Access(settings, keys),
             datasets=DatasetStore(engine),
             submits=submits,
             tracking=Tracking(

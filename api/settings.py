@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     # line per request is a noticeable part of the server's CPU per submit (bench/RESULTS.md,
     # API); every job's changes are in its events whether it is on or not
     access_log: bool = False
+    # --- sharing the cluster between tenants (README, "Sharing the cluster") ---------------
+    # how long a queued job that fits a node but not the room free now lets smaller jobs
+    # behind it start in the room it leaves, before that room is held for it (0: at once)
+    backfill_seconds: float = Field(30.0, ge=0)
+    # each tenant's caps unless its API keys set their own (`gradq keys create --max-running
+    # N --max-priority P`; a tenant gets the strictest its active keys set): the most jobs
+    # running at once (its other jobs wait) and the highest priority a submit may ask for
+    # (above it: 422 naming `priority`); None: no cap
+    tenant_max_running: int | None = Field(None, ge=1)
+    tenant_max_priority: int | None = Field(None, ge=-1000, le=1000)
+    # how long the API remembers a valid API key (and its tenant's caps): a revoked key is
+    # refused at most this long after; unknown keys are remembered at most 1 s (0: no cache)
+    key_cache_seconds: float = Field(5.0, ge=0, le=300)
+    # database connections each Ray worker process keeps at most (README: the connection
+    # budget against PostgreSQL's max_connections)
+    worker_db_connections: int = Field(2, ge=2, le=20)
 
     @field_validator("bootstrap_api_key")
     @classmethod

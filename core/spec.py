@@ -312,12 +312,16 @@ class JobSpec(_Section):
 @dataclass(frozen=True)
 class SpecLimits:
     """Service-wide limits a spec must stay within; the API builds them from its settings.
-    ``max_job_memory``: bytes of ``core.memory.estimate`` a job may need (None: no limit)."""
+    ``max_job_memory``: bytes of ``core.memory.estimate`` a job may need (None: no limit).
+    ``min_cpus``: the fewest CPUs a job may ask for; each attempt is a Ray worker process, and
+    Ray starts as many of them on a CPU as fit, so a tiny share packs hundreds onto one node.
+    A spec stored before the floor still reads back (``JobSpec`` itself allows any share)."""
 
     max_parameters: int = 50_000_000
     max_epochs: int = 100_000
     max_hidden_layers: int = 64
     max_job_memory: int | None = None
+    min_cpus: float = 0.25
 
 
 def count_parameters(layers: Sequence[int]) -> int:
@@ -356,6 +360,10 @@ def check_limits(spec: JobSpec, limits: SpecLimits, shape: DatasetShape | None =
     if spec.optimizer.epochs > limits.max_epochs:
         errors.append(
             FieldError(field="optimizer.epochs", message=f"at most {limits.max_epochs} epochs")
+        )
+    if spec.resources.cpus < limits.min_cpus:
+        errors.append(
+            FieldError(field="resources.cpus", message=f"at least {limits.min_cpus:g} CPUs a job")
         )
     if len(spec.model.hidden) > limits.max_hidden_layers:
         errors.append(

@@ -193,7 +193,8 @@ class Dataset(Base):
 
 
 class ApiKey(Base):
-    """An API key: only the sha256 of the key is stored, with a short prefix for display."""
+    """An API key: only the sha256 of the key is stored, with a short prefix for display;
+    its role ("tenant" or "operator") and the caps it sets on its tenant (migration 0005)."""
 
     __tablename__ = "api_keys"
 
@@ -203,6 +204,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    role: Mapped[str] = mapped_column(String(16), server_default="tenant")
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    max_priority: Mapped[int | None] = mapped_column(Integer)
 
 
 # The job tables, for the Core statements of db.store (writes) and db.queries (reads).

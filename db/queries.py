@@ -160,6 +160,19 @@ class JobQueries:
             counts.update({status: n for status, n in conn.execute(query).all()})
         return counts
 
+    def running_counts(self, *, tenants: Iterable[str]) -> dict[str, int]:
+        """Running jobs of each tenant (0 when none): the dispatcher's per-tenant cap."""
+        wanted = sorted(set(tenants))
+        query = (
+            select(JOBS.c.tenant, func.count())
+            .where(JOBS.c.tenant.in_(wanted), JOBS.c.status == JobStatus.RUNNING.value)
+            .group_by(JOBS.c.tenant)
+        )
+        counts = dict.fromkeys(wanted, 0)
+        with read_tx(self._engine) as conn:
+            counts.update({tenant: n for tenant, n in conn.execute(query).all()})
+        return counts
+
     def count_queued(self, *, tenant: str | None = None) -> int:
         """Queued jobs (of ``tenant``): one count over the claim index, whatever the history."""
         query = select(func.count()).where(JOBS.c.status == Q.value)

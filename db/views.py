@@ -109,12 +109,35 @@ class DatasetView:
     profile: dict[str, dict[str, Any]] | None = None
 
 
+ROLES = ("tenant", "operator")  # an operator's key also reads the service's own metrics
+
+
 @dataclass(frozen=True)
 class ApiKeyView:
-    """An API key without its secret."""
+    """An API key without its secret: its role and the caps it sets (None: none)."""
 
     id: str
     tenant: str
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str = "tenant"
+    max_running: int | None = None
+    max_priority: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a valid key is: the tenant it acts for and its role (one of :data:`ROLES`)."""
+
+    tenant: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TenantCaps:
+    """A tenant's caps: the most jobs it may have running at once and the highest priority
+    it may submit (None: no cap)."""
+
+    max_running: int | None = None
+    max_priority: int | None = None

@@ -2,6 +2,8 @@
 
 It claims only as many jobs as the cluster has free CPUs, GPUs and memory for, so a waiting job
 stays ``queued`` (with its place and reason visible) instead of hiding inside Ray's scheduler.
+A job that fits a node but not the room free now does not hold up the smaller jobs behind it
+(backfill) until it has waited ``backfill_seconds``; then the room it needs is held for it.
 Each claim becomes one Ray task (``workers.task.run_attempt``) with the spec's ``num_cpus`` and
 ``num_gpus``, ``memory`` the job's estimated peak (``core.memory``), and no Ray-level retries:
 attempts belong to the queue. Ray counts ``memory`` per node like CPUs, so jobs sharing a node
@@ -28,6 +30,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -36,8 +39,9 @@ from pydantic import ValidationError
 
 from core.memory import estimate, size
 from core.spec import JobSpec
+from db.keys import KeyStore
 from db.store import JobStore
-from db.views import ClaimedJob, JobView
+from db.views import ClaimedJob, JobView, TenantCaps
 from workers.run_closer import RunCloser
 from workers.task import WorkerConfig, run_attempt
 from workers.tracking import make_client
@@ -49,6 +53,7 @@ LOST_REASON = "the worker running it was lost"  # the closed run's gradq.close_r
 NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
 RAY_DAEMONS = ("raylet", "gcs_server")  # a local Ray without either runs nothing more
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
+CAPS_SECONDS = 5.0  # how long the keys' caps read are used: a changed cap applies within it
 
 
 class RayDied(RuntimeError):
@@ -79,6 +84,17 @@ class DispatcherConfig:
     # read this often, not at every tick, to fail (or mark) jobs no node can ever run and to
     # keep the waiting reason current.
     full_scan_seconds: float = 1.0
+    # Backfill: jobs behind a queued job that fits a node but not the room free now start in
+    # the room it leaves; once it has waited this long, the room it needs is held for it
+    # (jobs behind it then use only what it does not need), so it starts when that much is
+    # free. Bounds how long smaller jobs may take room a large job needs; 0: held at once.
+    backfill_seconds: float = 30.0
+    # The most jobs a tenant may have running at once, unless its API keys set a cap
+    # (``KeyStore.tenant_caps``, read every ``CAPS_SECONDS``); None: no cap. A tenant at its
+    # cap waits, saying so, and the jobs of other tenants behind it run. The running jobs are
+    # counted in the database at each launch, so dispatchers sharing it each keep the cap; two
+    # launching in the same instant may together pass it by what they claim at once.
+    max_running_per_tenant: int | None = None
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
     lost_runs_lookback_hours: float = 24.0
@@ -159,9 +175,12 @@ def death(exc: BaseException) -> str:
 
 
 class Dispatcher:
-    def __init__(self, config: DispatcherConfig, store: JobStore) -> None:
+    def __init__(
+        self, config: DispatcherConfig, store: JobStore, keys: KeyStore | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        self.keys = keys  # the API keys whose caps apply; None: the default caps every tenant
         self.inflight: dict[str, Attempt] = {}
         self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
@@ -172,6 +191,11 @@ class Dispatcher:
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
+        # since when (``clock``) each queued job seen waiting for room has waited: backfill
+        self._waiting: dict[str, float] = {}
+        self.clock: Callable[[], float] = time.monotonic  # of backfill and caps (tests set it)
+        self._caps: dict[str, int | None] = {}  # tenants' caps of running jobs, read at…
+        self._caps_read = float("-inf")  # …this time (``clock``)
         self._own_node: Any = None  # the local Ray node this dispatcher started, if any
         self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
@@ -398,7 +422,13 @@ class Dispatcher:
         return self._demands[job_id]
 
     def launch(self) -> None:
-        """Claim what fits in the free resources, in claim order, and start each on Ray."""
+        """Claim what fits in the free resources, in claim order, and start each on Ray.
+
+        A job that fits a node but not the room free now waits, saying so, and the jobs
+        behind it that fit start in the room left (backfill). Once it has waited
+        ``backfill_seconds`` the room it needs is held for it: each kind it needs is taken
+        from what jobs behind it may use, so none of them can delay it, and it starts as soon
+        as that room is free."""
         free, largest = self.capacity()
         now = time.monotonic()
         if free.cpus <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
@@ -412,19 +442,29 @@ class Dispatcher:
             # node dead): the cluster is short of nodes for now, so no job is judged against it.
             self._set_reason(heads[0], NO_NODE_REASON)
             return
+        seen = {job.id for job in heads}
+        self._waiting = {k: v for k, v in self._waiting.items() if k in seen}
+        caps, running = self._running_caps({job.tenant for job in heads})
         fitting: list[str] = []
+        blocked = 0  # jobs seen waiting for room in this scan
         for job in heads:
             needs = self.demand(job.id, job.spec)
             if not needs.within(largest):
                 self.unsatisfiable(job, needs, largest)
                 continue  # it can never run here: it does not hold up the jobs behind it
+            cap = caps.get(job.tenant)
+            if cap is not None and running[job.tenant] >= cap:
+                self._set_reason(job, f"tenant {job.tenant} is at its cap of {cap} running jobs")
+                continue  # other tenants' jobs behind it run
             if not needs.within(free):
-                self._set_reason(
-                    job, f"waiting for resources: needs {needs}, {free.most(NOTHING)} free"
-                )
-                break
+                free = self._wait_for_room(job, needs, free, first=not blocked)
+                blocked += 1
+                continue
+            self._waiting.pop(job.id, None)
             free -= needs
             fitting.append(job.id)
+            if cap is not None:
+                running[job.tenant] += 1
         if not fitting:
             return
         claimed_jobs = self.store.claim(
@@ -445,6 +485,47 @@ class Dispatcher:
             ).remote(self.config.worker, claimed)
             self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
             log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
+
+    def _running_caps(self, tenants: set[str]) -> tuple[dict[str, int | None], dict[str, int]]:
+        """(each tenant's cap of running jobs, None for none; the running jobs of those with
+        one). No query without keys and without a default cap."""
+        caps = self._tenant_caps(tenants)
+        capped = [t for t, cap in caps.items() if cap is not None]
+        return caps, self.store.running_counts(tenants=capped) if capped else {}
+
+    def _tenant_caps(self, tenants: set[str]) -> dict[str, int | None]:
+        """Each tenant's cap of running jobs: its keys' (``KeyStore.tenant_caps``), read at
+        most every ``CAPS_SECONDS``, else the configured default."""
+        default = self.config.max_running_per_tenant
+        if self.keys is None:
+            return dict.fromkeys(tenants, default)
+        now = self.clock()
+        if now - self._caps_read >= CAPS_SECONDS:
+            self._caps, self._caps_read = {}, now
+        missing = tenants - self._caps.keys()
+        if missing:
+            read = self.keys.tenant_caps(tenants=missing, default=TenantCaps(max_running=default))
+            self._caps.update({t: c.max_running for t, c in read.items()})
+        return {t: self._caps[t] for t in tenants}
+
+    def _wait_for_room(self, job: JobView, needs: Demand, free: Demand, *, first: bool) -> Demand:
+        """A job that fits a node but not ``free`` waits, its reason saying so (the ``first``
+        such job of a scan also says what is free: the others' reasons do not change with
+        every job that starts or ends, so they are written once); returns the room the jobs
+        behind it may use: all of ``free`` while it is within its backfill window, else
+        ``free`` less what it needs (each kind at least 0)."""
+        now = self.clock()
+        since = self._waiting.setdefault(job.id, now)
+        reason = f"waiting for resources: needs {needs}"
+        if first:
+            reason += f", {free.most(NOTHING)} free"
+        window = self.config.backfill_seconds
+        if now - since < window:
+            self._set_reason(job, reason)
+            return free
+        held = f"; held for it: it waited past the {window:g} s backfill window"
+        self._set_reason(job, reason + held)
+        return (free - needs).most(NOTHING)
 
     def _reuse_freed(self, needs: Demand) -> None:
         """A launch takes what it needs from the recently freed resources first, so that they

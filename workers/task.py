@@ -65,16 +65,21 @@ class WorkerConfig:
     # API keys are on (GRADQ_AUTH=keys): a job's MLflow experiment and registered model are
     # named for its tenant (workers.tracking.scope); off, names are as the spec gives them
     tenant_names: bool = False
+    # database connections a worker process keeps at most (its pool, no overflow): the
+    # attempt's thread and its heartbeat thread each hold one at a time
+    db_connections: int = 2
 
 
 _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
 
-def _engine(url: str) -> Any:
-    """One engine per database URL per worker process (Ray reuses worker processes)."""
+def _engine(config: WorkerConfig) -> Any:
+    """One engine per database URL per worker process (Ray reuses worker processes), holding
+    at most ``config.db_connections`` connections, and none once an attempt has ended."""
+    url = config.database_url
     if url not in _engines:
-        _engines[url] = make_engine(url, pool_size=2, max_overflow=2)
+        _engines[url] = make_engine(url, pool_size=config.db_connections, max_overflow=0)
     return _engines[url]
 
 
@@ -276,7 +281,7 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
 def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    engine = _engine(config.database_url)
+    engine = _engine(config)
     store = JobStore(engine)
     spec = JobSpec.model_validate(job.spec)
     import_model_logging()  # before the heartbeats: see its docstring
@@ -403,6 +408,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         if tracker is not None and not written:
             tracker.abandon()
         lease.close()
+        engine.dispose()  # an idle worker process holds no connection until its next attempt
     return final if written else "stale"
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from api.cli.tables import add, listing
 from api.settings import Settings
-from db.keys import KeyStore
+from db.keys import KeyStore, check_grant
 from db.migrate import upgrade
 from db.session import make_engine
 
@@ -18,6 +18,7 @@ keys_app = typer.Typer(
     help="API keys (GRADQ_AUTH=keys): create, revoke, list.", no_args_is_help=True
 )
 console = Console()
+ROLES_WIDE = 140  # a narrower terminal's list leaves out the role and caps columns
 err = Console(stderr=True)
 
 
@@ -30,13 +31,33 @@ def _keys() -> KeyStore:
 @keys_app.command("create")
 def create(
     tenant: Annotated[str, typer.Option(help="who the key acts for; jobs belong to a tenant")],
+    role: Annotated[
+        str, typer.Option(help="tenant, or operator (may also read /metrics)")
+    ] = "tenant",
+    max_running: Annotated[
+        int | None,
+        typer.Option(help="cap on the tenant's running jobs (its others wait); default: none"),
+    ] = None,
+    max_priority: Annotated[
+        int | None,
+        typer.Option(help="highest priority the tenant may submit (-1000 to 1000); default: none"),
+    ] = None,
 ) -> None:
-    """Make a key for TENANT and print it (it cannot be shown again)."""
+    """Make a key for TENANT and print it (it cannot be shown again). A tenant's caps are the
+    strictest its active keys set; where none sets one, GRADQ_TENANT_MAX_RUNNING and
+    GRADQ_TENANT_MAX_PRIORITY."""
     name = tenant.strip()
     if not name or len(name) > 100:
         err.print("[red]--tenant must be 1 to 100 characters[/]")
         raise typer.Exit(2)
-    key_id, key = _keys().create(tenant=name)
+    try:
+        check_grant(role, max_running, max_priority)
+    except ValueError as exc:
+        err.print(f"[red]--{str(exc).split()[0].replace('_', '-')}: {exc}[/]")
+        raise typer.Exit(2) from None
+    key_id, key = _keys().create(
+        tenant=name, role=role, max_running=max_running, max_priority=max_priority
+    )
     err.print(f"key {key_id} for tenant {name!r} (shown once; send as 'Authorization: Bearer'):")
     typer.echo(key)
 
@@ -56,11 +77,20 @@ def revoke(
 
 @keys_app.command("list")
 def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
-    """Keys (ids, tenants, prefixes), never their secrets."""
+    """Keys (ids, tenants, prefixes; in a wide terminal also their times, from 140 columns
+    their roles and caps), never their secrets."""
     keys = _keys().list(tenant=tenant)
-    table = listing(console, [k.id for k in keys], "tenant", "prefix", "created", "revoked")
+    wide = console.width >= ROLES_WIDE  # the role and caps, like the times, where they fit
+    columns = ("tenant", *(["role", "caps"] if wide else []), "prefix", "created", "revoked")
+    table = listing(console, [k.id for k in keys], *columns)
     for k in keys:
         revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""
-        add(table, {"id": k.id, "tenant": k.tenant, "prefix": k.prefix,
-                    "created": f"{k.created_at:%Y-%m-%d %H:%M}", "revoked": revoked})  # fmt: skip
+        caps = ", ".join(
+            f"{name} {value}"
+            for name, value in (("running", k.max_running), ("priority", k.max_priority))
+            if value is not None
+        )
+        add(table, {"id": k.id, "tenant": k.tenant, "role": k.role, "caps": caps,
+                    "prefix": k.prefix, "created": f"{k.created_at:%Y-%m-%d %H:%M}",
+                    "revoked": revoked})  # fmt: skip
     console.print(table)

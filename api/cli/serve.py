@@ -79,7 +79,8 @@ def _prepare(settings: Settings) -> None:
 
         engine = make_engine(settings.database_url)
         key = settings.bootstrap_api_key.get_secret_value()
-        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key):
+        # the deployment's own key: an operator's (it may read /metrics)
+        if KeyStore(engine).ensure(tenant=settings.bootstrap_tenant, key=key, role="operator"):
             logging.getLogger("gradq").info("stored the bootstrap API key")
         engine.dispose()
     if urlparse(settings.mlflow_tracking_uri).scheme not in ("http", "https"):
@@ -89,6 +90,7 @@ def _prepare(settings: Settings) -> None:
 
 
 def _dispatcher(settings: Settings) -> Dispatcher:
+    from db.keys import KeyStore
     from db.session import make_engine
     from db.store import JobStore
     from workers.dispatcher import Dispatcher, DispatcherConfig
@@ -101,14 +103,20 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         tenant_names=settings.auth == "keys",
+        db_connections=settings.worker_db_connections,
     )
     config = DispatcherConfig(
         worker=worker,
         ray_address=settings.ray_address,
         ray_num_cpus=settings.ray_num_cpus,
         unsatisfiable=settings.unsatisfiable,
+        backfill_seconds=settings.backfill_seconds,
+        max_running_per_tenant=settings.tenant_max_running,
     )
-    return Dispatcher(config, JobStore(make_engine(settings.database_url)))
+    engine = make_engine(settings.database_url)
+    # the caps of the stored keys apply whatever GRADQ_AUTH the dispatcher runs with (the
+    # compose deployment sets it for the API only); with no key setting one, the settings'
+    return Dispatcher(config, JobStore(engine), KeyStore(engine))
 
 
 def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:

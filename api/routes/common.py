@@ -19,6 +19,7 @@ AUTHENTICATED = [Depends(get_tenant)]
 _ERRORS = {
     400: "malformed request (e.g. the body is not JSON)",
     401: "missing, unknown or revoked API key (when GRADQ_AUTH=keys)",
+    403: "the API key's role may not do this (operators only)",
     404: "no such resource for this tenant",
     409: "conflicts with the resource's state",
     413: "the request body is over the limit",

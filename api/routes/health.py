@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api import schemas
-from api.deps import Services, ServicesDep, get_tenant
+from api.deps import OperatorDep, Services, ServicesDep, get_tenant
 from api.middleware import ResponseCounts
 from api.routes.common import errors
 from db.states import JobStatus
@@ -64,12 +64,13 @@ async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
-        **errors(),
+        **errors(403),
     },
 )
-def metrics(request: Request, services: ServicesDep, _: Authorized) -> PlainTextResponse:
+def metrics(request: Request, services: ServicesDep, _: OperatorDep) -> PlainTextResponse:
     """Prometheus text format: jobs by status, queue depth, running attempts, claim latency,
-    and this process's HTTP answers by status class."""
+    and this process's HTTP answers by status class. With API keys, for operators' keys
+    only (it counts every tenant's jobs)."""
     counts = getattr(request.app.state, "responses", None)  # api.main's CountResponses
     by_class = counts.by_class if isinstance(counts, ResponseCounts) else None
     return PlainTextResponse(

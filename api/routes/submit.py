@@ -133,6 +133,7 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
     commit, answer 201 with the job (200 for an idempotent replay)."""
     services: Services = request.app.state.services
     spec = await read_spec(request, services.settings)
+    await services.access.check_priority(tenant, spec.priority)
     if spec.dataset.name == "upload" and spec.dataset.id is not None:
         limits = services.settings.limits  # the parameter and memory limits need its shape
         await run_in_threadpool(check_upload, spec, services.datasets, tenant, limits)

@@ -10,10 +10,12 @@ from sqlalchemy import insert, inspect, select
 from typer.testing import CliRunner
 
 from db.cli import db_app
+from db.keys import KEYS, KeyStore, hash_key
 from db.migrate import check, upgrade
 from db.models import JOBS, QUEUE_DEPTH
 from db.session import make_engine
 from db.store import JobStore
+from db.views import KeyGrant
 
 TABLES = {"jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth"}
 
@@ -105,5 +107,34 @@ def test_0004_adds_the_experiment_id_to_an_existing_database(db_url: str) -> Non
         assert store.get(job_id="waits").mlflow_experiment_id == "7"
         with engine.connect() as conn:  # migration 0003's triggers survived the new column
             assert conn.execute(depth).scalars().all() == [0]
+    finally:
+        engine.dispose()
+
+
+def test_0005_gives_existing_keys_the_tenant_role_and_no_caps(db_url: str) -> None:
+    """A database at 0004 with a key upgrades in place: the key still authenticates, as a
+    tenant's key with no caps of its own, and the schema matches the models."""
+    upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("api_keys")}
+        assert not columns & {"role", "max_running", "max_priority"}
+        # 0004's row, written by hand: the store is newer than that schema
+        with engine.begin() as conn:
+            conn.execute(insert(KEYS).values(
+                id="k1", tenant="acme", key_hash=hash_key("gq_" + "k" * 40), prefix="gq_kkkkkkkk",
+                created_at=datetime.now(UTC), revoked_at=None))  # fmt: skip
+    finally:
+        engine.dispose()
+    upgrade(db_url)
+    assert check(db_url) == []
+    engine = make_engine(db_url)
+    try:
+        keys = KeyStore(engine)
+        assert keys.lookup(key="gq_" + "k" * 40) == KeyGrant(tenant="acme", role="tenant")
+        [view] = keys.list(tenant="acme")
+        assert (view.role, view.max_running, view.max_priority) == ("tenant", None, None)
+        _, new = keys.create(tenant="acme", role="operator", max_running=4)
+        assert keys.lookup(key=new) == KeyGrant(tenant="acme", role="operator")
     finally:
         engine.dispose()

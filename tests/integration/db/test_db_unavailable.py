@@ -26,6 +26,7 @@ from db.session import make_engine
 from db.states import JobStatus
 from db.store import JobStore
 from db.submits import SubmitRequest
+from db.views import TenantCaps
 from tests.integration.conftest import libpq_url
 
 SPEC = parse_spec({"dataset": "iris"})
@@ -53,6 +54,7 @@ JOB_CALLS: dict[str, Callable[[JobStore], object]] = {
     "events": lambda s: s.events(job_id="j"),
     "counts_by_status": lambda s: s.counts_by_status(),
     "count_queued": lambda s: s.count_queued(),
+    "running_counts": lambda s: s.running_counts(tenants=["t"]),
     "next_queued": lambda s: s.next_queued(),
     "queue_position": lambda s: s.queue_position(job_id="j"),
     "pending_reason": lambda s: s.pending_reason(job_id="j"),
@@ -61,6 +63,8 @@ KEY_CALLS: dict[str, Callable[[KeyStore], object]] = {
     "create": lambda k: k.create(tenant="t"),
     "ensure": lambda k: k.ensure(tenant="t", key="gq_x"),
     "authenticate": lambda k: k.authenticate(key="gq_x"),
+    "lookup": lambda k: k.lookup(key="gq_x"),
+    "tenant_caps": lambda k: k.tenant_caps(tenants=["t"], default=TenantCaps()),
     "revoke": lambda k: k.revoke(key_id="k"),
     "list": lambda k: k.list(),
 }

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+import workers.task
 import workers.tracking.run
 from core.spec import parse_spec
 from db.migrate import upgrade
@@ -87,3 +88,12 @@ def test_a_succeeded_job_has_its_model_in_mlflow(stores: Stores) -> None:
         run_url(ui_base=ui, tracking_uri=uri, run_id=run.info.run_id))  # fmt: skip
     model_id = run.data.tags["gradq.model_uri"].removeprefix("models:/")
     assert str(client.get_logged_model(model_id).status) == "READY"
+
+
+def test_a_worker_process_between_attempts_holds_no_database_connection(stores: Stores) -> None:
+    """Ray keeps idle worker processes for reuse: each closes its pooled connections when its
+    attempt ends, so only running attempts count against the database's connections."""
+    outcome, _ = attempt(stores)
+    assert outcome == "succeeded"
+    pool = workers.task._engines[stores.config.database_url].pool
+    assert (pool.checkedin(), pool.checkedout()) == (0, 0)

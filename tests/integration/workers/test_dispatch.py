@@ -275,3 +275,27 @@ def test_two_dispatchers_run_each_job_once(service: Service) -> None:
     }
     assert owners  # each claim names its dispatcher
     assert np.isfinite([j.result["metrics"]["test_accuracy"] for j in jobs]).all()  # type: ignore[index]
+
+
+def test_small_jobs_run_past_a_head_waiting_for_room(service: Service) -> None:
+    """Backfill on a real Ray: with 1 of the node's 2 CPUs taken, a 2-CPU job at the head of
+    the queue waits, saying so and keeping its place, while the 1-CPU job behind it runs at
+    once; the head starts as soon as the CPU is free."""
+    blocker = service.submit(slow_job(epochs=2000))  # minutes: it only ends by the cancel
+    service.wait(blocker, lambda j: j.status is JobStatus.RUNNING)
+    head = service.submit(small_job(resources={"cpus": 2}))
+    behind = service.submit(small_job(seed=1))
+    assert service.wait_terminal(behind).status is JobStatus.SUCCEEDED
+    waiting = service.store.get(job_id=head)
+    assert waiting.status is JobStatus.QUEUED and waiting.attempt == 0
+    assert (waiting.pending_reason or "").startswith(
+        "waiting for resources: needs 2 CPU / 0 GPU / "
+    ), waiting.pending_reason
+    assert service.store.queue_position(job_id=head) == 0
+    assert service.store.get(job_id=blocker).status is JobStatus.RUNNING
+    service.store.request_cancel(job_id=blocker)
+    service.wait_terminal(blocker, timeout=30)
+    assert service.wait_terminal(head).status is JobStatus.SUCCEEDED
+    started = {e.to_status.value: e.at for e in service.store.events(job_id=head)}["running"]
+    ended = {e.to_status.value: e.at for e in service.store.events(job_id=blocker)}["cancelled"]
+    assert started >= ended  # it never ran beside the blocker: its room was not free before

@@ -75,3 +75,9 @@ def running_job(tmp_path: Path) -> Callable[..., str]:
         return job_id
 
     return make
+
+
+@pytest.fixture
+def client_capped(make_client: Callable[..., TestClient]) -> TestClient:
+    """A client of a service whose tenants may submit priorities up to 10."""
+    return make_client(tenant_max_priority=10)

@@ -121,7 +121,8 @@ def test_keys_tenants_and_401(make_client: Callable[..., TestClient], tmp_path: 
     keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
     _, key_a = keys.create(tenant="a")
     key_b_id, key_b = keys.create(tenant="b")
-    client = make_client(auth="keys")
+    # no key cache: a revocation counts at once (with one: test_api_key_cache.py)
+    client = make_client(auth="keys", key_cache_seconds=0)
     a = {"Authorization": f"Bearer {key_a}"}
     b = {"Authorization": f"Bearer {key_b}"}
     r = client.get("/v1/jobs")

@@ -178,3 +178,14 @@ def test_hash_fields_is_canonical() -> None:
     b = parse_spec({"seed": 1, "dataset": {"name": "digits"}})
     assert a.hash_fields() == b.hash_fields()
     assert a.hash_fields() != parse_spec({"dataset": "digits", "seed": 2}).hash_fields()
+
+
+def test_a_job_asks_for_at_least_a_quarter_of_a_cpu() -> None:
+    """Below ``SpecLimits.min_cpus`` (0.25) Ray would pack that many more worker processes
+    onto each CPU. A spec already stored with less still reads back (the worker rebuilds it)."""
+    for cpus in (0.001, 0.2):
+        errors = _errors({"dataset": "digits", "resources": {"cpus": cpus}})
+        assert errors == {"resources.cpus": "at least 0.25 CPUs a job"}, errors
+    assert parse_spec({"dataset": "digits", "resources": {"cpus": 0.25}}).resources.cpus == 0.25
+    stored = {"dataset": "digits", "resources": {"cpus": 0.001}}
+    assert JobSpec.model_validate(stored).resources.cpus == 0.001

@@ -25,6 +25,7 @@ class Job:
     spec: dict[str, Any]
     attempt: int = 1
     pending_reason: str | None = None
+    tenant: str = "default"
 
 
 @dataclass
@@ -93,8 +94,9 @@ def test_an_attempt_reserves_its_estimate_as_rays_memory() -> None:
 def test_a_job_waits_for_memory_like_for_cpus() -> None:
     room = Demand(2, 0, memory_of(LARGE) - 1)  # the CPUs are free; the memory falls short
     d, store = dispatcher([Job("b", LARGE), Job("a", SMALL)], room, Demand(2, 0, 16 * GiB))
-    d.launch()
-    assert d._remote.launched == [] and len(store.queued) == 2  # claim order is kept
+    d.launch()  # "a", behind it, fits the room left (backfill: test_dispatcher_backfill.py)
+    assert [o["memory"] for o in d._remote.launched] == [memory_of(SMALL)]
+    assert [j.id for j in store.queued] == ["b"]
     assert store.reasons["b"] == (
         f"waiting for resources: needs 1 CPU / 0 GPU / {size(memory_of(LARGE))} memory, "
         f"2 CPU / 0 GPU / {size(memory_of(LARGE) - 1)} memory free"
