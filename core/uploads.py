@@ -104,3 +104,19 @@ def upload_shape(
             )
     task, classes = target_task(profiles[target], rows, target, ds.task)
     return DatasetShape(task, len(columns) - 1, classes, n_rows=rows)
+
+
+def recorded_shape(
+    ds: DatasetSpec,
+    *,
+    columns: Sequence[str],
+    rows: int,
+    profile: Mapping[str, Mapping[str, Any]] | None,
+) -> DatasetShape | None:
+    """:func:`upload_shape` from an upload's record, its ``profile`` as stored
+    (:meth:`ColumnProfile.to_json` per column); None for a record made before profiles were
+    (its shape is then unknown until the file is loaded)."""
+    if profile is None:
+        return None
+    profiles = {name: ColumnProfile.from_json(p) for name, p in profile.items()}
+    return upload_shape(ds, columns=columns, rows=rows, profiles=profiles)

@@ -38,7 +38,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from core.memory import estimate, size
-from core.spec import JobSpec
+from core.spec import DatasetShape, InvalidSpec, JobSpec
+from core.uploads import recorded_shape
+from db.datasets import DatasetStore
+from db.errors import DatasetNotFound
 from db.keys import KeyStore
 from db.store import JobStore
 from db.views import ClaimedJob, JobView, TenantCaps
@@ -133,14 +136,31 @@ class Demand:
 NOTHING = Demand(0.0, 0.0, 0.0)
 
 
-def demand(spec: dict[str, Any]) -> Demand:
-    """What an attempt of the job with this spec (as stored) reserves."""
+def demand(spec: dict[str, Any], datasets: DatasetStore | None = None) -> Demand:
+    """What an attempt of the job with this spec (as stored) reserves. A job on an upload
+    is estimated on the upload's recorded shape (its rows, features and classes) when
+    ``datasets`` holds it with one, as at its submission; otherwise on the table
+    ``core.memory`` assumes for files."""
     r = spec.get("resources") or {}
     try:
-        memory = estimate(JobSpec.model_validate(spec)).total
-    except ValidationError:  # a spec this version cannot read: its attempt fails it as invalid
+        job = JobSpec.model_validate(spec)
+        memory = estimate(job, _upload_shape(job, datasets)).total
+    except (ValidationError, InvalidSpec):  # its attempt fails it as invalid
         memory = 0
     return Demand(float(r.get("cpus", 1.0)), float(r.get("gpus", 0.0)), memory)
+
+
+def _upload_shape(job: JobSpec, datasets: DatasetStore | None) -> DatasetShape | None:
+    ds = job.dataset
+    if datasets is None or ds.name != "upload" or ds.id is None:
+        return None
+    try:
+        found = datasets.get(dataset_id=ds.id)
+    except DatasetNotFound:  # its attempt fails it, naming dataset.id
+        return None
+    if ds.target not in found.columns:
+        return None
+    return recorded_shape(ds, columns=found.columns, rows=found.rows, profile=found.profile)
 
 
 @dataclass
@@ -176,11 +196,16 @@ def death(exc: BaseException) -> str:
 
 class Dispatcher:
     def __init__(
-        self, config: DispatcherConfig, store: JobStore, keys: KeyStore | None = None
+        self,
+        config: DispatcherConfig,
+        store: JobStore,
+        keys: KeyStore | None = None,
+        datasets: DatasetStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.keys = keys  # the API keys whose caps apply; None: the default caps every tenant
+        self.datasets = datasets  # the uploads' records, for their shapes (``demand``)
         self.inflight: dict[str, Attempt] = {}
         self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
@@ -418,7 +443,7 @@ class Dispatcher:
         if job_id not in self._demands:
             if len(self._demands) >= 4 * self.config.max_claim + 1024:
                 self._demands.clear()  # ids of jobs since claimed or cancelled elsewhere
-            self._demands[job_id] = demand(spec)
+            self._demands[job_id] = demand(spec, self.datasets)
         return self._demands[job_id]
 
     def launch(self) -> None:

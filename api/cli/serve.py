@@ -90,6 +90,7 @@ def _prepare(settings: Settings) -> None:
 
 
 def _dispatcher(settings: Settings) -> Dispatcher:
+    from db.datasets import DatasetStore
     from db.keys import KeyStore
     from db.session import make_engine
     from db.store import JobStore
@@ -116,7 +117,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     engine = make_engine(settings.database_url)
     # the caps of the stored keys apply whatever GRADQ_AUTH the dispatcher runs with (the
     # compose deployment sets it for the API only); with no key setting one, the settings'
-    return Dispatcher(config, JobStore(engine), KeyStore(engine))
+    return Dispatcher(config, JobStore(engine), KeyStore(engine), DatasetStore(engine))
 
 
 def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:

@@ -18,7 +18,7 @@ from core.spec import (
     check_limits,
     dataset_shape,
 )
-from core.uploads import ColumnProfile, upload_shape
+from core.uploads import recorded_shape
 from db.datasets import DatasetStore
 from db.errors import DatasetNotFound, InvalidTransition
 from db.states import JobStatus
@@ -104,12 +104,10 @@ def check_upload(
             f"{spec.dataset.target!r} is not a column of data set {found.id}: "
             f"{', '.join(found.columns)}",
         )
-    shape = None
-    if found.profile is not None:
-        profiles = {k: ColumnProfile.from_json(v) for k, v in found.profile.items()}
-        shape = upload_shape(
-            spec.dataset, columns=found.columns, rows=found.rows, profiles=profiles
-        )
+    shape = recorded_shape(
+        spec.dataset, columns=found.columns, rows=found.rows, profile=found.profile
+    )
+    if shape is not None:
         errors = spec.loss_errors(shape)
         if errors:
             raise InvalidSpec(errors)

@@ -135,3 +135,33 @@ def test_with_no_node_with_cpus_every_job_waits_for_one(mode: str) -> None:
         assert store.failed == {} and len(store.queued) == 2
         assert store.reasons == {"a": "waiting for a Ray node with CPUs: none is alive"}
         assert d._remote.launched == []
+
+
+def test_a_job_on_an_upload_reserves_the_estimate_of_its_recorded_shape(tmp_path: Any) -> None:
+    """As at its submission: the upload's rows, features and classes (the data-set store on
+    SQLite), not the table core.memory assumes for files; a record without a profile, an
+    unknown data set or a missing target fall back to that table."""
+    from core.spec import DatasetShape
+    from core.uploads import ColumnProfile
+    from db.datasets import DatasetStore
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    url = f"sqlite:///{tmp_path}/gradq.db"
+    upgrade(url)
+    datasets = DatasetStore(make_engine(url))
+    features = {f"x{i}": ColumnProfile(False, False, None).to_json() for i in range(300)}
+    record = dict(tenant="t", name="wide.csv", sha256="0" * 64, size=1, rows=50_000,
+                  columns=[*features, "y"], target="y", uri="file:///nowhere")  # fmt: skip
+    wide = datasets.add(
+        **record, profile={**features, "y": ColumnProfile(False, True, 4).to_json()}
+    )
+    old = datasets.add(**record)  # recorded before profiles were
+    job = {"dataset": {"name": "upload", "id": wide.id, "target": "y"}, "model": {"hidden": [64]}}
+    shape = DatasetShape("classification", 300, 4, n_rows=50_000)
+    assumed = estimate(parse_spec(job)).total
+    assert demand(job, datasets).memory == estimate(parse_spec(job), shape).total != assumed
+    assert demand(job).memory == assumed  # no store to read
+    for other in ({"id": old.id}, {"id": "no-such-set"}, {"target": "z"}):
+        spec = {**job, "dataset": {**job["dataset"], **other}}
+        assert demand(spec, datasets).memory == estimate(parse_spec(spec)).total, other
