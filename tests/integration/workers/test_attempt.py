@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
+import workers.task
 import workers.tracking.run
 from core.spec import parse_spec
 from db.migrate import upgrade
@@ -87,3 +90,34 @@ def test_a_succeeded_job_has_its_model_in_mlflow(stores: Stores) -> None:
         run_url(ui_base=ui, tracking_uri=uri, run_id=run.info.run_id))  # fmt: skip
     model_id = run.data.tags["gradq.model_uri"].removeprefix("models:/")
     assert str(client.get_logged_model(model_id).status) == "READY"
+
+
+def test_an_unexpected_failure_keeps_its_traceback_for_operators(
+    stores: Stores,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """The API answers a failed job without its traceback (api.present): the job's row, the
+    worker's log and the run's error.txt keep it."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom in the training loop")
+
+    monkeypatch.setattr(workers.task, "train", broken)
+    with caplog.at_level(logging.ERROR, logger="gradq.task"):
+        outcome, job = attempt(stores)
+    assert outcome == "failed" and job.error is not None
+    assert job.error["message"] == "boom in the training loop"
+    assert "Traceback" in job.error["traceback"]
+    logged = [r for r in caplog.records if r.exc_info and job.id in r.getMessage()]
+    assert logged and "boom in the training loop" in caplog.text and "Traceback" in caplog.text
+    assert job.mlflow_run_id is not None
+    client = MlflowClient(stores.config.tracking_uri)
+    path = client.download_artifacts(job.mlflow_run_id, "error.txt", dst_path=str(tmp_path))
+    text = Path(path).read_text()
+    assert text.startswith("boom in the training loop") and "Traceback" in text
+    assert 'raise RuntimeError("boom in the training loop")' in text
+    assert client.get_run(job.mlflow_run_id).data.tags["gradq.error"] == (
+        "boom in the training loop"
+    )
