@@ -20,6 +20,7 @@ from api.deps import Services, ServicesDep, get_tenant
 from api.middleware import ResponseCounts
 from api.routes.common import errors
 from db.states import JobStatus
+from workers.probes import NotReady
 
 router = APIRouter(tags=["health"])
 Authorized = Annotated[str, Depends(get_tenant)]  # keys on: every route but /healthz needs one
@@ -69,6 +70,8 @@ async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
             results[name] = schemas.Check(
                 ok=False, detail=f"{what} gave no answer within {PROBE_TIMEOUT_SECONDS:g} s"
             )
+        except NotReady as exc:  # words of gradq's own, written to be shown
+            results[name] = schemas.Check(ok=False, detail=f"{what} is not ready: {exc}"[:500])
         except Exception as exc:  # the why is for the operator's log, not for every client
             log.warning("readyz: %s is not reachable: %s", what, mask_passwords(repr(exc)))
             results[name] = schemas.Check(

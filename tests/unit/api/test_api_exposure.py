@@ -142,6 +142,23 @@ def test_readyz_names_what_is_down_without_exception_text_or_credentials(
         assert secret not in r.text
 
 
+def test_readyz_shows_the_words_of_a_probe_that_says_why(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.probes import NotReady
+
+    def restarting() -> str:
+        raise NotReady("the local Ray is restarting: its raylet exited")
+
+    monkeypatch.setattr(client.app.state.services, "ray_probe", restarting)  # type: ignore[attr-defined]
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["ray"] == {
+        "ok": False,
+        "detail": "Ray is not ready: the local Ray is restarting: its raylet exited",
+    }
+
+
 def test_readyz_masks_a_password_in_what_answered(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
