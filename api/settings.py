@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # Names (a Host header without its port) the API answers to besides the loopback names
     # (localhost, 127.0.0.1, ::1) and `host`: a reverse proxy's public name, say. Comma
     # separated; "*" answers any (no defence against DNS rebinding). Another Host is refused
-    # with 400 before anything else is read.
+    # with 400 (api/browser.py).
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # The folder whose files a `csv` data set may name over HTTP (a relative path is taken
     # inside it; `..` and symbolic links may not lead out of it). Unset: every csv path is
@@ -136,10 +136,15 @@ class Settings(BaseSettings):
             names.append(name.strip("[]"))
         return tuple(names)
 
+    @field_validator("csv_root", mode="before")
+    @classmethod
+    def _csv_root_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v  # "" is unset, not "."
+
     @field_validator("csv_root")
     @classmethod
     def _csv_root(cls, v: Path | None) -> Path | None:
-        if v is None or str(v) == "":
+        if v is None:
             return None
         if not v.is_dir():
             raise ValueError(f"a folder that exists, not {str(v)!r}")

@@ -82,8 +82,8 @@ async def events(job_id: str, request: Request, store: StoreDep, tenant: TenantD
         raise ApiError(
             429,
             "too_many_streams",
-            f"{limit} event streams of yours are open, the most at once "
-            "(GRADQ_MAX_STREAMS_PER_TENANT): close one, or poll GET /v1/jobs/{id}",
+            f"you have {limit} event stream{'' if limit == 1 else 's'} open, the most at "
+            "once (GRADQ_MAX_STREAMS_PER_TENANT): close one, or poll GET /v1/jobs/{id}",
             headers={"Retry-After": "5"},
         )
     return CountedStream(

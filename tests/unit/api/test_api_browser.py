@@ -236,9 +236,13 @@ def test_csv_paths_outside_the_csv_root_are_refused(
         assert str(tmp_path / "private") not in r.text  # where a link leads is not told
 
 
-def test_a_csv_root_must_be_a_folder(tmp_path: Path) -> None:
+def test_a_csv_root_must_be_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="csv_root"):
         Settings(csv_root=str(tmp_path / "nope"))
+    monkeypatch.setenv("GRADQ_CSV_ROOT", "")
+    assert Settings().csv_root is None  # an empty variable is unset, not the current folder
+    monkeypatch.setenv("GRADQ_CSV_ROOT", str(tmp_path))
+    assert Settings().csv_root == tmp_path.resolve()
 
 
 def test_a_file_in_the_csv_root_is_not_quoted_in_errors(
