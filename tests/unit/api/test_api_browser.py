@@ -116,6 +116,15 @@ def test_json_bodies_and_bodiless_posts_still_pass(make_client: Callable[..., Te
     assert (r.status_code, r.json()["status"]) == (202, "cancelled")
 
 
+def test_a_body_over_the_limit_is_413_whatever_its_type(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(max_body_bytes=2048)
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        r = client.post("/v1/jobs", content=b"x" * 5000, headers=headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+
+
 def test_a_form_post_of_a_gradcheck_is_refused(make_client: Callable[..., TestClient]) -> None:
     r = make_client().post("/v1/gradcheck", data={"dataset": "iris"})
     assert r.status_code == 415, r.text
