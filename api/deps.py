@@ -38,6 +38,29 @@ class Services:
     # POST /v1/gradcheck: the one check running, and how many wait for it
     gradcheck_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     gradcheck_waiting: int = 0
+    streams: StreamCount = field(default_factory=lambda: StreamCount())
+
+
+class StreamCount:
+    """Live event streams open per tenant (``GRADQ_MAX_STREAMS_PER_TENANT``), counted on
+    the event loop: :meth:`take` a place before a stream starts, :meth:`give` it back when
+    it ends, however it ends."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    def take(self, tenant: str, limit: int) -> bool:
+        if self.open.get(tenant, 0) >= limit:
+            return False
+        self.open[tenant] = self.open.get(tenant, 0) + 1
+        return True
+
+    def give(self, tenant: str) -> None:
+        left = self.open.get(tenant, 0) - 1
+        if left > 0:
+            self.open[tenant] = left
+        else:
+            self.open.pop(tenant, None)
 
 
 async def get_services(request: Request) -> Services:

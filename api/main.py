@@ -3,7 +3,8 @@
 The lifespan makes the database engine, the stores over it and the MLflow adapter from settings
 and disposes of them at shutdown. Routes live in ``api/routes/`` (one file per resource),
 errors are mapped in ``api/errors.py``; the middleware of ``api/middleware.py`` limits every
-request's body and counts every answer (``/metrics``). Every request, ``POST /v1/jobs``
+request's body and counts every answer (``/metrics``), that of ``api/browser.py`` refuses
+what a web page in a user's browser could send from another site. Every request, ``POST /v1/jobs``
 included, enters through FastAPI and passes the same middleware, so a middleware added to
 the app applies to all of them.
 """
@@ -20,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.access import Access
+from api.browser import BrowserGuard
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
@@ -134,6 +136,8 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         lifespan=lifespan,
     )
     errors.install(app)
+    # innermost: a body over the limit is refused (413) before its type is looked at
+    app.add_middleware(BrowserGuard, settings=settings)
     app.add_middleware(BodyLimit, limit_for=limit_for)
     # added last, so outermost of the app's middleware: it counts the body limit's 413 too
     app.state.responses = ResponseCounts()

@@ -58,7 +58,7 @@ def job(
         pending_reason=pending_reason,
         progress=schemas.Progress.model_validate(progress) if progress is not None else None,
         result=safe(view.result),
-        error=safe(view.error),
+        error=safe(public_error(view.error)),
         mlflow_run_id=view.mlflow_run_id,
         checkpoint_uri=view.checkpoint_uri,
         node=view.node,
@@ -69,6 +69,18 @@ def job(
         spec=safe(view.spec),
         links=links,
     )
+
+
+# What a failed attempt stored for operators only: its traceback names the server's files.
+# The worker's log and the run's error.txt in MLflow keep it (workers/task.py).
+PRIVATE_ERROR_KEYS = frozenset({"traceback"})
+
+
+def public_error(error: Any) -> Any:
+    """A job's stored ``error`` as clients see it: without ``PRIVATE_ERROR_KEYS``."""
+    if isinstance(error, dict) and PRIVATE_ERROR_KEYS & error.keys():
+        return {k: v for k, v in error.items() if k not in PRIVATE_ERROR_KEYS}
+    return error
 
 
 def event(view: EventView) -> schemas.Event:

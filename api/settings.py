@@ -9,12 +9,13 @@ share (database, MLflow, lease, the API's address) are those of :mod:`core.defau
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core import defaults
 from core.spec import SpecLimits
@@ -90,6 +91,21 @@ class Settings(BaseSettings):
     # budget against PostgreSQL's max_connections)
     worker_db_connections: int = Field(2, ge=2, le=20)
 
+    # --- what a web page in a user's browser can reach (README.md, Browsers) -----------------
+    # Names (a Host header without its port) the API answers to besides the loopback names
+    # (localhost, 127.0.0.1, ::1) and `host`: a reverse proxy's public name, say. Comma
+    # separated; "*" answers any (no defence against DNS rebinding). Another Host is refused
+    # with 400 (api/browser.py).
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # The folder whose files a `csv` data set may name over HTTP (a relative path is taken
+    # inside it; `..` and symbolic links may not lead out of it). Unset: every csv path is
+    # refused over HTTP (422 at dataset.path); `gradq train` and `gradq gradcheck` read any
+    # path locally, as ever.
+    csv_root: Path | None = None
+    # Live event streams (GET /v1/jobs/{id}/events with Accept: text/event-stream) one
+    # tenant may hold open at once; each polls the database. One more is refused with 429.
+    max_streams_per_tenant: int = Field(10, ge=1, le=10_000)
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _strong_key(cls, v: SecretStr | None) -> SecretStr | None:
@@ -121,6 +137,40 @@ class Settings(BaseSettings):
     @classmethod
     def _ray_address(cls, v: str | None) -> str | None:
         return v or None  # an empty GRADQ_RAY_ADDRESS means local
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [name for name in v.split(",")]
+        if not isinstance(v, list | tuple):
+            return v
+        names = []
+        for raw in v:
+            name = str(raw).strip().lower()
+            if not name:
+                continue
+            if name != "*" and not _HOST_NAME.fullmatch(name):
+                raise ValueError(
+                    f"a host name or address without scheme, port or path (gradq.example.com,"
+                    f" 10.0.0.5, ::1), or *, not {raw!r}"
+                )
+            names.append(name.strip("[]"))
+        return tuple(names)
+
+    @field_validator("csv_root", mode="before")
+    @classmethod
+    def _csv_root_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v  # "" is unset, not "."
+
+    @field_validator("csv_root")
+    @classmethod
+    def _csv_root(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return None
+        if not v.is_dir():
+            raise ValueError(f"a folder that exists, not {str(v)!r}")
+        return v.resolve()
 
     @model_validator(mode="after")
     def _combination(self) -> Settings:
@@ -154,6 +204,16 @@ class Settings(BaseSettings):
                 return str(Path(db).parent / "mlartifacts")
         return None
 
+    def host_allowed(self, header: str) -> bool:
+        """Whether a request whose ``Host`` is ``header`` is answered (``allowed_hosts``)."""
+        if "*" in self.allowed_hosts:
+            return True
+        name = host_name(header)
+        if name in LOOPBACK_NAMES or name in self.allowed_hosts:
+            return True
+        bind = self.host.strip("[]").lower()
+        return name == bind and bind not in _WILDCARD_BINDS
+
     def bind_refusal(self, *, insecure: bool) -> str | None:
         """Why the service must not start on ``host`` (None: it may): without API keys it
         binds only a loopback address, unless ``insecure`` is given explicitly."""
@@ -164,6 +224,21 @@ class Settings(BaseSettings):
             "jobs. Set GRADQ_AUTH=keys (and create keys with `gradq keys create`), bind "
             "127.0.0.1, or pass --insecure"
         )
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_HOST_NAME = re.compile(r"\[?[a-z0-9_.:-]+\]?")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def host_name(header: str) -> str:
+    """The name of a ``Host`` header, lower case, without its port or IPv6 brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    if header.count(":") == 1:
+        return header.split(":", 1)[0]
+    return header
 
 
 def is_loopback(host: str) -> bool:

@@ -3,6 +3,10 @@
 Rows are numbered as a spreadsheet shows them: the header is row 1, the first data row row 2,
 blank lines count as rows but are skipped. Every problem is a :class:`DataError` whose field is
 ``dataset.path`` (the file), ``dataset.target`` (the target column) or ``dataset.task``.
+
+Errors quote the file's cells and column names only when the caller sent its bytes (an
+upload): a file read from a path is named by row and column numbers alone, so that a
+message never shows a line of a file its reader could not see otherwise.
 """
 
 from __future__ import annotations
@@ -51,18 +55,25 @@ class Table:
     task: Task
 
 
-def read_csv_table(source: str | Path | bytes, *, target: str, task: Task | None = None) -> Table:
+def read_csv_table(
+    source: str | Path | bytes, *, target: str, task: Task | None = None, echo: bool | None = None
+) -> Table:
     """Parse a CSV with a header row; ``source`` is a file path (``str`` or ``Path``) or the
     file's bytes (UTF-8, a BOM is allowed). ``task`` None picks it from the target column:
     classification when it is non-numeric, or integer-valued with at most 50 distinct values
-    and fewer distinct values than half the rows; regression otherwise."""
+    and fewer distinct values than half the rows; regression otherwise. ``echo``: whether
+    errors quote cells and column names (default: for bytes only)."""
+    quote = isinstance(source, bytes) if echo is None else echo
     if isinstance(source, bytes):
         return _parse(
-            io.TextIOWrapper(io.BytesIO(source), encoding="utf-8-sig", newline=""), target, task
+            io.TextIOWrapper(io.BytesIO(source), encoding="utf-8-sig", newline=""),
+            target,
+            task,
+            quote,
         )
     try:
         with open(source, encoding="utf-8-sig", newline="") as f:
-            return _parse(f, target, task)
+            return _parse(f, target, task, quote)
     except OSError as exc:
         raise DataError.at("dataset.path", f"cannot read {str(source)!r}: {exc.strerror}") from None
 
@@ -84,13 +95,15 @@ def _rows(f: TextIO) -> Iterator[tuple[int, list[str]]]:
         raise DataError.at("dataset.path", f"row {number + 1}: not valid CSV ({exc})") from None
 
 
-def _parse(f: TextIO, target: str, task: Task | None) -> Table:
+def _parse(f: TextIO, target: str, task: Task | None, echo: bool) -> Table:
     rows = _rows(f)
     header_row = next(rows, None)
     if header_row is None:
         raise DataError.at("dataset.path", "the file is empty: expected a header row and data rows")
     names = [c.strip() for c in header_row[1]]
-    _check_header(names, target)
+    _check_header(names, target, echo)
+    # how a message names each column: quoted, or by its number (1-based)
+    cols = [repr(n) if echo else str(i + 1) for i, n in enumerate(names)]
     t = names.index(target)
     features = [i for i in range(len(names)) if i != t]
     feature_names = [names[i] for i in features]
@@ -105,7 +118,7 @@ def _parse(f: TextIO, target: str, task: Task | None) -> Table:
                 "dataset.path",
                 f"row {number} has {len(cells)} cells, the header has {len(names)} columns",
             )
-        X.extend([_number(cells[i], number, names[i]) for i in features])
+        X.extend([_number(cells[i], number, cols[i], echo) for i in features])
         label = cells[t].strip()
         if not label:
             raise DataError.at("dataset.path", f"row {number}, column {target!r}: empty cell")
@@ -118,45 +131,59 @@ def _parse(f: TextIO, target: str, task: Task | None) -> Table:
             "dataset.path", f"needs at least {MIN_ROWS} data rows, found {len(labels)}"
         )
     X_arr = np.frombuffer(X, dtype=np.float64).reshape(len(labels), len(features))
-    y, classes, task = _target(labels, row_numbers, target, task)
+    y, classes, task = _target(labels, row_numbers, target, task, echo)
     return Table(X=X_arr, y=y, feature_names=feature_names, classes=classes, task=task)
 
 
-def _check_header(names: list[str], target: str) -> None:
+def _check_header(names: list[str], target: str, echo: bool) -> None:
     for i, name in enumerate(names):
         if not name:
             raise DataError.at("dataset.path", f"row 1: column {i + 1} has no name")
-    seen: set[str] = set()
-    for name in names:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
         if name in seen:
-            raise DataError.at("dataset.path", f"row 1: duplicate column name {name!r}")
-        seen.add(name)
+            what = (
+                f"duplicate column name {name!r}"
+                if echo
+                else (f"columns {seen[name] + 1} and {i + 1} have the same name")
+            )
+            raise DataError.at("dataset.path", f"row 1: {what}")
+        seen[name] = i
     if target not in seen:
-        available = ", ".join(repr(n) for n in names)
-        raise DataError.at("dataset.target", f"no column {target!r}; the columns are {available}")
+        if echo:
+            available = ", ".join(repr(n) for n in names)
+            raise DataError.at(
+                "dataset.target", f"no column {target!r}; the columns are {available}"
+            )
+        raise DataError.at(
+            "dataset.target",
+            f"no column {target!r} among the file's {len(names)} columns (row 1, the header)",
+        )
     if len(names) < 2:
         raise DataError.at("dataset.path", f"no feature columns besides the target {target!r}")
 
 
-def _number(cell: str, row: int, column: str) -> float:
+def _number(cell: str, row: int, column: str, echo: bool) -> float:
+    """``column``: as a message names it (quoted, or its number)."""
     text = cell.strip()
     if not text:
-        raise DataError.at("dataset.path", f"row {row}, column {column!r}: empty cell")
+        raise DataError.at("dataset.path", f"row {row}, column {column}: empty cell")
+    shown = f"{text!r}" if echo else "the cell"
     try:
         value = float(text)
     except ValueError:
         raise DataError.at(
-            "dataset.path", f"row {row}, column {column!r}: {text!r} is not a number"
+            "dataset.path", f"row {row}, column {column}: {shown} is not a number"
         ) from None
     if not math.isfinite(value):
         raise DataError.at(
-            "dataset.path", f"row {row}, column {column!r}: {text!r} is not a finite number"
+            "dataset.path", f"row {row}, column {column}: {shown} is not a finite number"
         )
     return value
 
 
 def _target(
-    labels: list[str], rows: list[int], column: str, task: Task | None
+    labels: list[str], rows: list[int], column: str, task: Task | None, echo: bool
 ) -> tuple[np.ndarray, list[str], Task]:
     """Class indices (int64) and labels, or float64 values, of the target column (n_rows,)."""
     values: list[float] = []
@@ -170,19 +197,21 @@ def _target(
     if first_text is None:
         for value, label, row in zip(values, labels, rows, strict=True):
             if not math.isfinite(value):
+                shown = f"{label!r}" if echo else "the cell"
                 raise DataError.at(
                     "dataset.path",
-                    f"row {row}, column {column!r}: {label!r} is not a finite number",
+                    f"row {row}, column {column!r}: {shown} is not a finite number",
                 )
     if first_text is not None:  # a text target: class labels
         row, label = first_text
         if task == "regression":
+            shown = f"{label!r}" if echo else "the cell"
             raise DataError.at(
                 "dataset.task",
                 f"regression needs a numeric target; row {row}, column {column!r}: "
-                f"{label!r} is not a number",
+                f"{shown} is not a number",
             )
-        return _classes(labels, sorted(set(labels)), column)
+        return _classes(labels, sorted(set(labels)), column, echo)
     y = np.array(values, dtype=np.float64)
     integral = bool(np.all(y == np.round(y)))
     distinct = np.unique(y)
@@ -193,23 +222,25 @@ def _target(
         return y, [], "regression"
     if not integral:
         i = int(np.argmax(y != np.round(y)))
+        shown = f"{labels[i]!r}" if echo else "the cell"
         raise DataError.at(
             "dataset.task",
             f"classification needs class labels, integers or text; row {rows[i]}, "
-            f"column {column!r}: {labels[i]!r} is not an integer",
+            f"column {column!r}: {shown} is not an integer",
         )
     names = [str(int(v)) for v in distinct]
     keys = [str(int(v)) for v in y]
-    return _classes(keys, names, column)
+    return _classes(keys, names, column, echo)
 
 
 def _classes(
-    keys: list[str], classes: list[str], column: str
+    keys: list[str], classes: list[str], column: str, echo: bool
 ) -> tuple[np.ndarray, list[str], Task]:
     if len(classes) < 2:
+        which = f" {classes[0]!r}" if echo else ""
         raise DataError.at(
             "dataset.target",
-            f"column {column!r} has a single class {classes[0]!r}; classification needs at least 2",
+            f"column {column!r} has a single class{which}; classification needs at least 2",
         )
     if len(classes) > MAX_CLASSES:
         raise DataError.at(

@@ -114,7 +114,10 @@ def _load_file(spec: DatasetSpec, path: str | Path | None) -> Table:
     if source is None:
         raise ValueError("an upload data set is loaded from the local file the caller fetched")
     try:
-        return read_csv_table(source, target=spec.target, task=spec.task)
+        # an upload is the user's own file: its cells may be quoted back in errors
+        return read_csv_table(
+            source, target=spec.target, task=spec.task, echo=spec.name == "upload"
+        )
     except DataError as exc:
         if spec.name != "upload":
             raise

@@ -11,6 +11,12 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 
+class NotReady(RuntimeError):
+    """A probe's refusal whose message gradq wrote for anyone to read (no exception text
+    of a library, no address): ``/readyz`` shows it, where it shows other errors only as
+    "not reachable"."""
+
+
 def ray_head_reachable(address: str, timeout: float = 2.0) -> str:
     """A TCP connect to the Ray head (``host:port`` or ``ray://host:port``)."""
     if address == "auto":
@@ -33,11 +39,11 @@ def local_ray(thread: threading.Thread, down: Callable[[], str | None]) -> Calla
 
         why = down()
         if why is not None:
-            raise RuntimeError(why)
+            raise NotReady(why)
         if not ray.is_initialized():
-            raise RuntimeError("the local Ray is not running")
+            raise NotReady("the local Ray is not running")
         if not thread.is_alive():
-            raise RuntimeError("the dispatcher thread has stopped")
+            raise NotReady("the dispatcher thread has stopped")
         cpus = ray.cluster_resources().get("CPU", 0.0)
         return f"local Ray with {cpus:g} CPU, dispatcher running"
 

@@ -365,6 +365,9 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         lease.lost.set()
         return "stale"
     except Exception as exc:  # anything else ends this attempt as failed, with its cause
+        # the traceback is for operators: this log, the job's row and the run's error.txt
+        # (the API answers the job without it)
+        log.exception("job %s attempt %s failed", job.id, job.attempt)
         error = {
             "type": type(exc).__name__,
             "message": str(exc),
@@ -377,7 +380,8 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             try:
                 if tracker is not None and tracker.run_id is not None:
                     message = None if error is None else str(error["message"])
-                    tracker.finish(status=final, result=result, error=message)
+                    detail = None if error is None else error.get("traceback")
+                    tracker.finish(status=final, result=result, error=message, error_detail=detail)
             except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
                 # once the lease ran out (LeaseExpired) the run is the next attempt's

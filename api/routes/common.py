@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -46,7 +47,8 @@ SPEC_BODY: dict[str, Any] = {
 async def read_spec(request: Request, settings: Settings) -> JobSpec:
     """The body as a ``JobSpec``, parsed by core (field paths such as ``model.hidden[1]``)
     within the settings' limits. A ``csv`` data set names a file on the server: refused
-    when the service is shared (API keys on); upload the file instead."""
+    when the service is shared (API keys on); upload the file instead. Otherwise its path
+    must lie in ``GRADQ_CSV_ROOT`` (:func:`csv_path`), and the spec names it absolutely."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
@@ -57,7 +59,31 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
             "a csv path names a file on the server; upload it (POST /v1/datasets) and use "
             "{name: upload, id: …, target: …}",
         )
+    if spec.dataset.name == "csv" and spec.dataset.path is not None:
+        path = csv_path(spec.dataset.path, settings.csv_root)
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"path": path})})
     return spec
+
+
+def csv_path(path: str, root: Path | None) -> str:
+    """``path`` of a ``csv`` data set as the real absolute path of a file in ``root``
+    (``GRADQ_CSV_ROOT``; a relative path is taken inside it). Refused (422 at
+    ``dataset.path``) without a root, or when the path, ``..`` and symbolic links resolved,
+    leads out of it; the message tells nothing of where it leads."""
+    if root is None:
+        raise InvalidSpec.at(
+            "dataset.path",
+            "this service reads no csv path: upload the file (POST /v1/datasets, then "
+            "{name: upload, id: …, target: …}), or have the operator set GRADQ_CSV_ROOT "
+            "to a folder of input files",
+        )
+    real = (root / path).resolve()
+    if not real.is_relative_to(root):
+        raise InvalidSpec.at(
+            "dataset.path",
+            "not a file in the folder of input files (GRADQ_CSV_ROOT): give a path inside it",
+        )
+    return str(real)
 
 
 def parse_body(raw: bytes, limits: SpecLimits) -> JobSpec:

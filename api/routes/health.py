@@ -3,6 +3,8 @@ not) and ``/metrics`` (Prometheus text format)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import statistics
 from collections.abc import Mapping
 from datetime import datetime
@@ -18,11 +20,23 @@ from api.deps import OperatorDep, Services, ServicesDep, get_tenant
 from api.middleware import ResponseCounts
 from api.routes.common import errors
 from db.states import JobStatus
+from workers.probes import NotReady
 
 router = APIRouter(tags=["health"])
 Authorized = Annotated[str, Depends(get_tenant)]  # keys on: every route but /healthz needs one
 
 PROBE_TIMEOUT_SECONDS = 5.0
+DEPENDENCIES = {"database": "the database", "ray": "Ray", "mlflow": "the MLflow tracking store"}
+_PASSWORD_IN_URI = re.compile(r"(://[^/\s:@]*:)[^/\s@]+@")
+log = logging.getLogger("gradq.api")
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of each URI in it (``scheme://user:password@host``)
+    replaced by ``***``."""
+    return _PASSWORD_IN_URI.sub(r"\1***@", text)
+
+
 RECENT_JOBS = 200
 
 
@@ -46,14 +60,23 @@ async def readyz(services: ServicesDep, _: Authorized) -> JSONResponse:
     }
     results: dict[str, schemas.Check] = {}
     for name, probe in checks.items():
+        what = DEPENDENCIES[name]
         try:
             with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
                 detail = await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
-            results[name] = schemas.Check(ok=True, detail=detail)
+            results[name] = schemas.Check(ok=True, detail=mask_passwords(str(detail))[:500])
         except TimeoutError:
-            results[name] = schemas.Check(ok=False, detail="no answer within 5 s")
-        except Exception as exc:
-            results[name] = schemas.Check(ok=False, detail=f"{type(exc).__name__}: {exc}"[:500])
+            log.warning("readyz: %s gave no answer within %g s", what, PROBE_TIMEOUT_SECONDS)
+            results[name] = schemas.Check(
+                ok=False, detail=f"{what} gave no answer within {PROBE_TIMEOUT_SECONDS:g} s"
+            )
+        except NotReady as exc:  # words of gradq's own, written to be shown
+            results[name] = schemas.Check(ok=False, detail=f"{what} is not ready: {exc}"[:500])
+        except Exception as exc:  # the why is for the operator's log, not for every client
+            log.warning("readyz: %s is not reachable: %s", what, mask_passwords(repr(exc)))
+            results[name] = schemas.Check(
+                ok=False, detail=f"{what} is not reachable (the service's log says why)"
+            )
     ready = all(c.ok for c in results.values())
     body = schemas.Readiness(status="ready" if ready else "unavailable", checks=results)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)

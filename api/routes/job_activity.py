@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api import present, schemas
-from api.deps import StoreDep, TenantDep, TrackingDep
+from api.deps import Services, StoreDep, TenantDep, TrackingDep
+from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
 from db.states import TERMINAL
 from db.store import JobStore
@@ -63,6 +65,10 @@ def metrics(
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **errors(404),
+        429: {
+            "model": schemas.ErrorBody,
+            "description": "as many event streams of this tenant are open as it may hold",
+        },
     },
 )
 async def events(job_id: str, request: Request, store: StoreDep, tenant: TenantDep) -> Any:
@@ -70,11 +76,37 @@ async def events(job_id: str, request: Request, store: StoreDep, tenant: TenantD
     history = await run_in_threadpool(store.events, job_id=job_id, tenant=tenant)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return [present.event(e) for e in history]
-    return StreamingResponse(
+    services: Services = request.app.state.services
+    limit = services.settings.max_streams_per_tenant
+    if not services.streams.take(tenant, limit):
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"you have {limit} event stream{'' if limit == 1 else 's'} open, the most at "
+            "once (GRADQ_MAX_STREAMS_PER_TENANT): close one, or poll GET /v1/jobs/{id}",
+            headers={"Retry-After": "5"},
+        )
+    return CountedStream(
         _stream(store, job_id, tenant, request),
+        release=lambda: services.streams.give(tenant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class CountedStream(StreamingResponse):
+    """A stream that calls ``release`` once it is over: ended, failed, or its client gone
+    (the server then cancels it)."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def _sse(kind: str, data: Any) -> bytes:

@@ -146,7 +146,7 @@ def test_serve_restarts_its_local_ray_when_its_raylet_dies(stack: Stack) -> None
         during = [submit(http, iris(f"during-{i}", seed=i)) for i in range(2)]
         assert down.status_code == 503, down.text
         detail = down.json()["checks"]["ray"]["detail"]
-        assert detail == "RuntimeError: the local Ray is restarting: its raylet exited", detail
+        assert detail == "Ray is not ready: the local Ray is restarting: its raylet exited", detail
         wait_until("/readyz", lambda: http.get("/readyz").status_code == 200, 180,
                    context=stack.logs)  # fmt: skip
         ids = [long, *during]

@@ -227,6 +227,7 @@ class JobTracker:
         status: Literal["succeeded", "failed", "cancelled"],
         result: TrainResult | None = None,
         error: str | None = None,
+        error_detail: str | None = None,
     ) -> None:
         """Flush, record the outcome and close the run: FINISHED, FAILED or KILLED.
 
@@ -234,11 +235,12 @@ class JobTracker:
         ``gradcheck_count`` and ``plots/learning_curve.png``; for ``succeeded`` also the model
         (``self.model_uri``), registered as ``registered_name`` when set
         (``self.model_version``). With ``error``: tag ``gradq.error`` (cut to 5000
-        characters) and the full text as ``error.txt``. Raises when MLflow fails; the run is
+        characters) and the full text as ``error.txt``, followed by ``error_detail`` (a
+        traceback) if given. Raises when MLflow fails; the run is
         then left RUNNING, and ``close_run`` (or a retry) closes it."""
         try:
             with self.clock.measure():
-                self._close(status, result, error)
+                self._close(status, result, error, error_detail)
         finally:
             if self._buffer is not None:
                 self._buffer.close()
@@ -248,6 +250,7 @@ class JobTracker:
         status: Literal["succeeded", "failed", "cancelled"],
         result: TrainResult | None,
         error: str | None,
+        error_detail: str | None = None,
     ) -> None:
         run_id = self._require_run()
         client = self.client
@@ -290,7 +293,8 @@ class JobTracker:
             metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in finals.items()]
         if error is not None:
             tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
-            self._artifacts().log_bytes(error.encode(), "error.txt")
+            text = error if error_detail is None else f"{error}\n\n{error_detail}"
+            self._artifacts().log_bytes(text.encode(), "error.txt")
         buffer.add_final(metrics, tags)
         if not buffer.flush():
             self._check_alive()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +99,34 @@ def test_a_worker_process_between_attempts_holds_no_database_connection(stores: 
     assert outcome == "succeeded"
     pool = workers.task._engines[stores.config.database_url].pool
     assert (pool.checkedin(), pool.checkedout()) == (0, 0)
+
+
+def test_an_unexpected_failure_keeps_its_traceback_for_operators(
+    stores: Stores,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """The API answers a failed job without its traceback (api.present): the job's row, the
+    worker's log and the run's error.txt keep it."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom in the training loop")
+
+    monkeypatch.setattr(workers.task, "train", broken)
+    with caplog.at_level(logging.ERROR, logger="gradq.task"):
+        outcome, job = attempt(stores)
+    assert outcome == "failed" and job.error is not None
+    assert job.error["message"] == "boom in the training loop"
+    assert "Traceback" in job.error["traceback"]
+    logged = [r for r in caplog.records if r.exc_info and job.id in r.getMessage()]
+    assert logged and "boom in the training loop" in caplog.text and "Traceback" in caplog.text
+    assert job.mlflow_run_id is not None
+    client = MlflowClient(stores.config.tracking_uri)
+    path = client.download_artifacts(job.mlflow_run_id, "error.txt", dst_path=str(tmp_path))
+    text = Path(path).read_text()
+    assert text.startswith("boom in the training loop") and "Traceback" in text
+    assert 'raise RuntimeError("boom in the training loop")' in text
+    assert client.get_run(job.mlflow_run_id).data.tags["gradq.error"] == (
+        "boom in the training loop"
+    )

@@ -22,7 +22,8 @@ IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 3}}
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings on the test's migrated SQLite file and MLflow store, with ``overrides``."""
+    """Settings on the test's migrated SQLite file and MLflow store, with ``overrides``.
+    ``testserver``, the ``Host`` of Starlette's TestClient, is among the allowed hosts."""
     db_url = f"sqlite:///{tmp_path}/gradq.db"
     upgrade(db_url)
 
@@ -30,6 +31,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "database_url": db_url,
             "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "allowed_hosts": "testserver",
             **overrides,
         }
         return Settings(**values)

@@ -79,7 +79,8 @@ from db.migrate import upgrade
 folder = tempfile.mkdtemp()
 upgrade(f"sqlite:///{folder}/gradq.db")
 settings = Settings(database_url=f"sqlite:///{folder}/gradq.db",
-                    mlflow_tracking_uri=f"sqlite:///{folder}/mlflow.db")
+                    mlflow_tracking_uri=f"sqlite:///{folder}/mlflow.db",
+                    allowed_hosts="testserver")
 with TestClient(create_app(settings)) as client:
     codes = [client.post("/v1/jobs", json=job).status_code for job in JOBS]
 print(codes, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "sklearn", "scipy"}))

@@ -30,7 +30,8 @@ def test_every_answer_is_counted_once_by_status_class(
         assert client.post("/v1/jobs", json=IRIS).status_code == 201
     # /metrics itself counts once it has answered: each count below holds the one before
     assert answers(client) == {"1xx": 0, "2xx": 4, "3xx": 0, "4xx": 0, "5xx": 0}
-    assert client.post("/v1/jobs", content=b"{").status_code == 400
+    as_json = {"Content-Type": "application/json"}
+    assert client.post("/v1/jobs", content=b"{", headers=as_json).status_code == 400
     assert client.post("/v1/jobs", json={**IRIS, "name": "n" * 3000}).status_code == 413
     assert client.get("/v1/jobs/nope").status_code == 404
     assert client.get("/healthz").status_code == 200

@@ -128,7 +128,7 @@ def test_submits_replays_and_conflicts_answer_alike(pair: Callable[..., Pair]) -
         ({"json": {"dataset": "iris", "model": {"hidden": [0]}}}, 422, "model.hidden[0]"),
         ({"json": {"model": {"hidden": [8]}}}, 422, "dataset"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, None),
-        ({"content": b"   "}, 400, None),
+        ({"content": b"   ", "headers": {"content-type": "application/json"}}, 400, None),
         ({"json": [1, 2]}, 422, "(root)"),
         ({"json": IRIS, "headers": {"Idempotency-Key": "x" * 201}}, 422, "Idempotency-Key"),
         ({"json": {**IRIS, "optimizer": {"epochs": 10**6}}}, 422, "optimizer.epochs"),

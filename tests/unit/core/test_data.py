@@ -549,7 +549,10 @@ def test_load_csv_errors_carry_spec_fields(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         load_dataset(DatasetSpec(name="csv", path=str(p), target="label"), seed=0)
     assert exc.value.errors[0].field == "dataset.target"
-    assert "'x', 'y'" in exc.value.errors[0].message
+    # a file read from its path is not quoted back: its columns are counted, not named
+    assert exc.value.errors[0].message == (
+        "no column 'label' among the file's 2 columns (row 1, the header)"
+    )
     with pytest.raises(DataError) as exc:
         load_dataset(
             DatasetSpec(name="csv", path=str(tmp_path / "missing.csv"), target="y"), seed=0
@@ -592,3 +595,26 @@ def test_table_is_exported() -> None:
         and t.task == "classification"
         and t.y.tolist() == [i % 2 for i in range(12)]
     )
+
+
+def test_a_file_read_from_its_path_is_not_quoted_in_errors(tmp_path: Path) -> None:
+    """A path may name a file its reader cannot otherwise see (a service's csv path): its
+    errors give row and column numbers, never a cell or a column name. Its bytes, sent by
+    the caller (an upload), are quoted."""
+    rows: list[list[object]] = [[i, i % 2, i] for i in range(12)]
+    rows[3][0] = "secret-cell"
+    data = csv_bytes(["hidden-name", "y", "z"], rows)
+    p = write(tmp_path, data)
+    _, message = _error(p, target="y")
+    assert message == "row 5, column 1: the cell is not a number"
+    _, message = _error(data, target="y")
+    assert message == "row 5, column 'hidden-name': 'secret-cell' is not a number"
+    _, message = _error(p, target="y", echo=True)
+    assert "'secret-cell'" in message
+    dup = write(tmp_path, b"a,secret,secret\n" + b"1,2,3\n" * 12, "dup.csv")
+    assert _error(dup, target="a")[1] == "row 1: columns 2 and 3 have the same name"
+    one = write(
+        tmp_path, b"x,y\n" + b"".join(f"{i},only-class\n".encode() for i in range(12)), "one.csv"
+    )
+    _, message = _error(one, target="y")
+    assert message.startswith("column 'y' has a single class;") and "only-class" not in message
