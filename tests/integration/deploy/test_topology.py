@@ -11,6 +11,11 @@ a process of its own; ``ray start`` would listen on every interface), the HTTP s
 every TCP socket the stack's processes listen on, and every UDP socket they bound, is on
 127.0.0.1.
 
+MLflow runs behind its basic-auth app with docker/mlflow-auth.ini, as in compose: gradq's
+services sign in with the account docker/mlflow-service-account.py makes. A second tenant's
+key and an anonymous client then try a tenant's uploaded data set and its job's model and
+artifacts through every port the stack publishes (the API and MLflow) and get nothing.
+
 Six jobs run across both workers; one worker node is removed while its job trains, and that
 job resumes on the other node from the checkpoint it downloads over MLflow's HTTP artifact
 service. Then the other worker node is removed too: jobs submitted to a cluster with no
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -43,6 +49,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.chaos, pytest.
 
 BIN = Path(sys.executable).parent
 CLUSTER = Path(__file__).with_name("ray_cluster.py")
+DOCKER = Path(__file__).resolve().parents[3] / "docker"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -55,7 +62,9 @@ def job(name: str, dataset: str, hidden: list[int], epochs: int, batch: int) -> 
     }  # fmt: skip
 
 
-def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
+def test_compose_topology_on_loopback(
+    postgres_down: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if postgres_down is not None:
         pytest.skip(postgres_down)
     base = os.environ.get(
@@ -65,20 +74,30 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
     ray_temp = Path(tempfile.mkdtemp(prefix="gq", dir="/tmp"))  # short: Unix socket paths
     stack = Stack(folder=folder, ray_temp=ray_temp)
     token = secrets.token_hex(16)
-    plain = {k: v for k, v in os.environ.items() if not k.startswith(("GRADQ_", "RAY_"))}
+    admin, service = secrets.token_urlsafe(16), secrets.token_urlsafe(16)  # MLflow passwords
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("GRADQ_", "RAY_", "MLFLOW_"))}
     plain["PYTHONUNBUFFERED"] = "1"
+    signed_in = {"MLFLOW_TRACKING_USERNAME": "gradq", "MLFLOW_TRACKING_PASSWORD": service}
     # "0": Ray binds and advertises 127.0.0.1 (RAY_TMPDIR: its address file stays ours)
     ray_env = {
         **plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(ray_temp),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": str(ray_temp), **signed_in,
     }  # fmt: skip
     try:
         with databases(base) as (gradq_db, mlflow_db):
+            auth = folder / "mlflow-auth.ini"  # compose's, its user store in the test's folder
+            auth.write_text(re.sub(
+                r"^database_uri = .*$", f"database_uri = sqlite:///{folder}/basic_auth.db",
+                (DOCKER / "mlflow-auth.ini").read_text(), flags=re.MULTILINE,
+            ))  # fmt: skip
             stack.start("mlflow", [
-                str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db,
+                str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+                "--backend-store-uri", mlflow_db,
                 "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts"),
                 "--host", "127.0.0.1", "--port", "0", "--workers", "1",
-            ], plain)  # fmt: skip
+            ], {**plain, "MLFLOW_AUTH_CONFIG_PATH": str(auth),
+                "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})  # fmt: skip
             stack.start("ray-cluster", [
                 sys.executable, str(CLUSTER), str(folder), "--workers", "2",
                 "--temp-dir", str(ray_temp),
@@ -90,13 +109,24 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
                 "GRADQ_MLFLOW_UI_URL": mlflow_url,
                 "GRADQ_LEASE_SECONDS": "10",
                 "GRADQ_HEARTBEAT_SECONDS": "1",
+                **signed_in,
             }
             wait_for("the Ray cluster", lambda: (folder / "cluster.json").exists(), 120, stack)
             cluster = json.loads((folder / "cluster.json").read_text())
             address = cluster["address"]
             assert address.startswith("127.0.0.1:"), address
             wait_for("MLflow", lambda: httpx.get(f"{mlflow_url}/health", timeout=2)
-                     .status_code == 200, 90, stack)  # fmt: skip
+                     .status_code == 200, 120, stack)  # fmt: skip
+            account = subprocess.run(
+                [sys.executable, str(DOCKER / "mlflow-service-account.py")],
+                env={**plain, "MLFLOW_TRACKING_URI": mlflow_url,
+                     "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin,
+                     "SERVICE_ACCOUNT_USERNAME": "gradq", "SERVICE_ACCOUNT_PASSWORD": service},
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert account.returncode == 0, account.stderr
+            for name, value in signed_in.items():  # this test's own MLflow client
+                monkeypatch.setenv(name, value)
 
             keys = subprocess.run(
                 [str(BIN / "gradq"), "keys", "create", "--tenant", "ops"],
@@ -105,6 +135,12 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
             assert keys.returncode == 0, keys.stderr
             key = keys.stdout.strip().splitlines()[-1]
             assert key.startswith("gq_")
+            others = subprocess.run(
+                [str(BIN / "gradq"), "keys", "create", "--tenant", "others"],
+                env={**plain, **gradq_env}, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert others.returncode == 0, others.stderr
+            other_key = others.stdout.strip().splitlines()[-1]
             stack.start("dispatcher", [str(BIN / "gradq"), "dispatcher"],
                         {**ray_env, **gradq_env, "GRADQ_RAY_ADDRESS": address})  # fmt: skip
             stack.start("api", [str(BIN / "gradq"), "api"], {
@@ -121,7 +157,7 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
             )
             with http:
                 wait_for("/readyz", lambda: http.get("/readyz").status_code == 200, 60, stack)
-                run_topology(http, stack, folder, cluster["raylets"], mlflow_url)
+                run_topology(http, stack, folder, cluster["raylets"], mlflow_url, other_key)
     finally:
         stack.stop_all()
         shutil.rmtree(folder, ignore_errors=True)
@@ -129,7 +165,12 @@ def test_compose_topology_on_loopback(postgres_down: str | None) -> None:
 
 
 def run_topology(
-    http: httpx.Client, stack: Stack, folder: Path, raylets: list[int], mlflow_url: str
+    http: httpx.Client,
+    stack: Stack,
+    folder: Path,
+    raylets: list[int],
+    mlflow_url: str,
+    other_key: str,
 ) -> None:
     specs = [job("long", "digits", [256, 256], epochs=150, batch=4)] + [
         job(f"short-{i}", "iris", [16], epochs=25, batch=8) for i in range(5)
@@ -198,7 +239,57 @@ def run_topology(
         curves = http.get(f"/v1/jobs/{i}/metrics").json()
         steps = [p["step"] for p in curves["metrics"]["loss/train"]]
         assert steps == list(range(1, epochs + 1)), (i, steps)  # continuous, no duplicate
+    nothing_for_others(http, ids[1], mlflow_url, other_key)
     no_workers_then_one(http, stack, folder, victims[0], len(raylets))
+
+
+def nothing_for_others(http: httpx.Client, job_id: str, mlflow_url: str, other_key: str) -> None:
+    """A tenant's data set and its job's model, curves and files: through the API only for it;
+    another tenant (its own key) and an anonymous client read and write none of them, through
+    the API or MLflow (the stack's published ports)."""
+    table = b"a,b,y\n" + b"".join(b"%d,%d,%d\n" % (i, i % 3, i % 2) for i in range(40))
+    r = http.post("/v1/datasets", data={"target": "y"}, files={"file": ("mine.csv", table)})
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    run_id = job["mlflow_run_id"]
+    assert job["links"]["mlflow_run"] is None  # keys on: tenants are not sent to MLflow
+    files = {a["path"] for a in http.get(f"/v1/jobs/{job_id}/artifacts").json()["artifacts"]}
+    assert "model/MLmodel" in files, files
+    model = http.get(f"/v1/jobs/{job_id}/artifacts/model/MLmodel")
+    assert model.status_code == 200 and b"pytorch" in model.content  # the owner's, for contrast
+    reads = [f"/v1/datasets/{dataset}", f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/metrics",
+             f"/v1/jobs/{job_id}/artifacts", f"/v1/jobs/{job_id}/artifacts/model/MLmodel"]  # fmt: skip
+    url = str(http.base_url).rstrip("/")
+    with (
+        httpx.Client(base_url=url, timeout=30) as anonymous,
+        httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {other_key}"}
+        ) as other,
+    ):
+        for client, refused in ((anonymous, 401), (other, 404)):
+            for path in reads:
+                assert client.get(path).status_code == refused, (path, refused)
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == refused
+        listed = other.get("/v1/datasets").json()["items"]
+        assert dataset not in {d["id"] for d in listed}
+    # MLflow: no account for tenants; anonymous, or a tenant's key as a password, is refused
+    data_run = http.get(f"/v1/datasets/{dataset}").json()["uri"].split("/")[1]  # runs:/RUN/…
+    attempts: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", f"/api/2.0/mlflow/runs/get?run_id={run_id}", {}),
+        ("GET", f"/get-artifact?path=model/MLmodel&run_uuid={run_id}", {}),
+        ("GET", f"/get-artifact?path=mine.csv&run_uuid={data_run}", {}),
+        ("POST", "/api/2.0/mlflow/runs/search", {"json": {}}),
+        ("POST", "/api/2.0/mlflow/runs/log-metric", {"json": {
+            "run_id": run_id, "key": "loss/train", "value": 9.0, "timestamp": 0, "step": 1}}),
+        ("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{data_run}/mine.csv",
+         {"content": b"a,b,y\n"}),
+        ("POST", "/api/2.0/mlflow/registered-models/create", {"json": {"name": "ops.stolen"}}),
+    ]  # fmt: skip
+    for who in (None, ("others", other_key)):
+        for method, path, body in attempts:
+            r = httpx.request(method, mlflow_url + path, auth=who, timeout=30, **body)
+            assert r.status_code == 401, (who and who[0], method, path, r.status_code)
 
 
 def no_workers_then_one(
