@@ -18,12 +18,14 @@ from core.spec import InvalidSpec, JobSpec, SpecLimits, check_limits, parse_spec
 AUTHENTICATED = [Depends(get_tenant)]
 
 _ERRORS = {
-    400: "malformed request (e.g. the body is not JSON)",
+    400: "malformed request (e.g. the body is not JSON), or a Host not in GRADQ_ALLOWED_HOSTS",
     401: "missing, unknown or revoked API key (when GRADQ_AUTH=keys)",
-    403: "the API key's role may not do this (operators only)",
+    403: "a request from another site (Origin, Sec-Fetch-Site), or one the API key's role may "
+    "not make (operators only)",
     404: "no such resource for this tenant",
     409: "conflicts with the resource's state",
     413: "the request body is over the limit",
+    415: "a body that is not JSON (an upload: multipart/form-data)",
     422: "invalid input; `field` names where",
     429: "too many queued jobs for this tenant, or gradient checks waiting (Retry-After)",
     503: "the database or MLflow is not reachable",
@@ -31,8 +33,9 @@ _ERRORS = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for these error codes (and 401/413/503, possible everywhere)."""
-    wanted = sorted({*codes, 401, 413, 503})
+    """OpenAPI responses for these error codes (and those possible everywhere: 400, 403 and
+    415 from ``api.browser``, 401, 413, 503)."""
+    wanted = sorted({*codes, 400, 401, 403, 413, 415, 503})
     return {c: {"model": ErrorBody, "description": _ERRORS[c]} for c in wanted}
 
 

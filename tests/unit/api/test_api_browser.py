@@ -267,3 +267,17 @@ def test_a_file_in_the_csv_root_is_not_quoted_in_errors(
     assert r.json()["error"]["field"] == "dataset.target"
     assert "secret" not in r.text and "other" not in r.text
     assert "2 columns" in r.json()["error"]["message"]
+
+
+def test_every_operation_documents_the_refusals_of_the_browser_guard(client: TestClient) -> None:
+    """A foreign Host (400), another site (403) and a body that is not JSON (415) can meet
+    any /v1 operation: each one's OpenAPI responses name them."""
+    operations = [
+        (path, method, op["responses"])
+        for path, item in client.get("/openapi.json").json()["paths"].items()
+        if path.startswith("/v1/")
+        for method, op in item.items()
+    ]
+    assert len(operations) > 10
+    for path, method, responses in operations:
+        assert {"400", "403", "415"} <= responses.keys(), (method, path, sorted(responses))
