@@ -25,7 +25,7 @@ import torch
 from mlflow.entities import LoggedModelOutput, Param
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from core.export import export_model
+from core.export import ExportedModel, export_model
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -149,6 +149,61 @@ def import_model_logging() -> None:
         importlib.import_module(module)
 
 
+# A worker process's exported programs (``torch.export``), by what their graph is made of
+# (:func:`program_key`): a model whose graph is one seen before is saved from that program
+# with its own weights copied in, instead of being traced again (a trace is most of a pt2
+# save, bench/RESULTS.md, Service). Sweeps train many models of one shape in a process.
+PROGRAMS_KEPT = 16
+_programs: dict[tuple[object, ...], Any] = {}
+_programs_lock = threading.Lock()
+
+
+def program_key(model: ExportedModel) -> tuple[object, ...]:
+    """What the traced graph of ``model`` depends on beyond its tensors' values: the
+    activation, the loss and task (the output's transform), a regression's target shift and
+    scale (constants of the graph) and every tensor's name, shape and dtype."""
+    return (
+        model.mlp.activation,
+        model.loss,
+        model.task,
+        model.target_shift,
+        model.target_scale,
+        *((name, tuple(t.shape), t.dtype) for name, t in model.state_dict().items()),
+    )
+
+
+@contextmanager
+def _traced_once() -> Iterator[None]:
+    """While MLflow saves a model, its ``torch.export.export`` of an :class:`ExportedModel`
+    returns the kept program of the model's :func:`program_key` with the model's weights
+    copied in (the first model of a key is traced, and its program kept). Any other module
+    is exported as usual. One save at a time per process."""
+    original = torch.export.export
+
+    def export(module: Any, args: Any, *rest: Any, **kwargs: Any) -> Any:
+        if not isinstance(module, ExportedModel):
+            return original(module, args, *rest, **kwargs)
+        key = program_key(module)
+        program = _programs.get(key)
+        if program is None:
+            program = original(module, args, *rest, **kwargs)
+            if len(_programs) >= PROGRAMS_KEPT:
+                _programs.clear()
+            _programs[key] = program
+            return program
+        with torch.no_grad():
+            for name, tensor in module.state_dict().items():
+                program.state_dict[name].copy_(tensor)
+        return program
+
+    with _programs_lock:
+        torch.export.export = export  # type: ignore[assignment]  # MLflow calls it by this name
+        try:
+            yield
+        finally:
+            torch.export.export = original
+
+
 def log_model(
     result: TrainResult,
     *,
@@ -207,25 +262,26 @@ def log_model(
         client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         with tempfile.TemporaryDirectory(prefix="gradq-model-") as tmp:
             path = os.path.join(tmp, MODEL_NAME)
-            mlflow.pytorch.save_model(
-                model,
-                path,
-                mlflow_model=Model(
-                    artifact_path=logged.artifact_location,
-                    model_uuid=model_id,
-                    run_id=run_id,
-                    model_id=model_id,
-                    metadata={
-                        "gradq_classes": list(model.classes),
-                        "gradq_task": model.task,
-                        "gradq_loss": model.loss,
-                    },
-                ),
-                signature=infer_signature(example, output),
-                input_example=example,
-                pip_requirements=list(pip_requirements()),
-                serialization_format="pt2",
-            )
+            with _traced_once():
+                mlflow.pytorch.save_model(
+                    model,
+                    path,
+                    mlflow_model=Model(
+                        artifact_path=logged.artifact_location,
+                        model_uuid=model_id,
+                        run_id=run_id,
+                        model_id=model_id,
+                        metadata={
+                            "gradq_classes": list(model.classes),
+                            "gradq_task": model.task,
+                            "gradq_loss": model.loss,
+                        },
+                    ),
+                    signature=infer_signature(example, output),
+                    input_example=example,
+                    pip_requirements=list(pip_requirements()),
+                    serialization_format="pt2",
+                )
             # the client's log_model_artifacts reads the whole logged model back first (its
             # params too) to find the location create_logged_model has just returned
             artifact_repository(logged.artifact_location, tracking_uri).log_artifacts(path)

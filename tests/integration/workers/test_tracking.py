@@ -286,6 +286,39 @@ def test_a_replaced_model_file_is_refused_and_runs_no_code(
     assert marker.exists()
 
 
+def test_models_of_one_graph_are_traced_once_and_each_keeps_its_own_weights(
+    mlflow_store: Store, global_uri: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two iris models of one shape share a traced program (the second saved from it with its
+    weights copied in); two diabetes models whose target constants differ get one each. Every
+    model loads (pickles refused) and computes what its own training made."""
+    from core.export import export_model
+    from workers.tracking import artifacts
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    artifacts._programs.clear()
+    specs = [iris_spec(seed=4), iris_spec(seed=5),
+             iris_spec(dataset={"name": "diabetes", "test_fraction": 0.2}),
+             iris_spec(dataset={"name": "diabetes", "test_fraction": 0.3})]  # fmt: skip
+    outputs = []
+    for n, spec in enumerate(specs):
+        tracker = tracker_for(mlflow_store, spec, f"job-shared-graph-{n}", flush_interval_s=0)
+        tracker.start()
+        result = train(spec, callbacks=[tracker.callback()])
+        expected = export_model(result)  # a copy of its own, untouched by later saves
+        tracker.finish(status="succeeded", result=result)
+        X = torch.as_tensor(result.data.raw(result.data.X_test), dtype=torch.float32)
+        outputs.append((tracker.model_uri, X, expected(X).detach()))
+    assert len(artifacts._programs) == 3  # iris once, each diabetes split once
+    for uri, X, expected in outputs:
+        assert uri is not None
+        with torch.no_grad():
+            got = mlflow.pytorch.load_model(uri)(X)
+        assert torch.allclose(got, expected, atol=1e-6), uri
+    first, second = outputs[0][2], outputs[1][2]
+    assert not torch.allclose(first, second, atol=1e-3)  # the two iris models do differ
+
+
 def test_the_model_is_registered_under_register_as(finished: Finished) -> None:
     versions = finished.client.search_model_versions(f"name = '{REGISTERED}'")
     assert [str(v.version) for v in versions] == [finished.tracker.model_version] == ["1"]
