@@ -61,14 +61,20 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 @pytest.fixture
 def running_job(tmp_path: Path) -> Callable[..., str]:
-    """Makes a job (an iris spec) claimed by a worker whose attempt stored its run id and,
-    if given, its experiment id; returns the job's id."""
+    """Makes a job (an iris spec, of ``tenant``) claimed by a worker whose attempt stored its
+    run id and, if given, its experiment id; returns the job's id."""
 
-    def make(*, run_id: str, experiment_id: str | None, key: str | None = None) -> str:
+    def make(
+        *,
+        run_id: str,
+        experiment_id: str | None,
+        key: str | None = None,
+        tenant: str = "default",
+    ) -> str:
         engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
         try:
             store = JobStore(engine)
-            job_id = store.submit(spec=parse_spec(IRIS), idempotency_key=key).id
+            job_id = store.submit(spec=parse_spec(IRIS), idempotency_key=key, tenant=tenant).id
             (claimed,) = store.claim(owner="w", lease_seconds=300, ids=[job_id])
             store.set_run(job_id=job_id, attempt=claimed.attempt, mlflow_run_id=run_id,
                           mlflow_experiment_id=experiment_id)  # fmt: skip

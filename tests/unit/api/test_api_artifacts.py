@@ -11,10 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from core.spec import parse_spec
 from db.keys import KeyStore
 from db.session import make_engine
-from db.store import JobStore
 
 IRIS = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 3}}
 FILES = {
@@ -56,24 +54,12 @@ def run_with_artifacts(tmp_path: Path, files: dict[str, bytes], *, model: bool) 
     return run_id, experiment_id
 
 
-def job_of(tmp_path: Path, tenant: str, run_id: str, experiment_id: str) -> str:
-    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
-    try:
-        store = JobStore(engine)
-        job_id = store.submit(spec=parse_spec(IRIS), tenant=tenant).id
-        (claimed,) = store.claim(owner="w", lease_seconds=300, ids=[job_id])
-        store.set_run(job_id=job_id, attempt=claimed.attempt, mlflow_run_id=run_id,
-                      mlflow_experiment_id=experiment_id)  # fmt: skip
-    finally:
-        engine.dispose()
-    return job_id
-
-
 def test_a_job_lists_and_serves_its_runs_files(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], running_job: Callable[..., str], tmp_path: Path
 ) -> None:
     client = make_client()
-    job_id = job_of(tmp_path, "default", *run_with_artifacts(tmp_path, FILES, model=True))
+    run_id, experiment_id = run_with_artifacts(tmp_path, FILES, model=True)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id, tenant="default")
     every = {**FILES, **{f"model/{k}": v for k, v in MODEL_FILES.items()}}
 
     r = client.get(f"/v1/jobs/{job_id}/artifacts")
@@ -100,10 +86,11 @@ def test_a_job_before_its_run_has_no_files(client: TestClient) -> None:
 
 
 def test_paths_stay_inside_the_jobs_run(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], running_job: Callable[..., str], tmp_path: Path
 ) -> None:
     client = make_client()
-    job_id = job_of(tmp_path, "default", *run_with_artifacts(tmp_path, FILES, model=False))
+    run_id, experiment_id = run_with_artifacts(tmp_path, FILES, model=False)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id, tenant="default")
     other_run, _ = run_with_artifacts(tmp_path, {"secret/data.csv": b"a,b\n1,2\n"}, model=False)
     base = f"/v1/jobs/{job_id}/artifacts"
     for path in (
@@ -123,13 +110,14 @@ def test_paths_stay_inside_the_jobs_run(
 
 
 def test_another_tenants_job_is_not_found(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], running_job: Callable[..., str], tmp_path: Path
 ) -> None:
     keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
     a = {"Authorization": f"Bearer {keys.create(tenant='a')[1]}"}
     b = {"Authorization": f"Bearer {keys.create(tenant='b')[1]}"}
     client = make_client(auth="keys")
-    job_id = job_of(tmp_path, "a", *run_with_artifacts(tmp_path, FILES, model=False))
+    run_id, experiment_id = run_with_artifacts(tmp_path, FILES, model=False)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id, tenant="a")
     url = f"/v1/jobs/{job_id}/artifacts"
     assert len(client.get(url, headers=a).json()["artifacts"]) == len(FILES)
     assert (
@@ -145,7 +133,10 @@ def test_another_tenants_job_is_not_found(
 
 @pytest.mark.parametrize("auth", ["none", "keys"])
 def test_mlflow_link_is_for_operators_only(
-    make_client: Callable[..., TestClient], tmp_path: Path, auth: str
+    make_client: Callable[..., TestClient],
+    running_job: Callable[..., str],
+    tmp_path: Path,
+    auth: str,
 ) -> None:
     """With keys, a tenant's job view links gradq's own routes (metrics, artifacts), never
     the MLflow UI; without keys the MLflow link stays."""
@@ -153,7 +144,7 @@ def test_mlflow_link_is_for_operators_only(
     headers = {"Authorization": f"Bearer {keys.create(tenant='default')[1]}"}
     client = make_client(auth=auth, mlflow_ui_url="https://mlflow.example.org/")
     run_id, experiment_id = run_with_artifacts(tmp_path, FILES, model=False)
-    job_id = job_of(tmp_path, "default", run_id, experiment_id)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id)
     mlflow = f"https://mlflow.example.org/#/experiments/{experiment_id}/runs/{run_id}"
     views = [
         client.get(f"/v1/jobs/{job_id}", headers=headers).json(),
