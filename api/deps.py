@@ -19,6 +19,7 @@ from api.settings import Settings
 from db.datasets import DatasetStore
 from db.keys import KeyStore
 from db.store import JobStore
+from db.sweeps import SweepStore
 from db.views import KeyGrant
 from workers.tracking.read import Tracking
 
@@ -35,6 +36,7 @@ class Services:
     submits: GroupCommit  # POST /v1/jobs: concurrent submits committed together
     tracking: Tracking
     ray_probe: Callable[[], str]
+    sweeps: SweepStore  # over the store's engine
     # POST /v1/gradcheck: the one check running, and how many wait for it
     gradcheck_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     gradcheck_waiting: int = 0
@@ -87,7 +89,12 @@ async def get_tracking(services: ServicesDep) -> Tracking:
     return services.tracking
 
 
+async def get_sweeps(services: ServicesDep) -> SweepStore:
+    return services.sweeps
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+SweepsDep = Annotated[SweepStore, Depends(get_sweeps)]
 DatasetsDep = Annotated[DatasetStore, Depends(get_datasets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TrackingDep = Annotated[Tracking, Depends(get_tracking)]

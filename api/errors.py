@@ -31,6 +31,7 @@ from db.errors import (
     StoreUnavailable,
     ValueRefused,
 )
+from db.sweeps import SweepNotFound
 from workers.tracking.read import TrackingUnavailable
 
 log = logging.getLogger("gradq.api")
@@ -135,7 +136,7 @@ async def _invalid_spec(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, JobNotFound | DatasetNotFound)
+    assert isinstance(exc, JobNotFound | DatasetNotFound | SweepNotFound)
     return error_response(404, "not_found", str(exc))
 
 
@@ -208,6 +209,7 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONRe
     InvalidSpec: _invalid_spec,
     JobNotFound: _not_found,
     DatasetNotFound: _not_found,
+    SweepNotFound: _not_found,
     InvalidTransition: _transition,
     StaleAttempt: _stale,
     IdempotencyConflict: _idempotency,

@@ -25,13 +25,23 @@ from api.browser import BrowserGuard
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
-from api.routes import artifacts, datasets, gradcheck, health, job_activity, jobs, submit
+from api.routes import (
+    artifacts,
+    datasets,
+    gradcheck,
+    health,
+    job_activity,
+    jobs,
+    submit,
+    sweeps,
+)
 from api.settings import Settings
 from core.spec import JobSpec
 from db.datasets import DatasetStore
 from db.keys import KeyStore
 from db.session import make_engine
 from db.store import JobStore
+from db.sweeps import SweepStore
 from workers.tracking.read import Tracking
 
 UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around the file
@@ -110,6 +120,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
                 ui_url=settings.mlflow_ui_url,
             ),
             ray_probe=ray_probe or default_ray_probe(settings),
+            sweeps=SweepStore(engine),
         )
         freeze_startup_objects()
         thresholds = collect_young_less_often()
@@ -143,7 +154,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     app.state.responses = ResponseCounts()
     app.add_middleware(CountResponses, counts=app.state.responses)
     submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
-    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health):
+    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health, sweeps):
         app.include_router(module.router)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

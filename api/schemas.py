@@ -172,3 +172,64 @@ class Check(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(description="ready or unavailable")
     checks: dict[str, Check] = Field(description="database, ray, mlflow")
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+
+class SweepBest(BaseModel):
+    job_id: str
+    trial: int
+    params: dict[str, Any]
+    objective: float
+    mlflow_run_id: str | None = None
+
+
+class SweepHistoryPoint(BaseModel):
+    """A trial that ended with an objective, in the order trials ended; ``best``: the best
+    objective of the sweep's succeeded trials so far."""
+
+    trial: int
+    job_id: str
+    status: str
+    objective: float
+    best: float | None
+
+
+class Sweep(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    spec: dict[str, Any]
+    counts: dict[str, int] = Field(description="trials by their job's status")
+    trials: int = Field(description="trials made so far")
+    total_trials: int = Field(description="trials the sweep makes in all")
+    best: SweepBest | None
+    history: list[SweepHistoryPoint]
+    error: str | None
+    notes: list[Any] = Field(description="sampled points that made no valid spec, and why")
+    cancel_requested: bool
+    mlflow_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SweepPage(BaseModel):
+    items: list[Sweep]
+    next_cursor: str | None
+
+
+class TrialItem(BaseModel):
+    id: str = Field(description="the trial's job id")
+    trial: int
+    status: JobStatus
+    params: dict[str, Any]
+    objective: float | None = Field(description="once it ended: its final (or, pruned, last) value")
+    epoch: int | None = Field(description="the last epoch it trained")
+    mlflow_run_id: str | None
+
+
+class TrialPage(BaseModel):
+    items: list[TrialItem]
+    next_cursor: str | None

@@ -69,7 +69,9 @@ class Dataset:
 def load_dataset(spec: DatasetSpec, *, seed: int, path: str | Path | None = None) -> Dataset:
     """Load, split (test part first, then validation, stratified for classification) and
     standardise the data set ``spec`` names. ``path``: the local file of an ``upload`` (which
-    the caller fetched), or a replacement for ``spec.path`` of a ``csv``."""
+    the caller fetched), or a replacement for ``spec.path`` of a ``csv``. ``spec.seed``, when
+    set, takes the place of ``seed`` (a sweep's trials share one split whatever their seeds)."""
+    seed = seed if spec.seed is None else spec.seed
     table = _load_table(spec, seed, path)
     train, val, test = _split(
         table.y, table.task, seed, spec.validation_fraction, spec.test_fraction

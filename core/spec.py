@@ -99,6 +99,12 @@ class DatasetSpec(_Section):
     task: Task | None = Field(None, description="csv and upload: default from the target column")
     validation_fraction: float = Field(0.2, ge=0.0, lt=0.9)
     test_fraction: float = Field(0.2, ge=0.0, lt=0.9)
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="the seed of the data set's generation and split (default: the job's seed)",
+    )
 
     @model_validator(mode="after")
     def _combination(self) -> DatasetSpec:
@@ -225,6 +231,24 @@ class ResourcesSpec(_Section):
     gpus: float = Field(0.0, ge=0.0, le=16)
 
 
+class TrialSpec(_Section):
+    """What makes a job a sweep's trial: set by the sweep controller (``workers.sweeps``),
+    never by a user's submit. ``params`` are the searched values (a path of the spec → the
+    value sampled), ``metric``/``mode`` the sweep's objective. With ``rungs`` (epochs, in
+    increasing order) the attempt reports the objective at the end of each rung epoch and
+    stops as pruned when asynchronous successive halving puts it below its rung's cut
+    (``reduction_factor``). ``parent_run_id``: the sweep's MLflow run, the trial's run's parent."""
+
+    sweep_id: str = Field(min_length=1, max_length=36)
+    number: int = Field(ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    metric: str = Field(min_length=1, max_length=100)
+    mode: Literal["min", "max"]
+    rungs: list[PositiveInt] = Field(default_factory=list)
+    reduction_factor: int = Field(3, ge=2, le=100)
+    parent_run_id: str | None = Field(None, max_length=64)
+
+
 class JobSpec(_Section):
     """A training job. Only ``dataset`` is required."""
 
@@ -244,6 +268,7 @@ class JobSpec(_Section):
     max_attempts: int = Field(3, ge=1, le=100)
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
     register_as: str | None = Field(None, min_length=1, max_length=200)
+    trial: TrialSpec | None = Field(None, description="set by sweeps only")
 
     @field_validator("register_as")
     @classmethod

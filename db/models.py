@@ -18,6 +18,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -33,7 +34,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-STATUS_CHECK = "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')"
+STATUS_CHECK = (
+    "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'pruned')"  # 0006
+)
+SWEEP_STATUS_CHECK = "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -209,7 +213,84 @@ class ApiKey(Base):
     max_priority: Mapped[int | None] = mapped_column(Integer)
 
 
+class Sweep(Base):
+    """A sweep (migration 0006): its spec, status, the controller holding it (a lease, like
+    an attempt's) and what it found. Its trials are :class:`Trial` rows, each an ordinary job;
+    the searcher's own state is an Optuna study stored apart (``workers.sweeps``)."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        CheckConstraint(SWEEP_STATUS_CHECK, name="status"),
+        Index("ix_sweeps_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_sweeps_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[Any] = mapped_column(JSONType, nullable=True)  # a list of messages
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Trial(Base):
+    """One trial of a sweep: its number (the Optuna trial's), its job and the values
+    searched; ``objective`` once it ended (its final value, or its last report when pruned),
+    ``told`` once the searcher was told how it ended, ``ended_seq`` the order it ended in."""
+
+    __tablename__ = "trials"
+    __table_args__ = (Index("ix_trials_sweep_objective", "sweep_id", "objective"),)
+
+    sweep_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    objective: Mapped[float | None] = mapped_column(Float)
+    told: Mapped[bool] = mapped_column(Boolean)
+    ended_seq: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TrialReport(Base):
+    """The objective a trial reported at the end of a rung's epoch and ASHA's decision,
+    taken from the reports of that rung stored before it (lower ``id``): the decisions are
+    reproducible from this table. One per trial and rung: a later attempt of the trial that
+    reaches the rung again reads the decision made the first time."""
+
+    __tablename__ = "trial_reports"
+    __table_args__ = (
+        UniqueConstraint("job_id", "rung"),
+        Index("ix_trial_reports_sweep_rung", "sweep_id", "rung", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(String(36), ForeignKey("sweeps.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(36))
+    rung: Mapped[int] = mapped_column(Integer)  # the epoch
+    value: Mapped[float | None] = mapped_column(Float)  # None: not finite
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 # The job tables, for the Core statements of db.store (writes) and db.queries (reads).
 JOBS = cast(Table, Job.__table__)
 EVENTS = cast(Table, JobEvent.__table__)
 QUEUE_DEPTH = cast(Table, QueueDepth.__table__)
+SWEEPS = cast(Table, Sweep.__table__)
+TRIALS = cast(Table, Trial.__table__)
+REPORTS = cast(Table, TrialReport.__table__)

@@ -20,10 +20,11 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # a sweep's trial stopped early by its rung (``db.sweeps``)
 
 
 TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
 )
 """Statuses a job never leaves."""
 
@@ -33,14 +34,22 @@ INITIAL = JobStatus.QUEUED
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # claimed for an attempt; cancelled before it ran; failed without running (no node can run it)
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    # finished by its attempt; or its lease expired: cancelled (a cancel was requested),
-    # failed (no attempts left) or back to the queue (attempts left)
+    # finished by its attempt (pruned: a sweep's trial below its rung's cut); or its lease
+    # expired: cancelled (a cancel was requested), failed (no attempts left) or back to the
+    # queue (attempts left)
     JobStatus.RUNNING: frozenset(
-        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.PRUNED,
+            JobStatus.QUEUED,
+        }
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
+    JobStatus.PRUNED: frozenset(),
 }
 """old status → the statuses it may move to. The only definition of legal moves."""
 

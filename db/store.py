@@ -521,9 +521,11 @@ def _finish_reason(status: JobStatus, error: Any) -> str:
     if status is JobStatus.FAILED and error is not None:
         message = error.get("message", error) if isinstance(error, dict) else error
         return f"failed: {str(message)[:500]}"
-    return {JobStatus.SUCCEEDED: "succeeded", JobStatus.CANCELLED: "cancelled on request"}.get(
-        status, status.value
-    )
+    return {
+        JobStatus.SUCCEEDED: "succeeded",
+        JobStatus.CANCELLED: "cancelled on request",
+        JobStatus.PRUNED: "pruned: below its rung's cut (its sweep's early stopping)",
+    }.get(status, status.value)
 
 
 # --- how a status changes: the conditional UPDATE with its event, and fencing ---------------

@@ -46,6 +46,7 @@ from db.keys import KeyStore
 from db.store import JobStore
 from db.views import ClaimedJob, JobView, TenantCaps
 from workers.run_closer import RunCloser
+from workers.sweeps import SweepController
 from workers.task import WorkerConfig, run_attempt
 from workers.tracking import make_client
 
@@ -225,6 +226,8 @@ class Dispatcher:
         self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
         self.closer = RunCloser(config.worker.tracking_uri)
+        # drives the sweeps this dispatcher holds (``workers.sweeps``); None: none here
+        self.sweeps: SweepController | None = None
 
     # --- Ray ---------------------------------------------------------------------------------
 
@@ -327,6 +330,8 @@ class Dispatcher:
                     continue
                 self.idle(stop)
         finally:
+            if self.sweeps is not None:
+                self.sweeps.stop()
             self.closer.stop(drain_seconds=CLOSE_DRAIN_S)
 
     def idle(self, stop: threading.Event) -> None:
@@ -345,7 +350,10 @@ class Dispatcher:
         lost = self._ray_lost or self._dead_daemons()
         if lost is not None:  # also a restart that raised: it is tried again
             self.restart_ray(lost)
-        self.reap()
+        ended = self.reap()
+        if self.sweeps is not None:
+            # a trial that ended frees a place of its sweep at once
+            self.sweeps.tick(now=ended > 0)
         now = time.monotonic()
         if now - self._last_requeue >= self.config.requeue_seconds:
             self._last_requeue = now
@@ -355,16 +363,16 @@ class Dispatcher:
             self.enforce_cancels()
         self.launch()
 
-    def reap(self) -> None:
+    def reap(self) -> int:
         """Collect finished attempts. One that died (its task raised, its worker process or
         node died, or it was killed after a cancel) has its job settled at once
         (``JobStore.release``): requeued, failed "lost" at its last attempt, or cancelled,
         with an event naming the death, instead of a lease later. When the database is away
-        the lease settles it instead."""
+        the lease settles it instead. Returns how many attempts ended."""
         import ray
 
         if not self.inflight:
-            return
+            return 0
         refs = {a.ref: job_id for job_id, a in self.inflight.items()}
         done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
         for ref in done:
@@ -376,6 +384,7 @@ class Dispatcher:
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
             except Exception as exc:
                 self._settle_dead(job_id, attempt.job.attempt, exc)
+        return len(done)
 
     def _settle_dead(self, job_id: str, attempt: int, exc: Exception) -> None:
         why = death(exc)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -34,16 +35,18 @@ from core.callbacks import Callback, EpochRecord
 from core.checkpoint import CheckpointError
 from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
-from core.spec import InvalidSpec, JobSpec
+from core.spec import InvalidSpec, JobSpec, TrialSpec
 from core.train import Diverged, TrainResult, train
 from db.datasets import DatasetStore
 from db.errors import StaleAttempt, StoreError, StoreUnavailable
 from db.models import utcnow
 from db.session import make_engine
 from db.store import JobStore
+from db.sweeps import SweepStore
 from db.views import ClaimedJob, DatasetView
 from workers.tracking import JobTracker, close_run, latest_checkpoint
 from workers.tracking.artifacts import import_model_logging
+from workers.tracking.run import Outcome
 
 log = logging.getLogger("gradq.task")
 _ARRAYS = [
@@ -187,6 +190,51 @@ class Lease(Callback):
         return self.cancel.is_set() or not self.alive()
 
 
+class Rungs(Callback):
+    """A sweep's trial under asynchronous successive halving: at the end of each rung epoch
+    the objective is reported (``SweepStore.report``, fenced by the attempt) and ASHA's
+    decision read back; a trial below its rung's cut stops after that epoch's checkpoint
+    (``pruned``). A database away at a report lets the trial go on (the heartbeats, failing
+    too, decide the attempt's fate); a refused report (the attempt lost its job) loses the
+    lease."""
+
+    def __init__(self, sweeps: SweepStore, job: ClaimedJob, trial: TrialSpec, lease: Lease) -> None:
+        self.sweeps, self.job, self.trial, self.lease = sweeps, job, trial, lease
+        self.rungs = set(trial.rungs)
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if record.epoch not in self.rungs or self.pruned_at is not None:
+            return
+        value = float(record.metrics().get(self.trial.metric, math.nan))
+        try:
+            goes_on = self.sweeps.report(
+                sweep_id=self.trial.sweep_id,
+                job_id=self.job.id,
+                attempt=self.job.attempt,
+                rung=record.epoch,
+                value=value,
+                reduction_factor=self.trial.reduction_factor,
+                mode=self.trial.mode,
+            )
+        except StoreUnavailable as exc:
+            log.warning("job %s: rung report at epoch %s failed (%s); going on",
+                        self.job.id, record.epoch, exc)  # fmt: skip
+            return
+        except StoreError as exc:
+            log.warning("job %s attempt %s: rung report refused (%s)",
+                        self.job.id, self.job.attempt, exc)  # fmt: skip
+            self.lease.lost.set()
+            return
+        if not goes_on:
+            log.info("job %s: pruned at epoch %s (%s %s)",
+                     self.job.id, record.epoch, self.trial.metric, value)  # fmt: skip
+            self.pruned_at = record.epoch
+
+    def should_stop(self) -> bool:
+        return self.pruned_at is not None
+
+
 _DATASETS: dict[tuple[str, int], Dataset] = {}  # built-in and synthetic ones, per process
 _MAX_CACHED_DATASETS = 4
 
@@ -287,7 +335,12 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     import_model_logging()  # before the heartbeats: see its docstring
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
-    status: Literal["succeeded", "cancelled"] = "succeeded"
+    status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
+    rungs = (
+        Rungs(SweepStore(engine), job, spec.trial, lease)
+        if spec.trial is not None and spec.trial.rungs
+        else None
+    )
     result_body: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     result: TrainResult | None = None
@@ -329,19 +382,24 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         )
         data = _data(spec, DatasetStore(engine), config.tracking_uri)
         tracker.log_dataset(data)
-        result = train(spec, callbacks=[lease, tracker.callback()], resume_from=resume, data=data)
+        callbacks: list[Callback] = [lease, tracker.callback()]
+        if rungs is not None:
+            callbacks.append(rungs)
+        result = train(spec, callbacks=callbacks, resume_from=resume, data=data)
         marks["trained"] = time.time()
         if not lease.alive():
             return "stale"
-        if result.status == "cancelled":
+        if result.status == "cancelled" and (rungs is None or rungs.pruned_at is None):
             status = "cancelled"
         else:
+            if result.status == "cancelled":  # stopped by its rung: a result all the same
+                status = "pruned"
             result_body = {
                 "metrics": result.metrics,
                 "epochs": result.epochs,
                 "steps": result.steps,
                 "best_epoch": result.best_epoch,
-                "stopped": result.status,
+                "stopped": "pruned" if status == "pruned" else result.status,
                 "engine": result.engine,
                 "device": result.device,
                 "resumed_from_epoch": resume.epoch if resume else None,
@@ -374,7 +432,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
             "traceback": traceback.format_exc(limit=8),
         }
     finally:
-        final: Literal["succeeded", "failed", "cancelled"] = "failed" if error else status
+        final: Outcome = "failed" if error else status
         written = False
         if lease.alive():
             try:
@@ -425,7 +483,7 @@ def _write_outcome(
     started: float,
     started_cpu: float,
     tracker: JobTracker | None,
-    final: Literal["succeeded", "failed", "cancelled"],
+    final: Outcome,
     result_body: dict[str, Any] | None,
     error: dict[str, Any] | None,
 ) -> bool:

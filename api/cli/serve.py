@@ -94,8 +94,11 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     from db.keys import KeyStore
     from db.session import make_engine
     from db.store import JobStore
+    from db.sweeps import SweepStore
     from workers.dispatcher import Dispatcher, DispatcherConfig
+    from workers.sweeps import SweepController
     from workers.task import WorkerConfig
+    from workers.tracking.sweep import SweepRuns
 
     worker = WorkerConfig(
         database_url=settings.database_url,
@@ -117,7 +120,21 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     engine = make_engine(settings.database_url)
     # the caps of the stored keys apply whatever GRADQ_AUTH the dispatcher runs with (the
     # compose deployment sets it for the API only); with no key setting one, the settings'
-    return Dispatcher(config, JobStore(engine), KeyStore(engine), DatasetStore(engine))
+    dispatcher = Dispatcher(config, JobStore(engine), KeyStore(engine), DatasetStore(engine))
+    # every dispatcher drives sweeps: a lease on each sweep lets one of them drive it
+    dispatcher.sweeps = SweepController(
+        SweepStore(engine),
+        dispatcher.store,
+        settings.database_url,
+        tracking=SweepRuns(
+            settings.mlflow_tracking_uri,
+            artifact_root=settings.artifact_root,
+            tenant_names=settings.auth == "keys",
+        ),
+        limits=settings.limits,
+        max_queued=settings.max_queued_per_tenant,
+    )
+    return dispatcher
 
 
 def _uvicorn(app: FastAPI | str, settings: Settings, workers: int = 1) -> None:

@@ -56,6 +56,11 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
     spec = parse_body(raw, settings.limits)
+    if spec.trial is not None:
+        raise InvalidSpec.at(
+            "trial",
+            "set by a sweep for its trials, not in a job spec: submit a sweep (POST /v1/sweeps)",
+        )
     if spec.dataset.name == "csv" and settings.auth == "keys":
         raise InvalidSpec.at(
             "dataset.name",

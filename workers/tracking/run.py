@@ -62,7 +62,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ERROR_TAG = 5000
-_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+# a pruned trial's run ends KILLED (MLflow has no status of its own for it), tagged
+# ``gradq.outcome = pruned``
+_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED", "pruned": "KILLED"}
+Outcome = Literal["succeeded", "failed", "cancelled", "pruned"]
 _ACTIVE = {"RUNNING", "SCHEDULED"}
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
 
@@ -147,6 +150,11 @@ class JobTracker:
             "gradq.node": self.node,
             f"gradq.attempt.{self.attempt}.node": self.node,
         }
+        trial = self.spec.trial
+        if trial is not None:  # a sweep's trial: a child of the sweep's run in MLflow's views
+            tags |= {"gradq.sweep_id": trial.sweep_id, "gradq.trial": str(trial.number)}
+            if trial.parent_run_id is not None:
+                tags["mlflow.parentRunId"] = trial.parent_run_id
         if self.run_id is None:
             experiment_id = self._experiment_id()
             # Only a later attempt can find a run of this job (its first attempt died before
@@ -224,7 +232,7 @@ class JobTracker:
     def finish(
         self,
         *,
-        status: Literal["succeeded", "failed", "cancelled"],
+        status: Outcome,
         result: TrainResult | None = None,
         error: str | None = None,
         error_detail: str | None = None,
@@ -247,7 +255,7 @@ class JobTracker:
 
     def _close(
         self,
-        status: Literal["succeeded", "failed", "cancelled"],
+        status: Outcome,
         result: TrainResult | None,
         error: str | None,
         error_detail: str | None = None,
@@ -291,6 +299,8 @@ class JobTracker:
                 model_id = info.model_id
             now = _now_ms()  # at step 0, linked to the model: also the model's metrics
             metrics = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in finals.items()]
+        if status == "pruned":
+            tags.append(RunTag("gradq.outcome", "pruned"))
         if error is not None:
             tags.append(RunTag("gradq.error", error[:MAX_ERROR_TAG]))
             text = error if error_detail is None else f"{error}\n\n{error_detail}"

@@ -1,0 +1,456 @@
+"""The sweep controller: asks Optuna for trials, queues each as an ordinary job, tells Optuna
+how each ended, and ends the sweep.
+
+It runs inside the dispatcher (``Dispatcher.tick`` calls :meth:`SweepController.tick`), in
+every dispatcher process; a lease on each sweep (``db.sweeps.SweepStore.claim``) makes one
+controller drive it at a time, and another take it over once a stopped controller's lease
+ran out.
+
+The searcher's state is an Optuna study per sweep in an ``RDBStorage`` beside gradq's
+database (:func:`optuna_storage`): the same PostgreSQL database in a schema of its own
+(``optuna``), or a SQLite file next to gradq's. Optuna's tables, and the Alembic version
+table it keeps for them, stay out of gradq's schema and its migrations.
+
+No trial is lost or made twice across a crash:
+
+* a trial's job id is derived from the sweep and the trial's number
+  (``db.sweeps.trial_job_id``) and submitted with ``may_exist``, so submitting it again
+  finds the job an earlier try stored;
+* a trial Optuna handed out (RUNNING in the study) that has no ``trials`` row — the
+  controller stopped between the ask and the record — is adopted at the next step: its job
+  is submitted from the parameters the study stored, and it is never asked again;
+* a trial is told to Optuna once its job ended; telling it again after a crash is skipped
+  by Optuna (``skip_if_finished``) and recorded once (``told``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from core.spec import InvalidSpec, SpecLimits
+from core.sweep import Dimension, Sweep, better, parse_sweep, trial_spec
+from db.errors import InvalidTransition, JobNotFound, QueueFull, StoreError
+from db.store import JobStore
+from db.submits import SubmitRequest
+from db.sweeps import ACTIVE, SweepLeaseLost, SweepStore, TrialView, trial_job_id
+
+log = logging.getLogger("gradq.sweeps")
+
+OPTUNA_SCHEMA = "optuna"
+LEASE_SECONDS = 15.0
+
+
+class SweepTracking(Protocol):
+    """What the controller writes to MLflow: the sweep's parent run, its best trial as it
+    improves and its results table at the end (``workers.tracking.sweep``)."""
+
+    def start(self, *, sweep_id: str, tenant: str, sweep: Sweep) -> tuple[str, str]: ...
+
+    def best(self, *, run_id: str, step: int, best: dict[str, Any]) -> None: ...
+
+    def finish(self, *, run_id: str, status: str, rows: list[dict[str, Any]]) -> None: ...
+
+
+def optuna_storage(database_url: str) -> Any:
+    """Optuna's ``RDBStorage`` beside gradq's database (one per process and URL): on
+    PostgreSQL its tables in the schema ``optuna`` of the same database; on SQLite in a file
+    of its own next to gradq's (``gradq.db`` → ``gradq.optuna.db``); an in-memory SQLite
+    database gets an in-memory study store."""
+    with _STORAGE_LOCK:
+        if database_url not in _STORAGES:
+            _STORAGES[database_url] = _make_storage(database_url)
+        return _STORAGES[database_url]
+
+
+_STORAGES: dict[str, Any] = {}
+_STORAGE_LOCK = threading.Lock()
+
+
+def _make_storage(database_url: str) -> Any:
+    import optuna
+    from sqlalchemy import create_engine, text
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = urlparse(database_url)
+    if url.scheme.startswith("postgresql"):
+        engine = create_engine(database_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+        finally:
+            engine.dispose()
+        return optuna.storages.RDBStorage(
+            database_url,
+            engine_kwargs={"connect_args": {"options": f"-c search_path={OPTUNA_SCHEMA}"}},
+        )
+    path = url.path
+    if url.scheme.startswith("sqlite") and path not in ("", "/", "/:memory:"):
+        path = database_url.split("///", 1)[1]
+        stem, dot, suffix = path.rpartition(".")
+        own = f"{stem}.optuna.{suffix}" if dot else f"{path}.optuna"
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{own}", engine_kwargs={"connect_args": {"timeout": 30}}
+        )
+    return optuna.storages.InMemoryStorage()
+
+
+def study_name(sweep_id: str) -> str:
+    return f"gradq-sweep-{sweep_id}"
+
+
+@dataclass
+class _Held:
+    """What the controller keeps of a sweep it holds."""
+
+    sweep: Sweep
+    study: Any
+    run_id: str | None = None
+    failed_notes: int = 0
+    done_at: float | None = None
+
+
+@dataclass
+class SweepController:
+    sweeps: SweepStore
+    jobs: JobStore
+    database_url: str
+    tracking: SweepTracking | None = None
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:sweeps")
+    lease_seconds: float = LEASE_SECONDS
+    limits: SpecLimits = field(default_factory=SpecLimits)
+    max_queued: int | None = None  # a tenant's queued jobs (its quota), trials included
+    interval_seconds: float = 0.2  # the least time between two steps of the sweeps
+    clock: Callable[[], float] = time.monotonic
+    _held: dict[str, _Held] = field(default_factory=dict)
+    _last_claim: float = float("-inf")
+    _last_step: float = float("-inf")
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def tick(self, *, now: bool = False) -> None:
+        """Claim the sweeps no controller holds and step each held one; at most every
+        ``interval_seconds`` unless ``now`` (an attempt just ended)."""
+        t = self.clock()
+        if not now and t - self._last_step < self.interval_seconds:
+            return
+        self._last_step = t
+        if t - self._last_claim >= self.lease_seconds / 3:
+            self._last_claim = t
+            ids = self.sweeps.claim(owner=self.owner, lease_seconds=self.lease_seconds)
+            for gone in set(self._held) - set(ids):
+                del self._held[gone]
+            for sweep_id in ids:
+                if sweep_id not in self._held:
+                    self._adopt(sweep_id)
+        for sweep_id in list(self._held):
+            try:
+                self.step(sweep_id)
+            except SweepLeaseLost:
+                log.warning("sweep %s: another controller holds it now", sweep_id)
+                self._held.pop(sweep_id, None)
+            except StoreError as exc:
+                log.warning("sweep %s: step failed (%s); retried", sweep_id, exc)
+
+    def stop(self) -> None:
+        """Give up every lease held (this controller is stopping)."""
+        for sweep_id in list(self._held):
+            try:
+                self.sweeps.release(sweep_id=sweep_id, owner=self.owner)
+            except StoreError as exc:
+                log.warning("sweep %s: could not release it: %s", sweep_id, exc)
+        self._held.clear()
+
+    def _adopt(self, sweep_id: str) -> None:
+        import optuna
+
+        view = self.sweeps.get(sweep_id=sweep_id)
+        try:
+            sweep = parse_sweep(view.spec, limits=self.limits, max_trials=10**9)
+        except InvalidSpec as exc:  # a spec stored under other limits: the sweep ends
+            self.sweeps.finish(
+                sweep_id=sweep_id, owner=self.owner, status="failed", error=f"invalid: {exc}"
+            )
+            return
+        search = sweep.spec.search
+        storage = optuna_storage(self.database_url)
+        # a fresh sampler after a restart must not draw the points drawn before it again
+        name = study_name(sweep_id)
+        try:
+            made = len(optuna.load_study(study_name=name, storage=storage).trials)
+        except KeyError:
+            made = 0
+        seed = search.seed + made
+        if search.method == "grid":
+            space = {d.path: list(range(len(d.values))) for d in sweep.dimensions}
+            sampler: Any = optuna.samplers.GridSampler(space, seed=search.seed)
+        elif search.method == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=seed)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            direction="maximize" if sweep.direction == "max" else "minimize",
+            load_if_exists=True,
+        )
+        self._held[sweep_id] = _Held(sweep, study, run_id=view.mlflow_run_id)
+
+    # --- one step of one sweep -------------------------------------------------------------
+
+    def step(self, sweep_id: str) -> None:
+        held = self._held[sweep_id]
+        view = self.sweeps.get(sweep_id=sweep_id)
+        if view.status not in ACTIVE:
+            del self._held[sweep_id]
+            return
+        if view.status == "queued":
+            self._start(sweep_id, view.tenant, held)
+        trials, _ = self.sweeps.trials(sweep_id=sweep_id)
+        for trial in trials:
+            if trial.ended and not trial.told:
+                self._tell(sweep_id, held, trial, view.best)
+                view = self.sweeps.get(sweep_id=sweep_id)
+        trials, _ = self.sweeps.trials(sweep_id=sweep_id)
+        failed = sum(t.status.value == "failed" for t in trials) + len(
+            [n for n in view.notes if isinstance(n, dict) and "trial" in n]
+        )
+        active = [t for t in trials if not t.ended]
+        stopping = view.cancel_requested or failed >= held.sweep.max_failed()
+        if stopping:
+            for trial in active:
+                with contextlib.suppress(InvalidTransition, JobNotFound):  # it ended meanwhile
+                    self.jobs.request_cancel(job_id=trial.job_id)
+            if not active:
+                self._end(sweep_id, held, view, trials, failed)
+            return
+        known = {t.number for t in trials}
+        adopted = self._adopt_orphans(sweep_id, view.tenant, held, known)
+        made = (
+            len(known)
+            + adopted
+            + len([n for n in view.notes if isinstance(n, dict) and "trial" in n])
+        )
+        room = held.sweep.spec.search.parallel - len(active) - adopted
+        total = held.sweep.trial_count()
+        while room > 0 and made < total:
+            if not self._ask(sweep_id, view.tenant, held):
+                break
+            made += 1
+            room -= 1
+        if made >= total and not active and not adopted:
+            self._end(sweep_id, held, view, trials, failed)
+
+    def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
+        """The sweep's parent run in MLflow (found again after a restart), then running."""
+        experiment = None
+        if self.tracking is not None and held.run_id is None:
+            try:
+                held.run_id, experiment = self.tracking.start(
+                    sweep_id=sweep_id, tenant=tenant, sweep=held.sweep
+                )
+            except Exception as exc:  # MLflow away: the trials run without a parent run
+                log.warning("sweep %s: its MLflow run could not be made: %s", sweep_id, exc)
+        self.sweeps.start(
+            sweep_id=sweep_id,
+            owner=self.owner,
+            mlflow_run_id=held.run_id,
+            mlflow_experiment_id=experiment,
+        )
+
+    def _distributions(self, sweep: Sweep) -> dict[str, Any]:
+        import optuna.distributions as od
+
+        out: dict[str, Any] = {}
+        for d in sweep.dimensions:
+            if d.categorical:
+                out[d.path] = od.CategoricalDistribution(list(range(len(d.values))))
+            elif d.kind == "int":
+                out[d.path] = od.IntDistribution(int(d.low), int(d.high))
+            else:
+                out[d.path] = od.FloatDistribution(d.low, d.high, log=d.kind == "loguniform")
+        return out
+
+    @staticmethod
+    def _values(sweep: Sweep, optuna_params: dict[str, Any]) -> dict[str, Any]:
+        """The spec values of a point as Optuna stores it (categorical values by index)."""
+        dims: dict[str, Dimension] = {d.path: d for d in sweep.dimensions}
+        out = {}
+        for path, value in optuna_params.items():
+            d = dims[path]
+            out[path] = d.values[int(value)] if d.categorical else value
+        return out
+
+    def _ask(self, sweep_id: str, tenant: str, held: _Held) -> bool:
+        """A new trial: asked of Optuna, queued as a job; False when the queue refused it
+        (the tenant's quota: asked again at a later step, as an adoption)."""
+        trial = held.study.ask(self._distributions(held.sweep))
+        return self._submit(sweep_id, tenant, held, trial.number, trial.params)
+
+    def _adopt_orphans(self, sweep_id: str, tenant: str, held: _Held, known: set[int]) -> int:
+        """Submit the trials Optuna handed out that have no ``trials`` row (the controller
+        stopped between an ask and its record); how many were adopted."""
+        from optuna.trial import TrialState
+
+        adopted = 0
+        for trial in held.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                log.info("sweep %s: adopting trial %s", sweep_id, trial.number)
+                if self._submit(sweep_id, tenant, held, trial.number, trial.params):
+                    adopted += 1
+        return adopted
+
+    def _submit(
+        self, sweep_id: str, tenant: str, held: _Held, number: int, optuna_params: dict[str, Any]
+    ) -> bool:
+        from optuna.trial import TrialState
+
+        params = self._values(held.sweep, optuna_params)
+        try:
+            spec = trial_spec(
+                held.sweep,
+                sweep_id=sweep_id,
+                number=number,
+                params=params,
+                parent_run_id=held.run_id,
+            )
+        except InvalidSpec as exc:  # a point no bound showed invalid: reported, not run
+            held.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            view = self.sweeps.get(sweep_id=sweep_id)
+            note = {"trial": number, "params": params, "message": f"invalid spec: {exc}"}
+            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, notes=[*view.notes, note])
+            log.warning("sweep %s: trial %s has no valid spec: %s", sweep_id, number, exc)
+            return True
+        job_id = trial_job_id(sweep_id, number)
+        request = SubmitRequest(spec, tenant, job_id=job_id, may_exist=True)
+        [answer] = self.jobs.submit_many([request], max_queued=self.max_queued, positions=False)
+        if isinstance(answer, QueueFull):
+            return False
+        if isinstance(answer, StoreError):
+            raise answer
+        self.sweeps.add_trial(
+            sweep_id=sweep_id, owner=self.owner, number=number, job_id=job_id, params=params
+        )
+        return True
+
+    def _tell(
+        self, sweep_id: str, held: _Held, trial: TrialView, best: dict[str, Any] | None
+    ) -> None:
+        from optuna.trial import TrialState
+
+        objective = objective_of(trial, held.sweep.spec.objective.metric)
+        status = trial.status.value
+        if status == "succeeded" and objective is not None:
+            held.study.tell(trial.number, objective, skip_if_finished=True)
+        elif status == "pruned":
+            held.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            held.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        seq = self.sweeps.tell(
+            sweep_id=sweep_id, owner=self.owner, number=trial.number, objective=objective
+        )
+        if status != "succeeded" or objective is None:
+            return
+        mode = held.sweep.direction
+        if best is None or better(objective, float(best["objective"]), mode):
+            new = {
+                "job_id": trial.job_id,
+                "trial": trial.number,
+                "params": trial.params,
+                "objective": objective,
+                "mlflow_run_id": trial.mlflow_run_id,
+            }
+            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, best=new)
+            if self.tracking is not None and held.run_id is not None:
+                try:
+                    self.tracking.best(run_id=held.run_id, step=seq, best=new)
+                except Exception as exc:
+                    log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
+
+    def _end(
+        self, sweep_id: str, held: _Held, view: Any, trials: list[TrialView], failed: int
+    ) -> None:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        error = None
+        if view.cancel_requested:
+            status = "cancelled"
+        elif failed >= held.sweep.max_failed():
+            status = "failed"
+            error = f"{failed} trials failed (max_failed {held.sweep.max_failed()})"
+        elif counts.get("succeeded", 0) == 0:
+            status = "failed"
+            error = (
+                "no trial succeeded ("
+                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                + ")"
+            )
+        else:
+            status = "succeeded"
+        if error is not None:
+            example = _first_error(trials, view.notes)
+            if example:
+                error += f"; {example}"
+        if self.tracking is not None and held.run_id is not None:
+            try:
+                self.tracking.finish(
+                    run_id=held.run_id,
+                    status=status,
+                    rows=results_table(trials, held.sweep),
+                )
+            except Exception as exc:
+                log.warning("sweep %s: its MLflow run not closed: %s", sweep_id, exc)
+        self.sweeps.finish(sweep_id=sweep_id, owner=self.owner, status=status, error=error)
+        log.info("sweep %s ended %s%s", sweep_id, status, f": {error}" if error else "")
+        self._held.pop(sweep_id, None)
+
+
+def objective_of(trial: TrialView, metric: str) -> float | None:
+    """A trial's objective: a succeeded trial's final value of the metric (its result's;
+    its last epoch's when the result has none), a pruned one's last epoch's; None for the
+    others or a value that is not finite."""
+    value: Any = None
+    if trial.status.value == "succeeded":
+        value = ((trial.result or {}).get("metrics") or {}).get(metric)
+    if value is None and trial.status.value in ("succeeded", "pruned"):
+        value = ((trial.progress or {}).get("metrics") or {}).get(metric)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _first_error(trials: list[TrialView], notes: list[Any]) -> str | None:
+    for t in trials:
+        if t.status.value == "failed" and t.error:
+            message = t.error.get("message") if isinstance(t.error, dict) else t.error
+            return f"trial {t.number}: {str(message)[:300]}"
+    for note in notes:
+        if isinstance(note, dict) and "trial" in note:
+            return f"trial {note['trial']}: {str(note['message'])[:300]}"
+    return None
+
+
+def results_table(trials: list[TrialView], sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per trial: number, job, status, objective and each searched value."""
+    return [
+        {
+            "trial": t.number,
+            "job_id": t.job_id,
+            "status": t.status.value,
+            sweep.spec.objective.metric: t.objective,
+            **{d.path: t.params.get(d.path) for d in sweep.dimensions},
+        }
+        for t in sorted(trials, key=lambda t: t.number)
+    ]
