@@ -8,7 +8,7 @@ ran out.
 
 The searcher's state is an Optuna study per sweep in an ``RDBStorage`` beside gradq's
 database (:func:`optuna_storage`): the same PostgreSQL database in a schema of its own
-(``optuna``), or a SQLite file next to gradq's. Optuna's tables, and the Alembic version
+(``optuna``, :func:`optuna_schema`), or a SQLite file next to gradq's. Optuna's tables, and the Alembic version
 table it keeps for them, stay out of gradq's schema and its migrations.
 
 No trial is lost or made twice across a crash:
@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -83,15 +84,16 @@ def _make_storage(database_url: str) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = urlparse(database_url)
     if url.scheme.startswith("postgresql"):
+        schema = optuna_schema(database_url)
         engine = create_engine(database_url)
         try:
             with engine.begin() as conn:
-                conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         finally:
             engine.dispose()
         return optuna.storages.RDBStorage(
             database_url,
-            engine_kwargs={"connect_args": {"options": f"-c search_path={OPTUNA_SCHEMA}"}},
+            engine_kwargs={"connect_args": {"options": f"-c search_path={schema}"}},
         )
     path = url.path
     if url.scheme.startswith("sqlite") and path not in ("", "/", "/:memory:"):
@@ -102,6 +104,18 @@ def _make_storage(database_url: str) -> Any:
             f"sqlite:///{own}", engine_kwargs={"connect_args": {"timeout": 30}}
         )
     return optuna.storages.InMemoryStorage()
+
+
+def optuna_schema(database_url: str) -> str:
+    """The PostgreSQL schema of Optuna's tables: ``optuna``, or ``<schema>_optuna`` when
+    gradq's tables are in a schema of their own (the URL's ``options=-csearch_path=…``)."""
+    from sqlalchemy import make_url
+
+    options = str(make_url(database_url).query.get("options") or "")
+    match = re.search(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)", options)
+    if match is None or match.group(1) == "public":
+        return OPTUNA_SCHEMA
+    return f"{match.group(1)}_{OPTUNA_SCHEMA}"
 
 
 def study_name(sweep_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from api import schemas
-from api.deps import SettingsDep, StoreDep, SweepsDep, TenantDep
+from api.deps import ServicesDep, SettingsDep, StoreDep, SweepsDep, TenantDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
 from core.spec import InvalidSpec
@@ -112,7 +112,11 @@ def trial_item(t: TrialView) -> schemas.TrialItem:
     openapi_extra=SWEEP_BODY,
 )
 async def submit_sweep(
-    request: Request, sweeps: SweepsDep, settings: SettingsDep, tenant: TenantDep
+    request: Request,
+    sweeps: SweepsDep,
+    settings: SettingsDep,
+    services: ServicesDep,
+    tenant: TenantDep,
 ) -> schemas.Sweep:
     """Queue a sweep: its space is checked against the base job spec (every bound and choice
     must make a valid spec), the search's size against the service's limits."""
@@ -124,6 +128,12 @@ async def submit_sweep(
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     sweep = parse_sweep(data, limits=settings.limits, max_trials=settings.max_sweep_trials)
+    cap = (await services.access.caps(tenant)).max_priority
+    if cap is not None and sweep.base.priority > cap:
+        raise InvalidSpec.at(
+            "base.priority",
+            f"at most {cap} for tenant {tenant} (its cap), not {sweep.base.priority}",
+        )
     if sweep.base.dataset.name == "csv" and settings.auth == "keys":
         raise InvalidSpec.at(
             "base.dataset.name", "a csv path names a file on the server; upload it"

@@ -74,3 +74,5 @@ def pg_url(postgres_down: str | None) -> Iterator[str]:
     finally:
         with psycopg.connect(libpq_url(base), autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+            # where sweeps keep their Optuna studies (workers.sweeps.optuna_schema)
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema}_optuna CASCADE")
