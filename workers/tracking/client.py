@@ -138,6 +138,36 @@ def run_url(*, ui_base: str, tracking_uri: str, run_id: str) -> str:
     return run_page(ui_base=ui_base, experiment_id=str(experiment_id), run_id=run_id)
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that MLflow is away rather than that it answered: the connection
+    to the server failed or broke (refused, reset, or an answer cut off mid-body: requests'
+    ``ConnectionError`` / ``ChunkedEncodingError``, urllib3's ``ProtocolError``,
+    ``IncompleteRead``), raised as it is or wrapped, as MLflow's HTTP layer raises it, in an
+    ``MlflowException`` with that error as its cause or context. An error MLflow answered
+    with (``RESOURCE_DOES_NOT_EXIST``, …) is not. MLflow's own HTTP retries never cover an
+    answer cut off mid-body: its client raises at once."""
+    import http.client
+
+    import requests
+    import urllib3.exceptions
+
+    broken = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,
+        http.client.IncompleteRead,
+        ConnectionError,
+    )
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, broken):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def is_remote(tracking_uri: str) -> bool:
     return urlparse(tracking_uri).scheme in ("http", "https", "databricks")
 

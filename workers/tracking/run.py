@@ -20,7 +20,9 @@ Nothing connects at import; every entry point takes a ``tracking_uri``. A job's 
 
 Failure policy: the training callback never raises for an MLflow error (it keeps its buffer
 and retries); ``start()`` and ``finish()`` do raise, and the worker task decides what an
-unreachable tracker means for the job.
+unreachable tracker means for the job. ``start()`` first tries again while MLflow is away
+(``client.unavailable``: a connection refused or an answer cut off mid-body), up to
+``START_TRIES`` tries.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from workers.tracking.buffer import (
     RunBuffer,
     TrackingCallback,
 )
-from workers.tracking.client import find_or_create_experiment, is_remote, make_client
+from workers.tracking.client import (
+    find_or_create_experiment,
+    is_remote,
+    make_client,
+    unavailable,
+)
 from workers.tracking.clock import Clock
 from workers.tracking.inputs import DESCRIPTION_TAG, dataset_input, description
 from workers.tracking.names import aliases
@@ -68,6 +75,10 @@ _STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED", "
 Outcome = Literal["succeeded", "failed", "cancelled", "pruned"]
 _ACTIVE = {"RUNNING", "SCHEDULED"}
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) → experiment id
+# start()'s tries while MLflow is away, and the wait before the second (doubled before each
+# next)
+START_TRIES = 3
+START_RETRY_WAIT_S = 2.0
 
 
 class LeaseExpired(RuntimeError):
@@ -129,7 +140,14 @@ class JobTracker:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> str:
-        """Open the job's run and return its id (raises when MLflow is unreachable).
+        """Open the job's run and return its id.
+
+        While MLflow is away (``client.unavailable``: a connection refused, or an answer cut
+        off mid-body, as when the server is killed while it answers) the opening is tried
+        again from the start, up to ``START_TRIES`` tries; then the error is raised, as is at
+        once any error MLflow answered with. Before each new try the attempt must still be
+        alive (else ``LeaseExpired``). A retried opening keeps the job at one run (see
+        below).
 
         Without ``run_id``: the experiment ``experiment_name`` is fetched or created, and a
         run already tagged with this job id is reused (a first attempt that died before its
@@ -139,8 +157,21 @@ class JobTracker:
         others deleted. With ``run_id``: that run (it must carry this job id) is set
         RUNNING again; params are not re-logged. Either way the attempt and node tags are
         updated, and epochs or gradient checks already in the run are not logged again."""
-        with self.clock.measure():
-            return self._open()
+        wait = START_RETRY_WAIT_S
+        for tries in range(1, START_TRIES + 1):
+            try:
+                with self.clock.measure():
+                    return self._open()
+            except Exception as exc:
+                if tries == START_TRIES or not unavailable(exc):
+                    raise
+                log.warning("job %s: MLflow is away while its run opens (%s: %s); "
+                            "trying again in %.0f s", self.job_id, type(exc).__name__, exc,
+                            wait)  # fmt: skip
+            time.sleep(wait)
+            wait *= 2
+            self._check_alive()
+        raise AssertionError("unreachable")  # the last try returned or raised
 
     def _open(self) -> str:
         client = self.client
