@@ -19,17 +19,20 @@ from db.models import UTCDateTime
 from db.queries import _decode_cursor, _encode_cursor
 from db.states import TERMINAL, TRANSITIONS, JobStatus, can_transition, require, sources
 
-Q, R, S, F, C = (JobStatus(s) for s in ("queued", "running", "succeeded", "failed", "cancelled"))
+Q, R, S, F, C, P = (
+    JobStatus(s) for s in ("queued", "running", "succeeded", "failed", "cancelled", "pruned")
+)
 
 
 def test_the_table_holds_exactly_the_designed_moves() -> None:
     allowed = {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
-    assert allowed == {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C), (R, Q)}
+    # pruned: a sweep's trial stopped by its rung, from its running attempt only
+    assert allowed == {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C), (R, P), (R, Q)}
     assert set(TRANSITIONS) == set(JobStatus)
 
 
 def test_terminal_statuses_have_no_way_out() -> None:
-    assert {S, F, C} == TERMINAL
+    assert {S, F, C, P} == TERMINAL
     for status in TERMINAL:
         assert TRANSITIONS[status] == frozenset()
         assert not any(can_transition(status, other) for other in JobStatus)
@@ -41,6 +44,7 @@ def test_sources_invert_the_table() -> None:
     assert sources(C) == {Q, R}
     assert sources(F) == {Q, R}
     assert sources(S) == {R}
+    assert sources(P) == {R}
 
 
 def test_require_refuses_moves_outside_the_table() -> None:
@@ -52,7 +56,9 @@ def test_require_refuses_moves_outside_the_table() -> None:
 
 
 def test_status_values_are_the_stored_strings() -> None:
-    assert [s.value for s in JobStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert [s.value for s in JobStatus] == [
+        "queued", "running", "succeeded", "failed", "cancelled", "pruned"
+    ]  # fmt: skip
     assert JobStatus("running") is R and R == "running"
 
 
