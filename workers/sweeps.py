@@ -8,8 +8,8 @@ ran out.
 
 The searcher's state is an Optuna study per sweep in an ``RDBStorage`` beside gradq's
 database (:func:`optuna_storage`): the same PostgreSQL database in a schema of its own
-(``optuna``, :func:`optuna_schema`), or a SQLite file next to gradq's. Optuna's tables, and the Alembic version
-table it keeps for them, stay out of gradq's schema and its migrations.
+(``optuna``, :func:`optuna_schema`), or a SQLite file next to gradq's. Optuna's tables, and
+the Alembic version table it keeps for them, stay out of gradq's schema and its migrations.
 
 No trial is lost or made twice across a crash:
 
