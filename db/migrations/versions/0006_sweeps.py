@@ -37,8 +37,13 @@ JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 def _jobs_check(old: str, new: str) -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        op.execute("ALTER TABLE jobs DROP CONSTRAINT ck_jobs_status")
-        op.execute(f"ALTER TABLE jobs ADD CONSTRAINT ck_jobs_status CHECK ({new})")
+        # its name is the naming convention's (``ck_jobs_ck_jobs_status`` from 0001): found
+        name = bind.exec_driver_sql(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass "
+            "AND contype = 'c' AND strpos(pg_get_constraintdef(oid), 'cancelled') > 0"
+        ).scalar_one()
+        op.execute(f'ALTER TABLE jobs DROP CONSTRAINT "{name}"')
+        op.execute(f'ALTER TABLE jobs ADD CONSTRAINT "{name}" CHECK ({new})')
         return
     sql = bind.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import insert, inspect, select
 from typer.testing import CliRunner
 
+from core.spec import parse_spec
 from db.cli import db_app
 from db.keys import KEYS, KeyStore, hash_key
 from db.migrate import check, upgrade
@@ -17,7 +18,10 @@ from db.session import make_engine
 from db.store import JobStore
 from db.views import KeyGrant
 
-TABLES = {"jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth"}
+TABLES = {
+    "jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth",
+    "sweeps", "trials", "trial_reports",
+}  # fmt: skip
 
 
 def test_upgrade_of_an_empty_database_matches_the_models(db_url: str) -> None:
@@ -136,5 +140,41 @@ def test_0005_gives_existing_keys_the_tenant_role_and_no_caps(db_url: str) -> No
         assert (view.role, view.max_running, view.max_priority) == ("tenant", None, None)
         _, new = keys.create(tenant="acme", role="operator", max_running=4)
         assert keys.lookup(key=new) == KeyGrant(tenant="acme", role="operator")
+    finally:
+        engine.dispose()
+
+
+def test_0006_lets_jobs_be_pruned_and_keeps_every_job_event_and_trigger(db_url: str) -> None:
+    """A database at 0005 with a running job upgrades in place: the job and its events are
+    kept (on SQLite the status check is changed without rebuilding ``jobs``, which would
+    have cascaded to its events), the queue-depth counts still follow the jobs, and a
+    running job may now end ``pruned``; the schema matches the models."""
+    from db.states import JobStatus
+
+    upgrade(db_url, "0005")
+    engine = make_engine(db_url)
+    try:
+        store = JobStore(engine)
+        running = store.submit(spec=parse_spec({"dataset": "iris"})).id
+        queued = store.submit(spec=parse_spec({"dataset": "iris"})).id
+        [claimed] = store.claim(owner="w", lease_seconds=30, ids=[running])
+        events_before = len(store.events(job_id=running))
+        upgrade(db_url)
+        assert check(db_url) == []
+        assert len(store.events(job_id=running)) == events_before == 2
+        assert store.get(job_id=queued).status is JobStatus.QUEUED
+        assert store.recount_queue_depth() == {}  # the triggers kept counting
+        store.submit(spec=parse_spec({"dataset": "iris"}))
+        assert store.recount_queue_depth() == {}
+        view = store.finish(job_id=running, attempt=claimed.attempt, status="pruned")
+        assert view.status is JobStatus.PRUNED
+        # the check still refuses a status it does not know
+        with engine.connect() as conn, pytest.raises(Exception, match=r"(?i)check"):
+            conn.exec_driver_sql(
+                "UPDATE jobs SET status = 'lost' WHERE id = ?"
+                if engine.dialect.name == "sqlite"
+                else "UPDATE jobs SET status = 'lost' WHERE id = %s",
+                (queued,),
+            )
     finally:
         engine.dispose()
