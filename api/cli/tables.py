@@ -7,8 +7,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Column, Table
 
-WIDE = 100  # below this many columns, a list leaves out its "created" column
-FOLDS = ("name", "tenant")  # free text: folded onto more lines; every other cell stays whole
+WIDE = 100  # below: a list leaves out its "created" column, `sweep show` its trials' ids
+# free text, folded onto more lines; every other cell stays whole
+FOLDS = ("name", "tenant", "params")
 
 
 def listing(console: Console, ids: list[str], *columns: str) -> Table:
