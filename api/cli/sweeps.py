@@ -137,7 +137,7 @@ def show(
         f"sweep {sweep['id']} {sweep['name']} {sweep['status']}",
         f"created {when(sweep['created_at'])}{finished}",
         f"search: {search.get('method', '?')}, {sweep['trials']} trials made"
-        + (f" of {search['trials']}" if search.get("trials") else "")
+        + (f" of {_total(sweep)}" if _total(sweep) else "")
         + (f", {search['parallel']} at once" if search.get("parallel") else ""),
         "objective: {} ({})".format(*_objective(sweep)),
         f"early stopping: {kind}"
@@ -147,11 +147,19 @@ def show(
     ]
     if sweep.get("error"):
         lines.append(f"error: {sweep['error']}")
+    for note in sweep.get("notes") or []:  # sampled points that made no valid spec
+        if isinstance(note, dict) and "trial" in note:
+            lines.append(f"note: trial {note['trial']}: {note.get('message')}")
+        else:
+            lines.append(f"note: {note}")
     if sweep.get("mlflow_run_id"):
         lines.append(f"MLflow run: {sweep['mlflow_run_id']}")
     for line in lines:
         console.print(line, markup=False, highlight=False)
-    console.print(_trials_table(sweep, trials, with_ids=True))
+    if trials:
+        console.print(_trials_table(sweep, trials, with_ids=True))
+    else:
+        console.print("no trials yet")
     if more:
         console.print(f"the {len(trials)} best of {sweep['trials']} trials; --limit for more")
 
@@ -181,7 +189,7 @@ def cancel(
     """Cancel a sweep: its queued trials are cancelled, its running ones stop."""
     with ApiClient(url, key) as client:
         sweep = _call(client, "POST", f"/v1/sweeps/{sweep_id}/cancel")
-    note = "" if sweep["status"] in TERMINAL else " (cancel requested: running trials stopping)"
+    note = "" if sweep["status"] in TERMINAL else " (cancel requested: its trials stopping)"
     typer.echo(f"{sweep['id']} {sweep['status']}{note}")
 
 
@@ -209,9 +217,16 @@ def sweeps(
 
 
 def _made(sweep: dict[str, Any], of: str = " of ") -> str:
-    """Trials made so far, and of how many when the search says."""
-    total = ((sweep.get("spec") or {}).get("search") or {}).get("trials")
+    """Trials made so far, and of how many when that is known."""
+    total = _total(sweep)
     return f"{sweep['trials']}{of}{total}" if total else str(sweep["trials"])
+
+
+def _total(sweep: dict[str, Any]) -> int | None:
+    """The trials the sweep makes in all: the service's ``total_trials``, or the search's."""
+    search = (sweep.get("spec") or {}).get("search") or {}
+    total = sweep.get("total_trials") or search.get("trials")
+    return total if isinstance(total, int) else None
 
 
 def _counts(sweep: dict[str, Any]) -> str:
@@ -256,12 +271,12 @@ def _outcome(sweep: dict[str, Any]) -> str:
 def _trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]], with_ids: bool) -> Table:
     """Trials by objective; parameters named by their last part where that is unambiguous."""
     metric = _objective(sweep)[0]
-    columns = ("trial", "status", metric, "params")
+    columns = ("trial", "status", "epoch", metric, "params")
     if with_ids and console.width >= WIDE:
         table = listing(console, [t["id"] for t in trials], *columns)
     else:  # the watch, or a narrow terminal, where the ids would leave the parameters no room
         with_ids = False
-        table = Table(*columns[:3])
+        table = Table(*columns[:-1])
         table.add_column("params", overflow="fold")
     paths = list(((sweep.get("spec") or {}).get("space") or {}).keys())
     for t in trials:
@@ -269,7 +284,9 @@ def _trials_table(sweep: dict[str, Any], trials: list[dict[str, Any]], with_ids:
     short = _short_names(paths)
     for t in trials:
         params = {short[p]: v for p, v in (t.get("params") or {}).items()}
+        epoch = t.get("epoch")
         row = {"id": t["id"], "trial": str(t["trial"]), "status": t["status"],
+               "epoch": "" if epoch is None else str(epoch),
                metric: _number(t.get("objective")), "params": _params(params)}  # fmt: skip
         if with_ids:
             add(table, row)

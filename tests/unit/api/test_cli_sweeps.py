@@ -36,12 +36,17 @@ SPEC = {
 }  # fmt: skip
 
 
-def trial(i: int, status: str, lr: float, hidden: list[int], objective: float | None) -> dict:
+def trial(
+    i: int, status: str, lr: float, hidden: list[int], objective: float | None, epoch: int | None
+) -> dict:
     return {"id": JOB.format(i), "trial": i, "status": status, "objective": objective,
-            "params": {"optimizer.lr": lr, "model.hidden": hidden}, "mlflow_run_id": f"run{i}"}  # fmt: skip
+            "params": {"optimizer.lr": lr, "model.hidden": hidden}, "epoch": epoch,
+            "mlflow_run_id": f"run{i}"}  # fmt: skip
 
 
-def snapshot(status: str, trials: list[dict], error: str | None = None) -> dict[str, Any]:
+def snapshot(
+    status: str, trials: list[dict], error: str | None = None, notes: list | None = None
+) -> dict[str, Any]:
     """The sweep as GET /v1/sweeps/{id} answers it, with ``trials`` made so far."""
     counts = dict.fromkeys(("queued", "running", "succeeded", "failed", "cancelled", "pruned"), 0)
     for t in trials:
@@ -50,29 +55,32 @@ def snapshot(status: str, trials: list[dict], error: str | None = None) -> dict[
     best = max(done, key=lambda t: t["objective"], default=None)
     return {
         "id": SWEEP_ID, "name": SPEC["name"], "status": status, "spec": SPEC, "counts": counts,
-        "trials": len(trials), "error": error, "mlflow_run_id": "parent-run",
+        "trials": len(trials), "total_trials": SPEC["search"]["trials"], "error": error,
+        "notes": notes or [], "cancel_requested": False, "mlflow_run_id": "parent-run",
         "best": best and {"job_id": best["id"], "trial": best["trial"],
                           "params": best["params"], "objective": best["objective"]},
         "history": [], "created_at": "2026-12-01T07:00:00.123456Z",
+        "started_at": "2026-12-01T07:00:01Z",
         "finished_at": None if status in ("queued", "running") else "2026-12-01T07:01:00Z",
         "_trials": trials,  # the fake's own: what GET …/trials answers (left out there)
     }  # fmt: skip
 
 
 RUNNING = snapshot("running", [
-    trial(0, "succeeded", 0.0123, [64], 0.9583),
-    trial(1, "running", 0.2500, [128, 128], None),
-    trial(2, "queued", 0.0011, [64], None),
+    trial(0, "succeeded", 0.0123, [64], 0.9583, 10),
+    trial(1, "running", 0.2500, [128, 128], None, 4),
+    trial(2, "queued", 0.0011, [64], None, None),
 ])  # fmt: skip
 SUCCEEDED = snapshot("succeeded", [
-    trial(0, "succeeded", 0.0123, [64], 0.9583),
-    trial(1, "pruned", 0.2500, [128, 128], 0.4125),
-    trial(2, "succeeded", 0.0456, [128, 128], 0.9861),
-    trial(3, "failed", 0.0011, [64], None),
-])  # fmt: skip
+    trial(0, "succeeded", 0.0123, [64], 0.9583, 10),
+    trial(1, "pruned", 0.2500, [128, 128], 0.4125, 2),
+    trial(2, "succeeded", 0.0456, [128, 128], 0.9861, 10),
+    trial(3, "failed", 0.0011, [64], None, 3),
+], notes=[{"trial": 4, "params": {"optimizer.lr": 2.0},
+           "message": "invalid spec: optimizer.lr: at most 1"}])  # fmt: skip
 FAILED = snapshot("failed", [
-    trial(0, "failed", 0.0123, [64], None),
-    trial(1, "failed", 0.2500, [128, 128], None),
+    trial(0, "failed", 0.0123, [64], None, 1),
+    trial(1, "failed", 0.2500, [128, 128], None, 1),
 ], error="every trial failed")  # fmt: skip
 
 
@@ -267,7 +275,7 @@ def test_watch_shows_the_best_trial_and_ends_succeeded_with_0(
     rows = [line for line in out.splitlines() if line.startswith("│")]
     trials = [row.split("│")[1].strip() for row in rows]
     assert trials[:3] == ["2", "0", "1"], out  # sorted by the objective, best first
-    assert "0.4125" in rows[2] and "pruned" in rows[2]
+    assert [c.strip() for c in rows[2].split("│")[1:5]] == ["1", "pruned", "2", "0.4125"]
     # one line to end it, on stdout after the id
     lines = result.stdout.splitlines()
     assert lines[0] == SWEEP_ID
@@ -354,7 +362,8 @@ def test_ctrl_c_leaves_the_sweep_running_and_says_so(
 def test_sweeps_lists_status_trials_and_best(service: tuple[FakeService, str]) -> None:
     fake, url = service
     other = {**copy.deepcopy(FAILED), "id": "5b0f4a1e-0000-4000-8000-00000000a002",
-             "name": "digits-wd", "best": None}  # fmt: skip
+             "name": "digits-wd", "best": None, "total_trials": 6}  # fmt: skip
+    other["spec"] = {**SPEC, "search": {"method": "grid"}}  # grid: the service counts them
     fake.listing = [copy.deepcopy(SUCCEEDED), other]
     result = gradq(url, "sweeps")
     assert result.exit_code == 0, result.output
@@ -362,7 +371,7 @@ def test_sweeps_lists_status_trials_and_best(service: tuple[FakeService, str]) -
             for line in result.output.splitlines() if line.startswith("│")]  # fmt: skip
     assert rows == [
         [SWEEP_ID, "digits-lr", "succeeded", "4/4", "0.9861", "2026-12-01 07:00:00"],
-        [other["id"], "digits-wd", "failed", "2/4", "-", "2026-12-01 07:00:00"],
+        [other["id"], "digits-wd", "failed", "2/6", "-", "2026-12-01 07:00:00"],
     ], result.output
     filtered = gradq(url, "sweeps", "--status", "failed", "--limit", "5")
     assert filtered.exit_code == 0
@@ -384,16 +393,17 @@ def test_show_prints_fields_counts_best_and_the_trials_by_objective(
     assert "queued 0 · running 0 · succeeded 2 · pruned 1 · failed 1 · cancelled 0" in out
     assert f"best: trial 2 val_accuracy 0.9861 (max)\n  job {JOB.format(2)}\n" in out
     assert "optimizer.lr=0.0456 model.hidden=[128, 128]" in out
+    assert "note: trial 4: invalid spec: optimizer.lr: at most 1" in out
     assert "MLflow run: parent-run" in out
     rows = [[c.strip() for c in line.split("│")[1:-1]]
             for line in out.splitlines() if line.startswith("│")]  # fmt: skip
-    assert [r[:4] for r in rows] == [
-        [JOB.format(2), "2", "succeeded", "0.9861"],
-        [JOB.format(0), "0", "succeeded", "0.9583"],
-        [JOB.format(1), "1", "pruned", "0.4125"],
-        [JOB.format(3), "3", "failed", "-"],
+    assert [r[:5] for r in rows] == [
+        [JOB.format(2), "2", "succeeded", "10", "0.9861"],
+        [JOB.format(0), "0", "succeeded", "10", "0.9583"],
+        [JOB.format(1), "1", "pruned", "2", "0.4125"],
+        [JOB.format(3), "3", "failed", "3", "-"],
     ], out
-    assert rows[0][4] == "lr=0.0456 hidden=[128, 128]"
+    assert rows[0][5] == "lr=0.0456 hidden=[128, 128]"
 
 
 def test_show_in_80_columns_keeps_each_trials_parameters_whole(
@@ -406,7 +416,7 @@ def test_show_in_80_columns_keeps_each_trials_parameters_whole(
     assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
     rows = [[c.strip() for c in line.split("│")[1:-1]]
             for line in result.output.splitlines() if line.startswith("│")]  # fmt: skip
-    assert rows[0] == ["2", "succeeded", "0.9861", "lr=0.0456 hidden=[128, 128]"], result.output
+    assert rows[0] == ["2", "succeeded", "10", "0.9861", "lr=0.0456 hidden=[128, 128]"], rows
     assert f"job {JOB.format(2)}" in result.output  # the best's job id, whole
 
 
@@ -431,10 +441,23 @@ def test_show_of_an_unknown_sweep_says_not_found(service: tuple[FakeService, str
 
 def test_cancel_prints_the_sweeps_new_status(service: tuple[FakeService, str]) -> None:
     fake, url = service
+    fake.current = snapshot("queued", [])
     result = gradq(url, "sweep", "cancel", SWEEP_ID)
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{SWEEP_ID} cancelled\n"
     assert fake.paths("POST") == [f"/v1/sweeps/{SWEEP_ID}/cancel"]
+    fake.answer = lambda *_: (202, {**FakeService.public(RUNNING), "cancel_requested": True})  # type: ignore[method-assign]
+    result = gradq(url, "sweep", "cancel", SWEEP_ID)
+    assert result.stdout == f"{SWEEP_ID} running (cancel requested: its trials stopping)\n"
+
+
+def test_show_of_a_sweep_without_trials_says_so(service: tuple[FakeService, str]) -> None:
+    fake, url = service
+    fake.script = [snapshot("queued", [])]
+    result = gradq(url, "sweep", "show", SWEEP_ID)
+    assert result.exit_code == 0, result.output
+    assert "search: random, 0 trials made of 4, 2 at once" in result.output
+    assert result.output.endswith("best: none yet\nMLflow run: parent-run\nno trials yet\n")
 
 
 def test_the_example_sweep_is_small_and_its_trials_are_job_specs() -> None:
