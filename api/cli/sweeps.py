@@ -26,6 +26,7 @@ COUNTS = ("queued", "running", "succeeded", "pruned", "failed", "cancelled")
 WATCH_POLL_SECONDS = 1.0
 WATCH_TOP = 10  # trials in the watch's table
 PAGE = 100  # trials asked for per request by `sweep show`
+LIST_WIDE = 120  # `gradq sweeps` shows "created" from this many columns (names stay whole)
 AWAY = (0, 502, 503, 504)  # the service unreachable or restarting: the watch keeps polling
 STYLES = {"succeeded": "green", "failed": "red", "running": "cyan", "pruned": "yellow"}
 
@@ -204,7 +205,7 @@ def sweeps(
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/sweeps", params=params)
     ids = [s["id"] for s in page["items"]]
-    table = listing(console, ids, "name", "status", "trials", "best", "created")
+    table = listing(console, ids, "name", "status", "trials", "best", "created", wide=LIST_WIDE)
     for s in page["items"]:
         best = s.get("best") or {}
         add(table, {"id": s["id"], "name": s["name"], "status": s["status"],
@@ -308,7 +309,7 @@ def _params(params: dict[str, Any]) -> str:
 def _value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return v if isinstance(v, str) else json.dumps(v)
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))  # one word
 
 
 def _number(v: float | None) -> str:

@@ -12,11 +12,12 @@ WIDE = 100  # below: a list leaves out its "created" column, `sweep show` its tr
 FOLDS = ("name", "tenant", "params")
 
 
-def listing(console: Console, ids: list[str], *columns: str) -> Table:
-    """A table with the ids first, then ``columns`` ("created" only in a wide terminal)."""
+def listing(console: Console, ids: list[str], *columns: str, wide: int = WIDE) -> Table:
+    """A table with the ids first, then ``columns`` ("created" only in a terminal of ``wide``
+    columns or more)."""
     table = Table(Column("id", no_wrap=True, min_width=max(map(len, ids), default=2)))
     for name in columns:
-        if name == "created" and console.width < WIDE:
+        if name == "created" and console.width < wide:
             continue
         folds = name in FOLDS
         table.add_column(name, overflow="fold" if folds else "ellipsis", no_wrap=not folds)

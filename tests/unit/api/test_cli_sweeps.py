@@ -271,7 +271,7 @@ def test_watch_shows_the_best_trial_and_ends_succeeded_with_0(
     assert "succeeded 2" in out and "pruned 1" in out and "failed 1" in out, out
     best = "best: trial 2 val_accuracy 0.9861 (max)"
     assert best in out, out
-    assert "optimizer.lr=0.0456 model.hidden=[128, 128]" in out
+    assert "optimizer.lr=0.0456 model.hidden=[128,128]" in out
     rows = [line for line in out.splitlines() if line.startswith("│")]
     trials = [row.split("│")[1].strip() for row in rows]
     assert trials[:3] == ["2", "0", "1"], out  # sorted by the objective, best first
@@ -373,6 +373,10 @@ def test_sweeps_lists_status_trials_and_best(service: tuple[FakeService, str]) -
         [SWEEP_ID, "digits-lr", "succeeded", "4/4", "0.9861", "2026-12-01 07:00:00"],
         [other["id"], "digits-wd", "failed", "2/6", "-", "2026-12-01 07:00:00"],
     ], result.output
+    narrow = gradq(url, "sweeps", columns=100)
+    cells = [[c.strip() for c in line.split("│")[1:-1]]
+             for line in narrow.output.splitlines() if line.startswith("│")]  # fmt: skip
+    assert cells[0] == [SWEEP_ID, "digits-lr", "succeeded", "4/4", "0.9861"], narrow.output
     filtered = gradq(url, "sweeps", "--status", "failed", "--limit", "5")
     assert filtered.exit_code == 0
     assert SWEEP_ID not in filtered.output and other["id"] in filtered.output
@@ -392,7 +396,7 @@ def test_show_prints_fields_counts_best_and_the_trials_by_objective(
     assert "objective: val_accuracy (max)" in out
     assert "queued 0 · running 0 · succeeded 2 · pruned 1 · failed 1 · cancelled 0" in out
     assert f"best: trial 2 val_accuracy 0.9861 (max)\n  job {JOB.format(2)}\n" in out
-    assert "optimizer.lr=0.0456 model.hidden=[128, 128]" in out
+    assert "optimizer.lr=0.0456 model.hidden=[128,128]" in out
     assert "note: trial 4: invalid spec: optimizer.lr: at most 1" in out
     assert "MLflow run: parent-run" in out
     rows = [[c.strip() for c in line.split("│")[1:-1]]
@@ -403,7 +407,7 @@ def test_show_prints_fields_counts_best_and_the_trials_by_objective(
         [JOB.format(1), "1", "pruned", "2", "0.4125"],
         [JOB.format(3), "3", "failed", "3", "-"],
     ], out
-    assert rows[0][5] == "lr=0.0456 hidden=[128, 128]"
+    assert rows[0][5] == "lr=0.0456 hidden=[128,128]"
 
 
 def test_show_in_80_columns_keeps_each_trials_parameters_whole(
@@ -416,7 +420,7 @@ def test_show_in_80_columns_keeps_each_trials_parameters_whole(
     assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
     rows = [[c.strip() for c in line.split("│")[1:-1]]
             for line in result.output.splitlines() if line.startswith("│")]  # fmt: skip
-    assert rows[0] == ["2", "succeeded", "10", "0.9861", "lr=0.0456 hidden=[128, 128]"], rows
+    assert rows[0] == ["2", "succeeded", "10", "0.9861", "lr=0.0456 hidden=[128,128]"], rows
     assert f"job {JOB.format(2)}" in result.output  # the best's job id, whole
 
 
