@@ -276,7 +276,8 @@ def test_watch_shows_the_best_trial_and_ends_succeeded_with_0(
     trials = [row.split("│")[1].strip() for row in rows]
     assert trials[:3] == ["2", "0", "1"], out  # sorted by the objective, best first
     assert [c.strip() for c in rows[2].split("│")[1:5]] == ["1", "pruned", "2", "0.4125"]
-    # one line to end it, on stdout after the id
+    # one line to end it, on stdout after the id, and on a line of its own after the table
+    assert f"┘\nsweep {SWEEP_ID} succeeded: " in out, out
     lines = result.stdout.splitlines()
     assert lines[0] == SWEEP_ID
     assert lines[-1].startswith(f"sweep {SWEEP_ID} succeeded: 4 trials"), result.stdout
