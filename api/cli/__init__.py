@@ -4,7 +4,8 @@
 - ``gradq db upgrade``: the migrations (:mod:`db.cli`);
 - the service: ``gradq serve`` / ``api`` / ``dispatcher`` (:mod:`api.cli.serve`);
 - its clients: ``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``datasets``
-  (:mod:`api.cli.commands`, over HTTP with :mod:`api.cli.http`);
+  (:mod:`api.cli.commands`, over HTTP with :mod:`api.cli.http`); ``sweep submit``, ``sweeps``,
+  ``sweep show``, ``sweep cancel`` (:mod:`api.cli.sweeps`);
 - ``gradq keys`` (:mod:`api.cli.keys`).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from api.cli import commands, local, serve
+from api.cli import commands, local, serve, sweeps
 from api.cli.keys import keys_app
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ def _mount_db() -> None:
 _mount_db()
 serve.register(app)
 commands.register(app)
+sweeps.register(app)
 app.add_typer(keys_app, name="keys")
 local.register(app)
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,8 +36,33 @@ def _call(client: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
     try:
         return client.call(method, path, **kwargs)
     except ApiFailure as exc:
-        err.print(f"[bold red]{exc.message}[/]", highlight=False)
-        raise typer.Exit(1) from None
+        fail(exc)
+
+
+def fail(exc: ApiFailure) -> NoReturn:
+    """Print the service's refusal (a line per problem, each naming its field); exit 1."""
+    err.print(f"[bold red]{escape(exc.message)}[/]", highlight=False)
+    raise typer.Exit(1) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML (or JSON) document in ``path``; exits 2 naming the file and, for YAML that
+    does not parse, ``FILE:LINE:COLUMN:`` and the problem."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        problem = f"cannot read {path}: {exc.strerror or exc}"
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = f"{where}: {exc.problem or exc.context}"
+        if exc.context and exc.context_mark and exc.problem:
+            at = exc.context_mark
+            problem += f" ({exc.context} at line {at.line + 1}, column {at.column + 1})"
+    except yaml.YAMLError as exc:
+        problem = f"{path}: {exc}"
+    err.print(f"[red]{escape(problem)}[/]", highlight=False)
+    raise typer.Exit(2)
 
 
 def submit(
@@ -48,11 +74,7 @@ def submit(
 ) -> None:
     """Submit a job; prints its id. With --watch: a live bar, then the final metrics and the
     MLflow link; the exit status is 1 when the job did not succeed."""
-    try:
-        spec = yaml.safe_load(job.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        err.print(f"[red]cannot read {job}: {exc}[/]")
-        raise typer.Exit(2) from None
+    spec = read_yaml(job)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     with ApiClient(url, key) as client:
         created = _call(client, "POST", "/v1/jobs", json=spec, headers=headers)

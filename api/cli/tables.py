@@ -7,15 +7,17 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Column, Table
 
-WIDE = 100  # below this many columns, a list leaves out its "created" column
-FOLDS = ("name", "tenant")  # free text: folded onto more lines; every other cell stays whole
+WIDE = 100  # below: a list leaves out its "created" column, `sweep show` its trials' ids
+# free text, folded onto more lines; every other cell stays whole
+FOLDS = ("name", "tenant", "params")
 
 
-def listing(console: Console, ids: list[str], *columns: str) -> Table:
-    """A table with the ids first, then ``columns`` ("created" only in a wide terminal)."""
+def listing(console: Console, ids: list[str], *columns: str, wide: int = WIDE) -> Table:
+    """A table with the ids first, then ``columns`` ("created" only in a terminal of ``wide``
+    columns or more)."""
     table = Table(Column("id", no_wrap=True, min_width=max(map(len, ids), default=2)))
     for name in columns:
-        if name == "created" and console.width < WIDE:
+        if name == "created" and console.width < wide:
             continue
         folds = name in FOLDS
         table.add_column(name, overflow="fold" if folds else "ellipsis", no_wrap=not folds)
