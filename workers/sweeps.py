@@ -257,12 +257,13 @@ class SweepController:
         )
         room = held.sweep.spec.search.parallel - len(active) - adopted
         total = held.sweep.trial_count()
+        asked = 0
         while room > 0 and made < total:
             if not self._ask(sweep_id, view.tenant, held):
                 break
-            made += 1
-            room -= 1
-        if made >= total and not active and not adopted:
+            made, room, asked = made + 1, room - 1, asked + 1
+        # every trial made, and each ended before this step (``trials`` was read before it)
+        if made >= total and not active and not adopted and not asked:
             self._end(sweep_id, held, view, trials, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:

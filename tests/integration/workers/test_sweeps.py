@@ -244,7 +244,7 @@ def test_asha_prunes_the_diverging_region_early_and_keeps_pruned_curves(
         assert epochs[t.job_id] in (1, 2, 4)
         assert t.mlflow_run_id is not None
         curve = metric_history(
-            tracking_uri=service.tracking_uri, run_id=t.mlflow_run_id, key="train_loss"
+            tracking_uri=service.tracking_uri, run_id=t.mlflow_run_id, key="loss/train"
         )
         assert [step for step, _ in curve] == list(range(1, epochs[t.job_id] + 1))
         checkpoint = latest_checkpoint(tracking_uri=service.tracking_uri, run_id=t.mlflow_run_id)
