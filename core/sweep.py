@@ -30,7 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.spec import (
     FieldError,
@@ -106,6 +113,14 @@ class SweepSpec(_Section):
     search: SearchSpec = Field(default_factory=SearchSpec)
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     early_stopping: SweepEarlyStopping = Field(default_factory=SweepEarlyStopping)
+    register_as: str | None = Field(
+        None, min_length=1, max_length=200, description="register the best trial's model"
+    )
+
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        return JobSpec._model_name(v)
 
     @model_validator(mode="before")
     @classmethod

@@ -59,7 +59,16 @@ class SweepTracking(Protocol):
 
     def best(self, *, run_id: str, step: int, best: dict[str, Any]) -> None: ...
 
-    def finish(self, *, run_id: str, status: str, rows: list[dict[str, Any]]) -> None: ...
+    def finish(
+        self,
+        *,
+        run_id: str,
+        status: str,
+        rows: list[dict[str, Any]],
+        best: dict[str, Any] | None,
+        register_as: str | None,
+        tenant: str,
+    ) -> None: ...
 
 
 def optuna_storage(database_url: str) -> Any:
@@ -423,6 +432,9 @@ class SweepController:
                     run_id=held.run_id,
                     status=status,
                     rows=results_table(trials, held.sweep),
+                    best=self.sweeps.get(sweep_id=sweep_id).best,
+                    register_as=held.sweep.spec.register_as,
+                    tenant=view.tenant,
                 )
             except Exception as exc:
                 log.warning("sweep %s: its MLflow run not closed: %s", sweep_id, exc)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.sweep import Sweep
+from workers.tracking.artifacts import _register_once
 from workers.tracking.client import find_or_create_experiment, make_client
 from workers.tracking.run import _now_ms
 from workers.tracking.scope import scoped_name
@@ -91,8 +92,35 @@ class SweepRuns:
             tags=tags,
         )
 
-    def finish(self, *, run_id: str, status: str, rows: list[dict[str, Any]]) -> None:
+    def finish(
+        self,
+        *,
+        run_id: str,
+        status: str,
+        rows: list[dict[str, Any]],
+        best: dict[str, Any] | None,
+        register_as: str | None,
+        tenant: str,
+    ) -> None:
+        """The results table, the best trial's model registered as ``register_as`` (scoped
+        by tenant like a job's; once per trial job, whoever asks again), and the status."""
         client = make_client(self.tracking_uri)
+        if register_as is not None and best is not None and best.get("mlflow_run_id"):
+            model_uri = client.get_run(best["mlflow_run_id"]).data.tags.get("gradq.model_uri")
+            if model_uri is not None:
+                name = scoped_name(
+                    register_as,
+                    tenant=tenant if self.tenant_names else None,
+                    field="register_as",
+                )
+                version = _register_once(
+                    client,
+                    self.tracking_uri,
+                    model_uri.removeprefix("models:/"),
+                    name,
+                    str(best["job_id"]),
+                )
+                client.set_tag(run_id, "best.registered", f"{name}/{version}")
         if rows:
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=list(rows[0]))

@@ -181,10 +181,13 @@ def check_mlflow(svc: Service, view: SweepView, trials: list[TrialView]) -> None
 
 @pytest.mark.parametrize("service", ["sqlite", "postgres"], indirect=True)
 def test_a_random_sweep_completes_with_its_best_trial(service: Service) -> None:
-    sweep_id = service.submit(iris_sweep())
+    sweep_id = service.submit(iris_sweep(register_as="iris-best"))
     view = service.wait(sweep_id)
     trials = check_completed(service, sweep_id, 12)
     check_mlflow(service, view, trials)
+    # the best trial's model, registered by the sweep
+    [version] = MlflowClient(service.tracking_uri).search_model_versions("name = 'iris-best'")
+    assert version.tags["gradq.job_id"] == view.best["job_id"]  # type: ignore[index]
     values = {t.params["optimizer.lr"] for t in trials}
     assert len(values) == 12 and all(0.01 <= v <= 0.5 for v in values)
 
