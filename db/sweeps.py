@@ -350,18 +350,25 @@ class SweepStore:
         self, *, sweep_id: str, owner: str, number: int, job_id: str, params: dict[str, Any]
     ) -> None:
         """Link trial ``number`` to its job (a second add of the same trial changes nothing)."""
-        row = dict(
-            sweep_id=sweep_id,
-            number=number,
-            job_id=job_id,
-            params=params,
-            told=False,
-            created_at=utcnow(),
-        )
+        self.add_trials(sweep_id=sweep_id, owner=owner, trials=[(number, job_id, params)])
+
+    def add_trials(
+        self,
+        *,
+        sweep_id: str,
+        owner: str,
+        trials: Sequence[tuple[int, str, dict[str, Any]]],
+    ) -> None:
+        """Link each trial (number, job id, parameters) to its job, in one transaction."""
+        now = utcnow()
+        rows = [
+            dict(sweep_id=sweep_id, number=n, job_id=j, params=p, told=False, created_at=now)
+            for n, j, p in trials
+        ]
         with write_tx(self._engine) as conn:
             self._fenced(conn, sweep_id, owner)
             stmt = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(TRIALS)
-            conn.execute(stmt.on_conflict_do_nothing(), [row])
+            conn.execute(stmt.on_conflict_do_nothing(), rows)
 
     def tell(self, *, sweep_id: str, owner: str, number: int, objective: float | None) -> int:
         """Record how trial ``number`` ended (its objective, None when it has none) and that

@@ -237,6 +237,8 @@ class SweepController:
         if view.status not in ACTIVE:
             del self._held[sweep_id]
             return
+        if view.lease_owner != self.owner:  # its lease ran out and another controller took it
+            raise SweepLeaseLost(f"sweep {sweep_id} is held by {view.lease_owner}")
         if view.status == "queued":
             self._start(sweep_id, view.tenant, held)
         trials, _ = self.sweeps.trials(sweep_id=sweep_id)
@@ -249,12 +251,14 @@ class SweepController:
             [n for n in view.notes if isinstance(n, dict) and "trial" in n]
         )
         active = [t for t in trials if not t.ended]
+        # a trial that ended after the tells above is told at the next step, before any end
+        untold = any(t.ended and not t.told for t in trials)
         stopping = view.cancel_requested or failed >= held.sweep.max_failed()
         if stopping:
             for trial in active:
                 with contextlib.suppress(InvalidTransition, JobNotFound):  # it ended meanwhile
                     self.jobs.request_cancel(job_id=trial.job_id)
-            if not active:
+            if not active and not untold:
                 self._end(sweep_id, held, view, trials, failed)
             return
         known = {t.number for t in trials}
@@ -266,13 +270,12 @@ class SweepController:
         )
         room = held.sweep.spec.search.parallel - len(active) - adopted
         total = held.sweep.trial_count()
-        asked = 0
-        while room > 0 and made < total:
-            if not self._ask(sweep_id, view.tenant, held):
-                break
-            made, room, asked = made + 1, room - 1, asked + 1
+        asked = self._ask(sweep_id, view.tenant, held, min(room, total - made)) if (
+            room > 0 and made < total
+        ) else 0  # fmt: skip
+        made += asked
         # every trial made, and each ended before this step (``trials`` was read before it)
-        if made >= total and not active and not adopted and not asked:
+        if made >= total and not active and not adopted and not asked and not untold:
             self._end(sweep_id, held, view, trials, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
@@ -315,57 +318,76 @@ class SweepController:
             out[path] = d.values[int(value)] if d.categorical else value
         return out
 
-    def _ask(self, sweep_id: str, tenant: str, held: _Held) -> bool:
-        """A new trial: asked of Optuna, queued as a job; False when the queue refused it
-        (the tenant's quota: asked again at a later step, as an adoption)."""
-        trial = held.study.ask(self._distributions(held.sweep))
-        return self._submit(sweep_id, tenant, held, trial.number, trial.params)
+    def _ask(self, sweep_id: str, tenant: str, held: _Held, count: int) -> int:
+        """``count`` new trials, asked of Optuna and queued as jobs together; how many were
+        queued (a trial the queue refused, over the tenant's quota, is adopted later)."""
+        distributions = self._distributions(held.sweep)
+        asked = [held.study.ask(distributions) for _ in range(count)]
+        return self._submit(sweep_id, tenant, held, [(t.number, t.params) for t in asked])
 
     def _adopt_orphans(self, sweep_id: str, tenant: str, held: _Held, known: set[int]) -> int:
         """Submit the trials Optuna handed out that have no ``trials`` row (the controller
         stopped between an ask and its record); how many were adopted."""
         from optuna.trial import TrialState
 
-        adopted = 0
-        for trial in held.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                log.info("sweep %s: adopting trial %s", sweep_id, trial.number)
-                if self._submit(sweep_id, tenant, held, trial.number, trial.params):
-                    adopted += 1
-        return adopted
+        orphans = [
+            (t.number, t.params)
+            for t in held.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in known
+        ]
+        if orphans:
+            log.info("sweep %s: adopting trials %s", sweep_id, [n for n, _ in orphans])
+        return self._submit(sweep_id, tenant, held, orphans) if orphans else 0
 
     def _submit(
-        self, sweep_id: str, tenant: str, held: _Held, number: int, optuna_params: dict[str, Any]
-    ) -> bool:
+        self,
+        sweep_id: str,
+        tenant: str,
+        held: _Held,
+        points: list[tuple[int, dict[str, Any]]],
+    ) -> int:
+        """Queue the trials ``points`` (number, the point as Optuna stores it) in one group
+        of submits and link each to the sweep; a point that makes no valid spec is told
+        failed to Optuna and noted on the sweep. How many were queued or noted."""
         from optuna.trial import TrialState
 
-        params = self._values(held.sweep, optuna_params)
-        try:
-            spec = trial_spec(
-                held.sweep,
-                sweep_id=sweep_id,
-                number=number,
-                params=params,
-                parent_run_id=held.run_id,
-            )
-        except InvalidSpec as exc:  # a point no bound showed invalid: reported, not run
-            held.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        requests, rows, notes = [], [], []
+        for number, optuna_params in points:
+            params = self._values(held.sweep, optuna_params)
+            try:
+                spec = trial_spec(
+                    held.sweep,
+                    sweep_id=sweep_id,
+                    number=number,
+                    params=params,
+                    parent_run_id=held.run_id,
+                )
+            except InvalidSpec as exc:  # a point no bound showed invalid: reported, not run
+                held.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                notes.append({"trial": number, "params": params, "message": f"invalid spec: {exc}"})
+                log.warning("sweep %s: trial %s has no valid spec: %s", sweep_id, number, exc)
+                continue
+            job_id = trial_job_id(sweep_id, number)
+            requests.append(SubmitRequest(spec, tenant, job_id=job_id, may_exist=True))
+            rows.append((number, job_id, params))
+        if notes:
             view = self.sweeps.get(sweep_id=sweep_id)
-            note = {"trial": number, "params": params, "message": f"invalid spec: {exc}"}
-            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, notes=[*view.notes, note])
-            log.warning("sweep %s: trial %s has no valid spec: %s", sweep_id, number, exc)
-            return True
-        job_id = trial_job_id(sweep_id, number)
-        request = SubmitRequest(spec, tenant, job_id=job_id, may_exist=True)
-        [answer] = self.jobs.submit_many([request], max_queued=self.max_queued, positions=False)
-        if isinstance(answer, QueueFull):
-            return False
-        if isinstance(answer, StoreError):
-            raise answer
-        self.sweeps.add_trial(
-            sweep_id=sweep_id, owner=self.owner, number=number, job_id=job_id, params=params
+            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, notes=[*view.notes, *notes])
+        answers = (
+            self.jobs.submit_many(requests, max_queued=self.max_queued, positions=False)
+            if requests
+            else []
         )
-        return True
+        queued = []
+        for row, answer in zip(rows, answers, strict=True):
+            if isinstance(answer, QueueFull):
+                continue
+            if isinstance(answer, StoreError):
+                raise answer
+            queued.append(row)
+        if queued:
+            self.sweeps.add_trials(sweep_id=sweep_id, owner=self.owner, trials=queued)
+        return len(queued) + len(notes)
 
     def _tell(
         self, sweep_id: str, held: _Held, trial: TrialView, best: dict[str, Any] | None
@@ -408,18 +430,17 @@ class SweepController:
         for t in trials:
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
         error = None
+        invalid = failed - counts.get("failed", 0)
+        if invalid:
+            counts["failed"] = failed  # the points that made no valid spec count as failed
+        how = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if view.cancel_requested:
             status = "cancelled"
+        elif counts.get("succeeded", 0) == 0:
+            status, error = "failed", f"no trial succeeded ({how})"
         elif failed >= held.sweep.max_failed():
             status = "failed"
-            error = f"{failed} trials failed (max_failed {held.sweep.max_failed()})"
-        elif counts.get("succeeded", 0) == 0:
-            status = "failed"
-            error = (
-                "no trial succeeded ("
-                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                + ")"
-            )
+            error = f"{failed} trials failed, max_failed is {held.sweep.max_failed()} ({how})"
         else:
             status = "succeeded"
         if error is not None:
