@@ -181,11 +181,15 @@ class SweepStore:
         if status is not None:
             query = query.where(SWEEPS.c.status == status)
         if cursor is not None:
-            at, last_id = _decode(cursor)
+            try:
+                raw_at, last_id = _decode(cursor)
+                at = datetime.fromisoformat(raw_at)
+            except (ValueError, TypeError) as exc:
+                raise InvalidCursor(cursor) from exc
             query = query.where(
                 or_(
-                    SWEEPS.c.created_at < datetime.fromisoformat(at),
-                    and_(SWEEPS.c.created_at == datetime.fromisoformat(at), SWEEPS.c.id < last_id),
+                    SWEEPS.c.created_at < at,
+                    and_(SWEEPS.c.created_at == at, SWEEPS.c.id < str(last_id)),
                 )
             )
         with read_tx(self._engine) as conn:
@@ -218,6 +222,8 @@ class SweepStore:
                 offset = int(_decode(cursor)[0])
             except (ValueError, TypeError, IndexError) as exc:
                 raise InvalidCursor(cursor) from exc
+            if offset < 0:
+                raise InvalidCursor(cursor)
         t, j = TRIALS.c, JOBS.c
         query = select(
             t.number, t.job_id, t.params, t.objective, t.told, t.ended_seq, j.status,

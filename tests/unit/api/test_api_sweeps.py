@@ -156,3 +156,19 @@ def test_trials_sort_by_objective_and_page(client: TestClient, tmp_path: Path) -
     r = client.post(f"/v1/sweeps/{sweep_id}/cancel").json()
     assert r["status"] == "running" and r["cancel_requested"]  # its controller ends it
     assert r["counts"]["cancelled"] == 4  # every queued trial at once
+
+
+@pytest.mark.parametrize("cursor", ["zz", "WyJ4Il0", "WzEsMl0", "Wy01XQ"])
+def test_a_cursor_not_given_by_the_service_is_refused_not_a_500(
+    client: TestClient, cursor: str
+) -> None:
+    """Not base64 JSON; ["x"]; [1, 2] (a page offset of 1 for trials, no time for sweeps);
+    [-5]."""
+    sweep_id = client.post("/v1/sweeps", json=SWEEP).json()["id"]
+    r = client.get("/v1/sweeps", params={"cursor": cursor})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_cursor"), r.text
+    r = client.get(f"/v1/sweeps/{sweep_id}/trials", params={"cursor": cursor})
+    if cursor == "WzEsMl0":
+        assert r.status_code == 200
+    else:
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_cursor"), r.text
