@@ -144,7 +144,10 @@ def check_completed(svc: Service, sweep_id: str, n: int) -> list[TrialView]:
         ends = [e for e in svc.jobs.events(job_id=t.job_id) if e.to_status in TERMINAL]
         assert len(ends) == 1, ends  # ended once
     done = [t for t in trials if t.status.value == "succeeded"]
-    best = max(done, key=lambda t: t.objective or -1)
+    top = max(t.objective or -1 for t in done)
+    # the best: of the trials with the top objective, the first that ended (ties are common:
+    # iris validates on 30 rows)
+    best = min((t for t in done if t.objective == top), key=lambda t: t.ended_seq or 0)
     assert view.best is not None
     assert view.best["job_id"] == best.job_id and view.best["objective"] == best.objective
     assert view.best["params"] == best.params
