@@ -68,6 +68,9 @@ def training(job: JobView) -> bool:
 
 
 def pct(values: list[float], p: float) -> float:
+    """Nearest rank; NaN when a value is missing (code whose attempts record no stop)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
@@ -136,7 +139,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, config: Dispatc
     print(
         f"\n{n} stops (cancels) of running jobs, {args.parallel} running at once; "
         f"{platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-        f"stop check every {config.stop_check_seconds:g} s\n"
+        f"stop check every {getattr(config, 'stop_check_seconds', math.nan):g} s\n"
     )
     print("| from the cancel request to | p50 | p99 | max | anchor: the heartbeat | target |")
     print("|---|---:|---:|---:|---:|---|")
@@ -149,7 +152,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, config: Dispatc
         target = f"< {TARGET_S:g} s" if key == "stopped" else ""
         print(
             f"| {what} | {pct(values, 50):.3f} s | {pct(values, 99):.3f} s | "
-            f"{max(values):.3f} s | {config.worker.heartbeat_seconds:g} s | {target} |"
+            f"{pct(values, 100):.3f} s | {config.worker.heartbeat_seconds:g} s | {target} |"
         )
     vias = {v: sum(r["via"] == v for r in rows) for v in {r["via"] for r in rows}}
     statuses = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
