@@ -377,7 +377,7 @@ class Dispatcher:
             job_id = refs[ref]
             attempt = self.inflight.pop(job_id)
             self._freed.append((time.monotonic(), attempt.needs))
-            self.board.forget.remote(job_id, attempt.job.attempt)
+            self._tell_board("forget", job_id, attempt.job.attempt)
             try:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
@@ -441,7 +441,7 @@ class Dispatcher:
                 continue
             if attempt.stop_seen is None:
                 attempt.stop_seen = now
-                self.board.stop.remote(request.job_id, request.attempt, request.reason.value)
+                self._tell_board("stop", request.job_id, request.attempt, request.reason.value)
                 log.info("job %s: stop (%s) signalled", request.job_id, request.reason.value)
             elif (
                 not attempt.force_stopped
@@ -455,6 +455,14 @@ class Dispatcher:
                 )
                 ray.cancel(attempt.ref, force=True)
                 attempt.force_stopped = True
+
+    def _tell_board(self, method: str, *args: Any) -> None:
+        """Call the stop board without waiting for it; a board that cannot be reached is
+        logged and skipped (the attempts' heartbeats still carry their stops)."""
+        try:
+            getattr(self.board, method).remote(*args)
+        except Exception as exc:
+            log.warning("the stop board could not be told to %s %s: %s", method, args, exc)
 
     def demand(self, job_id: str, spec: dict[str, Any]) -> Demand:
         """``demand(spec)``, worked out once per queued job (a spec never changes)."""

@@ -25,8 +25,9 @@ starts and one as it ends (``forget``, by the dispatcher). ``ray.cancel(ref, for
 no substitute: it raises ``KeyboardInterrupt`` at whatever line the task is on, an MLflow or
 database write included.
 
-The heartbeat still carries a stop (``JobStore.heartbeat`` says one was asked): an attempt
-run without a board, or whose board is lost, stops a heartbeat later.
+The heartbeat still carries a stop (``JobStore.heartbeat`` says one was asked, and the attempt
+then reads its reason): an attempt run without a board learns of it a heartbeat later, as does
+one whose board is lost.
 """
 
 from __future__ import annotations

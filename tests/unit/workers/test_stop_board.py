@@ -6,6 +6,7 @@ test_db_stops.py)."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from db.states import StopReason
 from db.views import StopRequest
 from workers.dispatcher import NOTHING, Attempt, Dispatcher, DispatcherConfig
-from workers.stops import StopBoard
+from workers.stops import StopBoard, _heard, listen
 from workers.task import WorkerConfig
 
 
@@ -107,3 +108,30 @@ def test_an_attempt_still_running_after_the_grace_is_killed_once(
     d.signal_stops()
     d.signal_stops()
     assert killed == [("ref-a", True)]
+
+
+class Unreachable:
+    """A board whose actor is gone: every call raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("the actor died")
+
+
+def test_a_board_that_cannot_be_reached_leaves_the_stop_to_the_heartbeat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heard: list[str] = []
+    listen(None, "a", 1, heard.append)  # no board: nothing to wait on
+    listen(Unreachable(), "a", 1, heard.append)
+    lost: Future[Any] = Future()
+    lost.set_exception(RuntimeError("the actor died"))
+    _heard(lost, "a", heard.append)
+    forgotten: Future[Any] = Future()
+    forgotten.set_result(None)
+    _heard(forgotten, "a", heard.append)
+    assert heard == []
+    assert caplog.text.count("a stop comes with the heartbeat") == 2
+    d = dispatcher(FakeStore(REQUESTS), grace=600)
+    d.board = Unreachable()
+    d.signal_stops()  # the dispatcher's tick goes on
+    assert d.inflight["a"].stop_seen is not None
