@@ -142,6 +142,8 @@ class Job(Base):
     checkpoint_uri: Mapped[str | None] = mapped_column(Text)
     node: Mapped[str | None] = mapped_column(String(200))
     pending_reason: Mapped[str | None] = mapped_column(Text)
+    # why a stop was asked when not a cancel ("pruned"; ``cancel_requested`` is set for any)
+    stop_reason: Mapped[str | None] = mapped_column(String(16))  # migration 0006
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

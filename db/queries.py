@@ -27,13 +27,14 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
 )
 
 from db.errors import InvalidCursor, JobNotFound
 from db.models import EVENTS, JOBS, QUEUE_DEPTH
 from db.session import read_tx
-from db.states import JobStatus
-from db.views import EventView, JobView
+from db.states import JobStatus, StopReason
+from db.views import EventView, JobView, StopRequest
 
 Q = JobStatus.QUEUED
 
@@ -82,6 +83,39 @@ def ahead_of(
         value = getattr(job, name)
         out.append([*same, columns[name] > value if desc else columns[name] < value])
     return out
+
+
+# --- stops -------------------------------------------------------------------------------
+
+STOPPING: tuple[ColumnElement[bool], ...] = (
+    JOBS.c.status == JobStatus.RUNNING.value,
+    JOBS.c.cancel_requested == true(),
+)
+"""WHERE terms of the running jobs asked to stop, for any reason: ``cancel_requested`` is set
+by every stop request (:meth:`db.store.JobStore.request_stop`), so that a claim, a settled
+lease and the queue counters treat every stop alike. They are the first two columns of
+``ix_jobs_queue``: reading them costs what the stopping jobs are, not the running ones."""
+
+STOP_REASON_STORE = JOBS.c.stop_reason
+"""Where a stop's reason other than a cancel is kept (migration 0006). NULL with
+``cancel_requested`` set means a cancel."""
+
+
+def stop_reason(cancel_requested: bool, stored: str | None) -> StopReason | None:
+    """The reason of a stop request from a job's ``cancel_requested`` and
+    :data:`STOP_REASON_STORE`; None when no stop was requested."""
+    if not cancel_requested:
+        return None
+    known = {r.value: r for r in StopReason}
+    return known.get(stored or "", StopReason.CANCEL)
+
+
+def stop_requests_query(owner: str | None) -> Any:
+    """The statement of :meth:`JobQueries.stop_requests`."""
+    query = select(JOBS.c.id, JOBS.c.attempt, STOP_REASON_STORE.label("stored")).where(*STOPPING)
+    if owner is not None:
+        query = query.where(JOBS.c.lease_owner == owner)
+    return query  # no ORDER BY: SQLite would rather walk the whole table in its order
 
 
 # --- reads -------------------------------------------------------------------------------
@@ -187,6 +221,27 @@ class JobQueries:
         query = select(JOBS).where(*CLAIMABLE).order_by(*claim_order_by()).limit(limit)
         with read_tx(self._engine) as conn:
             return [JobView.from_row(r) for r in conn.execute(query).mappings()]
+
+    def stop_requests(self, *, owner: str | None = None) -> builtins.list[StopRequest]:
+        """The running jobs asked to stop (of the dispatcher ``owner``'s claims, if given),
+        each with its attempt and reason, in one query over :data:`STOPPING`."""
+        with read_tx(self._engine) as conn:
+            rows = sorted(conn.execute(stop_requests_query(owner)).all(), key=lambda r: r.id)
+        return [
+            StopRequest(r.id, r.attempt, stop_reason(True, r.stored) or StopReason.CANCEL)
+            for r in rows
+        ]
+
+    def stop_reason(self, *, job_id: str) -> StopReason | None:
+        """Why the job is asked to stop; None when it is not (:class:`JobNotFound` if absent)."""
+        query = select(JOBS.c.cancel_requested, STOP_REASON_STORE.label("stored")).where(
+            JOBS.c.id == job_id
+        )
+        with read_tx(self._engine) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return stop_reason(bool(row.cancel_requested), row.stored)
 
     def queue_position(self, *, job_id: str) -> int | None:
         """How many queued jobs a claim takes before this one; None if it is not queued."""

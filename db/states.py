@@ -54,6 +54,14 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
 """old status → the statuses it may move to. The only definition of legal moves."""
 
 
+class StopReason(StrEnum):
+    """Why a running attempt is asked to stop (:meth:`db.store.JobStore.request_stop`): a
+    cancel (a user's, or a cancelled sweep's), or a sweep's trial pruned by its rung."""
+
+    CANCEL = "cancel"
+    PRUNED = "pruned"
+
+
 def can_transition(old: JobStatus | str, new: JobStatus | str) -> bool:
     """True when the table allows ``old → new``."""
     return JobStatus(new) in TRANSITIONS[JobStatus(old)]

@@ -59,6 +59,7 @@ from db.errors import InvalidTransition, JobNotFound, StaleAttempt, StoreError
 from db.models import EVENTS, JOBS, QUEUE_DEPTH, UTCDateTime, utcnow
 from db.queries import (
     CLAIMABLE,
+    STOP_REASON_STORE,
     JobQueries,
     claim_key,
     claim_order_by,
@@ -68,7 +69,7 @@ from db.queries import (
     queue_counts,
 )
 from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
-from db.states import TERMINAL, JobStatus, require
+from db.states import TERMINAL, JobStatus, StopReason, require
 from db.submits import Group, SubmitRequest
 from db.views import ClaimedJob, JobView, Submitted
 
@@ -81,6 +82,8 @@ DIED_CANCELLED = "cancel requested and the attempt died"
 SUBMITTED = "submitted"  # the reason of a new job's first event
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+# what a refused stop request names as the status it asked for
+_STOPPED_TO = {StopReason.CANCEL: JobStatus.CANCELLED.value, StopReason.PRUNED: "pruned"}
 
 
 class JobStore(JobQueries):
@@ -358,14 +361,32 @@ class JobStore(JobQueries):
     # --- cancel, leases, scheduling --------------------------------------------------------
 
     def request_cancel(self, *, job_id: str, tenant: str | None = None) -> JobView:
-        """Cancel a job: a queued one becomes cancelled at once (event queued → cancelled), a
-        running one gets ``cancel_requested`` (idempotent). A finished one raises
-        :class:`InvalidTransition`. Only conditional UPDATEs: safe against a racing claim."""
+        """Cancel a job: :meth:`request_stop` for the reason ``cancel``."""
+        return self.request_stop(job_id=job_id, reason=StopReason.CANCEL, tenant=tenant)
+
+    def request_stop(
+        self, *, job_id: str, reason: StopReason | str, tenant: str | None = None
+    ) -> JobView:
+        """Ask a job to stop, for ``reason`` (:class:`StopReason`): the one way a stop is
+        requested. The running attempt learns it through the stop signal
+        (``workers.stops``) and its heartbeat, stops between two steps and ends the job.
+
+        Every reason sets ``cancel_requested`` (a claim skips the job, a lease that runs out
+        ends it cancelled, not queued); a reason other than a cancel is also stored
+        (:data:`db.queries.STOP_REASON_STORE`). The first stop asked of a running job is the
+        one its attempt gets: a later request, of any reason, changes nothing.
+
+        A cancel: a queued job becomes cancelled at once (event queued → cancelled), a running
+        one is asked to stop (idempotent). A prune: only a running job. Otherwise (a finished
+        job; a prune of a queued one) :class:`InvalidTransition`. Only conditional UPDATEs:
+        safe against a racing claim."""
+        why = StopReason(reason)
         now = utcnow()
         scope = job_scope(job_id, tenant)
+        running = [*scope, JOBS.c.status == R.value]
         with write_tx(self._engine) as conn:
             for _ in range(5):
-                done = move(
+                done = why is StopReason.CANCEL and move(
                     conn,
                     Q,
                     JobStatus.CANCELLED,
@@ -374,12 +395,15 @@ class JobStore(JobQueries):
                     "cancelled before it ran",
                     now,
                 )
+                values: dict[str, Any] = dict(cancel_requested=True, updated_at=now)
+                if why is not StopReason.CANCEL:
+                    values[STOP_REASON_STORE.name] = why.value
                 flagged = (
                     done
                     or conn.execute(
                         update(JOBS)
-                        .where(*scope, JOBS.c.status == R.value)
-                        .values(cancel_requested=True, updated_at=now)
+                        .where(*running, JOBS.c.cancel_requested == false())
+                        .values(values)
                         .returning(JOBS.c.id)
                     ).first()
                 )
@@ -388,9 +412,11 @@ class JobStore(JobQueries):
                 current = conn.execute(select(JOBS.c.status).where(*scope)).scalar()
                 if current is None:
                     raise JobNotFound(job_id)
-                if current in TERMINAL:
-                    raise InvalidTransition(job_id, current, JobStatus.CANCELLED.value)
-            raise RuntimeError(f"job {job_id} kept changing status while being cancelled")
+                if current == R.value:  # a stop was asked already: the first one stands
+                    return self.view(conn, job_id)
+                if current in TERMINAL or why is not StopReason.CANCEL:
+                    raise InvalidTransition(job_id, current, _STOPPED_TO[why])
+            raise RuntimeError(f"job {job_id} kept changing status while being stopped")
 
     def requeue_expired(self, *, now: datetime | None = None) -> list[tuple[str, JobStatus]]:
         """Settle running jobs whose lease expired before ``now`` (default: the clock).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from db.states import JobStatus
+from db.states import JobStatus, StopReason
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,15 @@ class ClaimedJob:
     lease_expires_at: datetime
     checkpoint_uri: str | None
     mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """A running job asked to stop: its current attempt and why (a :class:`StopReason`)."""
+
+    job_id: str
+    attempt: int
+    reason: StopReason
 
 
 @dataclass(frozen=True)

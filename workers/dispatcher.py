@@ -14,9 +14,9 @@ local Ray it started (no ``ray_address``) whose raylet or GCS server exits is re
 one, the jobs of its attempts settled at once. It renews no lease itself (the attempt does),
 settles at once the job of an attempt it sees die (``JobStore.release``) and any other expired
 lease (``requeue_expired``), closes the MLflow runs of attempts that died (on a thread of its
-own: ``workers.run_closer``; at its start also those a stopped dispatcher left open), and
-force-stops an attempt whose job was cancelled when it has not stopped by itself within a grace
-period.
+own: ``workers.run_closer``; at its start also those a stopped dispatcher left open), signals
+a stop asked of a running job (a cancel, a prune) to its attempt at once (``workers.stops``),
+and force-stops an attempt that has not stopped by itself within a grace period.
 Several dispatchers may share one database: claims and fencing make that safe.
 """
 
@@ -46,6 +46,7 @@ from db.keys import KeyStore
 from db.store import JobStore
 from db.views import ClaimedJob, JobView, TenantCaps
 from workers.run_closer import RunCloser
+from workers.stops import start_board
 from workers.sweeps import SweepController
 from workers.task import WorkerConfig, run_attempt
 from workers.tracking import make_client
@@ -75,8 +76,11 @@ class DispatcherConfig:
     # as soon as one of them ends.
     poll_seconds: float = 0.1
     requeue_seconds: float = 2.0
-    cancel_check_seconds: float = 0.5  # how often running jobs are checked for a cancel
-    cancel_grace_seconds: float = 10.0
+    # How often the stops asked of running jobs are read (one query for all of them) and
+    # signalled to their attempts (``workers.stops``); an attempt that has not stopped
+    # ``stop_grace_seconds`` after its signal is killed.
+    stop_check_seconds: float = 0.1
+    stop_grace_seconds: float = 10.0
     unsatisfiable: Literal["fail", "wait"] = "fail"
     # The lease a claim starts with: it covers starting a Ray worker process and importing
     # torch and MLflow (seconds on a cold node), after which the attempt's own heartbeats keep
@@ -170,8 +174,8 @@ class Attempt:
     ref: Any  # ray.ObjectRef
     needs: Demand
     launched: float
-    cancel_seen: float | None = None
-    force_cancelled: bool = False
+    stop_seen: float | None = None  # when its stop was signalled (``time.monotonic``)
+    force_stopped: bool = False
 
 
 def warm_up() -> str:
@@ -212,7 +216,8 @@ class Dispatcher:
         self._remote: Any = None
         self._warming: list[Any] = []
         self._last_requeue = 0.0
-        self._last_cancel_check = 0.0
+        self._last_stop_check = 0.0
+        self.board: Any = None  # the stop board (``workers.stops``) on the Ray it started with
         # (when, resources) of attempts reaped lately: Ray's view of the free resources
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, Demand]] = []
@@ -251,6 +256,7 @@ class Dispatcher:
                 )
                 self._own_node = ray._private.worker._global_node
         self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_attempt)
+        self.board = start_board()
         if self.config.warm_workers:
             # Start worker processes now and import torch, MLflow and the engine in them, so
             # the first job does not wait for it (Ray keeps idle workers for reuse).
@@ -358,9 +364,9 @@ class Dispatcher:
         if now - self._last_requeue >= self.config.requeue_seconds:
             self._last_requeue = now
             self.settle_expired()
-        if now - self._last_cancel_check >= self.config.cancel_check_seconds:
-            self._last_cancel_check = now
-            self.enforce_cancels()
+        if now - self._last_stop_check >= self.config.stop_check_seconds:
+            self._last_stop_check = now
+            self.signal_stops()
         self.launch()
 
     def reap(self) -> int:
@@ -379,6 +385,7 @@ class Dispatcher:
             job_id = refs[ref]
             attempt = self.inflight.pop(job_id)
             self._freed.append((time.monotonic(), attempt.needs))
+            self._tell_board("forget", job_id, attempt.job.attempt)
             try:
                 outcome = ray.get(ref)
                 log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
@@ -426,26 +433,45 @@ class Dispatcher:
                 job_id=job_id, run_id=run_id, status=status.value, reason=LOST_REASON
             )
 
-    def enforce_cancels(self) -> None:
-        """A cancelled job's attempt stops by itself between steps; one that has not within
-        the grace period (stuck in a long step) is killed; ``reap`` then settles it as cancelled."""
+    def signal_stops(self) -> None:
+        """Signal the stops asked of running jobs to their attempts of ours: one query for
+        all of them (``JobStore.stop_requests``), then a push to the stop board for each new
+        one (``workers.stops``); the attempt stops by itself between two steps. One still
+        running ``stop_grace_seconds`` later (stuck in a long step) is killed; ``reap`` then
+        settles it as cancelled."""
         import ray
 
+        if not self.inflight:
+            return
         now = time.monotonic()
-        for job_id, attempt in list(self.inflight.items()):
-            if attempt.force_cancelled:
+        for request in self.store.stop_requests(owner=self.config.owner):
+            attempt = self.inflight.get(request.job_id)
+            if attempt is None or attempt.job.attempt != request.attempt:
                 continue
-            if attempt.cancel_seen is None:
-                if self.store.get(job_id=job_id).cancel_requested:
-                    attempt.cancel_seen = now
-            elif now - attempt.cancel_seen > self.config.cancel_grace_seconds:
+            if attempt.stop_seen is None:
+                attempt.stop_seen = now
+                self._tell_board("stop", request.job_id, request.attempt, request.reason.value)
+                log.info("job %s: stop (%s) signalled", request.job_id, request.reason.value)
+            elif (
+                not attempt.force_stopped
+                and now - attempt.stop_seen > self.config.stop_grace_seconds
+            ):
                 log.warning(
-                    "job %s: still running %.0fs after cancel, killing it",
-                    job_id,
-                    now - attempt.cancel_seen,
+                    "job %s: still running %.0fs after its stop (%s), killing it",
+                    request.job_id,
+                    now - attempt.stop_seen,
+                    request.reason.value,
                 )
                 ray.cancel(attempt.ref, force=True)
-                attempt.force_cancelled = True
+                attempt.force_stopped = True
+
+    def _tell_board(self, method: str, *args: Any) -> None:
+        """Call the stop board without waiting for it; a board that cannot be reached is
+        logged and skipped (the attempts' heartbeats still carry their stops)."""
+        try:
+            getattr(self.board, method).remote(*args)
+        except Exception as exc:
+            log.warning("the stop board could not be told to %s %s: %s", method, args, exc)
 
     def demand(self, job_id: str, spec: dict[str, Any]) -> Demand:
         """``demand(spec)``, worked out once per queued job (a spec never changes)."""
@@ -516,7 +542,7 @@ class Dispatcher:
                 num_gpus=needs.gpus,
                 memory=int(needs.memory),
                 name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}",
-            ).remote(self.config.worker, claimed)
+            ).remote(self.config.worker, claimed, self.board)
             self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
             log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
 

@@ -1,8 +1,10 @@
 """One attempt of one job, as it runs inside a Ray task.
 
-``run_attempt(config, claimed)`` loads the data, resumes from the run's last checkpoint when
-this is not the first attempt, trains with ``core.train``, heartbeats the lease with progress
-from a background thread, stops when a cancel is requested, and writes the final status once,
+``run_attempt(config, claimed, board)`` loads the data, resumes from the run's last checkpoint
+when this is not the first attempt, trains with ``core.train``, heartbeats the lease with
+progress from a background thread, stops between two steps when a stop is requested (a cancel,
+a prune: through the dispatcher's stop signal, ``workers.stops``, or else the heartbeat) and
+says why in its final write, and writes the final status once,
 in one ``try/except/finally``. Every database write is fenced by the attempt number: a zombie
 attempt (its lease expired and the job was claimed again) is refused and stops quietly; an
 attempt cut off from the database stops by itself once its lease's deadline has passed with
@@ -41,9 +43,11 @@ from db.datasets import DatasetStore
 from db.errors import StaleAttempt, StoreError, StoreUnavailable
 from db.models import utcnow
 from db.session import make_engine
+from db.states import StopReason
 from db.store import JobStore
 from db.sweeps import SweepStore
 from db.views import ClaimedJob, DatasetView
+from workers.stops import listen
 from workers.tracking import JobTracker, close_run, latest_checkpoint
 from workers.tracking.artifacts import import_model_logging
 from workers.tracking.run import Outcome
@@ -73,6 +77,13 @@ class WorkerConfig:
     db_connections: int = 2
 
 
+# THE one place where a stop's reason becomes the final status of the job its attempt ends.
+STOPPED_STATUS: dict[StopReason, Literal["cancelled", "pruned"]] = {
+    StopReason.CANCEL: "cancelled",
+    StopReason.PRUNED: "pruned",
+}
+VIA = {"signal": "the stop signal", "heartbeat": "the heartbeat"}  # how a stop arrived
+
 _engines: dict[str, Any] = {}
 FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database that is away
 
@@ -100,7 +111,12 @@ def node_name() -> str:
 
 class Lease(Callback):
     """Heartbeats from a thread (a long epoch must not lose the lease) with the latest
-    progress; ``should_stop`` turns True on a cancel request or when the lease was lost.
+    progress; ``should_stop`` turns True on a stop request (:meth:`stopped`: from the stop
+    signal or a heartbeat) or when the lease was lost.
+
+    A stop is recorded in ``progress["stop"]``: its ``reason``, ``via`` ("signal" or
+    "heartbeat"), ``signalled_at`` (when the attempt learnt it) and ``stopped_at`` (when the
+    training loop first asked after it, between two steps), wall-clock epoch seconds.
 
     The attempt knows its lease's deadline: the expiry the last successful heartbeat set
     (``lease_seconds`` after that heartbeat began, on this process's monotonic clock; at first
@@ -120,6 +136,9 @@ class Lease(Callback):
             "node": self.node,
         }
         self.cancel = threading.Event()
+        self.stop_reason: StopReason | None = None  # set with ``cancel``: why
+        self.stop_via: str | None = None
+        self._stopping = threading.Lock()
         self.lost = threading.Event()
         left = (job.lease_expires_at - utcnow()).total_seconds()
         self.deadline = time.monotonic() + max(0.0, min(left, config.lease_seconds))
@@ -147,18 +166,31 @@ class Lease(Callback):
             self.lost.set()
         return not self.lost.is_set()
 
+    def stopped(self, reason: str, via: str) -> None:
+        """A stop was asked of this attempt, for ``reason``; it arrived ``via`` "signal" or
+        "heartbeat". The first one stands. Called from the stop signal's callback thread or
+        the heartbeat thread."""
+        with self._stopping:
+            if self.stop_reason is not None:
+                return
+            self.stop_reason, self.stop_via = StopReason(reason), via
+            self.progress["stop"] = {"reason": reason, "via": via, "signalled_at": time.time()}
+            self.cancel.set()
+
     def beat(self) -> None:
         began = time.monotonic()
         try:
-            if self.store.heartbeat(
+            asked = self.store.heartbeat(
                 job_id=self.job.id,
                 attempt=self.job.attempt,
                 lease_seconds=self.config.lease_seconds,
                 progress=dict(self.progress),
                 node=self.node,
-            ):
-                self.cancel.set()
+            )
             self.deadline = began + self.config.lease_seconds
+            if asked and self.stop_reason is None:
+                reason = self.store.stop_reason(job_id=self.job.id) or StopReason.CANCEL
+                self.stopped(reason, "heartbeat")
         except StoreUnavailable as exc:  # the database is away: retry until the deadline
             log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
         except StoreError as exc:  # stale attempt, job finished or gone: this attempt is over
@@ -187,7 +219,20 @@ class Lease(Callback):
         )
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set() or not self.alive()
+        if self.cancel.is_set():
+            stop = self.progress.get("stop")
+            if stop is not None and "stopped_at" not in stop:
+                # a new dict: the heartbeat thread may be serialising the one it replaces
+                self.progress["stop"] = {**stop, "stopped_at": time.time()}
+            return True
+        return not self.alive()
+
+    def stop_message(self, steps: int) -> str:
+        """The final event's reason of an attempt that stopped on request."""
+        return (
+            f"stop requested ({self.stop_reason}), seen through {VIA.get(self.stop_via or '')}; "
+            f"stopped at step {steps}"
+        )
 
 
 class Rungs(Callback):
@@ -326,8 +371,10 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
         log.warning("run %s: could not close it: %s", tracker.run_id, exc)
 
 
-def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
-    """Run one attempt to its end; returns the status written ("stale" when fenced out)."""
+def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str:
+    """Run one attempt to its end; returns the status written ("stale" when fenced out).
+    ``board``: the dispatcher's stop board (``workers.stops``), None to learn of stops from
+    the heartbeat alone."""
     logging.basicConfig(level=logging.INFO)
     engine = _engine(config)
     store = JobStore(engine)
@@ -336,6 +383,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
     lease = Lease(store, job, config, spec.optimizer.epochs)
     tracker: JobTracker | None = None
     status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
+    stop_message: str | None = None  # the final event's reason of an attempt stopped on request
     rungs = (
         Rungs(SweepStore(engine), job, spec.trial, lease)
         if spec.trial is not None and spec.trial.rungs
@@ -350,6 +398,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         lease.start()
         if lease.lost.is_set():
             return "stale"
+        listen(board, job.id, job.attempt, lambda reason: lease.stopped(reason, "signal"))
         tracker = JobTracker(
             tracking_uri=config.tracking_uri,
             job_id=job.id,
@@ -390,7 +439,11 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
         if not lease.alive():
             return "stale"
         if result.status == "cancelled" and (rungs is None or rungs.pruned_at is None):
-            status = "cancelled"
+            reason = lease.stop_reason or StopReason.CANCEL
+            status = STOPPED_STATUS[reason]
+            if "stop" in lease.progress:
+                lease.progress["stop"] = {**lease.progress["stop"], "step": result.steps}
+            stop_message = lease.stop_message(result.steps)
         else:
             if result.status == "cancelled":  # stopped by its rung: a result all the same
                 status = "pruned"
@@ -466,6 +519,7 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob) -> str:
                 final,
                 result_body,
                 error,
+                stop_message,
             )
         if tracker is not None and not written:
             tracker.abandon()
@@ -486,8 +540,10 @@ def _write_outcome(
     final: Outcome,
     result_body: dict[str, Any] | None,
     error: dict[str, Any] | None,
+    stop_message: str | None = None,
 ) -> bool:
-    """The attempt's final write (:func:`_final_write`); whether it went through."""
+    """The attempt's final write (:func:`_final_write`); whether it went through. An attempt
+    stopped on request writes ``stop_message`` as its event's reason."""
     marks["tracker_finished"] = time.time()
     if result_body is not None:
         result_body["timings"] = _timings(marks, started, started_cpu, tracker)
@@ -499,7 +555,7 @@ def _write_outcome(
             status=final,
             result=result_body,
             error=error,
-            reason=None if error is None else error["type"],
+            reason=error["type"] if error is not None else stop_message,
             progress=dict(lease.progress),
         )
         return True

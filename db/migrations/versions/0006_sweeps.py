@@ -1,4 +1,4 @@
-"""sweeps, trials, trial_reports; the job status ``pruned``
+"""sweeps, trials, trial_reports; the job status ``pruned``; jobs.stop_reason
 
 A sweep (``sweeps``) makes trials (``trials``), each an ordinary job; ``trial_reports`` keeps
 the objective each trial reported at a rung of asynchronous successive halving with the
@@ -62,6 +62,8 @@ def _jobs_check(old: str, new: str) -> None:
 
 def upgrade() -> None:
     _jobs_check(OLD, NEW)
+    # why a running job was asked to stop when it is not a cancel (``pruned``)
+    op.add_column("jobs", sa.Column("stop_reason", sa.String(16), nullable=True))
     op.create_table(
         "sweeps",
         sa.Column("id", sa.String(36), nullable=False),
@@ -132,3 +134,4 @@ def downgrade() -> None:
     op.drop_table("sweeps")
     op.execute("DELETE FROM jobs WHERE status = 'pruned'")
     _jobs_check(NEW, OLD)
+    op.execute("ALTER TABLE jobs DROP COLUMN stop_reason")  # SQLite 3.35+ and PostgreSQL

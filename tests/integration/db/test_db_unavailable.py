@@ -44,6 +44,7 @@ JOB_CALLS: dict[str, Callable[[JobStore], object]] = {
     "release": lambda s: s.release(job_id="j", attempt=1, why="gone"),
     "finish": lambda s: s.finish(job_id="j", attempt=1, status="succeeded"),
     "request_cancel": lambda s: s.request_cancel(job_id="j"),
+    "request_stop": lambda s: s.request_stop(job_id="j", reason="pruned"),
     "requeue_expired": lambda s: s.requeue_expired(),
     "lost_runs": lambda s: s.lost_runs(since=datetime.now(UTC)),
     "fail_queued": lambda s: s.fail_queued(job_id="j", reason="x"),
@@ -58,6 +59,8 @@ JOB_CALLS: dict[str, Callable[[JobStore], object]] = {
     "next_queued": lambda s: s.next_queued(),
     "queue_position": lambda s: s.queue_position(job_id="j"),
     "pending_reason": lambda s: s.pending_reason(job_id="j"),
+    "stop_requests": lambda s: s.stop_requests(owner="w"),
+    "stop_reason": lambda s: s.stop_reason(job_id="j"),
 }
 KEY_CALLS: dict[str, Callable[[KeyStore], object]] = {
     "create": lambda k: k.create(tenant="t"),

@@ -1,7 +1,8 @@
-"""Fixtures of the workers' integration tests: a real ``mlflow server``."""
+"""Fixtures of the workers' integration tests: a local Ray, a real ``mlflow server``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 from deploy_stack import kill, served_port
 
 BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A local Ray of 2 CPUs (bound to 127.0.0.1 by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) for
+    the module's tests."""
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,11 @@ from workers.task import WorkerConfig
 
 
 @contextlib.contextmanager
-def running(folder: Path, **config: Any) -> Iterator[tuple[JobStore, Dispatcher]]:
-    """The store and the dispatcher (``config``: more of its ``DispatcherConfig``), stopped
-    on exit, its attempts still in flight force-cancelled."""
+def running(
+    folder: Path, worker: dict[str, Any] | None = None, **config: Any
+) -> Iterator[tuple[JobStore, Dispatcher]]:
+    """The store and the dispatcher (``config``: more of its ``DispatcherConfig``; ``worker``:
+    of its ``WorkerConfig``), stopped on exit, its attempts still in flight force-cancelled."""
     import ray
 
     db_url = f"sqlite:///{folder}/gradq.db"
@@ -29,7 +31,8 @@ def running(folder: Path, **config: Any) -> Iterator[tuple[JobStore, Dispatcher]
     store = JobStore(make_engine(db_url))
     worker = WorkerConfig(
         database_url=db_url, tracking_uri=f"sqlite:///{folder}/mlflow.db",
-        artifact_root=str(folder / "artifacts"), lease_seconds=10.0, heartbeat_seconds=0.5,
+        artifact_root=str(folder / "artifacts"),
+        **{"lease_seconds": 10.0, "heartbeat_seconds": 0.5, **(worker or {})},
     )  # fmt: skip
     dispatcher = Dispatcher(DispatcherConfig(worker=worker, poll_seconds=0.1, **config), store)
     dispatcher.connect()

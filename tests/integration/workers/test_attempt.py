@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,4 +132,30 @@ def test_an_unexpected_failure_keeps_its_traceback_for_operators(
     assert 'raise RuntimeError("boom in the training loop")' in text
     assert client.get_run(job.mlflow_run_id).data.tags["gradq.error"] == (
         "boom in the training loop"
+    )
+
+
+def test_without_a_stop_board_a_stop_comes_with_the_heartbeat(stores: Stores) -> None:
+    """An attempt run without the dispatcher's stop board (``run_attempt(config, claimed)``)
+    learns of a stop, and its reason, from its heartbeat, and says so in its final write."""
+    long = {**SPEC, "dataset": "digits", "optimizer": {"epochs": 20_000}}
+    job_id = stores.jobs.submit(spec=parse_spec(long)).id
+    [claimed] = stores.jobs.claim(owner="test", limit=1, ids=[job_id], lease_seconds=30)
+
+    def prune_once_it_trains() -> None:
+        while stores.jobs.get(job_id=job_id).mlflow_run_id is None:
+            time.sleep(0.05)
+        stores.jobs.request_stop(job_id=job_id, reason="pruned")
+
+    pruner = threading.Thread(target=prune_once_it_trains, daemon=True)
+    pruner.start()
+    outcome = run_attempt(dataclasses.replace(stores.config, heartbeat_seconds=0.2), claimed)
+    pruner.join()
+    job = stores.jobs.get(job_id=job_id)
+    assert outcome == "pruned" and job.status.value == "pruned"
+    stop = (job.progress or {})["stop"]
+    assert (stop["reason"], stop["via"]) == ("pruned", "heartbeat"), stop
+    assert stop["signalled_at"] <= stop["stopped_at"]
+    assert stores.jobs.events(job_id=job_id)[-1].reason == (
+        f"stop requested (pruned), seen through the heartbeat; stopped at step {stop['step']}"
     )

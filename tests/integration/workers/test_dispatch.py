@@ -35,16 +35,6 @@ from workers.tracking import metric_history
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @dataclass
 class Service:
     store: JobStore
@@ -94,7 +84,7 @@ def service(ray_local: None, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
     def start_dispatcher() -> Dispatcher:
         d = Dispatcher(DispatcherConfig(worker=config, poll_seconds=0.2, requeue_seconds=0.5,
-                                        cancel_grace_seconds=10.0), store)  # fmt: skip
+                                        stop_grace_seconds=10.0), store)  # fmt: skip
         d.connect()
         stop = threading.Event()
         threading.Thread(target=d.run, args=(stop,), daemon=True).start()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import workers.dispatcher
 from db.states import JobStatus
 from workers import probes
 from workers.dispatcher import NOTHING, Attempt, Dispatcher, DispatcherConfig
@@ -70,7 +71,7 @@ def local(monkeypatch: pytest.MonkeyPatch) -> tuple[Dispatcher, FakeStore, FakeR
     monkeypatch.setattr(d, "_start_ray", fake.start)
     for step in ("reap", "launch"):
         monkeypatch.setattr(d, step, lambda: None)
-    d._last_requeue = d._last_cancel_check = float("inf")  # no settling or cancel checks
+    d._last_requeue = d._last_stop_check = float("inf")  # no settling or stop checks
     return d, store, fake
 
 
@@ -132,6 +133,7 @@ def test_only_a_local_ray_started_here_is_watched(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **options: None)
     monkeypatch.setattr(ray, "remote", lambda **options: lambda function: function)
+    monkeypatch.setattr(workers.dispatcher, "start_board", lambda: None)
     monkeypatch.setattr(ray._private.worker, "_global_node", node)
     worker = WorkerConfig(database_url="sqlite://", tracking_uri="x")
     for address, watched in ((None, node), ("127.0.0.1:6379", None)):
