@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # forced kill either: only the stop signal can end the job in time.
 HEARTBEAT_S = 600.0
 WAIT_S = 90.0
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "pruned")
 
 
 def long_job(seed: int = 0) -> dict[str, Any]:
