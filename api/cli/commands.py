@@ -28,7 +28,7 @@ UrlOpt = Annotated[
     str | None, typer.Option("--url", help=f"the service [$GRADQ_URL, {defaults.API_URL}]")
 ]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="an API key [$GRADQ_API_KEY]")]
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "pruned")  # pruned: a sweep's trial
 WATCH_POLL_SECONDS = 0.5
 
 
