@@ -257,12 +257,16 @@ class SweepController:
         )
         room = held.sweep.spec.search.parallel - len(active) - adopted
         total = held.sweep.trial_count()
+        asked = 0
         while room > 0 and made < total:
             if not self._ask(sweep_id, view.tenant, held):
                 break
             made += 1
             room -= 1
-        if made >= total and not active and not adopted:
+            asked += 1
+        # ``active`` was read before this step's trials were made: the sweep ends at a step
+        # that made none
+        if made >= total and not active and not adopted and not asked:
             self._end(sweep_id, held, view, trials, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
@@ -370,13 +374,12 @@ class SweepController:
             held.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             held.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        seq = self.sweeps.tell(
-            sweep_id=sweep_id, owner=self.owner, number=trial.number, objective=objective
-        )
-        if status != "succeeded" or objective is None:
-            return
-        mode = held.sweep.direction
-        if best is None or better(objective, float(best["objective"]), mode):
+        new = None
+        if (
+            status == "succeeded"
+            and objective is not None
+            and (best is None or better(objective, float(best["objective"]), held.sweep.direction))
+        ):
             new = {
                 "job_id": trial.job_id,
                 "trial": trial.number,
@@ -384,12 +387,14 @@ class SweepController:
                 "objective": objective,
                 "mlflow_run_id": trial.mlflow_run_id,
             }
-            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, best=new)
-            if self.tracking is not None and held.run_id is not None:
-                try:
-                    self.tracking.best(run_id=held.run_id, step=seq, best=new)
-                except Exception as exc:
-                    log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
+        seq = self.sweeps.tell(
+            sweep_id=sweep_id, owner=self.owner, number=trial.number, objective=objective, best=new
+        )
+        if new is not None and self.tracking is not None and held.run_id is not None:
+            try:
+                self.tracking.best(run_id=held.run_id, step=seq, best=new)
+            except Exception as exc:
+                log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
 
     def _end(
         self, sweep_id: str, held: _Held, view: Any, trials: list[TrialView], failed: int
