@@ -1,17 +1,16 @@
 """Fault 3: ``gradq serve`` is SIGKILLed mid-sweep and started again on the same data folder.
 
 At the kill some trials have ended, some are training and some are not made yet. Nothing
-gets a chance to clean up: the sweep keeps the dead controller's lease, its running trials
-keep their attempts' leases, and Optuna's study may hold a trial handed out but not yet
-recorded. The new process takes the sweep over once its lease ran out, the trials resume
-from their checkpoints, and the sweep makes its remaining trials and ends.
+gets a chance to clean up: the sweep keeps the dead controller's lease and its running
+trials keep their attempts' leases. The new process's controller takes the sweep over and
+the sweep ends.
 
 The audit: the sweep succeeded; its trials are numbered 0..n-1, each once, each one job
 (the job listing holds no other job of the sweep) ended by exactly one terminal event; each
 trial job passes the suite's audit (``chaos_harness.audit``: succeeded, one attempt at a
 time, one MLflow run, each learning-curve step once); MLflow holds one parent run of the
-sweep and, under it, exactly one live child run per trial job; the sweep's best is the best
-succeeded trial's objective.
+sweep and, under it, exactly one live child run per trial job; no point of the space was
+drawn twice; the sweep's best is the best succeeded trial's objective.
 """
 
 from __future__ import annotations
@@ -150,7 +149,8 @@ def test_serve_killed_mid_sweep_makes_every_trial_once(stack: Stack) -> None:
     child_runs = Counter(run.data.tags.get("gradq.job_id") for run in children)
     record({
         "fault": "gradq serve SIGKILL mid-sweep + restart on the same folder (SQLite)",
-        "at_kill": dict(sorted(at_kill.items())), "trials": len(final), **checked.counts,
+        "in_flight": at_kill["queued"] + at_kill["running"], "accepted": len(final),
+        "at_kill": dict(sorted(at_kill.items())), **checked.counts,
         "http_5xx": errors.count, "recover_s": round(recover_s, 1),
         "sweep_done_s": round(done_s, 1),
         "checked": "trials 0..n-1 once, one job each, one terminal event each; "
