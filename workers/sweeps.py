@@ -240,12 +240,15 @@ class SweepController:
             [n for n in view.notes if isinstance(n, dict) and "trial" in n]
         )
         active = [t for t in trials if not t.ended]
+        # a trial that ended after the tells above is told at the next step: the sweep ends
+        # only once every trial was told
+        untold = [t for t in trials if not t.told]
         stopping = view.cancel_requested or failed >= held.sweep.max_failed()
         if stopping:
             for trial in active:
                 with contextlib.suppress(InvalidTransition, JobNotFound):  # it ended meanwhile
                     self.jobs.request_cancel(job_id=trial.job_id)
-            if not active:
+            if not untold:
                 self._end(sweep_id, held, view, trials, failed)
             return
         known = {t.number for t in trials}
@@ -266,7 +269,7 @@ class SweepController:
             asked += 1
         # ``active`` was read before this step's trials were made: the sweep ends at a step
         # that made none
-        if made >= total and not active and not adopted and not asked:
+        if made >= total and not untold and not adopted and not asked:
             self._end(sweep_id, held, view, trials, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
@@ -405,7 +408,8 @@ class SweepController:
         error = None
         if view.cancel_requested:
             status = "cancelled"
-        elif failed >= held.sweep.max_failed():
+        elif held.sweep.spec.search.max_failed is not None and failed >= held.sweep.max_failed():
+            # without max_failed it is every trial: the sweep says that no trial succeeded
             status = "failed"
             error = f"{failed} trials failed (max_failed {held.sweep.max_failed()})"
         elif counts.get("succeeded", 0) == 0:

@@ -92,3 +92,41 @@ def test_a_controller_killed_right_after_telling_a_trial_leaves_its_best(tmp_pat
     assert view.best is not None and view.best["trial"] == 1, view.best
     assert view.best["objective"] == 0.9
     engine.dispose()
+
+
+def test_a_trial_that_ends_while_another_is_told_is_told_before_the_sweep_ends(
+    tmp_path: Path,
+) -> None:
+    """The last trial ends while the controller tells the one before it: the sweep ends only
+    once that trial was told too, its objective recorded and counted for the best."""
+    db_url, engine, sweep_id = iris_sweep(tmp_path, trials=2, parallel=2)
+    jobs, sweeps = JobStore(engine), SweepStore(engine)
+    controller = SweepController(sweeps, jobs, db_url, owner="one")
+    controller.tick(now=True)  # takes the sweep and queues its 2 trials
+    claimed = {job.id: job for job in jobs.claim(owner="attempts", limit=2, lease_seconds=60)}
+    trials, _ = sweeps.trials(sweep_id=sweep_id)
+    first, last = trials[0].job_id, trials[1].job_id
+
+    def end(job_id: str, value: float) -> None:
+        jobs.finish(job_id=job_id, attempt=claimed[job_id].attempt, status="succeeded",
+                    result={"metrics": {"val_accuracy": value}})  # fmt: skip
+
+    told = sweeps.tell
+
+    def tell_while_the_last_ends(**kwargs: Any) -> int:
+        if kwargs["number"] == 0:
+            end(last, 0.9)
+        return told(**kwargs)
+
+    sweeps.tell = tell_while_the_last_ends  # type: ignore[method-assign]
+    end(first, 0.5)
+    deadline = time.monotonic() + 60
+    while sweeps.get(sweep_id=sweep_id).status in ACTIVE:
+        assert time.monotonic() < deadline, sweeps.get(sweep_id=sweep_id)
+        controller.tick(now=True)
+    view = sweeps.get(sweep_id=sweep_id)
+    trials, _ = sweeps.trials(sweep_id=sweep_id)
+    assert [(t.number, t.told, t.objective) for t in trials] == [(0, True, 0.5), (1, True, 0.9)]
+    assert view.status == "succeeded", view
+    assert view.best is not None and view.best["trial"] == 1, view.best
+    engine.dispose()
