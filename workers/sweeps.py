@@ -267,7 +267,7 @@ class SweepController:
             made += 1
             room -= 1
             asked += 1
-        # ``active`` was read before this step's trials were made: the sweep ends at a step
+        # ``trials`` was read before this step made its trials: the sweep ends at a step
         # that made none
         if made >= total and not untold and not adopted and not asked:
             self._end(sweep_id, held, view, trials, failed)
