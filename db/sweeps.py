@@ -376,11 +376,21 @@ class SweepStore:
             stmt = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(TRIALS)
             conn.execute(stmt.on_conflict_do_nothing(), rows)
 
-    def tell(self, *, sweep_id: str, owner: str, number: int, objective: float | None) -> int:
+    def tell(
+        self,
+        *,
+        sweep_id: str,
+        owner: str,
+        number: int,
+        objective: float | None,
+        best: dict[str, Any] | None = None,
+    ) -> int:
         """Record how trial ``number`` ended (its objective, None when it has none) and that
-        the searcher was told; its place in the order trials ended (``ended_seq``)."""
+        the searcher was told, with the sweep's new ``best`` when this trial is it (in the
+        same transaction: a told trial is never looked at again); its place in the order
+        trials ended (``ended_seq``)."""
         with write_tx(self._engine) as conn:
-            self._fenced(conn, sweep_id, owner)
+            self._fenced(conn, sweep_id, owner, **({} if best is None else {"best": best}))
             seq = conn.execute(
                 select(func.coalesce(func.max(TRIALS.c.ended_seq), 0) + 1).where(
                     TRIALS.c.sweep_id == sweep_id

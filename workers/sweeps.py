@@ -251,14 +251,15 @@ class SweepController:
             [n for n in view.notes if isinstance(n, dict) and "trial" in n]
         )
         active = [t for t in trials if not t.ended]
-        # a trial that ended after the tells above is told at the next step, before any end
-        untold = any(t.ended and not t.told for t in trials)
+        # a trial that ended after the tells above is told at the next step: the sweep ends
+        # only once every trial was told
+        untold = [t for t in trials if not t.told]
         stopping = view.cancel_requested or failed >= held.sweep.max_failed()
         if stopping:
             for trial in active:
                 with contextlib.suppress(InvalidTransition, JobNotFound):  # it ended meanwhile
                     self.jobs.request_cancel(job_id=trial.job_id)
-            if not active and not untold:
+            if not untold:
                 self._end(sweep_id, held, view, trials, failed)
             return
         known = {t.number for t in trials}
@@ -274,8 +275,9 @@ class SweepController:
             room > 0 and made < total
         ) else 0  # fmt: skip
         made += asked
-        # every trial made, and each ended before this step (``trials`` was read before it)
-        if made >= total and not active and not adopted and not asked and not untold:
+        # ``trials`` was read before this step made its trials: the sweep ends at a step
+        # that made none, once every trial was told
+        if made >= total and not untold and not adopted and not asked:
             self._end(sweep_id, held, view, trials, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
@@ -363,7 +365,7 @@ class SweepController:
                     parent_run_id=held.run_id,
                 )
             except InvalidSpec as exc:  # a point no bound showed invalid: reported, not run
-                held.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                _tell_study(held.study, number, state=TrialState.FAIL)
                 notes.append({"trial": number, "params": params, "message": f"invalid spec: {exc}"})
                 log.warning("sweep %s: trial %s has no valid spec: %s", sweep_id, number, exc)
                 continue
@@ -397,18 +399,17 @@ class SweepController:
         objective = objective_of(trial, held.sweep.spec.objective.metric)
         status = trial.status.value
         if status == "succeeded" and objective is not None:
-            held.study.tell(trial.number, objective, skip_if_finished=True)
+            _tell_study(held.study, trial.number, values=objective)
         elif status == "pruned":
-            held.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+            _tell_study(held.study, trial.number, state=TrialState.PRUNED)
         else:
-            held.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        seq = self.sweeps.tell(
-            sweep_id=sweep_id, owner=self.owner, number=trial.number, objective=objective
-        )
-        if status != "succeeded" or objective is None:
-            return
-        mode = held.sweep.direction
-        if best is None or better(objective, float(best["objective"]), mode):
+            _tell_study(held.study, trial.number, state=TrialState.FAIL)
+        new = None
+        if (
+            status == "succeeded"
+            and objective is not None
+            and (best is None or better(objective, float(best["objective"]), held.sweep.direction))
+        ):
             new = {
                 "job_id": trial.job_id,
                 "trial": trial.number,
@@ -416,12 +417,14 @@ class SweepController:
                 "objective": objective,
                 "mlflow_run_id": trial.mlflow_run_id,
             }
-            self.sweeps.update(sweep_id=sweep_id, owner=self.owner, best=new)
-            if self.tracking is not None and held.run_id is not None:
-                try:
-                    self.tracking.best(run_id=held.run_id, step=seq, best=new)
-                except Exception as exc:
-                    log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
+        seq = self.sweeps.tell(
+            sweep_id=sweep_id, owner=self.owner, number=trial.number, objective=objective, best=new
+        )
+        if new is not None and self.tracking is not None and held.run_id is not None:
+            try:
+                self.tracking.best(run_id=held.run_id, step=seq, best=new)
+            except Exception as exc:
+                log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
 
     def _end(
         self, sweep_id: str, held: _Held, view: Any, trials: list[TrialView], failed: int
@@ -462,6 +465,18 @@ class SweepController:
         self.sweeps.finish(sweep_id=sweep_id, owner=self.owner, status=status, error=error)
         log.info("sweep %s ended %s%s", sweep_id, status, f": {error}" if error else "")
         self._held.pop(sweep_id, None)
+
+
+def _tell_study(study: Any, number: int, **outcome: Any) -> None:
+    """Tell Optuna how trial ``number`` ended (once: a second tell after a crash is skipped).
+    Optuna's grid sampler asks the study to stop once every point was handed out, which
+    raises outside ``Study.optimize``; the trial's state is stored all the same (Optuna
+    stores it in a ``finally``), so that is not an error here."""
+    try:
+        study.tell(number, skip_if_finished=True, **outcome)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def objective_of(trial: TrialView, metric: str) -> float | None:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,8 +32,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from deploy_stack import free_port, processes
-from gradq_service import service_env
+from deploy_stack import Stack, alive, descendants, free_port, processes
+from gradq_service import GRADQ, service_env
 from mlflow import MlflowClient
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -264,6 +265,34 @@ def record(row: dict[str, Any]) -> None:
     if target:
         with open(target, "a") as f:
             f.write(line + "\n")
+
+
+def serve(stack: Stack, name: str, env: dict[str, str], errors: ServerErrors) -> httpx.Client:
+    """``gradq serve`` on a free port (read from its log), ready, on 127.0.0.1 only."""
+    url = f"http://127.0.0.1:{stack.start_server(name, [GRADQ, 'serve', '--no-mlflow-ui'], env)}"
+    wait_until("gradq serve", lambda: httpx.get(f"{url}/readyz", timeout=10).is_success, 180,
+               context=stack.logs)  # fmt: skip
+    stack.assert_loopback_only()
+    return errors.client(url)
+
+
+def kill_serve(stack: Stack, name: str, attempts: list[int]) -> None:
+    """SIGKILL the ``gradq serve`` started as ``name`` with everything it runs, and the
+    attempts' worker processes (``attempts``: their pids, from the jobs' progress), all at
+    once; return when they are all gone. Ray's daemons and its worker processes run in
+    sessions of their own, outside the process group; killed only after it, an attempt with
+    its lease still valid could finish its job meanwhile (seen on a fast host)."""
+    process = stack.processes[name]
+    family = [process.pid, *descendants(process.pid)]
+    for pid in {*attempts, *family}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    stack.stopped.add(name)
+    kill_ours(str(stack.ray_temp))  # anything of the old Ray left
+    wait_until("the old processes to be gone",
+               lambda: not any(alive(p) for p in family + attempts), 60)  # fmt: skip
 
 
 def kill_ours(marker: str) -> None:

@@ -8,7 +8,6 @@ resume from their checkpoints; queued jobs and jobs submitted after the restart 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -23,23 +22,14 @@ from chaos_harness import (
     digits,
     iris,
     jobs,
-    kill_ours,
+    kill_serve,
     record,
+    serve,
     wait_until,
 )
 from deploy_stack import Stack, alive, descendants, processes
-from gradq_service import GRADQ
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def serve(stack: Stack, name: str, env: dict[str, str], errors: ServerErrors) -> httpx.Client:
-    """``gradq serve`` on a free port (read from its log), ready, on 127.0.0.1 only."""
-    url = f"http://127.0.0.1:{stack.start_server(name, [GRADQ, 'serve', '--no-mlflow-ui'], env)}"
-    wait_until("gradq serve", lambda: httpx.get(f"{url}/readyz", timeout=10).is_success, 180,
-               context=stack.logs)  # fmt: skip
-    stack.assert_loopback_only()
-    return errors.client(url)
 
 
 def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stack) -> None:
@@ -69,21 +59,7 @@ def test_serve_killed_and_restarted_on_the_same_folder_loses_nothing(stack: Stac
                             context=stack.logs)  # fmt: skip
         in_flight = sum(j["status"] not in ("succeeded", "failed", "cancelled")
                         for j in jobs(http, longs + queued).values())  # fmt: skip
-    process = stack.processes["serve"]
-    family = [process.pid, *descendants(process.pid)]
-    pids = [j["progress"]["pid"] for j in before.values()]
-    # Everything at once: Ray's daemons and its worker processes (the attempts) run in
-    # sessions of their own, outside the process group; killed only after it, an attempt
-    # with its lease still valid could finish its job meanwhile (seen on a fast host).
-    for pid in {*pids, *family}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    stack.stopped.add("serve")
-    kill_ours(str(stack.ray_temp))  # anything of the old Ray left
-    wait_until("the old processes to be gone",
-               lambda: not any(alive(p) for p in family + pids), 60)  # fmt: skip
+    kill_serve(stack, "serve", [j["progress"]["pid"] for j in before.values()])
     killed_at = time.monotonic()
 
     with serve(stack, "serve-2", env, errors) as http:

@@ -185,3 +185,25 @@ def test_a_sampled_point_that_makes_no_valid_spec_is_noted_and_counted_failed(
     assert "schedule.min_lr" in view.notes[0]["message"]
     assert view.error is not None and "no trial succeeded (2 failed)" in view.error
     assert c.sweeps.trials(sweep_id=sweep_id)[0] == []  # no job was made
+
+
+def test_a_grid_sweep_ends_though_optunas_grid_sampler_asks_the_study_to_stop(
+    db_url: str,
+) -> None:
+    """Once every point was handed out, Optuna's grid sampler stops the study at each tell
+    (an error outside ``Study.optimize``): the tells are recorded and the sweep ends."""
+    data = {
+        **SWEEP,
+        "space": {"optimizer.lr": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1]}},
+        "search": {"method": "grid", "trials": 4, "parallel": 4},
+    }
+    c = controller(db_url, "a")
+    sweep_id = create(c, data)
+    c.tick()  # every point queued
+    finish_running(c)
+    c.tick()
+    c.tick()
+    view = c.sweeps.get(sweep_id=sweep_id)
+    assert view.status == "succeeded"
+    study = optuna.load_study(study_name=study_name(sweep_id), storage=optuna_storage(db_url))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
