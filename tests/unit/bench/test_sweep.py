@@ -188,7 +188,7 @@ class ContractServer:
         self.finished_at = ""
         jobs = {  # id -> (status, epochs, curve, trial params)
             "j1": ("succeeded", 3, [0.5, 0.8, 0.9], (0.01, 1e-4)),
-            "j2": ("pruned", 2, [0.2, 0.1], (0.25, 1e-5)),
+            "j2": ("pruned", 2, [0.2], (0.25, 1e-5)),  # epochs: its progress, not its points
             "j3": ("succeeded", 3, [0.6, 0.95, 0.93], (0.02, 1e-3)),
         }
         self.jobs = jobs
