@@ -50,6 +50,7 @@ for helpers in ("tests/acceptance", "tests/integration/deploy"):
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -251,6 +252,7 @@ def ratio_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "best_delta_points": _points(run.best, a.best) if usable else None,
             "load_before": run.load_before, "load_after": run.load_after,
             "error": run.error, "notes": run.notes, **run.extra,
+            "per_trial": [dataclasses.asdict(t) for t in run.trials],
         })  # fmt: skip
     return rows
 
