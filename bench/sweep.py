@@ -58,6 +58,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 import traceback
@@ -374,6 +375,9 @@ def print_report(rep: dict[str, Any], file: Any = None) -> None:
     if rep["ray_init_s"] is not None:
         notes.append(f"Ray Tune's ray.init: {rep['ray_init_s']:.1f} s (not in its wall time).")
     for r in rep["runs"]:
+        if r.get("median_job_s"):
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["median_job_s"].items())
+            notes.append(f"{r['label']}: median seconds a job: {phases}")
         if r["error"]:
             notes.append(f"{r['label']}: not measured: {r['error']}")
         notes += [f"{r['label']}: {n}" for n in r["notes"]]
@@ -581,9 +585,11 @@ def wait_named(http: Any, name: str, count: int, timeout: float, poll: float) ->
         time.sleep(poll)
 
 
-def job_trial(http: Any, job_id: str, config: dict[str, float]) -> tuple[Trial, float]:
+def job_trial(
+    http: Any, job_id: str, config: dict[str, float]
+) -> tuple[Trial, float, dict[str, Any]]:
     """A terminal job as a trial (epochs from its progress, the best of its ``accuracy/val``
-    curve), and when it finished."""
+    curve), when it finished, and its result's ``timings`` (empty without a result)."""
     job = http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
     answer = http.get(f"/v1/jobs/{job_id}/metrics", params={"key": "accuracy/val"})
     points = answer.raise_for_status().json()["metrics"].get("accuracy/val", [])
@@ -592,7 +598,22 @@ def job_trial(http: Any, job_id: str, config: dict[str, float]) -> tuple[Trial, 
     trial = Trial.from_curve(config, curve, job["status"], epochs=epochs)
     if trial.best is None:  # no curve: the final metrics, if any
         trial.best = ((job.get("result") or {}).get("metrics") or {}).get("val_accuracy")
-    return trial, stamp(job["finished_at"] or job["updated_at"])
+    timings = (job.get("result") or {}).get("timings") or {}
+    return trial, stamp(job["finished_at"] or job["updated_at"]), timings
+
+
+def median_phases(timings: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds a job spent per attempt (wall, worker CPU), training, and in MLflow on
+    the attempt's own thread, over the jobs that have ``timings``."""
+    phases: dict[str, list[float]] = {"attempt": [], "attempt_cpu": [], "train": [], "mlflow": []}
+    for t in timings:
+        if not t:
+            continue
+        phases["attempt"].append(t["attempt_s"])
+        phases["attempt_cpu"].append(t["attempt_cpu_s"])
+        phases["train"].append(t["trained"] - t["tracker_started"])
+        phases["mlflow"].append(t.get("mlflow_critical_s", 0.0))
+    return {k: statistics.median(v) for k, v in phases.items() if v}
 
 
 def warm_up(http: Any, cpus: int, timeout: float) -> None:
@@ -618,12 +639,16 @@ def jobs_run(http: Any, configs: list[dict[str, float]], epochs: int, timeout: f
     wait_named(http, name, len(ids), timeout, 0.2)
     seen = time.time() - t0  # when the poll saw them all terminal: a check on the clocks
     read = [job_trial(http, i, c) for i, c in zip(ids, configs, strict=True)]
-    wall = max(end for _, end in read) - t0
+    wall = max(end for _, end, _ in read) - t0
     return Run(
         name="jobs",
         wall_s=wall,
-        trials=[t for t, _ in read],
-        extra={"submit_s": submitted, "seen_done_s": seen},
+        trials=[t for t, _, _ in read],
+        extra={
+            "submit_s": submitted,
+            "seen_done_s": seen,
+            "median_job_s": median_phases([x for _, _, x in read]),
+        },
     )
 
 
@@ -669,7 +694,7 @@ def sweep_run(
         lr_in = LR_RANGE[0] <= config["lr"] <= LR_RANGE[1]
         outside += not (lr_in and WD_RANGE[0] <= config["weight_decay"] <= WD_RANGE[1])
         read.append(job_trial(http, item["id"], config))
-    end = stamp(sweep["finished_at"]) if sweep.get("finished_at") else max(e for _, e in read)
+    end = stamp(sweep["finished_at"]) if sweep.get("finished_at") else max(e for _, e, _ in read)
     notes = []
     if sweep["status"] != "succeeded":
         notes.append(f"the sweep ended {sweep['status']}: {sweep.get('error')}")
@@ -681,13 +706,14 @@ def sweep_run(
     return Run(
         name=name,
         wall_s=end - t0,
-        trials=[t for t, _ in read],
+        trials=[t for t, _, _ in read],
         notes=notes,
         extra={
             "sweep_id": sweep_id,
             "sweep_status": sweep["status"],
             "sweep_best_objective": best.get("objective"),
-            "last_trial_end_s": max((e for _, e in read), default=t0) - t0,
+            "last_trial_end_s": max((e for _, e, _ in read), default=t0) - t0,
+            "median_job_s": median_phases([x for _, _, x in read]),
         },
     )
 

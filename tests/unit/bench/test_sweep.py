@@ -261,3 +261,15 @@ def test_a_server_without_sweeps_is_a_row_not_measured() -> None:
         run = sweep.sweep_run(http, "sweep", trials=3, epochs=3, seed=0, parallel=2, timeout=60)
     assert run.wall_s is None and not run.ok
     assert run.error == "this server has no /v1/sweeps"
+
+
+def test_a_job_s_phases_are_medians_over_the_jobs_with_timings() -> None:
+    def t(attempt: float, train: float) -> dict[str, float]:
+        return {"attempt_s": attempt, "attempt_cpu_s": attempt / 2, "tracker_started": 100.0,
+                "trained": 100.0 + train, "mlflow_critical_s": attempt - train}  # fmt: skip
+
+    phases = sweep.median_phases([t(1.0, 0.4), {}, t(3.0, 0.6), t(2.0, 0.5)])
+    assert phases == pytest.approx(
+        {"attempt": 2.0, "attempt_cpu": 1.0, "train": 0.5, "mlflow": 1.5}
+    )
+    assert sweep.median_phases([{}]) == {}
