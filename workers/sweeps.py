@@ -138,8 +138,9 @@ class _Held:
     sweep: Sweep
     study: Any
     run_id: str | None = None
-    failed_notes: int = 0
-    done_at: float | None = None
+    # Optuna may hold trials handed out with no job: at a takeover (the controller before
+    # may have stopped between an ask and its record), or after the queue refused some
+    orphans_possible: bool = True
 
 
 @dataclass
@@ -263,7 +264,10 @@ class SweepController:
                 self._end(sweep_id, held, view, trials, failed)
             return
         known = {t.number for t in trials}
-        adopted = self._adopt_orphans(sweep_id, view.tenant, held, known)
+        adopted = 0
+        if held.orphans_possible:  # reading Optuna's trials costs: only when there may be some
+            adopted = self._adopt_orphans(sweep_id, view.tenant, held, known)
+            held.orphans_possible = False
         made = (
             len(known)
             + adopted
@@ -382,7 +386,8 @@ class SweepController:
         )
         queued = []
         for row, answer in zip(rows, answers, strict=True):
-            if isinstance(answer, QueueFull):
+            if isinstance(answer, QueueFull):  # asked again at a later step, as an orphan
+                held.orphans_possible = True
                 continue
             if isinstance(answer, StoreError):
                 raise answer

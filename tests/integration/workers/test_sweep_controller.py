@@ -207,3 +207,20 @@ def test_a_grid_sweep_ends_though_optunas_grid_sampler_asks_the_study_to_stop(
     assert view.status == "succeeded"
     study = optuna.load_study(study_name=study_name(sweep_id), storage=optuna_storage(db_url))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+def test_trials_the_tenants_quota_refused_are_queued_later_none_lost(db_url: str) -> None:
+    """With room for one queued job a tenant, a step queues one trial; the points Optuna
+    handed out for the others are queued at later steps, and the sweep makes its 6."""
+    c = controller(db_url, "a", max_queued=1)
+    sweep_id = create(c)
+    for _ in range(30):
+        c.tick()
+        assert len(c.jobs.list(status="queued")[0]) <= 1
+        finish_running(c)
+        if c.sweeps.get(sweep_id=sweep_id).status != "running":
+            break
+    assert c.sweeps.get(sweep_id=sweep_id).status == "succeeded"
+    assert [t.number for t in c.sweeps.trials(sweep_id=sweep_id)[0]] == list(range(6))
+    study = optuna.load_study(study_name=study_name(sweep_id), storage=optuna_storage(db_url))
+    assert len(study.trials) == 6
