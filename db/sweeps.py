@@ -309,6 +309,21 @@ class SweepStore:
                 )
             return ids
 
+    def unclaimed(self) -> bool:
+        """Whether an active sweep waits for a controller (none holds it, or its holder's
+        lease ran out): one indexed read, cheap enough for every step of a controller."""
+        c = SWEEPS.c
+        query = (
+            select(c.id)
+            .where(
+                c.status.in_(ACTIVE),
+                or_(c.lease_expires_at.is_(None), c.lease_expires_at < utcnow()),
+            )
+            .limit(1)
+        )
+        with read_tx(self._engine) as conn:
+            return conn.execute(query).first() is not None
+
     def release(self, *, sweep_id: str, owner: str) -> None:
         """Give up the lease (a controller stopping), so another takes the sweep at once."""
         with write_tx(self._engine) as conn:

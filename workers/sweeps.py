@@ -168,7 +168,9 @@ class SweepController:
         if not now and t - self._last_step < self.interval_seconds:
             return
         self._last_step = t
-        if t - self._last_claim >= self.lease_seconds / 3:
+        # leases renewed every third of a lease; a new sweep (or one a stopped controller
+        # left) taken at the next step
+        if t - self._last_claim >= self.lease_seconds / 3 or self.sweeps.unclaimed():
             self._last_claim = t
             ids = self.sweeps.claim(owner=self.owner, lease_seconds=self.lease_seconds)
             for gone in set(self._held) - set(ids):

@@ -224,3 +224,15 @@ def test_trials_the_tenants_quota_refused_are_queued_later_none_lost(db_url: str
     assert [t.number for t in c.sweeps.trials(sweep_id=sweep_id)[0]] == list(range(6))
     study = optuna.load_study(study_name=study_name(sweep_id), storage=optuna_storage(db_url))
     assert len(study.trials) == 6
+
+
+def test_a_new_sweep_is_taken_at_the_next_step_not_at_the_next_renewal(db_url: str) -> None:
+    c = controller(db_url, "a", lease_seconds=600)  # leases renewed every 200 s
+    first = create(c)
+    c.tick()
+    assert set(c._held) == {first}
+    second = create(c)
+    c.tick()
+    assert set(c._held) == {first, second}
+    assert c.sweeps.get(sweep_id=second).status == "running"
+    assert len(c.sweeps.trials(sweep_id=second)[0]) == 2  # its first trials queued already
