@@ -1,0 +1,750 @@
+"""Packed training: K models of one architecture trained at once, along a leading model axis.
+
+The lecture's forward pass, δ recursion and updates (``core.backprop``) with one more index k
+for the model: for a batch of K minibatches X (K, n, d₀) and layers W⁽ˡ⁾ (K, dₗ, dₗ₋₁),
+
+    Z⁽ˡ⁾ₖ = H⁽ˡ⁻¹⁾ₖ W⁽ˡ⁾ₖᵀ + b⁽ˡ⁾ₖ,  H⁽ˡ⁾ₖ = φ(Z⁽ˡ⁾ₖ) ⊙ M⁽ˡ⁾ₖ      (one ``baddbmm`` per layer)
+    Δ⁽ˡ⁾ₖ = φ′(Z⁽ˡ⁾ₖ) ⊙ M⁽ˡ⁾ₖ ⊙ (Δ⁽ˡ⁺¹⁾ₖ W⁽ˡ⁺¹⁾ₖ)                 (one ``bmm``)
+    ∇W⁽ˡ⁾ₖ = Δ⁽ˡ⁾ₖᵀ H⁽ˡ⁻¹⁾ₖ,  ∇b⁽ˡ⁾ₖ = Σₙ Δ⁽ˡ⁾ₖ                     (one ``bmm``, one sum)
+
+so that K small matrix products become one batched product. The members of a pack share
+what the batched products need alike: the data set and its split, the widths, the
+activation, the loss, the batch size, the device (``pack_key``). Each member keeps its own
+learning rate, momentum, Nesterov flag, weight decay, dropout rate, schedule, epochs, early
+stopping, gradient-check settings and seed, and with the seed its own initial weights,
+minibatch order and dropout masks: member k of ``train_packed(specs)`` is the same training
+as ``core.train.train(specs[k])`` (the same random streams, drawn in the same order; the
+numbers agree to rounding, see tests/unit/core/test_packed.py).
+
+A member leaves the pack when it completes, stops early, is stopped by its ``should_stop``,
+diverges (``Diverged``), fails its gradient check or raises in a callback; the pack then
+compacts (the members left are not computed any more) and the others go on. The result of
+``train_packed`` is one entry per spec: its ``TrainResult``, or the exception it left with.
+
+Parameters, gradients and momentum are held per layer, (K, dₗ, dₗ₋₁) and (K, dₗ), so that
+each batched product writes a contiguous result. A step runs over chunks of members
+(``chunk_members``: a chunk's parameters, gradients, momentum and activations fit in
+``CHUNK_BYTES``), each chunk's pass followed at once by its update, while its numbers are
+still in the cache (bench/RESULTS.md, Engine, Packed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.activations import get_activation
+from core.callbacks import Callback, CallbackList
+from core.checkpoint import Checkpoint, check_compatible
+from core.data import Dataset, load_dataset
+from core.gradcheck import GradcheckFailed
+from core.model import MLP
+from core.optim import SGD, FlatParameters, learning_rate
+from core.spec import JobSpec, dataset_shape
+from core.state import TrainState
+from core.train import (
+    DIVERGENCE_CHECK_STEPS,
+    Diverged,
+    EpochEvaluation,
+    GradientChecks,
+    TrainingData,
+    TrainResult,
+    build_model,
+    final_metrics,
+    resolve_device,
+    resolve_engine,
+)
+
+ENGINE = "packed"  # what a member's TrainResult.engine and on_train_start say
+CHUNK_BYTES = 6 * 2**20  # a chunk's working set on the CPU (see ``chunk_members``)
+
+
+class PackIncompatible(ValueError):
+    """Specs that cannot train in one pack (``pack_key`` differs, or an engine other than
+    the manual one)."""
+
+
+def pack_key(spec: JobSpec) -> str:
+    """What members of one pack share: the data set with the seed of its split, the hidden
+    widths, the activation, the loss, the batch size and the device. Specs with equal keys
+    (and the manual engine, ``packable``) can train in one pack."""
+    ds = spec.dataset.model_dump(mode="json")
+    ds["seed"] = spec.seed if spec.dataset.seed is None else spec.dataset.seed
+    return json.dumps(
+        {
+            "dataset": ds,
+            "hidden": list(spec.model.hidden),
+            "activation": spec.model.activation,
+            "loss": spec.resolved_loss(dataset_shape(spec.dataset).task),
+            "batch_size": spec.optimizer.batch_size,
+            "device": resolve_device(spec).type,
+        },
+        sort_keys=True,
+    )
+
+
+def packable(spec: JobSpec) -> bool:
+    """Whether the spec may train in a pack: its engine is the manual one (``auto`` or
+    ``manual``); a spec that asks for autograd trains alone."""
+    return resolve_engine(spec) == "manual"
+
+
+def chunk_members(widths: Sequence[int], batch: int, itemsize: int) -> int:
+    """Members per chunk on the CPU: as many as keep one chunk's parameters, gradients,
+    momentum and activations within ``CHUNK_BYTES`` (at least one)."""
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    acts = batch * (widths[0] + widths[-1] + 3 * sum(widths[1:]))
+    return max(1, CHUNK_BYTES // ((3 * params + acts) * itemsize))
+
+
+class PackedPass:
+    """The forward and backward pass above for K members and batches of one size, every
+    buffer allocated once: ``run(X, T, masks)`` overwrites ``grad_w``/``grad_b`` (lists of
+    (K, dₗ, dₗ₋₁) and (K, dₗ) tensors) with each member's gradient of its batch's mean loss
+    (no weight decay). ``X`` (K, n, d₀), ``T`` (K, n, d_L) encoded targets, ``masks``: one
+    (K, n, dₗ) dropout mask per hidden layer (entries 0 or 1/p; rows of 1 for a member
+    without dropout) when built ``masked``. The weights are read at each call."""
+
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        grad_w: Sequence[torch.Tensor],
+        grad_b: Sequence[torch.Tensor],
+        *,
+        activation: str,
+        loss: str,
+        batch: int,
+        masked: bool,
+    ) -> None:
+        act = get_activation(activation)
+        if act.forward_ is None or act.backward_h is None:
+            raise ValueError(f"the packed engine needs an in-place activation, not {activation!r}")
+        self.forward_, self.backward_h = act.forward_, act.backward_h
+        self.loss, self.inv_n = loss, 1.0 / batch
+        self.W = list(weights)
+        self.Wt = [w.transpose(1, 2) for w in weights]
+        self.b = [b.unsqueeze(1) for b in biases]  # (K, 1, dₗ): broadcast over the rows
+        self.grad_w, self.grad_b = list(grad_w), list(grad_b)
+        K, ref = weights[0].shape[0], weights[0]
+
+        def buffer(width: int) -> torch.Tensor:
+            return torch.empty(K, batch, width, dtype=ref.dtype, device=ref.device)
+
+        widths = [w.shape[1] for w in weights]
+        self.z = [buffer(k) for k in widths]  # φ(Z⁽ˡ⁾) in place for hidden layers; F last
+        self.masked = [buffer(k) for k in widths[:-1]] if masked else None
+        self.g = [buffer(k) for k in widths[:-1]]  # Δ⁽ˡ⁾ of the hidden layers
+        self.delta_out = buffer(widths[-1])
+        self.row_sums = buffer(1)
+
+    def run(self, X: torch.Tensor, T: torch.Tensor, masks: Sequence[torch.Tensor] | None) -> None:
+        baddbmm, bmm, total = torch.baddbmm, torch.bmm, torch.sum
+        forward_, backward_h = self.forward_, self.backward_h
+        z, W, Wt, b = self.z, self.W, self.Wt, self.b
+        L = len(W)
+        hs = [X]  # what each layer receives: X, then φ(Z⁽ˡ⁾) ⊙ M⁽ˡ⁾
+        for l in range(L - 1):
+            h = forward_(baddbmm(b[l], hs[l], Wt[l], out=z[l]))  # type: ignore[misc]
+            if masks is not None:
+                assert self.masked is not None, "built with masked=False"
+                h = torch.mul(h, masks[l], out=self.masked[l])
+            hs.append(h)
+        F = baddbmm(b[-1], hs[-1], Wt[-1], out=z[-1])
+        d = self.delta_out
+        if self.loss == "cross_entropy":  # the operations of core.losses.loss_delta, per row
+            torch.sub(torch.softmax(F, -1), T, out=d)
+            s = total(d, -1, keepdim=True, out=self.row_sums)
+            d.addcmul_(T, s, value=-1.0).mul_(self.inv_n)
+        elif self.loss == "squared":
+            torch.sub(F, T, out=d).mul_(2.0 * self.inv_n)
+        elif self.loss == "logistic":
+            d.copy_(torch.sigmoid(-T * F).mul_(T).mul_(-self.inv_n))
+        else:
+            raise ValueError(f"unknown loss {self.loss!r}")
+        delta = d
+        for l in range(L - 1, -1, -1):
+            bmm(delta.transpose(1, 2), hs[l], out=self.grad_w[l])
+            total(delta, 1, out=self.grad_b[l])
+            if l > 0:
+                below = bmm(delta, W[l], out=self.g[l - 1])
+                if masks is not None:
+                    below.mul_(masks[l - 1])
+                delta = backward_h(z[l - 1], below)  # type: ignore[misc]
+
+
+class PackedParameters:
+    """The parameters, gradients and momentum of K members, per layer: ``params`` =
+    [W⁽¹⁾ (K, d₁, d₀), b⁽¹⁾ (K, d₁), …], ``grads`` and ``momentum`` alike. Member k's
+    tensors are row k of each; ``read``/``write`` copy them to and from a member's own
+    flat buffer (``FlatParameters`` layout: W⁽¹⁾, b⁽¹⁾, … one after the other)."""
+
+    def __init__(self, shapes: Sequence[torch.Size], K: int, *, dtype: torch.dtype, device: Any):
+        self.shapes = [tuple(s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.K = K
+        self.params = [torch.zeros(K, *s, dtype=dtype, device=device) for s in self.shapes]
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        self.momentum = [torch.zeros_like(p) for p in self.params]
+
+    def rows(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(K, P): each member's tensors in the flat layout."""
+        return torch.cat([t.reshape(self.K, -1) for t in tensors], dim=1)
+
+    def write(self, tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
+        """Member k's row of ``tensors`` := the flat buffer ``flat``."""
+        offset = 0
+        for t, n in zip(tensors, self.sizes, strict=True):
+            t[k].copy_(flat[offset : offset + n].view_as(t[k]))
+            offset += n
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only the members ``keep`` (indices, in their order)."""
+        self.K = int(keep.numel())
+        self.params = [p.index_select(0, keep) for p in self.params]
+        self.grads = [g.index_select(0, keep) for g in self.grads]
+        self.momentum = [v.index_select(0, keep) for v in self.momentum]
+
+
+@dataclass
+class _Member:
+    """One member's job: its spec, callbacks, model (its parameters in its own flat buffer,
+    synchronised with the pack at epoch ends and when it leaves), state and checks."""
+
+    index: int
+    spec: JobSpec
+    callbacks: CallbackList
+    model: MLP
+    flat: FlatParameters
+    sgd: SGD
+    state: TrainState
+    checks: GradientChecks
+    spec_dict: dict[str, Any]
+    lr: float = 0.0
+    status: str = "completed"
+    error: BaseException | None = None
+    stoppers: bool = False
+    keep: float = 1.0  # 1 − dropout
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.optimizer.epochs
+
+
+class _Pack:
+    """The live members and their packed tensors, with the per-member scalars of the
+    update as (K, 1, 1) / (K, 1) views, and the chunks a step runs over."""
+
+    def __init__(
+        self,
+        members: list[_Member],
+        data: TrainingData,
+        *,
+        activation: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        chunk: int | None,
+    ) -> None:
+        self.members, self.data, self.activation = members, data, activation
+        self.dtype, self.device = dtype, device
+        ref = members[0].model
+        self.widths = list(ref.widths)
+        self.L = len(ref.widths) - 1
+        shapes = [p.shape for p in ref.parameters()]
+        self.packed = PackedParameters(shapes, len(members), dtype=dtype, device=device)
+        for k, m in enumerate(members):
+            self.packed.write(self.packed.params, k, m.flat.data)
+            self.packed.write(self.packed.momentum, k, m.sgd.buffer)
+        self.XT = torch.cat([data.X, data.T], dim=1)
+        self.d_in = data.X.shape[1]
+        if chunk is None:
+            chunk = chunk_members(
+                self.widths, data_batch(members, data), torch.finfo(dtype).bits // 8
+            )
+            if device.type != "cpu":
+                chunk = 1 << 30  # a GPU wants the whole pack in one product
+        self.chunk = max(1, chunk)
+        self._scalars()
+        self.plans: dict[
+            int, list[tuple[int, int, PackedPass, torch.Tensor, list[torch.Tensor]]]
+        ] = {}
+
+    # -- per-member scalars ------------------------------------------------------------------
+
+    def _scalars(self) -> None:
+        ms, dt, dev = self.members, self.dtype, self.device
+        opt = [m.spec.optimizer for m in ms]
+        reg = [m.spec.regularization for m in ms]
+        self.mu = torch.tensor([o.momentum for o in opt], dtype=dt, device=dev)
+        self.mu_nest = torch.tensor(
+            [o.momentum if o.nesterov else 0.0 for o in opt], dtype=dt, device=dev
+        )
+        self.lam2 = torch.tensor([2.0 * r.weight_decay for r in reg], dtype=dt, device=dev)
+        self.neg_lr = torch.tensor([-m.lr for m in ms], dtype=dt, device=dev)
+        self.nest = torch.tensor([o.nesterov for o in opt], device=dev)
+        self.any_momentum = any(o.momentum for o in opt)
+        self.any_nesterov = any(o.nesterov for o in opt)
+        self.all_nesterov = all(o.nesterov for o in opt)
+        self.any_decay = any(r.weight_decay for r in reg)
+        self.dropout = [k for k, m in enumerate(ms) if m.keep < 1.0]
+        self.sums = torch.empty(len(ms), dtype=torch.float64, device=dev)
+        self.plans = {}
+
+    def set_rates(self) -> None:
+        self.neg_lr.copy_(torch.tensor([-m.lr for m in self.members], dtype=self.dtype))
+
+    def compact(self, leaving: set[int]) -> None:
+        """Drop the members at positions ``leaving``; the others keep their order."""
+        keep = [k for k in range(len(self.members)) if k not in leaving]
+        self.packed.compact(torch.tensor(keep, dtype=torch.long, device=self.device))
+        self.members = [self.members[k] for k in keep]
+        if self.members:
+            self._scalars()
+
+    # -- the chunks --------------------------------------------------------------------------
+
+    def _views(self, tensors: Sequence[torch.Tensor], a: int, b: int) -> list[torch.Tensor]:
+        return [t[a:b] for t in tensors]
+
+    def _per_member(self, vec: torch.Tensor, a: int, b: int, weights_only: bool = False):
+        """``vec[a:b]`` shaped to broadcast over each parameter tensor of the chunk."""
+        out = []
+        for i, shape in enumerate(self.packed.shapes):
+            if weights_only and i % 2:
+                continue
+            out.append(vec[a:b].view(-1, *([1] * len(shape))))
+        return out
+
+    def plan(
+        self, size: int
+    ) -> list[tuple[int, int, PackedPass, torch.Tensor, list[torch.Tensor]]]:
+        """Per chunk of members (a, b): its pass for batches of ``size`` rows, its [X | T]
+        gather buffer and its dropout masks (rows of 1 for members without dropout)."""
+        if size in self.plans:
+            return self.plans[size]
+        p, K = self.packed, len(self.members)
+        masked = bool(self.dropout)
+        chunks = []
+        for a in range(0, K, self.chunk):
+            b = min(a + self.chunk, K)
+            w, bias = self._views(p.params[0::2], a, b), self._views(p.params[1::2], a, b)
+            gw, gb = self._views(p.grads[0::2], a, b), self._views(p.grads[1::2], a, b)
+            plan = PackedPass(
+                w,
+                bias,
+                gw,
+                gb,
+                activation=self.activation,
+                loss=self.data.loss,
+                batch=size,
+                masked=masked,
+            )
+            buf = torch.empty(b - a, size, self.XT.shape[1], dtype=self.dtype, device=self.device)
+            masks = (
+                [
+                    torch.ones(b - a, size, width, dtype=self.dtype, device=self.device)
+                    for width in self.widths[1:-1]
+                ]
+                if masked
+                else []
+            )
+            chunks.append((a, b, plan, buf, masks))
+        self.plans[size] = chunks
+        return chunks
+
+    def chunk_update(self, a: int, b: int) -> None:
+        """SGD with weight decay on the members a … b − 1 (``core.optim.SGD``'s update with
+        per-member rates): g += 2λW; v ← g + μv; Nesterov: d = g + μv, else d = v; θ −= η d.
+        The gradient buffer ends as the solo engine's does (with 2λW and, for Nesterov, μv)."""
+        p = self.packed
+        params, grads = self._views(p.params, a, b), self._views(p.grads, a, b)
+        if self.any_decay:
+            torch._foreach_addcmul_(
+                grads[0::2], self._per_member(self.lam2, a, b, True), params[0::2]
+            )
+        direction = grads
+        if self.any_momentum:
+            mom = self._views(p.momentum, a, b)
+            torch._foreach_mul_(mom, self._per_member(self.mu, a, b))
+            torch._foreach_add_(mom, grads)
+            if self.any_nesterov:
+                torch._foreach_addcmul_(grads, self._per_member(self.mu_nest, a, b), mom)
+                if not self.all_nesterov:
+                    nest = self._per_member(self.nest, a, b)
+                    direction = [
+                        torch.where(n, g, v) for n, g, v in zip(nest, grads, mom, strict=True)
+                    ]
+            else:
+                direction = mom
+        torch._foreach_addcmul_(params, self._per_member(self.neg_lr, a, b), direction)
+
+    # -- members' own tensors ------------------------------------------------------------------
+
+    def read_member(self, k: int, m: _Member, *, momentum: bool) -> None:
+        """Copy member k's parameters and last gradient (and momentum) into its own buffers."""
+        p = self.packed
+        with torch.no_grad():
+            _copy_out(p.params, k, m.flat.data)
+            _copy_out(p.grads, k, m.flat.grad)
+            if momentum and m.spec.optimizer.momentum:
+                _copy_out(p.momentum, k, m.sgd.buffer)
+
+
+def _copy_out(tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
+    offset = 0
+    for t in tensors:
+        n = t[k].numel()
+        flat[offset : offset + n].view_as(t[k]).copy_(t[k])
+        offset += n
+
+
+def data_batch(members: Sequence[_Member], data: TrainingData) -> int:
+    return min(members[0].spec.optimizer.batch_size, data.n)
+
+
+def train_packed(
+    specs: Sequence[JobSpec],
+    *,
+    callbacks: Sequence[Sequence[Callback]] | None = None,
+    resume_from: Sequence[Checkpoint | None] | None = None,
+    data: Dataset | None = None,
+    dtype: torch.dtype = torch.float32,
+    chunk: int | None = None,
+) -> list[TrainResult | Exception]:
+    """Train the specs as one pack; entry k is what ``core.train.train(specs[k],
+    callbacks=callbacks[k], resume_from=resume_from[k], data=data, dtype=dtype)`` returns,
+    or the exception it raises (``Diverged``, ``GradcheckFailed``, a ``CheckpointError``,
+    a callback's), without stopping the other members.
+
+    ``callbacks[k]``: member k's callbacks (its ``should_stop`` stops member k alone, with
+    status "cancelled"). ``resume_from[k]``: a checkpoint of member k's job (written by a
+    pack or by ``train``), or None. ``data``: the data set of every member (default: loaded
+    from the first spec). ``chunk``: members per chunk of a step (default:
+    ``chunk_members`` on the CPU, the whole pack on a GPU). The specs must share a
+    ``pack_key`` and be ``packable`` (``PackIncompatible``)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
+    if not specs:
+        return []
+    if len({pack_key(s) for s in specs}) > 1:
+        raise PackIncompatible(
+            "the specs differ in data set, widths, activation, loss,"
+            " batch size or device: they cannot share a pack"
+        )
+    if not all(packable(s) for s in specs):
+        raise PackIncompatible("a spec with engine 'autograd' trains alone, not in a pack")
+    cbs_lists = list(callbacks) if callbacks is not None else [()] * len(specs)
+    resumes = list(resume_from) if resume_from is not None else [None] * len(specs)
+    if len(cbs_lists) != len(specs) or len(resumes) != len(specs):
+        raise ValueError("callbacks and resume_from need one entry per spec")
+    device = resolve_device(specs[0])
+    torch.set_num_threads(max(1, int(max(s.resources.cpus for s in specs))))
+    data = data if data is not None else load_dataset(specs[0].dataset, seed=specs[0].seed)
+    tensors = TrainingData.encode(specs[0], data, dtype=dtype, device=device)
+    run = _Run(data, tensors, dtype=dtype, device=device)
+    results: list[TrainResult | Exception | None] = [None] * len(specs)
+    live: list[_Member] = []
+    for i, spec in enumerate(specs):
+        try:
+            m = run.start_member(i, spec, cbs_lists[i], resumes[i])
+        except Exception as exc:  # this member's checkpoint or callback: it alone fails
+            results[i] = exc
+            continue
+        if m.state.epoch >= m.epochs:
+            results[i] = run.finish(m)
+        else:
+            live.append(m)
+    if live:
+        activation = specs[0].model.activation
+        pack = _Pack(live, tensors, activation=activation, dtype=dtype, device=device, chunk=chunk)
+        run.train(pack, results)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+class _Run:
+    """The members' lives around the pack: start, epochs (records, early stopping,
+    checkpoints) and their end, each as ``core.train.train`` does it for one job."""
+
+    def __init__(
+        self, data: Dataset, tensors: TrainingData, *, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        self.data, self.tensors, self.dtype, self.device = data, tensors, dtype, device
+
+    def start_member(
+        self, index: int, spec: JobSpec, callbacks: Sequence[Callback], ckpt: Checkpoint | None
+    ) -> _Member:
+        t = self.tensors
+        cbs = CallbackList(callbacks)
+        model, flat, sgd = build_model(
+            spec, self.data.n_features, t.width, dtype=self.dtype, device=self.device
+        )
+        state = TrainState.start(spec, flat.params, sgd.buffer, self.device)
+        spec_dict = spec.model_dump(mode="json")
+        if ckpt is not None:
+            check_compatible(ckpt, spec_dict)
+            state.load_checkpoint(ckpt)
+        checks = GradientChecks(spec, model, t, cbs, step=state.step)
+        cbs.on_train_start(
+            spec=spec,
+            engine=ENGINE,
+            device=str(self.device),
+            n_train=t.n,
+            resumed_epoch=state.epoch,
+        )
+        model.train()
+        return _Member(
+            index=index,
+            spec=spec,
+            callbacks=cbs,
+            model=model,
+            flat=flat,
+            sgd=sgd,
+            state=state,
+            checks=checks,
+            spec_dict=spec_dict,
+            stoppers=cbs.has_should_stop,
+            keep=1.0 - spec.regularization.dropout,
+        )
+
+    def finish(self, m: _Member) -> TrainResult | Exception:
+        """The member's result, as ``train`` ends: the best epoch's parameters put back
+        (unless cancelled), the final metrics."""
+        try:
+            if m.status != "cancelled":
+                m.state.early.restore(m.flat.params)
+            m.model.eval()
+            t = self.tensors
+            metrics = final_metrics(
+                m.model, self.data, loss=t.loss, dtype=self.dtype, device=self.device, encoded=t
+            )
+        except Exception as exc:
+            return exc
+        return TrainResult(
+            model=m.model,
+            history=m.state.history,
+            metrics=metrics,
+            steps=m.state.step,
+            epochs=len(m.state.history),
+            best_epoch=m.state.early.best_epoch,
+            status=m.status,
+            engine=ENGINE,
+            device=str(self.device),
+            data=self.data,
+            loss=t.loss,
+            target_shift=t.y_shift,
+            target_scale=t.y_scale,
+            gradchecks=m.checks.reports,
+        )
+
+    def train(self, pack: _Pack, results: list[TrainResult | Exception | None]) -> None:
+        """Epochs of the pack until no member is left. In each, every member takes one epoch
+        of its own (its rate, its order), each step for all members at once."""
+        t_data = self.tensors
+        n, batch = t_data.n, data_batch(pack.members, t_data)
+        every = 1 if self.device.type == "cpu" else DIVERGENCE_CHECK_STEPS
+        while pack.members:
+            for m in pack.members:
+                m.lr = learning_rate(m.spec.optimizer, m.state.epoch)
+            pack.set_rates()
+            t0 = time.perf_counter()
+            before = [[w.detach().clone() for w in m.model.weights] for m in pack.members]
+            perms = torch.stack(
+                [torch.randperm(n, generator=m.state.batch_rng) for m in pack.members]
+            ).to(self.device)
+            bases = [m.state.step for m in pack.members]
+            n_batches = -(-n // batch)
+            due = _next_due(pack.members, bases, 0)
+            for i in range(n_batches):
+                idx = perms[:, i * batch : (i + 1) * batch]
+                check = every == 1 or i % every == 0 or i == n_batches - 1
+                leaving = self.step(pack, idx, bases, i, due if due == i else None, check)
+                if due == i:
+                    due = _next_due(pack.members, bases, i + 1)
+                if leaving:
+                    for k, (status, error) in leaving.items():
+                        m = pack.members[k]
+                        m.state.step = bases[k] + i + 1
+                        if error is not None:
+                            results[m.index] = error
+                        else:
+                            m.status = status
+                            pack.read_member(k, m, momentum=True)
+                            results[m.index] = self.finish(m)
+                    keep = [k for k in range(len(pack.members)) if k not in leaving]
+                    pack.compact(set(leaving))
+                    perms = perms[torch.tensor(keep, dtype=torch.long, device=perms.device)]
+                    bases = [bases[k] for k in keep]
+                    before = [before[k] for k in keep]
+                    if not pack.members:
+                        return
+                    due = _next_due(pack.members, bases, i + 1)
+            seconds = time.perf_counter() - t0
+            ended: dict[int, tuple[str, Exception | None]] = {}
+            for k, m in enumerate(pack.members):
+                m.state.step = bases[k] + n_batches
+                try:
+                    status = self.end_epoch(pack, k, m, seconds, before[k])
+                except Exception as exc:
+                    ended[k] = ("failed", exc)
+                    continue
+                if status is not None:
+                    ended[k] = (status, None)
+            for k, (status, error) in ended.items():
+                m = pack.members[k]
+                if error is not None:
+                    results[m.index] = error
+                else:
+                    m.status = status
+                    results[m.index] = self.finish(m)
+            if ended:
+                pack.compact(set(ended))
+
+    def end_epoch(
+        self, pack: _Pack, k: int, m: _Member, seconds: float, before: list[torch.Tensor]
+    ) -> str | None:
+        """Member k's epoch record, early stopping, checkpoint and stop, as in ``train``;
+        the status it leaves with, or None when it goes on."""
+        pack.read_member(k, m, momentum=False)
+        evaluation = EpochEvaluation(self.tensors, seed=m.spec.seed)
+        state, cbs = m.state, m.callbacks
+        record = evaluation.record(
+            m.model, state.epoch + 1, state.step, m.lr, seconds, before, m.flat.grad
+        )
+        stop_early = state.end_epoch(record)
+        cbs.on_epoch_end(record)
+        last = stop_early or state.epoch == m.epochs
+        if cbs.wants_checkpoints and (state.epoch % m.spec.checkpoint_every == 0 or last):
+            pack.read_member(k, m, momentum=True)
+            cbs.on_checkpoint(state.to_checkpoint(m.spec_dict))
+        if stop_early:
+            return "early_stopped"
+        if cbs.has_should_stop and cbs.should_stop():
+            return "cancelled"
+        return "completed" if last else None
+
+    def step(
+        self,
+        pack: _Pack,
+        idx: torch.Tensor,
+        bases: list[int],
+        i: int,
+        due: int | None,
+        check: bool,
+    ) -> dict[int, tuple[str, Exception | None]]:
+        """One SGD step of every member (rows ``idx`` (K, b) of the training data), chunk
+        by chunk; the members that leave after it: position → (status, error)."""
+        members, XT, d_in = pack.members, pack.XT, pack.d_in
+        size = idx.shape[1]
+        leaving: dict[int, tuple[str, Exception | None]] = {}
+        for a, b, plan, buf, masks in pack.plan(size):
+            torch.index_select(XT, 0, idx[a:b].reshape(-1), out=buf.view(-1, buf.shape[2]))
+            for k in pack.dropout:
+                if a <= k < b:
+                    m = members[k]
+                    for mask in masks:
+                        mask[k - a].bernoulli_(m.keep, generator=m.state.dropout_rng)
+                        mask[k - a].div_(m.keep)
+            X, T = buf[:, :, :d_in], buf[:, :, d_in:]
+            if due is not None:
+                self.gradchecks(pack, a, b, X, T, masks, bases, i, leaving)
+            plan.run(X, T, masks or None)
+            torch.sum(pack.packed.grads[-1][a:b], 1, dtype=torch.float64, out=pack.sums[a:b])
+            pack.chunk_update(a, b)
+        if check:
+            self.divergence(pack, bases, i, leaving)
+        for k, m in enumerate(members):
+            if m.stoppers and k not in leaving:
+                try:
+                    if m.callbacks.should_stop():
+                        leaving[k] = ("cancelled", None)
+                except Exception as exc:
+                    leaving[k] = ("failed", exc)
+        return leaving
+
+    def divergence(self, pack: _Pack, bases: list[int], i: int, leaving: dict[int, Any]) -> None:
+        """The ``DivergenceGuard``'s test for every member: its ∇b⁽ᴸ⁾ summed (in float64:
+        finite exactly when the solo's sum in Python is), on a GPU also its parameters."""
+        bad: list[int] = []
+        if not math.isfinite(float(pack.sums.sum())):
+            bad = torch.nonzero(~torch.isfinite(pack.sums)).flatten().tolist()
+        if self.device.type != "cpu":
+            finite = torch.stack(
+                [torch.isfinite(p).flatten(1).all(1) for p in pack.packed.params]
+            ).all(0)
+            bad = sorted(set(bad) | set(torch.nonzero(~finite).flatten().tolist()))
+        for k in bad:
+            if k not in leaving:
+                m = pack.members[k]
+                value = float(pack.sums[k])
+                leaving[k] = ("failed", Diverged(m.state.epoch + 1, bases[k] + i + 1, value))
+
+    def gradchecks(
+        self,
+        pack: _Pack,
+        a: int,
+        b: int,
+        X: torch.Tensor,
+        T: torch.Tensor,
+        masks: list[torch.Tensor],
+        bases: list[int],
+        i: int,
+        leaving: dict[int, Any],
+    ) -> None:
+        """The validator for the members of chunk a … b − 1 whose check is due at this step:
+        the packed pass, run in float64 on float64 copies of their parameters, batch rows
+        and masks, gives each one's gradient, which ``GradientChecks.run`` checks against
+        autograd and central differences on the member's own model."""
+        due = [k for k in range(a, b) if pack.members[k].checks.next == bases[k] + i]
+        groups: dict[int, list[int]] = {}
+        for k in due:
+            rows = min(pack.members[k].spec.gradcheck.max_batch, X.shape[1])
+            groups.setdefault(rows, []).append(k)
+        f64, p = torch.float64, pack.packed
+        for rows, ks in groups.items():
+            sel = torch.tensor(ks, dtype=torch.long, device=X.device)
+            local = sel - a
+            params = [t.index_select(0, sel).to(f64) for t in p.params]
+            grads = [torch.empty_like(t) for t in params]
+            m64 = [mk.index_select(0, local)[:, :rows].to(f64) for mk in masks] if masks else None
+            PackedPass(
+                params[0::2],
+                params[1::2],
+                grads[0::2],
+                grads[1::2],
+                activation=pack.activation,
+                loss=pack.data.loss,
+                batch=rows,
+                masked=m64 is not None,
+            ).run(
+                X.index_select(0, local)[:, :rows].to(f64),
+                T.index_select(0, local)[:, :rows].to(f64),
+                m64,
+            )
+            for j, k in enumerate(ks):
+                m = pack.members[k]
+                lam = m.spec.regularization.weight_decay
+                manual = [g[j] for g in grads]
+                if lam:
+                    for g, w in zip(manual[0::2], params[0::2], strict=True):
+                        g.add_(w[j], alpha=2.0 * lam)
+                pack.read_member(k, m, momentum=False)  # the check's autograd uses the model
+                mk = [mask[k - a] for mask in masks] if m.keep < 1.0 else None
+                try:
+                    m.checks.run(X[k - a], T[k - a], mk, bases[k] + i, manual=manual)
+                except Exception as exc:  # GradcheckFailed, or a callback's
+                    leaving[k] = ("failed", exc)
+
+
+def _next_due(members: Sequence[_Member], bases: Sequence[int], i: int) -> int | None:
+    """The first step index ≥ i of this epoch at which some member's check is due."""
+    due = [m.checks.next - base for m, base in zip(members, bases, strict=True)]
+    later = [d for d in due if d >= i]
+    return min(later) if later else None
