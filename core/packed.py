@@ -30,6 +30,7 @@ still in the cache (bench/RESULTS.md, Engine, Packed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -43,7 +44,6 @@ from core.activations import get_activation
 from core.callbacks import Callback, CallbackList
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.gradcheck import GradcheckFailed
 from core.model import MLP
 from core.optim import SGD, FlatParameters, learning_rate
 from core.spec import JobSpec, dataset_shape
@@ -98,7 +98,7 @@ def packable(spec: JobSpec) -> bool:
 def chunk_members(widths: Sequence[int], batch: int, itemsize: int) -> int:
     """Members per chunk on the CPU: as many as keep one chunk's parameters, gradients,
     momentum and activations within ``CHUNK_BYTES`` (at least one)."""
-    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    params = sum(a * b + b for a, b in itertools.pairwise(widths))
     acts = batch * (widths[0] + widths[-1] + 3 * sum(widths[1:]))
     return max(1, CHUNK_BYTES // ((3 * params + acts) * itemsize))
 
@@ -109,7 +109,12 @@ class PackedPass:
     (K, dₗ, dₗ₋₁) and (K, dₗ) tensors) with each member's gradient of its batch's mean loss
     (no weight decay). ``X`` (K, n, d₀), ``T`` (K, n, d_L) encoded targets, ``masks``: one
     (K, n, dₗ) dropout mask per hidden layer (entries 0 or 1/p; rows of 1 for a member
-    without dropout) when built ``masked``. The weights are read at each call."""
+    without dropout) when built ``masked``. The weights are read at each call.
+
+    The output layer is computed transposed, Fᵀ = W⁽ᴸ⁾ H⁽ᴸ⁻¹⁾ᵀ + b⁽ᴸ⁾ (K, d_L, n), and so are
+    its error signal Δ⁽ᴸ⁾ᵀ and ∇W⁽ᴸ⁾ = Δ⁽ᴸ⁾ᵀ H⁽ᴸ⁻¹⁾: with a narrow output (a few classes) a
+    batched product with d_L columns is several times slower than one with d_L rows, and
+    the softmax and the row sums run along a contiguous axis (bench/RESULTS.md, Engine)."""
 
     def __init__(
         self,
@@ -126,23 +131,27 @@ class PackedPass:
         act = get_activation(activation)
         if act.forward_ is None or act.backward_h is None:
             raise ValueError(f"the packed engine needs an in-place activation, not {activation!r}")
+        if loss not in ("cross_entropy", "squared", "logistic"):
+            raise ValueError(f"unknown loss {loss!r}")
         self.forward_, self.backward_h = act.forward_, act.backward_h
         self.loss, self.inv_n = loss, 1.0 / batch
         self.W = list(weights)
         self.Wt = [w.transpose(1, 2) for w in weights]
-        self.b = [b.unsqueeze(1) for b in biases]  # (K, 1, dₗ): broadcast over the rows
+        self.b = [b.unsqueeze(1) for b in biases[:-1]]  # (K, 1, dₗ): broadcast over the rows
+        self.b_out = biases[-1].unsqueeze(2)  # (K, d_L, 1): over the columns of Fᵀ
         self.grad_w, self.grad_b = list(grad_w), list(grad_b)
         K, ref = weights[0].shape[0], weights[0]
 
-        def buffer(width: int) -> torch.Tensor:
-            return torch.empty(K, batch, width, dtype=ref.dtype, device=ref.device)
+        def buffer(rows: int, cols: int) -> torch.Tensor:
+            return torch.empty(K, rows, cols, dtype=ref.dtype, device=ref.device)
 
         widths = [w.shape[1] for w in weights]
-        self.z = [buffer(k) for k in widths]  # φ(Z⁽ˡ⁾) in place for hidden layers; F last
-        self.masked = [buffer(k) for k in widths[:-1]] if masked else None
-        self.g = [buffer(k) for k in widths[:-1]]  # Δ⁽ˡ⁾ of the hidden layers
-        self.delta_out = buffer(widths[-1])
-        self.row_sums = buffer(1)
+        self.z = [buffer(batch, k) for k in widths[:-1]]  # φ(Z⁽ˡ⁾), in place over Z⁽ˡ⁾
+        self.masked = [buffer(batch, k) for k in widths[:-1]] if masked else None
+        self.g = [buffer(batch, k) for k in widths[:-1]]  # Δ⁽ˡ⁾ of the hidden layers
+        self.f_t = buffer(widths[-1], batch)  # Fᵀ
+        self.delta_t = buffer(widths[-1], batch)  # Δ⁽ᴸ⁾ᵀ
+        self.col_sums = buffer(1, batch)
 
     def run(self, X: torch.Tensor, T: torch.Tensor, masks: Sequence[torch.Tensor] | None) -> None:
         baddbmm, bmm, total = torch.baddbmm, torch.bmm, torch.sum
@@ -156,27 +165,30 @@ class PackedPass:
                 assert self.masked is not None, "built with masked=False"
                 h = torch.mul(h, masks[l], out=self.masked[l])
             hs.append(h)
-        F = baddbmm(b[-1], hs[-1], Wt[-1], out=z[-1])
-        d = self.delta_out
-        if self.loss == "cross_entropy":  # the operations of core.losses.loss_delta, per row
-            torch.sub(torch.softmax(F, -1), T, out=d)
-            s = total(d, -1, keepdim=True, out=self.row_sums)
-            d.addcmul_(T, s, value=-1.0).mul_(self.inv_n)
+        F = baddbmm(self.b_out, W[-1], hs[-1].transpose(1, 2), out=self.f_t)
+        Tt, d = T.transpose(1, 2), self.delta_t
+        # Δ⁽ᴸ⁾ᵀ: the operations of core.losses.loss_delta, along the class axis
+        if self.loss == "cross_entropy":
+            torch.sub(torch.softmax(F, 1), Tt, out=d)
+            s = total(d, 1, keepdim=True, out=self.col_sums)
+            d.addcmul_(Tt, s, value=-1.0).mul_(self.inv_n)
         elif self.loss == "squared":
-            torch.sub(F, T, out=d).mul_(2.0 * self.inv_n)
-        elif self.loss == "logistic":
-            d.copy_(torch.sigmoid(-T * F).mul_(T).mul_(-self.inv_n))
+            torch.sub(F, Tt, out=d).mul_(2.0 * self.inv_n)
         else:
-            raise ValueError(f"unknown loss {self.loss!r}")
-        delta = d
-        for l in range(L - 1, -1, -1):
+            d.copy_(torch.sigmoid(-Tt * F).mul_(Tt).mul_(-self.inv_n))
+        bmm(d, hs[-1], out=self.grad_w[-1])
+        total(d, 2, out=self.grad_b[-1])
+        if L == 1:
+            return
+        delta = bmm(d.transpose(1, 2), W[-1], out=self.g[-1])
+        for l in range(L - 2, -1, -1):
+            if masks is not None:
+                delta.mul_(masks[l])
+            delta = backward_h(z[l], delta)  # type: ignore[misc]
             bmm(delta.transpose(1, 2), hs[l], out=self.grad_w[l])
             total(delta, 1, out=self.grad_b[l])
             if l > 0:
-                below = bmm(delta, W[l], out=self.g[l - 1])
-                if masks is not None:
-                    below.mul_(masks[l - 1])
-                delta = backward_h(z[l - 1], below)  # type: ignore[misc]
+                delta = bmm(delta, W[l], out=self.g[l - 1])
 
 
 class PackedParameters:
@@ -238,6 +250,23 @@ class _Member:
         return self.spec.optimizer.epochs
 
 
+@dataclass
+class _Chunk:
+    """Members a … b − 1 of the pack: views of their tensors and per-member scalars."""
+
+    a: int
+    b: int
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    momentum: list[torch.Tensor]
+    lam2: list[torch.Tensor]
+    mu: list[torch.Tensor]
+    mu_nest: list[torch.Tensor]
+    nest: list[torch.Tensor]
+    neg_lr: list[torch.Tensor]
+    dropout: list[int]
+
+
 class _Pack:
     """The live members and their packed tensors, with the per-member scalars of the
     update as (K, 1, 1) / (K, 1) views, and the chunks a step runs over."""
@@ -279,6 +308,8 @@ class _Pack:
     # -- per-member scalars ------------------------------------------------------------------
 
     def _scalars(self) -> None:
+        """The per-member scalars and, per chunk, the views its update works on (made
+        again after each compaction)."""
         ms, dt, dev = self.members, self.dtype, self.device
         opt = [m.spec.optimizer for m in ms]
         reg = [m.spec.regularization for m in ms]
@@ -294,10 +325,31 @@ class _Pack:
         self.all_nesterov = all(o.nesterov for o in opt)
         self.any_decay = any(r.weight_decay for r in reg)
         self.dropout = [k for k, m in enumerate(ms) if m.keep < 1.0]
+        self.stoppers = [k for k, m in enumerate(ms) if m.stoppers]
         self.sums = torch.empty(len(ms), dtype=torch.float64, device=dev)
         self.plans = {}
+        p, K = self.packed, len(ms)
+        self.chunks = []
+        for a in range(0, K, self.chunk):
+            b = min(a + self.chunk, K)
+            self.chunks.append(
+                _Chunk(
+                    a,
+                    b,
+                    params=[t[a:b] for t in p.params],
+                    grads=[t[a:b] for t in p.grads],
+                    momentum=[t[a:b] for t in p.momentum],
+                    lam2=self._per_member(self.lam2, a, b)[0::2],
+                    mu=self._per_member(self.mu, a, b),
+                    mu_nest=self._per_member(self.mu_nest, a, b),
+                    nest=self._per_member(self.nest, a, b),
+                    neg_lr=self._per_member(self.neg_lr, a, b),
+                    dropout=[k for k in self.dropout if a <= k < b],
+                )
+            )
 
     def set_rates(self) -> None:
+        """The members' rates (``_Member.lr``) into the update's per-member scalars."""
         self.neg_lr.copy_(torch.tensor([-m.lr for m in self.members], dtype=self.dtype))
 
     def compact(self, leaving: set[int]) -> None:
@@ -308,82 +360,63 @@ class _Pack:
         if self.members:
             self._scalars()
 
-    # -- the chunks --------------------------------------------------------------------------
-
-    def _views(self, tensors: Sequence[torch.Tensor], a: int, b: int) -> list[torch.Tensor]:
-        return [t[a:b] for t in tensors]
-
-    def _per_member(self, vec: torch.Tensor, a: int, b: int, weights_only: bool = False):
+    def _per_member(self, vec: torch.Tensor, a: int, b: int) -> list[torch.Tensor]:
         """``vec[a:b]`` shaped to broadcast over each parameter tensor of the chunk."""
-        out = []
-        for i, shape in enumerate(self.packed.shapes):
-            if weights_only and i % 2:
-                continue
-            out.append(vec[a:b].view(-1, *([1] * len(shape))))
-        return out
+        return [vec[a:b].view(-1, *([1] * len(shape))) for shape in self.packed.shapes]
 
-    def plan(
-        self, size: int
-    ) -> list[tuple[int, int, PackedPass, torch.Tensor, list[torch.Tensor]]]:
-        """Per chunk of members (a, b): its pass for batches of ``size`` rows, its [X | T]
-        gather buffer and its dropout masks (rows of 1 for members without dropout)."""
+    def plan(self, size: int) -> list[tuple[_Chunk, PackedPass, torch.Tensor, list[torch.Tensor]]]:
+        """Per chunk of members: its pass for batches of ``size`` rows, its [X | T] gather
+        buffer and its dropout masks (rows of 1 for members without dropout)."""
         if size in self.plans:
             return self.plans[size]
-        p, K = self.packed, len(self.members)
         masked = bool(self.dropout)
-        chunks = []
-        for a in range(0, K, self.chunk):
-            b = min(a + self.chunk, K)
-            w, bias = self._views(p.params[0::2], a, b), self._views(p.params[1::2], a, b)
-            gw, gb = self._views(p.grads[0::2], a, b), self._views(p.grads[1::2], a, b)
+        plans = []
+        for c in self.chunks:
+            n = c.b - c.a
             plan = PackedPass(
-                w,
-                bias,
-                gw,
-                gb,
+                c.params[0::2],
+                c.params[1::2],
+                c.grads[0::2],
+                c.grads[1::2],
                 activation=self.activation,
                 loss=self.data.loss,
                 batch=size,
                 masked=masked,
             )
-            buf = torch.empty(b - a, size, self.XT.shape[1], dtype=self.dtype, device=self.device)
+            buf = torch.empty(n, size, self.XT.shape[1], dtype=self.dtype, device=self.device)
             masks = (
                 [
-                    torch.ones(b - a, size, width, dtype=self.dtype, device=self.device)
+                    torch.ones(n, size, width, dtype=self.dtype, device=self.device)
                     for width in self.widths[1:-1]
                 ]
                 if masked
                 else []
             )
-            chunks.append((a, b, plan, buf, masks))
-        self.plans[size] = chunks
-        return chunks
+            plans.append((c, plan, buf, masks))
+        self.plans[size] = plans
+        return plans
 
-    def chunk_update(self, a: int, b: int) -> None:
-        """SGD with weight decay on the members a … b − 1 (``core.optim.SGD``'s update with
-        per-member rates): g += 2λW; v ← g + μv; Nesterov: d = g + μv, else d = v; θ −= η d.
-        The gradient buffer ends as the solo engine's does (with 2λW and, for Nesterov, μv)."""
-        p = self.packed
-        params, grads = self._views(p.params, a, b), self._views(p.grads, a, b)
+    def chunk_update(self, c: _Chunk) -> None:
+        """SGD with weight decay on the chunk's members (``core.optim.SGD``'s update with
+        per-member rates): g += 2λW; v ← g + μv; Nesterov: g += μv, d = g, else d = v;
+        θ −= η d. The gradient buffer ends as the solo engine's does."""
+        params, grads = c.params, c.grads
         if self.any_decay:
-            torch._foreach_addcmul_(
-                grads[0::2], self._per_member(self.lam2, a, b, True), params[0::2]
-            )
+            torch._foreach_addcmul_(grads[0::2], c.lam2, params[0::2])
         direction = grads
         if self.any_momentum:
-            mom = self._views(p.momentum, a, b)
-            torch._foreach_mul_(mom, self._per_member(self.mu, a, b))
-            torch._foreach_add_(mom, grads)
+            for g, mu, v in zip(grads, c.mu, c.momentum, strict=True):
+                torch.addcmul(g, mu, v, out=v)
             if self.any_nesterov:
-                torch._foreach_addcmul_(grads, self._per_member(self.mu_nest, a, b), mom)
+                torch._foreach_addcmul_(grads, c.mu_nest, c.momentum)
                 if not self.all_nesterov:
-                    nest = self._per_member(self.nest, a, b)
                     direction = [
-                        torch.where(n, g, v) for n, g, v in zip(nest, grads, mom, strict=True)
+                        torch.where(n, g, v)
+                        for n, g, v in zip(c.nest, grads, c.momentum, strict=True)
                     ]
             else:
-                direction = mom
-        torch._foreach_addcmul_(params, self._per_member(self.neg_lr, a, b), direction)
+                direction = c.momentum
+        torch._foreach_addcmul_(params, c.neg_lr, direction)
 
     # -- members' own tensors ------------------------------------------------------------------
 
@@ -644,26 +677,26 @@ class _Run:
         members, XT, d_in = pack.members, pack.XT, pack.d_in
         size = idx.shape[1]
         leaving: dict[int, tuple[str, Exception | None]] = {}
-        for a, b, plan, buf, masks in pack.plan(size):
+        sums, last_bias_grad = pack.sums, pack.packed.grads[-1]
+        for c, plan, buf, masks in pack.plan(size):
+            a, b = c.a, c.b
             torch.index_select(XT, 0, idx[a:b].reshape(-1), out=buf.view(-1, buf.shape[2]))
-            for k in pack.dropout:
-                if a <= k < b:
-                    m = members[k]
-                    for mask in masks:
-                        mask[k - a].bernoulli_(m.keep, generator=m.state.dropout_rng)
-                        mask[k - a].div_(m.keep)
+            for k in c.dropout:  # each member's masks from its own generator, as train's
+                m = members[k]
+                for mask in masks:
+                    mask[k - a].bernoulli_(m.keep, generator=m.state.dropout_rng).div_(m.keep)
             X, T = buf[:, :, :d_in], buf[:, :, d_in:]
             if due is not None:
                 self.gradchecks(pack, a, b, X, T, masks, bases, i, leaving)
             plan.run(X, T, masks or None)
-            torch.sum(pack.packed.grads[-1][a:b], 1, dtype=torch.float64, out=pack.sums[a:b])
-            pack.chunk_update(a, b)
+            torch.sum(last_bias_grad[a:b], 1, dtype=torch.float64, out=sums[a:b])
+            pack.chunk_update(c)
         if check:
             self.divergence(pack, bases, i, leaving)
-        for k, m in enumerate(members):
-            if m.stoppers and k not in leaving:
+        for k in pack.stoppers:
+            if k not in leaving:
                 try:
-                    if m.callbacks.should_stop():
+                    if members[k].callbacks.should_stop():
                         leaving[k] = ("cancelled", None)
                 except Exception as exc:
                     leaving[k] = ("failed", exc)
