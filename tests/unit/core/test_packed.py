@@ -63,6 +63,12 @@ def assert_same_training(
     assert all(r["passed"] for r in packed.gradchecks)
     errors = rel_errors(packed, solo)
     assert max(errors) <= tol, errors
+    for a, b in zip(packed.history, solo.history, strict=True):
+        assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-7, abs=1e-12)
+        for part in ("train", "val"):
+            assert a.to_dict()[part].keys() == b.to_dict()[part].keys()
+            for key, value in getattr(b, part).items():
+                assert getattr(a, part)[key] == pytest.approx(value, rel=1e-7, abs=1e-12), key
 
 
 # 60 training rows (100 samples, 20 % validation, 20 % test): batch 6 is 10 steps an epoch,
