@@ -70,6 +70,16 @@ class PackIncompatible(ValueError):
     the manual one)."""
 
 
+@dataclass
+class PackStats:
+    """What a pack's steps took: ``seconds`` (``time.perf_counter``, the epochs' steps as
+    members' records count them, summed over the groups) and ``member_steps`` (steps taken,
+    summed over the members)."""
+
+    seconds: float = 0.0
+    member_steps: int = 0
+
+
 def pack_key(spec: JobSpec) -> str:
     """What members of one pack share: the data set with the seed of its split, the hidden
     widths, the activation, the loss, the batch size and the device. Specs with equal keys
@@ -279,7 +289,7 @@ class _Pack:
         activation: str,
         dtype: torch.dtype,
         device: torch.device,
-        chunk: int | None,
+        chunk: int | None = None,
     ) -> None:
         self.members, self.data, self.activation = members, data, activation
         self.dtype, self.device = dtype, device
@@ -293,13 +303,7 @@ class _Pack:
             self.packed.write(self.packed.momentum, k, m.sgd.buffer)
         self.XT = torch.cat([data.X, data.T], dim=1)
         self.d_in = data.X.shape[1]
-        if chunk is None:
-            chunk = chunk_members(
-                self.widths, data_batch(members, data), torch.finfo(dtype).bits // 8
-            )
-            if device.type != "cpu":
-                chunk = 1 << 30  # a GPU wants the whole pack in one product
-        self.chunk = max(1, chunk)
+        self.chunk = max(1, chunk or len(members))
         self._scalars()
         self.plans: dict[
             int, list[tuple[int, int, PackedPass, torch.Tensor, list[torch.Tensor]]]
@@ -450,6 +454,7 @@ def train_packed(
     data: Dataset | None = None,
     dtype: torch.dtype = torch.float32,
     chunk: int | None = None,
+    stats: PackStats | None = None,
 ) -> list[TrainResult | Exception]:
     """Train the specs as one pack; entry k is what ``core.train.train(specs[k],
     callbacks=callbacks[k], resume_from=resume_from[k], data=data, dtype=dtype)`` returns,
@@ -459,9 +464,12 @@ def train_packed(
     ``callbacks[k]``: member k's callbacks (its ``should_stop`` stops member k alone, with
     status "cancelled"). ``resume_from[k]``: a checkpoint of member k's job (written by a
     pack or by ``train``), or None. ``data``: the data set of every member (default: loaded
-    from the first spec). ``chunk``: members per chunk of a step (default:
-    ``chunk_members`` on the CPU, the whole pack on a GPU). The specs must share a
-    ``pack_key`` and be ``packable`` (``PackIncompatible``)."""
+    from the first spec). ``chunk``: the most members computed together (default:
+    ``chunk_members`` on the CPU, the whole pack on a GPU): a larger pack trains as groups of
+    that many, one epoch of each group in turn, so that a group's numbers stay in the cache
+    for the whole epoch; groups that shrink are merged at epoch ends. ``stats``: filled
+    with the time the steps took. The specs must share a ``pack_key`` and be ``packable``
+    (``PackIncompatible``)."""
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
     if not specs:
@@ -495,9 +503,12 @@ def train_packed(
         else:
             live.append(m)
     if live:
-        activation = specs[0].model.activation
-        pack = _Pack(live, tensors, activation=activation, dtype=dtype, device=device, chunk=chunk)
-        run.train(pack, results)
+        if chunk is None:
+            itemsize = torch.finfo(dtype).bits // 8
+            widths = live[0].model.widths
+            cpu = device.type == "cpu"
+            chunk = chunk_members(widths, data_batch(live, tensors), itemsize) if cpu else len(live)
+        run.train(live, results, group=max(1, chunk), stats=stats)
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
 
@@ -577,68 +588,110 @@ class _Run:
             gradchecks=m.checks.reports,
         )
 
-    def train(self, pack: _Pack, results: list[TrainResult | Exception | None]) -> None:
-        """Epochs of the pack until no member is left. In each, every member takes one epoch
-        of its own (its rate, its order), each step for all members at once."""
+    def train(
+        self,
+        members: list[_Member],
+        results: list[TrainResult | Exception | None],
+        *,
+        group: int,
+        stats: PackStats | None,
+    ) -> None:
+        """Rounds until no member is left: in each, every group of at most ``group``
+        members takes one epoch (each member its own: its rate, its order), each step for
+        the whole group at once; then groups that fit in fewer are merged."""
+        packs = self.groups(members, group)
+        while packs:
+            for pack in packs:
+                self.epoch(pack, results, stats)
+            packs = [p for p in packs if p.members]
+            if len(packs) > 1 and -(-sum(len(p.members) for p in packs) // group) < len(packs):
+                for pack in packs:
+                    for k, m in enumerate(pack.members):
+                        pack.read_member(k, m, momentum=True)
+                packs = self.groups([m for p in packs for m in p.members], group)
+
+    def groups(self, members: list[_Member], group: int) -> list[_Pack]:
+        """Packs of at most ``group`` members, from the members' own tensors."""
+        activation = members[0].spec.model.activation
+        return [
+            _Pack(
+                members[a : a + group],
+                self.tensors,
+                activation=activation,
+                dtype=self.dtype,
+                device=self.device,
+            )
+            for a in range(0, len(members), group)
+        ]
+
+    def epoch(
+        self, pack: _Pack, results: list[TrainResult | Exception | None], stats: PackStats | None
+    ) -> None:
+        """One epoch of every member of ``pack``: its steps, then each member's epoch end;
+        the members that end leave, the pack compacts."""
         t_data = self.tensors
         n, batch = t_data.n, data_batch(pack.members, t_data)
         every = 1 if self.device.type == "cpu" else DIVERGENCE_CHECK_STEPS
-        while pack.members:
-            for m in pack.members:
-                m.lr = learning_rate(m.spec.optimizer, m.state.epoch)
-            pack.set_rates()
-            t0 = time.perf_counter()
-            before = [[w.detach().clone() for w in m.model.weights] for m in pack.members]
-            perms = torch.stack(
-                [torch.randperm(n, generator=m.state.batch_rng) for m in pack.members]
-            ).to(self.device)
-            bases = [m.state.step for m in pack.members]
-            n_batches = -(-n // batch)
-            due = _next_due(pack.members, bases, 0)
-            for i in range(n_batches):
-                idx = perms[:, i * batch : (i + 1) * batch]
-                check = every == 1 or i % every == 0 or i == n_batches - 1
-                leaving = self.step(pack, idx, bases, i, due if due == i else None, check)
-                if due == i:
-                    due = _next_due(pack.members, bases, i + 1)
-                if leaving:
-                    for k, (status, error) in leaving.items():
-                        m = pack.members[k]
-                        m.state.step = bases[k] + i + 1
-                        if error is not None:
-                            results[m.index] = error
-                        else:
-                            m.status = status
-                            pack.read_member(k, m, momentum=True)
-                            results[m.index] = self.finish(m)
-                    keep = [k for k in range(len(pack.members)) if k not in leaving]
-                    pack.compact(set(leaving))
-                    perms = perms[torch.tensor(keep, dtype=torch.long, device=perms.device)]
-                    bases = [bases[k] for k in keep]
-                    before = [before[k] for k in keep]
-                    if not pack.members:
-                        return
-                    due = _next_due(pack.members, bases, i + 1)
-            seconds = time.perf_counter() - t0
-            ended: dict[int, tuple[str, Exception | None]] = {}
-            for k, m in enumerate(pack.members):
-                m.state.step = bases[k] + n_batches
-                try:
-                    status = self.end_epoch(pack, k, m, seconds, before[k])
-                except Exception as exc:
-                    ended[k] = ("failed", exc)
-                    continue
-                if status is not None:
-                    ended[k] = (status, None)
-            for k, (status, error) in ended.items():
-                m = pack.members[k]
-                if error is not None:
-                    results[m.index] = error
-                else:
-                    m.status = status
-                    results[m.index] = self.finish(m)
-            if ended:
-                pack.compact(set(ended))
+        for m in pack.members:
+            m.lr = learning_rate(m.spec.optimizer, m.state.epoch)
+        pack.set_rates()
+        t0 = time.perf_counter()
+        before = [[w.detach().clone() for w in m.model.weights] for m in pack.members]
+        perms = torch.stack(
+            [torch.randperm(n, generator=m.state.batch_rng) for m in pack.members]
+        ).to(self.device)
+        bases = [m.state.step for m in pack.members]
+        n_batches = -(-n // batch)
+        due = _next_due(pack.members, bases, 0)
+        member_steps = 0
+        for i in range(n_batches):
+            idx = perms[:, i * batch : (i + 1) * batch]
+            check = every == 1 or i % every == 0 or i == n_batches - 1
+            leaving = self.step(pack, idx, bases, i, due if due == i else None, check)
+            member_steps += len(pack.members)
+            if due == i:
+                due = _next_due(pack.members, bases, i + 1)
+            if leaving:
+                for k, (status, error) in leaving.items():
+                    m = pack.members[k]
+                    m.state.step = bases[k] + i + 1
+                    if error is not None:
+                        results[m.index] = error
+                    else:
+                        m.status = status
+                        pack.read_member(k, m, momentum=True)
+                        results[m.index] = self.finish(m)
+                keep = [k for k in range(len(pack.members)) if k not in leaving]
+                pack.compact(set(leaving))
+                if not pack.members:
+                    return
+                perms = perms[torch.tensor(keep, dtype=torch.long, device=perms.device)]
+                bases = [bases[k] for k in keep]
+                before = [before[k] for k in keep]
+                due = _next_due(pack.members, bases, i + 1)
+        seconds = time.perf_counter() - t0
+        if stats is not None:
+            stats.seconds += seconds
+            stats.member_steps += member_steps
+        ended: dict[int, tuple[str, Exception | None]] = {}
+        for k, m in enumerate(pack.members):
+            m.state.step = bases[k] + n_batches
+            try:
+                status = self.end_epoch(pack, k, m, seconds, before[k])
+            except Exception as exc:
+                ended[k] = ("failed", exc)
+                continue
+            if status is not None:
+                ended[k] = (status, None)
+        for k, (status, error) in ended.items():
+            m = pack.members[k]
+            if error is not None:
+                results[m.index] = error
+            else:
+                m.status = status
+                results[m.index] = self.finish(m)
+        if ended:
+            pack.compact(set(ended))
 
     def end_epoch(
         self, pack: _Pack, k: int, m: _Member, seconds: float, before: list[torch.Tensor]
