@@ -36,8 +36,8 @@ from threadpoolctl import threadpool_limits
 from bench.reference import BATCH, HIDDEN, LR, MOMENTUM, WD, reference_job
 from core.callbacks import Callback, EpochRecord
 from core.data import Dataset, load_dataset
-from core.spec import parse_spec
 from core.packed import PackStats, chunk_members, train_packed
+from core.spec import parse_spec
 from core.train import train
 
 EPOCHS = 50
@@ -446,8 +446,8 @@ def main() -> None:
             anchor_name_k = "mm" if r["K"] == 0 else "bmm"
             print(
                 f"{name:22s} {r['chunk'] or '':>6} {r['model_steps_per_s']:14.0f}"
-                f" {r['ratio']:7.2f}× {r['gflops']:9.1f} {r['anchor_gflops']:9.1f} ({anchor_name_k:>3s})"
-                f" {r['anchor_ratio']:8.2f}×"
+                f" {r['ratio']:7.2f}× {r['gflops']:9.1f}"
+                f" {r['anchor_gflops']:9.1f} ({anchor_name_k:>3s}) {r['anchor_ratio']:8.2f}×"
             )
     if compute:
         print("\nCompute-bound job: hidden [1024]*4, batch 1024")

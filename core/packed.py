@@ -170,7 +170,7 @@ class PackedPass:
         L = len(W)
         hs = [X]  # what each layer receives: X, then φ(Z⁽ˡ⁾) ⊙ M⁽ˡ⁾
         for l in range(L - 1):
-            h = forward_(baddbmm(b[l], hs[l], Wt[l], out=z[l]))  # type: ignore[misc]
+            h = forward_(baddbmm(b[l], hs[l], Wt[l], out=z[l]))
             if masks is not None:
                 assert self.masked is not None, "built with masked=False"
                 h = torch.mul(h, masks[l], out=self.masked[l])
@@ -194,7 +194,7 @@ class PackedPass:
         for l in range(L - 2, -1, -1):
             if masks is not None:
                 delta.mul_(masks[l])
-            delta = backward_h(z[l], delta)  # type: ignore[misc]
+            delta = backward_h(z[l], delta)
             bmm(delta.transpose(1, 2), hs[l], out=self.grad_w[l])
             total(delta, 1, out=self.grad_b[l])
             if l > 0:
@@ -306,7 +306,7 @@ class _Pack:
         self.chunk = max(1, chunk or len(members))
         self._scalars()
         self.plans: dict[
-            int, list[tuple[int, int, PackedPass, torch.Tensor, list[torch.Tensor]]]
+            int, list[tuple[_Chunk, PackedPass, torch.Tensor, list[torch.Tensor]]]
         ] = {}
 
     # -- per-member scalars ------------------------------------------------------------------
@@ -677,12 +677,12 @@ class _Run:
         for k, m in enumerate(pack.members):
             m.state.step = bases[k] + n_batches
             try:
-                status = self.end_epoch(pack, k, m, seconds, before[k])
+                ends = self.end_epoch(pack, k, m, seconds, before[k])
             except Exception as exc:
                 ended[k] = ("failed", exc)
                 continue
-            if status is not None:
-                ended[k] = (status, None)
+            if ends is not None:
+                ended[k] = (ends, None)
         for k, (status, error) in ended.items():
             m = pack.members[k]
             if error is not None:
