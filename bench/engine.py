@@ -331,8 +331,9 @@ def packed_rows(
         r["anchor_ratio"] = r["gflops"] / r["anchor_gflops"]
     itemsize = 4
     chunked = chunk or chunk_members(widths, BATCH, itemsize)
-    for r in rows.values():
-        r["chunk"] = min(chunked, r["K"]) if r["K"] else 0
+    for r in rows.values():  # the largest group of the pack (core.packed, _Run.groups)
+        groups = -(-int(r["K"]) // chunked)
+        r["chunk"] = -(-int(r["K"]) // groups) if r["K"] else 0
     return rows
 
 
@@ -439,7 +440,7 @@ def main() -> None:
             f" validator), load {' '.join(report['load'] or [])}"
         )
         print(
-            f"{'':22s} {'chunk':>6s} {'model-steps/s':>14s} {'× solo':>8s} {'GFLOP/s':>9s}"
+            f"{'':22s} {'group':>6s} {'model-steps/s':>14s} {'× solo':>8s} {'GFLOP/s':>9s}"
             f" {'anchor GFLOP/s':>15s} {'× anchor':>9s}"
         )
         for name, r in packed.items():

@@ -611,17 +611,20 @@ class _Run:
                 packs = self.groups([m for p in packs for m in p.members], group)
 
     def groups(self, members: list[_Member], group: int) -> list[_Pack]:
-        """Packs of at most ``group`` members, from the members' own tensors."""
+        """As few packs as hold at most ``group`` members each, of sizes that differ by one
+        at most, from the members' own tensors."""
         activation = members[0].spec.model.activation
+        count = -(-len(members) // group)
+        bounds = [len(members) * g // count for g in range(count + 1)]
         return [
             _Pack(
-                members[a : a + group],
+                members[a:b],
                 self.tensors,
                 activation=activation,
                 dtype=self.dtype,
                 device=self.device,
             )
-            for a in range(0, len(members), group)
+            for a, b in itertools.pairwise(bounds)
         ]
 
     def epoch(
