@@ -360,3 +360,18 @@ def test_specs_of_another_shape_cannot_share_a_pack() -> None:
     assert pack_key(make_spec(unseeded, seed=1)) != pack_key(make_spec(unseeded, seed=2))
     with pytest.raises(PackIncompatible, match="autograd"):
         train_packed([a, make_spec(MIXED, engine="autograd")])
+
+
+def test_float32_resume_in_another_pack_is_bit_identical() -> None:
+    specs = mixed_specs()
+    savers = [Saver(3) for _ in specs]
+    straight = train_packed(specs, callbacks=[[s] for s in savers])
+    ckpts = [Checkpoint.from_bytes(s.saved) for s in savers]
+    again = train_packed(
+        [specs[2], specs[0], make_spec(MIXED, seed=7)], resume_from=[ckpts[2], ckpts[0], None]
+    )
+    for k, resumed in zip((2, 0), again[:2], strict=True):
+        assert isinstance(resumed, TrainResult) and resumed.steps == straight[k].steps
+        for x, y in zip(resumed.model.parameters(), straight[k].model.parameters(), strict=True):
+            assert torch.equal(x, y), k
+        assert resumed.metrics == straight[k].metrics
