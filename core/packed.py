@@ -22,10 +22,12 @@ compacts (the members left are not computed any more) and the others go on. The 
 ``train_packed`` is one entry per spec: its ``TrainResult``, or the exception it left with.
 
 Parameters, gradients and momentum are held per layer, (K, dₗ, dₗ₋₁) and (K, dₗ), so that
-each batched product writes a contiguous result. A step runs over chunks of members
-(``chunk_members``: a chunk's parameters, gradients, momentum and activations fit in
-``CHUNK_BYTES``), each chunk's pass followed at once by its update, while its numbers are
-still in the cache (bench/RESULTS.md, Engine, Packed).
+each batched product writes a contiguous result. On the CPU a pack larger than
+``chunk_members`` (as many members as keep their parameters, gradients, momentum and
+activations within ``CHUNK_BYTES``) trains as groups of about that size, one epoch of each
+group in turn: members are independent, so a group may take all of an epoch's steps while
+its numbers stay in the cache, and the model-steps/s of a pack of 128 or 512 stay those of a
+pack of 32 (bench/RESULTS.md, Engine, Packed).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from core.train import (
 )
 
 ENGINE = "packed"  # what a member's TrainResult.engine and on_train_start say
-CHUNK_BYTES = 6 * 2**20  # a chunk's working set on the CPU (see ``chunk_members``)
+CHUNK_BYTES = 6 * 2**20  # a group's working set on the CPU (see ``chunk_members``)
 
 
 class PackIncompatible(ValueError):
@@ -106,8 +108,8 @@ def packable(spec: JobSpec) -> bool:
 
 
 def chunk_members(widths: Sequence[int], batch: int, itemsize: int) -> int:
-    """Members per chunk on the CPU: as many as keep one chunk's parameters, gradients,
-    momentum and activations within ``CHUNK_BYTES`` (at least one)."""
+    """The most members trained together on the CPU: as many as keep their parameters,
+    gradients, momentum and activations within ``CHUNK_BYTES`` (at least one)."""
     params = sum(a * b + b for a, b in itertools.pairwise(widths))
     acts = batch * (widths[0] + widths[-1] + 3 * sum(widths[1:]))
     return max(1, CHUNK_BYTES // ((3 * params + acts) * itemsize))
@@ -122,9 +124,10 @@ class PackedPass:
     without dropout) when built ``masked``. The weights are read at each call.
 
     The output layer is computed transposed, Fᵀ = W⁽ᴸ⁾ H⁽ᴸ⁻¹⁾ᵀ + b⁽ᴸ⁾ (K, d_L, n), and so are
-    its error signal Δ⁽ᴸ⁾ᵀ and ∇W⁽ᴸ⁾ = Δ⁽ᴸ⁾ᵀ H⁽ᴸ⁻¹⁾: with a narrow output (a few classes) a
-    batched product with d_L columns is several times slower than one with d_L rows, and
-    the softmax and the row sums run along a contiguous axis (bench/RESULTS.md, Engine)."""
+    its error signal Δ⁽ᴸ⁾ᵀ and ∇W⁽ᴸ⁾ = Δ⁽ᴸ⁾ᵀ H⁽ᴸ⁻¹⁾: with a narrow output (a few classes) the
+    batched product then has d_L rows instead of d_L columns, and the softmax and the sums
+    over the classes run along a contiguous axis; on the CPU both were faster so
+    (bench/RESULTS.md, Engine, Packed)."""
 
     def __init__(
         self,

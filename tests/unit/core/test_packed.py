@@ -375,3 +375,16 @@ def test_float32_resume_in_another_pack_is_bit_identical() -> None:
         for x, y in zip(resumed.model.parameters(), straight[k].model.parameters(), strict=True):
             assert torch.equal(x, y), k
         assert resumed.metrics == straight[k].metrics
+
+
+def test_a_member_whose_callback_raises_leaves_with_that_error() -> None:
+    class Broken(Callback):
+        def on_epoch_end(self, record: EpochRecord) -> None:
+            if record.epoch == 2:
+                raise RuntimeError("the tracker is down")
+
+    specs = mixed_specs()
+    results = train_packed(specs, callbacks=[[], [], [Broken()], []], dtype=F64)
+    assert isinstance(results[2], RuntimeError) and "tracker" in str(results[2])
+    for k in (0, 1, 3):
+        assert_same_training(results[k], train(specs[k], dtype=F64))
