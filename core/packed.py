@@ -37,7 +37,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -218,9 +218,12 @@ class PackedParameters:
         self.grads = [torch.zeros_like(p) for p in self.params]
         self.momentum = [torch.zeros_like(p) for p in self.params]
 
-    def rows(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(K, P): each member's tensors in the flat layout."""
-        return torch.cat([t.reshape(self.K, -1) for t in tensors], dim=1)
+    def read(self, tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
+        """The flat buffer ``flat`` := member k's row of ``tensors``."""
+        offset = 0
+        for t, n in zip(tensors, self.sizes, strict=True):
+            flat[offset : offset + n].view_as(t[k]).copy_(t[k])
+            offset += n
 
     def write(self, tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
         """Member k's row of ``tensors`` := the flat buffer ``flat``."""
@@ -253,10 +256,8 @@ class _Member:
     spec_dict: dict[str, Any]
     lr: float = 0.0
     status: str = "completed"
-    error: BaseException | None = None
     stoppers: bool = False
     keep: float = 1.0  # 1 − dropout
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -288,6 +289,7 @@ class _Pack:
         self,
         members: list[_Member],
         data: TrainingData,
+        XT: torch.Tensor,
         *,
         activation: str,
         dtype: torch.dtype,
@@ -304,13 +306,13 @@ class _Pack:
         for k, m in enumerate(members):
             self.packed.write(self.packed.params, k, m.flat.data)
             self.packed.write(self.packed.momentum, k, m.sgd.buffer)
-        self.XT = torch.cat([data.X, data.T], dim=1)
+        self.XT = XT  # [X | T]: one row per training sample, shared by the groups
         self.d_in = data.X.shape[1]
         self.chunk = max(1, chunk or len(members))
-        self._scalars()
         self.plans: dict[
             int, list[tuple[_Chunk, PackedPass, torch.Tensor, list[torch.Tensor]]]
         ] = {}
+        self._scalars()
 
     # -- per-member scalars ------------------------------------------------------------------
 
@@ -431,18 +433,10 @@ class _Pack:
         """Copy member k's parameters and last gradient (and momentum) into its own buffers."""
         p = self.packed
         with torch.no_grad():
-            _copy_out(p.params, k, m.flat.data)
-            _copy_out(p.grads, k, m.flat.grad)
+            p.read(p.params, k, m.flat.data)
+            p.read(p.grads, k, m.flat.grad)
             if momentum and m.spec.optimizer.momentum:
-                _copy_out(p.momentum, k, m.sgd.buffer)
-
-
-def _copy_out(tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
-    offset = 0
-    for t in tensors:
-        n = t[k].numel()
-        flat[offset : offset + n].view_as(t[k]).copy_(t[k])
-        offset += n
+                p.read(p.momentum, k, m.sgd.buffer)
 
 
 def data_batch(members: Sequence[_Member], data: TrainingData) -> int:
@@ -524,6 +518,7 @@ class _Run:
         self, data: Dataset, tensors: TrainingData, *, dtype: torch.dtype, device: torch.device
     ) -> None:
         self.data, self.tensors, self.dtype, self.device = data, tensors, dtype, device
+        self.XT = torch.cat([tensors.X, tensors.T], dim=1)
 
     def start_member(
         self, index: int, spec: JobSpec, callbacks: Sequence[Callback], ckpt: Checkpoint | None
@@ -623,6 +618,7 @@ class _Run:
             _Pack(
                 members[a:b],
                 self.tensors,
+                self.XT,
                 activation=activation,
                 dtype=self.dtype,
                 device=self.device,
