@@ -90,3 +90,26 @@ def test_a_wrong_packed_gradient_fails_that_member_alone(monkeypatch: pytest.Mon
     for k in (0, 2):
         assert isinstance(results[k], TrainResult) and results[k].status == "completed"
         assert [r.passed for r in seen[k]] == [True]
+
+
+def test_check_gradients_takes_the_gradients_under_test() -> None:
+    from core.backprop import backprop
+    from core.gradcheck import check_gradients
+
+    g = torch.Generator().manual_seed(0)
+    W = [
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, dtype=torch.float64),
+    ]
+    b = [torch.zeros(5, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    X = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    T = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0]), 2).to(torch.float64)
+    terms = {"activation": "tanh", "loss": "cross_entropy", "weight_decay": 0.1}
+    right = [t for pair in backprop(W, b, X, T, **terms) for t in pair]
+    assert check_gradients(W, b, X, T, manual=right, **terms).passed
+    wrong = [t.clone() for t in right]
+    wrong[2][1, 4] += 1e-6  # W2
+    report = check_gradients(W, b, X, T, manual=wrong, **terms)
+    assert not report.passed and [t.name for t in report.tensors if not t.passed] == ["W2"]
+    with pytest.raises(ValueError, match="shapes"):
+        check_gradients(W, b, X, T, manual=right[:2], **terms)
