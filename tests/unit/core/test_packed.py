@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.callbacks import Callback, EpochRecord
-from core.checkpoint import Checkpoint
+from core.checkpoint import Checkpoint, CheckpointError
 from core.gradcheck import GradcheckFailed
 from core.packed import PackIncompatible, pack_key, train_packed
 from core.spec import JobSpec, parse_spec
@@ -387,4 +387,16 @@ def test_a_member_whose_callback_raises_leaves_with_that_error() -> None:
     results = train_packed(specs, callbacks=[[], [], [Broken()], []], dtype=F64)
     assert isinstance(results[2], RuntimeError) and "tracker" in str(results[2])
     for k in (0, 1, 3):
+        assert_same_training(results[k], train(specs[k], dtype=F64))
+
+
+def test_a_member_given_another_jobs_checkpoint_fails_alone() -> None:
+    specs = mixed_specs()
+    saver = Saver(1)
+    train(specs[0], callbacks=[saver], dtype=F64)
+    results = train_packed(
+        specs[:3], resume_from=[None, Checkpoint.from_bytes(saver.saved), None], dtype=F64
+    )
+    assert isinstance(results[1], CheckpointError) and "differs in" in str(results[1])
+    for k in (0, 2):
         assert_same_training(results[k], train(specs[k], dtype=F64))
