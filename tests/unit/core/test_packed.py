@@ -147,6 +147,37 @@ def test_each_member_is_its_spec_trained_alone_float64(specs: list[JobSpec]) -> 
         assert_same_training(packed, solo)
 
 
+@pytest.mark.parametrize("loss", sorted(DATASETS))
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+def test_every_activation_and_loss_float64_200_steps(activation: str, loss: str) -> None:
+    """Each activation × loss (the hypothesis test samples them; here every pair), with
+    three members that mix decay, dropout, momentum, Nesterov and the schedules."""
+    base = {
+        "dataset": {**DATASETS[loss], "seed": 0},
+        "loss": loss,
+        "model": {"hidden": [7, 5], "activation": activation},
+        "optimizer": {"batch_size": 8, "epochs": EPOCHS_FOR_200[8], "lr": 0.01},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "gradcheck": {"every_steps": 50, "fd_samples": 2},
+    }
+    specs = [
+        make_spec(
+            base,
+            seed=11,
+            optimizer={"momentum": 0.9, "nesterov": True, "schedule": {"kind": "cosine"}},
+            regularization={"weight_decay": 0.01, "dropout": 0.25},
+        ),
+        make_spec(
+            base, seed=12, optimizer={"momentum": 0.0, "schedule": {"kind": "step", "step_size": 5}}
+        ),
+        make_spec(base, seed=13, optimizer={"lr": 0.02, "momentum": 0.5}),
+    ]
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        solo = train(spec, dtype=F64)
+        assert solo.steps == 200
+        assert_same_training(packed, solo)
+
+
 MIXED: dict[str, Any] = {
     "dataset": {"name": "wine", "seed": 1},
     "model": {"hidden": [16, 8], "activation": "tanh"},
