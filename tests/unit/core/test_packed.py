@@ -86,7 +86,7 @@ def packs(draw: st.DrawFn) -> list[JobSpec]:
     """2–4 specs of one shape (data set, widths, activation, loss, batch size) with their
     own seeds, rates, momentum, Nesterov, weight decay, dropout and schedule."""
     loss = draw(st.sampled_from(sorted(DATASETS)))
-    hidden = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
+    hidden = draw(st.lists(st.integers(1, 9), min_size=0, max_size=3))  # [ ]: no hidden layer
     activation = draw(st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "identity"]))
     batch = draw(st.sampled_from(sorted(EPOCHS_FOR_200)))
     base = {
