@@ -8,7 +8,10 @@ Reference job: digits, hidden [64, 64], relu, batch 32, SGD lr 0.05 momentum 0.9
 1e-4 (λ‖W‖², which is scikit-learn's alpha = 2λ·batch), 50 epochs, one thread. gradq's figures
 include the gradient validator at its default cadence and the per-epoch evaluation. A second
 set of rows, compute-bound (hidden [1024]*4, batch 1024), compares achieved GFLOP/s with
-``torch.mm`` at the same shapes, measured in the same run.
+``torch.mm`` at the same shapes, measured in the same run. A third set, the packed engine
+(``core.packed``): model-steps/s of a pack of K reference jobs (their own seeds) against one
+solo run, and the GFLOP/s achieved against ``torch.bmm`` (``torch.mm`` for the solo) doing
+the same step's products at the same shapes, in the same run.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from threadpoolctl import threadpool_limits
 from bench.reference import BATCH, HIDDEN, LR, MOMENTUM, WD, reference_job
 from core.callbacks import Callback, EpochRecord
 from core.data import Dataset, load_dataset
+from core.packed import PackStats, chunk_members, train_packed
 from core.spec import parse_spec
 from core.train import train
 
 EPOCHS = 50
+PACKS = (1, 8, 32, 128, 512)
 
 
 def reference_spec(engine: str, device: str, epochs: int) -> Any:
@@ -231,6 +236,107 @@ def mm_anchor(device: str, widths: list[int], batch: int, repeats: int = 10) -> 
     return training_flops(widths, batch) * repeats / seconds / 1e9
 
 
+def step_spec(seed: int, epochs: int) -> Any:
+    """The reference job with its seed, a fixed split and no validator: the packed rows
+    time the training steps, which records' ``seconds`` cover (evaluation excluded)."""
+    raw = reference_job(epochs, resources={"cpus": 1}, seed=seed)
+    raw["dataset"] = {"name": "digits", "seed": 0}
+    raw["gradcheck"] = {"at_start": False, "every_steps": 0}
+    return parse_spec(raw)
+
+
+def packed_steps(data: Dataset, K: int, epochs: int, chunk: int | None) -> dict[str, float]:
+    """Model-steps/s of one pack of K reference jobs (K = 0: one solo run), over the epochs
+    after the first, on the benchmark's clock."""
+    with _timed_records():
+        if K == 0:
+            timer = StepTimer(skip=1)
+            train(step_spec(0, epochs), callbacks=[timer], data=data)
+            return {"model_steps_per_s": timer.steps / timer.seconds, "steps": timer.steps}
+        warm, stats = PackStats(), PackStats()
+        specs = [step_spec(k, 1) for k in range(K)]
+        train_packed(specs, data=data, chunk=chunk, stats=warm)
+        specs = [step_spec(k, epochs - 1) for k in range(K)]
+        results = train_packed(specs, data=data, chunk=chunk, stats=stats)
+        assert all(not isinstance(r, Exception) for r in results), results
+    return {"model_steps_per_s": stats.member_steps / stats.seconds, "steps": stats.member_steps}
+
+
+class _timed_records:
+    """Records' ``seconds`` on the benchmark's clock (CPU time of this process unless
+    --wall): the engines time their epochs with ``time.perf_counter``."""
+
+    def __enter__(self) -> None:
+        self.saved = time.perf_counter
+        time.perf_counter = clock
+
+    def __exit__(self, *exc: object) -> None:
+        time.perf_counter = self.saved
+
+
+def bmm_anchor(device: str, widths: list[int], batch: int, K: int, repeats: int = 5) -> float:
+    """GFLOP/s of ``torch.bmm`` doing one packed step's products for K models (the shapes
+    of ``mm_anchor``, with a leading model axis), ``repeats`` times."""
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    shapes = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        shapes.append(((batch, a), (a, b)))
+        shapes.append(((b, batch), (batch, a)))
+        if i > 0:
+            shapes.append(((batch, b), (b, a)))
+    mats = [
+        (torch.randn(K, *s1, generator=g).to(dev), torch.randn(K, *s2, generator=g).to(dev))
+        for s1, s2 in shapes
+    ]
+    for x, w in mats:
+        torch.bmm(x, w)
+    sync()
+    t0 = clock()
+    for _ in range(repeats):
+        for x, w in mats:
+            torch.bmm(x, w)
+    sync()
+    seconds = clock() - t0
+    return K * training_flops(widths, batch) * repeats / seconds / 1e9
+
+
+def packed_rows(
+    data: Dataset, device: str, packs: list[int], rounds: int, chunk: int | None
+) -> dict[str, dict[str, float]]:
+    """Per pack size (0: the solo run): model-steps/s, × the solo's, GFLOP/s and the
+    anchor's (``torch.mm`` for the solo, ``torch.bmm`` for a pack) at the same shapes.
+    Rounds interleave the sizes; each keeps its fastest round."""
+    widths = [data.n_features, *HIDDEN, len(data.classes)]
+    flops = training_flops(widths, BATCH)
+    rows: dict[str, dict[str, float]] = {}
+    epochs = 3
+    for _ in range(rounds):
+        for K in [0, *packs]:
+            name = "solo (engine=manual)" if K == 0 else f"pack K={K}"
+            r = packed_steps(data, K, epochs, chunk)
+            anchor = (
+                mm_anchor(device, widths, BATCH, repeats=50)
+                if K == 0
+                else bmm_anchor(device, widths, BATCH, K, repeats=max(1, 256 // K))
+            )
+            best = rows.get(name)
+            if best is None or r["model_steps_per_s"] > best["model_steps_per_s"]:
+                rows[name] = {**r, "K": K}
+            rows[name]["anchor_gflops"] = max(rows[name].get("anchor_gflops", 0.0), anchor)
+    solo = rows["solo (engine=manual)"]["model_steps_per_s"]
+    for r in rows.values():
+        r["ratio"] = r["model_steps_per_s"] / solo
+        r["gflops"] = r["model_steps_per_s"] * flops / 1e9
+        r["anchor_ratio"] = r["gflops"] / r["anchor_gflops"]
+    itemsize = 4
+    chunked = chunk or chunk_members(widths, BATCH, itemsize)
+    for r in rows.values():  # the largest group of the pack (core.packed, _Run.groups)
+        groups = -(-int(r["K"]) // chunked)
+        r["chunk"] = -(-int(r["K"]) // groups) if r["K"] else 0
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -239,17 +345,25 @@ def main() -> None:
     ap.add_argument("--skip-compute-bound", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each row keeps its best")
     ap.add_argument("--wall", action="store_true", help="wall time instead of CPU time")
+    ap.add_argument("--packs", default=",".join(map(str, PACKS)), help="pack sizes K")
+    ap.add_argument("--chunk", type=int, default=None, help="members per chunk of a pack")
+    ap.add_argument("--only-packed", action="store_true", help="the packed rows alone")
     args = ap.parse_args()
     if args.wall or args.device == "cuda":  # a GPU's work is not this process's CPU time
         _CLOCK[0] = time.perf_counter
     torch.set_num_threads(1)
     data = load_dataset(parse_spec({"dataset": "digits"}).dataset, seed=0)
     runners: dict[str, Any] = {}
-    if args.device == "cpu":
+    if args.only_packed:
+        pass
+    elif args.device == "cpu":
         runners["scikit-learn MLPClassifier"] = lambda: run_sklearn(data, args.epochs)
-    runners["PyTorch autograd loop"] = lambda: run_torch(data, args.epochs, args.device)
-    runners["gradq engine=autograd"] = lambda: run_gradq(data, args.epochs, "autograd", args.device)
-    runners["gradq engine=manual"] = lambda: run_gradq(data, args.epochs, "manual", args.device)
+    if not args.only_packed:
+        runners["PyTorch autograd loop"] = lambda: run_torch(data, args.epochs, args.device)
+        runners["gradq engine=autograd"] = lambda: run_gradq(
+            data, args.epochs, "autograd", args.device
+        )
+        runners["gradq engine=manual"] = lambda: run_gradq(data, args.epochs, "manual", args.device)
     rows: dict[str, dict[str, float]] = {}
     with threadpool_limits(limits=1):
         # Rounds interleave the rows, and each row keeps its fastest round: on a shared,
@@ -262,12 +376,17 @@ def main() -> None:
         anchor_name = (
             "scikit-learn MLPClassifier" if args.device == "cpu" else "PyTorch autograd loop"
         )
-        anchor = rows[anchor_name]["steps"] / rows[anchor_name]["seconds"]
+        if rows:
+            anchor = rows[anchor_name]["steps"] / rows[anchor_name]["seconds"]
         for r in rows.values():
             r["steps_per_s"] = r["steps"] / r["seconds"]
             r["ratio"] = r["steps_per_s"] / anchor
         compute: dict[str, dict[str, float]] = {}
-        if not args.skip_compute_bound:
+        packed: dict[str, dict[str, float]] = {}
+        packs = [int(k) for k in args.packs.split(",") if k]
+        if packs:
+            packed = packed_rows(data, args.device, packs, args.repeats, args.chunk)
+        if not args.skip_compute_bound and not args.only_packed:
             width, depth, batch = 1024, 4, 1024
             widths = [256, *([width] * depth), 10]
             mm = max(mm_anchor(args.device, widths, batch) for _ in range(args.repeats))
@@ -300,6 +419,10 @@ def main() -> None:
         "clock": "wall" if _CLOCK[0] is time.perf_counter else "process CPU time",
         "rows": rows,
         "compute_bound": compute,
+        "packed": packed,
+        "load": Path("/proc/loadavg").read_text().split()[:3]
+        if Path("/proc/loadavg").exists()
+        else None,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -311,6 +434,22 @@ def main() -> None:
     print(f"{'':30s} {'steps/s':>10s} {'× ' + anchor_name.split()[0]:>16s} {'test acc':>9s}")
     for name, r in rows.items():
         print(f"{name:30s} {r['steps_per_s']:10.0f} {r['ratio']:15.2f}× {r['accuracy']:9.4f}")
+    if packed:
+        print(
+            f"\nPacked engine: K reference jobs at once (steps only: no evaluation, no"
+            f" validator), load {' '.join(report['load'] or [])}"
+        )
+        print(
+            f"{'':22s} {'group':>6s} {'model-steps/s':>14s} {'× solo':>8s} {'GFLOP/s':>9s}"
+            f" {'anchor GFLOP/s':>15s} {'× anchor':>9s}"
+        )
+        for name, r in packed.items():
+            anchor_name_k = "mm" if r["K"] == 0 else "bmm"
+            print(
+                f"{name:22s} {r['chunk'] or '':>6} {r['model_steps_per_s']:14.0f}"
+                f" {r['ratio']:7.2f}× {r['gflops']:9.1f}"
+                f" {r['anchor_gflops']:9.1f} ({anchor_name_k:>3s}) {r['anchor_ratio']:8.2f}×"
+            )
     if compute:
         print("\nCompute-bound job: hidden [1024]*4, batch 1024")
         print(f"{'':30s} {'GFLOP/s':>10s} {'× torch.mm':>16s}")

@@ -246,11 +246,15 @@ def check_gradients(
     step: int = 0,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
+    manual: Sequence[torch.Tensor] | None = None,
 ) -> GradcheckReport:
     """Check the manual gradients of one batch (encoded targets ``T``, see ``core.losses``).
 
     Everything is copied to float64 first; the caller's tensors are not touched. ``stop`` is
     asked between chunks of the finite differences (:class:`GradcheckStopped` when it says so).
+    ``manual``: the gradients to check, of the same objective (mean loss + λ·Σ‖W‖²), listed
+    W1, b1, W2, …, computed by another engine in float64 (the packed engine's, per member);
+    default: ``core.backprop.backprop``'s on the float64 copies.
     """
     batch = _Batch64(
         W=[_f64(w) for w in weights],
@@ -262,7 +266,14 @@ def check_gradients(
         loss=loss,
         weight_decay=weight_decay,
     )
-    manual, auto = batch.manual(), batch.autograd()
+    if manual is None:
+        manual = batch.manual()
+    else:
+        manual = [_f64(g) for g in manual]
+        shapes = [list(g.shape) for g in manual]
+        if shapes != [list(p.shape) for p in batch.params]:
+            raise ValueError(f"manual gradients of shapes {shapes} do not match the parameters")
+    auto = batch.autograd()
     scale = gradient_scale(auto, batch.W, weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + step)
     names = [f"{k}{i + 1}" for i in range(len(batch.W)) for k in ("W", "b")]

@@ -310,11 +310,19 @@ class GradientChecks:
 
     @torch.inference_mode(False)  # the validator runs autograd, also inside the manual loop
     def run(
-        self, Xb: torch.Tensor, Tb: torch.Tensor, masks: list[torch.Tensor] | None, step: int
+        self,
+        Xb: torch.Tensor,
+        Tb: torch.Tensor,
+        masks: list[torch.Tensor] | None,
+        step: int,
+        *,
+        manual: Sequence[torch.Tensor] | None = None,
     ) -> int:
         """Check the gradients of the batch's first ``max_batch`` rows at ``step`` (manual
         vs autograd vs central differences, float64) and report to the callbacks; raises
-        ``GradcheckFailed`` when the check fails. Returns the step of the next check."""
+        ``GradcheckFailed`` when the check fails. Returns the step of the next check.
+        ``manual``: the gradients under test, computed elsewhere on those rows (the packed
+        engine's, see ``core.gradcheck.check_gradients``); default: ``core.backprop``'s."""
         k = min(self.gc.max_batch, Xb.shape[0])
         if not Tb.is_floating_point():  # class indices (fused cross-entropy): one-hot them
             Tb = nnf.one_hot(Tb[:k], self.data.width).to(Xb.dtype)
@@ -332,6 +340,7 @@ class GradientChecks:
             fd_samples=self.gc.fd_samples,
             step=step,
             seed=self.spec.seed,
+            manual=manual,
         )
         self.reports.append(report.to_dict())
         self.callbacks.on_gradcheck(report)
