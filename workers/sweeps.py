@@ -31,6 +31,7 @@ import math
 import os
 import re
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -109,6 +110,11 @@ def _make_storage(database_url: str) -> Any:
         path = database_url.split("///", 1)[1]
         stem, dot, suffix = path.rpartition(".")
         own = f"{stem}.optuna.{suffix}" if dot else f"{path}.optuna"
+        # a write-ahead log, as gradq's own SQLite file (the file keeps the mode): a tell
+        # commits in about half the time of the default rollback journal; every commit
+        # still reaches the disk (a trial's number must never be handed out twice)
+        with contextlib.closing(sqlite3.connect(own, timeout=30)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
         return optuna.storages.RDBStorage(
             f"sqlite:///{own}", engine_kwargs={"connect_args": {"timeout": 30}}
         )
