@@ -247,6 +247,8 @@ class TrialSpec(_Section):
     rungs: list[PositiveInt] = Field(default_factory=list)
     reduction_factor: int = Field(3, ge=2, le=100)
     parent_run_id: str | None = Field(None, max_length=64)
+    # "best": the trial logs its model only when it beats the sweep's best so far
+    log_models: Literal["all", "best"] = "all"
 
 
 class JobSpec(_Section):

@@ -116,6 +116,11 @@ class SweepSpec(_Section):
     register_as: str | None = Field(
         None, min_length=1, max_length=200, description="register the best trial's model"
     )
+    log_models: Literal["all", "best"] = Field(
+        "best",
+        description="best: a trial logs its model only when it beats the best so far (a "
+        "model is most of a small trial's tracking cost); all: every succeeded trial",
+    )
 
     @field_validator("register_as")
     @classmethod
@@ -439,6 +444,7 @@ def trial_spec(
         rungs=sweep.rungs(),
         reduction_factor=sweep.spec.early_stopping.reduction_factor,
         parent_run_id=parent_run_id,
+        log_models=sweep.spec.log_models,
     ).model_dump()
     spec = parse_spec(data)
     return spec

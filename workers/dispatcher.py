@@ -231,7 +231,8 @@ class Dispatcher:
         self._ray_lost: str | None = None  # why that local Ray is being replaced, meanwhile
         # closes the runs of attempts that died, on its own thread (MLflow may be away)
         self.closer = RunCloser(config.worker.tracking_uri)
-        # drives the sweeps this dispatcher holds (``workers.sweeps``); None: none here
+        # drives sweeps (``workers.sweeps``) on a thread of its own while ``run`` runs;
+        # None: none here
         self.sweeps: SweepController | None = None
 
     # --- Ray ---------------------------------------------------------------------------------
@@ -326,6 +327,13 @@ class Dispatcher:
         if self._remote is None:
             self.connect()
         self.close_lost_runs()
+        sweeps = None
+        if self.sweeps is not None:
+            # on a thread of its own: Optuna's asks and tells never hold up a launch
+            sweeps = threading.Thread(
+                target=self.sweeps.run, args=(stop,), name="gradq-sweeps", daemon=True
+            )
+            sweeps.start()
         try:
             while not stop.is_set():
                 try:
@@ -336,8 +344,8 @@ class Dispatcher:
                     continue
                 self.idle(stop)
         finally:
-            if self.sweeps is not None:
-                self.sweeps.stop()
+            if sweeps is not None:
+                sweeps.join(timeout=CLOSE_DRAIN_S)
             self.closer.stop(drain_seconds=CLOSE_DRAIN_S)
 
     def idle(self, stop: threading.Event) -> None:
@@ -356,10 +364,7 @@ class Dispatcher:
         lost = self._ray_lost or self._dead_daemons()
         if lost is not None:  # also a restart that raised: it is tried again
             self.restart_ray(lost)
-        ended = self.reap()
-        if self.sweeps is not None:
-            # a trial that ended frees a place of its sweep at once
-            self.sweeps.tick(now=ended > 0)
+        self.reap()
         now = time.monotonic()
         if now - self._last_requeue >= self.config.requeue_seconds:
             self._last_requeue = now

@@ -50,6 +50,7 @@ log = logging.getLogger("gradq.sweeps")
 
 OPTUNA_SCHEMA = "optuna"
 LEASE_SECONDS = 15.0
+ASK_GROUP = 4  # trials asked of Optuna and queued together
 
 
 class SweepTracking(Protocol):
@@ -159,7 +160,7 @@ class SweepController:
     lease_seconds: float = LEASE_SECONDS
     limits: SpecLimits = field(default_factory=SpecLimits)
     max_queued: int | None = None  # a tenant's queued jobs (its quota), trials included
-    interval_seconds: float = 0.2  # the least time between two steps of the sweeps
+    interval_seconds: float = 0.1  # the time between two steps of the sweeps
     clock: Callable[[], float] = time.monotonic
     _held: dict[str, _Held] = field(default_factory=dict)
     _last_claim: float = float("-inf")
@@ -192,6 +193,19 @@ class SweepController:
                 self._held.pop(sweep_id, None)
             except StoreError as exc:
                 log.warning("sweep %s: step failed (%s); retried", sweep_id, exc)
+
+    def run(self, stop: threading.Event) -> None:
+        """Step the sweeps every ``interval_seconds`` until ``stop`` is set, then give up
+        their leases; a failing step (the database away) is logged and tried again."""
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick(now=True)
+                except Exception:
+                    log.exception("sweep controller step failed; retrying")
+                stop.wait(self.interval_seconds)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """Give up every lease held (this controller is stopping)."""
@@ -333,11 +347,18 @@ class SweepController:
         return out
 
     def _ask(self, sweep_id: str, tenant: str, held: _Held, count: int) -> int:
-        """``count`` new trials, asked of Optuna and queued as jobs together; how many were
-        queued (a trial the queue refused, over the tenant's quota, is adopted later)."""
+        """``count`` new trials, asked of Optuna and queued as jobs, ``ASK_GROUP`` at a time
+        (the first start while the next are asked); how many were queued (a trial the queue
+        refused, over the tenant's quota, is adopted later)."""
         distributions = self._distributions(held.sweep)
-        asked = [held.study.ask(distributions) for _ in range(count)]
-        return self._submit(sweep_id, tenant, held, [(t.number, t.params) for t in asked])
+        queued = 0
+        for start in range(0, count, ASK_GROUP):
+            asked = [held.study.ask(distributions) for _ in range(min(ASK_GROUP, count - start))]
+            placed = self._submit(sweep_id, tenant, held, [(t.number, t.params) for t in asked])
+            queued += placed
+            if placed < len(asked):  # the quota is reached: the rest wait as orphans
+                break
+        return queued
 
     def _adopt_orphans(self, sweep_id: str, tenant: str, held: _Held, known: set[int]) -> int:
         """Submit the trials Optuna handed out that have no ``trials`` row (the controller

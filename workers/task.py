@@ -38,6 +38,7 @@ from core.checkpoint import CheckpointError
 from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
 from core.spec import InvalidSpec, JobSpec, TrialSpec
+from core.sweep import better
 from core.train import Diverged, TrainResult, train
 from db.datasets import DatasetStore
 from db.errors import StaleAttempt, StoreError, StoreUnavailable
@@ -371,6 +372,23 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
         log.warning("run %s: could not close it: %s", tracker.run_id, exc)
 
 
+def _logs_model(engine: Any, spec: JobSpec, result: TrainResult | None) -> bool:
+    """Whether a succeeded attempt logs its model: always, but for a sweep's trial under
+    ``log_models: best`` that does not beat the sweep's best so far (its final objective
+    against the best the controller stored; a database away: it logs)."""
+    trial = spec.trial
+    if trial is None or trial.log_models == "all" or result is None:
+        return True
+    value = result.metrics.get(trial.metric)
+    if value is None or not math.isfinite(value):
+        return False
+    try:
+        best = SweepStore(engine).get(sweep_id=trial.sweep_id).best
+    except StoreError:
+        return True
+    return best is None or better(float(value), float(best["objective"]), trial.mode)
+
+
 def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out).
     ``board``: the dispatcher's stop board (``workers.stops``), None to learn of stops from
@@ -492,7 +510,13 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
                 if tracker is not None and tracker.run_id is not None:
                     message = None if error is None else str(error["message"])
                     detail = None if error is None else error.get("traceback")
-                    tracker.finish(status=final, result=result, error=message, error_detail=detail)
+                    tracker.finish(
+                        status=final,
+                        result=result,
+                        error=message,
+                        error_detail=detail,
+                        with_model=final != "succeeded" or _logs_model(engine, spec, result),
+                    )
             except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
                 # once the lease ran out (LeaseExpired) the run is the next attempt's

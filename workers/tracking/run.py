@@ -267,8 +267,11 @@ class JobTracker:
         result: TrainResult | None = None,
         error: str | None = None,
         error_detail: str | None = None,
+        with_model: bool = True,
     ) -> None:
         """Flush, record the outcome and close the run: FINISHED, FAILED or KILLED.
+        ``with_model`` False: a succeeded run is closed without its model (a sweep's trial
+        that is not the best so far, under ``log_models: best``).
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
         ``gradcheck_count`` and ``plots/learning_curve.png``; for ``succeeded`` also the model
@@ -279,7 +282,7 @@ class JobTracker:
         then left RUNNING, and ``close_run`` (or a retry) closes it."""
         try:
             with self.clock.measure():
-                self._close(status, result, error, error_detail)
+                self._close(status, result, error, error_detail, with_model)
         finally:
             if self._buffer is not None:
                 self._buffer.close()
@@ -290,6 +293,7 @@ class JobTracker:
         result: TrainResult | None,
         error: str | None,
         error_detail: str | None = None,
+        with_model: bool = True,
     ) -> None:
         run_id = self._require_run()
         client = self.client
@@ -308,7 +312,7 @@ class JobTracker:
                 png = learning_curve_png(result.history)
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")
             model_id = None
-            if status == "succeeded":
+            if status == "succeeded" and with_model:
                 self._check_alive()
                 try:
                     info = log_model(

@@ -236,3 +236,30 @@ def test_a_new_sweep_is_taken_at_the_next_step_not_at_the_next_renewal(db_url: s
     assert set(c._held) == {first, second}
     assert c.sweeps.get(sweep_id=second).status == "running"
     assert len(c.sweeps.trials(sweep_id=second)[0]) == 2  # its first trials queued already
+
+
+def test_a_trial_logs_its_model_only_when_it_beats_the_best_so_far(db_url: str) -> None:
+    from types import SimpleNamespace
+
+    from workers.task import _logs_model
+
+    c = controller(db_url, "a")
+    sweep_id = create(c)
+    c.tick()
+    sweep = parse_sweep(SWEEP)
+    from core.sweep import trial_spec
+
+    spec = trial_spec(sweep, sweep_id=sweep_id, number=0, params={"optimizer.lr": 0.1},
+                      parent_run_id=None)  # fmt: skip
+    engine = make_engine(db_url)
+
+    def logs(value: float, s: Any = spec) -> bool:
+        return _logs_model(engine, s, SimpleNamespace(metrics={"val_accuracy": value}))
+
+    assert logs(0.5)  # no best yet
+    best = {"job_id": "j", "trial": 1, "params": {}, "objective": 0.9}
+    c.sweeps.update(sweep_id=sweep_id, owner="a", best=best)
+    assert not logs(0.8) and not logs(0.9) and logs(0.95)
+    assert not logs(float("nan"))
+    every = spec.model_copy(update={"trial": spec.trial.model_copy(update={"log_models": "all"})})
+    assert logs(0.5, every)

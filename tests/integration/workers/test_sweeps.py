@@ -189,8 +189,17 @@ def test_a_random_sweep_completes_with_its_best_trial(service: Service) -> None:
     trials = check_completed(service, sweep_id, 12)
     check_mlflow(service, view, trials)
     # the best trial's model, registered by the sweep
-    [version] = MlflowClient(service.tracking_uri).search_model_versions("name = 'iris-best'")
+    client = MlflowClient(service.tracking_uri)
+    [version] = client.search_model_versions("name = 'iris-best'")
     assert version.tags["gradq.job_id"] == view.best["job_id"]  # type: ignore[index]
+    # log_models: best (the default): a trial that did not beat the best so far kept no model
+    models = {
+        t.job_id: "gradq.model_uri" in client.get_run(t.mlflow_run_id or "").data.tags
+        for t in trials
+        if t.status.value == "succeeded"
+    }
+    assert models[view.best["job_id"]]  # type: ignore[index]
+    assert not all(models.values()), models
     values = {t.params["optimizer.lr"] for t in trials}
     assert len(values) == 12 and all(0.01 <= v <= 0.5 for v in values)
 
