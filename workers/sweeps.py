@@ -111,9 +111,8 @@ def _make_storage(database_url: str) -> Any:
         path = database_url.split("///", 1)[1]
         stem, dot, suffix = path.rpartition(".")
         own = f"{stem}.optuna.{suffix}" if dot else f"{path}.optuna"
-        # a write-ahead log, as gradq's own SQLite file (the file keeps the mode): a tell
-        # commits in about half the time of the default rollback journal; every commit
-        # still reaches the disk (a trial's number must never be handed out twice)
+        # a write-ahead log, as gradq's own SQLite file (the file keeps the mode); every
+        # commit still reaches the disk (a trial's number must never be handed out twice)
         with contextlib.closing(sqlite3.connect(own, timeout=30)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
         return optuna.storages.RDBStorage(
