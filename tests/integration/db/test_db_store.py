@@ -88,7 +88,7 @@ def test_tenants_see_only_their_jobs(store: JobStore, make_spec: SpecFactory) ->
     assert [j.id for j in page] == [mine.id] and cursor is None
     assert {j.id for j in store.list()[0]} == {mine.id, theirs.id}
     assert store.counts_by_status(tenant="bob") == {
-        "queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0
+        "queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "pruned": 0
     }  # fmt: skip
 
 
