@@ -131,10 +131,12 @@ def test_a_trial_whose_job_was_queued_but_not_linked_makes_no_second_job(db_url:
     spec = trial_spec(held.sweep, sweep_id=sweep_id, number=trial.number, params=params,
                       parent_run_id=None)  # fmt: skip
     c.jobs.submit_many([SubmitRequest(spec, job_id=spec_job, may_exist=True)])  # then it died
+    c.sweeps.release(sweep_id=sweep_id, owner="a")
     before = len(c.jobs.list(limit=100)[0])
-    c.tick()
-    assert len(c.jobs.list(limit=100)[0]) == before  # adopted: the same job
-    linked = {t.number: t.job_id for t in c.sweeps.trials(sweep_id=sweep_id)[0]}
+    b = controller(db_url, "b")  # the controller that takes the sweep over
+    b.tick()
+    assert len(b.jobs.list(limit=100)[0]) == before  # adopted: the same job
+    linked = {t.number: t.job_id for t in b.sweeps.trials(sweep_id=sweep_id)[0]}
     assert linked[trial.number] == spec_job
 
 
