@@ -1,8 +1,8 @@
 """The sweep controller: asks Optuna for trials, queues each as an ordinary job, tells Optuna
 how each ended, and ends the sweep.
 
-It runs inside the dispatcher (``Dispatcher.tick`` calls :meth:`SweepController.tick`), in
-every dispatcher process; a lease on each sweep (``db.sweeps.SweepStore.claim``) makes one
+It runs on a thread of its own in every dispatcher process (``Dispatcher.run`` starts
+:meth:`SweepController.run`); a lease on each sweep (``db.sweeps.SweepStore.claim``) makes one
 controller drive it at a time, and another take it over once a stopped controller's lease
 ran out.
 
@@ -169,7 +169,7 @@ class SweepController:
 
     def tick(self, *, now: bool = False) -> None:
         """Claim the sweeps no controller holds and step each held one; at most every
-        ``interval_seconds`` unless ``now`` (an attempt just ended)."""
+        ``interval_seconds`` unless ``now``."""
         t = self.clock()
         if not now and t - self._last_step < self.interval_seconds:
             return
