@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 from core import defaults
 from core.callbacks import Callback, EpochRecord
-from core.checkpoint import CheckpointError
+from core.checkpoint import Checkpoint, CheckpointError
 from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
 from core.spec import InvalidSpec, JobSpec, TrialSpec
@@ -152,7 +152,8 @@ class Lease(Callback):
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def alive(self) -> bool:
         """Whether this attempt still holds its lease; sets ``lost`` once the deadline passed."""
@@ -188,18 +189,27 @@ class Lease(Callback):
                 progress=dict(self.progress),
                 node=self.node,
             )
-            self.deadline = began + self.config.lease_seconds
-            if asked and self.stop_reason is None:
-                reason = self.store.stop_reason(job_id=self.job.id) or StopReason.CANCEL
-                self.stopped(reason, "heartbeat")
+            self.renewed(began, asked)
         except StoreUnavailable as exc:  # the database is away: retry until the deadline
             log.warning("job %s: heartbeat failed (%s), retrying", self.job.id, exc)
         except StoreError as exc:  # stale attempt, job finished or gone: this attempt is over
-            log.warning("job %s attempt %s: lease lost (%s)", self.job.id, self.job.attempt, exc)
-            self.lost.set()
+            self.refused(exc)
         except Exception:  # unexpected: keep training, the next beat tries again
             log.exception("job %s: heartbeat failed, retrying", self.job.id)
         self.alive()
+
+    def renewed(self, began: float, asked: bool) -> None:
+        """A heartbeat that ``began`` (``time.monotonic``) went through; ``asked``: a stop
+        was asked of the job (its reason is then read)."""
+        self.deadline = began + self.config.lease_seconds
+        if asked and self.stop_reason is None:
+            reason = self.store.stop_reason(job_id=self.job.id) or StopReason.CANCEL
+            self.stopped(reason, "heartbeat")
+
+    def refused(self, why: object) -> None:
+        """A heartbeat was refused: the attempt no longer holds its job."""
+        log.warning("job %s attempt %s: lease lost (%s)", self.job.id, self.job.attempt, why)
+        self.lost.set()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_seconds) and not self.lost.is_set():
@@ -389,38 +399,55 @@ def _logs_model(engine: Any, spec: JobSpec, result: TrainResult | None) -> bool:
     return best is None or better(float(value), float(best["objective"]), trial.mode)
 
 
-def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str:
-    """Run one attempt to its end; returns the status written ("stale" when fenced out).
-    ``board``: the dispatcher's stop board (``workers.stops``), None to learn of stops from
-    the heartbeat alone."""
-    logging.basicConfig(level=logging.INFO)
-    engine = _engine(config)
-    store = JobStore(engine)
-    spec = JobSpec.model_validate(job.spec)
-    import_model_logging()  # before the heartbeats: see its docstring
-    lease = Lease(store, job, config, spec.optimizer.epochs)
-    tracker: JobTracker | None = None
-    status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
-    stop_message: str | None = None  # the final event's reason of an attempt stopped on request
-    rungs = (
-        Rungs(SweepStore(engine), job, spec.trial, lease)
-        if spec.trial is not None and spec.trial.rungs
-        else None
-    )
-    result_body: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    result: TrainResult | None = None
-    started, started_cpu = time.perf_counter(), time.process_time()
-    marks: dict[str, float] = {"task_start": time.time()}  # wall clock, for the bench
-    try:
-        lease.start()
+class AttemptLife:
+    """One attempt's life around its training, the same whether it trains alone
+    (:func:`run_attempt`) or as a member of a pack (``workers.pack``): ``begin`` (the lease,
+    the stop signal, the MLflow run, the checkpoint to resume from), then ``callbacks`` for
+    the training, then ``trained`` with its result or ``failed`` with what it raised, then
+    ``end`` exactly once (the run finished, the final write, the lease given up).
+
+    ``beats``: the attempt's lease heartbeats from its own thread; False when the pack's
+    heartbeat thread renews it with the other members' (``workers.pack.PackBeats``)."""
+
+    def __init__(
+        self, config: WorkerConfig, engine: Any, job: ClaimedJob, board: Any, *, beats: bool = True
+    ) -> None:
+        self.config, self.engine, self.job, self.board = config, engine, job, board
+        self.store = JobStore(engine)
+        self.spec = JobSpec.model_validate(job.spec)
+        self.lease = Lease(self.store, job, config, self.spec.optimizer.epochs)
+        self.beats = beats
+        self.tracker: JobTracker | None = None
+        self.status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
+        self.stop_message: str | None = None  # the final event's reason of a stopped attempt
+        trial = self.spec.trial
+        self.rungs = (
+            Rungs(SweepStore(engine), job, trial, self.lease)
+            if trial is not None and trial.rungs
+            else None
+        )
+        self.resume: Checkpoint | None = None
+        self.result_body: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.result: TrainResult | None = None
+        self.stale = False  # the attempt learnt it no longer holds the job
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
+        self.marks: dict[str, float] = {"task_start": time.time()}  # wall clock, for the bench
+
+    def begin(self) -> bool:
+        """Take up the lease (a first heartbeat), listen for a stop, open the MLflow run and
+        record it, and find the checkpoint to resume from (a later attempt); False when the
+        attempt no longer holds its job (then only ``end`` is left)."""
+        job, config, lease = self.job, self.config, self.lease
+        if self.beats:
+            lease.start()
         if lease.lost.is_set():
-            return "stale"
-        listen(board, job.id, job.attempt, lambda reason: lease.stopped(reason, "signal"))
-        tracker = JobTracker(
+            return False
+        listen(self.board, job.id, job.attempt, lambda reason: lease.stopped(reason, "signal"))
+        self.tracker = tracker = JobTracker(
             tracking_uri=config.tracking_uri,
             job_id=job.id,
-            spec=spec,
+            spec=self.spec,
             attempt=job.attempt,
             run_id=job.mlflow_run_id,
             node=lease.node,
@@ -430,80 +457,96 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
             alive=lease.alive,
             tenant=job.tenant if config.tenant_names else None,
         )
-        marks["tracker_start"] = time.time()
+        self.marks["tracker_start"] = time.time()
         if not lease.alive():  # the run may be a successor's already: leave it alone
-            return "stale"
+            return False
         run_id = tracker.start()
-        marks["tracker_started"] = time.time()
-        store.set_run(
+        self.marks["tracker_started"] = time.time()
+        self.store.set_run(
             job_id=job.id,
             attempt=job.attempt,
             mlflow_run_id=run_id,
             mlflow_experiment_id=tracker.experiment_id,
             checkpoint_uri=f"runs:/{run_id}/checkpoints/last/checkpoint.pt",
         )
-        resume = (
-            latest_checkpoint(tracking_uri=config.tracking_uri, run_id=run_id)
-            if job.attempt > 1
-            else None
-        )
-        data = _data(spec, DatasetStore(engine), config.tracking_uri)
-        tracker.log_dataset(data)
-        callbacks: list[Callback] = [lease, tracker.callback()]
-        if rungs is not None:
-            callbacks.append(rungs)
-        result = train(spec, callbacks=callbacks, resume_from=resume, data=data)
-        marks["trained"] = time.time()
+        if job.attempt > 1:
+            self.resume = latest_checkpoint(tracking_uri=config.tracking_uri, run_id=run_id)
+        return True
+
+    def callbacks(self) -> list[Callback]:
+        assert self.tracker is not None
+        out: list[Callback] = [self.lease, self.tracker.callback()]
+        if self.rungs is not None:
+            out.append(self.rungs)
+        return out
+
+    def trained(self, result: TrainResult) -> None:
+        """The training ended with ``result``: what the final write will say."""
+        self.result = result
+        self.marks["trained"] = time.time()
+        lease, rungs = self.lease, self.rungs
         if not lease.alive():
-            return "stale"
+            return
         if result.status == "cancelled" and (rungs is None or rungs.pruned_at is None):
             reason = lease.stop_reason or StopReason.CANCEL
-            status = STOPPED_STATUS[reason]
+            self.status = STOPPED_STATUS[reason]
             if "stop" in lease.progress:
                 lease.progress["stop"] = {**lease.progress["stop"], "step": result.steps}
-            stop_message = lease.stop_message(result.steps)
-        else:
-            if result.status == "cancelled":  # stopped by its rung: a result all the same
-                status = "pruned"
-            result_body = {
-                "metrics": result.metrics,
-                "epochs": result.epochs,
-                "steps": result.steps,
-                "best_epoch": result.best_epoch,
-                "stopped": "pruned" if status == "pruned" else result.status,
-                "engine": result.engine,
-                "device": result.device,
-                "resumed_from_epoch": resume.epoch if resume else None,
-                "seconds": time.perf_counter() - started,
-            }
-    except Diverged as exc:
-        error = {"type": "diverged", "message": str(exc), "epoch": exc.epoch, "step": exc.step}
-    except GradcheckFailed as exc:
-        error = {"type": "gradcheck_failed", "message": str(exc), "report": exc.report.to_dict()}
-    except (InvalidSpec, CheckpointError) as exc:
-        error = {"type": "invalid", "message": str(exc)}
-    except DatasetChanged as exc:  # final: another attempt would fetch the same bytes
-        error = {"type": "dataset_changed", "message": str(exc)}
-    except StaleAttempt:
-        lease.lost.set()
-        return "stale"
-    except StoreUnavailable as exc:  # the database went away: not the job's
-        # fault. No final write (it could not be made): the heartbeats stop, the lease runs
-        # out and the job is claimed again, resuming from its checkpoint.
-        log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
-        lease.lost.set()
-        return "stale"
-    except Exception as exc:  # anything else ends this attempt as failed, with its cause
-        # the traceback is for operators: this log, the job's row and the run's error.txt
-        # (the API answers the job without it)
-        log.exception("job %s attempt %s failed", job.id, job.attempt)
-        error = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exc(limit=8),
+            self.stop_message = lease.stop_message(result.steps)
+            return
+        if result.status == "cancelled":  # stopped by its rung: a result all the same
+            self.status = "pruned"
+        self.result_body = {
+            "metrics": result.metrics,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "best_epoch": result.best_epoch,
+            "stopped": "pruned" if self.status == "pruned" else result.status,
+            "engine": result.engine,
+            "device": result.device,
+            "resumed_from_epoch": self.resume.epoch if self.resume else None,
+            "seconds": time.perf_counter() - self.started,
         }
-    finally:
-        final: Outcome = "failed" if error else status
+
+    def failed(self, exc: BaseException) -> None:
+        """The attempt raised ``exc`` (in its training or around it): the job's error, or,
+        for a database that went away or a refused write, no final write at all."""
+        job = self.job
+        if isinstance(exc, Diverged):
+            self.error = {
+                "type": "diverged", "message": str(exc), "epoch": exc.epoch, "step": exc.step
+            }  # fmt: skip
+        elif isinstance(exc, GradcheckFailed):
+            self.error = {
+                "type": "gradcheck_failed", "message": str(exc), "report": exc.report.to_dict()
+            }  # fmt: skip
+        elif isinstance(exc, (InvalidSpec, CheckpointError)):
+            self.error = {"type": "invalid", "message": str(exc)}
+        elif isinstance(exc, DatasetChanged):  # final: another attempt would fetch the same bytes
+            self.error = {"type": "dataset_changed", "message": str(exc)}
+        elif isinstance(exc, StaleAttempt):
+            self.lease.lost.set()
+        elif isinstance(exc, StoreUnavailable):  # the database went away: not the job's
+            # fault. No final write (it could not be made): the heartbeats stop, the lease
+            # runs out and the job is claimed again, resuming from its checkpoint.
+            log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
+            self.lease.lost.set()
+        else:  # anything else ends this attempt as failed, with its cause
+            # the traceback is for operators: this log, the job's row and the run's error.txt
+            # (the API answers the job without it)
+            log.error("job %s attempt %s failed", job.id, job.attempt, exc_info=exc)
+            self.error = {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(exc, limit=8)),
+            }
+
+    def end(self) -> str:
+        """Finish the MLflow run and make the final write, while the attempt holds its job;
+        give up the lease. Returns the status written, or "stale"."""
+        job, config, lease, tracker = self.job, self.config, self.lease, self.tracker
+        error = self.error
+        final: Outcome = "failed" if error else self.status
         written = False
         if lease.alive():
             try:
@@ -512,44 +555,69 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
                     detail = None if error is None else error.get("traceback")
                     tracker.finish(
                         status=final,
-                        result=result,
+                        result=self.result,
                         error=message,
                         error_detail=detail,
-                        with_model=final != "succeeded" or _logs_model(engine, spec, result),
+                        with_model=final != "succeeded"
+                        or _logs_model(self.engine, self.spec, self.result),
                     )
             except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)
                 # once the lease ran out (LeaseExpired) the run is the next attempt's
                 if final == "succeeded" and lease.alive():
-                    error = {
+                    error = self.error = {
                         "type": "tracking_failed",
                         "message": "the model and artifacts could not be written to MLflow: "
                         f"{type(exc).__name__}: {exc}",
                     }
-                    final, result_body = "failed", None
+                    final, self.result_body = "failed", None
                     _close_failed_run(config, tracker, error["message"])
         # after a finish() that went through, the final write is made even if the lease ran
         # out meanwhile: the database fences it, and a job still ours is then done
         if not lease.lost.is_set() or (tracker is not None and tracker.finished):
             written = _write_outcome(
-                store,
+                self.store,
                 job,
                 config,
                 lease,
-                marks,
-                started,
-                started_cpu,
+                self.marks,
+                self.started,
+                self.started_cpu,
                 tracker,
                 final,
-                result_body,
+                self.result_body,
                 error,
-                stop_message,
+                self.stop_message,
             )
         if tracker is not None and not written:
             tracker.abandon()
         lease.close()
+        return final if written else "stale"
+
+
+def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str:
+    """Run one attempt to its end; returns the status written ("stale" when fenced out).
+    ``board``: the dispatcher's stop board (``workers.stops``), None to learn of stops from
+    the heartbeat alone."""
+    logging.basicConfig(level=logging.INFO)
+    engine = _engine(config)
+    import_model_logging()  # before the heartbeats: see its docstring
+    life = AttemptLife(config, engine, job, board)
+    try:
+        if life.begin():
+            assert life.tracker is not None
+            data = _data(life.spec, DatasetStore(engine), config.tracking_uri)
+            life.tracker.log_dataset(data)
+            result = train(
+                life.spec, callbacks=life.callbacks(), resume_from=life.resume, data=data
+            )
+            life.trained(result)
+    except Exception as exc:
+        life.failed(exc)
+    finally:
+        out = life.end()
         engine.dispose()  # an idle worker process holds no connection until its next attempt
-    return final if written else "stale"
+    return out
 
 
 def _write_outcome(
