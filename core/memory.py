@@ -182,6 +182,36 @@ def estimate(spec: JobSpec, shape: DatasetShape | None = None) -> MemoryEstimate
     return found
 
 
+# The parts a pack's members share (one data set, its tensors, one attempt's fixed costs),
+# and those each member holds only while it alone is worked on (its evaluations and its
+# gradient checks run one member at a time); every other part is each member's own.
+PACK_SHARED = ("data", "tensors", "attempt", "allocator")
+PACK_ONE_AT_A_TIME = ("evaluation", "gradcheck")
+
+
+def pack_estimate(specs: list[JobSpec], shape: DatasetShape | None = None) -> int:
+    """The peak memory of ``specs`` trained as one pack (``core.packed``), above an idle
+    worker process: at each phase the parts the members share once (``PACK_SHARED``: the
+    data set and its tensors are one for the pack), the largest member's part of those
+    worked on one member at a time (``PACK_ONE_AT_A_TIME``), and every member's own parts
+    (its parameters, its activations) summed — an upper bound, since a large pack computes a
+    group of members at a time. One spec: its ``estimate``."""
+    if len(specs) == 1:
+        return estimate(specs[0], shape).total
+    own: dict[str, int] = {}
+    one_at_a_time: dict[str, int] = {}
+    shared: dict[str, int] = {}
+    for spec in specs:
+        for phase, parts in _phases(spec, _shape(spec, shape)).items():
+            mine = sum(v for k, v in parts.items() if k not in PACK_SHARED + PACK_ONE_AT_A_TIME)
+            own[phase] = own.get(phase, 0) + mine
+            alone = sum(v for k, v in parts.items() if k in PACK_ONE_AT_A_TIME)
+            one_at_a_time[phase] = max(one_at_a_time.get(phase, 0), alone)
+            common = sum(v for k, v in parts.items() if k in PACK_SHARED)
+            shared[phase] = max(shared.get(phase, 0), common)
+    return max(own[p] + one_at_a_time[p] + shared[p] for p in own)
+
+
 CACHE_SIZE = 4096
 _CACHE: dict[tuple[object, ...], MemoryEstimate] = {}
 

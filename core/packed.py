@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ from core.train import (
     resolve_engine,
 )
 
+log = logging.getLogger("gradq.packed")
 ENGINE = "packed"  # what a member's TrainResult.engine and on_train_start say
 CHUNK_BYTES = 6 * 2**20  # a group's working set on the CPU (see ``chunk_members``)
 
@@ -452,6 +454,7 @@ def train_packed(
     dtype: torch.dtype = torch.float32,
     chunk: int | None = None,
     stats: PackStats | None = None,
+    on_result: Callable[[int, TrainResult | Exception], None] | None = None,
 ) -> list[TrainResult | Exception]:
     """Train the specs as one pack; entry k is what ``core.train.train(specs[k],
     callbacks=callbacks[k], resume_from=resume_from[k], data=data, dtype=dtype)`` returns,
@@ -465,8 +468,10 @@ def train_packed(
     ``chunk_members`` on the CPU, the whole pack on a GPU): a larger pack trains as groups of
     that many, one epoch of each group in turn, so that a group's numbers stay in the cache
     for the whole epoch; groups that shrink are merged at epoch ends. ``stats``: filled
-    with the time the steps took. The specs must share a ``pack_key`` and be ``packable``
-    (``PackIncompatible``)."""
+    with the time the steps took. ``on_result(k, result)``: called as member k leaves the
+    pack, with what entry k will be, while the others go on (a service ends the member's
+    job there; what it raises is logged, not the pack's). The specs must share a
+    ``pack_key`` and be ``packable`` (``PackIncompatible``)."""
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
     if not specs:
@@ -487,7 +492,7 @@ def train_packed(
     data = data if data is not None else load_dataset(specs[0].dataset, seed=specs[0].seed)
     tensors = TrainingData.encode(specs[0], data, dtype=dtype, device=device)
     run = _Run(data, tensors, dtype=dtype, device=device)
-    results: list[TrainResult | Exception | None] = [None] * len(specs)
+    results: list[TrainResult | Exception | None] = _Results(len(specs), on_result)
     live: list[_Member] = []
     for i, spec in enumerate(specs):
         try:
@@ -508,6 +513,24 @@ def train_packed(
         run.train(live, results, group=max(1, chunk), stats=stats)
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]
+
+
+class _Results(list[TrainResult | Exception | None]):
+    """The members' entries, each handed to ``on_result`` as it is set."""
+
+    def __init__(
+        self, n: int, on_result: Callable[[int, TrainResult | Exception], None] | None
+    ) -> None:
+        super().__init__([None] * n)
+        self.on_result = on_result
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        if self.on_result is not None and value is not None:
+            try:
+                self.on_result(index, value)
+            except Exception:
+                log.exception("member %s: its on_result raised", index)
 
 
 class _Run:

@@ -249,6 +249,8 @@ class TrialSpec(_Section):
     parent_run_id: str | None = Field(None, max_length=64)
     # "best": the trial logs its model only when it beats the sweep's best so far
     log_models: Literal["all", "best"] = "all"
+    # the dispatcher may train this trial in a pack with compatible trials of its sweep
+    pack: bool = False
 
 
 class JobSpec(_Section):

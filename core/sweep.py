@@ -74,13 +74,17 @@ class SearchSpec(_Section):
     """How the space is searched: ``grid`` (every point of the ``grid`` values once),
     ``random`` or ``tpe`` (Optuna's Tree-structured Parzen Estimator); ``trials`` in all, at
     most ``parallel`` queued or running at once; the sweep fails once ``max_failed`` trials
-    have failed (default: only when every trial failed)."""
+    have failed (default: only when every trial failed). ``pack``: the dispatcher trains
+    compatible trials queued together as one pack (default)."""
 
     method: Method = "random"
     trials: int = Field(16, ge=1, le=100_000)
     parallel: int = Field(4, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     max_failed: int | None = Field(None, ge=1, le=100_000)
+    # trials of one shape (data set, widths, activation, loss, batch size, device) queued
+    # together train as one pack, one Ray task (``workers.pack``); false: each alone
+    pack: bool = True
 
 
 class ObjectiveSpec(_Section):
@@ -445,6 +449,7 @@ def trial_spec(
         reduction_factor=sweep.spec.early_stopping.reduction_factor,
         parent_run_id=parent_run_id,
         log_models=sweep.spec.log_models,
+        pack=sweep.spec.search.pack,
     ).model_dump()
     spec = parse_spec(data)
     return spec

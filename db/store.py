@@ -37,7 +37,9 @@ from sqlalchemy import (
     Row,
     String,
     Text,
+    and_,
     bindparam,
+    case,
     cast,
     column,
     delete,
@@ -46,6 +48,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     true,
     update,
@@ -258,6 +261,43 @@ class JobStore(JobQueries):
         if node is not None:
             values["node"] = node
         return bool(self._fenced_update(job_id, attempt, values, JOBS.c.cancel_requested))
+
+    def heartbeat_many(
+        self,
+        *,
+        beats: Sequence[tuple[str, int, dict[str, Any]]],
+        lease_seconds: float,
+        node: str | None = None,
+    ) -> dict[str, bool]:
+        """``heartbeat`` for the running attempts of a pack, in ONE statement: ``beats`` are
+        (job id, attempt, progress). Each row is fenced as ``heartbeat`` fences it; returns,
+        for each attempt that still holds its job, whether a stop was asked of it. A job
+        missing from the answer was refused (its attempt no longer holds it)."""
+        if not beats:
+            return {}
+        now = utcnow()
+        kind = JOBS.c.progress.type
+        progress = case(
+            {job_id: bindparam(None, p, type_=kind) for job_id, _, p in beats},
+            value=JOBS.c.id,
+            else_=JOBS.c.progress,
+        )
+        values: dict[str, Any] = dict(
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+            progress=progress,
+        )
+        if node is not None:
+            values["node"] = node
+        held = or_(*(and_(JOBS.c.id == j, JOBS.c.attempt == a) for j, a, _ in beats))
+        with one_statement_tx(self._engine) as conn:
+            rows = conn.execute(
+                update(JOBS)
+                .where(held, JOBS.c.status == JobStatus.RUNNING.value)
+                .values(values)
+                .returning(JOBS.c.id, JOBS.c.cancel_requested)
+            ).all()
+        return {job_id: bool(asked) for job_id, asked in rows}
 
     def set_run(
         self,

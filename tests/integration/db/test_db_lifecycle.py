@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from core.spec import JobSpec
 from db.errors import InvalidTransition, StaleAttempt
 from db.models import utcnow
-from db.states import JobStatus
+from db.states import JobStatus, StopReason
 from db.store import JobStore
 from db.submits import SubmitRequest
 from db.views import Submitted
@@ -85,6 +85,48 @@ def test_heartbeat_renews_lease_stores_progress_and_reports_cancel(
     store.request_cancel(job_id=job.id)
     assert store.heartbeat(job_id=job.id, attempt=c.attempt, lease_seconds=120) is True
     assert store.get(job_id=job.id).progress == progress  # no progress given: kept
+
+
+def test_heartbeat_many_renews_a_packs_leases_in_one_statement_fenced_per_member(
+    store: JobStore, engine: Engine, make_spec: SpecFactory
+) -> None:
+    """A pack's beat: each member's own progress, each lease renewed, a stop asked of one
+    member said for it alone, and a member whose attempt no longer holds its job (finished,
+    or claimed again at a later attempt) left out of the answer and its row untouched."""
+    jobs = [store.submit(spec=make_spec()) for _ in range(4)]
+    claimed = {c.id: c for c in store.claim(owner="w", limit=4, lease_seconds=1)}
+    a, b, done, other = (claimed[j.id] for j in jobs)
+    store.finish(job_id=done.id, attempt=done.attempt, status="succeeded", result={})
+    store.request_stop(job_id=b.id, reason=StopReason.PRUNED)
+    statements: list[str] = []
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        answer = store.heartbeat_many(
+            beats=[
+                (a.id, a.attempt, {"epoch": 1, "member": "a"}),
+                (b.id, b.attempt, {"epoch": 2, "member": "b"}),
+                (done.id, done.attempt, {"epoch": 3}),
+                (other.id, other.attempt + 1, {"epoch": 4}),  # not its attempt
+            ],
+            lease_seconds=120,
+            node="node-p",
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert answer == {a.id: False, b.id: True}
+    updates = [s for s in statements if not s.startswith("BEGIN")]  # SQLite's write lock
+    assert len(updates) == 1 and updates[0].lstrip().upper().startswith("UPDATE")
+    for member, tag in ((a, "a"), (b, "b")):
+        seen = store.get(job_id=member.id)
+        assert seen.progress == {"epoch": 1 if tag == "a" else 2, "member": tag}
+        assert seen.node == "node-p" and seen.lease_expires_at is not None
+        assert seen.lease_expires_at > utcnow() + timedelta(seconds=100)
+    assert store.get(job_id=done.id).status == "succeeded"
+    untouched = store.get(job_id=other.id)
+    assert untouched.progress is None and untouched.node != "node-p"
+    assert untouched.lease_expires_at is not None
+    assert untouched.lease_expires_at < utcnow() + timedelta(seconds=100)
 
 
 def test_finish_records_outcome_and_event(store: JobStore, make_spec: SpecFactory) -> None:

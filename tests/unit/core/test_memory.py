@@ -218,3 +218,22 @@ def test_the_cache_keeps_apart_uploads_of_one_spec_and_different_shapes() -> Non
     wide = DatasetShape("classification", 400, 3, n_rows=100_000)
     assert estimate(spec, narrow) == memory.compute(spec, narrow)
     assert estimate(spec, wide) == memory.compute(spec, wide) != memory.compute(spec, narrow)
+
+
+def test_a_pack_counts_its_shared_data_once_and_each_members_own_parts() -> None:
+    """A pack of one is the job's estimate; each member added costs its own parts (its
+    parameters, activations, …) and not the data set again: a pack of large data and small
+    models costs far less than its members alone, and grows by the same amount per member."""
+    data = {"name": "blobs", "n_samples": 200_000, "n_features": 50}
+    specs = [
+        parse_spec({"dataset": data, "model": {"hidden": [64, 64]}, "seed": k}) for k in range(8)
+    ]
+    one = estimate(specs[0]).total
+    assert memory.pack_estimate(specs[:1]) == one
+    sizes = [memory.pack_estimate(specs[:k]) for k in (2, 4, 8)]
+    step = sizes[1] - sizes[0]
+    assert step > 0 and sizes[2] - sizes[1] == 2 * step  # linear in the members
+    assert one < sizes[0] < 2 * one
+    assert sizes[2] < 2 * one < 8 * one  # the data set (most of one job) is counted once
+    shared = sum(estimate(specs[0]).parts[p] for p in memory.PACK_SHARED)
+    assert sizes[0] - one < one - shared + 1

@@ -259,6 +259,36 @@ def test_a_member_stopped_midway_leaves_and_the_others_are_unchanged() -> None:
         assert_same_training(results[k], train(specs[k], dtype=F64))
 
 
+def test_on_result_hands_each_member_over_as_it_leaves_while_the_others_train() -> None:
+    """A member stopped midway is handed over before the others have taken another step;
+    each entry once, the one the result list ends with; a raising on_result is not the
+    pack's."""
+    specs = mixed_specs()
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.step = 0
+
+        def on_epoch_end(self, record: EpochRecord) -> None:
+            self.step = record.step
+
+    counters = [Steps() for _ in specs]
+    seen: list[tuple[int, object, list[int]]] = []
+
+    def on_result(k: int, result: TrainResult | Exception) -> None:
+        seen.append((k, result, [c.step for c in counters]))
+        raise RuntimeError("a broken listener")
+
+    callbacks = [[counters[k]] + ([StopAfter(17)] if k == 1 else []) for k in range(4)]
+    results = train_packed(specs, callbacks=callbacks, dtype=F64, chunk=4, on_result=on_result)
+    assert sorted(k for k, _, _ in seen) == [0, 1, 2, 3]
+    assert all(results[k] is r for k, r, _ in seen)
+    first, _, steps_then = seen[0]
+    assert first == 1  # stopped after step 15 of 7 steps an epoch: the others at epoch 2
+    assert steps_then == [14, 14, 14, 14]
+    assert all(isinstance(r, TrainResult) and r.status == "completed" for r in results[::2])
+
+
 def test_a_diverging_member_leaves_with_its_error_and_the_rest_finish() -> None:
     relu = {"hidden": [16, 8], "activation": "relu"}  # tanh's bounded units rarely overflow
     specs = [make_spec(MIXED, seed=k, model=relu) for k in range(4)]
