@@ -30,14 +30,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from core.memory import estimate, size
+from core.memory import estimate, pack_estimate, size
+from core.packed import pack_key, packable
 from core.spec import DatasetShape, InvalidSpec, JobSpec
 from core.uploads import recorded_shape
 from db.datasets import DatasetStore
@@ -45,6 +46,7 @@ from db.errors import DatasetNotFound
 from db.keys import KeyStore
 from db.store import JobStore
 from db.views import ClaimedJob, JobView, TenantCaps
+from workers.pack import run_pack
 from workers.run_closer import RunCloser
 from workers.stops import start_board
 from workers.sweeps import SweepController
@@ -103,6 +105,14 @@ class DispatcherConfig:
     # counted in the database at each launch, so dispatchers sharing it each keep the cap; two
     # launching in the same instant may together pass it by what they claim at once.
     max_running_per_tenant: int | None = None
+    # Packs (``workers.pack``): a sweep's trials of one shape (``core.packed.pack_key``) queued
+    # together train as one Ray task of up to ``pack_size`` members (``pack_size_gpu`` on a
+    # GPU), as many as fit the largest node's memory (``core.memory.pack_estimate``) and
+    # the tenant's cap; a group still growing (its sweep queues trials a few at a time)
+    # waits one more tick for the rest, at most ``pack_wait_seconds``. 1: no packs.
+    pack_size: int = 32
+    pack_size_gpu: int = 512
+    pack_wait_seconds: float = 0.5
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
     lost_runs_lookback_hours: float = 24.0
@@ -125,6 +135,10 @@ class Demand:
 
     def __sub__(self, other: Demand) -> Demand:
         return Demand(*map(operator.sub, astuple(self), astuple(other)))
+
+    def share(self, parts: int) -> Demand:
+        """One of ``parts`` equal shares (a pack member's part of the pack's demand)."""
+        return Demand(*(v / parts for v in astuple(self)))
 
     def least(self, other: Demand) -> Demand:
         """Each kind's smaller amount."""
@@ -176,6 +190,7 @@ class Attempt:
     launched: float
     stop_seen: float | None = None  # when its stop was signalled (``time.monotonic``)
     force_stopped: bool = False
+    pack: int = 1  # the members of its pack (its Ray task): 1 alone
 
 
 def warm_up() -> str:
@@ -214,6 +229,7 @@ class Dispatcher:
         self.inflight: dict[str, Attempt] = {}
         self._last_scan = float("-inf")  # when launch() last read the queue's head
         self._remote: Any = None
+        self._remote_pack: Any = None
         self._warming: list[Any] = []
         self._last_requeue = 0.0
         self._last_stop_check = 0.0
@@ -222,6 +238,9 @@ class Dispatcher:
         # lags the end of a task by ~0.1 s, so they are counted free meanwhile.
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
+        self._packs: dict[str, str | None] = {}  # queued jobs' pack keys (None: alone), by id
+        # each group of packable trials seen queued: (its size then, since when seen growing)
+        self._growing: dict[str, tuple[int, float]] = {}
         # since when (``clock``) each queued job seen waiting for room has waited: backfill
         self._waiting: dict[str, float] = {}
         self.clock: Callable[[], float] = time.monotonic  # of backfill and caps (tests set it)
@@ -257,6 +276,7 @@ class Dispatcher:
                 )
                 self._own_node = ray._private.worker._global_node
         self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_attempt)
+        self._remote_pack = ray.remote(max_retries=0, retry_exceptions=False)(run_pack)
         self.board = start_board()
         if self.config.warm_workers:
             # Start worker processes now and import torch, MLflow and the engine in them, so
@@ -357,7 +377,7 @@ class Dispatcher:
             return
         import ray
 
-        refs = [a.ref for a in self.inflight.values()]
+        refs = list({id(a.ref): a.ref for a in self.inflight.values()}.values())
         ray.wait(refs, num_returns=1, timeout=self.config.poll_seconds)
 
     def tick(self) -> None:
@@ -378,25 +398,33 @@ class Dispatcher:
         """Collect finished attempts. One that died (its task raised, its worker process or
         node died, or it was killed after a cancel) has its job settled at once
         (``JobStore.release``): requeued, failed "lost" at its last attempt, or cancelled,
-        with an event naming the death, instead of a lease later. When the database is away
-        the lease settles it instead. Returns how many attempts ended."""
+        with an event naming the death, instead of a lease later; a pack that died so
+        settles each of its members' jobs (those that had ended are left as they are). When
+        the database is away the lease settles it instead. Returns how many attempts ended."""
         import ray
 
         if not self.inflight:
             return 0
-        refs = {a.ref: job_id for job_id, a in self.inflight.items()}
+        refs: dict[Any, list[str]] = {}
+        for job_id, a in self.inflight.items():
+            refs.setdefault(a.ref, []).append(job_id)
         done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        ended = 0
         for ref in done:
-            job_id = refs[ref]
-            attempt = self.inflight.pop(job_id)
-            self._freed.append((time.monotonic(), attempt.needs))
-            self._tell_board("forget", job_id, attempt.job.attempt)
             try:
-                outcome = ray.get(ref)
-                log.info("job %s attempt %s ended: %s", job_id, attempt.job.attempt, outcome)
+                outcome, died = ray.get(ref), None
             except Exception as exc:
-                self._settle_dead(job_id, attempt.job.attempt, exc)
-        return len(done)
+                outcome, died = None, exc
+            for job_id in refs[ref]:
+                attempt = self.inflight.pop(job_id)
+                ended += 1
+                self._freed.append((time.monotonic(), attempt.needs))
+                self._tell_board("forget", job_id, attempt.job.attempt)
+                if died is not None:
+                    self._settle_dead(job_id, attempt.job.attempt, died)
+            if died is None:
+                log.info("attempts of %s ended: %s", refs[ref], outcome)
+        return ended
 
     def _settle_dead(self, job_id: str, attempt: int, exc: Exception) -> None:
         why = death(exc)
@@ -443,7 +471,8 @@ class Dispatcher:
         all of them (``JobStore.stop_requests``), then a push to the stop board for each new
         one (``workers.stops``); the attempt stops by itself between two steps. One still
         running ``stop_grace_seconds`` later (stuck in a long step) is killed; ``reap`` then
-        settles it as cancelled."""
+        settles it as cancelled. A pack's member is not: killing its Ray task would stop the
+        whole pack, which asks each member's stop at every step."""
         import ray
 
         if not self.inflight:
@@ -459,6 +488,7 @@ class Dispatcher:
                 log.info("job %s: stop (%s) signalled", request.job_id, request.reason.value)
             elif (
                 not attempt.force_stopped
+                and attempt.pack == 1  # a pack asks its members' stops at every step
                 and now - attempt.stop_seen > self.config.stop_grace_seconds
             ):
                 log.warning(
@@ -487,10 +517,11 @@ class Dispatcher:
         return self._demands[job_id]
 
     def launch(self) -> None:
-        """Claim what fits in the free resources, in claim order, and start each on Ray.
+        """Claim what fits in the free resources, in claim order, and start each on Ray: a job
+        alone, or a pack of a sweep's compatible trials (``units``).
 
-        A job that fits a node but not the room free now waits, saying so, and the jobs
-        behind it that fit start in the room left (backfill). Once it has waited
+        A job (or pack) that fits a node but not the room free now waits, saying so, and the
+        jobs behind it that fit start in the room left (backfill). Once it has waited
         ``backfill_seconds`` the room it needs is held for it: each kind it needs is taken
         from what jobs behind it may use, so none of them can delay it, and it starts as soon
         as that room is free."""
@@ -499,7 +530,7 @@ class Dispatcher:
         if free.cpus <= 1e-9 and now - self._last_scan < self.config.full_scan_seconds:
             return  # under load: a tick per finished attempt read 16 jobs here for nothing
         self._last_scan = now
-        heads = self.store.next_queued(limit=self.config.max_claim)
+        heads = self.store.next_queued(limit=max(self.config.max_claim, self.config.pack_size))
         if not heads:
             return
         if largest.cpus <= 1e-9:
@@ -510,46 +541,143 @@ class Dispatcher:
         seen = {job.id for job in heads}
         self._waiting = {k: v for k, v in self._waiting.items() if k in seen}
         caps, running = self._running_caps({job.tenant for job in heads})
-        fitting: list[str] = []
-        blocked = 0  # jobs seen waiting for room in this scan
-        for job in heads:
-            needs = self.demand(job.id, job.spec)
-            if not needs.within(largest):
-                self.unsatisfiable(job, needs, largest)
-                continue  # it can never run here: it does not hold up the jobs behind it
+        fitting: list[list[JobView]] = []
+        blocked = 0  # units seen waiting for room in this scan
+        for unit in self.units(heads):
+            job = unit[0]
             cap = caps.get(job.tenant)
             if cap is not None and running[job.tenant] >= cap:
                 self._set_reason(job, f"tenant {job.tenant} is at its cap of {cap} running jobs")
                 continue  # other tenants' jobs behind it run
+            if cap is not None:
+                unit = unit[: cap - running[job.tenant]]
+            unit, needs = self._fitted(unit, largest)
+            if not needs.within(largest):
+                self.unsatisfiable(job, needs, largest)
+                continue  # it can never run here: it does not hold up the jobs behind it
             if not needs.within(free):
                 free = self._wait_for_room(job, needs, free, first=not blocked)
                 blocked += 1
                 continue
             self._waiting.pop(job.id, None)
             free -= needs
-            fitting.append(job.id)
+            fitting.append(unit)
             if cap is not None:
-                running[job.tenant] += 1
+                running[job.tenant] += len(unit)
         if not fitting:
             return
+        ids = [job.id for unit in fitting for job in unit]
         claimed_jobs = self.store.claim(
             owner=self.config.owner,
-            limit=len(fitting),
-            ids=fitting,
+            limit=len(ids),
+            ids=ids,
             lease_seconds=max(self.config.start_lease_seconds, self.config.worker.lease_seconds),
         )
-        for claimed in claimed_jobs:
-            needs = self.demand(claimed.id, claimed.spec)
-            del self._demands[claimed.id]  # no longer queued
-            self._reuse_freed(needs)
-            ref = self._remote.options(
-                num_cpus=needs.cpus,
-                num_gpus=needs.gpus,
-                memory=int(needs.memory),
-                name=f"gradq-{claimed.id[:8]}-a{claimed.attempt}",
-            ).remote(self.config.worker, claimed, self.board)
-            self.inflight[claimed.id] = Attempt(claimed, ref, needs, time.monotonic())
-            log.info("job %s attempt %s launched (%s)", claimed.id, claimed.attempt, needs)
+        claimed = {c.id: c for c in claimed_jobs}
+        for unit in fitting:
+            members = [claimed[job.id] for job in unit if job.id in claimed]
+            if members:
+                self._start(members)
+
+    def units(self, heads: list[JobView]) -> list[list[JobView]]:
+        """The queue's head as units to start, in claim order of their first job: each job
+        alone, but a sweep's packable trials of one ``pack_key`` (``TrialSpec.pack``), which
+        form packs of up to ``pack_size`` (``pack_size_gpu`` on a GPU). A group of them that
+        grew since the last tick, and is not yet full, waits one more tick for the trials its
+        sweep is still queueing (at most ``pack_wait_seconds`` since it was first seen)."""
+        if self.config.pack_size <= 1:
+            return [[job] for job in heads]
+        now = self.clock()
+        out: list[list[JobView]] = []
+        open_packs: dict[str, list[JobView]] = {}
+        sizes: dict[str, tuple[int, int]] = {}  # key → (members, the most per pack)
+        for job in heads:
+            key, most = self._pack_of(job)
+            if key is None:
+                out.append([job])
+                continue
+            group = open_packs.get(key)
+            if group is None or len(group) >= most:
+                group = open_packs[key] = []
+                out.append(group)
+            group.append(job)
+            count, _ = sizes.get(key, (0, most))
+            sizes[key] = (count + 1, most)
+        waiting = set()
+        for key, (count, most) in sizes.items():
+            before = self._growing.get(key)
+            if before is None or before[0] != count:
+                since = now if before is None else before[1]
+                self._growing[key] = (count, since)
+                if count < most and now - since < self.config.pack_wait_seconds:
+                    waiting.add(id(open_packs[key]))  # the last pack of the key: still filling
+        self._growing = {k: v for k, v in self._growing.items() if k in sizes}
+        return [unit for unit in out if id(unit) not in waiting]
+
+    def _pack_of(self, job: JobView) -> tuple[str | None, int]:
+        """The job's pack key (its sweep and ``pack_key``; None: it trains alone) and the
+        most members of its packs; worked out once per queued job."""
+        if job.id not in self._packs:
+            if len(self._packs) >= 4 * self.config.max_claim + 4096:
+                self._packs.clear()
+            key = None
+            try:
+                spec = JobSpec.model_validate(job.spec)
+                if spec.trial is not None and spec.trial.pack and packable(spec):
+                    key = f"{job.tenant}/{spec.trial.sweep_id}/{pack_key(spec)}"
+            except (ValidationError, InvalidSpec, ValueError):  # its attempt fails it
+                key = None
+            self._packs[job.id] = key
+        key = self._packs[job.id]
+        if key is None:
+            return None, 1
+        gpu = float((job.spec.get("resources") or {}).get("gpus", 0.0)) > 0
+        return key, self.config.pack_size_gpu if gpu else self.config.pack_size
+
+    def _fitted(self, unit: list[JobView], largest: Demand) -> tuple[list[JobView], Demand]:
+        """The unit as large as fits the largest node (a pack halved until its memory does;
+        the members left out stay queued for the next tick) and its demand."""
+        needs = self.unit_demand(unit)
+        while len(unit) > 1 and not needs.within(largest):
+            unit = unit[: len(unit) // 2]
+            needs = self.unit_demand(unit)
+        return unit, needs
+
+    def unit_demand(self, unit: Sequence[JobView | ClaimedJob]) -> Demand:
+        """A job's ``demand``; a pack's: its members' most CPUs and GPUs (one task) and the
+        memory of ``core.memory.pack_estimate``."""
+        if len(unit) == 1:
+            return self.demand(unit[0].id, unit[0].spec)
+        each = [self.demand(job.id, job.spec) for job in unit]
+        specs = [JobSpec.model_validate(job.spec) for job in unit]
+        return Demand(
+            max(d.cpus for d in each), max(d.gpus for d in each), float(pack_estimate(specs))
+        )
+
+    def _start(self, members: list[ClaimedJob]) -> None:
+        """Start the claimed jobs on Ray: one alone (``run_attempt``), or several as a pack
+        (``run_pack``), each member holding an equal share of the pack's demand."""
+        first = members[0]
+        needs = self.unit_demand(members)
+        for c in members:
+            self._demands.pop(c.id, None)  # no longer queued
+            self._packs.pop(c.id, None)
+        task, args = (self._remote, first) if len(members) == 1 else (self._remote_pack, members)
+        name = f"gradq-{first.id[:8]}-a{first.attempt}"
+        if len(members) > 1:
+            name = f"gradq-pack-{first.id[:8]}-{len(members)}"
+        self._reuse_freed(needs)
+        ref = task.options(
+            num_cpus=needs.cpus, num_gpus=needs.gpus, memory=int(needs.memory), name=name
+        ).remote(self.config.worker, args, self.board)
+        share = needs.share(len(members))
+        for c in members:
+            self.inflight[c.id] = Attempt(c, ref, share, time.monotonic(), pack=len(members))
+        if len(members) == 1:
+            log.info("job %s attempt %s launched (%s)", first.id, first.attempt, needs)
+        else:
+            log.info("pack of %s launched (%s): %s", len(members), needs,
+                     [(c.id, c.attempt) for c in members])  # fmt: skip
 
     def _running_caps(self, tenants: set[str]) -> tuple[dict[str, int | None], dict[str, int]]:
         """(each tenant's cap of running jobs, None for none; the running jobs of those with

@@ -90,12 +90,15 @@ FINAL_WRITE_RETRY_S = 120.0  # how long the final write waits for a database tha
 
 
 def _engine(config: WorkerConfig) -> Any:
-    """One engine per database URL per worker process (Ray reuses worker processes), holding
-    at most ``config.db_connections`` connections, and none once an attempt has ended."""
-    url = config.database_url
-    if url not in _engines:
-        _engines[url] = make_engine(url, pool_size=config.db_connections, max_overflow=0)
-    return _engines[url]
+    """One engine per database URL and pool size per worker process (Ray reuses worker
+    processes), holding at most ``config.db_connections`` connections, and none once an
+    attempt has ended."""
+    key = f"{config.db_connections}:{config.database_url}"
+    if key not in _engines:
+        _engines[key] = make_engine(
+            config.database_url, pool_size=config.db_connections, max_overflow=0
+        )
+    return _engines[key]
 
 
 def node_name() -> str:
@@ -430,7 +433,7 @@ class AttemptLife:
         self.result_body: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.result: TrainResult | None = None
-        self.stale = False  # the attempt learnt it no longer holds the job
+        self.pack: int | None = None  # the members of its pack when it trains in one
         self.started, self.started_cpu = time.perf_counter(), time.process_time()
         self.marks: dict[str, float] = {"task_start": time.time()}  # wall clock, for the bench
 
@@ -507,6 +510,8 @@ class AttemptLife:
             "resumed_from_epoch": self.resume.epoch if self.resume else None,
             "seconds": time.perf_counter() - self.started,
         }
+        if self.pack is not None:
+            self.result_body["pack"] = {"members": self.pack}
 
     def failed(self, exc: BaseException) -> None:
         """The attempt raised ``exc`` (in its training or around it): the job's error, or,

@@ -331,3 +331,26 @@ def test_cancel_stops_queued_and_running_trials_and_keeps_results(service: Servi
     assert {t.status.value for t in trials} == {"cancelled"}
     assert service.sweeps.get(sweep_id=sweep_id).spec["name"] == "iris-sweep"  # results kept
     assert all(t.told for t in trials)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_sweeps_trials_of_one_shape_train_in_packs_unless_it_says_not(
+    service: Service, pack: bool
+) -> None:
+    """8 trials of one shape, 8 at a time: the dispatcher starts them as packs (one Ray task
+    each, ``workers.pack``), each trial still a job with its own run; ``search.pack: false``
+    trains each alone."""
+    data = iris_sweep(
+        space={"optimizer.lr": {"loguniform": [0.01, 0.5]}, "seed": {"choice": [0, 1, 2]}},
+        search={"method": "random", "trials": 8, "parallel": 8, "seed": 1, "pack": pack},
+    )
+    view = service.wait(service.submit(data))
+    trials = check_completed(service, view.id, 8)
+    check_mlflow(service, view, trials)
+    results = [service.jobs.get(job_id=t.job_id).result or {} for t in trials]
+    engines = {r["engine"] for r in results}
+    packs = [r.get("pack", {}).get("members", 1) for r in results]
+    if pack:
+        assert engines == {"packed"} and min(packs) > 1, packs
+    else:
+        assert engines == {"manual"} and set(packs) == {1}

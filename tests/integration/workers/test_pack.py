@@ -1,0 +1,228 @@
+"""A pack run in this process (``run_pack`` without Ray) against the real job database (SQLite)
+and a real MLflow SQLite store: each member a job of its own — its lease, its run, its final
+write — while the pack shares one heartbeat statement per beat."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+import workers.pack
+import workers.task
+from core.callbacks import Callback, EpochRecord
+from core.spec import JobSpec, parse_spec
+from core.train import train
+from db.migrate import upgrade
+from db.session import make_engine
+from db.states import StopReason
+from db.store import JobStore
+from db.views import ClaimedJob
+from workers.pack import run_pack
+from workers.task import WorkerConfig
+from workers.tracking import metric_history
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+
+
+def trial(k: int, **over: Any) -> JobSpec:
+    data: dict[str, Any] = {
+        "name": f"t{k}",
+        "dataset": {"name": "digits", "seed": 0},
+        "model": {"hidden": [16]},
+        "optimizer": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05 * (k + 1)},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "gradcheck": {"at_start": False, "every_steps": 0},
+        "seed": k,
+        "trial": {"sweep_id": "s", "number": k, "metric": "val_accuracy", "mode": "max",
+                  "pack": True},
+    }  # fmt: skip
+    for key, value in over.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return parse_spec(data)
+
+
+@dataclass(frozen=True)
+class Stores:
+    jobs: JobStore
+    config: WorkerConfig
+
+    def claim(self, specs: list[JobSpec]) -> list[ClaimedJob]:
+        ids = [self.jobs.submit(spec=s).id for s in specs]
+        claimed = {c.id: c for c in self.jobs.claim(owner="t", limit=len(ids), ids=ids,
+                                                     lease_seconds=30)}  # fmt: skip
+        return [claimed[i] for i in ids]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
+    folder: Path = tmp_path_factory.mktemp("pack")
+    db_url = f"sqlite:///{folder}/gradq.db"
+    upgrade(db_url)
+    config = WorkerConfig(
+        database_url=db_url,
+        tracking_uri=f"sqlite:///{folder}/mlflow.db",
+        artifact_root=str(folder / "artifacts"),
+        heartbeat_seconds=0.05,
+        checkpoint_upload_seconds=0.0,
+    )
+    return Stores(JobStore(make_engine(db_url)), config)
+
+
+@pytest.fixture
+def beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each heartbeat statement a pack sent; a member's own heartbeat fails the
+    test (a pack renews its members' leases together)."""
+    sizes: list[int] = []
+    many = JobStore.heartbeat_many
+
+    def counted(self: JobStore, **kwargs: Any) -> dict[str, bool]:
+        sizes.append(len(kwargs["beats"]))
+        return many(self, **kwargs)
+
+    def alone(self: JobStore, **kwargs: Any) -> bool:
+        raise AssertionError("a pack's member beat alone")
+
+    monkeypatch.setattr(JobStore, "heartbeat_many", counted)
+    monkeypatch.setattr(JobStore, "heartbeat", alone)
+    return sizes
+
+
+def test_each_member_is_a_job_of_its_own_trained_as_alone(
+    stores: Stores, beats: list[int]
+) -> None:
+    specs = [trial(k) for k in range(4)]
+    jobs = stores.claim(specs)
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 4
+    client = MlflowClient(stores.config.tracking_uri)
+    runs = set()
+    for spec, job in zip(specs, jobs, strict=True):
+        view = stores.jobs.get(job_id=job.id)
+        assert view.status.value == "succeeded" and view.result is not None
+        assert view.result["engine"] == "packed" and view.result["pack"] == {"members": 4}
+        assert view.result["epochs"] == EPOCHS
+        # member k is its spec trained alone: float32, so within a row of the validation set
+        alone = train(spec)
+        n_val = len(alone.data.y_val)
+        assert abs(view.result["metrics"]["val_accuracy"] - alone.metrics["val_accuracy"]) <= (
+            1.0 / n_val + 1e-9
+        )
+        assert view.mlflow_run_id is not None
+        runs.add(view.mlflow_run_id)
+        curve = metric_history(
+            tracking_uri=stores.config.tracking_uri, run_id=view.mlflow_run_id, key="loss/train"
+        )
+        assert [s for s, _ in curve] == list(range(1, EPOCHS + 1))
+        run = client.get_run(view.mlflow_run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["gradq.job_id"] == job.id
+    assert len(runs) == 4
+    assert beats and beats[0] == 4 and max(beats) == 4  # one statement for every member
+
+
+class At(Callback):
+    """Calls ``then()`` at the end of epoch ``epoch`` of one member's training."""
+
+    def __init__(self, epoch: int, then: Any) -> None:
+        self.epoch, self.then = epoch, then
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if record.epoch == self.epoch:
+            self.then()
+
+
+def test_members_leave_cancelled_diverged_or_lost_while_the_rest_finish(
+    stores: Stores, beats: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one pack: a member cancelled at its epoch 2 ends cancelled right there (its job's
+    end written while the pack still trains); one diverging fails alone; one whose job was
+    claimed again by a later attempt is fenced out and touches nothing; the rest succeed."""
+    relu = {"activation": "relu"}
+    specs = [
+        trial(0, model=relu),
+        trial(1, model=relu),
+        trial(2, model=relu, optimizer={"lr": 1e6}),
+        trial(3, model=relu),
+        trial(4, model=relu),
+    ]
+    jobs = stores.claim(specs)
+    cancelled, diverging, lost = jobs[1], jobs[2], jobs[3]
+    # job 3's lease runs out and it is claimed again: the pack holds a stale attempt of it
+    stores.jobs.heartbeat_many(beats=[(lost.id, lost.attempt, {})], lease_seconds=-1)
+    stores.jobs.requeue_expired()
+    beats.clear()
+    [again] = stores.jobs.claim(owner="other", ids=[lost.id], lease_seconds=60)
+    assert again.attempt == lost.attempt + 1
+
+    heard = threading.Event()
+
+    def cancel_and_wait() -> None:
+        stores.jobs.request_stop(job_id=cancelled.id, reason=StopReason.CANCEL)
+        assert heard.wait(10)  # the next heartbeat brings it: the pack goes on meanwhile
+
+    callbacks = workers.task.AttemptLife.callbacks
+
+    def with_hooks(life: workers.task.AttemptLife) -> list[Callback]:
+        out = callbacks(life)
+        if life.job.id == cancelled.id:
+            life.lease.cancel = Watched(life.lease.cancel, heard)
+            out.append(At(2, cancel_and_wait))
+        return out
+
+    monkeypatch.setattr(workers.task.AttemptLife, "callbacks", with_hooks)
+    outcomes = run_pack(stores.config, jobs)
+    assert outcomes == ["succeeded", "cancelled", "failed", "stale", "succeeded"]
+    views = {j.id: stores.jobs.get(job_id=j.id) for j in jobs}
+    stopped = views[cancelled.id]
+    assert stopped.status.value == "cancelled"
+    assert stopped.progress is not None and stopped.progress["epoch"] == 2
+    failed = views[diverging.id]
+    assert failed.status.value == "failed" and failed.error["type"] == "diverged"
+    still = views[lost.id]  # the later attempt's job, untouched by the stale member
+    assert (still.status.value, still.attempt, still.lease_owner) == ("running", 2, "other")
+    assert still.mlflow_run_id is None and still.progress == {}  # as the test left it
+    for j in (jobs[0], jobs[4]):
+        assert views[j.id].status.value == "succeeded"
+        # the cancelled member ended while the pack trained on
+        assert stopped.finished_at is not None and views[j.id].finished_at is not None
+        assert stopped.finished_at < views[j.id].finished_at
+    assert max(beats) == 5 and beats[-1] < 5  # members that ended are renewed no more
+
+
+class Watched:
+    """A ``threading.Event`` that also sets ``heard`` when set."""
+
+    def __init__(self, event: threading.Event, heard: threading.Event) -> None:
+        self.event, self.heard = event, heard
+
+    def set(self) -> None:
+        self.event.set()
+        self.heard.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
+
+
+def test_a_pack_whose_data_set_fails_to_load_fails_each_member_saying_why(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the data set's disk is gone")
+
+    monkeypatch.setattr(workers.pack, "_data", broken)
+    jobs = stores.claim([trial(k) for k in range(2)])
+    started = time.monotonic()
+    assert run_pack(stores.config, jobs) == ["failed", "failed"]
+    assert time.monotonic() - started < 60
+    for j in jobs:
+        view = stores.jobs.get(job_id=j.id)
+        assert view.error is not None and "the data set's disk is gone" in view.error["message"]
