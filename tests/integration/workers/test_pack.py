@@ -95,9 +95,7 @@ def beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_each_member_is_a_job_of_its_own_trained_as_alone(
-    stores: Stores, beats: list[int]
-) -> None:
+def test_each_member_is_a_job_of_its_own_trained_as_alone(stores: Stores, beats: list[int]) -> None:
     specs = [trial(k) for k in range(4)]
     jobs = stores.claim(specs)
     assert run_pack(stores.config, jobs) == ["succeeded"] * 4
