@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # database connections each Ray worker process keeps at most (README: the connection
     # budget against PostgreSQL's max_connections)
     worker_db_connections: int = Field(2, ge=2, le=20)
+    # packs (README, "A sweep"): the most trials of one shape trained as one Ray task, on
+    # CPUs and on a GPU; 1: every trial alone
+    pack_size: int = Field(32, ge=1, le=4096)
+    pack_size_gpu: int = Field(512, ge=1, le=65_536)
 
     # --- what a web page in a user's browser can reach (README.md, Browsers) -----------------
     # Names (a Host header without its port) the API answers to besides the loopback names

@@ -22,7 +22,6 @@ and each is claimed again and resumes from its own checkpoint, alone or in anoth
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -40,7 +39,6 @@ from workers.task import AttemptLife, WorkerConfig, _data, _engine, node_name
 from workers.tracking.artifacts import import_model_logging
 
 log = logging.getLogger("gradq.pack")
-PACK_CONNECTIONS = 3
 
 
 class PackBeats:
@@ -111,8 +109,9 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
     """Run the attempts of ``jobs`` (compatible: ``core.packed.pack_key``) as one pack to
     their ends; returns each one's status written, in order ("stale" when fenced out)."""
     logging.basicConfig(level=logging.INFO)
-    # the pack's thread, its heartbeat thread and its ending thread each hold one at a time
-    engine = _engine(dataclasses.replace(config, db_connections=PACK_CONNECTIONS))
+    # the pack's thread, its heartbeat thread and its ending thread share the worker
+    # process's ``db_connections`` (each statement holds one briefly)
+    engine = _engine(config)
     import_model_logging()  # before the heartbeats: see its docstring
     lives = [AttemptLife(config, engine, job, board, beats=False) for job in jobs]
     for life in lives:

@@ -116,6 +116,8 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         unsatisfiable=settings.unsatisfiable,
         backfill_seconds=settings.backfill_seconds,
         max_running_per_tenant=settings.tenant_max_running,
+        pack_size=settings.pack_size,
+        pack_size_gpu=settings.pack_size_gpu,
     )
     engine = make_engine(settings.database_url)
     # the caps of the stored keys apply whatever GRADQ_AUTH the dispatcher runs with (the

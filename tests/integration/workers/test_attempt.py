@@ -100,7 +100,7 @@ def test_a_worker_process_between_attempts_holds_no_database_connection(stores: 
     attempt ends, so only running attempts count against the database's connections."""
     outcome, _ = attempt(stores)
     assert outcome == "succeeded"
-    pool = workers.task._engines[stores.config.database_url].pool
+    pool = workers.task._engine(stores.config).pool  # the one the attempt used
     assert (pool.checkedin(), pool.checkedout()) == (0, 0)
 
 

@@ -122,6 +122,9 @@ def test_each_member_is_a_job_of_its_own_trained_as_alone(stores: Stores, beats:
         assert run.info.status == "FINISHED" and run.data.tags["gradq.job_id"] == job.id
     assert len(runs) == 4
     assert beats and beats[0] == 4 and max(beats) == 4  # one statement for every member
+    # the worker process, idle again, holds no database connection
+    pool = workers.task._engine(stores.config).pool
+    assert (pool.checkedin(), pool.checkedout()) == (0, 0)
 
 
 class At(Callback):

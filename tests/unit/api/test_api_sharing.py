@@ -78,9 +78,16 @@ def test_without_keys_metrics_stay_open(client: TestClient) -> None:
 def test_serve_builds_the_dispatcher_with_the_sharing_settings(
     make_settings: Callable[..., object],
 ) -> None:
-    settings = make_settings(backfill_seconds=7, tenant_max_running=3, worker_db_connections=4)
+    settings = make_settings(
+        backfill_seconds=7,
+        tenant_max_running=3,
+        worker_db_connections=4,
+        pack_size=5,
+        pack_size_gpu=6,
+    )
     d = _dispatcher(settings)  # type: ignore[arg-type]
     assert (d.config.backfill_seconds, d.config.max_running_per_tenant) == (7, 3)
+    assert (d.config.pack_size, d.config.pack_size_gpu) == (5, 6)
     assert d.config.worker.db_connections == 4
     assert d.keys is not None  # the stored keys' caps apply, with GRADQ_AUTH=keys or not
 

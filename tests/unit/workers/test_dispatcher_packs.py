@@ -1,0 +1,150 @@
+"""How the dispatcher forms packs of a sweep's trials (``Dispatcher.units``) and what a pack
+reserves, with the queue and Ray's tasks faked (the real ones: tests/integration/workers/
+test_sweeps.py, test_pack.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_dispatcher_memory import FakeRemote, FakeStore, Job
+
+from core.memory import GiB, estimate, pack_estimate
+from core.spec import parse_spec
+from workers.dispatcher import Demand, Dispatcher, DispatcherConfig
+from workers.task import WorkerConfig
+
+ROOM = Demand(16, 0, 64 * GiB)
+
+
+class Remote(FakeRemote):
+    """A fake Ray remote function whose every launch is a task of its own."""
+
+    def remote(self, *args: Any) -> Any:
+        super().remote(*args)
+        return object()
+
+
+def trial(n: int, sweep: str = "s1", pack: bool = True, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset": {"name": "digits", "seed": 0},
+        "model": {"hidden": [16]},
+        "optimizer": {"lr": 0.01 * (n + 1)},
+        "seed": n,
+        "trial": {"sweep_id": sweep, "number": n, "metric": "val_loss", "mode": "min",
+                  "pack": pack},
+    }  # fmt: skip
+    spec.update(over)
+    return parse_spec(spec).model_dump(mode="json")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def dispatcher(
+    jobs: list[Job], room: Demand = ROOM, **config: Any
+) -> tuple[Dispatcher, FakeStore, Remote, Remote, Clock]:
+    store = FakeStore(jobs)
+    worker = WorkerConfig(database_url="sqlite://", tracking_uri="x")
+    d = Dispatcher(DispatcherConfig(worker=worker, **config), store)  # type: ignore[arg-type]
+    alone, packs = Remote(), Remote()
+    d._remote, d._remote_pack = alone, packs
+    d.capacity = lambda: (room, room)  # type: ignore[method-assign]
+    clock = d.clock = Clock()
+    return d, store, alone, packs, clock
+
+
+def launched(d: Dispatcher) -> list[list[str]]:
+    """The Ray tasks started, each as the ids of its jobs."""
+    tasks: dict[Any, list[str]] = {}
+    for job_id, a in d.inflight.items():
+        tasks.setdefault(a.ref, []).append(job_id)
+    return sorted(tasks.values())
+
+
+def test_a_sweeps_trials_of_one_shape_start_as_one_pack_once_their_group_stops_growing() -> None:
+    jobs = [Job(f"t{n}", trial(n)) for n in range(3)]
+    d, store, alone, packs, clock = dispatcher(jobs)
+    d.launch()  # first seen: the sweep may still be queueing trials
+    assert d.inflight == {}
+    store.queued += [Job(f"t{n}", trial(n)) for n in range(3, 5)]
+    clock.now += 0.1
+    d.launch()  # it grew: one more tick
+    assert d.inflight == {}
+    clock.now += 0.1
+    d.launch()
+    assert launched(d) == [["t0", "t1", "t2", "t3", "t4"]]
+    assert alone.launched == [] and len(packs.launched) == 1
+    specs = [parse_spec(trial(n)) for n in range(5)]
+    options = packs.launched[0]
+    assert options["num_cpus"] == 1.0 and options["memory"] == pack_estimate(specs)
+    assert pack_estimate(specs) < 5 * estimate(specs[0]).total  # the data set counted once
+    # each member holds its share: together the pack's demand, freed as each one ends
+    shares = [d.inflight[f"t{n}"].needs for n in range(5)]
+    assert all(s == shares[0] for s in shares)
+    assert abs(shares[0].memory * 5 - pack_estimate(specs)) < 1e-3
+    assert {d.inflight[f"t{n}"].pack for n in range(5)} == {5}
+
+
+def test_a_growing_group_waits_no_longer_than_pack_wait_seconds() -> None:
+    d, store, _, _, clock = dispatcher([Job("t0", trial(0))], pack_wait_seconds=0.5)
+    for n in range(1, 4):  # a trial more at every tick: at 0, 0.2 and 0.4 s it waits
+        d.launch()
+        assert d.inflight == {}
+        store.queued.append(Job(f"t{n}", trial(n)))
+        clock.now += 0.2
+    d.launch()  # 0.6 s since first seen, still growing: it starts
+    assert launched(d) == [["t0", "t1", "t2", "t3"]]
+
+
+def test_packs_hold_at_most_pack_size_and_only_compatible_trials_of_one_sweep() -> None:
+    jobs = [Job(f"a{n}", trial(n)) for n in range(5)]
+    jobs += [Job("wide", trial(9, model={"hidden": [32]}))]  # another shape
+    jobs += [Job("other", trial(10, sweep="s2"))]  # another sweep
+    jobs += [Job("alone", trial(11, pack=False))]  # search.pack: false
+    jobs += [Job("autograd", trial(12, engine="autograd"))]
+    jobs += [Job("plain", {**trial(13), "trial": None})]  # not a trial
+    d, _, alone, packs, clock = dispatcher(jobs, pack_size=2)
+    d.launch()
+    clock.now += 0.1
+    d.launch()
+    assert launched(d) == [
+        ["a0", "a1"], ["a2", "a3"], ["a4"], ["alone"], ["autograd"], ["other"], ["plain"],
+        ["wide"],
+    ]  # fmt: skip
+    assert len(packs.launched) == 2 and len(alone.launched) == 6
+
+
+def test_a_pack_is_halved_until_it_fits_the_largest_node_and_the_rest_wait() -> None:
+    specs = [parse_spec(trial(n)) for n in range(8)]
+    node = Demand(16, 0, pack_estimate(specs[:4]) + 1)  # 4 fit, 5 do not
+    jobs = [Job(f"t{n}", trial(n)) for n in range(8)]
+    d, store, _, packs, clock = dispatcher(jobs, room=node)
+    d.launch()
+    clock.now += 0.1
+    d.launch()
+    assert launched(d) == [["t0", "t1", "t2", "t3"]]
+    assert [j.id for j in store.queued] == ["t4", "t5", "t6", "t7"]
+    assert packs.launched[0]["memory"] == pack_estimate(specs[:4])
+
+
+def test_a_tenants_cap_counts_each_member() -> None:
+    jobs = [Job(f"t{n}", trial(n)) for n in range(5)]
+    d, store, _, _, clock = dispatcher(jobs, max_running_per_tenant=3)
+    d._running_caps = lambda tenants: ({"default": 3}, {"default": 1})  # type: ignore[method-assign]
+    d.launch()
+    clock.now += 0.1
+    d.launch()
+    assert launched(d) == [["t0", "t1"]]  # 1 running + 2 members = the cap of 3
+    assert [j.id for j in store.queued] == ["t2", "t3", "t4"]
+
+
+def test_pack_size_1_starts_every_trial_alone() -> None:
+    d, _, alone, packs, _ = dispatcher([Job(f"t{n}", trial(n)) for n in range(3)], pack_size=1)
+    d.launch()
+    assert launched(d) == [["t0"], ["t1"], ["t2"]]
+    assert packs.launched == [] and len(alone.launched) == 3
