@@ -10,7 +10,9 @@ checkpoint to resume from, its rung reports, its final write), and trains them t
   (``JobStore.heartbeat_many``), each row fenced by its own attempt; a member whose row is
   refused has lost its job (its lease), and only it stops;
 - **the data set**: loaded once, its tensors encoded once;
-- **the worker process and its start**: one Ray task, one import, one database pool.
+- **the worker process and its start**: one Ray task, one import, one database pool;
+- **MLflow's sender**: one background thread sends every member's buffered metrics and
+  checkpoints (``workers.tracking.buffer.SharedSender``; MLflow logs a batch per run).
 
 A member leaves the pack when it completes, stops early, is pruned by its rung, is cancelled,
 diverges or fails: its attempt ends right there (the MLflow run finished, the final write),
@@ -37,6 +39,7 @@ from db.store import JobStore
 from db.views import ClaimedJob
 from workers.task import AttemptLife, WorkerConfig, _data, _engine, node_name
 from workers.tracking.artifacts import import_model_logging
+from workers.tracking.buffer import SharedSender
 
 log = logging.getLogger("gradq.pack")
 
@@ -113,7 +116,8 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
     # process's ``db_connections`` (each statement holds one briefly)
     engine = _engine(config)
     import_model_logging()  # before the heartbeats: see its docstring
-    lives = [AttemptLife(config, engine, job, board, beats=False) for job in jobs]
+    sender = SharedSender()  # one thread sends every member's MLflow buffer
+    lives = [AttemptLife(config, engine, job, board, beats=False, sender=sender) for job in jobs]
     for life in lives:
         life.pack = len(lives)
     beats = PackBeats(JobStore(engine), lives, config)
@@ -169,6 +173,7 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
             end(k)
         ending.shutdown(wait=True)
         beats.close()
+        sender.close()
         engine.dispose()  # an idle worker process holds no connection until its next attempt
     return [ends[k].result() for k in range(len(lives))]
 

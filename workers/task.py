@@ -51,6 +51,7 @@ from db.views import ClaimedJob, DatasetView
 from workers.stops import listen
 from workers.tracking import JobTracker, close_run, latest_checkpoint
 from workers.tracking.artifacts import import_model_logging
+from workers.tracking.buffer import SharedSender
 from workers.tracking.run import Outcome
 
 log = logging.getLogger("gradq.task")
@@ -410,12 +411,21 @@ class AttemptLife:
     ``end`` exactly once (the run finished, the final write, the lease given up).
 
     ``beats``: the attempt's lease heartbeats from its own thread; False when the pack's
-    heartbeat thread renews it with the other members' (``workers.pack.PackBeats``)."""
+    heartbeat thread renews it with the other members' (``workers.pack.PackBeats``).
+    ``sender``: the pack's one thread sending its members' MLflow buffers."""
 
     def __init__(
-        self, config: WorkerConfig, engine: Any, job: ClaimedJob, board: Any, *, beats: bool = True
+        self,
+        config: WorkerConfig,
+        engine: Any,
+        job: ClaimedJob,
+        board: Any,
+        *,
+        beats: bool = True,
+        sender: SharedSender | None = None,
     ) -> None:
         self.config, self.engine, self.job, self.board = config, engine, job, board
+        self.sender = sender  # the pack's one MLflow sender thread; None: the run's own
         self.store = JobStore(engine)
         self.spec = JobSpec.model_validate(job.spec)
         self.lease = Lease(self.store, job, config, self.spec.optimizer.epochs)
@@ -459,6 +469,7 @@ class AttemptLife:
             checkpoint_interval_s=config.checkpoint_upload_seconds,
             alive=lease.alive,
             tenant=job.tenant if config.tenant_names else None,
+            sender=self.sender,
         )
         self.marks["tracker_start"] = time.time()
         if not lease.alive():  # the run may be a successor's already: leave it alone

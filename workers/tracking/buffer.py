@@ -65,7 +65,9 @@ class RunBuffer:
     With ``alive``, each MLflow call is made only while ``alive()`` is True: an attempt whose
     lease ran out sends nothing more into the run its successor resumes.
 
-    ``background=False`` sends on the caller's thread instead (as a due flush is reached)."""
+    ``background=False`` sends on the caller's thread instead (as a due flush is reached);
+    ``sender``: a :class:`SharedSender` whose one thread sends for this buffer and the
+    others sharing it (a pack's runs), instead of a thread of its own."""
 
     def __init__(
         self,
@@ -79,8 +81,10 @@ class RunBuffer:
         background: bool = True,
         artifacts: RunArtifacts | None = None,
         alive: Callable[[], bool] | None = None,
+        sender: SharedSender | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.sender = sender
         self.alive = alive  # False once the attempt lost the run: nothing more is sent
         self.artifacts = artifacts or RunArtifacts(client, run_id)
         self.clock = clock or Clock()
@@ -172,6 +176,8 @@ class RunBuffer:
 
     def close(self) -> None:
         """Stop the sender thread (what is still buffered stays, for ``flush()``)."""
+        if self.sender is not None:
+            self.sender.forget(self)
         with self._lock:
             sender, self._sender = self._sender, None
         if sender is not None:
@@ -188,6 +194,9 @@ class RunBuffer:
             self._send(every_checkpoint=False)
             return
         self._last_flush = time.monotonic()  # not due again until the next interval
+        if self.sender is not None:
+            self.sender.request(self)
+            return
         with self._lock:
             self._kick.set()
             if self._sender is None or not self._sender.is_alive():
@@ -375,6 +384,62 @@ def _snapshot(checkpoint: Checkpoint) -> Checkpoint:
         dropout_rng=checkpoint.dropout_rng.clone(),
         best_params=None if checkpoint.best_params is None else own(checkpoint.best_params),
     )
+
+
+class SharedSender:
+    """One background sender thread for several runs' buffers (the members of a pack: one
+    thread, not one per member): a buffer whose send is due is queued here, and the thread
+    sends the queued buffers in turn (each ``RunBuffer._send``, with its own guarantees).
+    Started on demand, gone after ``SENDER_IDLE_S`` idle, like a buffer's own sender."""
+
+    def __init__(self) -> None:
+        self._due: deque[RunBuffer] = deque()
+        self._lock = threading.Lock()
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sends = 0  # buffers sent, for tests
+        self.threads = 0  # sender threads started, for tests
+
+    def request(self, buffer: RunBuffer) -> None:
+        """Queue ``buffer``'s send (once, however often it asks before it is sent)."""
+        with self._lock:
+            if buffer not in self._due:
+                self._due.append(buffer)
+            self._kick.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="mlflow-pack", daemon=True)
+                self.threads += 1
+                self._thread.start()
+
+    def forget(self, buffer: RunBuffer) -> None:
+        """``buffer`` is closing: its queued send, if any, is dropped (``flush`` sends it)."""
+        with self._lock:
+            if buffer in self._due:
+                self._due.remove(buffer)
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._due.clear()
+        if thread is not None:
+            self._kick.set()
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            woken = self._kick.wait(SENDER_IDLE_S)
+            with self._lock:
+                if self._thread is not me or (not woken and not self._due):
+                    if self._thread is me:
+                        self._thread = None
+                    return
+                self._kick.clear()
+                due, self._due = list(self._due), deque()
+            for buffer in due:
+                buffer.clock.mark_background()
+                buffer._send(every_checkpoint=False)
+                self.sends += 1
 
 
 class TrackingCallback(Callback):

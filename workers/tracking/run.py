@@ -43,6 +43,7 @@ from workers.tracking.buffer import (
     CHECKPOINT_FILE,
     LAST_CHECKPOINT,
     RunBuffer,
+    SharedSender,
     TrackingCallback,
 )
 from workers.tracking.client import (
@@ -105,7 +106,9 @@ class JobTracker:
         checkpoint_interval_s: float = 10.0,
         alive: Callable[[], bool] | None = None,
         tenant: str | None = None,
+        sender: SharedSender | None = None,
     ) -> None:
+        self.sender = sender  # the pack's one sender thread (RunBuffer), or None: its own
         self.alive = alive  # see RunBuffer; finish() raises LeaseExpired once it is False
         self.tracking_uri, self.job_id, self.spec, self.attempt = (
             tracking_uri,
@@ -369,6 +372,7 @@ class JobTracker:
                 clock=self.clock,
                 artifacts=self._artifacts(),
                 alive=self.alive,
+                sender=self.sender,
             )
         return self._buffer
 

@@ -4,6 +4,7 @@ write — while the pack shares one heartbeat statement per beat."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from db.views import ClaimedJob
 from workers.pack import run_pack
 from workers.task import WorkerConfig
 from workers.tracking import metric_history
+from workers.tracking.buffer import RunBuffer, SharedSender
 
 pytestmark = pytest.mark.slow
 
@@ -95,10 +97,28 @@ def beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_each_member_is_a_job_of_its_own_trained_as_alone(stores: Stores, beats: list[int]) -> None:
+def test_each_member_is_a_job_of_its_own_trained_as_alone(
+    stores: Stores, beats: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    senders: list[SharedSender] = []
+
+    class Sender(SharedSender):
+        def __init__(self) -> None:
+            super().__init__()
+            senders.append(self)
+
+    def own_sender(self: RunBuffer) -> None:
+        raise AssertionError("a pack member's run started a sender thread of its own")
+
+    monkeypatch.setattr(workers.pack, "SharedSender", Sender)
+    monkeypatch.setattr(RunBuffer, "_sender_loop", own_sender)
     specs = [trial(k) for k in range(4)]
     jobs = stores.claim(specs)
-    assert run_pack(stores.config, jobs) == ["succeeded"] * 4
+    # a send due at every epoch: the pack's one sender thread sends them all
+    config = dataclasses.replace(stores.config, metrics_flush_seconds=0.0)
+    assert run_pack(config, jobs) == ["succeeded"] * 4
+    [sender] = senders
+    assert sender.threads == 1 and sender.sends >= 4
     client = MlflowClient(stores.config.tracking_uri)
     runs = set()
     for spec, job in zip(specs, jobs, strict=True):
