@@ -16,7 +16,7 @@ from core.model import MLP, forward
 from core.sizes import rows_per_chunk
 
 # |z| beyond which σ′(z) resp. tanh′(z) is below 1e-3: a unit saturated on every row is dead
-_SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
+SATURATION = {"sigmoid": 6.9, "tanh": 4.15}
 
 
 def evaluate(
@@ -106,10 +106,10 @@ def evaluate_parts(
         numbers.extend(torch._foreach_norm([*weights_before, *diffs, *weights]))
     # stack promotes float32 and float64 numbers alike to float64, exactly
     values = iter(torch.stack(numbers).tolist() if numbers else [])
-    parts = _block_metrics(values, bounds, task, y_scale)
+    parts = block_metrics(values, bounds, task, y_scale)
     if weights_before is None:
         return parts, []
-    return parts, _layer_diagnostics(values, dead.layers, len(model.layers))
+    return parts, layer_diagnostics(values, dead.layers, len(model.layers))
 
 
 def _row_values(
@@ -155,7 +155,7 @@ class _DeadUnits:
     def observer(self, start: int) -> Callable[[int, torch.Tensor], None] | None:
         """``forward``'s ``on_hidden`` for the chunk whose first row is row ``start``; None
         when the chunk has no row of the first block or the activation has no dead units."""
-        if start >= self.rows or self.activation not in ("relu", *_SATURATION):
+        if start >= self.rows or self.activation not in ("relu", *SATURATION):
             return None
         relu = self.activation == "relu"
 
@@ -178,11 +178,11 @@ class _DeadUnits:
             elif self.activation == "relu":
                 out.append((ext <= 0.0).to(torch.float64).mean())
             else:
-                out.append((ext > _SATURATION[self.activation]).to(torch.float64).mean())
+                out.append((ext > SATURATION[self.activation]).to(torch.float64).mean())
         return out
 
 
-def _block_metrics(
+def block_metrics(
     values: Iterator[float], bounds: Sequence[int], task: str, y_scale: float
 ) -> list[dict[str, float]]:
     """Each block's metrics from ``_block_numbers``' values; ``{}`` for an empty block."""
@@ -201,7 +201,7 @@ def _block_metrics(
     return parts
 
 
-def _layer_diagnostics(values: Iterator[float], hidden: int, L: int) -> list[dict[str, float]]:
+def layer_diagnostics(values: Iterator[float], hidden: int, L: int) -> list[dict[str, float]]:
     """Per layer, from the values: ``hidden`` dead fractions, then the norms of the weights
     before, of their change and of the weights now, L each."""
     dead = [next(values) for _ in range(hidden)]

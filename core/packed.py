@@ -47,8 +47,11 @@ from core.activations import get_activation
 from core.callbacks import Callback, CallbackList
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
+from core.evaluate import SATURATION, block_metrics, layer_diagnostics
+from core.losses import loss_per_row
 from core.model import MLP
 from core.optim import SGD, FlatParameters, learning_rate
+from core.sizes import TRAIN_EVAL_ROWS, rows_per_chunk
 from core.spec import JobSpec, dataset_shape
 from core.state import TrainState
 from core.train import (
@@ -59,6 +62,7 @@ from core.train import (
     TrainingData,
     TrainResult,
     build_model,
+    epoch_record,
     final_metrics,
     resolve_device,
     resolve_engine,
@@ -441,6 +445,109 @@ class _Pack:
                 p.read(p.momentum, k, m.sgd.buffer)
 
 
+class PackEvaluation:
+    """The members' epoch evaluations (``core.train.EpochEvaluation``'s numbers) in one
+    batched pass: each hidden layer's pre-activations of every member at once, Z (K, r, dₗ)
+    = H W⁽ˡ⁾ᵀ + b⁽ˡ⁾, over the rows every member evaluates alike.
+
+    A solo job evaluates a random subset of ``TRAIN_EVAL_ROWS`` training rows (its seed's)
+    and the validation rows. With at most that many training rows the subset is every
+    training row, in the seed's order: the members then share the rows (the means differ
+    from the solo's only in the order of their sums), and ``shared`` is True. With more,
+    each member's subset differs, and ``core.train.EpochEvaluation`` evaluates each member
+    alone. A pass holds at most ``EVAL_CHUNK_BYTES`` of one member's activations at a time
+    per member of a group; its rows per chunk depend on the widths alone, never on how many
+    members the pack has, so that a member's numbers do not depend on its pack."""
+
+    def __init__(self, data: TrainingData, activation: str) -> None:
+        self.data, self.act = data, get_activation(activation)
+        self.shared = data.n <= TRAIN_EVAL_ROWS
+        self.sizes = [data.n, int(data.X_val.shape[0])]
+        if self.shared:
+            self.X = torch.cat([data.X, data.X_val])
+            self.y = torch.cat([data.y, data.y_val])
+            self.T = torch.cat([data.T, data.T_val])
+
+    @torch.no_grad()
+    def evaluate(
+        self, pack: _Pack, before: Sequence[Sequence[torch.Tensor]]
+    ) -> list[tuple[list[dict[str, float]], list[dict[str, float]]]]:
+        """Per member of ``pack`` (``shared`` only): its (train, val) metrics and its layers'
+        diagnostics, as ``core.evaluate.evaluate_parts`` gives them for the member alone;
+        ``before[k]``: member k's weights at the epoch's start."""
+        data, X = self.data, self.X
+        W, B = pack.packed.params[0::2], pack.packed.params[1::2]
+        K, L, n = len(pack.members), len(W), X.shape[0]
+        widths = pack.widths
+        rows = rows_per_chunk(widths, X.element_size())
+        bounds = [0, self.sizes[0], n]
+        group = max(1, rows // n) if rows >= n else 1  # members a pass holds, all rows each
+        step = min(rows, n)
+        losses = torch.empty(K, n, dtype=X.dtype, device=X.device)
+        hits = torch.empty(K, n, dtype=torch.float64, device=X.device)
+        relu = pack.activation == "relu"
+        dying = pack.activation in ("relu", *SATURATION) and bounds[1] > 0
+        # per hidden layer and member: the largest pre-activation (ReLU) or smallest |z| of
+        # each unit over the training rows
+        start = -math.inf if relu else math.inf
+        extremes = [
+            torch.full((K, width), start, dtype=X.dtype, device=X.device) for width in widths[1:-1]
+        ]
+        for g in range(0, K, group):
+            h_ = min(g + group, K)
+            Ws = [w[g:h_].transpose(1, 2) for w in W]
+            Bs = [b[g:h_].unsqueeze(1) for b in B]
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                H = X[a:b]
+                for l in range(L - 1):
+                    Z = torch.matmul(H, Ws[l]).add_(Bs[l])
+                    if dying and a < bounds[1]:
+                        z, seen = Z[:, : bounds[1] - a], extremes[l][g:h_]
+                        if relu:
+                            torch.maximum(seen, z.amax(dim=1), out=seen)
+                        else:
+                            torch.minimum(seen, z.abs().amin(dim=1), out=seen)
+                    H = self.act.forward(Z)
+                F = torch.matmul(H, Ws[-1]).add_(Bs[-1])
+                losses[g:h_, a:b] = loss_per_row(data.loss, F, self.T[a:b])
+                hits[g:h_, a:b] = _hits(data.loss, data.task, F, self.y[a:b])
+        numbers: list[torch.Tensor] = []  # each (K,), in evaluate_parts' order
+        for a, b in itertools.pairwise(bounds):
+            if b > a:
+                numbers += [losses[:, a:b].mean(1), hits[:, a:b].mean(1)]
+                if data.task == "regression":
+                    var = self.y[a:b].to(torch.float64).var(unbiased=False)
+                    numbers.append(var.expand(K))
+        for ext in extremes:
+            if not dying:  # no rows, or units that cannot die
+                numbers.append(torch.zeros(K, dtype=torch.float64, device=X.device))
+            elif relu:
+                numbers.append((ext <= 0.0).to(torch.float64).mean(1))
+            else:
+                numbers.append((ext > SATURATION[pack.activation]).to(torch.float64).mean(1))
+        was = [torch.stack([before[k][l] for k in range(K)]) for l in range(L)]
+        norms = [torch.linalg.vector_norm(t, dim=(1, 2)) for t in was]
+        norms += [torch.linalg.vector_norm(w - v, dim=(1, 2)) for w, v in zip(W, was, strict=True)]
+        norms += [torch.linalg.vector_norm(w, dim=(1, 2)) for w in W]
+        table = torch.stack(numbers + [t.to(torch.float64) for t in norms], 1).tolist()
+        out = []
+        for k in range(K):
+            values = iter(table[k])
+            parts = block_metrics(values, bounds, data.task, data.y_scale)
+            out.append((parts, layer_diagnostics(values, L - 1, L)))
+        return out
+
+
+def _hits(loss: str, task: str, F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``core.evaluate``'s per-row hit (1.0/0.0) or squared error, for (K, r, d_L) outputs."""
+    if task == "regression":
+        err = F[..., 0].to(torch.float64) - y.to(torch.float64)
+        return err * err
+    pred = (F[..., 0] > 0).long() if loss == "logistic" else F.argmax(dim=-1)
+    return (pred == y).to(torch.float64)
+
+
 def data_batch(members: Sequence[_Member], data: TrainingData) -> int:
     return min(members[0].spec.optimizer.batch_size, data.n)
 
@@ -491,7 +598,8 @@ def train_packed(
     torch.set_num_threads(max(1, int(max(s.resources.cpus for s in specs))))
     data = data if data is not None else load_dataset(specs[0].dataset, seed=specs[0].seed)
     tensors = TrainingData.encode(specs[0], data, dtype=dtype, device=device)
-    run = _Run(data, tensors, dtype=dtype, device=device)
+    activation = specs[0].model.activation
+    run = _Run(data, tensors, activation=activation, dtype=dtype, device=device)
     results: list[TrainResult | Exception | None] = _Results(len(specs), on_result)
     live: list[_Member] = []
     for i, spec in enumerate(specs):
@@ -538,10 +646,17 @@ class _Run:
     checkpoints) and their end, each as ``core.train.train`` does it for one job."""
 
     def __init__(
-        self, data: Dataset, tensors: TrainingData, *, dtype: torch.dtype, device: torch.device
+        self,
+        data: Dataset,
+        tensors: TrainingData,
+        *,
+        activation: str,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         self.data, self.tensors, self.dtype, self.device = data, tensors, dtype, device
         self.XT = torch.cat([tensors.X, tensors.T], dim=1)
+        self.evaluation = PackEvaluation(tensors, activation)
 
     def start_member(
         self, index: int, spec: JobSpec, callbacks: Sequence[Callback], ckpt: Checkpoint | None
@@ -699,10 +814,12 @@ class _Run:
             stats.seconds += seconds
             stats.member_steps += member_steps
         ended: dict[int, tuple[str, Exception | None]] = {}
+        evaluated = self.evaluation.evaluate(pack, before) if self.evaluation.shared else None
         for k, m in enumerate(pack.members):
             m.state.step = bases[k] + n_batches
             try:
-                ends = self.end_epoch(pack, k, m, seconds, before[k])
+                found = None if evaluated is None else evaluated[k]
+                ends = self.end_epoch(pack, k, m, seconds, before[k], found)
             except Exception as exc:
                 ended[k] = ("failed", exc)
                 continue
@@ -719,16 +836,28 @@ class _Run:
             pack.compact(set(ended))
 
     def end_epoch(
-        self, pack: _Pack, k: int, m: _Member, seconds: float, before: list[torch.Tensor]
+        self,
+        pack: _Pack,
+        k: int,
+        m: _Member,
+        seconds: float,
+        before: list[torch.Tensor],
+        evaluated: tuple[list[dict[str, float]], list[dict[str, float]]] | None,
     ) -> str | None:
-        """Member k's epoch record, early stopping, checkpoint and stop, as in ``train``;
-        the status it leaves with, or None when it goes on."""
+        """Member k's epoch record (from the pack's batched ``evaluated`` numbers, else its
+        own evaluation), early stopping, checkpoint and stop, as in ``train``; the status it
+        leaves with, or None when it goes on."""
         pack.read_member(k, m, momentum=False)
-        evaluation = EpochEvaluation(self.tensors, seed=m.spec.seed)
         state, cbs = m.state, m.callbacks
-        record = evaluation.record(
-            m.model, state.epoch + 1, state.step, m.lr, seconds, before, m.flat.grad
-        )
+        epoch, step = state.epoch + 1, state.step
+        if evaluated is None:
+            evaluation = EpochEvaluation(self.tensors, seed=m.spec.seed)
+            record = evaluation.record(m.model, epoch, step, m.lr, seconds, before, m.flat.grad)
+        else:
+            (train_m, val_m), layers = evaluated
+            record = epoch_record(
+                train_m, val_m, layers, epoch, step, m.lr, seconds, self.tensors.n, m.flat.grad
+            )
         stop_early = state.end_epoch(record)
         cbs.on_epoch_end(record)
         last = stop_early or state.epoch == m.epochs

@@ -270,19 +270,35 @@ class EpochEvaluation:
             weights_before=weights_before,
         )
         model.train()
-        if not math.isfinite(train_m["loss"]):
-            raise Diverged(epoch, step, train_m["loss"])
-        return EpochRecord(
-            epoch=epoch,
-            step=step,
-            lr=lr,
-            seconds=seconds,
-            samples_per_s=self.n / seconds if seconds > 0 else float("inf"),
-            grad_norm=float(torch.linalg.vector_norm(grad)),
-            train=train_m,
-            val=val_m,
-            layers=diags,
-        )
+        return epoch_record(train_m, val_m, diags, epoch, step, lr, seconds, self.n, grad)
+
+
+def epoch_record(
+    train_m: dict[str, float],
+    val_m: dict[str, float],
+    layers: list[dict[str, float]],
+    epoch: int,
+    step: int,
+    lr: float,
+    seconds: float,
+    n: int,
+    grad: torch.Tensor,
+) -> EpochRecord:
+    """The record of epoch ``epoch`` from its evaluation (``n`` training rows, the last
+    step's gradient ``grad``); a non-finite training loss is a divergence."""
+    if not math.isfinite(train_m["loss"]):
+        raise Diverged(epoch, step, train_m["loss"])
+    return EpochRecord(
+        epoch=epoch,
+        step=step,
+        lr=lr,
+        seconds=seconds,
+        samples_per_s=n / seconds if seconds > 0 else float("inf"),
+        grad_norm=float(torch.linalg.vector_norm(grad)),
+        train=train_m,
+        val=val_m,
+        layers=layers,
+    )
 
 
 class GradientChecks:

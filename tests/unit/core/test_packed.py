@@ -461,3 +461,92 @@ def test_a_member_given_another_jobs_checkpoint_fails_alone() -> None:
     assert isinstance(results[1], CheckpointError) and "differs in" in str(results[1])
     for k in (0, 2):
         assert_same_training(results[k], train(specs[k], dtype=F64))
+
+
+class Recorded(Callback):
+    def __init__(self) -> None:
+        self.records: list[EpochRecord] = []
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.records.append(record)
+
+
+def _records(specs: list[JobSpec], dtype: torch.dtype, **kw: Any) -> list[list[EpochRecord]]:
+    seen = [Recorded() for _ in specs]
+    train_packed(specs, callbacks=[[r] for r in seen], dtype=dtype, **kw)
+    return [r.records for r in seen]
+
+
+def _same_numbers(a: EpochRecord, b: EpochRecord, rel: float) -> None:
+    for part in ("train", "val"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.keys() == y.keys()
+        for key, value in y.items():
+            assert x[key] == pytest.approx(value, rel=rel, abs=1e-15), (part, key)
+    assert len(a.layers) == len(b.layers)
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        for key, value in lb.items():
+            assert la[key] == pytest.approx(value, rel=rel, abs=1e-15), key
+
+
+@pytest.mark.parametrize(
+    ("dataset", "activation"),
+    [("wine", "relu"), ("wine", "sigmoid"), ("wine", "tanh"), ("diabetes", "relu")],
+)
+def test_the_batched_epoch_evaluation_gives_each_members_own_numbers(
+    dataset: str, activation: str
+) -> None:
+    """The pack evaluates its members in one batched pass; each member's records (metrics,
+    dead units, update ratios) are those its spec's solo training writes, in float64 to
+    1e-9 (the pack's equivalence tolerance: their parameters agree to it) — the dead units
+    too, which a large learning rate makes appear."""
+    base = {
+        "dataset": {"name": dataset, "seed": 0},
+        "model": {"hidden": [16, 8], "activation": activation},
+        "optimizer": {"epochs": 3, "batch_size": 16},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "gradcheck": {"at_start": False, "every_steps": 0},
+    }
+    # rates that make dead (relu) or saturated (sigmoid) units; tanh's training turns
+    # chaotic at such rates (pack and solo then part beyond rounding), so it keeps to lower
+    rates = [0.02, 0.6, 3.0] if activation == "tanh" else [0.02, 1.0, 6.0]
+    specs = [make_spec(base, seed=k, optimizer={"lr": lr}) for k, lr in enumerate(rates)]
+    packed = _records(specs, F64)
+    for spec, records in zip(specs, packed, strict=True):
+        solo = Recorded()
+        train(spec, callbacks=[solo], dtype=F64)
+        for a, b in zip(records, solo.records, strict=True):
+            _same_numbers(a, b, 1e-9)
+    dead = [layer["dead_fraction"] for r in packed for rec in r for layer in rec.layers]
+    assert any(d > 0 for d in dead) or activation == "tanh"
+
+
+def test_a_members_records_do_not_depend_on_its_pack() -> None:
+    """float32: member 0's records are bit-identical alone and in packs of 3 and of 5 (the
+    evaluation's chunks of rows depend on the widths, not on the pack)."""
+    specs = [make_spec(MIXED, seed=k, gradcheck={"every_steps": 0}) for k in range(5)]
+
+    def numbers(records: list[EpochRecord]) -> list[dict[str, Any]]:
+        clock = ("seconds", "samples_per_s")
+        return [{k: v for k, v in r.to_dict().items() if k not in clock} for r in records]
+
+    alone = numbers(_records(specs[:1], torch.float32)[0])
+    for k in (3, 5):
+        assert numbers(_records(specs[:k], torch.float32)[0]) == alone
+
+
+def test_members_with_more_training_rows_than_an_epoch_evaluates_each_evaluate_alone() -> None:
+    """Beyond TRAIN_EVAL_ROWS training rows each member evaluates its own random subset:
+    the pack then evaluates each member alone, with the same numbers as its solo run."""
+    base = {
+        "dataset": {"name": "blobs", "n_samples": 18_000, "n_features": 4, "seed": 0},
+        "model": {"hidden": [8]},
+        "optimizer": {"epochs": 1, "batch_size": 4096},
+        "regularization": {"early_stopping": {"enabled": False}},
+        "gradcheck": {"at_start": False, "every_steps": 0},
+    }
+    specs = [make_spec(base, seed=k) for k in range(2)]
+    for spec, records in zip(specs, _records(specs, F64), strict=True):
+        solo = Recorded()
+        train(spec, callbacks=[solo], dtype=F64)
+        _same_numbers(records[0], solo.records[0], 1e-9)
