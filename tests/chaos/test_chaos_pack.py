@@ -50,7 +50,7 @@ from workers.tracking import latest_checkpoint
 pytestmark = pytest.mark.timeout(600)
 
 TRIALS = 4
-EPOCHS = 40
+EPOCHS = 60  # long enough that the kill finds the pack training on a fast machine too
 GOOD_LR = 0.005
 BAD_LR = 1e-6  # learns nothing in an epoch: its rung value is far below the good ones'
 GRID_SEED = 0  # Optuna's GridSampler with this seed hands the bad point (index 3) to trial 1
