@@ -8,16 +8,18 @@ trains with a learning rate too small to learn anything. ASHA has a single rung,
 with a reduction factor larger than the sweep, so only the best value so far goes on: the
 members report in pack order, which is trial-number order (``Dispatcher.units``); trial 0
 is a good one (``search.seed`` places the bad point at trial 1 in Optuna's grid order,
-checked below), so the bad member and only it is pruned. (4 trials: the sweep controller
-queues its trials 4 at a time, and a group queued later may start as a pack of its own.) One good member is then cancelled through the API. Each of those two
-ends while the rest of the pack trains on (their epochs grow after the ends). Then the
-pack's worker is SIGKILLed mid-training, past a checkpoint of every member left.
+checked below), so the bad member and only it is pruned. One good member is then cancelled
+through the API. Each of those two ends while the rest of the pack trains on (their epochs
+grow after the ends). Then the pack's worker is SIGKILLed mid-training, past a checkpoint
+of every member left. (4 trials: the sweep controller queues its trials 4 at a time, and
+a group it queues later may start as a pack of its own.)
 
 The audit: the sweep succeeded; each member unfinished at the kill ran a second attempt that
-resumed from its own checkpoint (at least the one MLflow held at the kill) and passes the
-suite's audit (``chaos_harness.audit``: succeeded, one attempt at a time, one MLflow run,
-each learning-curve step once); the pruned and the cancelled member ran once (attempt 1,
-one claim), ended by exactly one terminal event, with one MLflow run whose curve holds each
+resumed from its own checkpoint (at least the one MLflow held at the kill), trained its
+epochs and no more (the checkpoint's history is its epoch's), and passes the suite's audit
+(``chaos_harness.audit``: succeeded, one attempt at a time, one MLflow run, each
+learning-curve step once); the pruned and the cancelled member ran once (attempt 1, one
+claim), ended by exactly one terminal event, with one MLflow run whose curve holds each
 epoch they trained exactly once.
 """
 
