@@ -582,7 +582,9 @@ class Dispatcher:
     def units(self, heads: list[JobView]) -> list[list[JobView]]:
         """The queue's head as units to start, in claim order of their first job: each job
         alone, but a sweep's packable trials of one ``pack_key`` (``TrialSpec.pack``), which
-        form packs of up to ``pack_size`` (``pack_size_gpu`` on a GPU). A group of them that
+        form packs of up to ``pack_size`` (``pack_size_gpu`` on a GPU), each pack's members in
+        trial-number order (the order in which they report at an ASHA rung, so a seeded
+        sweep's decisions within a pack do not depend on its id). A group of them that
         grew since the last tick, and is not yet full, waits one more tick for the trials its
         sweep is still queueing (at most ``pack_wait_seconds`` since it was first seen)."""
         if self.config.pack_size <= 1:
@@ -612,6 +614,8 @@ class Dispatcher:
                 if count < most and now - since < self.config.pack_wait_seconds:
                     waiting.add(id(open_packs[key]))  # the last pack of the key: still filling
         self._growing = {k: v for k, v in self._growing.items() if k in sizes}
+        for unit in out:  # claim order ties by job id: a hash of the sweep and the number
+            unit.sort(key=_trial_number)
         return [unit for unit in out if id(unit) not in waiting]
 
     def _pack_of(self, job: JobView) -> tuple[str | None, int]:
@@ -745,6 +749,11 @@ class Dispatcher:
         """Say why a queued job waits: a write only when the reason changes."""
         if job.pending_reason != reason:
             self.store.set_pending_reason(job_id=job.id, reason=reason)
+
+
+def _trial_number(job: JobView) -> int:
+    """A sweep's trial's number (a job of no sweep: 0)."""
+    return int(((job.spec or {}).get("trial") or {}).get("number") or 0)
 
 
 def stop_ray() -> None:

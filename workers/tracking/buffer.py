@@ -370,8 +370,9 @@ def _last_epoch(checkpoint: Checkpoint) -> bool:
 
 
 def _snapshot(checkpoint: Checkpoint) -> Checkpoint:
-    """A copy that training cannot change: tensors cloned on their device, the rest shared
-    (the loop builds the history list anew for each checkpoint and never mutates the spec)."""
+    """A copy that training cannot change: tensors cloned on their device, the history list
+    copied (the loop appends each epoch's record to the list it hands every checkpoint; the
+    records themselves are built once and never changed), the spec shared (never mutated)."""
 
     def own(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.detach().clone() for t in tensors]
@@ -383,6 +384,7 @@ def _snapshot(checkpoint: Checkpoint) -> Checkpoint:
         batch_rng=checkpoint.batch_rng.clone(),
         dropout_rng=checkpoint.dropout_rng.clone(),
         best_params=None if checkpoint.best_params is None else own(checkpoint.best_params),
+        history=list(checkpoint.history),
     )
 
 

@@ -42,6 +42,7 @@ from workers.tracking import (
     metric_history,
     run_url,
 )
+from workers.tracking.artifacts import RunArtifacts
 from workers.tracking.buffer import RunBuffer
 
 REGISTERED = "gradq-test-iris"
@@ -614,6 +615,46 @@ def test_training_never_waits_for_a_slow_mlflow(
     assert steps(tracker.client, run_id, "loss/train") == [1, 2, 3]
     checkpoint = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
     assert checkpoint is not None and checkpoint.epoch == 3
+
+
+def test_a_checkpoint_uploaded_late_holds_the_history_of_its_epoch(
+    mlflow_store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender serialises a checkpoint when it uploads it, while training goes on: what it
+    uploads is the state at the checkpoint's epoch, its history included (a resumed attempt
+    whose checkpoint held later epochs' history counted more epochs than it trained)."""
+    spec = iris_spec(optimizer__epochs=4)
+    tracker = tracker_for(
+        mlflow_store, spec, "job-late-checkpoint", flush_interval_s=3600, checkpoint_interval_s=0
+    )
+    run_id = tracker.start()
+    real_batch, real_bytes = tracker.client.log_batch, RunArtifacts.log_bytes
+    release, entered = threading.Event(), threading.Event()
+    uploaded: list[Checkpoint] = []
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:  # the sender holds epoch 1's checkpoint
+        entered.set()
+        if not release.wait(60):
+            raise TimeoutError("never released")
+        return real_batch(*args, **kwargs)
+
+    def recorded(self: RunArtifacts, data: bytes, path: str) -> None:
+        if path.endswith("checkpoint.pt"):
+            uploaded.append(Checkpoint.from_bytes(data))
+        real_bytes(self, data, path)
+
+    monkeypatch.setattr(tracker.client, "log_batch", stuck)
+    monkeypatch.setattr(RunArtifacts, "log_bytes", recorded)
+    result = train(spec, callbacks=[tracker.callback()])
+    assert result.epochs == 4 and entered.wait(30)
+    release.set()
+    assert tracker.flush() is True
+    assert 1 in {c.epoch for c in uploaded}, [c.epoch for c in uploaded]
+    for checkpoint in uploaded:
+        assert [h["epoch"] for h in checkpoint.history] == list(range(1, checkpoint.epoch + 1))
+    last = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
+    assert last is not None and len(last.history) == last.epoch == 4
 
 
 def test_mlflows_sqlite_store_runs_in_wal_with_normal_sync(tmp_path: Path) -> None:
