@@ -108,11 +108,13 @@ class DispatcherConfig:
     # Packs (``workers.pack``): a sweep's trials of one shape (``core.packed.pack_key``) queued
     # together train as one Ray task of up to ``pack_size`` members (``pack_size_gpu`` on a
     # GPU), as many as fit the largest node's memory (``core.memory.pack_estimate``) and
-    # the tenant's cap; a group still growing (its sweep queues trials a few at a time)
-    # waits one more tick for the rest, at most ``pack_wait_seconds``. 1: no packs.
+    # the tenant's cap. A group not yet full waits for the trials its sweep is still queueing
+    # (a few at a time) until it has not grown for ``pack_quiet_seconds``, at most
+    # ``pack_wait_seconds`` since it was first seen. ``pack_size`` 1: no packs.
     pack_size: int = 32
     pack_size_gpu: int = 512
-    pack_wait_seconds: float = 0.5
+    pack_quiet_seconds: float = 0.25
+    pack_wait_seconds: float = 1.0
     # At its start the dispatcher closes the runs of jobs lost this far back (those it, or
     # another dispatcher, could not close before stopping: MLflow away, or a crash).
     lost_runs_lookback_hours: float = 24.0
@@ -239,8 +241,8 @@ class Dispatcher:
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
         self._packs: dict[str, str | None] = {}  # queued jobs' pack keys (None: alone), by id
-        # each group of packable trials seen queued: (its size then, since when seen growing)
-        self._growing: dict[str, tuple[int, float]] = {}
+        # each group of packable trials seen queued: (its size, when first seen, last grown)
+        self._growing: dict[str, tuple[int, float, float]] = {}
         # since when (``clock``) each queued job seen waiting for room has waited: backfill
         self._waiting: dict[str, float] = {}
         self.clock: Callable[[], float] = time.monotonic  # of backfill and caps (tests set it)
@@ -427,16 +429,20 @@ class Dispatcher:
         return ended
 
     def _settle_dead(self, job_id: str, attempt: int, exc: Exception) -> None:
+        """Settle the job of an attempt whose task died; an attempt that had ended before
+        (a pack's member that left it, then the pack died) is left as it is, quietly."""
         why = death(exc)
-        log.warning("job %s attempt %s died: %s", job_id, attempt, why)
         try:
             status = self.store.release(job_id=job_id, attempt=attempt, why=why)
         except Exception as error:  # the database is away: the lease will settle it
-            log.warning("job %s: could not settle its dead attempt now: %s", job_id, error)
+            log.warning("job %s attempt %s died (%s); could not settle it now: %s",
+                        job_id, attempt, why, error)  # fmt: skip
             return
-        if status is not None:
-            log.info("job %s: attempt %s died, now %s", job_id, attempt, status.value)
-            self._close_if_ended(job_id, status.value)
+        if status is None:
+            log.info("job %s attempt %s: its task died (%s) after it ended", job_id, attempt, why)
+            return
+        log.warning("job %s attempt %s died (%s), now %s", job_id, attempt, why, status.value)
+        self._close_if_ended(job_id, status.value)
 
     def settle_expired(self) -> None:
         """Expired leases: back to queued, or failed ("lost") / cancelled; their runs closed."""
@@ -584,9 +590,9 @@ class Dispatcher:
         alone, but a sweep's packable trials of one ``pack_key`` (``TrialSpec.pack``), which
         form packs of up to ``pack_size`` (``pack_size_gpu`` on a GPU), each pack's members in
         trial-number order (the order in which they report at an ASHA rung, so a seeded
-        sweep's decisions within a pack do not depend on its id). A group of them that
-        grew since the last tick, and is not yet full, waits one more tick for the trials its
-        sweep is still queueing (at most ``pack_wait_seconds`` since it was first seen)."""
+        sweep's decisions within a pack do not depend on its id). A group of them not yet
+        full waits for the trials its sweep is still queueing: until it has not grown for
+        ``pack_quiet_seconds``, at most ``pack_wait_seconds`` since it was first seen."""
         if self.config.pack_size <= 1:
             return [[job] for job in heads]
         now = self.clock()
@@ -608,11 +614,12 @@ class Dispatcher:
         waiting = set()
         for key, (count, most) in sizes.items():
             before = self._growing.get(key)
-            if before is None or before[0] != count:
-                since = now if before is None else before[1]
-                self._growing[key] = (count, since)
-                if count < most and now - since < self.config.pack_wait_seconds:
-                    waiting.add(id(open_packs[key]))  # the last pack of the key: still filling
+            if before is None or before[0] != count:  # new, or grown: (size, first, last)
+                self._growing[key] = (count, now if before is None else before[1], now)
+            _, first, grown = self._growing[key]
+            filling = now - grown < self.config.pack_quiet_seconds
+            if count < most and filling and now - first < self.config.pack_wait_seconds:
+                waiting.add(id(open_packs[key]))  # the last pack of the key: still filling
         self._growing = {k: v for k, v in self._growing.items() if k in sizes}
         for unit in out:  # claim order ties by job id: a hash of the sweep and the number
             unit.sort(key=_trial_number)

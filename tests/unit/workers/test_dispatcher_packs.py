@@ -76,10 +76,13 @@ def test_a_sweeps_trials_of_one_shape_start_as_one_pack_once_their_group_stops_g
     assert d.inflight == {}
     store.queued += [Job(f"t{n}", trial(n)) for n in range(3, 5)]
     clock.now += 0.1
-    d.launch()  # it grew: one more tick
+    d.launch()  # it grew: it waits until it has not grown for pack_quiet_seconds
+    assert d.inflight == {}
+    clock.now += 0.2
+    d.launch()  # 0.2 s quiet
     assert d.inflight == {}
     clock.now += 0.1
-    d.launch()
+    d.launch()  # 0.3 s quiet
     assert launched(d) == [["t0", "t1", "t2", "t3", "t4"]]
     assert alone.launched == [] and len(packs.launched) == 1
     specs = [parse_spec(trial(n)) for n in range(5)]
@@ -113,7 +116,7 @@ def test_packs_hold_at_most_pack_size_and_only_compatible_trials_of_one_sweep() 
     jobs += [Job("plain", {**trial(13), "trial": None})]  # not a trial
     d, _, alone, packs, clock = dispatcher(jobs, pack_size=2)
     d.launch()
-    clock.now += 0.1
+    clock.now += 0.3
     d.launch()
     assert launched(d) == [
         ["a0", "a1"], ["a2", "a3"], ["a4"], ["alone"], ["autograd"], ["other"], ["plain"],
@@ -128,7 +131,7 @@ def test_a_pack_is_halved_until_it_fits_the_largest_node_and_the_rest_wait() -> 
     jobs = [Job(f"t{n}", trial(n)) for n in range(8)]
     d, store, _, packs, clock = dispatcher(jobs, room=node)
     d.launch()
-    clock.now += 0.1
+    clock.now += 0.3
     d.launch()
     assert launched(d) == [["t0", "t1", "t2", "t3"]]
     assert [j.id for j in store.queued] == ["t4", "t5", "t6", "t7"]
@@ -140,7 +143,7 @@ def test_a_tenants_cap_counts_each_member() -> None:
     d, store, _, _, clock = dispatcher(jobs, max_running_per_tenant=3)
     d._running_caps = lambda tenants: ({"default": 3}, {"default": 1})  # type: ignore[method-assign]
     d.launch()
-    clock.now += 0.1
+    clock.now += 0.3
     d.launch()
     assert launched(d) == [["t0", "t1"]]  # 1 running + 2 members = the cap of 3
     assert [j.id for j in store.queued] == ["t2", "t3", "t4"]
