@@ -464,7 +464,10 @@ class AttemptLife:
             run_id=job.mlflow_run_id,
             node=lease.node,
             artifact_root=config.artifact_root,
-            flush_interval_s=config.metrics_flush_seconds,
+            # a pack's members share one process: together they send their points to MLflow
+            # as often as one job alone (each of K members every K intervals), else their K
+            # senders take the training's CPU; every point is sent all the same by the end
+            flush_interval_s=config.metrics_flush_seconds * (self.pack or 1),
             checkpoint_interval_s=config.checkpoint_upload_seconds,
             alive=lease.alive,
             tenant=job.tenant if config.tenant_names else None,

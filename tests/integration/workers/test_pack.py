@@ -252,3 +252,27 @@ def test_members_ending_together_log_their_model_only_when_they_beat_those_befor
     assert models == expected, (values, models)
     assert models[values.index(max(values))]
     assert not all(models), values  # the weak members kept no model
+
+
+def test_a_pack_s_members_send_their_points_as_often_as_one_job_alone(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of K members flushes its points every K × ``metrics_flush_seconds``; every
+    epoch's points reach its run all the same."""
+    intervals: list[float] = []
+
+    class Recorded(workers.task.JobTracker):
+        def __init__(self, **kwargs: Any) -> None:
+            intervals.append(kwargs["flush_interval_s"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(workers.task, "JobTracker", Recorded)
+    jobs = stores.claim([trial(k) for k in range(3)])
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 3
+    assert intervals == [3 * stores.config.metrics_flush_seconds] * 3
+    for job in jobs:
+        run_id = stores.jobs.get(job_id=job.id).mlflow_run_id
+        assert run_id is not None
+        curve = metric_history(tracking_uri=stores.config.tracking_uri, run_id=run_id,
+                               key="loss/train")  # fmt: skip
+        assert [s for s, _ in curve] == list(range(1, EPOCHS + 1))
