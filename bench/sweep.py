@@ -1,8 +1,13 @@
-"""Sweep benchmark: one 32-trial random search, side by side through gradq and Ray Tune.
+"""Sweep benchmark: one 32-trial random search, side by side through gradq (its trials each
+alone and in packs) and Ray Tune; a 128-trial one through gradq; where a packed trial's time
+goes.
 
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python bench/sweep.py
     .venv/bin/python bench/sweep.py --only tune,loop --json
     .venv/bin/python bench/sweep.py --only sweep --only sweep-asha --trials 32
+    .venv/bin/python bench/sweep.py --only sweep,sweep-packed,sweep-big,sweep-big-packed
+    .venv/bin/python bench/sweep.py --only profile --profile-unpacked
+    .venv/bin/python bench/sweep.py --quick        # every row, a few trials of 2 epochs
 
 The search: digits, hidden [64, 64], relu, batch 32, 20 epochs, SGD momentum 0.9, every
 job-level early stopping off (only ASHA stops a trial), one CPU a trial; ``optimizer.lr``
@@ -10,8 +15,16 @@ log-uniform in [0.001, 0.3] (from ~0.15 up many trials collapse to chance accura
 something to prune) and ``regularization.weight_decay`` log-uniform in [1e-6, 1e-2]. Runs:
 
 * ``sweep`` / ``sweep-asha``: a gradq sweep (``POST /v1/sweeps``, method random, ASHA off and
-  on) against ``gradq serve``. The sweep draws its own 32 points with its own seed
-  (``--sweep-seed``) from the same ranges.
+  on, ``search.pack: false``: each trial its own Ray task) against ``gradq serve``, ``parallel``
+  32 (``--parallel``). The sweep draws its own 32 points with its own seed (``--sweep-seed``)
+  from the same ranges.
+* ``sweep-packed``: the same sweep with ``search.pack: true``: its queued trials train in packs
+  (``workers.pack``), each trial still a job of its own.
+* ``sweep-big`` / ``sweep-big-packed``: the same sweep of 128 trials (``--big-trials``),
+  ``parallel`` 32 (``--big-parallel``), each alone and packed; on the same service.
+* ``profile``: the in-process profile (:func:`pack_profile`): one packed sweep of 32 trials
+  (``--profile-trials``; ``--profile-unpacked``: the same unpacked too) driven in this process
+  without Ray, each phase of a trial timed (:data:`PHASES`); printed in milliseconds a trial.
 * ``tune`` / ``tune-asha``: ``ray.tune.Tuner`` without and with ``ASHAScheduler`` (the same
   rungs: grace period 2 epochs, reduction factor 3) on a local Ray of ``--cpus`` CPUs; each
   trial runs gradq's own ``core.train.train`` on the trial's spec and reports
@@ -31,7 +44,10 @@ returning), trials per second, the epochs trained in all, and the best validatio
 highest per-epoch ``val_accuracy`` of any trial, read the same way for every run (gradq: each
 job's ``accuracy/val`` curve). Ratios are against Ray Tune with the same scheduler (the anchor).
 Targets (issue 17): a gradq sweep without ASHA at least 15× Ray Tune's trials/s; with ASHA at
-least 2× fewer epochs than without, its best accuracy within 1 point.
+least 2× fewer epochs than without, its best accuracy within 1 point. Issue 18, for each packed
+row: at least 3× the trials/s of the same sweep unpacked, ~50× Ray Tune's (the 32-trial Ray
+Tune row whatever the row's trials: trials/s is a rate), its best accuracy within 1 point of
+the unpacked sweep's. ``--quick``: 4 trials (8 for the big sweeps, parallel 4) of 2 epochs.
 
 Nothing is left behind: Ray Tune's results go to a temporary folder, each local Ray's
 processes are found by their temporary folder and stopped.
@@ -60,6 +76,7 @@ import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -82,6 +99,9 @@ TERMINAL = ("succeeded", "failed", "cancelled", "pruned")
 SWEEP_TERMINAL = ("succeeded", "failed", "cancelled")
 RUNS: dict[str, tuple[str, bool]] = {  # name -> (label, ASHA), in the order printed
     "sweep": ("gradq sweep", False),
+    "sweep-packed": ("gradq sweep, packed", False),
+    "sweep-big": ("gradq sweep, big", False),
+    "sweep-big-packed": ("gradq sweep, big, packed", False),
     "sweep-asha": ("gradq sweep + ASHA", True),
     "tune": ("Ray Tune", False),
     "tune-asha": ("Ray Tune + ASHAScheduler", True),
@@ -89,6 +109,11 @@ RUNS: dict[str, tuple[str, bool]] = {  # name -> (label, ASHA), in the order pri
     "jobs": ("plain gradq jobs", False),
 }
 SPEED_TARGET, EPOCHS_TARGET, POINTS_TARGET = 15.0, 2.0, 1.0
+# the packed rows (issue 18): each against the same sweep unpacked, and against Ray Tune
+PACKED_OF = {"sweep-packed": "sweep", "sweep-big-packed": "sweep-big"}
+PACKED_SPEED_TARGET, PACKED_TUNE_TARGET = 3.0, 50.0
+BIG = ("sweep-big", "sweep-big-packed")  # the sweeps of ``--big-trials`` trials
+PROFILE = "profile"  # the in-process profile of one packed sweep (``--only profile``)
 
 
 def say(message: str) -> None:
@@ -125,13 +150,16 @@ def tune_param_space(configs: list[dict[str, float]]) -> dict[str, Any]:
     return {"trial": tune.grid_search(configs)}
 
 
-def sweep_spec(*, trials: int, epochs: int, seed: int, parallel: int, asha: bool) -> dict[str, Any]:
+def sweep_spec(
+    *, trials: int, epochs: int, seed: int, parallel: int, asha: bool, pack: bool = False
+) -> dict[str, Any]:
     """The gradq sweep (``POST /v1/sweeps``): a trial's spec less lr and weight decay as the
-    base, the two ranges as the space, random search; ASHA or no early stopping."""
+    base, the two ranges as the space, random search; ASHA or no early stopping; its trials
+    trained in packs (``search.pack``) or each alone."""
     base = trial_spec({"lr": 0.0, "weight_decay": 0.0}, epochs)
     del base["optimizer"]["lr"], base["regularization"]["weight_decay"]
     return {
-        "name": f"{TRIAL_NAME}-{'asha' if asha else 'none'}",
+        "name": f"{TRIAL_NAME}-{'asha' if asha else 'none'}{'-packed' if pack else ''}",
         "base": base,
         "space": {
             "optimizer.lr": {"loguniform": list(LR_RANGE)},
@@ -143,6 +171,7 @@ def sweep_spec(*, trials: int, epochs: int, seed: int, parallel: int, asha: bool
             "parallel": parallel,
             "seed": seed,
             "max_failed": trials,
+            "pack": pack,
         },
         "objective": {"metric": "val_accuracy", "mode": "max"},
         "early_stopping": {"kind": "asha", **ASHA} if asha else {"kind": "none"},
@@ -169,6 +198,7 @@ class Trial:
     epochs: int
     best: float | None  # the highest val_accuracy of its epochs
     status: str  # succeeded | pruned | failed | cancelled
+    pack: int | None = None  # gradq: the members of the pack it trained in (1: alone)
 
     @classmethod
     def from_curve(
@@ -241,6 +271,8 @@ def ratio_rows(runs: list[Run]) -> list[dict[str, Any]]:
         anchor = by_name.get(anchor_of(run))
         usable = anchor is not None and anchor.ok and run.ok
         a: Run = anchor if usable and anchor is not None else run
+        alone = by_name.get(PACKED_OF.get(run.name, ""))
+        paired = alone is not None and alone.ok and run.ok
         rows.append({
             "name": run.name, "label": run.label, "asha": run.asha,
             "anchor": a.name if usable else None,
@@ -251,6 +283,12 @@ def ratio_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "speed_x": _ratio(run.trials_per_s, a.trials_per_s) if usable else None,
             "epochs_x": _ratio(run.epochs, a.epochs) if usable else None,
             "best_delta_points": _points(run.best, a.best) if usable else None,
+            "unpacked": alone.name if paired and alone is not None else None,
+            "unpacked_speed_x": (
+                _ratio(run.trials_per_s, alone.trials_per_s) if paired and alone else None
+            ),
+            "unpacked_delta_points": _points(run.best, alone.best) if paired and alone else None,
+            "packs": dict(sorted(Counter(t.pack for t in run.trials if t.pack).items())),
             "load_before": run.load_before, "load_after": run.load_after,
             "error": run.error, "notes": run.notes, **run.extra,
             "per_trial": [dataclasses.asdict(t) for t in run.trials],
@@ -289,6 +327,34 @@ def target_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "measured": close, "needed": f"≥ −{POINTS_TARGET:g} (within {POINTS_TARGET:g} point)",
             "met": None if close is None else close >= -POINTS_TARGET,
         },
+    ] + [row for packed in PACKED_OF for row in packed_targets(by_name, packed)]  # fmt: skip
+
+
+def packed_targets(by_name: dict[str, Run], packed: str) -> list[dict[str, Any]]:
+    """Issue 18's targets for one packed row: its trials/s over the same sweep unpacked and
+    over Ray Tune's (the 32-trial anchor whatever the row's trials: trials/s is a rate), its
+    best accuracy less the unpacked sweep's."""
+    run, alone, tune = by_name.get(packed), by_name.get(PACKED_OF[packed]), by_name.get("tune")
+    n = f"{len(run.trials)} trials" if run else packed
+    speed = _ratio(run.trials_per_s, alone.trials_per_s) if run and alone else None
+    anchor = _ratio(run.trials_per_s, tune.trials_per_s) if run and tune else None
+    close = _points(run.best, alone.best) if run and alone else None
+    return [
+        {
+            "name": f"gradq sweep packed ({n}): trials/s over the same sweep unpacked",
+            "measured": speed, "needed": f"≥ {PACKED_SPEED_TARGET:g}×",
+            "met": None if speed is None else speed >= PACKED_SPEED_TARGET,
+        },
+        {
+            "name": f"gradq sweep packed ({n}): trials/s over Ray Tune's",
+            "measured": anchor, "needed": f"~{PACKED_TUNE_TARGET:g}× (judged at ≥)",
+            "met": None if anchor is None else anchor >= PACKED_TUNE_TARGET,
+        },
+        {
+            "name": f"gradq sweep packed ({n}): best accuracy less unpacked (points)",
+            "measured": close, "needed": f"≥ −{POINTS_TARGET:g} (within {POINTS_TARGET:g} point)",
+            "met": None if close is None else abs(close) <= POINTS_TARGET,
+        },
     ]  # fmt: skip
 
 
@@ -301,6 +367,7 @@ def report(
     trials: int | None = None,
     epochs: int = 20,
     cpus: int | None = None,
+    profiles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     trials = trials if trials is not None else max((len(r.trials) for r in runs), default=0)
     return {
@@ -322,6 +389,7 @@ def report(
         "ray_init_s": ray_init_s,
         "runs": ratio_rows(runs),
         "targets": target_rows(runs),
+        "profiles": profiles or [],
     }
 
 
@@ -344,8 +412,8 @@ def print_report(rep: dict[str, Any], file: Any = None) -> None:
         "accuracy less its in points).\n"
     )
     head = (
-        "| run | wall (s) | trials/s | × Ray Tune | epochs | × Ray Tune | best val acc (%) "
-        "| Δ (points) | trials by status | load 1-min before/after |"
+        "| run | trials | wall (s) | trials/s | × Ray Tune | epochs | × Ray Tune "
+        "| best val acc (%) | Δ (points) | trials by status | load 1-min before/after |"
     )
     emit(head)
     emit("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
@@ -355,12 +423,37 @@ def print_report(rep: dict[str, Any], file: Any = None) -> None:
         )
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items())) or "—"
         emit(
-            f"| {r['label']} | {_f(r['wall_s'], '.1f')} | {_f(r['trials_per_s'], '.2f')} "
+            f"| {r['label']} | {r['trials']} | {_f(r['wall_s'], '.1f')} "
+            f"| {_f(r['trials_per_s'], '.2f')} "
             f"| {_f(r['speed_x'], '.1f', '×')} | {_f(r['epochs'], 'd')} "
             f"| {_f(r['epochs_x'], '.2f', '×')} "
             f"| {_f(percent(r['best_val_accuracy']), '.1f')} "
             f"| {_f(r['best_delta_points'], '+.1f')} | {statuses} | {load} |"
         )
+    packed = [r for r in rep["runs"] if r["name"] in PACKED_OF]
+    if packed:
+        cpus = s["cpus"] or 1
+        emit(
+            "\nPacked against the same sweep unpacked (× trials/s, best accuracy less its in "
+            f"points); the machine's time a trial: wall × {cpus} CPUs ÷ trials.\n"
+        )
+        emit("| packed run | trials | trials/s | × unpacked | × Ray Tune | best Δ unpacked "
+             "(points) | trials by pack size | ms a trial, packed / unpacked |")  # fmt: skip
+        emit("|---|---|---|---|---|---|---|---|")
+        by_name = {r["name"]: r for r in rep["runs"]}
+        for r in packed:
+            alone = by_name.get(PACKED_OF[r["name"]]) or {}
+            cost = [
+                1000 * x["wall_s"] * cpus / x["trials"] if x.get("wall_s") and x["trials"] else None
+                for x in (r, alone)
+            ]
+            packs = ", ".join(f"{k}: {v}" for k, v in r["packs"].items()) or "—"
+            emit(
+                f"| {r['label']} | {r['trials']} | {_f(r['trials_per_s'], '.2f')} "
+                f"| {_f(r['unpacked_speed_x'], '.2f', '×')} | {_f(r['speed_x'], '.1f', '×')} "
+                f"| {_f(r['unpacked_delta_points'], '+.1f')} | {packs} "
+                f"| {_f(cost[0], '.0f')} / {_f(cost[1], '.0f')} |"
+            )
     emit("\n| target | measured | needed | met |")
     emit("|---|---|---|---|")
     for t in rep["targets"]:
@@ -374,6 +467,12 @@ def print_report(rep: dict[str, Any], file: Any = None) -> None:
     ]
     if rep["ray_init_s"] is not None:
         notes.append(f"Ray Tune's ray.init: {rep['ray_init_s']:.1f} s (not in its wall time).")
+    parallel = [f"{r['label']} {r['parallel']}" for r in rep["runs"] if r.get("parallel")]
+    if parallel:
+        notes.append(
+            "the packed rows' Ray Tune ratio is against the Ray Tune row (its trials/s, a "
+            "rate) whatever their trials; a sweep's parallel: " + ", ".join(parallel)
+        )
     for r in rep["runs"]:
         if r.get("median_job_s"):
             phases = ", ".join(f"{k} {v:.2f}" for k, v in r["median_job_s"].items())
@@ -382,6 +481,8 @@ def print_report(rep: dict[str, Any], file: Any = None) -> None:
             notes.append(f"{r['label']}: not measured: {r['error']}")
         notes += [f"{r['label']}: {n}" for n in r["notes"]]
     emit("\n" + "\n".join(f"- {n}" for n in notes))
+    for profile in rep.get("profiles") or []:
+        print_profile(profile, file=file)
 
 
 def percent(x: float | None) -> float | None:
@@ -596,15 +697,21 @@ def job_trial(
     curve = [p["value"] for p in sorted(points, key=lambda p: p["step"])]
     epochs = (job.get("progress") or {}).get("epoch", len(curve))
     trial = Trial.from_curve(config, curve, job["status"], epochs=epochs)
+    result = job.get("result") or {}
     if trial.best is None:  # no curve: the final metrics, if any
-        trial.best = ((job.get("result") or {}).get("metrics") or {}).get("val_accuracy")
-    timings = (job.get("result") or {}).get("timings") or {}
+        trial.best = (result.get("metrics") or {}).get("val_accuracy")
+    if result:
+        trial.pack = (result.get("pack") or {}).get("members", 1)
+    timings = result.get("timings") or {}
     return trial, stamp(job["finished_at"] or job["updated_at"]), timings
 
 
 def median_phases(timings: list[dict[str, Any]]) -> dict[str, float]:
     """Median seconds a job spent per attempt (wall, worker CPU), training, and in MLflow on
-    the attempt's own thread, over the jobs that have ``timings``."""
+    the attempt's own thread, over the jobs that have ``timings``; with the task's start
+    marked, also its beginning (``begin``: from the task's start to its MLflow run started)
+    and its end (``end``: from trained to the MLflow run finished). A pack's members share
+    its worker's CPU and threads: their ``attempt_cpu`` is the pack's, not their own."""
     phases: dict[str, list[float]] = {"attempt": [], "attempt_cpu": [], "train": [], "mlflow": []}
     for t in timings:
         if not t:
@@ -613,6 +720,10 @@ def median_phases(timings: list[dict[str, Any]]) -> dict[str, float]:
         phases["attempt_cpu"].append(t["attempt_cpu_s"])
         phases["train"].append(t["trained"] - t["tracker_started"])
         phases["mlflow"].append(t.get("mlflow_critical_s", 0.0))
+        if "task_start" in t:
+            phases.setdefault("begin", []).append(t["tracker_started"] - t["task_start"])
+        if "tracker_finished" in t:
+            phases.setdefault("end", []).append(t["tracker_finished"] - t["trained"])
     return {k: statistics.median(v) for k, v in phases.items() if v}
 
 
@@ -658,8 +769,9 @@ def sweep_run(
     """A gradq sweep through the HTTP contract of issue 17 (``POST /v1/sweeps``, then
     ``GET /v1/sweeps/{id}`` until it is terminal, then its trials as jobs)."""
     body = sweep_spec(
-        trials=trials, epochs=epochs, seed=seed, parallel=parallel, asha=RUNS[name][1]
-    )
+        trials=trials, epochs=epochs, seed=seed, parallel=parallel, asha=RUNS[name][1],
+        pack=name in PACKED_OF,
+    )  # fmt: skip
     t0 = time.time()
     answer = http.post("/v1/sweeps", json=body)
     if answer.status_code in (404, 405) and "sweep" not in answer.text.lower():
@@ -709,6 +821,7 @@ def sweep_run(
         trials=[t for t, _, _ in read],
         notes=notes,
         extra={
+            "parallel": parallel,
             "sweep_id": sweep_id,
             "sweep_status": sweep["status"],
             "sweep_best_objective": best.get("objective"),
@@ -725,6 +838,207 @@ def stop_processes_of(marker: str) -> None:
 
     ours = [p for p, (_, cmd) in processes().items() if marker in cmd and p != os.getpid()]
     kill(ours, grace=5)
+
+
+# --- where a packed trial's time goes (in this process) ------------------------------------------
+
+# (label, module, "Class.method" or function): what the in-process profile times,
+# in the order printed; a phase's figure includes the phases indented under it
+PHASES: list[tuple[str, str, str]] = [
+    ("controller: ask (Optuna) and queue the trials", "workers.sweeps", "SweepController._ask"),
+    ("controller: tell (Optuna) as each trial ended", "workers.sweeps", "SweepController._tell"),
+    ("database: claim the trials (one statement)", "db.store", "JobStore.claim"),
+    ("database: heartbeats (one statement a beat)", "db.store", "JobStore.heartbeat_many"),
+    ("database: record the run (set_run)", "db.store", "JobStore.set_run"),
+    ("database: the final write (finish)", "db.store", "JobStore.finish"),
+    ("database: log_models best? (read the sweep)", "workers.task", "_logs_model"),
+    (
+        "MLflow: run start (experiment, run, params, tags)",
+        "workers.tracking.run",
+        "JobTracker.start",
+    ),
+    ("MLflow: dataset input", "workers.tracking.run", "JobTracker.log_dataset"),
+    (
+        "MLflow: per-epoch tracking callback (buffering)",
+        "workers.tracking.buffer",
+        "TrackingCallback.on_epoch_end",
+    ),
+    (
+        "MLflow: checkpoint handed to the run",
+        "workers.tracking.buffer",
+        "TrackingCallback.on_checkpoint",
+    ),
+    (
+        "MLflow: metric sends (background threads)",
+        "workers.tracking.buffer",
+        "RunBuffer._send_metrics",
+    ),
+    (
+        "MLflow: checkpoint uploads (background threads)",
+        "workers.tracking.buffer",
+        "RunBuffer._send_checkpoint",
+    ),
+    ("MLflow: finish (all of it)", "workers.tracking.run", "JobTracker.finish"),
+    ("  of which the learning-curve PNG", "workers.tracking.run", "learning_curve_png"),
+    ("  of which model logging (log_models: best)", "workers.tracking.run", "log_model"),
+    ("training: train_packed (all of it)", "workers.pack", "train_packed"),
+    ("training: train, one trial alone (all of it)", "workers.task", "train"),
+    ("  of which members' start (models, callbacks)", "core.packed", "_Run.start_member"),
+    ("  of which per-epoch evaluation (per member)", "core.train", "EpochEvaluation.record"),
+    ("  of which the validator (gradient checks)", "core.train", "GradientChecks.run"),
+    ("  of which final metrics (per member)", "core.packed", "_Run.finish"),
+]  # fmt: skip
+
+
+class PhaseTimer:
+    """Wall seconds and calls of each phase of :data:`PHASES`, on every thread, while
+    installed: each named function is wrapped where it is looked up, and put back after."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys((p[0] for p in PHASES), 0.0)
+        self.calls: dict[str, int] = dict.fromkeys((p[0] for p in PHASES), 0)
+        self._lock = threading.Lock()
+        self._undo: list[Callable[[], None]] = []
+
+    def _wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                with self._lock:
+                    self.seconds[label] += dt
+                    self.calls[label] += 1
+
+        return timed
+
+    def __enter__(self) -> PhaseTimer:
+        import importlib
+
+        for label, module, name in PHASES:
+            owner: Any = importlib.import_module(module)
+            *path, attr = name.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            setattr(owner, attr, self._wrap(label, original))
+            self._undo.append(functools.partial(setattr, owner, attr, original))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+
+def pack_profile(*, trials: int, epochs: int, seed: int, pack: bool = True) -> dict[str, Any]:
+    """One sweep of ``trials`` random trials (``parallel`` = ``trials``) driven in this
+    process, as the service drives it but without Ray: the controller, on a thread of its own
+    stepping every 0.1 s as in the service, asks and queues them; they are claimed and
+    trained as ONE pack (``workers.pack.run_pack``; ``pack`` False: each alone,
+    ``workers.task.run_attempt``, one after the other) while it tells those that ended; it
+    ends the sweep. The job database and MLflow on SQLite in a temporary folder, the sweep's
+    MLflow parent run as the service has it. Returns the wall seconds of the whole (``wall_s``)
+    and of each part, the seconds and calls of each phase of :data:`PHASES` (every thread),
+    and the trials' statuses."""
+    from core.sweep import parse_sweep
+    from db.migrate import upgrade
+    from db.session import make_engine
+    from db.store import JobStore
+    from db.sweeps import SweepStore
+    from workers.pack import run_pack
+    from workers.sweeps import SweepController
+    from workers.task import WorkerConfig, run_attempt
+    from workers.tracking.sweep import SweepRuns
+
+    folder = Path(tempfile.mkdtemp(prefix="gradq-bench-pack-profile-"))
+    try:
+        db_url = f"sqlite:///{folder}/gradq.db"
+        upgrade(db_url)
+        config = WorkerConfig(
+            database_url=db_url,
+            tracking_uri=f"sqlite:///{folder}/mlflow.db",
+            artifact_root=str(folder / "artifacts"),
+        )
+        engine = make_engine(db_url)
+        controller = SweepController(
+            SweepStore(engine), JobStore(engine), db_url, owner="bench",
+            tracking=SweepRuns(config.tracking_uri, artifact_root=config.artifact_root),
+        )  # fmt: skip
+        body = sweep_spec(
+            trials=trials, epochs=epochs, seed=seed, parallel=trials, asha=False, pack=pack
+        )
+        sweep = parse_sweep(body)
+        sweep_id = controller.sweeps.create(
+            spec=sweep.spec.model_dump(mode="json"), name=body["name"]
+        ).id
+        parts: dict[str, float] = {}
+        stop = threading.Event()
+        steps = threading.Thread(target=controller.run, args=(stop,), name="bench-sweeps")
+        with PhaseTimer() as timer:
+            t0 = time.perf_counter()
+            steps.start()
+            try:
+                while len(controller.jobs.list(status="queued", limit=trials + 1)[0]) < trials:
+                    time.sleep(0.02)
+                parts["controller: until every trial is queued"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                jobs = controller.jobs.claim(owner="bench", limit=trials, lease_seconds=60)
+                if pack:
+                    statuses = run_pack(config, jobs)
+                else:
+                    statuses = [run_attempt(config, job) for job in jobs]
+                parts["the trials' attempts (claim to final writes)"] = time.perf_counter() - t1
+                t2 = time.perf_counter()
+                while controller.sweeps.get(sweep_id=sweep_id).status not in SWEEP_TERMINAL:
+                    time.sleep(0.02)
+                parts["controller: from there until the sweep ended"] = time.perf_counter() - t2
+                wall = time.perf_counter() - t0
+            finally:
+                stop.set()
+                steps.join()
+        engine.dispose()
+        return {
+            "trials": trials,
+            "epochs": epochs,
+            "pack": pack,
+            "wall_s": wall,
+            "parts_s": parts,
+            "phases": [
+                {"phase": label, "seconds": timer.seconds[label], "calls": timer.calls[label]}
+                for label, _, _ in PHASES
+            ],
+            "statuses": dict(Counter(statuses)),
+            "sweep_status": controller.sweeps.get(sweep_id=sweep_id).status,
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def print_profile(profile: dict[str, Any], file: Any = None) -> None:
+    """The in-process profile as a table of milliseconds per trial."""
+
+    def emit(*lines: str) -> None:
+        print(*lines, file=file or sys.stdout)
+
+    n = profile["trials"]
+    how = "one pack" if profile["pack"] else "each alone, one after the other"
+    emit(
+        f"\nWhere a trial's time goes: {n} trials × {profile['epochs']} epochs in this process "
+        f"({how}; SQLite job database and MLflow store, no Ray), "
+        f"{profile['wall_s']:.2f} s in all = {1000 * profile['wall_s'] / n:.0f} ms a trial; "
+        f"sweep {profile['sweep_status']}, trials {profile['statuses']}. Seconds on every "
+        "thread (the MLflow senders run beside the training), so the rows need not add up.\n"
+    )
+    emit("| part / phase | calls | s in all | ms a trial |")
+    emit("|---|---:|---:|---:|")
+    for part, s in profile["parts_s"].items():
+        emit(f"| **{part}** | | {s:.3f} | {1000 * s / n:.1f} |")
+    for p in profile["phases"]:
+        ms = 1000 * p["seconds"] / n
+        emit(f"| {p['phase']} | {p['calls']} | {p['seconds']:.3f} | {ms:.1f} |")
 
 
 # --- the bench ---------------------------------------------------------------------------------
@@ -745,14 +1059,16 @@ def measured(name: str, runs: dict[str, Run], work: Callable[[], Run]) -> None:
 
 
 def parse_only(values: list[str] | None) -> list[str]:
-    """``--only a,b --only c`` → the runs named, in the order printed; all when none."""
+    """``--only a,b --only c`` → the runs named (and ``profile``), in the order printed; all
+    when none."""
+    known = [*RUNS, PROFILE]
     if not values:
-        return list(RUNS)
+        return known
     names = {n.strip() for v in values for n in v.split(",") if n.strip()}
-    unknown = names - set(RUNS)
+    unknown = names - set(known)
     if unknown:
-        raise SystemExit(f"--only: unknown run(s) {sorted(unknown)}; known: {list(RUNS)}")
-    return [n for n in RUNS if n in names]
+        raise SystemExit(f"--only: unknown run(s) {sorted(unknown)}; known: {known}")
+    return [n for n in known if n in names]
 
 
 @contextlib.contextmanager
@@ -780,6 +1096,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument(
+        "--big-trials", type=int, default=128, help="the big sweeps' trials (sweep-big*)"
+    )
+    parser.add_argument("--big-parallel", type=int, default=32, help="the big sweeps' parallel")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="numpy seed of the shared configs")
     parser.add_argument("--sweep-seed", type=int, default=0, help="gradq sweeps' search seed")
@@ -787,11 +1107,26 @@ def main(argv: list[str] | None = None) -> None:
         "--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of each local Ray (one a trial)"
     )
     parser.add_argument(
-        "--parallel", type=int, default=None, help="a gradq sweep's parallel (default: --cpus)"
+        "--parallel", type=int, default=32, help="the --trials gradq sweeps' parallel"
     )
+    parser.add_argument(
+        "--profile-trials", type=int, default=32, help="the in-process profile's trials"
+    )
+    parser.add_argument(
+        "--profile-unpacked", action="store_true",
+        help="profile the same sweep unpacked too (its trials one after the other)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a few trials and epochs: --trials 4 --big-trials 8 --big-parallel 4 --parallel 4 "
+        "--epochs 2 --profile-trials 4",
+    )  # fmt: skip
     parser.add_argument("--no-warm", action="store_true", help="no warm-up jobs on gradq serve")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a run may take")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.big_trials, args.big_parallel, args.parallel = 4, 8, 4, 4
+        args.epochs, args.profile_trials = 2, 4
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     logging.basicConfig(level=logging.WARNING)
     names = parse_only(args.only)
@@ -821,7 +1156,7 @@ def bench(args: Any, names: list[str], out: Any) -> None:
             shutil.rmtree(storage, ignore_errors=True)
     if "loop" in names:
         measured("loop", runs, lambda: loop_run(configs, args.epochs))
-    served = [n for n in names if n in ("jobs", "sweep", "sweep-asha")]
+    served = [n for n in names if n == "jobs" or n.startswith("sweep")]
     if served:
         import httpx
 
@@ -832,11 +1167,28 @@ def bench(args: Any, names: list[str], out: Any) -> None:
             if "jobs" in served:
                 measured("jobs", runs, lambda: jobs_run(http, configs, args.epochs, args.timeout))
             for name in (n for n in served if n.startswith("sweep")):
+                big = name in BIG
                 work = functools.partial(
-                    sweep_run, http, name, trials=args.trials, epochs=args.epochs,
-                    seed=args.sweep_seed, parallel=args.parallel or args.cpus, timeout=args.timeout,
+                    sweep_run, http, name, trials=args.big_trials if big else args.trials,
+                    epochs=args.epochs, seed=args.sweep_seed,
+                    parallel=args.big_parallel if big else args.parallel, timeout=args.timeout,
                 )  # fmt: skip
                 measured(name, runs, work)
+    profiles = []
+    if PROFILE in names:  # last: alone on the machine, no service running
+        for pack in (True, False) if args.profile_unpacked else (True,):
+            say(f"[sweep bench] in-process profile, {'packed' if pack else 'unpacked'} …")
+            try:
+                profiles.append(
+                    pack_profile(
+                        trials=args.profile_trials,
+                        epochs=args.epochs,
+                        seed=args.sweep_seed,
+                        pack=pack,
+                    )
+                )
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
 
     rep = report(
         [runs[n] for n in RUNS if n in runs],
@@ -846,6 +1198,7 @@ def bench(args: Any, names: list[str], out: Any) -> None:
         trials=args.trials,
         epochs=args.epochs,
         cpus=args.cpus,
+        profiles=profiles,
     )
     if args.json:
         print(json.dumps(rep, indent=2), file=out)

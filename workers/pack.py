@@ -17,14 +17,19 @@ checkpoint to resume from, its rung reports, its final write), and trains them t
 A member leaves the pack when it completes, stops early, is pruned by its rung, is cancelled,
 diverges or fails: its attempt ends right there (the MLflow run finished, the final write),
 on the pack's ending thread, while the others go on training — a pruned trial's slot is free
-for the sweep's next trial at once. A pack whose worker dies leaves each unfinished member's
-job running with nobody renewing it: the dispatcher settles each (``JobStore.release``),
-and each is claimed again and resumes from its own checkpoint, alone or in another pack.
+for the sweep's next trial at once. Members often end together (the same epochs), before the
+sweep's controller has told any of them: under ``log_models: best`` a member that ends
+succeeded logs its model only when it also beats every member that ended before it with its
+model logged (``AttemptLife.pack_best``), as it would had the controller told them first.
+A pack whose worker dies leaves each unfinished member's job running with nobody renewing
+it: the dispatcher settles each (``JobStore.release``), and each is claimed again and
+resumes from its own checkpoint, alone or in another pack.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from core.packed import train_packed
+from core.sweep import better
 from core.train import TrainResult
 from db.datasets import DatasetStore
 from db.errors import StoreUnavailable
@@ -123,11 +129,12 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
     beats = PackBeats(JobStore(engine), lives, config)
     ending = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-end")
     ends: dict[int, Future[str]] = {}
+    logged = PackBest()
 
     def end(k: int) -> None:
         """Member k's attempt ends now, on the ending thread (the pack goes on)."""
         if k not in ends:
-            ends[k] = ending.submit(_end, beats, lives[k])
+            ends[k] = ending.submit(_end, beats, lives[k], logged)
 
     try:
         beats.start()
@@ -178,9 +185,32 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
     return [ends[k].result() for k in range(len(lives))]
 
 
-def _end(beats: PackBeats, life: AttemptLife) -> str:
+class PackBest:
+    """The best objective of the pack's members that ended succeeded with their model logged
+    (their ends run one at a time, on the ending thread)."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def saw(self, life: AttemptLife, status: str) -> None:
+        trial, result, tracker = life.spec.trial, life.result, life.tracker
+        if status != "succeeded" or trial is None or result is None or tracker is None:
+            return
+        if tracker.model_uri is None:
+            return
+        value = result.metrics.get(trial.metric)
+        if value is None or not math.isfinite(value):
+            return
+        if self.value is None or better(float(value), self.value, trial.mode):
+            self.value = float(value)
+
+
+def _end(beats: PackBeats, life: AttemptLife, logged: PackBest) -> str:
     try:
-        return life.end()
+        life.pack_best = logged.value
+        status = life.end()
+        logged.saw(life, status)
+        return status
     except Exception:
         log.exception("job %s: its attempt's end failed", life.job.id)
         return "stale"

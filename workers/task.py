@@ -386,15 +386,21 @@ def _close_failed_run(config: WorkerConfig, tracker: JobTracker | None, reason: 
         log.warning("run %s: could not close it: %s", tracker.run_id, exc)
 
 
-def _logs_model(engine: Any, spec: JobSpec, result: TrainResult | None) -> bool:
+def _logs_model(
+    engine: Any, spec: JobSpec, result: TrainResult | None, pack_best: float | None = None
+) -> bool:
     """Whether a succeeded attempt logs its model: always, but for a sweep's trial under
     ``log_models: best`` that does not beat the sweep's best so far (its final objective
-    against the best the controller stored; a database away: it logs)."""
+    against the best the controller stored; a database away: it logs) and, in a pack,
+    ``pack_best``: the best objective of the pack's members that ended before it with their
+    model logged (succeeded, not yet told to the controller)."""
     trial = spec.trial
     if trial is None or trial.log_models == "all" or result is None:
         return True
     value = result.metrics.get(trial.metric)
     if value is None or not math.isfinite(value):
+        return False
+    if pack_best is not None and not better(float(value), pack_best, trial.mode):
         return False
     try:
         best = SweepStore(engine).get(sweep_id=trial.sweep_id).best
@@ -444,6 +450,9 @@ class AttemptLife:
         self.error: dict[str, Any] | None = None
         self.result: TrainResult | None = None
         self.pack: int | None = None  # the members of its pack when it trains in one
+        # in a pack, under ``log_models: best``: the best objective of the members that ended
+        # before it with their model logged (the sweep's stored best does not know them yet)
+        self.pack_best: float | None = None
         self.started, self.started_cpu = time.perf_counter(), time.process_time()
         self.marks: dict[str, float] = {"task_start": time.time()}  # wall clock, for the bench
 
@@ -465,7 +474,10 @@ class AttemptLife:
             run_id=job.mlflow_run_id,
             node=lease.node,
             artifact_root=config.artifact_root,
-            flush_interval_s=config.metrics_flush_seconds,
+            # a pack's members share one process: together they send their points to MLflow
+            # as often as one job alone (each of K members every K intervals), else their K
+            # senders take the training's CPU; every point is sent all the same by the end
+            flush_interval_s=config.metrics_flush_seconds * (self.pack or 1),
             checkpoint_interval_s=config.checkpoint_upload_seconds,
             alive=lease.alive,
             tenant=job.tenant if config.tenant_names else None,
@@ -575,7 +587,7 @@ class AttemptLife:
                         error=message,
                         error_detail=detail,
                         with_model=final != "succeeded"
-                        or _logs_model(self.engine, self.spec, self.result),
+                        or _logs_model(self.engine, self.spec, self.result, self.pack_best),
                     )
             except Exception as exc:
                 log.warning("job %s: MLflow finish failed: %s", job.id, exc)

@@ -247,3 +247,55 @@ def test_a_pack_whose_data_set_fails_to_load_fails_each_member_saying_why(
     for j in jobs:
         view = stores.jobs.get(job_id=j.id)
         assert view.error is not None and "the data set's disk is gone" in view.error["message"]
+
+
+def test_members_ending_together_log_their_model_only_when_they_beat_those_before(
+    stores: Stores,
+) -> None:
+    """Under ``log_models: best`` a pack's members, ending together before the controller has
+    told any of them, log a model as if each had been told before the next ended: a member
+    logs its model only when it beats every member that ended before it with its model
+    logged; the pack's best member always has its model."""
+    best = {"log_models": "best"}
+    lrs = [0.3, 1e-5, 2e-5, 0.02]  # a strong member first, then two that hardly train
+    specs = [trial(k, optimizer={"lr": lr}, trial=best) for k, lr in enumerate(lrs)]
+    jobs = stores.claim(specs)
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 4
+    client = MlflowClient(stores.config.tracking_uri)
+    values, models = [], []
+    for job in jobs:  # in the order they ended: one epoch's end hands them over in order
+        view = stores.jobs.get(job_id=job.id)
+        assert view.result is not None and view.mlflow_run_id is not None
+        values.append(view.result["metrics"]["val_accuracy"])
+        models.append("gradq.model_uri" in client.get_run(view.mlflow_run_id).data.tags)
+    expected, so_far = [], float("-inf")
+    for value in values:
+        expected.append(value > so_far)
+        so_far = max(so_far, value) if value > so_far else so_far
+    assert models == expected, (values, models)
+    assert models[values.index(max(values))]
+    assert not all(models), values  # the weak members kept no model
+
+
+def test_a_pack_s_members_send_their_points_as_often_as_one_job_alone(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of K members flushes its points every K × ``metrics_flush_seconds``; every
+    epoch's points reach its run all the same."""
+    intervals: list[float] = []
+
+    class Recorded(workers.task.JobTracker):
+        def __init__(self, **kwargs: Any) -> None:
+            intervals.append(kwargs["flush_interval_s"])
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(workers.task, "JobTracker", Recorded)
+    jobs = stores.claim([trial(k) for k in range(3)])
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 3
+    assert intervals == [3 * stores.config.metrics_flush_seconds] * 3
+    for job in jobs:
+        run_id = stores.jobs.get(job_id=job.id).mlflow_run_id
+        assert run_id is not None
+        curve = metric_history(tracking_uri=stores.config.tracking_uri, run_id=run_id,
+                               key="loss/train")  # fmt: skip
+        assert [s for s, _ in curve] == list(range(1, EPOCHS + 1))

@@ -262,6 +262,12 @@ def test_a_trial_logs_its_model_only_when_it_beats_the_best_so_far(db_url: str) 
     best = {"job_id": "j", "trial": 1, "params": {}, "objective": 0.9}
     c.sweeps.update(sweep_id=sweep_id, owner="a", best=best)
     assert not logs(0.8) and not logs(0.9) and logs(0.95)
+    # in a pack, the best of its members that ended before with a model logged counts too
+    packed = _logs_model(engine, spec, SimpleNamespace(metrics={"val_accuracy": 0.95}), 0.96)
+    assert not packed
+    assert _logs_model(engine, spec, SimpleNamespace(metrics={"val_accuracy": 0.97}), 0.96)
+    # and both must be beaten: the pack's below the sweep's best
+    assert not _logs_model(engine, spec, SimpleNamespace(metrics={"val_accuracy": 0.85}), 0.8)
     assert not logs(float("nan"))
     every = spec.model_copy(update={"trial": spec.trial.model_copy(update={"log_models": "all"})})
     assert logs(0.5, every)

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import sweep  # noqa: E402
 
 from core.spec import parse_spec  # noqa: E402
+from core.sweep import parse_sweep  # noqa: E402
 
 
 def test_configs_are_drawn_once_from_the_seed_within_the_ranges() -> None:
@@ -65,8 +66,15 @@ def test_the_sweep_spec_searches_the_same_ranges_from_the_same_base() -> None:
         "regularization.weight_decay": {"loguniform": list(sweep.WD_RANGE)},
     }
     assert off["search"] == {
-        "method": "random", "trials": 32, "parallel": 2, "seed": 7, "max_failed": 32
+        "method": "random", "trials": 32, "parallel": 2, "seed": 7, "max_failed": 32,
+        "pack": False,
     }  # fmt: skip
+    packed = sweep.sweep_spec(trials=32, epochs=20, seed=7, parallel=2, asha=False, pack=True)
+    assert packed["search"] == {**off["search"], "pack": True}
+    assert {k: v for k, v in packed.items() if k not in ("search", "name")} == {
+        k: v for k, v in off.items() if k not in ("search", "name")
+    }
+    assert parse_sweep(packed).spec.search.pack and not parse_sweep(off).spec.search.pack
     assert off["objective"] == {"metric": "val_accuracy", "mode": "max"}
     assert off["early_stopping"] == {"kind": "none"}
     assert on["early_stopping"] == {"kind": "asha", "min_epochs": 2, "reduction_factor": 3}
@@ -150,8 +158,40 @@ def test_targets_are_judged_on_the_runs_of_one_bench() -> None:
 
 def test_a_target_whose_runs_are_missing_is_not_judged() -> None:
     targets = sweep.target_rows([run("tune", 80.0, [20], [0.9])])
-    assert [t["met"] for t in targets] == [None, None, None]
-    assert [t["measured"] for t in targets] == [None, None, None]
+    assert len(targets) == 3 + 3 * len(sweep.PACKED_OF)
+    assert all(t["met"] is None and t["measured"] is None for t in targets)
+
+
+def test_a_packed_row_is_judged_against_the_same_sweep_unpacked_and_ray_tune() -> None:
+    runs = [
+        run("tune", 100.0, [20] * 4, [0.96, 0.9, 0.1, 0.95]),  # 0.04 trials/s
+        run("sweep", 4.0, [20] * 4, [0.955, 0.9, 0.1, 0.8]),  # 1 trial/s
+        run("sweep-packed", 1.0, [20] * 4, [0.95, 0.9, 0.1, 0.8]),  # 4 trials/s: 100x Tune
+        run("sweep-big", 16.0, [20] * 8, [0.97] * 8),  # 0.5 trial/s
+        run("sweep-big-packed", 8.0, [20] * 8, [0.955] * 8),  # 2x unpacked, 25x Tune, -1.5
+    ]
+    for t in runs[2].trials:
+        t.pack = 4
+    rows = {r["name"]: r for r in sweep.ratio_rows(runs)}
+    assert rows["sweep-packed"]["unpacked"] == "sweep"
+    assert rows["sweep-packed"]["unpacked_speed_x"] == pytest.approx(4.0)
+    assert rows["sweep-packed"]["unpacked_delta_points"] == pytest.approx(-0.5)
+    assert rows["sweep-packed"]["speed_x"] == pytest.approx(100.0)
+    assert rows["sweep-packed"]["packs"] == {4: 4}
+    assert rows["sweep"]["unpacked"] is None and rows["sweep"]["unpacked_speed_x"] is None
+    assert rows["sweep-big-packed"]["unpacked"] == "sweep-big"
+    targets = {t["name"]: t for t in sweep.target_rows(runs)}
+    small = "gradq sweep packed (4 trials)"
+    assert targets[f"{small}: trials/s over the same sweep unpacked"]["met"] is True
+    assert targets[f"{small}: trials/s over Ray Tune's"]["measured"] == pytest.approx(100.0)
+    assert targets[f"{small}: trials/s over Ray Tune's"]["met"] is True
+    assert targets[f"{small}: best accuracy less unpacked (points)"]["met"] is True
+    big = "gradq sweep packed (8 trials)"
+    assert targets[f"{big}: trials/s over the same sweep unpacked"]["measured"] == 2.0
+    assert targets[f"{big}: trials/s over the same sweep unpacked"]["met"] is False
+    assert targets[f"{big}: trials/s over Ray Tune's"]["measured"] == pytest.approx(25.0)
+    assert targets[f"{big}: trials/s over Ray Tune's"]["met"] is False  # under ~50x
+    assert targets[f"{big}: best accuracy less unpacked (points)"]["met"] is False
 
 
 def test_the_report_prints_every_run_and_target(capsys: pytest.CaptureFixture[str]) -> None:
@@ -273,3 +313,39 @@ def test_a_job_s_phases_are_medians_over_the_jobs_with_timings() -> None:
         {"attempt": 2.0, "attempt_cpu": 1.0, "train": 0.5, "mlflow": 1.5}
     )
     assert sweep.median_phases([{}]) == {}
+
+
+@pytest.mark.slow
+def test_the_quick_profile_trains_one_packed_sweep_and_times_each_trial_s_phases(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``--quick --only profile``: a 4-trial sweep of 2 epochs driven in this process, its
+    trials trained as one pack, and the phases timed on every thread (no service, no Ray)."""
+    import json
+
+    sweep.main(["--quick", "--only", "profile", "--json"])
+    rep = json.loads(capfd.readouterr().out)
+    assert rep["runs"] == []
+    [profile] = rep["profiles"]
+    assert (profile["trials"], profile["epochs"], profile["pack"]) == (4, 2, True)
+    assert profile["sweep_status"] == "succeeded"
+    assert profile["statuses"] == {"succeeded": 4}
+    calls = {p["phase"]: p["calls"] for p in profile["phases"]}
+    seconds = {p["phase"]: p["seconds"] for p in profile["phases"]}
+    assert calls["training: train_packed (all of it)"] == 1  # one pack
+    assert calls["training: train, one trial alone (all of it)"] == 0
+    for phase in (
+        "MLflow: run start (experiment, run, params, tags)",
+        "MLflow: finish (all of it)",
+        "database: the final write (finish)",
+        "controller: tell (Optuna) as each trial ended",
+    ):
+        assert calls[phase] == 4, phase  # once a trial
+    assert calls["  of which per-epoch evaluation (per member)"] == 4 * 2  # a member-epoch
+    assert all(s >= 0 for s in seconds.values())
+    assert 0 < seconds["training: train_packed (all of it)"] < profile["wall_s"]
+    assert set(profile["parts_s"]) == {
+        "controller: until every trial is queued",
+        "the trials' attempts (claim to final writes)",
+        "controller: from there until the sweep ended",
+    }
