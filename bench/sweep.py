@@ -885,6 +885,7 @@ PHASES: list[tuple[str, str, str]] = [
     ("training: train, one trial alone (all of it)", "workers.task", "train"),
     ("  of which members' start (models, callbacks)", "core.packed", "_Run.start_member"),
     ("  of which per-epoch evaluation (per member)", "core.train", "EpochEvaluation.record"),
+    ("  of which per-epoch evaluation (per pack)", "core.packed", "PackEvaluation.evaluate"),
     ("  of which the validator (gradient checks)", "core.train", "GradientChecks.run"),
     ("  of which final metrics (per member)", "core.packed", "_Run.finish"),
 ]  # fmt: skip
