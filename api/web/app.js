@@ -528,7 +528,7 @@
       }
       if (j.error) rows.push(['Error', typeof j.error === 'object' ? `${j.error.type || ''}: ${j.error.message || ''}` : String(j.error)]);
       rows.push(['Created', when(j.created_at)], ['Started', when(j.started_at)], ['Finished', when(j.finished_at)]);
-      facts.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v) })]));
+      facts.replaceChildren(...rows.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: String(v) }))));
       const shape = `${j.status} ${j.cancel_requested} ${j.links && j.links.mlflow_run}`;
       if (shape === state.actions) return; // keep the buttons (and the focus on one)
       state.actions = shape;
@@ -732,8 +732,8 @@
       if (s.best) rows.push(['Best so far', `${fmt(s.best.objective)} — trial ${s.best.trial}, ${JSON.stringify(s.best.params)}`]);
       if (s.error) rows.push(['Error', s.error]);
       rows.push(['Created', when(s.created_at)], ['Finished', when(s.finished_at)]);
-      facts.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: String(v) })]));
-      if (s.best) facts.append(el('dt', { text: 'Best trial' }), el('dd', {}, el('a', { href: `#/job/${enc(s.best.job_id)}`, text: s.best.job_id })));
+      facts.replaceChildren(...rows.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: String(v) }))));
+      if (s.best) facts.append(el('div', {}, el('dt', { text: 'Best trial' }), el('dd', {}, el('a', { href: `#/job/${enc(s.best.job_id)}`, text: `trial ${s.best.trial}` }))));
       actions.replaceChildren();
       if (!['succeeded', 'failed', 'cancelled'].includes(s.status) && !s.cancel_requested) {
         const b = el('button', { type: 'button', class: 'danger', text: 'Cancel sweep' });
