@@ -186,7 +186,7 @@
   }
   function updateWho() {
     document.getElementById('forget').hidden = !key;
-    document.getElementById('who').textContent = key ? `key ${key.slice(0, 11)}…` : '';
+    document.getElementById('who').textContent = key ? 'signed in with an API key' : '';
   }
   document.getElementById('forget').addEventListener('click', () => {
     key = null;
