@@ -789,11 +789,15 @@
     // over the trials; a line per trial, coloured by status, pruned ones dashed.
     const axes = [...names, objective];
     const values = (t, n) => (n === objective ? t.objective : t.params[n]);
+    const ranges = [];
     const scale = axes.map((n) => {
       const a = axisOf(ended.map((t) => values(t, n)));
       const xs = ended.map((t) => a.at(values(t, n))).map((v) => (a.log ? Math.log10(v) : v));
       const lo = Math.min(...xs);
       const hi = Math.max(...xs);
+      const shown = ended.map((t) => values(t, n));
+      ranges.push(a.numeric && shown.length ? `${fmt(Math.min(...shown), 3)} – ${fmt(Math.max(...shown), 3)}${a.log ? ' (log)' : ''}`
+                                            : (a.labels || []).join(' · '));
       return (v) => { const u = a.at(v); const w = a.log ? Math.log10(u) : u; return hi > lo ? (w - lo) / (hi - lo) : 0.5; };
     });
     const lines = ended.map((t) => ({
@@ -804,11 +808,11 @@
     const parOptions = { animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
       plugins: { title: { display: true, text: 'Trials across parameters (dashed: pruned)' }, legend: { display: false },
                  tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${axes[c.raw.x]} = ${fmt(c.raw.v)}` } } },
-      scales: { x: { type: 'linear', min: 0, max: axes.length - 1, ticks: { callback: (v) => axes[v] ?? '' },
+      scales: { x: { type: 'linear', min: 0, max: axes.length - 1, ticks: { callback: (v) => (axes[v] === undefined ? '' : [axes[v], ranges[v]]) },
                      afterBuildTicks: (scale) => { scale.ticks = axes.map((_, i) => ({ value: i })); } },
                 y: { min: 0, max: 1, ticks: { display: false }, title: { display: true, text: 'low → high' } } } };
     if (!charts.parallel) charts.parallel = new window.Chart(parCanvas, { type: 'line', data: { datasets: lines }, options: parOptions });
-    else { charts.parallel.data.datasets = lines; charts.parallel.update('none'); }
+    else { charts.parallel.data.datasets = lines; charts.parallel.options = parOptions; charts.parallel.update('none'); }
     const hist = [
       { label: objective, data: s.history.map((h, i) => ({ x: i + 1, y: h.objective })), showLine: false,
         borderColor: '#0b57d0', backgroundColor: '#0b57d0', pointRadius: 4 },
@@ -818,7 +822,7 @@
       charts.history = new window.Chart(histCanvas, { type: 'line', data: { datasets: hist },
         options: { animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
           plugins: { legend: { position: 'bottom' } },
-          scales: { x: { type: 'linear', title: { display: true, text: 'trials ended' } }, y: { title: { display: true, text: objective } } } } });
+          scales: { x: { type: 'linear', ticks: { precision: 0 }, title: { display: true, text: 'trials ended' } }, y: { title: { display: true, text: objective } } } } });
     } else { charts.history.data.datasets = hist; charts.history.update('none'); }
   }
 
