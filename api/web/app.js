@@ -704,6 +704,8 @@
     return { numeric, log: false, at: (v) => labels.indexOf(JSON.stringify(v)), label: (i) => labels[i] ?? '', labels };
   }
 
+  const paramText = (params) => Object.entries(params || {}).map(([k, v]) => `${k}=${fmt(v)}`).join(', ');
+
   async function sweepView(id, current) {
     const head = el('h1', { id: 'sweep-name' });
     const actions = el('div', { class: 'actions' });
@@ -729,7 +731,7 @@
       const counts = Object.entries(s.counts).filter(([, n]) => n).map(([k, n]) => `${n} ${k}`).join(', ');
       const rows = [['Id', s.id], ['Status', s.status], ['Trials', `${s.trials} made of ${s.total_trials}`],
         ['Trials by status', counts || 'none yet'], ['Objective', `${objective} (${(s.spec.objective || {}).mode || ''})`]];
-      if (s.best) rows.push(['Best so far', `${fmt(s.best.objective)} — trial ${s.best.trial}, ${JSON.stringify(s.best.params)}`]);
+      if (s.best) rows.push(['Best so far', `${fmt(s.best.objective)} — trial ${s.best.trial}: ${paramText(s.best.params)}`]);
       if (s.error) rows.push(['Error', s.error]);
       rows.push(['Created', when(s.created_at)], ['Finished', when(s.finished_at)]);
       facts.replaceChildren(...rows.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: String(v) }))));
@@ -746,7 +748,7 @@
           el('td', { class: 'num' }, el('a', { href: `#/job/${enc(t.id)}`, text: t.trial })),
           el('td', {}, badge(t.status)), el('td', { class: 'num', text: fmt(t.epoch) }),
           el('td', { class: 'num', text: fmt(t.objective) }),
-          el('td', { class: 'name', text: Object.entries(t.params).map(([k, v]) => `${k}=${fmt(v)}`).join(', ') }))),
+          el('td', { class: 'name', text: paramText(t.params) }))),
         { id: 'trials' }));
       return s;
     };
