@@ -177,6 +177,8 @@ def test_submit_the_example_job_and_open_it_once_ended(
     assert link and link[0].get_attribute("href") == job["links"]["mlflow_run"]
     browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(shots / "job.png"))
+    shown = wait_for(lambda: texts(browser, "#artifact-table tbody td.name"), about="its files")
+    assert shown == [a["path"] for a in listing]  # through gradq's API
     browser.execute_script("document.getElementById('gradchecks').scrollIntoView()")
     browser.save_screenshot(str(shots / "job-gradient-checks.png"))
 
@@ -284,11 +286,13 @@ def test_names_made_of_markup_are_shown_as_text(service: Service, browser: Any) 
 
 
 def test_a_sweep_page(service: Service, browser: Any, shots: Path) -> None:
+    open_page(browser, service, "/submit")  # a sweep's YAML, told from a job's by its keys
+    browser.find_element("id", "spec-text").send_keys(yaml.safe_dump(SWEEP, sort_keys=False))
+    browser.find_element("id", "spec-submit").click()
+    sweep_id = wait_for(lambda: (m := re.fullmatch(r".*#/sweep/([0-9a-f-]+)", browser.current_url))
+                        and m.group(1), about="the sweep's page")  # fmt: skip
     with service.client() as http:
-        made = http.post("/v1/sweeps", json=SWEEP)
-        assert made.status_code == 201, made.text
-        sweep_id = made.json()["id"]
-        open_page(browser, service, f"/sweep/{sweep_id}")
+        assert http.get(f"/v1/sweeps/{sweep_id}").json()["spec"]["space"] == SWEEP["space"]
         wait_for(lambda: text_of(browser, "#sweep-name .status") == "succeeded", timeout=300,
                  step=1.0, about="the sweep's end")  # fmt: skip
         sweep = http.get(f"/v1/sweeps/{sweep_id}").json()

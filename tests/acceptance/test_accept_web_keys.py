@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from gradq_service import GRADQ, Service, running, service_env
-from web_browser import chromium, need_browser, requests_made, screenshot_folder, wait_for
+from web_browser import chromium, need_browser, screenshot_folder, sent_requests, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,13 @@ def test_the_page_asks_for_a_key_and_shows_that_tenants_jobs(
             refusal = http.get(f"/v1/jobs/{made['b']}")
         assert refusal.status_code == 404 and alert == refusal.json()["error"]["message"]
 
-        urls = [browser.current_url, *requests_made(browser, api.url + "/")]
+        sent = sent_requests(browser, api.url + "/")
+        streams = [r for r in sent if r["url"].endswith(f"/v1/jobs/{made['a']}/events")
+                   and r["headers"].get("Accept") == "text/event-stream"]  # fmt: skip
+        assert streams and all(
+            r["headers"].get("Authorization") == f"Bearer {keys['a']}" for r in streams
+        )  # the live stream of a's job carries the key as a header
+        urls = [browser.current_url, *(r["url"] for r in sent)]
         assert len(urls) > 5
         assert urls and not [u for u in urls if keys["a"] in u or not u.startswith(api.url)]
 

@@ -72,19 +72,25 @@ def viewport(driver: Any, size: tuple[int, int]) -> None:
     )
 
 
-def requests_made(driver: Any, origin: str) -> list[str]:
-    """The URL of every request sent since the last call (the performance log) by a page of
-    ``origin`` (the browser's own pages, e.g. its new tab, ask for ``chrome://`` files)."""
+def sent_requests(driver: Any, origin: str) -> list[dict[str, Any]]:
+    """Every request (``url``, ``method``, ``headers``) sent since the last call (the
+    performance log) by a page of ``origin`` (the browser's own pages, e.g. its new tab, ask
+    for ``chrome://`` files)."""
     import json
 
-    urls = []
+    sent = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message.get("method") == "Network.requestWillBeSent":
             params = message["params"]
             if str(params.get("documentURL", "")).startswith(origin):
-                urls.append(params["request"]["url"])
-    return urls
+                sent.append(params["request"])
+    return sent
+
+
+def requests_made(driver: Any, origin: str) -> list[str]:
+    """The URL of every request sent since the last call by a page of ``origin``."""
+    return [str(r["url"]) for r in sent_requests(driver, origin)]
 
 
 def wait_for(what: Callable[[], T | None], *, timeout: float = 60.0, step: float = 0.2,
