@@ -61,6 +61,7 @@ NO_NODE_REASON = "waiting for a Ray node with CPUs: none is alive"
 RAY_DAEMONS = ("raylet", "gcs_server")  # a local Ray without either runs nothing more
 CLOSE_DRAIN_S = 5.0  # at stop, how long runs still to be closed may take (MLflow may be away)
 CAPS_SECONDS = 5.0  # how long the keys' caps read are used: a changed cap applies within it
+PACK_MIN = 4  # the fewest members a group of trials is split into packs of, over free CPUs
 
 
 class RayDied(RuntimeError):
@@ -549,7 +550,7 @@ class Dispatcher:
         caps, running = self._running_caps({job.tenant for job in heads})
         fitting: list[list[JobView]] = []
         blocked = 0  # units seen waiting for room in this scan
-        for unit in self.units(heads):
+        for unit in self.units(heads, free.cpus):
             job = unit[0]
             cap = caps.get(job.tenant)
             if cap is not None and running[job.tenant] >= cap:
@@ -585,49 +586,52 @@ class Dispatcher:
             if members:
                 self._start(members)
 
-    def units(self, heads: list[JobView]) -> list[list[JobView]]:
+    def units(self, heads: list[JobView], cpus: float = 1.0) -> list[list[JobView]]:
         """The queue's head as units to start, in claim order of their first job: each job
         alone, but a sweep's packable trials of one ``pack_key`` (``TrialSpec.pack``), which
-        form packs of up to ``pack_size`` (``pack_size_gpu`` on a GPU), each pack's members in
-        trial-number order (the order in which they report at an ASHA rung, so a seeded
-        sweep's decisions within a pack do not depend on its id). A group of them not yet
-        full waits for the trials its sweep is still queueing: until it has not grown for
+        form packs, each pack's members in trial-number order (the order in which they report
+        at an ASHA rung, so a seeded sweep's decisions within a pack do not depend on its id).
+
+        On CPUs a group of such trials is spread over the ``cpus`` free now (a pack is one
+        task on one CPU): as many packs as CPUs, of at least ``PACK_MIN`` members each, at
+        most ``pack_size`` (on a GPU: packs of up to ``pack_size_gpu``). A group not yet full
+        waits for the trials its sweep is still queueing: until it has not grown for
         ``pack_quiet_seconds``, at most ``pack_wait_seconds`` since it was first seen."""
         if self.config.pack_size <= 1:
             return [[job] for job in heads]
         now = self.clock()
-        out: list[list[JobView]] = []
-        open_packs: dict[str, list[JobView]] = {}
-        sizes: dict[str, tuple[int, int]] = {}  # key → (members, the most per pack)
-        for job in heads:
-            key, most = self._pack_of(job)
+        slots: list[tuple[int, list[JobView]]] = []  # (first job's place, the unit)
+        groups: dict[str, list[tuple[int, JobView]]] = {}
+        cap: dict[str, tuple[int, bool]] = {}  # key → (the most per pack, on a GPU)
+        for place, job in enumerate(heads):
+            key, most, gpu = self._pack_of(job)
             if key is None:
-                out.append([job])
+                slots.append((place, [job]))
                 continue
-            group = open_packs.get(key)
-            if group is None or len(group) >= most:
-                group = open_packs[key] = []
-                out.append(group)
-            group.append(job)
-            count, _ = sizes.get(key, (0, most))
-            sizes[key] = (count + 1, most)
-        waiting = set()
-        for key, (count, most) in sizes.items():
+            groups.setdefault(key, []).append((place, job))
+            cap[key] = (most, gpu)
+        waiting: set[str] = set()
+        for key, members in groups.items():
+            count, (most, gpu) = len(members), cap[key]
             before = self._growing.get(key)
             if before is None or before[0] != count:  # new, or grown: (size, first, last)
                 self._growing[key] = (count, now if before is None else before[1], now)
             _, first, grown = self._growing[key]
             filling = now - grown < self.config.pack_quiet_seconds
             if count < most and filling and now - first < self.config.pack_wait_seconds:
-                waiting.add(id(open_packs[key]))  # the last pack of the key: still filling
-        self._growing = {k: v for k, v in self._growing.items() if k in sizes}
-        for unit in out:  # claim order ties by job id: a hash of the sweep and the number
-            unit.sort(key=_trial_number)
-        return [unit for unit in out if id(unit) not in waiting]
+                waiting.add(key)
+                continue
+            size = most if gpu else min(most, max(PACK_MIN, -(-count // max(1, int(cpus)))))
+            members.sort(key=lambda pj: _trial_number(pj[1]))
+            for a in range(0, count, size):
+                part = members[a : a + size]
+                slots.append((min(p for p, _ in part), [j for _, j in part]))
+        self._growing = {k: v for k, v in self._growing.items() if k in groups}
+        return [unit for _, unit in sorted(slots, key=lambda s: s[0])]
 
-    def _pack_of(self, job: JobView) -> tuple[str | None, int]:
-        """The job's pack key (its sweep and ``pack_key``; None: it trains alone) and the
-        most members of its packs; worked out once per queued job."""
+    def _pack_of(self, job: JobView) -> tuple[str | None, int, bool]:
+        """The job's pack key (its sweep and ``pack_key``; None: it trains alone), the most
+        members of its packs and whether it runs on a GPU; worked out once per queued job."""
         if job.id not in self._packs:
             if len(self._packs) >= 4 * self.config.max_claim + 4096:
                 self._packs.clear()
@@ -641,9 +645,9 @@ class Dispatcher:
             self._packs[job.id] = key
         key = self._packs[job.id]
         if key is None:
-            return None, 1
+            return None, 1, False
         gpu = float((job.spec.get("resources") or {}).get("gpus", 0.0)) > 0
-        return key, self.config.pack_size_gpu if gpu else self.config.pack_size
+        return key, self.config.pack_size_gpu if gpu else self.config.pack_size, gpu
 
     def _fitted(self, unit: list[JobView], largest: Demand) -> tuple[list[JobView], Demand]:
         """The unit as large as fits the largest node (a pack halved until its memory does;

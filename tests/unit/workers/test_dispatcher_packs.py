@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from test_dispatcher_memory import FakeRemote, FakeStore, Job
 
 from core.memory import GiB, estimate, pack_estimate
@@ -71,7 +72,7 @@ def launched(d: Dispatcher) -> list[list[str]]:
 
 def test_a_sweeps_trials_of_one_shape_start_as_one_pack_once_their_group_stops_growing() -> None:
     jobs = [Job(f"t{n}", trial(n)) for n in range(3)]
-    d, store, alone, packs, clock = dispatcher(jobs)
+    d, store, alone, packs, clock = dispatcher(jobs, room=Demand(1, 0, 64 * GiB))
     d.launch()  # first seen: the sweep may still be queueing trials
     assert d.inflight == {}
     store.queued += [Job(f"t{n}", trial(n)) for n in range(3, 5)]
@@ -127,7 +128,7 @@ def test_packs_hold_at_most_pack_size_and_only_compatible_trials_of_one_sweep() 
 
 def test_a_pack_is_halved_until_it_fits_the_largest_node_and_the_rest_wait() -> None:
     specs = [parse_spec(trial(n)) for n in range(8)]
-    node = Demand(16, 0, pack_estimate(specs[:4]) + 1)  # 4 fit, 5 do not
+    node = Demand(1, 0, pack_estimate(specs[:4]) + 1)  # 4 fit, 5 do not
     jobs = [Job(f"t{n}", trial(n)) for n in range(8)]
     d, store, _, packs, clock = dispatcher(jobs, room=node)
     d.launch()
@@ -136,6 +137,31 @@ def test_a_pack_is_halved_until_it_fits_the_largest_node_and_the_rest_wait() -> 
     assert launched(d) == [["t0", "t1", "t2", "t3"]]
     assert [j.id for j in store.queued] == ["t4", "t5", "t6", "t7"]
     assert packs.launched[0]["memory"] == pack_estimate(specs[:4])
+
+
+@pytest.mark.parametrize(("cpus", "sizes"), [(1, [32]), (2, [16, 16]), (16, [4] * 8)])
+def test_a_group_is_spread_over_the_free_cpus_in_packs_of_at_least_pack_min(
+    cpus: int, sizes: list[int]
+) -> None:
+    """A pack is one task on one CPU: 32 trials on 2 free CPUs train as 2 packs of 16, on
+    16 free CPUs as 8 packs of 4 (PACK_MIN), not 16 of 2."""
+    jobs = [Job(f"t{n:02d}", trial(n)) for n in range(32)]
+    d, _, _, _, clock = dispatcher(jobs, room=Demand(cpus, 0, 64 * GiB))
+    d.launch()
+    clock.now += 0.3
+    d.launch()
+    assert [len(unit) for unit in launched(d)] == sizes
+    assert sorted(j for unit in launched(d) for j in unit) == [j.id for j in jobs]
+
+
+def test_on_a_gpu_a_group_stays_one_pack() -> None:
+    jobs = [Job(f"t{n:02d}", trial(n, resources={"gpus": 1})) for n in range(32)]
+    d, _, _, packs, clock = dispatcher(jobs, room=Demand(16, 1, 64 * GiB))
+    d.launch()
+    clock.now += 0.3
+    d.launch()
+    assert [len(unit) for unit in launched(d)] == [32]
+    assert packs.launched[0]["num_gpus"] == 1
 
 
 def test_a_tenants_cap_counts_each_member() -> None:
