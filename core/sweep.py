@@ -46,7 +46,6 @@ from core.spec import (
     SpecLimits,
     TrialSpec,
     _from_validation_error,
-    check_limits,
     dataset_shape,
     parse_spec,
 )
@@ -453,11 +452,6 @@ def trial_spec(
     ).model_dump()
     spec = parse_spec(data)
     return spec
-
-
-def check_trial(spec: JobSpec, limits: SpecLimits) -> None:
-    """A trial's spec within the service's limits (``InvalidSpec`` otherwise)."""
-    check_limits(spec, limits)
 
 
 def worst(mode: Mode) -> float:

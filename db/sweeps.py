@@ -247,19 +247,6 @@ class SweepStore:
             return items[:limit], _encode([offset + limit])
         return items, None
 
-    def counts(self, *, sweep_id: str) -> builtins.dict[str, int]:
-        """Trials by their job's status (every job status, 0 when none)."""
-        query = (
-            select(JOBS.c.status, func.count())
-            .join(TRIALS, TRIALS.c.job_id == JOBS.c.id)
-            .where(TRIALS.c.sweep_id == sweep_id)
-            .group_by(JOBS.c.status)
-        )
-        out = {s.value: 0 for s in JobStatus}
-        with read_tx(self._engine) as conn:
-            out.update({status: int(n) for status, n in conn.execute(query)})
-        return out
-
     def request_cancel(self, *, sweep_id: str, tenant: str | None = None) -> SweepView:
         """Mark the sweep to be cancelled (its controller cancels its trials and ends it; a
         sweep no controller took yet ends cancelled at once). A sweep already ended is
@@ -366,12 +353,6 @@ class SweepStore:
                 .where(SWEEPS.c.id == sweep_id, SWEEPS.c.status == "queued")
                 .values(status="running", started_at=now)
             )
-
-    def add_trial(
-        self, *, sweep_id: str, owner: str, number: int, job_id: str, params: dict[str, Any]
-    ) -> None:
-        """Link trial ``number`` to its job (a second add of the same trial changes nothing)."""
-        self.add_trials(sweep_id=sweep_id, owner=owner, trials=[(number, job_id, params)])
 
     def add_trials(
         self,

@@ -142,7 +142,7 @@ def test_trials_sort_by_objective_and_page(client: TestClient, tmp_path: Path) -
         spec = trial_spec(sweep, sweep_id=sweep_id, number=n, params=params, parent_run_id=None)
         job_id = trial_job_id(sweep_id, n)
         jobs.submit_many([SubmitRequest(spec, job_id=job_id, may_exist=True)])
-        sweeps.add_trial(sweep_id=sweep_id, owner="c", number=n, job_id=job_id, params=params)
+        sweeps.add_trials(sweep_id=sweep_id, owner="c", trials=[(n, job_id, params)])
         if value is not None:
             sweeps.tell(sweep_id=sweep_id, owner="c", number=n, objective=value)
     first = client.get(f"/v1/sweeps/{sweep_id}/trials?sort=objective&limit=2").json()
