@@ -30,19 +30,12 @@ import pytest
 from gradq_service import Service, free_port, running, service_env
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from web_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, need_browser
 
 from workers.tracking.names import legacy_key
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Headless, as root, on a machine without a network: no sandbox, no GPU, and none of
-# Chromium's own connections (they are refused here and would slow every page).
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)  # fmt: skip
 JOB = {
     "name": "digits-page", "experiment": "page-tests", "dataset": "digits",
     "model": {"hidden": [64, 32], "activation": "relu"},
@@ -87,22 +80,6 @@ return {
                 plotted: !!c.querySelector('.js-plotly-plot'), ...box(c)})),
 };
 """
-
-
-def need_browser() -> None:
-    """Skip (fail in CI) when Chromium, its driver or selenium is missing."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[dev]')")
-    if missing:
-        reason = (
-            f"{', '.join(missing)} not found (Debian: apt-get install chromium chromium-driver)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the browser the MLflow page test needs: {reason}")
-        pytest.skip(reason)
 
 
 @dataclass

@@ -38,7 +38,7 @@ def need_browser() -> None:
             f"{', '.join(missing)} not found (Debian: apt-get install chromium chromium-driver)"
         )
         if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the browser the web page tests need: {reason}")
+            pytest.fail(f"CI installs the browser the browser tests need: {reason}")
         pytest.skip(reason)
 
 
