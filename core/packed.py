@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from core.activations import get_activation
+from core.activations import get_activation, inplace
 from core.callbacks import Callback, CallbackList
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
@@ -103,10 +103,29 @@ def pack_key(spec: JobSpec) -> str:
     )
 
 
+def unpackable_reason(spec: JobSpec) -> str | None:
+    """Why the spec may not train in a pack, in words for the job's events; None when it
+    may. A pack trains with the manual engine (``auto`` or ``manual``), sgd, no gradient
+    clipping, a schedule without state (not ``plateau``) and an activation whose
+    derivative follows from its value (``core.activations``, in-place pair)."""
+    opt = spec.optimizer
+    if resolve_engine(spec) != "manual":
+        return f"engine {spec.engine!r}: packs train with the manual engine"
+    if opt.name != "sgd":
+        return f"optimizer {opt.name!r}: packs train with sgd only"
+    if opt.clip_norm is not None:
+        return "optimizer.clip_norm: packs do not clip gradients"
+    if opt.schedule.kind == "plateau":
+        return "schedule 'plateau': packs take schedules without state only"
+    if not inplace(spec.model.activation):
+        return f"activation {spec.model.activation!r}: packs take in-place activations only"
+    return None
+
+
 def packable(spec: JobSpec) -> bool:
-    """Whether the spec may train in a pack: its engine is the manual one (``auto`` or
-    ``manual``); a spec that asks for autograd trains alone."""
-    return resolve_engine(spec) == "manual"
+    """Whether the spec may train in a pack (``unpackable_reason`` gives none); a spec
+    that may not trains alone."""
+    return unpackable_reason(spec) is None
 
 
 def chunk_members(widths: Sequence[int], batch: int, itemsize: int) -> int:
@@ -551,7 +570,8 @@ class _Run:
         model, flat, sgd = build_model(
             spec, self.data.n_features, t.width, dtype=self.dtype, device=self.device
         )
-        state = TrainState.start(spec, flat.params, sgd.buffer, self.device)
+        assert isinstance(sgd, SGD), "packable specs train with sgd"
+        state = TrainState.start(spec, flat.params, sgd, self.device)
         spec_dict = spec.model_dump(mode="json")
         if ckpt is not None:
             check_compatible(ckpt, spec_dict)
