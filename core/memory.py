@@ -231,10 +231,12 @@ def estimate_key(spec: JobSpec, shape: DatasetShape | None = None) -> tuple[obje
         spec.engine,
         opt.batch_size,
         opt.epochs,
+        opt.name,
         reg.dropout > 0,
         reg.weight_decay > 0,
         es.enabled,
         es.restore_best,
+        es.monitor.startswith("val_"),
         gc.at_start,
         gc.every_steps,
         gc.fd_samples,
@@ -379,17 +381,23 @@ def _evaluation(s: _Shape) -> int:
     return max(rows * per_row + chunk, test + max(test_encoding, n_test * per_row + chunk))
 
 
+# an optimizer's buffers the size of the parameters: all of them, and those a checkpoint saves
+OPTIMIZER_BUFFERS = {"sgd": (1, 1), "adam": (3, 2), "adamw": (3, 2), "rmsprop": (2, 1)}
+
+
 def _parameters(spec: JobSpec, s: _Shape, *, later: bool) -> int:
-    """Parameters, gradients, momentum, the weights at the epoch's start and the weight-decay
-    mask; ``later`` (after the first epoch) also the best epoch's weights when kept, and
-    checkpoint snapshots: two pending (the last and the best), one being serialised (its
-    copies, then its bytes)."""
+    """Parameters, gradients, the optimizer's state (``OPTIMIZER_BUFFERS``), the weights at
+    the epoch's start and the weight-decay mask; ``later`` (after the first epoch) also the
+    best epoch's weights when kept, and checkpoint snapshots: two pending (the last and the
+    best), one being serialised (its copies, then its bytes)."""
     reg = spec.regularization
     es = reg.early_stopping
-    copies = 4 + (reg.weight_decay > 0)
+    state, saved = OPTIMIZER_BUFFERS[spec.optimizer.name]
+    copies = 3 + state + (reg.weight_decay > 0)
     if later:
-        best = es.enabled and es.restore_best and spec.dataset.validation_fraction > 0
-        snapshot = 2 + best  # parameters, momentum (and the best epoch's)
+        tracked = spec.dataset.validation_fraction > 0 or not es.monitor.startswith("val_")
+        best = es.enabled and es.restore_best and tracked
+        snapshot = 1 + saved + best  # parameters, the optimizer's state (and the best epoch's)
         copies += best + 4 * snapshot
     return copies * s.parameters * s.itemsize
 
