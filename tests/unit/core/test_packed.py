@@ -87,7 +87,7 @@ def packs(draw: st.DrawFn) -> list[JobSpec]:
     own seeds, rates, momentum, Nesterov, weight decay, dropout and schedule."""
     loss = draw(st.sampled_from(sorted(DATASETS)))
     hidden = draw(st.lists(st.integers(1, 9), min_size=0, max_size=3))  # [ ]: no hidden layer
-    activation = draw(st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "identity"]))
+    activation = draw(st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "identity", "elu"]))
     batch = draw(st.sampled_from(sorted(EPOCHS_FOR_200)))
     base = {
         "dataset": {**DATASETS[loss], "seed": draw(st.integers(0, 3))},
@@ -148,10 +148,11 @@ def test_each_member_is_its_spec_trained_alone_float64(specs: list[JobSpec]) -> 
 
 
 @pytest.mark.parametrize("loss", sorted(DATASETS))
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "identity", "elu"])
 def test_every_activation_and_loss_float64_200_steps(activation: str, loss: str) -> None:
     """Each activation × loss (the hypothesis test samples them; here every pair), with
-    three members that mix decay, dropout, momentum, Nesterov and the schedules."""
+    three members that mix decay, dropout, momentum, Nesterov and the schedules (one warms
+    up)."""
     base = {
         "dataset": {**DATASETS[loss], "seed": 0},
         "loss": loss,
@@ -170,7 +171,9 @@ def test_every_activation_and_loss_float64_200_steps(activation: str, loss: str)
         make_spec(
             base, seed=12, optimizer={"momentum": 0.0, "schedule": {"kind": "step", "step_size": 5}}
         ),
-        make_spec(base, seed=13, optimizer={"lr": 0.02, "momentum": 0.5}),
+        make_spec(
+            base, seed=13, optimizer={"lr": 0.02, "momentum": 0.5, "schedule": {"warmup_epochs": 2}}
+        ),
     ]
     for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
         solo = train(spec, dtype=F64)
