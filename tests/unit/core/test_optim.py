@@ -12,7 +12,7 @@ import torch
 
 from core.losses import loss_value
 from core.model import MLP, build_mlp
-from core.optim import FlatParameters, GradClipper, coupled_decay, make_optimizer
+from core.optim import Adam, FlatParameters, GradClipper, coupled_decay, make_optimizer
 from core.spec import ModelSpec, OptimizerSpec
 
 STEP_TOL = 1e-12  # per step, relative to the parameters' largest entry
@@ -20,7 +20,9 @@ CASES = [
     ("sgd", {"momentum": 0.9, "nesterov": True}),
     ("sgd", {"momentum": 0.0}),
     ("adam", {"betas": (0.8, 0.99), "eps": 1e-7}),
+    ("adam", {"betas": (0.8, 0.99), "eps": 1e-7, "fused": False}),
     ("adamw", {}),
+    ("adamw", {"fused": False}),
     ("rmsprop", {"alpha": 0.9}),
 ]
 
@@ -47,6 +49,10 @@ def _loss(model: MLP, X: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 def test_each_optimizer_takes_torch_optims_steps(
     name: str, extra: dict[str, Any], weight_decay: float, clip: float | None
 ) -> None:
+    """adam and adamw: their one-kernel update, and (``fused: False``) their operations one
+    by one."""
+    extra = dict(extra)
+    fused = extra.pop("fused", True)
     spec = OptimizerSpec.model_validate({"name": name, "lr": 0.05, "clip_norm": clip, **extra})
     model = build_mlp(
         ModelSpec(hidden=[7, 5], activation="tanh"),
@@ -58,6 +64,9 @@ def test_each_optimizer_takes_torch_optims_steps(
     ref = copy.deepcopy(model)
     flat = FlatParameters(model)
     opt = make_optimizer(spec, flat, weight_decay)
+    if isinstance(opt, Adam):
+        assert opt.fused  # this torch has the kernel
+        opt.fused = fused
     decay = flat.decay_mask(weight_decay) if coupled_decay(spec) else None
     clipper = None if clip is None else GradClipper(flat.grad, clip)
     groups = [
