@@ -182,3 +182,54 @@ def test_packable_specs_have_no_reason() -> None:
     ):
         spec = parse_spec({"dataset": "iris", **change})
         assert unpackable_reason(spec) is None and packable(spec)
+
+
+def test_a_sweep_searches_the_optimizer_the_activation_and_the_monitor() -> None:
+    """Each new field is a spec field a sweep's space may name; a trial takes its optimizer's
+    defaults for what the base leaves out, and a value that makes no valid spec (momentum
+    with adam) is refused at its path."""
+    from core.spec import InvalidSpec
+    from core.sweep import parse_sweep, trial_spec
+
+    data = {
+        "name": "s",
+        "base": {"dataset": "digits", "optimizer": {"epochs": 5}},
+        "space": {
+            "optimizer.name": {"choice": ["sgd", "adam", "adamw", "rmsprop"]},
+            "model.activation": {"choice": ["gelu", "silu"]},
+            "optimizer.clip_norm": {"loguniform": [0.1, 10.0]},
+            "optimizer.schedule.warmup_epochs": {"int": [0, 2]},
+        },
+        "search": {"method": "random", "trials": 4},
+        "objective": {"metric": "val_accuracy", "mode": "max"},
+    }
+    sweep = parse_sweep(data)
+    params = {
+        "optimizer.name": "adam",
+        "model.activation": "silu",
+        "optimizer.clip_norm": 1.0,
+        "optimizer.schedule.warmup_epochs": 1,
+    }
+    trial = trial_spec(sweep, sweep_id="sw", number=0, params=params, parent_run_id=None)
+    assert (trial.optimizer.name, trial.optimizer.lr, trial.optimizer.momentum) == ("adam", 1e-3, 0)
+    assert trial.model.activation == "silu" and trial.optimizer.clip_norm == 1.0
+    bad = {**data, "base": {"dataset": "digits", "optimizer": {"epochs": 5, "momentum": 0.9}}}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_sweep(bad)
+    assert any(
+        e.field == 'space["optimizer.name"]' and "only sgd takes momentum" in e.message
+        for e in caught.value.errors
+    )
+
+
+def test_the_adam_example_parses_and_trains() -> None:
+    from core.spec import load_spec
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "digits-adam.yaml"
+    spec = load_spec(path)
+    assert (spec.optimizer.name, spec.model.activation) == ("adam", "gelu")
+    assert spec.regularization.early_stopping.monitor == "val_accuracy"
+    job = spec.model_dump(mode="json")
+    job["optimizer"]["epochs"] = 5
+    result = train(parse_spec(job))
+    assert result.metrics["test_accuracy"] > 0.8 and unpackable_reason(spec) is not None
