@@ -59,6 +59,7 @@ from core.train import (
     TrainingData,
     TrainResult,
     build_model,
+    final_confusion,
     final_metrics,
     resolve_device,
     resolve_engine,
@@ -610,6 +611,7 @@ class _Run:
             metrics = final_metrics(
                 m.model, self.data, loss=t.loss, dtype=self.dtype, device=self.device, encoded=t
             )
+            confusion = final_confusion(m.model, self.data, t, dtype=self.dtype, device=self.device)
         except Exception as exc:
             return exc
         return TrainResult(
@@ -627,6 +629,7 @@ class _Run:
             target_shift=t.y_shift,
             target_scale=t.y_scale,
             gradchecks=m.checks.reports,
+            confusion=confusion,
         )
 
     def train(

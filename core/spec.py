@@ -172,10 +172,10 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # what an epoch's record reports, by task: the metrics early stopping and plateau may monitor
 EPOCH_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy"),
-    "regression": ("loss", "rmse", "r2"),
+    "classification": ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1"),
+    "regression": ("loss", "rmse", "r2", "mae"),
 }
-_MAXIMISED = ("accuracy", "r2")
+_MAXIMISED = ("accuracy", "r2", "macro_precision", "macro_recall", "macro_f1")
 
 
 def epoch_metrics(task: Task) -> tuple[str, ...]:
@@ -184,7 +184,8 @@ def epoch_metrics(task: Task) -> tuple[str, ...]:
 
 
 def monitor_mode(monitor: str, mode: Literal["min", "max"] | None) -> Literal["min", "max"]:
-    """``mode``, or by default: max for accuracy and R², min for the others."""
+    """``mode``, or by default: max for accuracy, R² and the macro scores, min for the
+    others (losses and errors)."""
     if mode is not None:
         return mode
     return "max" if monitor.endswith(_MAXIMISED) else "min"

@@ -35,7 +35,7 @@ from core.backprop import Backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import evaluate, evaluate_parts
+from core.evaluate import confusion, evaluate, evaluate_parts
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
@@ -75,6 +75,9 @@ class TrainResult:
     target_shift: float
     target_scale: float
     gradchecks: list[dict[str, Any]] = field(default_factory=list)
+    # a classifier's confusion matrix and per-class scores on the test part (the validation
+    # part without one; None for regression or without either), see core.evaluate.confusion
+    confusion: dict[str, Any] | None = None
 
 
 def resolve_device(spec: JobSpec) -> torch.device:
@@ -160,6 +163,7 @@ def train(
     metrics = final_metrics(
         model, data, loss=tensors.loss, dtype=dtype, device=device, encoded=tensors
     )
+    confusion = final_confusion(model, data, tensors, dtype=dtype, device=device)
     return TrainResult(
         model=model,
         history=state.history,
@@ -175,7 +179,25 @@ def train(
         target_shift=tensors.y_shift,
         target_scale=tensors.y_scale,
         gradchecks=checks.reports,
+        confusion=confusion,
     )
+
+
+def final_confusion(
+    model: MLP, data: Dataset, tensors: TrainingData, *, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any] | None:
+    """``core.evaluate.confusion`` on the test part, or the validation part without one;
+    None for a regression or without either part."""
+    if data.task != "classification":
+        return None
+    if len(data.X_test):
+        X = torch.as_tensor(data.X_test, dtype=dtype).to(device)
+        y = torch.as_tensor(data.y_test).to(device).long()
+    elif tensors.X_val.shape[0]:
+        X, y = tensors.X_val, tensors.y_val
+    else:
+        return None
+    return confusion(model, X, y, loss=tensors.loss)
 
 
 def build_model(

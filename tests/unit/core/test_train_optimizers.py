@@ -233,3 +233,17 @@ def test_the_adam_example_parses_and_trains() -> None:
     job["optimizer"]["epochs"] = 5
     result = train(parse_spec(job))
     assert result.metrics["test_accuracy"] > 0.8 and unpackable_reason(spec) is not None
+    # the epochs' macro scores, and at the end the test part's confusion matrix
+    assert {"macro_f1", "macro_precision", "macro_recall"} <= set(result.history[-1].val)
+    cm = result.confusion
+    assert cm is not None and len(cm["matrix"]) == 10
+    assert sum(map(sum, cm["matrix"])) == len(result.data.y_test)
+    hits = sum(cm["matrix"][i][i] for i in range(10))
+    assert hits / len(result.data.y_test) == pytest.approx(result.metrics["test_accuracy"])
+    assert result.metrics["test_macro_f1"] == pytest.approx(sum(cm["f1"]) / 10)
+
+
+def test_a_regression_reports_mae_and_no_confusion_matrix() -> None:
+    result = train(parse_spec({"dataset": "sine", "optimizer": {"epochs": 2}}))
+    assert result.confusion is None
+    assert "mae" in result.history[-1].val and result.metrics["test_mae"] > 0
