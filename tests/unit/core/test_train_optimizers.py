@@ -247,3 +247,23 @@ def test_a_regression_reports_mae_and_no_confusion_matrix() -> None:
     result = train(parse_spec({"dataset": "sine", "optimizer": {"epochs": 2}}))
     assert result.confusion is None
     assert "mae" in result.history[-1].val and result.metrics["test_mae"] > 0
+
+
+def test_a_checkpoint_written_before_the_new_fields_resumes(tmp_path: Path) -> None:
+    """A checkpoint's spec as stored before ``optimizer.name`` and its companions existed
+    reads with their defaults: the job resumes, bit-identically."""
+    spec = parse_spec(_spec({}))
+    saver = Saver(3, tmp_path / "c.pt")
+    straight = train(spec, callbacks=[saver])
+    ckpt = Checkpoint.load(tmp_path / "c.pt")
+    opt = ckpt.spec["optimizer"]
+    for key in ("name", "betas", "alpha", "eps", "clip_norm"):
+        del opt[key]
+    for key in ("warmup_epochs", "patience", "cooldown", "monitor", "mode"):
+        del opt["schedule"][key]
+    for key in ("monitor", "mode"):
+        del ckpt.spec["regularization"]["early_stopping"][key]
+    resumed = train(spec, resume_from=ckpt)
+    assert all(
+        torch.equal(x, y) for x, y in zip(_weights(straight), _weights(resumed), strict=True)
+    )
