@@ -144,7 +144,7 @@ def test_the_confusion_matrix_shades_each_cell_by_its_share_of_its_true_class() 
             "recall": [0.9, 0.5, 1.0],
             "f1": [0.9, 0.6, 0.7],
             "support": [10, 10, 7],
-        }  # fmt: skip
+        }
     )
     assert table["columns"][:4] == ["class", "predicted 0", "predicted 1", "predicted 2"]
     assert table["data"][1] == [1, 0, 5, 5, 5 / 6, 0.5, 0.6, 10]
