@@ -107,7 +107,8 @@ def pack_key(spec: JobSpec) -> str:
 def unpackable_reason(spec: JobSpec) -> str | None:
     """Why the spec may not train in a pack, in words for the job's events; None when it
     may. A pack trains with the manual engine (``auto`` or ``manual``), sgd, no gradient
-    clipping, a schedule without state (not ``plateau``) and an activation whose
+    clipping, a schedule without state (not ``plateau``) whose rate changes per epoch (no
+    ``warmup_steps``) and an activation whose
     derivative follows from its value (``core.activations``, in-place pair)."""
     opt = spec.optimizer
     if resolve_engine(spec) != "manual":
@@ -118,6 +119,8 @@ def unpackable_reason(spec: JobSpec) -> str | None:
         return "optimizer.clip_norm: packs do not clip gradients"
     if opt.schedule.kind == "plateau":
         return "schedule 'plateau': packs take schedules without state only"
+    if opt.schedule.warmup_steps:
+        return "schedule.warmup_steps: packs set rates per epoch (warmup_epochs packs)"
     if not inplace(spec.model.activation):
         return f"activation {spec.model.activation!r}: packs take in-place activations only"
     return None

@@ -196,13 +196,15 @@ class ScheduleSpec(_Section):
     cosine (from lr down to min_lr over the epochs) or plateau (×gamma, not below min_lr, when
     ``monitor`` has not improved for ``patience`` epochs; then ``cooldown`` epochs before the
     count starts again). ``warmup_epochs``: the rate rises linearly, lr·(e+1)/(w+1) in epoch
-    e < w, before the schedule starts (at its own epoch 0, epoch w of the run)."""
+    e < w, before the schedule starts (at its own epoch 0, epoch w of the run). Or
+    ``warmup_steps``: step s < w of the run takes the epoch's rate ×(s+1)/(w+1)."""
 
     kind: Literal["constant", "step", "cosine", "plateau"] = "constant"
     step_size: PositiveInt = 10
     gamma: float = Field(0.5, gt=0.0, le=1.0)
     min_lr: float = Field(0.0, ge=0.0)
     warmup_epochs: int = Field(0, ge=0, le=100_000)
+    warmup_steps: int = Field(0, ge=0, le=100_000_000)
     patience: PositiveInt = Field(5, description="plateau only")
     cooldown: int = Field(0, ge=0, description="plateau only")
     monitor: str = Field("val_loss", description="plateau only: a per-epoch metric")
@@ -257,6 +259,8 @@ class OptimizerSpec(_Section):
             errors.append(_fe("nesterov", "needs momentum > 0"))
         if self.schedule.min_lr > self.lr:
             errors.append(_fe("schedule.min_lr", f"must not exceed lr ({self.lr})"))
+        if self.schedule.warmup_epochs and self.schedule.warmup_steps:
+            errors.append(_fe("schedule.warmup_steps", "warmup_epochs or warmup_steps, not both"))
         if self.schedule.warmup_epochs >= self.epochs:
             errors.append(
                 _fe("schedule.warmup_epochs", f"must be fewer than the epochs ({self.epochs})")

@@ -481,7 +481,7 @@ class StepLoop:
         ``lr``; True when a callback cancelled the run. Every name the steps use is bound to
         a local first: each Python operation inside the loop is paid at every step."""
         state, checks, guard, model, opt = self.state, self.checks, self.guard, self.model, self.opt
-        clipper = self.clipper
+        clipper, warmup = self.clipper, self.spec.optimizer.schedule.warmup_steps
         manual, plans, plan_for, XT = self.manual, self.plans, self.plan_for, self.XT
         X, T, autograd_step = self.X, self.T, self.autograd_step
         dropout, drop_gen = self.dropout, state.dropout_rng
@@ -518,7 +518,7 @@ class StepLoop:
                     clipper()
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
                     flat_grad.addcmul_(decay, flat_data)
-                opt.step(lr)
+                opt.step(lr if step >= warmup else lr * (step + 1) / (warmup + 1))
                 step += 1
                 if should_stop is not None and should_stop():
                     cancelled = True

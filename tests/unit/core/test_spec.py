@@ -58,6 +58,14 @@ def test_a_spec_with_only_a_dataset_has_working_defaults() -> None:
             "fewer than the epochs",
         ),
         (
+            {
+                "dataset": "digits",
+                "optimizer": {"schedule": {"warmup_epochs": 2, "warmup_steps": 10}},
+            },
+            "optimizer.schedule.warmup_steps",
+            "not both",
+        ),
+        (
             {"dataset": "digits", "regularization": {"early_stopping": {"monitor": "val_r2"}}},
             "regularization.early_stopping.monitor",
             "val_accuracy",

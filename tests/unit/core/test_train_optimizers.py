@@ -126,6 +126,34 @@ def test_warmup_rises_linearly_into_the_schedule() -> None:
     assert [h.lr for h in result.history] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.2])
 
 
+def test_warmup_steps_scale_the_first_steps_then_resume_bit_identically(tmp_path: Path) -> None:
+    """Step s < w takes lr·(s+1)/(w+1): a run warming up over more than the checkpoint's
+    steps resumes bit-identically, and differs from the run without warm-up."""
+    opt = {"name": "adam", "lr": 0.01, "schedule": {"warmup_steps": 30}}
+    spec = parse_spec(_spec(opt))
+    saver = Saver(2, tmp_path / "c.pt")
+    straight = train(spec, callbacks=[saver])
+    assert saver.records[1].step < 30  # still warming up at the checkpoint
+    resumed = train(spec, resume_from=Checkpoint.load(tmp_path / "c.pt"))
+    assert all(
+        torch.equal(x, y) for x, y in zip(_weights(straight), _weights(resumed), strict=True)
+    )
+    plain = train(parse_spec(_spec({"name": "adam", "lr": 0.01})))
+    assert not torch.equal(_weights(plain)[0], _weights(straight)[0])
+    one = _spec({"name": "sgd", "lr": 0.5, "momentum": 0.0, "epochs": 1})
+    one["regularization"]["weight_decay"] = 0.0
+    one["regularization"]["dropout"] = 0.0
+    one["gradcheck"] = {"at_start": False, "every_steps": 0}
+    one["optimizer"]["batch_size"] = 1000  # one step: its size shows the rate
+    a = train(parse_spec(one))
+    one["optimizer"]["schedule"] = {"warmup_steps": 3}
+    b = train(parse_spec(one))
+    start = train(parse_spec({**one, "optimizer": {**one["optimizer"], "lr": 1e-9}}))
+    da = _weights(a)[0] - _weights(start)[0]
+    db = _weights(b)[0] - _weights(start)[0]
+    torch.testing.assert_close(db, da / 4, rtol=1e-4, atol=1e-6)  # (0+1)/(3+1) of the step
+
+
 def test_early_stopping_on_val_accuracy_restores_its_best_epoch() -> None:
     spec = parse_spec(
         _spec(
@@ -161,6 +189,7 @@ def test_new_activations_train_in_both_engines_with_the_validator(activation: st
         ({"optimizer": {"name": "adam"}}, "optimizer 'adam'"),
         ({"optimizer": {"clip_norm": 1.0}}, "clip_norm"),
         ({"optimizer": {"schedule": {"kind": "plateau"}}}, "plateau"),
+        ({"optimizer": {"schedule": {"warmup_steps": 10}}}, "warmup_steps"),
         ({"model": {"activation": "gelu"}}, "activation 'gelu'"),
         ({"engine": "autograd"}, "engine 'autograd'"),
     ],
