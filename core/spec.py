@@ -209,7 +209,7 @@ class ScheduleSpec(_Section):
     cooldown: int = Field(0, ge=0, description="plateau only")
     monitor: str = Field("val_loss", description="plateau only: a per-epoch metric")
     mode: Literal["min", "max"] | None = Field(
-        None, description="plateau only; default: max for accuracy and r2, else min"
+        None, description="plateau only; default: max for accuracy, r2 and macro scores, else min"
     )
 
 
@@ -272,8 +272,9 @@ class OptimizerSpec(_Section):
 
 class EarlyStoppingSpec(_Section):
     """Stop when ``monitor`` (a per-epoch metric, default the validation loss) has not
-    improved by min_delta for patience epochs; ``mode``: max for accuracy and r2, min for the
-    others unless given. ``restore_best`` keeps the parameters of the best epoch by it."""
+    improved by min_delta for patience epochs; ``mode``: max for accuracy, r2 and the macro
+    scores, min for the others unless given. ``restore_best`` keeps the parameters of the
+    best epoch by it."""
 
     enabled: bool = True
     patience: PositiveInt = 10

@@ -10,7 +10,7 @@ from core.callbacks import CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
 from core.data import load_dataset
 from core.optim import FlatParameters, Schedule, make_optimizer
-from core.spec import EarlyStoppingSpec, JobSpec, parse_spec
+from core.spec import EarlyStoppingSpec, JobSpec, monitor_mode, parse_spec
 from core.state import EarlyStopping, TrainState
 from core.train import GradientChecks, TrainingData, build_model
 
@@ -117,6 +117,9 @@ def test_early_stopping_on_a_maximised_metric() -> None:
     assert (es.best_loss, es.best_epoch) == (0.8, 2)
     low = EarlyStopping.from_spec(EarlyStoppingSpec(monitor="val_accuracy", mode="min"))
     assert not low.maximise
+    for monitor, mode in (("val_macro_f1", "max"), ("train_r2", "max"), ("val_mae", "min"),
+                          ("val_rmse", "min"), ("train_loss", "min")):  # fmt: skip
+        assert monitor_mode(monitor, None) == mode
 
 
 def test_plateau_waits_patience_then_cooldown_and_stops_at_min_lr() -> None:
