@@ -51,6 +51,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from core.activations import inplace
 from core.sizes import DEFAULT_SAMPLES, FD_CHUNK, TRAIN_EVAL_ROWS, part_sizes, rows_per_chunk
 from core.spec import (
     FILE_DATASETS,
@@ -232,6 +233,7 @@ def estimate_key(spec: JobSpec, shape: DatasetShape | None = None) -> tuple[obje
         opt.batch_size,
         opt.epochs,
         opt.name,
+        inplace(spec.model.activation),
         reg.dropout > 0,
         reg.weight_decay > 0,
         es.enabled,
@@ -357,25 +359,29 @@ def _activations(spec: JobSpec, s: _Shape) -> tuple[int, int, int]:
     last batch; a step adds its masks while the previous step's are still held. Autograd
     keeps nothing between steps; a step holds its masks and its graph (each hidden layer's
     output, masked output, the layer being computed, the loss) or, while the next masks are
-    drawn, two sets of masks."""
+    drawn, two sets of masks. An activation without the in-place pair (gelu, silu, softplus)
+    makes each hidden layer's φ(Z) anew at each step, and its derivative's temporaries
+    (three of the widest layer's size, at most), in the manual engine's step."""
     f, d, k, dropout = s.itemsize, s.features, s.out, spec.regularization.dropout > 0
     masks = s.batch * s.hidden * f if dropout else 0
     if spec.engine == "autograd":
         graph = s.batch * (d + k + (1 + dropout) * s.hidden + 3 * max(s.widths[1:]) + 4 * k) * f
         return 0, masks + max(masks, graph), masks
     per_row = (d + k) + s.units + s.hidden * (1 + dropout) + k + 1  # Backprop's buffers
-    return (s.batch + s.last_batch) * per_row * f, 2 * masks, masks
+    fresh = 0 if inplace(spec.model.activation) else s.hidden + 3 * max(s.widths[1:])
+    return (s.batch + s.last_batch) * per_row * f, 2 * masks + s.batch * fresh * f, masks
 
 
 def _evaluation(s: _Shape) -> int:
     """A chunk's activations (each layer's z and φ(z), the layer's input, |z|), the rows'
-    losses and hits, and the test part encoded for the final metrics (its one-hot targets
-    through int64 and float64) before it is evaluated."""
+    losses, hits and predictions (or absolute errors), and the test part encoded for the
+    final metrics (its one-hot targets through int64 and float64) before it is evaluated."""
     n_train, n_val, n_test = s.parts
     f, k = s.itemsize, s.out
     rows = max(n_train, min(TRAIN_EVAL_ROWS, n_train) + n_val)
     chunk = min(rows_per_chunk(s.widths, f), rows) * (4 * max(s.widths[1:]) + 4 * k) * f
-    per_row = f + 8 + (8 if s.classes == 0 else 0)  # losses, hits (regression: targets)
+    # losses, hits, predictions or absolute errors (regression: also the targets)
+    per_row = f + 16 + (8 if s.classes == 0 else 0)
     test = n_test * ((s.features + k) * f + 8)
     test_encoding = n_test * (16 * k if s.classes and k > 1 else 16)
     return max(rows * per_row + chunk, test + max(test_encoding, n_test * per_row + chunk))
