@@ -48,7 +48,7 @@ from core.callbacks import Callback, CallbackList
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
 from core.model import MLP
-from core.optim import SGD, FlatParameters, learning_rate
+from core.optim import SGD, FlatParameters
 from core.spec import JobSpec, dataset_shape
 from core.state import TrainState
 from core.train import (
@@ -107,8 +107,8 @@ def pack_key(spec: JobSpec) -> str:
 def unpackable_reason(spec: JobSpec) -> str | None:
     """Why the spec may not train in a pack, in words for the job's events; None when it
     may. A pack trains with the manual engine (``auto`` or ``manual``), sgd, no gradient
-    clipping, a schedule without state (not ``plateau``) whose rate changes per epoch (no
-    ``warmup_steps``) and an activation whose
+    clipping, a schedule whose rate changes per epoch only (no ``warmup_steps``) and an
+    activation whose
     derivative follows from its value (``core.activations``, in-place pair)."""
     opt = spec.optimizer
     if resolve_engine(spec) != "manual":
@@ -117,8 +117,6 @@ def unpackable_reason(spec: JobSpec) -> str | None:
         return f"optimizer {opt.name!r}: packs train with sgd only"
     if opt.clip_norm is not None:
         return "optimizer.clip_norm: packs do not clip gradients"
-    if opt.schedule.kind == "plateau":
-        return "schedule 'plateau': packs take schedules without state only"
     if opt.schedule.warmup_steps:
         return "schedule.warmup_steps: packs set rates per epoch (warmup_epochs packs)"
     if not inplace(spec.model.activation):
@@ -684,7 +682,7 @@ class _Run:
         n, batch = t_data.n, data_batch(pack.members, t_data)
         every = 1 if self.device.type == "cpu" else DIVERGENCE_CHECK_STEPS
         for m in pack.members:
-            m.lr = learning_rate(m.spec.optimizer, m.state.epoch)
+            m.lr = m.state.schedule.lr(m.state.epoch)  # a plateau's reductions included
         pack.set_rates()
         t0 = time.perf_counter()
         before = [[w.detach().clone() for w in m.model.weights] for m in pack.members]

@@ -464,3 +464,30 @@ def test_a_member_given_another_jobs_checkpoint_fails_alone() -> None:
     assert isinstance(results[1], CheckpointError) and "differs in" in str(results[1])
     for k in (0, 2):
         assert_same_training(results[k], train(specs[k], dtype=F64))
+
+
+def test_plateau_members_reduce_their_own_rates_as_alone() -> None:
+    """A plateau schedule's reductions (each member's own monitor, patience, cooldown) are
+    the same in a pack as alone, float64; the members' rates do come down."""
+    base = MIXED
+    specs = [
+        make_spec(
+            base,
+            seed=s,
+            optimizer={
+                "lr": 0.2,
+                "epochs": 8,
+                "schedule": {"kind": "plateau", "patience": p, "monitor": m, "cooldown": c},
+            },
+        )
+        for s, p, m, c in (
+            (1, 1, "val_accuracy", 0),
+            (2, 2, "val_loss", 1),
+            (3, 1, "train_loss", 0),
+        )
+    ]
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        solo = train(spec, dtype=F64)
+        assert_same_training(packed, solo)
+    rates = [h.lr for h in train(specs[0], dtype=F64).history]
+    assert min(rates) < rates[0]
