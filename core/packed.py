@@ -106,17 +106,15 @@ def pack_key(spec: JobSpec) -> str:
 
 def unpackable_reason(spec: JobSpec) -> str | None:
     """Why the spec may not train in a pack, in words for the job's events; None when it
-    may. A pack trains with the manual engine (``auto`` or ``manual``), sgd, no gradient
-    clipping, a schedule whose rate changes per epoch only (no ``warmup_steps``) and an
-    activation whose
-    derivative follows from its value (``core.activations``, in-place pair)."""
+    may. A pack trains with the manual engine (``auto`` or ``manual``), sgd (with or
+    without clipping), a schedule whose rate changes per epoch only (no ``warmup_steps``)
+    and an activation whose derivative follows from its value (``core.activations``,
+    in-place pair)."""
     opt = spec.optimizer
     if resolve_engine(spec) != "manual":
         return f"engine {spec.engine!r}: packs train with the manual engine"
     if opt.name != "sgd":
         return f"optimizer {opt.name!r}: packs train with sgd only"
-    if opt.clip_norm is not None:
-        return "optimizer.clip_norm: packs do not clip gradients"
     if opt.schedule.warmup_steps:
         return "schedule.warmup_steps: packs set rates per epoch (warmup_epochs packs)"
     if not inplace(spec.model.activation):
@@ -302,6 +300,8 @@ class _Chunk:
     nest: list[torch.Tensor]
     neg_lr: list[torch.Tensor]
     dropout: list[int]
+    clip: torch.Tensor  # (n,) each member's clip_norm (inf: none)
+    clipped: torch.Tensor  # (n,) view of the pack's counts of clipped steps this epoch
 
 
 class _Pack:
@@ -335,6 +335,8 @@ class _Pack:
         self.plans: dict[
             int, list[tuple[_Chunk, PackedPass, torch.Tensor, list[torch.Tensor]]]
         ] = {}
+        # per member: the steps its clipping scaled down this epoch (taken at its end)
+        self.clipped = torch.zeros(len(members), dtype=torch.int64, device=device)
         self._scalars()
 
     # -- per-member scalars ------------------------------------------------------------------
@@ -356,6 +358,9 @@ class _Pack:
         self.any_nesterov = any(o.nesterov for o in opt)
         self.all_nesterov = all(o.nesterov for o in opt)
         self.any_decay = any(r.weight_decay for r in reg)
+        clips = [math.inf if o.clip_norm is None else o.clip_norm for o in opt]
+        self.clip = torch.tensor(clips, dtype=dt, device=dev)
+        self.any_clip = any(math.isfinite(c) for c in clips)
         self.dropout = [k for k, m in enumerate(ms) if m.keep < 1.0]
         self.stoppers = [k for k, m in enumerate(ms) if m.stoppers]
         self.sums = torch.empty(len(ms), dtype=torch.float64, device=dev)
@@ -377,6 +382,8 @@ class _Pack:
                     nest=self._per_member(self.nest, a, b),
                     neg_lr=self._per_member(self.neg_lr, a, b),
                     dropout=[k for k in self.dropout if a <= k < b],
+                    clip=self.clip[a:b],
+                    clipped=self.clipped[a:b],
                 )
             )
 
@@ -387,7 +394,9 @@ class _Pack:
     def compact(self, leaving: set[int]) -> None:
         """Drop the members at positions ``leaving``; the others keep their order."""
         keep = [k for k in range(len(self.members)) if k not in leaving]
-        self.packed.compact(torch.tensor(keep, dtype=torch.long, device=self.device))
+        kept = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.packed.compact(kept)
+        self.clipped = self.clipped.index_select(0, kept)
         self.members = [self.members[k] for k in keep]
         if self.members:
             self._scalars()
@@ -430,9 +439,17 @@ class _Pack:
 
     def chunk_update(self, c: _Chunk) -> None:
         """SGD with weight decay on the chunk's members (``core.optim.SGD``'s update with
-        per-member rates): g += 2λW; v ← g + μv; Nesterov: g += μv, d = g, else d = v;
-        θ −= η d. The gradient buffer ends as the solo engine's does."""
+        per-member rates): with clipping g ×= min(1, clip/(‖g‖ + 1e-6)) (``GradClipper``,
+        each member's norm over all its layers); g += 2λW; v ← g + μv; Nesterov: g += μv,
+        d = g, else d = v; θ −= η d. The gradient buffer ends as the solo engine's does."""
         params, grads = c.params, c.grads
+        if self.any_clip:
+            squares = [g.pow(2).sum(dim=tuple(range(1, g.dim()))) for g in grads]
+            norm = torch.stack(squares).sum(dim=0).sqrt_()
+            coef = torch.div(c.clip, norm.add_(1e-6))
+            c.clipped.add_(coef < 1.0)
+            coef.clamp_(max=1.0)
+            torch._foreach_mul_(grads, [coef.view(-1, *([1] * (g.dim() - 1))) for g in grads])
         if self.any_decay:
             torch._foreach_addcmul_(grads[0::2], c.lam2, params[0::2])
         direction = grads
@@ -753,6 +770,9 @@ class _Run:
         record = evaluation.record(
             m.model, state.epoch + 1, state.step, m.lr, seconds, before, m.flat.grad
         )
+        if m.spec.optimizer.clip_norm is not None:
+            record.clipped_steps = int(pack.clipped[k])
+            pack.clipped[k] = 0
         stop_early = state.end_epoch(record)
         cbs.on_epoch_end(record)
         last = stop_early or state.epoch == m.epochs

@@ -491,3 +491,23 @@ def test_plateau_members_reduce_their_own_rates_as_alone() -> None:
         assert_same_training(packed, solo)
     rates = [h.lr for h in train(specs[0], dtype=F64).history]
     assert min(rates) < rates[0]
+
+
+def test_clipping_members_clip_and_count_as_alone() -> None:
+    """Members with their own clip_norm (or none) among others: float64, the same steps and
+    the same count of clipped steps in each epoch's record as alone; some steps clip."""
+    specs = [
+        make_spec(MIXED, seed=1, optimizer={"lr": 0.1, "clip_norm": 0.5}),
+        make_spec(MIXED, seed=2, optimizer={"lr": 0.1}),
+        make_spec(MIXED, seed=3, optimizer={"lr": 0.05, "momentum": 0.5, "clip_norm": 2.0}),
+    ]
+    counts = []
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        solo = train(spec, dtype=F64)
+        assert_same_training(packed, solo)
+        assert isinstance(packed, TrainResult)
+        got = [h.clipped_steps for h in packed.history]
+        assert got == [h.clipped_steps for h in solo.history]
+        counts.append(got)
+    assert counts[1] == [None] * len(counts[1])
+    assert sum(counts[0]) > 0  # clip 0.5 scales some steps down

@@ -187,7 +187,6 @@ def test_new_activations_train_in_both_engines_with_the_validator(activation: st
     ("change", "needle"),
     [
         ({"optimizer": {"name": "adam"}}, "optimizer 'adam'"),
-        ({"optimizer": {"clip_norm": 1.0}}, "clip_norm"),
         ({"optimizer": {"schedule": {"warmup_steps": 10}}}, "warmup_steps"),
         ({"model": {"activation": "gelu"}}, "activation 'gelu'"),
         ({"engine": "autograd"}, "engine 'autograd'"),
