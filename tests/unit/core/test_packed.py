@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
 from core.gradcheck import GradcheckFailed
-from core.packed import PackIncompatible, pack_key, train_packed
+from core.packed import PackIncompatible, pack_key, packable, train_packed
 from core.spec import JobSpec, parse_spec
 from core.train import Diverged, TrainResult, train
 
@@ -87,7 +87,7 @@ def packs(draw: st.DrawFn) -> list[JobSpec]:
     own seeds, rates, momentum, Nesterov, weight decay, dropout and schedule."""
     loss = draw(st.sampled_from(sorted(DATASETS)))
     hidden = draw(st.lists(st.integers(1, 9), min_size=0, max_size=3))  # [ ]: no hidden layer
-    activation = draw(st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "identity", "elu"]))
+    activation = draw(st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "identity"]))
     batch = draw(st.sampled_from(sorted(EPOCHS_FOR_200)))
     base = {
         "dataset": {**DATASETS[loss], "seed": draw(st.integers(0, 3))},
@@ -415,6 +415,7 @@ def test_specs_of_another_shape_cannot_share_a_pack() -> None:
         make_spec(MIXED, optimizer={"batch_size": 8}),
         make_spec(MIXED, dataset={"name": "wine", "seed": 2}),
         make_spec(MIXED, loss="squared"),
+        make_spec(MIXED, optimizer={"name": "adam", "momentum": 0.0}),
     ):
         assert pack_key(other) != pack_key(a)
         with pytest.raises(PackIncompatible):
@@ -511,3 +512,45 @@ def test_clipping_members_clip_and_count_as_alone() -> None:
         counts.append(got)
     assert counts[1] == [None] * len(counts[1])
     assert sum(counts[0]) > 0  # clip 0.5 scales some steps down
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop"])
+def test_adaptive_optimizers_train_in_packs_as_alone(name: str) -> None:
+    """A pack of one optimizer: members with their own rates, betas (alpha), eps, weight
+    decay, clipping and schedules take the same steps as alone (float64)."""
+    own = {"adam": {"betas": [0.8, 0.99]}, "adamw": {"eps": 1e-6}, "rmsprop": {"alpha": 0.9}}
+    base = {**MIXED, "optimizer": {"epochs": 5, "batch_size": 16, "name": name}}
+    specs = [
+        make_spec(base, seed=1, optimizer={"lr": 0.01, **own[name]}),
+        make_spec(
+            base,
+            seed=2,
+            optimizer={"lr": 0.003, "clip_norm": 0.5, "schedule": {"kind": "cosine"}},
+            regularization={"weight_decay": 0.01, "dropout": 0.2},
+        ),
+        make_spec(base, seed=3, regularization={"weight_decay": 0.0}),
+    ]
+    assert all(packable(s) for s in specs) and len({pack_key(s) for s in specs}) == 1
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        assert_same_training(packed, train(spec, dtype=F64))
+
+
+def test_an_adam_member_resumes_in_a_pack_bit_for_bit_as_its_checkpoint_says() -> None:
+    """The pack's adam state (moments and step count) goes into each member's checkpoint:
+    resumed alone, a member finishes as it would have in the pack, within rounding."""
+    base = {**MIXED, "optimizer": {"epochs": 6, "batch_size": 16, "name": "adam"}}
+    specs = [make_spec(base, seed=s, optimizer={"lr": 0.01}) for s in (1, 2)]
+    saved: dict[int, Checkpoint] = {}
+
+    class Keep(Callback):
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+            if checkpoint.epoch == 3:
+                saved[self.k] = Checkpoint.from_bytes(checkpoint.to_bytes())
+
+    full = train_packed(specs, dtype=F64, callbacks=[[Keep(0)], [Keep(1)]])
+    assert saved[0].optimizer_steps == full[0].history[2].step  # type: ignore[union-attr]
+    alone = train(specs[0], dtype=F64, resume_from=saved[0])
+    assert_same_training(full[0], alone, checks_from=saved[0].step)

@@ -186,7 +186,6 @@ def test_new_activations_train_in_both_engines_with_the_validator(activation: st
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"optimizer": {"name": "adam"}}, "optimizer 'adam'"),
         ({"optimizer": {"schedule": {"warmup_steps": 10}}}, "warmup_steps"),
         ({"model": {"activation": "gelu"}}, "activation 'gelu'"),
         ({"engine": "autograd"}, "engine 'autograd'"),
@@ -259,7 +258,8 @@ def test_the_adam_example_parses_and_trains() -> None:
     job = spec.model_dump(mode="json")
     job["optimizer"]["epochs"] = 5
     result = train(parse_spec(job))
-    assert result.metrics["test_accuracy"] > 0.8 and unpackable_reason(spec) is not None
+    assert result.metrics["test_accuracy"] > 0.8
+    assert unpackable_reason(spec) == "activation 'gelu': packs take in-place activations only"
     # the epochs' macro scores, and at the end the test part's confusion matrix
     assert {"macro_f1", "macro_precision", "macro_recall"} <= set(result.history[-1].val)
     cm = result.confusion
