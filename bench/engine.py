@@ -11,7 +11,10 @@ set of rows, compute-bound (hidden [1024]*4, batch 1024), compares achieved GFLO
 ``torch.mm`` at the same shapes, measured in the same run. A third set, the packed engine
 (``core.packed``): model-steps/s of a pack of K reference jobs (their own seeds) against one
 solo run, and the GFLOP/s achieved against ``torch.bmm`` (``torch.mm`` for the solo) doing
-the same step's products at the same shapes, in the same run.
+the same step's products at the same shapes, in the same run. A fourth set, Adam: the
+reference job with ``optimizer: {name: adam, lr: 0.001}`` (betas 0.9, 0.999, eps 1e-8) in
+gradq's engines, against ``torch.optim.Adam`` in the PyTorch loop and scikit-learn's
+``MLPClassifier(solver="adam")`` with the same settings, in the same run.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from core.spec import parse_spec
 from core.train import train
 
 EPOCHS = 50
+ADAM_LR = 1e-3  # torch.optim.Adam's and scikit-learn's default, and gradq's for adam
 PACKS = (1, 8, 32, 128, 512)
 
 
@@ -53,16 +57,19 @@ def steps_per_run(n: int, epochs: int) -> int:
     return epochs * -(-n // BATCH)
 
 
-def run_sklearn(data: Dataset, epochs: int) -> dict[str, float]:
+def run_sklearn(data: Dataset, epochs: int, optimizer: str = "sgd") -> dict[str, float]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
+    solver: dict[str, Any] = (
+        {"solver": "sgd", "learning_rate_init": LR, "momentum": MOMENTUM}
+        if optimizer == "sgd"
+        else {"solver": "adam", "learning_rate_init": ADAM_LR, "epsilon": 1e-8}
+    )
     clf = MLPClassifier(
         hidden_layer_sizes=tuple(HIDDEN),
         activation="relu",
-        solver="sgd",
-        learning_rate_init=LR,
-        momentum=MOMENTUM,
+        **solver,
         nesterovs_momentum=False,
         alpha=2 * WD * BATCH,
         batch_size=BATCH,
@@ -82,7 +89,7 @@ def run_sklearn(data: Dataset, epochs: int) -> dict[str, float]:
     return {"seconds": seconds, "steps": steps_per_run(len(data.X_train), epochs), "accuracy": acc}
 
 
-def run_torch(data: Dataset, epochs: int, device: str) -> dict[str, float]:
+def run_torch(data: Dataset, epochs: int, device: str, optimizer: str = "sgd") -> dict[str, float]:
     torch.manual_seed(0)
     dev = torch.device(device)
     X = torch.as_tensor(data.X_train, dtype=torch.float32, device=dev)
@@ -95,7 +102,11 @@ def run_torch(data: Dataset, epochs: int, device: str) -> dict[str, float]:
         torch.nn.ReLU(),
         torch.nn.Linear(HIDDEN[1], k),
     ).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=2 * WD)
+    opt: torch.optim.Optimizer
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=2 * WD)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=ADAM_LR, weight_decay=2 * WD)
     n, steps = X.shape[0], 0
     sync()
     t0 = clock()
@@ -116,11 +127,18 @@ def run_torch(data: Dataset, epochs: int, device: str) -> dict[str, float]:
     return {"seconds": seconds, "steps": steps, "accuracy": acc}
 
 
-def run_gradq(data: Dataset, epochs: int, engine: str, device: str) -> dict[str, float]:
+def run_gradq(
+    data: Dataset, epochs: int, engine: str, device: str, optimizer: str = "sgd"
+) -> dict[str, float]:
     spec = reference_spec(engine, device, epochs)
+    if optimizer != "sgd":
+        job = spec.model_dump(mode="json")
+        job["optimizer"] = {**job["optimizer"], "name": optimizer, "lr": ADAM_LR, "momentum": 0.0}
+        spec = parse_spec(job)
+    timer = StepTimer(skip=1)
     sync()
     t0 = clock()
-    result = train(spec, data=data)
+    result = train(spec, data=data, callbacks=[timer])
     sync()
     seconds = clock() - t0
     return {
@@ -128,6 +146,8 @@ def run_gradq(data: Dataset, epochs: int, engine: str, device: str) -> dict[str,
         "steps": result.steps,
         "accuracy": result.metrics["test_accuracy"],
         "gradchecks": len(result.gradchecks),
+        # wall seconds a step took in the epochs after the first (the epochs' steps only)
+        "step_us": 1e6 * timer.seconds / max(timer.steps, 1),
     }
 
 
@@ -364,23 +384,46 @@ def main() -> None:
             data, args.epochs, "autograd", args.device
         )
         runners["gradq engine=manual"] = lambda: run_gradq(data, args.epochs, "manual", args.device)
+        if args.device == "cpu":
+            runners["scikit-learn adam"] = lambda: run_sklearn(data, args.epochs, "adam")
+        runners["PyTorch loop, optim.Adam"] = lambda: run_torch(
+            data, args.epochs, args.device, "adam"
+        )
+        runners["gradq engine=autograd adam"] = lambda: run_gradq(
+            data, args.epochs, "autograd", args.device, "adam"
+        )
+        runners["gradq engine=manual adam"] = lambda: run_gradq(
+            data, args.epochs, "manual", args.device, "adam"
+        )
     rows: dict[str, dict[str, float]] = {}
+    fastest: dict[str, float] = {}
     with threadpool_limits(limits=1):
         # Rounds interleave the rows, and each row keeps its fastest round: on a shared,
         # noisy machine the best of a few runs is the closest to what the code costs.
         for _ in range(args.repeats):
             for name, run in runners.items():
                 r = run()
+                if "step_us" in r:  # a step's time: its own best round
+                    fastest[name] = min(fastest.get(name, r["step_us"]), r["step_us"])
                 if name not in rows or r["seconds"] < rows[name]["seconds"]:
                     rows[name] = r
         anchor_name = (
             "scikit-learn MLPClassifier" if args.device == "cpu" else "PyTorch autograd loop"
         )
-        if rows:
-            anchor = rows[anchor_name]["steps"] / rows[anchor_name]["seconds"]
-        for r in rows.values():
+        adam_anchor_name = (
+            "scikit-learn adam" if args.device == "cpu" else "PyTorch loop, optim.Adam"
+        )
+        for name, r in rows.items():
             r["steps_per_s"] = r["steps"] / r["seconds"]
-            r["ratio"] = r["steps_per_s"] / anchor
+            if name in fastest:
+                r["step_us"] = fastest[name]
+        for name, r in rows.items():
+            a = adam_anchor_name if "adam" in name.lower() else anchor_name
+            r["ratio"] = r["steps_per_s"] / rows[a]["steps_per_s"]
+        if "gradq engine=manual adam" in rows:  # Adam's step against SGD's, manual engine
+            rows["gradq engine=manual adam"]["step_vs_sgd"] = (
+                rows["gradq engine=manual adam"]["step_us"] / rows["gradq engine=manual"]["step_us"]
+            )
         compute: dict[str, dict[str, float]] = {}
         packed: dict[str, dict[str, float]] = {}
         packs = [int(k) for k in args.packs.split(",") if k]
@@ -415,6 +458,7 @@ def main() -> None:
             "epochs": args.epochs,
         },
         "anchor": anchor_name,
+        "adam_anchor": adam_anchor_name if rows else None,
         "repeats": args.repeats,
         "clock": "wall" if _CLOCK[0] is time.perf_counter else "process CPU time",
         "rows": rows,
@@ -433,7 +477,15 @@ def main() -> None:
     )
     print(f"{'':30s} {'steps/s':>10s} {'× ' + anchor_name.split()[0]:>16s} {'test acc':>9s}")
     for name, r in rows.items():
+        if name == adam_anchor_name:
+            print(f"\nAdam (lr {ADAM_LR}), × {adam_anchor_name}")
         print(f"{name:30s} {r['steps_per_s']:10.0f} {r['ratio']:15.2f}× {r['accuracy']:9.4f}")
+    if "gradq engine=manual adam" in rows:
+        adam, sgd = rows["gradq engine=manual adam"], rows["gradq engine=manual"]
+        print(
+            f"manual engine, a step: Adam {adam['step_us']:.1f} µs, SGD {sgd['step_us']:.1f} µs"
+            f" ({adam['step_vs_sgd']:.2f}×; wall time of the steps, each its best round's)"
+        )
     if packed:
         print(
             f"\nPacked engine: K reference jobs at once (steps only: no evaluation, no"

@@ -9,17 +9,34 @@ The built-in activations also give the in-place pair the training loop uses
 (``core.backprop.Backprop``): ``forward_(z)`` overwrites z with φ(z), and ``backward_h(h, g)``
 overwrites g with φ′ ⊙ g computed from h alone. Every φ here allows that: relu′ and leaky_relu′
 are [h > 0]-based because h > 0 exactly when z > 0 (also at z = 0, where both take the
-subgradient 0 resp. the slope, as autograd does), σ′ and tanh′ are functions of h.
+subgradient 0 resp. the slope, as autograd does), σ′ and tanh′ are functions of h, and so is
+elu′ (1 where h > 0, else h + 1 = eᶻ).
+
+gelu, silu and softplus are not monotone or not invertible in floating point near their
+ends, so their derivatives take z: the training pass keeps Z⁽ˡ⁾ and φ(Z⁽ˡ⁾) apart for them.
+Their derivatives, written out:
+
+    gelu      φ = z·Φ(z), Φ(z) = (1 + erf(z/√2))/2     φ′ = Φ(z) + z·e^(−z²/2)/√(2π)
+    elu       φ = z (z > 0), eᶻ − 1                   φ′ = 1 (z > 0), eᶻ
+    silu      φ = z·σ(z)                              φ′ = σ(z)·(1 + z·(1 − σ(z)))
+    softplus  φ = log(1 + eᶻ), z beyond 20            φ′ = σ(z), 1 beyond 20
+
+softplus is PyTorch's (β = 1, threshold 20: the identity where z > 20), and so is its
+derivative there.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 LEAKY_SLOPE = 0.01  # slope of leaky_relu for z < 0
+SOFTPLUS_THRESHOLD = 20.0  # softplus is the identity beyond it (PyTorch's default)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # ATen's own backward kernels, bound once (an overload skips the per-call overload lookup)
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
 _LEAKY_BACKWARD = torch.ops.aten.leaky_relu_backward.default
@@ -95,6 +112,45 @@ def _leaky_(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.leaky_relu_(z, LEAKY_SLOPE)
 
 
+def _gelu(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(z)  # the exact form, z·Φ(z)
+
+
+def _gelu_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    cdf = torch.erf(z * _INV_SQRT2).add_(1.0).mul_(0.5)  # Φ(z)
+    pdf = torch.exp(z * z * -0.5).mul_(_INV_SQRT_2PI)  # e^(−z²/2)/√(2π)
+    return g * cdf.addcmul_(z, pdf)
+
+
+def _elu(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.elu(z)
+
+
+def _elu_(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.elu_(z)
+
+
+def _elu_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g * torch.where(z > 0, 1.0, torch.exp(z))
+
+
+def _elu_backward_h(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g.mul_(torch.where(h > 0, 1.0, h + 1.0))  # h > 0 ⇔ z > 0; else eᶻ = h + 1
+
+
+def _silu_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return g * s * (1.0 + z * (1.0 - s))
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.softplus(z, 1.0, SOFTPLUS_THRESHOLD)
+
+
+def _softplus_backward(z: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g * torch.where(z > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(z))
+
+
 ACTIVATIONS: dict[str, ActivationFn] = {
     "relu": ActivationFn(
         "relu", torch.relu, _relu_backward, torch.nn.ReLU, torch.relu_, _relu_backward_h
@@ -121,7 +177,22 @@ ACTIVATIONS: dict[str, ActivationFn] = {
     "identity": ActivationFn(
         "identity", _identity, _identity_backward, torch.nn.Identity, _identity, _identity_h
     ),
+    "gelu": ActivationFn("gelu", _gelu, _gelu_backward, torch.nn.GELU),
+    "elu": ActivationFn("elu", _elu, _elu_backward, torch.nn.ELU, _elu_, _elu_backward_h),
+    "silu": ActivationFn("silu", torch.nn.functional.silu, _silu_backward, torch.nn.SiLU),
+    "softplus": ActivationFn(
+        "softplus",
+        _softplus,
+        _softplus_backward,
+        lambda: torch.nn.Softplus(1.0, SOFTPLUS_THRESHOLD),
+    ),
 }
+
+
+def inplace(name: str) -> bool:
+    """Whether the activation has the in-place pair (``forward_``, ``backward_h``)."""
+    act = get_activation(name)
+    return act.forward_ is not None and act.backward_h is not None
 
 
 def get_activation(name: str) -> ActivationFn:

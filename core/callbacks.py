@@ -30,6 +30,7 @@ class EpochRecord:
     train: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
     layers: list[dict[str, float]] = field(default_factory=list)
+    clipped_steps: int | None = None  # with optimizer.clip_norm: the steps it scaled down
 
     def to_dict(self) -> dict[str, Any]:
         """What ``dataclasses.asdict`` gives (fresh dicts and lists), built directly: a job
@@ -44,6 +45,7 @@ class EpochRecord:
             "train": dict(self.train),
             "val": dict(self.val),
             "layers": [dict(layer) for layer in self.layers],
+            "clipped_steps": self.clipped_steps,
         }
 
     @classmethod
@@ -59,6 +61,8 @@ class EpochRecord:
             "samples_per_s": self.samples_per_s,
             "grad_norm": self.grad_norm,
         }
+        if self.clipped_steps is not None:
+            out["clipped_steps"] = self.clipped_steps
         out.update({f"train_{k}": v for k, v in self.train.items()})
         out.update({f"val_{k}": v for k, v in self.val.items()})
         for i, layer in enumerate(self.layers, start=1):

@@ -1,6 +1,8 @@
 """The full training state, enough to resume a job exactly where it stopped.
 
-A checkpoint holds the weights, the momentum buffers, the states of the random generators
+A checkpoint holds the weights, the optimizer's state (sgd's momentum buffer as ``momentum``,
+adam's, adamw's and rmsprop's tensors by name in ``optimizer`` with their step count), the
+state of a plateau schedule, the states of the random generators
 (minibatch order and dropout masks), the epoch and step reached, the early-stopping state,
 the history so far and the spec. Training N epochs straight and training N/2, saving, loading
 in a new process and finishing give bit-identical weights on the same device.
@@ -32,7 +34,7 @@ class Checkpoint:
     epoch: int  # epochs completed
     step: int  # optimizer steps taken
     params: list[torch.Tensor]  # W1, b1, …, aligned with model.parameters()
-    momentum: list[torch.Tensor]
+    momentum: list[torch.Tensor]  # sgd's; empty for another optimizer
     batch_rng: torch.Tensor  # torch.Generator state (CPU): minibatch order
     dropout_rng: torch.Tensor  # torch.Generator state on the training device
     best_loss: float | None = None
@@ -40,6 +42,10 @@ class Checkpoint:
     bad_epochs: int = 0
     best_params: list[torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # another optimizer's state tensors by name (adam: exp_avg, exp_avg_sq), its steps taken
+    optimizer: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer_steps: int = 0
+    schedule: dict[str, Any] | None = None  # a plateau schedule's state (core.optim.Schedule)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -60,6 +66,9 @@ class Checkpoint:
                 if self.best_params is None
                 else [_own(p) for p in self.best_params],
                 "history": json.dumps(self.history),
+                "optimizer": {k: _own(v) for k, v in self.optimizer.items()},
+                "optimizer_steps": self.optimizer_steps,
+                "schedule": None if self.schedule is None else json.dumps(self.schedule),
             },
             buf,
         )
@@ -86,6 +95,9 @@ class Checkpoint:
             bad_epochs=raw["bad_epochs"],
             best_params=raw["best_params"],
             history=json.loads(raw["history"]),
+            optimizer=raw.get("optimizer") or {},  # absent before optimizers other than sgd
+            optimizer_steps=raw.get("optimizer_steps", 0),
+            schedule=None if raw.get("schedule") is None else json.loads(raw["schedule"]),
         )
 
     def save(self, path: str | Path) -> None:
@@ -113,13 +125,25 @@ RESUMABLE_CHANGES = {"name", "priority", "max_attempts", "resources", "register_
 
 
 def check_compatible(ckpt: Checkpoint, spec: dict[str, Any]) -> None:
-    """Refuse to resume a job from another job's checkpoint."""
+    """Refuse to resume a job from another job's checkpoint. The checkpoint's spec is read
+    as a spec today reads (``core.spec.JobSpec``, with the defaults of fields added since it
+    was written), so a checkpoint written before a field was added resumes."""
+    saved = _normalised(ckpt.spec)
     diff = sorted(
         k
-        for k in set(spec) | set(ckpt.spec)
-        if k not in RESUMABLE_CHANGES and spec.get(k) != ckpt.spec.get(k)
+        for k in set(spec) | set(saved)
+        if k not in RESUMABLE_CHANGES and spec.get(k) != saved.get(k)
     )
     if diff:
         raise CheckpointError(
             f"checkpoint was written for a different spec (differs in: {', '.join(diff)})"
         )
+
+
+def _normalised(spec: dict[str, Any]) -> dict[str, Any]:
+    from core.spec import JobSpec  # core.spec does not depend on this module's callers
+
+    try:
+        return JobSpec.model_validate(spec).model_dump(mode="json")
+    except ValueError:
+        return spec

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -34,8 +35,12 @@ def evaluate(
     """Metrics, and per-layer diagnostics when ``weights_before`` is given, in one pass over
     the rows (in chunks of ``chunk_rows``, see ``evaluate_parts``).
 
-    Metrics: {"loss", "accuracy"} for classification, {"loss", "rmse", "r2"} for regression
-    (targets ``y`` standardised by ``y_scale``, which converts the RMSE back to their units).
+    Metrics: {"loss", "accuracy", "macro_precision", "macro_recall", "macro_f1"} for
+    classification (the macro averages over the classes that occur among the targets or the
+    predictions, a class's score 0 where it is undefined: scikit-learn's
+    ``precision_recall_fscore_support(average="macro", zero_division=0)``), {"loss", "rmse",
+    "r2", "mae"} for regression (targets ``y`` standardised by ``y_scale``, which converts
+    the RMSE and the MAE back to their units).
     Diagnostics per layer: ``dead_fraction``, the hidden units whose φ′ is below 1e-3 on every
     row of X (ReLUs never positive, sigmoid/tanh units always saturated; 0 for the output
     layer), ``update_ratio`` ‖W − W_before‖/‖W_before‖ and ``weight_norm``.
@@ -88,6 +93,10 @@ def evaluate_parts(
     dead = _DeadUnits(model.activation, len(model.hidden_widths), rows=bounds[1])
     losses = torch.empty(n, dtype=X.dtype, device=X.device)
     hits = torch.empty(n, dtype=torch.float64, device=X.device)  # 1/0, or squared errors
+    classes = max(model.widths[-1], 2)
+    # predicted classes, or absolute errors (regression)
+    preds = torch.empty(n, dtype=torch.int64 if task == "classification" else torch.float64,
+                        device=X.device)  # fmt: skip
     for a in range(0, n, step):
         b = min(a + step, n)
         F = forward(
@@ -97,8 +106,8 @@ def evaluate_parts(
             activation=model.activation,
             on_hidden=None if weights_before is None else dead.observer(a),
         )
-        losses[a:b], hits[a:b] = _row_values(loss, task, F, y[a:b], T[a:b])
-    numbers = _block_numbers(task, losses, hits, y, bounds)  # read in one transfer
+        losses[a:b], hits[a:b], preds[a:b] = _row_values(loss, task, F, y[a:b], T[a:b])
+    numbers = block_numbers(task, losses, hits, preds, y, bounds, classes)  # one transfer
     if weights_before is not None:
         numbers.extend(dead.fractions(X.device))
         weights = [w.detach() for w in model.weights]
@@ -112,33 +121,82 @@ def evaluate_parts(
     return parts, layer_diagnostics(values, dead.layers, len(model.layers))
 
 
+@torch.no_grad()
+def confusion(
+    model: MLP, X: torch.Tensor, y: torch.Tensor, *, loss: str, chunk_rows: int | None = None
+) -> dict[str, list[Any]]:
+    """A classifier's confusion matrix on (X, y) (``matrix[i][j]``: rows of class i
+    predicted j) and each class's ``precision``, ``recall``, ``f1`` and ``support``, as
+    lists (JSON-able), the forward pass in chunks of rows like ``evaluate_parts``."""
+    classes = max(model.widths[-1], 2)
+    step = chunk_rows or rows_per_chunk(model.widths, X.element_size())
+    cm = torch.zeros(classes, classes, dtype=torch.int64, device=X.device)
+    for a in range(0, X.shape[0], step):
+        F = forward(model.weights, model.biases, X[a : a + step], activation=model.activation)
+        cm += confusion_matrix(y[a : a + step], predict(loss, "classification", F), classes)
+    precision, recall, f1, _ = class_scores(cm)
+    return {
+        "matrix": cm.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": cm.sum(dim=1).tolist(),
+    }
+
+
 def _row_values(
     loss: str, task: str, F: torch.Tensor, y: torch.Tensor, T: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's loss, and whether it is classified right (1.0 or 0.0, float64) or its
-    squared error (regression, float64)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's loss, whether it is classified right (1.0 or 0.0, float64) and its
+    predicted class, or its squared and absolute errors (regression, float64)."""
     pred = predict(loss, task, F)
     if task == "classification":
-        return loss_per_row(loss, F, T), (pred == y).to(torch.float64)
+        return loss_per_row(loss, F, T), (pred == y).to(torch.float64), pred
     err = pred.to(torch.float64) - y.to(torch.float64)
-    return loss_per_row(loss, F, T), err * err
+    return loss_per_row(loss, F, T), err * err, err.abs()
 
 
-def _block_numbers(
+def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, classes: int) -> torch.Tensor:
+    """(classes, classes) counts, int64: row i, column j = rows of class i predicted j."""
+    idx = y.long() * classes + pred.long()
+    return torch.bincount(idx, minlength=classes * classes).view(classes, classes)
+
+
+def class_scores(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class of a confusion matrix: precision, recall, F1 (float64, 0 where undefined)
+    and whether the class occurs among the targets or the predictions."""
+    cm = cm.to(torch.float64)
+    tp, predicted, actual = cm.diagonal(), cm.sum(dim=0), cm.sum(dim=1)
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1.0), 0.0)
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1.0), 0.0)
+    both = predicted + actual  # 2·tp / (2·tp + fp + fn) = 2PR / (P + R)
+    f1 = torch.where(both > 0, 2.0 * tp / both.clamp_min(1.0), 0.0)
+    return precision, recall, f1, both > 0
+
+
+def block_numbers(
     task: str,
     losses: torch.Tensor,
     hits: torch.Tensor,
+    preds: torch.Tensor,
     y: torch.Tensor,
     bounds: Sequence[int],
+    classes: int,
 ) -> list[torch.Tensor]:
-    """Per non-empty block of rows: the mean loss and the accuracy, or the mean loss, the
-    mean squared error and the targets' variance (regression), as 0-d tensors."""
+    """Per non-empty block of rows: the mean loss, the accuracy and the macro precision,
+    recall and F1, or the mean loss, the mean squared error, the targets' variance and the
+    mean absolute error (regression), as 0-d tensors."""
     numbers: list[torch.Tensor] = []
     for a, b in itertools.pairwise(bounds):
         if b > a:
             numbers.extend((losses[a:b].mean(), hits[a:b].mean()))
             if task == "regression":
                 numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
+                numbers.append(preds[a:b].mean())
+            else:
+                p, r, f1, present = class_scores(confusion_matrix(y[a:b], preds[a:b], classes))
+                k = present.sum().clamp_min(1)
+                numbers.extend((p.sum() / k, r.sum() / k, f1.sum() / k))
     return numbers
 
 
@@ -185,18 +243,20 @@ class _DeadUnits:
 def block_metrics(
     values: Iterator[float], bounds: Sequence[int], task: str, y_scale: float
 ) -> list[dict[str, float]]:
-    """Each block's metrics from ``_block_numbers``' values; ``{}`` for an empty block."""
+    """Each block's metrics from ``block_numbers``' values; ``{}`` for an empty block."""
     parts: list[dict[str, float]] = []
     for a, b in itertools.pairwise(bounds):
         if b == a:
             parts.append({})
         elif task == "classification":
-            parts.append({"loss": next(values), "accuracy": next(values)})
+            names = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")
+            parts.append({name: next(values) for name in names})
         else:
             m: dict[str, float] = {"loss": next(values)}
             mse, var = next(values), next(values)
             m["rmse"] = mse**0.5 * y_scale
             m["r2"] = 1.0 - mse / var if var > 0 else 0.0
+            m["mae"] = next(values) * y_scale
             parts.append(m)
     return parts
 

@@ -63,6 +63,9 @@ from core.spec import (
 
 GiB = 2**30
 MiB = 2**20
+# the activations with an in-place pass (``core.activations.inplace``; named here so that the
+# API's admission check does not import torch: tests/unit/core/test_memory.py keeps them equal)
+INPLACE_ACTIVATIONS = frozenset({"elu", "identity", "leaky_relu", "relu", "sigmoid", "tanh"})
 
 FILE_ROWS, FILE_FEATURES, FILE_CLASSES = 1_000_000, 24, 50
 BUILTIN_ROWS = {"iris": 150, "wine": 178, "breast_cancer": 569, "digits": 1797, "diabetes": 442}
@@ -231,10 +234,13 @@ def estimate_key(spec: JobSpec, shape: DatasetShape | None = None) -> tuple[obje
         spec.engine,
         opt.batch_size,
         opt.epochs,
+        opt.name,
+        spec.model.activation in INPLACE_ACTIVATIONS,
         reg.dropout > 0,
         reg.weight_decay > 0,
         es.enabled,
         es.restore_best,
+        es.monitor.startswith("val_"),
         gc.at_start,
         gc.every_steps,
         gc.fd_samples,
@@ -355,41 +361,51 @@ def _activations(spec: JobSpec, s: _Shape) -> tuple[int, int, int]:
     last batch; a step adds its masks while the previous step's are still held. Autograd
     keeps nothing between steps; a step holds its masks and its graph (each hidden layer's
     output, masked output, the layer being computed, the loss) or, while the next masks are
-    drawn, two sets of masks."""
+    drawn, two sets of masks. An activation without the in-place pair (gelu, silu, softplus)
+    makes each hidden layer's φ(Z) anew at each step, and its derivative's temporaries
+    (three of the widest layer's size, at most), in the manual engine's step."""
     f, d, k, dropout = s.itemsize, s.features, s.out, spec.regularization.dropout > 0
     masks = s.batch * s.hidden * f if dropout else 0
     if spec.engine == "autograd":
         graph = s.batch * (d + k + (1 + dropout) * s.hidden + 3 * max(s.widths[1:]) + 4 * k) * f
         return 0, masks + max(masks, graph), masks
     per_row = (d + k) + s.units + s.hidden * (1 + dropout) + k + 1  # Backprop's buffers
-    return (s.batch + s.last_batch) * per_row * f, 2 * masks, masks
+    fresh = 0 if spec.model.activation in INPLACE_ACTIVATIONS else s.hidden + 3 * max(s.widths[1:])
+    return (s.batch + s.last_batch) * per_row * f, 2 * masks + s.batch * fresh * f, masks
 
 
 def _evaluation(s: _Shape) -> int:
     """A chunk's activations (each layer's z and φ(z), the layer's input, |z|), the rows'
-    losses and hits, and the test part encoded for the final metrics (its one-hot targets
-    through int64 and float64) before it is evaluated."""
+    losses, hits and predictions (or absolute errors), and the test part encoded for the
+    final metrics (its one-hot targets through int64 and float64) before it is evaluated."""
     n_train, n_val, n_test = s.parts
     f, k = s.itemsize, s.out
     rows = max(n_train, min(TRAIN_EVAL_ROWS, n_train) + n_val)
     chunk = min(rows_per_chunk(s.widths, f), rows) * (4 * max(s.widths[1:]) + 4 * k) * f
-    per_row = f + 8 + (8 if s.classes == 0 else 0)  # losses, hits (regression: targets)
+    # losses, hits, predictions or absolute errors (regression: also the targets)
+    per_row = f + 16 + (8 if s.classes == 0 else 0)
     test = n_test * ((s.features + k) * f + 8)
     test_encoding = n_test * (16 * k if s.classes and k > 1 else 16)
     return max(rows * per_row + chunk, test + max(test_encoding, n_test * per_row + chunk))
 
 
+# an optimizer's buffers the size of the parameters: all of them, and those a checkpoint saves
+OPTIMIZER_BUFFERS = {"sgd": (1, 1), "adam": (3, 2), "adamw": (3, 2), "rmsprop": (2, 1)}
+
+
 def _parameters(spec: JobSpec, s: _Shape, *, later: bool) -> int:
-    """Parameters, gradients, momentum, the weights at the epoch's start and the weight-decay
-    mask; ``later`` (after the first epoch) also the best epoch's weights when kept, and
-    checkpoint snapshots: two pending (the last and the best), one being serialised (its
-    copies, then its bytes)."""
+    """Parameters, gradients, the optimizer's state (``OPTIMIZER_BUFFERS``), the weights at
+    the epoch's start and the weight-decay mask; ``later`` (after the first epoch) also the
+    best epoch's weights when kept, and checkpoint snapshots: two pending (the last and the
+    best), one being serialised (its copies, then its bytes)."""
     reg = spec.regularization
     es = reg.early_stopping
-    copies = 4 + (reg.weight_decay > 0)
+    state, saved = OPTIMIZER_BUFFERS[spec.optimizer.name]
+    copies = 3 + state + (reg.weight_decay > 0)
     if later:
-        best = es.enabled and es.restore_best and spec.dataset.validation_fraction > 0
-        snapshot = 2 + best  # parameters, momentum (and the best epoch's)
+        tracked = spec.dataset.validation_fraction > 0 or not es.monitor.startswith("val_")
+        best = es.enabled and es.restore_best and tracked
+        snapshot = 1 + saved + best  # parameters, the optimizer's state (and the best epoch's)
         copies += best + 4 * snapshot
     return copies * s.parameters * s.itemsize
 

@@ -9,19 +9,22 @@ for the model: for a batch of K minibatches X (K, n, d₀) and layers W⁽ˡ⁾ 
 
 so that K small matrix products become one batched product. The members of a pack share
 what the batched products need alike: the data set and its split, the widths, the
-activation, the loss, the batch size, the device (``pack_key``). Each member keeps its own
-learning rate, momentum, Nesterov flag, weight decay, dropout rate, schedule, epochs, early
-stopping, gradient-check settings and seed, and with the seed its own initial weights,
-minibatch order and dropout masks: member k of ``train_packed(specs)`` is the same training
-as ``core.train.train(specs[k])`` (the same random streams, drawn in the same order; the
-numbers agree to rounding, see tests/unit/core/test_packed.py).
+activation, the loss, the batch size, the optimizer's name, the device (``pack_key``). Each
+member keeps its own learning rate, momentum and Nesterov flag (sgd), betas (adam, adamw),
+alpha (rmsprop), eps, clip norm, weight decay, dropout rate, schedule (a plateau's
+reductions), epochs, early stopping, gradient-check settings and seed, and with the seed
+its own initial weights, minibatch order and dropout masks: member k of
+``train_packed(specs)`` is the same training as ``core.train.train(specs[k])`` (the same
+random streams, drawn in the same order; the numbers agree to rounding, see
+tests/unit/core/test_packed.py).
 
 A member leaves the pack when it completes, stops early, is stopped by its ``should_stop``,
 diverges (``Diverged``), fails its gradient check or raises in a callback; the pack then
 compacts (the members left are not computed any more) and the others go on. The result of
 ``train_packed`` is one entry per spec: its ``TrainResult``, or the exception it left with.
 
-Parameters, gradients and momentum are held per layer, (K, dₗ, dₗ₋₁) and (K, dₗ), so that
+Parameters, gradients and the optimizer's state (sgd's momentum, adam's two moments and
+step counts, rmsprop's square average) are held per layer, (K, dₗ, dₗ₋₁) and (K, dₗ), so that
 each batched product writes a contiguous result. On the CPU a pack larger than
 ``chunk_members`` (as many members as keep their parameters, gradients, momentum and
 activations within ``CHUNK_BYTES``) trains as groups of about that size, one epoch of each
@@ -43,14 +46,14 @@ from typing import Any
 
 import torch
 
-from core.activations import get_activation
+from core.activations import get_activation, inplace
 from core.callbacks import Callback, CallbackList
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import SATURATION, block_metrics, layer_diagnostics
+from core.evaluate import SATURATION, block_metrics, block_numbers, layer_diagnostics
 from core.losses import loss_per_row
 from core.model import MLP
-from core.optim import SGD, FlatParameters, learning_rate
+from core.optim import FlatParameters, Optimizer
 from core.sizes import TRAIN_EVAL_ROWS, rows_per_chunk
 from core.spec import JobSpec, dataset_shape
 from core.state import TrainState
@@ -63,6 +66,7 @@ from core.train import (
     TrainResult,
     build_model,
     epoch_record,
+    final_confusion,
     final_metrics,
     resolve_device,
     resolve_engine,
@@ -90,8 +94,9 @@ class PackStats:
 
 def pack_key(spec: JobSpec) -> str:
     """What members of one pack share: the data set with the seed of its split, the hidden
-    widths, the activation, the loss, the batch size and the device. Specs with equal keys
-    (and the manual engine, ``packable``) can train in one pack."""
+    widths, the activation, the loss, the batch size, the optimizer (its name: its other
+    settings are each member's) and the device. Specs with equal keys (and the manual
+    engine, ``packable``) can train in one pack."""
     ds = spec.dataset.model_dump(mode="json")
     ds["seed"] = spec.seed if spec.dataset.seed is None else spec.dataset.seed
     return json.dumps(
@@ -101,16 +106,33 @@ def pack_key(spec: JobSpec) -> str:
             "activation": spec.model.activation,
             "loss": spec.resolved_loss(dataset_shape(spec.dataset).task),
             "batch_size": spec.optimizer.batch_size,
+            "optimizer": spec.optimizer.name,
             "device": resolve_device(spec).type,
         },
         sort_keys=True,
     )
 
 
+def unpackable_reason(spec: JobSpec) -> str | None:
+    """Why the spec may not train in a pack, in words for the job's events; None when it
+    may. A pack trains with the manual engine (``auto`` or ``manual``), any optimizer
+    (with or without clipping), a schedule whose rate changes per epoch only (no ``warmup_steps``)
+    and an activation whose derivative follows from its value (``core.activations``,
+    in-place pair)."""
+    opt = spec.optimizer
+    if resolve_engine(spec) != "manual":
+        return f"engine {spec.engine!r}: packs train with the manual engine"
+    if opt.schedule.warmup_steps:
+        return "schedule.warmup_steps: packs set rates per epoch (warmup_epochs packs)"
+    if not inplace(spec.model.activation):
+        return f"activation {spec.model.activation!r}: packs take in-place activations only"
+    return None
+
+
 def packable(spec: JobSpec) -> bool:
-    """Whether the spec may train in a pack: its engine is the manual one (``auto`` or
-    ``manual``); a spec that asks for autograd trains alone."""
-    return resolve_engine(spec) == "manual"
+    """Whether the spec may train in a pack (``unpackable_reason`` gives none); a spec
+    that may not trains alone."""
+    return unpackable_reason(spec) is None
 
 
 def chunk_members(widths: Sequence[int], batch: int, itemsize: int) -> int:
@@ -216,13 +238,24 @@ class PackedParameters:
     tensors are row k of each; ``read``/``write`` copy them to and from a member's own
     flat buffer (``FlatParameters`` layout: W⁽¹⁾, b⁽¹⁾, … one after the other)."""
 
-    def __init__(self, shapes: Sequence[torch.Size], K: int, *, dtype: torch.dtype, device: Any):
+    def __init__(
+        self,
+        shapes: Sequence[torch.Size],
+        K: int,
+        *,
+        dtype: torch.dtype,
+        device: Any,
+        second: bool = False,
+    ):
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.K = K
         self.params = [torch.zeros(K, *s, dtype=dtype, device=device) for s in self.shapes]
         self.grads = [torch.zeros_like(p) for p in self.params]
+        # the optimizer's state: sgd's momentum, adam's first moment, rmsprop's square average
         self.momentum = [torch.zeros_like(p) for p in self.params]
+        # adam's second moment (``second``)
+        self.second = [torch.zeros_like(p) for p in self.params] if second else []
 
     def read(self, tensors: Sequence[torch.Tensor], k: int, flat: torch.Tensor) -> None:
         """The flat buffer ``flat`` := member k's row of ``tensors``."""
@@ -244,6 +277,7 @@ class PackedParameters:
         self.params = [p.index_select(0, keep) for p in self.params]
         self.grads = [g.index_select(0, keep) for g in self.grads]
         self.momentum = [v.index_select(0, keep) for v in self.momentum]
+        self.second = [v.index_select(0, keep) for v in self.second]
 
 
 @dataclass
@@ -256,7 +290,7 @@ class _Member:
     callbacks: CallbackList
     model: MLP
     flat: FlatParameters
-    sgd: SGD
+    sgd: Optimizer  # (any optimizer: the name is the packs' first one's)
     state: TrainState
     checks: GradientChecks
     spec_dict: dict[str, Any]
@@ -279,12 +313,16 @@ class _Chunk:
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     momentum: list[torch.Tensor]
+    second: list[torch.Tensor]
+    steps: torch.Tensor  # (n,) adam's steps taken
     lam2: list[torch.Tensor]
     mu: list[torch.Tensor]
     mu_nest: list[torch.Tensor]
     nest: list[torch.Tensor]
     neg_lr: list[torch.Tensor]
     dropout: list[int]
+    clip: torch.Tensor  # (n,) each member's clip_norm (inf: none)
+    clipped: torch.Tensor  # (n,) view of the pack's counts of clipped steps this epoch
 
 
 class _Pack:
@@ -308,16 +346,31 @@ class _Pack:
         self.widths = list(ref.widths)
         self.L = len(ref.widths) - 1
         shapes = [p.shape for p in ref.parameters()]
-        self.packed = PackedParameters(shapes, len(members), dtype=dtype, device=device)
+        self.optimizer = members[0].spec.optimizer.name  # one a pack (``pack_key``)
+        self.packed = PackedParameters(
+            shapes,
+            len(members),
+            dtype=dtype,
+            device=device,
+            second=self.optimizer in ("adam", "adamw"),
+        )
         for k, m in enumerate(members):
             self.packed.write(self.packed.params, k, m.flat.data)
-            self.packed.write(self.packed.momentum, k, m.sgd.buffer)
+            states = _state_tensors(m.sgd)
+            self.packed.write(self.packed.momentum, k, states[0])
+            if len(states) > 1:
+                self.packed.write(self.packed.second, k, states[1])
+        self.steps = torch.tensor(
+            [float(m.sgd.steps) for m in members], dtype=torch.float64, device=device
+        )
         self.XT = XT  # [X | T]: one row per training sample, shared by the groups
         self.d_in = data.X.shape[1]
         self.chunk = max(1, chunk or len(members))
         self.plans: dict[
             int, list[tuple[_Chunk, PackedPass, torch.Tensor, list[torch.Tensor]]]
         ] = {}
+        # per member: the steps its clipping scaled down this epoch (taken at its end)
+        self.clipped = torch.zeros(len(members), dtype=torch.int64, device=device)
         self._scalars()
 
     # -- per-member scalars ------------------------------------------------------------------
@@ -339,6 +392,24 @@ class _Pack:
         self.any_nesterov = any(o.nesterov for o in opt)
         self.all_nesterov = all(o.nesterov for o in opt)
         self.any_decay = any(r.weight_decay for r in reg)
+
+        def vec(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=dt, device=dev)
+
+        self.beta1 = torch.tensor([o.betas[0] for o in opt], dtype=torch.float64, device=dev)
+        self.beta2 = torch.tensor([o.betas[1] for o in opt], dtype=torch.float64, device=dev)
+        self.one_b1, self.one_b2 = (
+            vec([1 - o.betas[0] for o in opt]),
+            vec([1 - o.betas[1] for o in opt]),
+        )
+        self.b2 = vec([o.betas[1] for o in opt])
+        self.alpha, self.one_alpha = vec([o.alpha for o in opt]), vec([1 - o.alpha for o in opt])
+        self.eps = vec([o.eps for o in opt])
+        self.step_size = vec([0.0] * len(ms))  # adam: −η/(1 − β₁ᵗ), per step
+        self.bc2_sqrt = vec([1.0] * len(ms))  # adam: √(1 − β₂ᵗ), per step
+        clips = [math.inf if o.clip_norm is None else o.clip_norm for o in opt]
+        self.clip = torch.tensor(clips, dtype=dt, device=dev)
+        self.any_clip = any(math.isfinite(c) for c in clips)
         self.dropout = [k for k, m in enumerate(ms) if m.keep < 1.0]
         self.stoppers = [k for k, m in enumerate(ms) if m.stoppers]
         self.sums = torch.empty(len(ms), dtype=torch.float64, device=dev)
@@ -354,12 +425,16 @@ class _Pack:
                     params=[t[a:b] for t in p.params],
                     grads=[t[a:b] for t in p.grads],
                     momentum=[t[a:b] for t in p.momentum],
+                    second=[t[a:b] for t in p.second],
+                    steps=self.steps[a:b],
                     lam2=self._per_member(self.lam2, a, b)[0::2],
                     mu=self._per_member(self.mu, a, b),
                     mu_nest=self._per_member(self.mu_nest, a, b),
                     nest=self._per_member(self.nest, a, b),
                     neg_lr=self._per_member(self.neg_lr, a, b),
                     dropout=[k for k in self.dropout if a <= k < b],
+                    clip=self.clip[a:b],
+                    clipped=self.clipped[a:b],
                 )
             )
 
@@ -370,7 +445,10 @@ class _Pack:
     def compact(self, leaving: set[int]) -> None:
         """Drop the members at positions ``leaving``; the others keep their order."""
         keep = [k for k in range(len(self.members)) if k not in leaving]
-        self.packed.compact(torch.tensor(keep, dtype=torch.long, device=self.device))
+        kept = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.packed.compact(kept)
+        self.steps = self.steps.index_select(0, kept)
+        self.clipped = self.clipped.index_select(0, kept)
         self.members = [self.members[k] for k in keep]
         if self.members:
             self._scalars()
@@ -413,9 +491,20 @@ class _Pack:
 
     def chunk_update(self, c: _Chunk) -> None:
         """SGD with weight decay on the chunk's members (``core.optim.SGD``'s update with
-        per-member rates): g += 2λW; v ← g + μv; Nesterov: g += μv, d = g, else d = v;
-        θ −= η d. The gradient buffer ends as the solo engine's does."""
+        per-member rates): with clipping g ×= min(1, clip/(‖g‖ + 1e-6)) (``GradClipper``,
+        each member's norm over all its layers); g += 2λW; v ← g + μv; Nesterov: g += μv,
+        d = g, else d = v; θ −= η d. The gradient buffer ends as the solo engine's does."""
         params, grads = c.params, c.grads
+        if self.any_clip:
+            squares = [g.pow(2).sum(dim=tuple(range(1, g.dim()))) for g in grads]
+            norm = torch.stack(squares).sum(dim=0).sqrt_()
+            coef = torch.div(c.clip, norm.add_(1e-6))
+            c.clipped.add_(coef < 1.0)
+            coef.clamp_(max=1.0)
+            torch._foreach_mul_(grads, [coef.view(-1, *([1] * (g.dim() - 1))) for g in grads])
+        if self.optimizer != "sgd":
+            self._adaptive_update(c)
+            return
         if self.any_decay:
             torch._foreach_addcmul_(grads[0::2], c.lam2, params[0::2])
         direction = grads
@@ -433,6 +522,42 @@ class _Pack:
                 direction = c.momentum
         torch._foreach_addcmul_(params, c.neg_lr, direction)
 
+    def _adaptive_update(self, c: _Chunk) -> None:
+        """adam's, adamw's or rmsprop's update (``core.optim``) on the chunk's members, each
+        with its own rate, betas (alpha), eps, weight decay and step count."""
+        params, grads, a, b = c.params, c.grads, c.a, c.b
+        weights = params[0::2]
+        if self.any_decay:
+            if self.optimizer == "adamw":  # θ − η·2λ·θ on the weights, before the step
+                torch._foreach_addcmul_(
+                    weights, c.neg_lr[0::2], torch._foreach_mul(weights, c.lam2)
+                )
+            else:
+                torch._foreach_addcmul_(grads[0::2], c.lam2, weights)
+        per = self._per_member
+        c.steps.add_(1.0)
+        if self.optimizer == "rmsprop":
+            s = c.momentum
+            torch._foreach_mul_(s, per(self.alpha, a, b))
+            torch._foreach_addcmul_(s, torch._foreach_mul(grads, per(self.one_alpha, a, b)), grads)
+            denom = torch._foreach_sqrt(s)
+            torch._foreach_add_(denom, per(self.eps, a, b))
+            torch._foreach_addcmul_(params, c.neg_lr, torch._foreach_div(grads, denom))
+            return
+        t = c.steps
+        # −η/(1 − β₁ᵗ) and √(1 − β₂ᵗ), per member, in float64 as the solo computes them
+        lr = -self.neg_lr[a:b].to(torch.float64)
+        self.step_size[a:b] = -lr / (1.0 - self.beta1[a:b].pow(t))
+        self.bc2_sqrt[a:b] = (1.0 - self.beta2[a:b].pow(t)).sqrt()
+        m, v = c.momentum, c.second
+        torch._foreach_addcmul_(m, per(self.one_b1, a, b), torch._foreach_sub(grads, m))
+        torch._foreach_mul_(v, per(self.b2, a, b))
+        torch._foreach_addcmul_(v, torch._foreach_mul(grads, per(self.one_b2, a, b)), grads)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, per(self.bc2_sqrt, a, b))
+        torch._foreach_add_(denom, per(self.eps, a, b))
+        torch._foreach_addcmul_(params, per(self.step_size, a, b), torch._foreach_div(m, denom))
+
     # -- members' own tensors ------------------------------------------------------------------
 
     def read_member(self, k: int, m: _Member, *, momentum: bool) -> None:
@@ -441,8 +566,18 @@ class _Pack:
         with torch.no_grad():
             p.read(p.params, k, m.flat.data)
             p.read(p.grads, k, m.flat.grad)
-            if momentum and m.spec.optimizer.momentum:
-                p.read(p.momentum, k, m.sgd.buffer)
+            if momentum and (m.spec.optimizer.momentum or self.optimizer != "sgd"):
+                states = _state_tensors(m.sgd)
+                p.read(p.momentum, k, states[0])
+                if len(states) > 1:
+                    p.read(p.second, k, states[1])
+                if self.optimizer != "sgd":  # sgd counts none
+                    m.sgd.steps = int(self.steps[k])
+
+
+def _state_tensors(opt: Optimizer) -> list[torch.Tensor]:
+    """An optimizer's state tensors in the pack's order (``PackedParameters``)."""
+    return list(opt.state_tensors().values())
 
 
 class PackEvaluation:
@@ -485,6 +620,11 @@ class PackEvaluation:
         step = min(rows, n)
         losses = torch.empty(K, n, dtype=X.dtype, device=X.device)
         hits = torch.empty(K, n, dtype=torch.float64, device=X.device)
+        # predicted classes, or absolute errors (regression)
+        regression = data.task == "regression"
+        preds = torch.empty(K, n, dtype=torch.float64 if regression else torch.int64,
+                            device=X.device)  # fmt: skip
+        classes = max(widths[-1], 2)
         relu = pack.activation == "relu"
         dying = pack.activation in ("relu", *SATURATION) and bounds[1] > 0
         # per hidden layer and member: the largest pre-activation (ReLU) or smallest |z| of
@@ -511,14 +651,14 @@ class PackEvaluation:
                     H = self.act.forward(Z)
                 F = torch.matmul(H, Ws[-1]).add_(Bs[-1])
                 losses[g:h_, a:b] = loss_per_row(data.loss, F, self.T[a:b])
-                hits[g:h_, a:b] = _hits(data.loss, data.task, F, self.y[a:b])
-        numbers: list[torch.Tensor] = []  # each (K,), in evaluate_parts' order
-        for a, b in itertools.pairwise(bounds):
-            if b > a:
-                numbers += [losses[:, a:b].mean(1), hits[:, a:b].mean(1)]
-                if data.task == "regression":
-                    var = self.y[a:b].to(torch.float64).var(unbiased=False)
-                    numbers.append(var.expand(K))
+                hits[g:h_, a:b], preds[g:h_, a:b] = _hits(data.loss, data.task, F, self.y[a:b])
+        # each member's block numbers as evaluate_parts makes them, then (K,) each
+        task, y = data.task, self.y
+        blocks = [
+            torch.stack(block_numbers(task, losses[k], hits[k], preds[k], y, bounds, classes))
+            for k in range(K)
+        ]
+        numbers: list[torch.Tensor] = list(torch.stack(blocks).to(torch.float64).unbind(1))
         for ext in extremes:
             if not dying:  # no rows, or units that cannot die
                 numbers.append(torch.zeros(K, dtype=torch.float64, device=X.device))
@@ -539,13 +679,16 @@ class PackEvaluation:
         return out
 
 
-def _hits(loss: str, task: str, F: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``core.evaluate``'s per-row hit (1.0/0.0) or squared error, for (K, r, d_L) outputs."""
+def _hits(
+    loss: str, task: str, F: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``core.evaluate``'s per-row hit (1.0/0.0) and predicted class, or squared and absolute
+    error (regression), for (K, r, d_L) outputs."""
     if task == "regression":
         err = F[..., 0].to(torch.float64) - y.to(torch.float64)
-        return err * err
+        return err * err, err.abs()
     pred = (F[..., 0] > 0).long() if loss == "logistic" else F.argmax(dim=-1)
-    return (pred == y).to(torch.float64)
+    return (pred == y).to(torch.float64), pred
 
 
 def data_batch(members: Sequence[_Member], data: TrainingData) -> int:
@@ -586,10 +729,11 @@ def train_packed(
     if len({pack_key(s) for s in specs}) > 1:
         raise PackIncompatible(
             "the specs differ in data set, widths, activation, loss,"
-            " batch size or device: they cannot share a pack"
+            " batch size, optimizer or device: they cannot share a pack"
         )
-    if not all(packable(s) for s in specs):
-        raise PackIncompatible("a spec with engine 'autograd' trains alone, not in a pack")
+    reasons = [r for r in map(unpackable_reason, specs) if r is not None]
+    if reasons:
+        raise PackIncompatible(f"a spec trains alone, not in a pack: {reasons[0]}")
     cbs_lists = list(callbacks) if callbacks is not None else [()] * len(specs)
     resumes = list(resume_from) if resume_from is not None else [None] * len(specs)
     if len(cbs_lists) != len(specs) or len(resumes) != len(specs):
@@ -666,7 +810,7 @@ class _Run:
         model, flat, sgd = build_model(
             spec, self.data.n_features, t.width, dtype=self.dtype, device=self.device
         )
-        state = TrainState.start(spec, flat.params, sgd.buffer, self.device)
+        state = TrainState.start(spec, flat.params, sgd, self.device)
         spec_dict = spec.model_dump(mode="json")
         if ckpt is not None:
             check_compatible(ckpt, spec_dict)
@@ -705,6 +849,7 @@ class _Run:
             metrics = final_metrics(
                 m.model, self.data, loss=t.loss, dtype=self.dtype, device=self.device, encoded=t
             )
+            confusion = final_confusion(m.model, self.data, t, dtype=self.dtype, device=self.device)
         except Exception as exc:
             return exc
         return TrainResult(
@@ -722,6 +867,7 @@ class _Run:
             target_shift=t.y_shift,
             target_scale=t.y_scale,
             gradchecks=m.checks.reports,
+            confusion=confusion,
         )
 
     def train(
@@ -773,7 +919,7 @@ class _Run:
         n, batch = t_data.n, data_batch(pack.members, t_data)
         every = 1 if self.device.type == "cpu" else DIVERGENCE_CHECK_STEPS
         for m in pack.members:
-            m.lr = learning_rate(m.spec.optimizer, m.state.epoch)
+            m.lr = m.state.schedule.lr(m.state.epoch)  # a plateau's reductions included
         pack.set_rates()
         t0 = time.perf_counter()
         before = [[w.detach().clone() for w in m.model.weights] for m in pack.members]
@@ -858,6 +1004,9 @@ class _Run:
             record = epoch_record(
                 train_m, val_m, layers, epoch, step, m.lr, seconds, self.tensors.n, m.flat.grad
             )
+        if m.spec.optimizer.clip_norm is not None:
+            record.clipped_steps = int(pack.clipped[k])
+            pack.clipped[k] = 0
         stop_early = state.end_epoch(record)
         cbs.on_epoch_end(record)
         last = stop_early or state.epoch == m.epochs

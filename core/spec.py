@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+Activation = Literal[
+    "sigmoid", "tanh", "relu", "leaky_relu", "identity", "gelu", "elu", "silu", "softplus"
+]
 Init = Literal["he", "xavier", "normal"]
 LossName = Literal["squared", "logistic", "cross_entropy"]
 Task = Literal["classification", "regression"]
@@ -159,48 +161,136 @@ class ModelSpec(_Section):
         return v
 
 
-class ScheduleSpec(_Section):
-    """Learning-rate schedule, applied per epoch: constant, step (×gamma every step_size epochs)
-    or cosine (from lr down to min_lr over the epochs)."""
+OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop"]
+# each optimizer's defaults for the fields a spec leaves out (sgd's are gradq's as they were;
+# adam's, adamw's and rmsprop's are torch.optim's)
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.02, "momentum": 0.9},
+    "adam": {"lr": 1e-3, "momentum": 0.0},
+    "adamw": {"lr": 1e-3, "momentum": 0.0},
+    "rmsprop": {"lr": 1e-2, "momentum": 0.0},
+}
+# what an epoch's record reports, by task: the metrics early stopping and plateau may monitor
+EPOCH_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1"),
+    "regression": ("loss", "rmse", "r2", "mae"),
+}
+_MAXIMISED = ("accuracy", "r2", "macro_precision", "macro_recall", "macro_f1")
 
-    kind: Literal["constant", "step", "cosine"] = "constant"
+
+def epoch_metrics(task: Task) -> tuple[str, ...]:
+    """The flat names (``val_loss``, ``train_accuracy``, …) of a ``task``'s per-epoch metrics."""
+    return tuple(f"{part}_{n}" for part in ("val", "train") for n in EPOCH_METRICS[task])
+
+
+def monitor_mode(monitor: str, mode: Literal["min", "max"] | None) -> Literal["min", "max"]:
+    """``mode``, or by default: max for accuracy, R² and the macro scores, min for the
+    others (losses and errors)."""
+    if mode is not None:
+        return mode
+    return "max" if monitor.endswith(_MAXIMISED) else "min"
+
+
+class ScheduleSpec(_Section):
+    """Learning-rate schedule, applied per epoch: constant, step (×gamma every step_size epochs),
+    cosine (from lr down to min_lr over the epochs) or plateau (×gamma, not below min_lr, when
+    ``monitor`` has not improved for ``patience`` epochs; then ``cooldown`` epochs before the
+    count starts again). ``warmup_epochs``: the rate rises linearly, lr·(e+1)/(w+1) in epoch
+    e < w, before the schedule starts (at its own epoch 0, epoch w of the run). Or
+    ``warmup_steps``: step s < w of the run takes the epoch's rate ×(s+1)/(w+1)."""
+
+    kind: Literal["constant", "step", "cosine", "plateau"] = "constant"
     step_size: PositiveInt = 10
     gamma: float = Field(0.5, gt=0.0, le=1.0)
     min_lr: float = Field(0.0, ge=0.0)
+    warmup_epochs: int = Field(0, ge=0, le=100_000)
+    warmup_steps: int = Field(0, ge=0, le=100_000_000)
+    patience: PositiveInt = Field(5, description="plateau only")
+    cooldown: int = Field(0, ge=0, description="plateau only")
+    monitor: str = Field("val_loss", description="plateau only: a per-epoch metric")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="plateau only; default: max for accuracy, r2 and macro scores, else min"
+    )
 
 
 class OptimizerSpec(_Section):
-    """Minibatch SGD with (Nesterov) momentum."""
+    """The optimizer: ``sgd`` (minibatch SGD with (Nesterov) momentum, the default), ``adam``,
+    ``adamw`` or ``rmsprop``, each as ``torch.optim``'s (see ``core.optim``); a field left
+    out takes the optimizer's default (``lr``: 0.02 for sgd, 0.001 for adam and adamw, 0.01
+    for rmsprop). ``momentum`` and ``nesterov`` are sgd's, ``betas`` adam's and adamw's,
+    ``alpha`` rmsprop's, ``eps`` the three's. ``clip_norm``: before each step the loss's
+    gradient is scaled to at most this global (L2) norm, as
+    ``torch.nn.utils.clip_grad_norm_``."""
 
+    name: OptimizerName = "sgd"
     lr: float = Field(0.02, gt=0.0, le=1e9)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
+    betas: tuple[
+        Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]
+    ] = (0.9, 0.999)
+    alpha: float = Field(0.99, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    clip_norm: float | None = Field(None, gt=0.0)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     epochs: int = Field(50, ge=1, le=100_000)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """The named optimizer's defaults for the fields left out."""
+        if isinstance(data, Mapping):
+            name = data.get("name", "sgd")
+            defaults = OPTIMIZER_DEFAULTS.get(name) if isinstance(name, str) else None
+            if defaults:
+                data = {**defaults, **data}
+        return data
+
     @model_validator(mode="after")
     def _nesterov(self) -> OptimizerSpec:
-        if self.nesterov and self.momentum == 0.0:
-            raise _Nested([_fe("nesterov", "needs momentum > 0")])
+        errors = []
+        if self.name != "sgd":
+            if self.momentum:
+                errors.append(_fe("momentum", f"only sgd takes momentum, not {self.name!r}"))
+            if self.nesterov:
+                errors.append(_fe("nesterov", f"only sgd takes nesterov, not {self.name!r}"))
+        elif self.nesterov and self.momentum == 0.0:
+            errors.append(_fe("nesterov", "needs momentum > 0"))
         if self.schedule.min_lr > self.lr:
-            raise _Nested([_fe("schedule.min_lr", f"must not exceed lr ({self.lr})")])
+            errors.append(_fe("schedule.min_lr", f"must not exceed lr ({self.lr})"))
+        if self.schedule.warmup_epochs and self.schedule.warmup_steps:
+            errors.append(_fe("schedule.warmup_steps", "warmup_epochs or warmup_steps, not both"))
+        if self.schedule.warmup_epochs >= self.epochs:
+            errors.append(
+                _fe("schedule.warmup_epochs", f"must be fewer than the epochs ({self.epochs})")
+            )
+        if errors:
+            raise _Nested(errors)
         return self
 
 
 class EarlyStoppingSpec(_Section):
-    """Stop when the validation loss has not improved by min_delta for patience epochs."""
+    """Stop when ``monitor`` (a per-epoch metric, default the validation loss) has not
+    improved by min_delta for patience epochs; ``mode``: max for accuracy, r2 and the macro
+    scores, min for the others unless given. ``restore_best`` keeps the parameters of the
+    best epoch by it."""
 
     enabled: bool = True
     patience: PositiveInt = 10
     min_delta: float = Field(0.0, ge=0.0)
     restore_best: bool = True
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] | None = None
 
 
 class RegularizationSpec(_Section):
     """``weight_decay`` is the lecture's λ: the objective is the mean minibatch loss plus
     λ·Σ‖W⁽ˡ⁾‖² over the weight matrices (biases are not penalised), so it adds 2λW to each
-    weight gradient. ``dropout`` is the probability of dropping a hidden unit in training."""
+    weight gradient (sgd, adam, rmsprop); adamw decays decoupled, W ← W − η·2λ·W before
+    its step. Either is ``torch.optim``'s ``weight_decay`` = 2λ on a group of the weight
+    matrices, with the biases in a group without decay. ``dropout`` is the probability of
+    dropping a hidden unit in training."""
 
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -291,11 +381,31 @@ class JobSpec(_Section):
     def _combination(self) -> JobSpec:
         errors = self.loss_errors(dataset_shape(self.dataset))
         es = self.regularization.early_stopping
-        if es.enabled and self.dataset.validation_fraction == 0.0:
+        no_val = self.dataset.validation_fraction == 0.0
+        if es.enabled and no_val and es.monitor.startswith("val_"):
             errors.append(
                 _fe(
                     "regularization.early_stopping.enabled", "needs dataset.validation_fraction > 0"
                 )
+            )
+        ds = self.dataset
+        if ds.name in FILE_DATASETS and ds.task is None:  # known once the file is read
+            monitors = (*epoch_metrics("classification"), *epoch_metrics("regression"))
+        else:
+            monitors = epoch_metrics(dataset_shape(ds).task)
+        sched = self.optimizer.schedule
+        for where, monitor in (
+            ("regularization.early_stopping.monitor", es.monitor),
+            ("optimizer.schedule.monitor", sched.monitor),
+        ):
+            if monitor not in monitors:
+                allowed = ", ".join(dict.fromkeys(monitors))
+                errors.append(
+                    _fe(where, f"{monitor!r} is not a per-epoch metric; one of {allowed}")
+                )
+        if sched.kind == "plateau" and no_val and sched.monitor.startswith("val_"):
+            errors.append(
+                _fe("optimizer.schedule.monitor", "needs dataset.validation_fraction > 0")
             )
         if self.device == "cuda" and self.resources.gpus == 0:
             errors.append(_fe("resources.gpus", "device 'cuda' needs gpus > 0"))

@@ -1,9 +1,10 @@
 """The training state: what a run changes as it trains, and its conversion to and from a
 ``Checkpoint``, so that a resumed run continues bit for bit where the checkpoint was written.
 
-``TrainState`` holds the live tensors (the parameters, the momentum buffer) and random
-generators (minibatch order, dropout masks) by reference, and the counters, the history and
-the early-stopping state by value. ``EarlyStopping`` is the early-stopping rule with its state.
+``TrainState`` holds the live tensors (the parameters, the optimizer's state) and random
+generators (minibatch order, dropout masks) by reference, the learning-rate ``Schedule`` (a
+plateau's state), and the counters, the history and the early-stopping state by value.
+``EarlyStopping`` is the early-stopping rule with its state.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ import torch
 
 from core.callbacks import EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
-from core.spec import EarlyStoppingSpec, JobSpec
+from core.optim import SGD, Optimizer, Schedule
+from core.spec import EarlyStoppingSpec, JobSpec, monitor_mode
 
 
 @dataclass
 class EarlyStopping:
-    """Early stopping on the validation loss.
+    """Early stopping on a monitored per-epoch metric (``monitor``, default the validation
+    loss; ``maximise`` for accuracy and R² unless the spec's mode says otherwise).
 
-    An epoch improves when its validation loss is below the best so far minus ``min_delta``;
-    after ``patience`` epochs in a row without an improvement training stops, when
-    ``enabled``. The best loss and epoch are tracked (and reported) also when it is not
-    enabled; with ``enabled`` and ``restore_best`` the best epoch's parameters are kept and
-    ``restore`` puts them back at the end. Without a validation part nothing is tracked.
+    An epoch improves when its value is better than the best so far by more than
+    ``min_delta`` (below best − min_delta, or above best + min_delta when maximising); after
+    ``patience`` epochs in a row without an improvement training stops, when ``enabled``.
+    The best value (``best_loss``, as checkpoints name it) and epoch are tracked (and
+    reported) also when it is not enabled; with ``enabled`` and ``restore_best`` the best
+    epoch's parameters are kept and ``restore`` puts them back at the end. Without the
+    monitored metric (a validation metric without a validation part) nothing is tracked.
     """
 
     enabled: bool
@@ -38,18 +43,35 @@ class EarlyStopping:
     best_epoch: int | None = None
     bad_epochs: int = 0
     best_params: list[torch.Tensor] | None = None
+    monitor: str = "val_loss"
+    maximise: bool = False
 
     @classmethod
     def from_spec(cls, spec: EarlyStoppingSpec) -> EarlyStopping:
-        return cls(spec.enabled, spec.patience, spec.min_delta, spec.restore_best)
+        return cls(
+            spec.enabled,
+            spec.patience,
+            spec.min_delta,
+            spec.restore_best,
+            monitor=spec.monitor,
+            maximise=monitor_mode(spec.monitor, spec.mode) == "max",
+        )
 
-    def update(self, epoch: int, val_loss: float | None, params: Sequence[torch.Tensor]) -> bool:
-        """Take epoch ``epoch``'s (1-based) validation loss, None without a validation part;
-        copies ``params`` when they are the best kept so far. True: stop training now."""
-        if val_loss is None:
+    def value(self, record: EpochRecord) -> float | None:
+        """The monitored metric in ``record`` (None when the record has none)."""
+        part, _, name = self.monitor.partition("_")
+        return (record.val if part == "val" else record.train).get(name)
+
+    def update(self, epoch: int, value: float | None, params: Sequence[torch.Tensor]) -> bool:
+        """Take epoch ``epoch``'s (1-based) monitored value, None when there is none; copies
+        ``params`` when they are the best kept so far. True: stop training now."""
+        if value is None:
             return False
-        if self.best_loss is None or val_loss < self.best_loss - self.min_delta:
-            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        best = self.best_loss
+        if best is None or (
+            value > best + self.min_delta if self.maximise else value < best - self.min_delta
+        ):
+            self.best_loss, self.best_epoch, self.bad_epochs = value, epoch, 0
             if self.enabled and self.restore_best:
                 self.best_params = [p.detach().clone() for p in params]
             return False
@@ -68,12 +90,14 @@ class EarlyStopping:
 @dataclass
 class TrainState:
     """Everything a checkpoint carries. ``params`` (aligned with ``model.parameters()``),
-    ``momentum`` and the generators are the live objects training updates; ``epoch`` and
+    the ``optimizer`` (its state tensors) and the generators are the live objects training
+    updates; ``schedule`` gives each epoch's rate; ``epoch`` and
     ``step`` count the epochs completed and the optimizer steps taken; ``history_dicts`` is
     ``history`` as dicts, built once per epoch and shared by every checkpoint."""
 
     params: list[torch.Tensor]
-    momentum: torch.Tensor
+    optimizer: Optimizer
+    schedule: Schedule
     batch_rng: torch.Generator  # on the CPU: minibatch order
     dropout_rng: torch.Generator  # on the training device: dropout masks
     early: EarlyStopping
@@ -87,13 +111,14 @@ class TrainState:
         cls,
         spec: JobSpec,
         params: list[torch.Tensor],
-        momentum: torch.Tensor,
+        optimizer: Optimizer,
         device: torch.device,
     ) -> TrainState:
         """Before the first step: generators seeded from the spec's seed, nothing learnt."""
         return cls(
             params=params,
-            momentum=momentum,
+            optimizer=optimizer,
+            schedule=Schedule(spec.optimizer),
             batch_rng=torch.Generator().manual_seed(spec.seed + 1),
             dropout_rng=torch.Generator(device=device).manual_seed(spec.seed + 2),
             early=EarlyStopping.from_spec(spec.regularization.early_stopping),
@@ -104,18 +129,23 @@ class TrainState:
         self.epoch = record.epoch
         self.history.append(record)
         self.history_dicts.append(record.to_dict())
-        return self.early.update(record.epoch, record.val.get("loss"), self.params)
+        if self.schedule.plateau:
+            self.schedule.observe(record.epoch - 1, record.metrics())
+        return self.early.update(record.epoch, self.early.value(record), self.params)
 
     def to_checkpoint(self, spec: dict[str, Any]) -> Checkpoint:
         """The state now, for the job whose spec (as JSON) is ``spec``. Its tensors are the
         live ones (``Callback.on_checkpoint`` serialises them before training goes on)."""
-        early = self.early
+        early, opt = self.early, self.optimizer
         return Checkpoint(
             spec=spec,
             epoch=self.epoch,
             step=self.step,
             params=self.params,
-            momentum=[self.momentum],
+            momentum=[opt.buffer] if isinstance(opt, SGD) else [],
+            optimizer={} if isinstance(opt, SGD) else opt.state_tensors(),
+            optimizer_steps=opt.steps,
+            schedule=self.schedule.state_dict() if self.schedule.plateau else None,
             batch_rng=self.batch_rng.get_state(),
             dropout_rng=self.dropout_rng.get_state(),
             best_loss=early.best_loss,
@@ -138,8 +168,18 @@ class TrainState:
         with torch.no_grad():
             for p, saved in zip(self.params, ckpt.params, strict=True):
                 p.copy_(saved)
-            (saved_momentum,) = ckpt.momentum
-            self.momentum.copy_(saved_momentum)
+            opt = self.optimizer
+            held = dict(zip(["momentum"], ckpt.momentum, strict=False)) | ckpt.optimizer
+            live = opt.state_tensors()
+            if set(held) != set(live):
+                raise CheckpointError(
+                    f"checkpoint holds the state of another optimizer ({', '.join(sorted(held))})"
+                )
+            for name, tensor in live.items():
+                tensor.copy_(held[name])
+            opt.steps = ckpt.optimizer_steps
+        if ckpt.schedule is not None:
+            self.schedule.load_state_dict(ckpt.schedule)
         self.batch_rng.set_state(ckpt.batch_rng)
         self.dropout_rng.set_state(ckpt.dropout_rng)
         self.epoch, self.step = ckpt.epoch, ckpt.step

@@ -47,6 +47,7 @@ from core.spec import (
     TrialSpec,
     _from_validation_error,
     dataset_shape,
+    epoch_metrics,
     parse_spec,
 )
 
@@ -200,8 +201,7 @@ def space_path(path: str) -> str:
 
 def objective_metrics(task: str) -> tuple[str, ...]:
     """The per-epoch metrics a trial of a ``task`` reports (``EpochRecord.metrics``)."""
-    names = ("loss", "accuracy") if task == "classification" else ("loss", "rmse", "r2")
-    return tuple(f"{part}_{n}" for part in ("val", "train") for n in names)
+    return epoch_metrics("classification" if task == "classification" else "regression")
 
 
 def parse_sweep(data: Any, *, limits: SpecLimits | None = None, max_trials: int = 10_000) -> Sweep:

@@ -1,7 +1,8 @@
-"""The training loop: regularised minibatch SGD, as a plain function.
+"""The training loop: regularised minibatch training (sgd, adam, adamw or rmsprop, see
+``core.optim``), as a plain function.
 
 ``train(spec, callbacks=..., resume_from=..., data=..., dtype=...)`` loads the data (unless
-``data`` is given), builds the model and runs SGD with gradients from the engine the spec
+``data`` is given), builds the model and runs the optimizer with gradients from the engine the spec
 names:
 
 - ``manual``: the hand-written backprop of ``core.backprop`` is the training path;
@@ -34,11 +35,11 @@ from core.backprop import Backprop
 from core.callbacks import Callback, CallbackList, EpochRecord
 from core.checkpoint import Checkpoint, check_compatible
 from core.data import Dataset, load_dataset
-from core.evaluate import evaluate, evaluate_parts
+from core.evaluate import confusion, evaluate, evaluate_parts
 from core.gradcheck import GradcheckFailed, check_gradients
 from core.losses import encode_targets, loss_value, output_width
 from core.model import MLP, build_mlp, sample_masks
-from core.optim import SGD, FlatParameters, learning_rate
+from core.optim import FlatParameters, GradClipper, Optimizer, coupled_decay, make_optimizer
 from core.sizes import TRAIN_EVAL_ROWS
 from core.spec import JobSpec
 from core.state import TrainState
@@ -74,6 +75,9 @@ class TrainResult:
     target_shift: float
     target_scale: float
     gradchecks: list[dict[str, Any]] = field(default_factory=list)
+    # a classifier's confusion matrix and per-class scores on the test part (the validation
+    # part without one; None for regression or without either), see core.evaluate.confusion
+    confusion: dict[str, Any] | None = None
 
 
 def resolve_device(spec: JobSpec) -> torch.device:
@@ -108,7 +112,7 @@ def train(
     passes an uploaded file's rows this way). ``dtype`` is what the model, the data and the
     updates compute in: float32, or float64 (tests); the validator works in float64 always.
 
-    Each epoch: ``StepLoop.run_epoch`` takes the SGD steps (with the ``GradientChecks`` and
+    Each epoch: ``StepLoop.run_epoch`` takes the optimizer's steps (with the ``GradientChecks`` and
     the ``DivergenceGuard``), ``EpochEvaluation`` makes the epoch's record, the
     ``TrainState`` adds it and asks its ``EarlyStopping``, and a checkpoint of the state goes
     to the callbacks every ``checkpoint_every`` epochs and after the last.
@@ -121,21 +125,21 @@ def train(
     data = data if data is not None else load_dataset(spec.dataset, seed=spec.seed)
     tensors = TrainingData.encode(spec, data, dtype=dtype, device=device)
     evaluation = EpochEvaluation(tensors, seed=spec.seed)
-    model, flat, sgd = build_model(spec, data.n_features, tensors.width, dtype=dtype, device=device)
-    state = TrainState.start(spec, flat.params, sgd.buffer, device)
+    model, flat, opt = build_model(spec, data.n_features, tensors.width, dtype=dtype, device=device)
+    state = TrainState.start(spec, flat.params, opt, device)
     spec_dict = spec.model_dump(mode="json")
     if resume_from is not None:
         check_compatible(resume_from, spec_dict)
         state.load_checkpoint(resume_from)
     checks = GradientChecks(spec, model, tensors, cbs, step=state.step)
-    loop = StepLoop(spec, engine, model, flat, sgd, tensors, state, checks, cbs)
+    loop = StepLoop(spec, engine, model, flat, opt, tensors, state, checks, cbs)
     cbs.on_train_start(
         spec=spec, engine=engine, device=str(device), n_train=tensors.n, resumed_epoch=state.epoch
     )
     status, epochs = "completed", spec.optimizer.epochs
     model.train()
     for epoch in range(state.epoch, epochs):
-        lr = learning_rate(spec.optimizer, epoch)
+        lr = state.schedule.lr(epoch)
         t0 = time.perf_counter()
         before = [w.detach().clone() for w in model.weights]
         if loop.run_epoch(epoch, lr):
@@ -143,6 +147,8 @@ def train(
             break
         seconds = time.perf_counter() - t0
         record = evaluation.record(model, epoch + 1, state.step, lr, seconds, before, flat.grad)
+        if loop.clipper is not None:
+            record.clipped_steps = loop.clipper.take()
         stop_early = state.end_epoch(record)
         cbs.on_epoch_end(record)
         last = stop_early or state.epoch == epochs
@@ -157,6 +163,7 @@ def train(
     metrics = final_metrics(
         model, data, loss=tensors.loss, dtype=dtype, device=device, encoded=tensors
     )
+    confusion = final_confusion(model, data, tensors, dtype=dtype, device=device)
     return TrainResult(
         model=model,
         history=state.history,
@@ -172,14 +179,32 @@ def train(
         target_shift=tensors.y_shift,
         target_scale=tensors.y_scale,
         gradchecks=checks.reports,
+        confusion=confusion,
     )
+
+
+def final_confusion(
+    model: MLP, data: Dataset, tensors: TrainingData, *, dtype: torch.dtype, device: torch.device
+) -> dict[str, Any] | None:
+    """``core.evaluate.confusion`` on the test part, or the validation part without one;
+    None for a regression or without either part."""
+    if data.task != "classification":
+        return None
+    if len(data.X_test):
+        X = torch.as_tensor(data.X_test, dtype=dtype).to(device)
+        y = torch.as_tensor(data.y_test).to(device).long()
+    elif tensors.X_val.shape[0]:
+        X, y = tensors.X_val, tensors.y_val
+    else:
+        return None
+    return confusion(model, X, y, loss=tensors.loss)
 
 
 def build_model(
     spec: JobSpec, n_features: int, width: int, *, dtype: torch.dtype, device: torch.device
-) -> tuple[MLP, FlatParameters, SGD]:
+) -> tuple[MLP, FlatParameters, Optimizer]:
     """The spec's MLP, initialised from the spec's seed, on ``device``; its parameters as
-    views of one buffer (``FlatParameters``), and the SGD that updates that buffer."""
+    views of one buffer (``FlatParameters``), and the optimizer that updates that buffer."""
     model = build_mlp(
         spec.model,
         n_features,
@@ -189,8 +214,7 @@ def build_model(
         dtype=dtype,
     ).to(device)
     flat = FlatParameters(model)
-    opt = spec.optimizer
-    return model, flat, SGD(flat, momentum=opt.momentum, nesterov=opt.nesterov)
+    return model, flat, make_optimizer(spec.optimizer, flat, spec.regularization.weight_decay)
 
 
 @dataclass
@@ -375,7 +399,8 @@ class DivergenceGuard:
     a GPU that read-back would make the host wait for each step instead of queueing the next
     one's kernels, so there the check reads back every ``DIVERGENCE_CHECK_STEPS`` steps and at
     each epoch's last step, and also looks at the parameters: a non-finite parameter stays
-    non-finite under SGD, so a divergence is never missed, only reported that much later.
+    non-finite under every optimizer's update, so a divergence is never missed, only
+    reported that much later.
 
     ``StepLoop.run_epoch`` writes the per-step test out from ``every``, ``bias_grad`` and
     ``params`` (a call per step would cost more than the test) and calls ``fail``.
@@ -411,13 +436,14 @@ Plan = tuple[Backprop, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class StepLoop:
-    """The SGD steps of an epoch, with the gradients of the spec's engine.
+    """The optimizer's steps of an epoch, with the gradients of the spec's engine.
 
     ``manual``: features and encoded targets side by side, [X | T], so that one index_select
     per step gathers a batch into a buffer made once per batch size (the epoch's last batch
     may be smaller), and a ``Backprop`` pass with its buffers per size. ``autograd``:
-    ``autograd_gradients``, on class indices with cross-entropy. Then the weight decay's
-    gradient 2λW is added (not traced) and SGD takes its step.
+    ``autograd_gradients``, on class indices with cross-entropy. Then the gradient is
+    clipped to ``optimizer.clip_norm`` (``GradClipper``), the weight decay's gradient 2λW is
+    added (not traced; adamw decays in its step instead) and the optimizer takes its step.
     """
 
     def __init__(
@@ -426,19 +452,22 @@ class StepLoop:
         engine: str,
         model: MLP,
         flat: FlatParameters,
-        sgd: SGD,
+        opt: Optimizer,
         data: TrainingData,
         state: TrainState,
         checks: GradientChecks,
         callbacks: CallbackList,
     ) -> None:
-        self.spec, self.model, self.flat, self.sgd = spec, model, flat, sgd
+        self.spec, self.model, self.flat, self.opt = spec, model, flat, opt
         self.state, self.checks, self.callbacks = state, checks, callbacks
         self.guard = DivergenceGuard(data.X.device, flat)
         self.loss, self.n, self.device = data.loss, data.n, data.X.device
         self.batch_size = min(spec.optimizer.batch_size, data.n)
         self.dropout = spec.regularization.dropout > 0.0
-        self.decay = flat.decay_mask(spec.regularization.weight_decay)
+        wd = spec.regularization.weight_decay
+        self.decay = flat.decay_mask(wd) if coupled_decay(spec.optimizer) else None
+        clip = spec.optimizer.clip_norm
+        self.clipper = None if clip is None else GradClipper(flat.grad, clip)
         self.manual = engine == "manual"
         fused_ce = engine == "autograd" and data.loss == "cross_entropy"
         self.X, self.T = data.X, data.y if fused_ce else data.T
@@ -467,7 +496,8 @@ class StepLoop:
         """One pass over the training rows in a new random order, a step per batch, at rate
         ``lr``; True when a callback cancelled the run. Every name the steps use is bound to
         a local first: each Python operation inside the loop is paid at every step."""
-        state, checks, guard, model, sgd = self.state, self.checks, self.guard, self.model, self.sgd
+        state, checks, guard, model, opt = self.state, self.checks, self.guard, self.model, self.opt
+        clipper, warmup = self.clipper, self.spec.optimizer.schedule.warmup_steps
         manual, plans, plan_for, XT = self.manual, self.plans, self.plan_for, self.XT
         X, T, autograd_step = self.X, self.T, self.autograd_step
         dropout, drop_gen = self.dropout, state.dropout_rng
@@ -500,9 +530,11 @@ class StepLoop:
                     or (check_every > 1 and not bool(torch.isfinite(flat_data).all()))
                 ):
                     guard.fail(epoch + 1, step + 1)
+                if clipper is not None:
+                    clipper()
                 if decay is not None:  # the gradient of λ‖W‖² is 2λW: added, not traced
                     flat_grad.addcmul_(decay, flat_data)
-                sgd.step(lr)
+                opt.step(lr if step >= warmup else lr * (step + 1) / (warmup + 1))
                 step += 1
                 if should_stop is not None and should_stop():
                     cancelled = True

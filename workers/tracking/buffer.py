@@ -381,6 +381,7 @@ def _snapshot(checkpoint: Checkpoint) -> Checkpoint:
         checkpoint,
         params=own(checkpoint.params),
         momentum=own(checkpoint.momentum),
+        optimizer={k: t.detach().clone() for k, t in checkpoint.optimizer.items()},
         batch_rng=checkpoint.batch_rng.clone(),
         dropout_rng=checkpoint.dropout_rng.clone(),
         best_params=None if checkpoint.best_params is None else own(checkpoint.best_params),

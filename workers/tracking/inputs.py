@@ -32,9 +32,10 @@ def description(job_id: str, spec: JobSpec) -> str:
     else:
         loss = spec.resolved_loss()
     momentum = f" momentum {opt.momentum:g}" + (" (Nesterov)" if opt.nesterov else "")
+    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}[opt.name]
     return (
         f"gradq job {job_id} on {dataset_name(spec)}: MLP {spec.model.hidden} "
-        f"{spec.model.activation}, {loss}, SGD lr {opt.lr:g}"
+        f"{spec.model.activation}, {loss}, {name} lr {opt.lr:g}"
         f"{momentum if opt.momentum else ''}, batch {opt.batch_size}, {opt.epochs} epochs"
     )
 

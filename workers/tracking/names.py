@@ -10,7 +10,8 @@ its curves:
 - ``accuracy/train``, ``accuracy/val``, ``loss/train``, ``loss/val`` (``r2/…``, ``rmse/…`` for
   regression): the learning curves, per metric one section with both splits;
 - ``timing/epoch_seconds``, ``timing/samples_per_s``; ``training/lr``, ``training/grad_norm``,
-  ``training/gradcheck_max_rel_error``, ``training/gradcheck_max_fd_rel_error``;
+  ``training/clipped_steps`` (with ``optimizer.clip_norm``), ``training/gradcheck_max_rel_error``,
+  ``training/gradcheck_max_fd_rel_error``;
   ``weights/layer<i>_<diagnostic>`` (dead_fraction, update_ratio, weight_norm);
 - the single values unprefixed, last: ``final_<name>``, ``final_epochs``, ``final_steps``,
   ``gradcheck_count``.
@@ -24,6 +25,7 @@ SPLITS = ("train", "val")
 _SECTIONS = {
     "lr": "training",
     "grad_norm": "training",
+    "clipped_steps": "training",
     "gradcheck_max_rel_error": "training",
     "gradcheck_max_fd_rel_error": "training",
     "epoch_seconds": "timing",

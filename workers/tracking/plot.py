@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -312,3 +313,61 @@ def _finite(values: list[float]) -> list[float]:
 
 def _all_pos(values: list[float]) -> bool:
     return all(v > 0 for v in values if math.isfinite(v))
+
+
+CONFUSION_CELL = 36  # pixels of a cell of the confusion matrix's picture, at most
+CONFUSION_MAX = 900  # pixels of the matrix's side, at most (many classes: smaller cells)
+
+
+def confusion_png(matrix: Sequence[Sequence[int]]) -> bytes:
+    """The PNG bytes of a confusion matrix (``matrix[i][j]``: rows of class i predicted j):
+    a cell per pair, shaded by its count's share of its true class's rows, the count written
+    in it while the cells are large enough; true classes down the left, predicted along the
+    top."""
+    k = len(matrix)
+    cell = max(4, min(CONFUSION_CELL, CONFUSION_MAX // max(k, 1)))
+    margin = 48
+    side = margin + cell * k + 8
+    img = Image.new("RGB", (side, side), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font(max(8, cell // 3))
+    label = _font(11)
+    draw.text((margin, 4), "predicted", fill=_INK, font=label)
+    draw.text((4, margin - 16), "true", fill=_INK, font=label)
+    for i, row in enumerate(matrix):
+        total = sum(row) or 1
+        for j, count in enumerate(row):
+            share = count / total
+            shade = tuple(round(255 - share * (255 - c)) for c in _BLUE)
+            x, y = margin + j * cell, margin + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline=_GRID)
+            if cell >= 24:
+                ink = "white" if share > 0.5 else _INK
+                draw.text((x + 3, y + cell // 3), str(count), fill=ink, font=font)
+        if cell >= 12:
+            draw.text((margin - 20, margin + i * cell + cell // 3), str(i), fill=_INK, font=label)
+            draw.text((margin + i * cell + cell // 3, margin - 30), str(i), fill=_INK, font=label)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def confusion_table(confusion: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The confusion matrix and per-class scores as a table (MLflow's table JSON: columns
+    and rows): a row per true class, its counts per predicted class, then its precision,
+    recall, F1 and support."""
+    k = len(confusion["matrix"])
+    columns = ["class", *(f"predicted {j}" for j in range(k))]
+    columns += ["precision", "recall", "f1", "support"]
+    data = [
+        [
+            i,
+            *row,
+            confusion["precision"][i],
+            confusion["recall"][i],
+            confusion["f1"][i],
+            confusion["support"][i],
+        ]
+        for i, row in enumerate(confusion["matrix"])
+    ]
+    return {"columns": columns, "data": data}

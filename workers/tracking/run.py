@@ -27,6 +27,7 @@ unreachable tracker means for the job. ``start()`` first tries again while MLflo
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import tempfile
@@ -55,7 +56,7 @@ from workers.tracking.client import (
 from workers.tracking.clock import Clock
 from workers.tracking.inputs import DESCRIPTION_TAG, dataset_input, description
 from workers.tracking.names import aliases
-from workers.tracking.plot import learning_curve_png
+from workers.tracking.plot import confusion_png, confusion_table, learning_curve_png
 from workers.tracking.scope import scoped_name
 
 if TYPE_CHECKING:
@@ -277,12 +278,13 @@ class JobTracker:
         that is not the best so far, under ``log_models: best``).
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
-        ``gradcheck_count`` and ``plots/learning_curve.png``; for ``succeeded`` also the model
-        (``self.model_uri``), registered as ``registered_name`` when set
-        (``self.model_version``). With ``error``: tag ``gradq.error`` (cut to 5000
-        characters) and the full text as ``error.txt``, followed by ``error_detail`` (a
-        traceback) if given. Raises when MLflow fails; the run is
-        then left RUNNING, and ``close_run`` (or a retry) closes it."""
+        ``gradcheck_count`` and ``plots/learning_curve.png`` (a classifier's also
+        ``plots/confusion_matrix.png`` and the table ``confusion_matrix.json``); for
+        ``succeeded`` also the model (``self.model_uri``), registered as
+        ``registered_name`` when set (``self.model_version``). With ``error``: tag
+        ``gradq.error`` (cut to 5000 characters) and the full text as ``error.txt``,
+        followed by ``error_detail`` (a traceback) if given. Raises when MLflow fails; the
+        run is then left RUNNING, and ``close_run`` (or a retry) closes it."""
         try:
             with self.clock.measure():
                 self._close(status, result, error, error_detail, with_model)
@@ -314,6 +316,13 @@ class JobTracker:
             if result.history:
                 png = learning_curve_png(result.history)
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")
+            if result.confusion is not None:
+                cm = result.confusion
+                self._artifacts().log_bytes(
+                    confusion_png(cm["matrix"]), "plots/confusion_matrix.png"
+                )
+                table = json.dumps(confusion_table(cm)).encode()
+                self._artifacts().log_bytes(table, "confusion_matrix.json")
             model_id = None
             if status == "succeeded" and with_model:
                 self._check_alive()

@@ -195,6 +195,13 @@ def test_artifacts_checkpoint_gradcheck_and_learning_curve(
     assert report["passed"] is True and report["step"] == 0 and report["tensors"]
     png = download(client, run_id, "plots/learning_curve.png", tmp_path)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    confusion = download(client, run_id, "plots/confusion_matrix.png", tmp_path)
+    assert confusion.startswith(b"\x89PNG\r\n\x1a\n")
+    table = json.loads(download(client, run_id, "confusion_matrix.json", tmp_path))
+    assert finished.result.confusion is not None
+    assert [row[1 : 1 + len(table["data"])] for row in table["data"]] == (
+        finished.result.confusion["matrix"]
+    )
     restored = latest_checkpoint(tracking_uri=mlflow_store.uri, run_id=run_id)
     assert restored is not None and restored.epoch == 8
     assert all(torch.equal(a, b) for a, b in zip(restored.params, last.params, strict=True))

@@ -49,7 +49,9 @@ def test_blocks_in_one_pass_equal_each_block_alone(loss: str, task: str, width: 
     assert first == pytest.approx(alone_first, rel=1e-12)
     assert second == pytest.approx(alone_second, rel=1e-12)
     assert set(first) == (
-        {"loss", "accuracy"} if task == "classification" else {"loss", "rmse", "r2"}
+        {"loss", "accuracy", "macro_precision", "macro_recall", "macro_f1"}
+        if task == "classification"
+        else {"loss", "rmse", "r2", "mae"}
     )
     with torch.no_grad():
         expected_loss = float(loss_value(loss, model(X[11:]), T[11:]))
@@ -161,3 +163,61 @@ def test_a_chunk_holds_the_budget_of_its_widest_layer() -> None:
     assert rows_per_chunk([2, 4096, 2], 4, budget=64 * 2**20) == 4096
     assert rows_per_chunk([10_000, 64, 8], 8) == EVAL_CHUNK_BYTES // (64 * 8)  # not the input
     assert rows_per_chunk([2, 65_536, 2], 8, budget=1000) == 1  # at least one row
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "logistic", "squared"])
+def test_macro_scores_and_the_confusion_matrix_are_scikit_learns(loss: str) -> None:
+    """Per block: macro precision, recall and F1 as scikit-learn's (zero_division=0, over the
+    classes among targets and predictions); the confusion matrix and per-class scores too,
+    the forward pass in chunks of 4 rows."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from core.evaluate import confusion
+    from core.losses import predict
+
+    classes = 2 if loss == "logistic" else 4
+    width = 1 if loss == "logistic" else classes
+    model = build_mlp(ModelSpec(hidden=[5]), 3, width, generator=torch.Generator().manual_seed(2))
+    model = model.double()
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(23, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (23,), generator=g)
+    T = encode_targets(loss, "classification", y, width)
+    (first, second), _ = evaluate_parts(
+        model, X, y, T, [13, 10], loss=loss, task="classification", chunk_rows=4
+    )
+    with torch.no_grad():
+        pred = predict(loss, "classification", model(X)).numpy()
+    for part, (a, b) in ((first, (0, 13)), (second, (13, 23))):
+        p, r, f1, _ = precision_recall_fscore_support(
+            y[a:b].numpy(), pred[a:b], average="macro", zero_division=0
+        )
+        assert (part["macro_precision"], part["macro_recall"], part["macro_f1"]) == (
+            pytest.approx(p, rel=1e-12),
+            pytest.approx(r, rel=1e-12),
+            pytest.approx(f1, rel=1e-12),
+        )
+    assert len(set(pred.tolist())) > 1  # not a constant classifier: the scores differ
+    got = confusion(model, X, y, loss=loss, chunk_rows=4)
+    labels = list(range(classes))
+    assert got["matrix"] == sk_confusion(y.numpy(), pred, labels=labels).tolist()
+    p, r, f1, support = precision_recall_fscore_support(
+        y.numpy(), pred, labels=labels, zero_division=0
+    )
+    assert got["precision"] == pytest.approx(p.tolist(), rel=1e-12)
+    assert got["recall"] == pytest.approx(r.tolist(), rel=1e-12)
+    assert got["f1"] == pytest.approx(f1.tolist(), rel=1e-12)
+    assert got["support"] == support.tolist()
+
+
+def test_mae_is_in_the_targets_units() -> None:
+    model = build_mlp(ModelSpec(hidden=[4]), 2, 1, generator=torch.Generator().manual_seed(1))
+    model = model.double()
+    X = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = torch.randn(9, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    T = encode_targets("squared", "regression", y, 1)
+    metrics, _ = evaluate(model, X, y, T, loss="squared", task="regression", y_scale=3.0)
+    with torch.no_grad():
+        want = float((model(X)[:, 0] - y).abs().mean()) * 3.0
+    assert metrics["mae"] == pytest.approx(want, rel=1e-12)

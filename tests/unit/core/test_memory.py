@@ -152,6 +152,8 @@ READ = [({}, {"dataset": {**BASE["dataset"], "n_samples": 30_000}}),
         ({}, {"model": {"hidden": [64]}}), ({}, {"model": {"hidden": [64, 32, 8]}}),
         ({}, {"optimizer": {"batch_size": 4096, "epochs": 3}}),
         ({}, {"optimizer": {"batch_size": 64, "epochs": 1}}),
+        ({}, {"optimizer": {"name": "adam"}}), ({}, {"optimizer": {"name": "rmsprop"}}),
+        ({}, {"model": {"hidden": [64, 32], "activation": "gelu"}}),
         ({}, {"regularization": {"dropout": 0.0}}),
         ({}, {"regularization": {"dropout": 0.1, "weight_decay": 0.0}}),
         ({"gradcheck": {"every_steps": 0}}, {"gradcheck": {"every_steps": 0, "at_start": False}}),
@@ -237,3 +239,18 @@ def test_a_pack_counts_its_shared_data_once_and_each_members_own_parts() -> None
     assert sizes[2] < 2 * one < 8 * one  # the data set (most of one job) is counted once
     shared = sum(estimate(specs[0]).parts[p] for p in memory.PACK_SHARED)
     assert sizes[0] - one < one - shared + 1
+
+
+def test_adams_two_moments_and_its_step_buffer_count_in_the_parameters() -> None:
+    job = {"dataset": "digits", "model": {"hidden": [2048, 2048]}, "gradcheck": {"fd_samples": 0}}
+    n = 64 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 10 + 10
+    sgd = _estimate(job).parts["parameters"]
+    adam = _estimate({**job, "optimizer": {"name": "adam"}}).parts["parameters"]
+    rmsprop = _estimate({**job, "optimizer": {"name": "rmsprop"}}).parts["parameters"]
+    assert adam - sgd >= 2 * n * 4 and sgd < rmsprop < adam
+
+
+def test_the_estimate_knows_which_activations_run_in_place() -> None:
+    from core.activations import ACTIVATIONS, inplace
+
+    assert {name for name in ACTIVATIONS if inplace(name)} == memory.INPLACE_ACTIVATIONS

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
 from core.gradcheck import GradcheckFailed
-from core.packed import PackIncompatible, pack_key, train_packed
+from core.packed import PackIncompatible, pack_key, packable, train_packed
 from core.spec import JobSpec, parse_spec
 from core.train import Diverged, TrainResult, train
 
@@ -148,10 +148,11 @@ def test_each_member_is_its_spec_trained_alone_float64(specs: list[JobSpec]) -> 
 
 
 @pytest.mark.parametrize("loss", sorted(DATASETS))
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "identity", "elu"])
 def test_every_activation_and_loss_float64_200_steps(activation: str, loss: str) -> None:
     """Each activation × loss (the hypothesis test samples them; here every pair), with
-    three members that mix decay, dropout, momentum, Nesterov and the schedules."""
+    three members that mix decay, dropout, momentum, Nesterov and the schedules (one warms
+    up)."""
     base = {
         "dataset": {**DATASETS[loss], "seed": 0},
         "loss": loss,
@@ -170,7 +171,9 @@ def test_every_activation_and_loss_float64_200_steps(activation: str, loss: str)
         make_spec(
             base, seed=12, optimizer={"momentum": 0.0, "schedule": {"kind": "step", "step_size": 5}}
         ),
-        make_spec(base, seed=13, optimizer={"lr": 0.02, "momentum": 0.5}),
+        make_spec(
+            base, seed=13, optimizer={"lr": 0.02, "momentum": 0.5, "schedule": {"warmup_epochs": 2}}
+        ),
     ]
     for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
         solo = train(spec, dtype=F64)
@@ -412,6 +415,7 @@ def test_specs_of_another_shape_cannot_share_a_pack() -> None:
         make_spec(MIXED, optimizer={"batch_size": 8}),
         make_spec(MIXED, dataset={"name": "wine", "seed": 2}),
         make_spec(MIXED, loss="squared"),
+        make_spec(MIXED, optimizer={"name": "adam", "momentum": 0.0}),
     ):
         assert pack_key(other) != pack_key(a)
         with pytest.raises(PackIncompatible):
@@ -550,3 +554,92 @@ def test_members_with_more_training_rows_than_an_epoch_evaluates_each_evaluate_a
         solo = Recorded()
         train(spec, callbacks=[solo], dtype=F64)
         _same_numbers(records[0], solo.records[0], 1e-9)
+
+
+def test_plateau_members_reduce_their_own_rates_as_alone() -> None:
+    """A plateau schedule's reductions (each member's own monitor, patience, cooldown) are
+    the same in a pack as alone, float64; the members' rates do come down."""
+    base = MIXED
+    specs = [
+        make_spec(
+            base,
+            seed=s,
+            optimizer={
+                "lr": 0.2,
+                "epochs": 8,
+                "schedule": {"kind": "plateau", "patience": p, "monitor": m, "cooldown": c},
+            },
+        )
+        for s, p, m, c in (
+            (1, 1, "val_accuracy", 0),
+            (2, 2, "val_loss", 1),
+            (3, 1, "train_loss", 0),
+        )
+    ]
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        solo = train(spec, dtype=F64)
+        assert_same_training(packed, solo)
+    rates = [h.lr for h in train(specs[0], dtype=F64).history]
+    assert min(rates) < rates[0]
+
+
+def test_clipping_members_clip_and_count_as_alone() -> None:
+    """Members with their own clip_norm (or none) among others: float64, the same steps and
+    the same count of clipped steps in each epoch's record as alone; some steps clip."""
+    specs = [
+        make_spec(MIXED, seed=1, optimizer={"lr": 0.1, "clip_norm": 0.5}),
+        make_spec(MIXED, seed=2, optimizer={"lr": 0.1}),
+        make_spec(MIXED, seed=3, optimizer={"lr": 0.05, "momentum": 0.5, "clip_norm": 2.0}),
+    ]
+    counts = []
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        solo = train(spec, dtype=F64)
+        assert_same_training(packed, solo)
+        assert isinstance(packed, TrainResult)
+        got = [h.clipped_steps for h in packed.history]
+        assert got == [h.clipped_steps for h in solo.history]
+        counts.append(got)
+    assert counts[1] == [None] * len(counts[1])
+    assert sum(counts[0]) > 0  # clip 0.5 scales some steps down
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop"])
+def test_adaptive_optimizers_train_in_packs_as_alone(name: str) -> None:
+    """A pack of one optimizer: members with their own rates, betas (alpha), eps, weight
+    decay, clipping and schedules take the same steps as alone (float64)."""
+    own = {"adam": {"betas": [0.8, 0.99]}, "adamw": {"eps": 1e-6}, "rmsprop": {"alpha": 0.9}}
+    base = {**MIXED, "optimizer": {"epochs": 5, "batch_size": 16, "name": name}}
+    specs = [
+        make_spec(base, seed=1, optimizer={"lr": 0.01, **own[name]}),
+        make_spec(
+            base,
+            seed=2,
+            optimizer={"lr": 0.003, "clip_norm": 0.5, "schedule": {"kind": "cosine"}},
+            regularization={"weight_decay": 0.01, "dropout": 0.2},
+        ),
+        make_spec(base, seed=3, regularization={"weight_decay": 0.0}),
+    ]
+    assert all(packable(s) for s in specs) and len({pack_key(s) for s in specs}) == 1
+    for spec, packed in zip(specs, train_packed(specs, dtype=F64), strict=True):
+        assert_same_training(packed, train(spec, dtype=F64))
+
+
+def test_an_adam_member_resumes_in_a_pack_bit_for_bit_as_its_checkpoint_says() -> None:
+    """The pack's adam state (moments and step count) goes into each member's checkpoint:
+    resumed alone, a member finishes as it would have in the pack, within rounding."""
+    base = {**MIXED, "optimizer": {"epochs": 6, "batch_size": 16, "name": "adam"}}
+    specs = [make_spec(base, seed=s, optimizer={"lr": 0.01}) for s in (1, 2)]
+    saved: dict[int, Checkpoint] = {}
+
+    class Keep(Callback):
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+            if checkpoint.epoch == 3:
+                saved[self.k] = Checkpoint.from_bytes(checkpoint.to_bytes())
+
+    full = train_packed(specs, dtype=F64, callbacks=[[Keep(0)], [Keep(1)]])
+    assert saved[0].optimizer_steps == full[0].history[2].step  # type: ignore[union-attr]
+    alone = train(specs[0], dtype=F64, resume_from=saved[0])
+    assert_same_training(full[0], alone, checks_from=saved[0].step)

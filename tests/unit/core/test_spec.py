@@ -34,7 +34,56 @@ def test_a_spec_with_only_a_dataset_has_working_defaults() -> None:
             "greater than or equal to 1",
         ),
         ({"dataset": "digits", "model": {"hidden": [8, -3, 4]}}, "model.hidden[1]", "greater than"),
-        ({"dataset": "digits", "model": {"activation": "softplus"}}, "model.activation", "relu"),
+        ({"dataset": "digits", "model": {"activation": "swish"}}, "model.activation", "relu"),
+        (
+            {"dataset": "digits", "optimizer": {"name": "adam", "momentum": 0.9}},
+            "optimizer.momentum",
+            "only sgd",
+        ),
+        (
+            {"dataset": "digits", "optimizer": {"name": "rmsprop", "nesterov": True}},
+            "optimizer.nesterov",
+            "only sgd",
+        ),
+        ({"dataset": "digits", "optimizer": {"name": "lbfgs"}}, "optimizer.name", "adamw"),
+        (
+            {"dataset": "digits", "optimizer": {"name": "adam", "betas": [0.9, 1.0]}},
+            "optimizer.betas[1]",
+            "less than 1",
+        ),
+        ({"dataset": "digits", "optimizer": {"clip_norm": 0}}, "optimizer.clip_norm", "greater"),
+        (
+            {"dataset": "digits", "optimizer": {"epochs": 5, "schedule": {"warmup_epochs": 5}}},
+            "optimizer.schedule.warmup_epochs",
+            "fewer than the epochs",
+        ),
+        (
+            {
+                "dataset": "digits",
+                "optimizer": {"schedule": {"warmup_epochs": 2, "warmup_steps": 10}},
+            },
+            "optimizer.schedule.warmup_steps",
+            "not both",
+        ),
+        (
+            {"dataset": "digits", "regularization": {"early_stopping": {"monitor": "val_r2"}}},
+            "regularization.early_stopping.monitor",
+            "val_accuracy",
+        ),
+        (
+            {"dataset": "diabetes", "optimizer": {"schedule": {"monitor": "val_accuracy"}}},
+            "optimizer.schedule.monitor",
+            "val_r2",
+        ),
+        (
+            {
+                "dataset": {"name": "digits", "validation_fraction": 0},
+                "regularization": {"early_stopping": {"enabled": False}},
+                "optimizer": {"schedule": {"kind": "plateau"}},
+            },
+            "optimizer.schedule.monitor",
+            "validation_fraction > 0",
+        ),
         ({"dataset": "digits", "optimizer": {"lr": -0.1}}, "optimizer.lr", "greater than 0"),
         ({"dataset": "digits", "optimizer": {"lr": "fast"}}, "optimizer.lr", "'fast'"),
         ({"dataset": "digits", "optimizer": {"lr": float("nan")}}, "optimizer.lr", "finite"),
@@ -189,3 +238,24 @@ def test_a_job_asks_for_at_least_a_quarter_of_a_cpu() -> None:
     assert parse_spec({"dataset": "digits", "resources": {"cpus": 0.25}}).resources.cpus == 0.25
     stored = {"dataset": "digits", "resources": {"cpus": 0.001}}
     assert JobSpec.model_validate(stored).resources.cpus == 0.001
+
+
+def test_each_optimizer_takes_its_own_defaults_and_a_stored_spec_reads_as_sgd() -> None:
+    """A spec stored before ``optimizer.name`` existed is today's sgd; every other name
+    takes its own lr (and no momentum), and what a spec dumps reads back the same."""
+    old = {"dataset": "digits", "optimizer": {"lr": 0.05, "momentum": 0.8, "nesterov": True}}
+    opt = parse_spec(old).optimizer
+    assert (opt.name, opt.lr, opt.momentum, opt.nesterov) == ("sgd", 0.05, 0.8, True)
+    assert parse_spec({"dataset": "digits"}).optimizer.lr == 0.02
+    lrs = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2}
+    for name, lr in lrs.items():
+        spec = parse_spec({"dataset": "digits", "optimizer": {"name": name}})
+        assert spec.optimizer.lr == lr
+        assert (spec.optimizer.momentum == 0.0) == (name != "sgd")
+        again = parse_spec(json.loads(json.dumps(spec.model_dump(mode="json"))))
+        assert again.hash_fields() == spec.hash_fields()
+    es = parse_spec(
+        {"dataset": {"name": "digits", "validation_fraction": 0},
+         "regularization": {"early_stopping": {"monitor": "train_loss"}}}
+    )  # fmt: skip
+    assert es.regularization.early_stopping.enabled

@@ -117,3 +117,34 @@ def test_a_regression_curve_with_gaps_and_no_positive_loss_scale() -> None:
 def test_an_empty_history_is_empty_axes() -> None:
     img = pixels(learning_curve_png([]))
     assert near(img, BLUE) == 0 and near(img, ORANGE) == 0
+
+
+def test_the_confusion_matrix_shades_each_cell_by_its_share_of_its_true_class() -> None:
+    from workers.tracking.plot import CONFUSION_CELL, confusion_png, confusion_table
+
+    matrix = [[9, 1, 0], [0, 5, 5], [0, 0, 7]]
+    image = Image.open(io.BytesIO(confusion_png(matrix)))
+    img = np.asarray(image.convert("RGB"), dtype=np.int16)
+    side = 48 + 3 * CONFUSION_CELL + 8
+    assert image.size == (side, side)
+
+    def cell(i: int, j: int) -> np.ndarray:  # a pixel inside the cell, off its text
+        y = 48 + i * CONFUSION_CELL + CONFUSION_CELL - 4
+        x = 48 + j * CONFUSION_CELL + CONFUSION_CELL - 4
+        return img[y, x]
+
+    assert tuple(cell(2, 2)) == BLUE  # all of class 2's rows: full colour
+    assert tuple(cell(0, 2)) == (255, 255, 255)  # none: white
+    half = cell(1, 1)
+    assert all(b < h < 255 for b, h in zip(BLUE, half, strict=True))  # half: between
+    table = confusion_table(
+        {
+            "matrix": matrix,
+            "precision": [1.0, 5 / 6, 7 / 12],
+            "recall": [0.9, 0.5, 1.0],
+            "f1": [0.9, 0.6, 0.7],
+            "support": [10, 10, 7],
+        }
+    )
+    assert table["columns"][:4] == ["class", "predicted 0", "predicted 1", "predicted 2"]
+    assert table["data"][1] == [1, 0, 5, 5, 5 / 6, 0.5, 0.6, 10]

@@ -12,6 +12,7 @@ CLASSIFICATION = EpochRecord(
     epoch=3, step=30, lr=0.1, seconds=0.2, samples_per_s=500.0, grad_norm=1.5,
     train={"loss": 0.5, "accuracy": 0.8}, val={"loss": 0.6, "accuracy": 0.7},
     layers=[{"dead_fraction": 0.1, "update_ratio": 1e-3, "weight_norm": 2.0}] * 12,
+    clipped_steps=4,
 )  # fmt: skip
 REGRESSION = EpochRecord(
     epoch=3, step=30, lr=0.1, seconds=0.2, samples_per_s=500.0, grad_norm=1.5,
@@ -33,6 +34,7 @@ def test_the_learning_curves_come_first_and_the_single_values_last() -> None:
     assert sections(keys) == ["accuracy", "loss", "timing", "training", "weights", ""]
     assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val"} <= set(keys)
     assert "weights/layer12_weight_norm" in keys and "training/lr" in keys
+    assert "training/clipped_steps" in keys
     assert [k for k in keys if "/" not in k] == FINALS
     regression = list(mlflow_metrics(REGRESSION.metrics()))
     assert sections(regression) == ["loss", "r2", "rmse", "timing", "training"]
