@@ -172,10 +172,12 @@ class JobStore(JobQueries):
         limit: int = 1,
         lease_seconds: float,
         ids: Sequence[str] | None = None,
+        note: str | None = None,
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` queued jobs in the claim order (:data:`db.queries.CLAIM_ORDER`:
         highest priority first, then oldest); with ``ids``, only among those (the dispatcher
-        claims the jobs it has room for). Returned in that order.
+        claims the jobs it has room for). Returned in that order. ``note``: said in each
+        claimed job's event after "claimed by OWNER" (e.g. why a trial trains alone).
 
         In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
         lease_seconds) and ``started_at``; a queued→running event is written in the same
@@ -218,7 +220,7 @@ class JobStore(JobQueries):
                 R,
                 [JOBS.c.id.in_(select(picked.c.id))],
                 values,
-                f"claimed by {owner}",
+                f"claimed by {owner}" + (f"; {note}" if note else ""),
                 now,
                 extra,
             )

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from core.memory import estimate, pack_estimate, size
-from core.packed import pack_key, packable
+from core.packed import pack_key, unpackable_reason
 from core.spec import DatasetShape, InvalidSpec, JobSpec
 from core.uploads import recorded_shape
 from db.datasets import DatasetStore
@@ -242,6 +242,7 @@ class Dispatcher:
         self._freed: list[tuple[float, Demand]] = []
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
         self._packs: dict[str, str | None] = {}  # queued jobs' pack keys (None: alone), by id
+        self._alone: dict[str, str] = {}  # why a trial that asked for a pack cannot have one
         # each group of packable trials seen queued: (its size, when first seen, last grown)
         self._growing: dict[str, tuple[int, float, float]] = {}
         # since when (``clock``) each queued job seen waiting for room has waited: backfill
@@ -573,13 +574,19 @@ class Dispatcher:
                 running[job.tenant] += len(unit)
         if not fitting:
             return
-        ids = [job.id for unit in fitting for job in unit]
-        claimed_jobs = self.store.claim(
-            owner=self.config.owner,
-            limit=len(ids),
-            ids=ids,
-            lease_seconds=max(self.config.start_lease_seconds, self.config.worker.lease_seconds),
-        )
+        # a sweep's trial that asked to be packed but cannot be trains alone, its claim
+        # event saying why (``core.packed.unpackable_reason``)
+        groups: dict[str | None, list[str]] = {}
+        for unit in fitting:
+            for job in unit:
+                groups.setdefault(self._alone.get(job.id), []).append(job.id)
+        lease = max(self.config.start_lease_seconds, self.config.worker.lease_seconds)
+        claimed_jobs = []
+        for why, ids in groups.items():
+            note = {} if why is None else {"note": f"trains alone, not in a pack: {why}"}
+            claimed_jobs += self.store.claim(
+                owner=self.config.owner, limit=len(ids), ids=ids, lease_seconds=lease, **note
+            )
         claimed = {c.id: c for c in claimed_jobs}
         for unit in fitting:
             members = [claimed[job.id] for job in unit if job.id in claimed]
@@ -635,11 +642,16 @@ class Dispatcher:
         if job.id not in self._packs:
             if len(self._packs) >= 4 * self.config.max_claim + 4096:
                 self._packs.clear()
+                self._alone.clear()
             key = None
             try:
                 spec = JobSpec.model_validate(job.spec)
-                if spec.trial is not None and spec.trial.pack and packable(spec):
-                    key = f"{job.tenant}/{spec.trial.sweep_id}/{pack_key(spec)}"
+                if spec.trial is not None and spec.trial.pack:
+                    why = unpackable_reason(spec)
+                    if why is None:
+                        key = f"{job.tenant}/{spec.trial.sweep_id}/{pack_key(spec)}"
+                    else:
+                        self._alone[job.id] = why
             except (ValidationError, InvalidSpec, ValueError):  # its attempt fails it
                 key = None
             self._packs[job.id] = key
@@ -677,6 +689,7 @@ class Dispatcher:
         for c in members:
             self._demands.pop(c.id, None)  # no longer queued
             self._packs.pop(c.id, None)
+            self._alone.pop(c.id, None)
         task, args = (self._remote, first) if len(members) == 1 else (self._remote_pack, members)
         name = f"gradq-{first.id[:8]}-a{first.attempt}"
         if len(members) > 1:

@@ -41,6 +41,16 @@ def test_claim_takes_highest_priority_then_oldest(store: JobStore, make_spec: Sp
     assert _path(store, top.id) == [(None, "queued", 0), ("queued", "running", 1)]
 
 
+def test_a_claims_note_is_said_in_each_claimed_jobs_event(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    a, b = (store.submit(spec=make_spec()).id for _ in range(2))
+    store.claim(owner="w1", ids=[a], lease_seconds=60, note="trains alone, not in a pack: x")
+    store.claim(owner="w1", ids=[b], lease_seconds=60)
+    assert store.events(job_id=a)[-1].reason == "claimed by w1; trains alone, not in a pack: x"
+    assert store.events(job_id=b)[-1].reason == "claimed by w1"
+
+
 def test_every_reader_follows_the_one_claim_order(
     store: JobStore, engine: Engine, make_spec: SpecFactory, bulk_queue: BulkQueue
 ) -> None:

@@ -41,6 +41,25 @@ def trial(n: int, sweep: str = "s1", pack: bool = True, **over: Any) -> dict[str
     return parse_spec(spec).model_dump(mode="json")
 
 
+class NotingStore(FakeStore):
+    """The fake queue, keeping the note each claim was made with."""
+
+    notes: dict[str, str | None]
+
+    def claim(
+        self,
+        *,
+        owner: str,
+        limit: int,
+        ids: list[str],
+        lease_seconds: float,
+        note: str | None = None,
+    ) -> list[Job]:
+        claimed = super().claim(owner=owner, limit=limit, ids=ids, lease_seconds=lease_seconds)
+        self.notes.update(dict.fromkeys((j.id for j in claimed), note))
+        return claimed
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -51,8 +70,9 @@ class Clock:
 
 def dispatcher(
     jobs: list[Job], room: Demand = ROOM, **config: Any
-) -> tuple[Dispatcher, FakeStore, Remote, Remote, Clock]:
-    store = FakeStore(jobs)
+) -> tuple[Dispatcher, NotingStore, Remote, Remote, Clock]:
+    store = NotingStore(jobs)
+    store.notes = {}
     worker = WorkerConfig(database_url="sqlite://", tracking_uri="x")
     d = Dispatcher(DispatcherConfig(worker=worker, **config), store)  # type: ignore[arg-type]
     alone, packs = Remote(), Remote()
@@ -221,3 +241,19 @@ def test_a_packs_members_are_in_trial_number_order_whatever_their_ids() -> None:
     [unit] = d.units(heads)
     assert [j.spec["trial"]["number"] for j in unit] == list(range(6))
     assert {j.id for j in unit} == {j.id for j in heads}
+
+
+def test_a_trial_that_asked_for_a_pack_but_cannot_have_one_trains_alone_saying_why() -> None:
+    jobs = [Job(f"t{n}", trial(n)) for n in range(4)]
+    jobs += [Job("gelu", trial(4, model={"hidden": [16], "activation": "gelu"}))]
+    jobs += [Job("warm", trial(5, optimizer={"schedule": {"warmup_steps": 10}}))]
+    d, store, _, _, clock = dispatcher(jobs)
+    d.launch()
+    clock.now += 0.3
+    d.launch()
+    assert launched(d) == [["gelu"], ["t0", "t1", "t2", "t3"], ["warm"]]
+    assert store.notes["t0"] is None
+    assert store.notes["gelu"] == (
+        "trains alone, not in a pack: activation 'gelu': packs take in-place activations only"
+    )
+    assert store.notes["warm"] is not None and "warmup_steps" in store.notes["warm"]
