@@ -48,6 +48,7 @@ from core.spec import (
     _from_validation_error,
     dataset_shape,
     epoch_metrics,
+    monitor_mode,
     parse_spec,
 )
 
@@ -89,16 +90,15 @@ class SearchSpec(_Section):
 
 class ObjectiveSpec(_Section):
     """The per-epoch metric that ranks trials (``val_accuracy``, ``val_loss``, ``train_loss``,
-    …) and whether more (``max``) or less (``min``) is better; default by the metric:
-    accuracy and r2 up, losses and rmse down."""
+    …) and whether more (``max``) or less (``min``) is better; default by the metric
+    (``core.spec.monitor_mode``): accuracy, r2 and the macro scores up, losses and errors
+    down."""
 
     metric: str = Field("val_loss", min_length=1, max_length=100)
     mode: Mode | None = None
 
     def direction(self) -> Mode:
-        if self.mode is not None:
-            return self.mode
-        return "max" if self.metric.endswith(("accuracy", "r2")) else "min"
+        return monitor_mode(self.metric, self.mode)
 
 
 class SweepEarlyStopping(_Section):

@@ -19,7 +19,7 @@ from api.deps import ServicesDep, SettingsDep, StoreDep, SweepsDep, TenantDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
 from core.spec import InvalidSpec
-from core.sweep import SweepSpec, parse_sweep
+from core.sweep import ObjectiveSpec, SweepSpec, parse_sweep
 from db.errors import InvalidTransition, JobNotFound
 from db.states import TERMINAL
 from db.sweeps import SWEEP_STATUSES, SweepStore, SweepView, TrialView
@@ -78,10 +78,10 @@ def present(view: SweepView, sweeps: SweepStore) -> schemas.Sweep:
 def _mode(view: SweepView) -> Literal["min", "max"]:
     objective = view.spec.get("objective") or {}
     mode = objective.get("mode")
-    if mode in ("min", "max"):
-        return mode
-    metric = str(objective.get("metric", "val_loss"))
-    return "max" if metric.endswith(("accuracy", "r2")) else "min"
+    return ObjectiveSpec(
+        metric=str(objective.get("metric", "val_loss")),
+        mode=mode if mode in ("min", "max") else None,
+    ).direction()
 
 
 def _total(view: SweepView) -> int:

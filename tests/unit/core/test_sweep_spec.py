@@ -155,3 +155,27 @@ def test_asha_keeps_the_best_fraction_of_a_rung() -> None:
     # a diverged (non-finite) value ranks last, in both directions
     assert not promotable(math.nan, [0.1, math.nan, 0.2], 2, "max")
     assert not promotable(math.inf, [0.1, math.inf, 0.2], 2, "min")
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction"),
+    [
+        ("val_accuracy", "max"),
+        ("val_r2", "max"),
+        ("val_macro_f1", "max"),
+        ("train_macro_precision", "max"),
+        ("val_macro_recall", "max"),
+        ("val_loss", "min"),
+        ("val_rmse", "min"),
+        ("val_mae", "min"),
+    ],
+)
+def test_an_objective_without_a_mode_goes_the_way_its_metric_improves(
+    metric: str, direction: str
+) -> None:
+    sweep = parse_sweep({
+        "base": {"dataset": "diabetes" if metric.endswith(("r2", "rmse", "mae")) else "iris"},
+        "space": {"optimizer.lr": {"loguniform": [0.01, 0.1]}},
+        "objective": {"metric": metric},
+    })  # fmt: skip
+    assert sweep.direction == direction
