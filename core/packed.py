@@ -59,12 +59,12 @@ from core.spec import JobSpec, dataset_shape
 from core.state import TrainState
 from core.train import (
     DIVERGENCE_CHECK_STEPS,
-    Diverged,
     EpochEvaluation,
     GradientChecks,
     TrainingData,
     TrainResult,
     build_model,
+    diverged_step,
     epoch_record,
     final_confusion,
     final_metrics,
@@ -1073,7 +1073,8 @@ class _Run:
             if k not in leaving:
                 m = pack.members[k]
                 value = float(pack.sums[k])
-                leaving[k] = ("failed", Diverged(m.state.epoch + 1, bases[k] + i + 1, value))
+                error = diverged_step(m.state.epoch + 1, bases[k] + i + 1, value)
+                leaving[k] = ("failed", error)
 
     def gradchecks(
         self,

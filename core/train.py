@@ -48,14 +48,28 @@ DIVERGENCE_CHECK_STEPS = 32  # on a GPU: steps between divergence read-backs (Di
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, a gradient or a parameter became NaN or infinite. ``value``: the number
+    found; ``found``: what it is, in words (default: the training loss)."""
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
+    def __init__(self, epoch: int, step: int, value: float, found: str | None = None) -> None:
         self.epoch, self.step, self.value = epoch, step, value
+        found = found or f"the training loss is {value}"
         super().__init__(
-            f"training diverged at epoch {epoch}, step {step}: the loss is {value}"
-            " (try a smaller optimizer.lr)"
+            f"training diverged at epoch {epoch}, step {step}: {found} (try a smaller optimizer.lr)"
         )
+
+
+def diverged_step(epoch: int, step: int, bias_grad_sum: float) -> Diverged:
+    """The divergence a step's guard found: a non-finite gradient (the output layer's bias
+    gradient summed over the batch, the guard's test), else a non-finite parameter (the
+    guard's test on a GPU)."""
+    if not math.isfinite(bias_grad_sum):
+        found = (
+            f"the gradient is not finite (the output layer's bias gradient sums to {bias_grad_sum})"
+        )
+    else:
+        found = "a parameter is not finite"
+    return Diverged(epoch, step, bias_grad_sum, found)
 
 
 @dataclass
@@ -412,7 +426,7 @@ class DivergenceGuard:
         self.params = flat.data
 
     def fail(self, epoch: int, step: int) -> NoReturn:
-        raise Diverged(epoch, step, float(self.bias_grad.sum()))
+        raise diverged_step(epoch, step, float(self.bias_grad.sum()))
 
 
 def autograd_gradients(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,23 @@ def test_huge_learning_rate_diverges_naming_epoch_and_step() -> None:
         train(spec)
     assert info.value.epoch == 1 and info.value.step >= 1
     assert "epoch 1" in str(info.value) and f"step {info.value.step}" in str(info.value)
+
+
+@pytest.mark.parametrize("engine", ["manual", "autograd"])
+def test_a_divergence_says_what_was_found_not_a_loss_it_did_not_see(engine: str) -> None:
+    """A squared loss cannot be −∞: diabetes at lr 50 is caught by the step's guard, a
+    non-finite gradient, and the message says so (the sum it tested, not "the loss")."""
+    spec = parse_spec({"dataset": "diabetes", "optimizer": {"lr": 50.0}, "engine": engine})
+    with pytest.raises(Diverged) as info:
+        train(spec)
+    message = str(info.value)
+    assert "the gradient is not finite (the output layer's bias gradient sums to" in message
+    assert "loss" not in message.split(": ", 1)[1].split("(")[0]
+    assert not math.isfinite(info.value.value)
+
+
+def test_a_divergence_in_the_epoch_record_names_the_training_loss() -> None:
+    assert "the training loss is nan" in str(Diverged(3, 40, math.nan))
 
 
 def test_should_stop_cancels_between_steps() -> None:
