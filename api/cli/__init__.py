@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
 from api.cli import commands, local, serve, sweeps
@@ -21,6 +24,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        try:
+            typer.echo(f"gradq {version('gradq')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("gradq (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print gradq's version and exit"
+        ),
+    ] = False,
+) -> None:
+    """gradq: train MLPs with a hand-written, gradient-checked backprop."""
 
 
 def _mount_db() -> None:
