@@ -22,6 +22,7 @@ class ApiClient:
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
         self.url = (url or os.environ.get("GRADQ_URL") or defaults.API_URL).rstrip("/")
         key = key or os.environ.get("GRADQ_API_KEY")
+        self.has_key = bool(key)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -45,11 +46,33 @@ class ApiClient:
             body = response.text
         if response.is_success:
             return body
-        raise ApiFailure(response.status_code, body, describe(response.status_code, body))
+        status = response.status_code
+        raise ApiFailure(status, body, describe(status, body, has_key=self.has_key))
 
 
-def describe(status: int, body: Any) -> str:
-    """One line per problem from the error shape ``{"error": {...}, "errors": [...]}``."""
+# The API's words for an HTTP client, and what a user of the command does instead.
+CLI_HINTS = {"(see GET /v1/datasets)": "(see `gradq datasets list`)"}
+
+
+def describe(status: int, body: Any, *, has_key: bool = False) -> str:
+    """What the command's user reads for a refusal: a 401 says to pass a key (``--key`` or
+    ``GRADQ_API_KEY``), not how to send a header; otherwise one line per problem from the
+    error shape ``{"error": {...}, "errors": [...]}``, the API's hints put in the command's
+    terms (``CLI_HINTS``)."""
+    if status == 401:
+        if has_key:
+            return (
+                "unauthorized: the API key given was refused (unknown or revoked); pass "
+                "another with --key or GRADQ_API_KEY"
+            )
+        return "unauthorized: this service needs an API key; pass --key or set GRADQ_API_KEY"
+    text = _describe(status, body)
+    for api, cli in CLI_HINTS.items():
+        text = text.replace(api, cli)
+    return text
+
+
+def _describe(status: int, body: Any) -> str:
     if not isinstance(body, dict) or not isinstance(body.get("error"), dict):
         return f"HTTP {status}: {str(body)[:500]}"
     error = body["error"]
