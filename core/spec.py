@@ -607,6 +607,41 @@ def field_path(loc: Sequence[int | str]) -> str:
     return out or "(root)"
 
 
+def _sections() -> dict[str, type[BaseModel]]:
+    """Every section of a job's or a sweep's spec (core's models), by class name (a
+    ``ValidationError``'s ``title``)."""
+    out: dict[str, type[BaseModel]] = {}
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub.__module__.startswith("core."):
+                out[sub.__name__] = sub
+            todo.append(sub)
+    return out
+
+
+def _nearest_field(title: str, loc: Sequence[Any]) -> str | None:
+    """For an unknown field at ``loc`` under the model named ``title``: the field of its
+    section whose name is closest (difflib), when one is close enough."""
+    import difflib
+    import typing
+
+    model: type[BaseModel] | None = _sections().get(title)
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if not isinstance(part, str) or part not in model.model_fields:
+            continue  # an index into a list: the same section's items
+        annotation = model.model_fields[part].annotation
+        inner = [a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type)]
+        model = next((a for a in inner if issubclass(a, BaseModel)), None)
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return None
+    found = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def _from_validation_error(exc: ValidationError) -> list[FieldError]:
     errors: list[FieldError] = []
     for err in exc.errors(include_url=False):
@@ -621,6 +656,9 @@ def _from_validation_error(exc: ValidationError) -> list[FieldError]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+            near = _nearest_field(exc.title, loc)
+            if near is not None:
+                message += f"; did you mean {near!r}?"
         elif err["type"] == "literal_error":
             expected = (err.get("ctx") or {}).get("expected", "")
             message = f"got {err.get('input')!r}, allowed: {expected}"

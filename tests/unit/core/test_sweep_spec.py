@@ -179,3 +179,20 @@ def test_an_objective_without_a_mode_goes_the_way_its_metric_improves(
         "objective": {"metric": metric},
     })  # fmt: skip
     assert sweep.direction == direction
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"search": {"trails": 3}}, "search.trails: unknown field; did you mean 'trials'?"),
+        (
+            {"base": {"dataset": "iris", "modle": {}}},
+            "base.modle: unknown field; did you mean 'model'?",
+        ),
+    ],
+)
+def test_a_misspelt_sweep_field_gets_the_nearest_name(change: dict[str, Any], said: str) -> None:
+    data = {"base": {"dataset": "iris"}, "space": {"optimizer.lr": {"uniform": [0.1, 0.2]}}}
+    with pytest.raises(InvalidSpec) as info:
+        parse_sweep({**data, **change})
+    assert said in str(info.value)
