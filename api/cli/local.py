@@ -58,8 +58,23 @@ class ProgressCallback(Callback):
         self.progress.update(self.task, completed=record.epoch, metrics=text)
 
     def on_gradcheck(self, report: GradcheckReport) -> None:
-        style = "green" if report.passed else "red"
-        self.progress.console.print(f"[{style}]{report.summary()}[/]")
+        """A failed check is printed at once (the job stops on it); passing ones are counted
+        for the summary after training (``checks_summary``)."""
+        if not report.passed:
+            self.progress.console.print(f"[red]{report.summary()}[/]")
+
+
+def checks_summary(reports: list[dict[str, Any]]) -> str | None:
+    """One line for a run's passing gradient checks: how many, and the worst errors."""
+    if not reports:
+        return None
+    passed = [r for r in reports if r.get("passed")]
+    worst = max((r.get("max_rel_error", 0.0) for r in passed), default=0.0)
+    worst_fd = max((r.get("max_fd_rel_error", 0.0) for r in passed), default=0.0)
+    return (
+        f"gradient checks: {len(passed)} of {len(reports)} passed (worst relative error: "
+        f"manual vs autograd {worst:.1e}, vs finite differences {worst_fd:.1e})"
+    )
 
 
 class CheckpointWriter(Callback):
@@ -122,6 +137,9 @@ def train(
         f"{spec.name}: {result.status} after {result.epochs} epochs, {result.steps} steps{best}",
         highlight=False,
     )
+    checks = checks_summary(result.gradchecks)
+    if checks is not None:
+        console.print(checks, highlight=False)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")

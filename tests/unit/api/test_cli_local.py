@@ -46,6 +46,19 @@ def test_train_prints_its_outcome_on_one_line_and_the_final_metrics(tmp_path: Pa
         assert metric in result.output
 
 
+def test_train_sums_up_its_passing_gradient_checks_in_one_line(tmp_path: Path) -> None:
+    """A check every 2 steps of 9: five checks (at start, steps 2, 4, 6, 8) said in one
+    summary line, not a line each."""
+    job = tmp_path / "checked.yaml"
+    job.write_text("name: checked\ndataset: iris\noptimizer: {epochs: 3}\n"
+                   "gradcheck: {at_start: true, every_steps: 2}\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["train", str(job)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "gradient check passed at step" not in result.output
+    [line] = [ln for ln in result.output.splitlines() if ln.startswith("gradient checks:")]
+    assert line.startswith("gradient checks: 5 of 5 passed (worst relative error: manual vs")
+
+
 def test_a_jobs_summary_names_its_files_route() -> None:
     """Under keys a job has no MLflow link; its summary still says where its files are."""
     from api.cli.commands import _summary, console
