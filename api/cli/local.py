@@ -25,12 +25,24 @@ err = Console(stderr=True)
 
 def _load(job: Path) -> JobSpec:
     try:
-        return load_spec(job)
+        spec = load_spec(job)
     except InvalidSpec as exc:
         err.print(f"[bold red]invalid job spec[/] {job}:")
         for e in exc.errors:
             err.print(f"  [yellow]{e.field}[/]: {e.message}")
         raise typer.Exit(2) from None
+    if spec.dataset.name == "upload":
+        err.print(f"[bold red]cannot run[/] {job} [bold red]here:[/]", highlight=False)
+        err.print(f"  [yellow]dataset.name[/]: {UPLOAD_HERE}", highlight=False)
+        raise typer.Exit(2)
+    return spec
+
+
+UPLOAD_HERE = (
+    "'upload' is a data set uploaded to a gradq service, which this command (local, "
+    "without the service) cannot read: train it there with `gradq submit`, or name the "
+    "local file with `dataset: {name: csv, path: FILE, target: COLUMN}`"
+)
 
 
 class ProgressCallback(Callback):

@@ -49,6 +49,24 @@ InsecureOpt = Annotated[
 ]
 
 
+def settings_errors(exc: ValueError, options: dict[str, Any]) -> list[str]:
+    """One line per bad setting, named as the user set it: ``--host``/``--port`` when given
+    as options, else the environment variable (``GRADQ_AUTH``), with what was given and
+    what is allowed — not pydantic's field names and links."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines = []
+    for e in exc.errors(include_url=False):
+        field = str(e["loc"][0]) if e["loc"] else ""
+        name = f"--{field}" if options.get(field) is not None else f"GRADQ_{field.upper()}"
+        message = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        lines.append(f"{name}: {message}" + (f" (got {given!r})" if field else ""))
+    return lines
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -58,7 +76,9 @@ def _settings(host: str | None, port: int | None, insecure: bool) -> Settings:
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
-        err.print(f"[bold red]invalid settings:[/] {exc}")
+        err.print("[bold red]invalid settings:[/]")
+        for line in settings_errors(exc, overrides):
+            err.print(f"  {line}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     refusal = settings.bind_refusal(insecure=insecure)
     if refusal:

@@ -71,3 +71,24 @@ def test_a_jobs_summary_names_its_files_route() -> None:
     with console.capture() as captured:
         _summary({**job, "mlflow_run_id": None})
     assert "files:" not in captured.get()
+
+
+def test_a_local_command_on_an_upload_spec_says_what_to_do_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "uploaded.yaml"
+    job.write_text("name: u\ndataset: {name: upload, id: abc, target: y}\n")
+    for command in ("train", "gradcheck"):
+        result = CliRunner().invoke(app, [command, str(job)], env={"COLUMNS": "200"})
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "dataset.name: 'upload' is a data set uploaded to a gradq service" in result.output
+        assert "`gradq submit`" in result.output and "name: csv, path: FILE" in result.output
+
+
+def test_a_bad_setting_is_named_as_the_user_set_it() -> None:
+    result = CliRunner().invoke(app, ["api"], env={"GRADQ_AUTH": "keyz", "COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "GRADQ_AUTH: Input should be 'none' or 'keys' (got 'keyz')" in result.output
+    assert "pydantic" not in result.output and "validation error for" not in result.output
