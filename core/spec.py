@@ -290,11 +290,26 @@ class RegularizationSpec(_Section):
     weight gradient (sgd, adam, rmsprop); adamw decays decoupled, W ← W − η·2λ·W before
     its step. Either is ``torch.optim``'s ``weight_decay`` = 2λ on a group of the weight
     matrices, with the biases in a group without decay. ``dropout`` is the probability of
-    dropping a hidden unit in training."""
+    dropping a hidden unit in training, at most ``MAX_DROPOUT``."""
 
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if v > MAX_DROPOUT:
+            raise ValueError(
+                f"at most {MAX_DROPOUT}, got {v}: beyond it a unit is kept in fewer than 1 row"
+                f" in {round(1 / (1 - MAX_DROPOUT))} and the kept ones are scaled by more than"
+                f" {round(1 / (1 - MAX_DROPOUT))}×"
+            )
+        return v
+
+
+# The most dropout a spec may ask for: at 0.99, digits "completed" with losses of 8e6.
+MAX_DROPOUT = 0.9
 
 
 class GradcheckSpec(_Section):

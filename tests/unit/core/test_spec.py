@@ -159,6 +159,11 @@ def test_a_spec_with_only_a_dataset_has_working_defaults() -> None:
             "did you mean 'kind'?",
         ),
         ({"dataset": "digits", "zzz": 1}, "zzz", "unknown field"),
+        (
+            {"dataset": "digits", "regularization": {"dropout": 0.99}},
+            "regularization.dropout",
+            "at most 0.9, got 0.99",
+        ),
         ({"model": {"hidden": [3]}}, "dataset", "required"),
         ({"dataset": "digits", "max_attempts": 0}, "max_attempts", "greater than"),
         ({"dataset": "digits", "seed": -1}, "seed", "greater than"),
