@@ -17,8 +17,10 @@ from api import present, schemas
 from api.deps import Services, StoreDep, TenantDep, TrackingDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, errors
+from api.routes.jobs import detailed
 from db.states import TERMINAL
 from db.store import JobStore
+from db.views import JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
 
@@ -86,8 +88,12 @@ async def events(job_id: str, request: Request, store: StoreDep, tenant: TenantD
             "once (GRADQ_MAX_STREAMS_PER_TENANT): close one, or poll GET /v1/jobs/{id}",
             headers={"Retry-After": "5"},
         )
+
+    def final(view: JobView) -> schemas.Job:  # as GET /v1/jobs/{id} answers it
+        return detailed(view, store, services.tracking, services.settings)
+
     return CountedStream(
-        _stream(store, job_id, tenant, request),
+        _stream(store, job_id, tenant, request, final),
         release=lambda: services.streams.give(tenant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -114,28 +120,36 @@ def _sse(kind: str, data: Any) -> bytes:
 
 
 async def _stream(
-    store: JobStore, job_id: str, tenant: str, request: Request
+    store: JobStore,
+    job_id: str,
+    tenant: str,
+    request: Request,
+    final: Callable[[JobView], schemas.Job],
 ) -> AsyncIterator[bytes]:
-    """Polls the store: each new event as ``status``, each new progress as ``progress``,
-    then ``end`` with the final job once it is terminal (or when the client leaves)."""
+    """Polls the store: each new progress as ``progress``, then each new event as
+    ``status`` (so a job's last progress comes before its terminal status), then ``end``
+    with the final job once it is terminal, as ``GET /v1/jobs/{id}`` answers it (``final``:
+    its links included), or when the client leaves."""
     seen = 0
     last_progress: Any = None
     quiet = 0.0
     while not await request.is_disconnected():
-        history = await run_in_threadpool(store.events, job_id=job_id, tenant=tenant)
+        # the job first, then its events: a terminal job's final event is then in the list
         view = await run_in_threadpool(store.get, job_id=job_id, tenant=tenant)
+        history = await run_in_threadpool(store.events, job_id=job_id, tenant=tenant)
         sent = False
+        if view.progress is not None and view.progress != last_progress:
+            last_progress = view.progress
+            sent = True
+            yield _sse("progress", present.finite(view.progress))
         for e in history:
             if e.id > seen:
                 seen = e.id
                 sent = True
                 yield _sse("status", present.event(e).model_dump(mode="json"))
-        if view.progress is not None and view.progress != last_progress:
-            last_progress = view.progress
-            sent = True
-            yield _sse("progress", present.finite(view.progress))
         if view.status in TERMINAL:
-            yield _sse("end", present.job(view).model_dump(mode="json"))
+            ended = await run_in_threadpool(final, view)
+            yield _sse("end", ended.model_dump(mode="json"))
             return
         quiet = 0.0 if sent else quiet + SSE_POLL_SECONDS
         if quiet >= SSE_KEEPALIVE_SECONDS:

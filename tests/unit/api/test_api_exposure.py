@@ -170,3 +170,30 @@ def test_readyz_masks_a_password_in_what_answered(
     assert r.status_code == 200, r.text
     detail = r.json()["checks"]["mlflow"]["detail"]
     assert "s3cret" not in detail and "ops:***@mlflow.internal" in detail
+
+
+def test_the_streams_end_is_the_job_as_get_answers_it_and_progress_precedes_the_end(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path
+) -> None:
+    """The same job reads the same in every answer: the ``end`` event's links are those of
+    ``GET /v1/jobs/{id}`` (the MLflow link too), and the job's last progress arrives before
+    its terminal status, not after it."""
+    job_id = running_job(run_id="r1", experiment_id="1")
+    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
+    try:
+        JobStore(engine).finish(
+            job_id=job_id, attempt=1, status="succeeded", result={}, progress={"epoch": 3}
+        )
+    finally:
+        engine.dispose()
+    shown = client.get(f"/v1/jobs/{job_id}").json()
+    assert shown["links"]["mlflow_run"]  # the test shows a link to compare
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=STREAM) as r:
+        text = "".join(r.iter_text())
+    kinds = [
+        line.removeprefix("event: ") for line in text.splitlines() if line.startswith("event:")
+    ]
+    assert kinds.index("progress") < len(kinds) - 2 and kinds[-2:] == ["status", "end"]
+    end = json.loads(text.split("event: end\ndata: ", 1)[1].split("\n", 1)[0])
+    assert end["links"] == shown["links"]
+    assert end["mlflow_run_id"] == shown["mlflow_run_id"] == "r1"
