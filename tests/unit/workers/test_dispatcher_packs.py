@@ -257,3 +257,35 @@ def test_a_trial_that_asked_for_a_pack_but_cannot_have_one_trains_alone_saying_w
         "trains alone, not in a pack: activation 'gelu': packs take in-place activations only"
     )
     assert store.notes["warm"] is not None and "warmup_steps" in store.notes["warm"]
+
+
+def test_a_pack_is_not_killed_for_one_members_late_stop_but_a_lone_attempt_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the stop grace, a lone attempt's Ray task is killed; a pack's is not (killing it
+    would stop every member: the pack asks each member's stop at every step)."""
+    import ray
+
+    from db.states import StopReason
+    from db.views import StopRequest
+    from workers.dispatcher import Attempt
+
+    killed: list[Any] = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, force: killed.append(ref))
+    d, store, _, _, _ = dispatcher([])
+    d._tell_board = lambda *args: None  # type: ignore[method-assign]
+    pack_ref, lone_ref = object(), object()
+    for job_id, ref, members in (("m1", pack_ref, 2), ("m2", pack_ref, 2), ("lone", lone_ref, 1)):
+        d.inflight[job_id] = Attempt(
+            Job(job_id, trial(0)),
+            ref,
+            ROOM,
+            0.0,
+            stop_seen=0.0,
+            pack=members,  # type: ignore[arg-type]
+        )
+    requests = [StopRequest(j, 1, StopReason.CANCEL) for j in ("m1", "lone")]
+    store.stop_requests = lambda owner: requests  # type: ignore[attr-defined]
+    d.signal_stops()  # every stop was seen long ago (monotonic 0.0): past the grace
+    assert killed == [lone_ref]
+    assert d.inflight["lone"].force_stopped and not d.inflight["m1"].force_stopped
