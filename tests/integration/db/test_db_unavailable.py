@@ -40,6 +40,7 @@ JOB_CALLS: dict[str, Callable[[JobStore], object]] = {
     "submit_many": lambda s: s.submit_many([SubmitRequest(SPEC)], max_queued=5),
     "claim": lambda s: s.claim(owner="w", lease_seconds=60),
     "heartbeat": lambda s: s.heartbeat(job_id="j", attempt=1, lease_seconds=60),
+    "heartbeat_many": lambda s: s.heartbeat_many(beats=[("j", 1, {})], lease_seconds=60),
     "set_run": lambda s: s.set_run(job_id="j", attempt=1, mlflow_run_id="r"),
     "release": lambda s: s.release(job_id="j", attempt=1, why="gone"),
     "finish": lambda s: s.finish(job_id="j", attempt=1, status="succeeded"),
