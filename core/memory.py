@@ -201,13 +201,19 @@ def pack_estimate(specs: list[JobSpec], shape: DatasetShape | None = None) -> in
     group of members at a time. One spec: its ``estimate``."""
     if len(specs) == 1:
         return estimate(specs[0], shape).total
+    # members differing only in what the estimate does not read (rates, seeds) share phases
+    alike: dict[tuple[object, ...], tuple[JobSpec, int]] = {}
+    for spec in specs:
+        key = estimate_key(spec, shape)
+        first, count = alike.get(key, (spec, 0))
+        alike[key] = (first, count + 1)
     own: dict[str, int] = {}
     one_at_a_time: dict[str, int] = {}
     shared: dict[str, int] = {}
-    for spec in specs:
+    for spec, count in alike.values():
         for phase, parts in _phases(spec, _shape(spec, shape)).items():
             mine = sum(v for k, v in parts.items() if k not in PACK_SHARED + PACK_ONE_AT_A_TIME)
-            own[phase] = own.get(phase, 0) + mine
+            own[phase] = own.get(phase, 0) + count * mine
             alone = sum(v for k, v in parts.items() if k in PACK_ONE_AT_A_TIME)
             one_at_a_time[phase] = max(one_at_a_time.get(phase, 0), alone)
             common = sum(v for k, v in parts.items() if k in PACK_SHARED)

@@ -243,6 +243,7 @@ class Dispatcher:
         self._demands: dict[str, Demand] = {}  # of queued jobs seen, by id (specs never change)
         self._packs: dict[str, str | None] = {}  # queued jobs' pack keys (None: alone), by id
         self._alone: dict[str, str] = {}  # why a trial that asked for a pack cannot have one
+        self._specs: dict[str, JobSpec] = {}  # queued packable trials' parsed specs, by id
         # each group of packable trials seen queued: (its size, when first seen, last grown)
         self._growing: dict[str, tuple[int, float, float]] = {}
         # since when (``clock``) each queued job seen waiting for room has waited: backfill
@@ -643,6 +644,7 @@ class Dispatcher:
             if len(self._packs) >= 4 * self.config.max_claim + 4096:
                 self._packs.clear()
                 self._alone.clear()
+                self._specs.clear()
             key = None
             try:
                 spec = JobSpec.model_validate(job.spec)
@@ -650,6 +652,7 @@ class Dispatcher:
                     why = unpackable_reason(spec)
                     if why is None:
                         key = f"{job.tenant}/{spec.trial.sweep_id}/{pack_key(spec)}"
+                        self._specs[job.id] = spec  # for the pack's memory, at each tick
                     else:
                         self._alone[job.id] = why
             except (ValidationError, InvalidSpec, ValueError):  # its attempt fails it
@@ -676,7 +679,7 @@ class Dispatcher:
         if len(unit) == 1:
             return self.demand(unit[0].id, unit[0].spec)
         each = [self.demand(job.id, job.spec) for job in unit]
-        specs = [JobSpec.model_validate(job.spec) for job in unit]
+        specs = [self._specs.get(job.id) or JobSpec.model_validate(job.spec) for job in unit]
         return Demand(
             max(d.cpus for d in each), max(d.gpus for d in each), float(pack_estimate(specs))
         )
@@ -690,6 +693,7 @@ class Dispatcher:
             self._demands.pop(c.id, None)  # no longer queued
             self._packs.pop(c.id, None)
             self._alone.pop(c.id, None)
+            self._specs.pop(c.id, None)
         task, args = (self._remote, first) if len(members) == 1 else (self._remote_pack, members)
         name = f"gradq-{first.id[:8]}-a{first.attempt}"
         if len(members) > 1:

@@ -59,7 +59,6 @@ class PackBeats:
         self.store, self.config = store, config
         self.lives = {life.job.id: life for life in lives}
         self.node = node_name()
-        self.beats = 0  # statements sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pack-lease", daemon=True)
@@ -91,7 +90,6 @@ class PackBeats:
                 lease_seconds=self.config.lease_seconds,
                 node=self.node,
             )
-            self.beats += 1
         except StoreUnavailable as exc:  # the database is away: retry until the deadlines
             log.warning("pack of %s: heartbeat failed (%s), retrying", len(lives), exc)
             answer = None
