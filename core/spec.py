@@ -183,6 +183,11 @@ def epoch_metrics(task: Task) -> tuple[str, ...]:
     return tuple(f"{part}_{n}" for part in ("val", "train") for n in EPOCH_METRICS[task])
 
 
+# the per-epoch curves a sweep's trial logs under ``trial_metrics: curves``: the losses and the
+# headline scores of both splits and the learning rate (:func:`tracked_epoch_metrics`)
+CURVE_SCORES = ("loss", "accuracy", "rmse", "r2")
+
+
 def monitor_mode(monitor: str, mode: Literal["min", "max"] | None) -> Literal["min", "max"]:
     """``mode``, or by default: max for accuracy, R² and the macro scores, min for the
     others (losses and errors)."""
@@ -356,6 +361,8 @@ class TrialSpec(_Section):
     log_models: Literal["all", "best"] = "all"
     # the dispatcher may train this trial in a pack with compatible trials of its sweep
     pack: bool = False
+    # "curves": the trial's run gets per epoch only the curves (:func:`tracked_epoch_metrics`)
+    epoch_metrics: Literal["all", "curves"] = "all"
 
 
 class JobSpec(_Section):
@@ -476,6 +483,27 @@ class SpecLimits:
     max_hidden_layers: int = 64
     max_job_memory: int | None = None
     min_cpus: float = 0.25
+
+
+def tracked_epoch_metrics(spec: JobSpec) -> frozenset[str] | None:
+    """The per-epoch metrics (flat names: ``train_loss``, ``lr``, …) a job's MLflow run gets;
+    None: every one of them. A sweep's trial under ``trial_metrics: curves`` keeps the
+    learning rate, each split's loss and headline score (:data:`CURVE_SCORES`) and every
+    metric the trial or its sweep decides by (the objective, early stopping's and plateau's
+    monitors); the timing and per-layer diagnostics are left out."""
+    trial = spec.trial
+    if trial is None or trial.epoch_metrics == "all":
+        return None
+    curves = {f"{part}_{name}" for part in ("train", "val") for name in CURVE_SCORES}
+    return frozenset(
+        {
+            "lr",
+            *curves,
+            trial.metric,
+            spec.regularization.early_stopping.monitor,
+            spec.optimizer.schedule.monitor,
+        }
+    )
 
 
 def count_parameters(layers: Sequence[int]) -> int:

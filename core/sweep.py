@@ -125,6 +125,13 @@ class SweepSpec(_Section):
         description="best: a trial logs its model only when it beats the best so far (a "
         "model is most of a small trial's tracking cost); all: every succeeded trial",
     )
+    trial_metrics: Literal["curves", "all"] = Field(
+        "curves",
+        description="curves: a trial's run gets per epoch its losses, headline scores "
+        "(accuracy; rmse, r2) and learning rate, and the metrics the sweep decides by (most of "
+        "a small trial's tracking is its per-epoch points); all: every per-epoch metric, the "
+        "timing and per-layer diagnostics too",
+    )
 
     @field_validator("register_as")
     @classmethod
@@ -449,6 +456,7 @@ def trial_spec(
         parent_run_id=parent_run_id,
         log_models=sweep.spec.log_models,
         pack=sweep.spec.search.pack,
+        epoch_metrics=sweep.spec.trial_metrics,
     ).model_dump()
     spec = parse_spec(data)
     return spec

@@ -82,9 +82,11 @@ class RunBuffer:
         artifacts: RunArtifacts | None = None,
         alive: Callable[[], bool] | None = None,
         sender: SharedSender | None = None,
+        epoch_metrics: frozenset[str] | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
         self.sender = sender
+        self.epoch_metrics = epoch_metrics  # the per-epoch metrics sent; None: all
         self.alive = alive  # False once the attempt lost the run: nothing more is sent
         self.artifacts = artifacts or RunArtifacts(client, run_id)
         self.clock = clock or Clock()
@@ -130,7 +132,10 @@ class RunBuffer:
     def add_epoch(self, record: EpochRecord) -> None:
         if record.epoch <= self.skip_epochs_through:
             return
-        self._add(mlflow_metrics(record.metrics()), step=record.epoch)
+        values = record.metrics()
+        if self.epoch_metrics is not None:
+            values = {k: v for k, v in values.items() if k in self.epoch_metrics}
+        self._add(mlflow_metrics(values), step=record.epoch)
         self._maybe_flush()
 
     def add_gradcheck(self, report: GradcheckReport) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
+from core.spec import tracked_epoch_metrics
 from workers.tracking.artifacts import RunArtifacts, flatten_params, log_model, param_entities
 from workers.tracking.buffer import (
     CHECKPOINT_FILE,
@@ -275,7 +276,8 @@ class JobTracker:
     ) -> None:
         """Flush, record the outcome and close the run: FINISHED, FAILED or KILLED.
         ``with_model`` False: a succeeded run is closed without its model (a sweep's trial
-        that is not the best so far, under ``log_models: best``).
+        that is not the best so far, under ``log_models: best``); such a trial's run gets no
+        plots either (its curves are its metrics), every other run does.
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
         ``gradcheck_count`` and ``plots/learning_curve.png`` (a classifier's also
@@ -313,10 +315,12 @@ class JobTracker:
                 "final_steps": result.steps,
                 "gradcheck_count": len(result.gradchecks),
             }
-            if result.history:
+            trial = self.spec.trial
+            plots = with_model or trial is None or trial.log_models == "all"
+            if result.history and plots:
                 png = learning_curve_png(result.history)
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")
-            if result.confusion is not None:
+            if result.confusion is not None and plots:
                 cm = result.confusion
                 self._artifacts().log_bytes(
                     confusion_png(cm["matrix"]), "plots/confusion_matrix.png"
@@ -382,6 +386,7 @@ class JobTracker:
                 artifacts=self._artifacts(),
                 alive=self.alive,
                 sender=self.sender,
+                epoch_metrics=tracked_epoch_metrics(self.spec),
             )
         return self._buffer
 

@@ -275,6 +275,43 @@ def test_members_ending_together_log_their_model_only_when_they_beat_those_befor
     assert models == expected, (values, models)
     assert models[values.index(max(values))]
     assert not all(models), values  # the weak members kept no model
+    # the plots go with the model: a member closed without its model has none
+    for job, with_model in zip(jobs, models, strict=True):
+        run_id = stores.jobs.get(job_id=job.id).mlflow_run_id or ""
+        listed = {f.path for f in client.list_artifacts(run_id, "plots")}
+        expected_plots = {"plots/learning_curve.png", "plots/confusion_matrix.png"}
+        assert listed == (expected_plots if with_model else set()), (with_model, listed)
+
+
+@pytest.mark.parametrize("detail", ["curves", "all"])
+def test_a_trial_s_run_gets_the_per_epoch_metrics_its_sweep_asked_for(
+    stores: Stores, detail: str
+) -> None:
+    """``trial_metrics: curves``: each member's run gets per epoch its losses, headline
+    scores and learning rate, and the metrics it is judged by (here early stopping monitors
+    the validation macro F1); the timing and per-layer diagnostics stay out. ``all``: every
+    per-epoch metric."""
+    es = {"early_stopping": {"enabled": True, "monitor": "val_macro_f1", "patience": 50}}
+    specs = [trial(k, trial={"epoch_metrics": detail}, regularization=es) for k in range(2)]
+    jobs = stores.claim(specs)
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 2
+    client = MlflowClient(stores.config.tracking_uri)
+    for job in jobs:
+        run = client.get_run(stores.jobs.get(job_id=job.id).mlflow_run_id or "")
+        per_epoch = {
+            k
+            for k in run.data.metrics
+            if not k.startswith("final_") and k not in ("gradcheck_count",)
+        }
+        curves = {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "training/lr"}
+        assert curves | {"macro_f1/val"} <= per_epoch, per_epoch
+        diagnostics = {"weights/layer1_dead_fraction", "timing/epoch_seconds"}
+        if detail == "curves":
+            assert per_epoch == curves | {"macro_f1/val"}, per_epoch
+        else:
+            assert diagnostics <= per_epoch, per_epoch
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/val")]
+        assert steps == list(range(1, EPOCHS + 1))
 
 
 def test_a_pack_s_members_send_their_points_as_often_as_one_job_alone(

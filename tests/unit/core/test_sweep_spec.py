@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.data import load_dataset
-from core.spec import InvalidSpec, SpecLimits
+from core.spec import InvalidSpec, SpecLimits, tracked_epoch_metrics
 from core.sweep import grid_points, parse_sweep, promotable, trial_spec
 
 BASE: dict[str, Any] = {"dataset": "digits", "optimizer": {"epochs": 30}}
@@ -196,3 +196,24 @@ def test_a_misspelt_sweep_field_gets_the_nearest_name(change: dict[str, Any], sa
     with pytest.raises(InvalidSpec) as info:
         parse_sweep({**data, **change})
     assert said in str(info.value)
+
+
+@pytest.mark.parametrize("asked", [None, "curves", "all"])
+def test_a_trial_logs_the_per_epoch_metrics_its_sweep_asks_for(asked: str | None) -> None:
+    """``trial_metrics`` (default ``curves``) reaches each trial; under ``curves`` the metrics
+    a trial is judged by are kept beside the curves."""
+    over = {} if asked is None else {"trial_metrics": asked}
+    base = {**BASE, "optimizer": {"schedule": {"kind": "plateau", "monitor": "val_macro_f1"}}}
+    s = parse_sweep(sweep(base=base, objective={"metric": "train_macro_recall"}, **over))
+    spec = trial_spec(s, sweep_id="sw", number=0, params={"optimizer.lr": 0.1},
+                      parent_run_id=None)  # fmt: skip
+    assert spec.trial is not None and spec.trial.epoch_metrics == (asked or "curves")
+    tracked = tracked_epoch_metrics(spec)
+    if asked == "all":
+        assert tracked is None
+        return
+    assert tracked is not None
+    assert {"lr", "train_loss", "val_loss", "train_accuracy", "val_accuracy"} <= tracked
+    assert {"train_macro_recall", "val_macro_f1"} <= tracked  # the objective, plateau's monitor
+    assert not {"layer1_dead_fraction", "epoch_seconds", "val_macro_precision"} & tracked
+    assert tracked_epoch_metrics(spec.model_copy(update={"trial": None})) is None  # a plain job
