@@ -21,7 +21,7 @@ import builtins
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,6 +124,20 @@ class TrialView:
         return self.status in TERMINAL
 
 
+@dataclass(frozen=True)
+class TrialState:
+    """Where a trial is, without its job's documents (what a controller's step reads)."""
+
+    number: int
+    job_id: str
+    told: bool
+    status: JobStatus
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+
 def _scope(sweep_id: str, tenant: str | None) -> list[Any]:
     where = [SWEEPS.c.id == sweep_id]
     if tenant is not None:
@@ -203,6 +217,21 @@ class SweepStore:
             else None
         )
 
+    def trial_states(self, *, sweep_id: str) -> builtins.list[TrialState]:
+        """The sweep's trials by number, each with its job's status and whether it was told:
+        one narrow read (no params, results or progress documents)."""
+        t, j = TRIALS.c, JOBS.c
+        query = (
+            select(t.number, t.job_id, t.told, j.status)
+            .join(JOBS, j.id == t.job_id)
+            .where(t.sweep_id == sweep_id)
+            .order_by(t.number)
+        )
+        with read_tx(self._engine) as conn:
+            self._get(conn, sweep_id, None)
+            rows = conn.execute(query).all()
+        return [TrialState(n, job_id, bool(told), JobStatus(st)) for n, job_id, told, st in rows]
+
     def trials(
         self,
         *,
@@ -212,10 +241,11 @@ class SweepStore:
         mode: Mode = "max",
         limit: int | None = None,
         cursor: str | None = None,
+        numbers: Collection[int] | None = None,
     ) -> tuple[builtins.list[TrialView], str | None]:
         """The sweep's trials with their jobs' status, by number or (``sort="objective"``)
         best first by ``mode`` (trials without an objective last); ``cursor``: the page's
-        offset, from ``next_cursor``."""
+        offset, from ``next_cursor``; ``numbers``: only those trials."""
         offset = 0
         if cursor is not None:
             try:
@@ -229,6 +259,8 @@ class SweepStore:
             t.number, t.job_id, t.params, t.objective, t.told, t.ended_seq, j.status,
             j.result, j.error, j.progress, j.mlflow_run_id, j.finished_at,
         ).join(JOBS, j.id == t.job_id).where(t.sweep_id == sweep_id)  # fmt: skip
+        if numbers is not None:
+            query = query.where(t.number.in_(list(numbers)))
         if sort == "objective":
             key = t.objective.desc() if mode == "max" else t.objective.asc()
             query = query.order_by(t.objective.is_(None), key, t.number)

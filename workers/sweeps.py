@@ -263,12 +263,15 @@ class SweepController:
             raise SweepLeaseLost(f"sweep {sweep_id} is held by {view.lease_owner}")
         if view.status == "queued":
             self._start(sweep_id, view.tenant, held)
-        trials, _ = self.sweeps.trials(sweep_id=sweep_id)
-        for trial in trials:
-            if trial.ended and not trial.told:
-                self._tell(sweep_id, held, trial, view.best)
-                view = self.sweeps.get(sweep_id=sweep_id)
-        trials, _ = self.sweeps.trials(sweep_id=sweep_id)
+        # a step reads the trials' states only; the few that ended untold are read whole
+        trials = self.sweeps.trial_states(sweep_id=sweep_id)
+        to_tell = [t.number for t in trials if t.ended and not t.told]
+        if to_tell:
+            for trial in self.sweeps.trials(sweep_id=sweep_id, numbers=to_tell)[0]:
+                if trial.ended and not trial.told:
+                    self._tell(sweep_id, held, trial, view.best)
+                    view = self.sweeps.get(sweep_id=sweep_id)
+            trials = self.sweeps.trial_states(sweep_id=sweep_id)
         failed = sum(t.status.value == "failed" for t in trials) + len(
             [n for n in view.notes if isinstance(n, dict) and "trial" in n]
         )
@@ -278,11 +281,11 @@ class SweepController:
         untold = [t for t in trials if not t.told]
         stopping = view.cancel_requested or failed >= held.sweep.max_failed()
         if stopping:
-            for trial in active:
+            for state in active:
                 with contextlib.suppress(InvalidTransition, JobNotFound):  # it ended meanwhile
-                    self.jobs.request_cancel(job_id=trial.job_id)
+                    self.jobs.request_cancel(job_id=state.job_id)
             if not untold:
-                self._end(sweep_id, held, view, trials, failed)
+                self._end(sweep_id, held, view, failed)
             return
         known = {t.number for t in trials}
         adopted = 0
@@ -303,7 +306,7 @@ class SweepController:
         # ``trials`` was read before this step made its trials: the sweep ends at a step
         # that made none, once every trial was told
         if made >= total and not untold and not adopted and not asked:
-            self._end(sweep_id, held, view, trials, failed)
+            self._end(sweep_id, held, view, failed)
 
     def _start(self, sweep_id: str, tenant: str, held: _Held) -> None:
         """The sweep's parent run in MLflow (found again after a restart), then running."""
@@ -459,9 +462,8 @@ class SweepController:
             except Exception as exc:
                 log.warning("sweep %s: best not logged to MLflow: %s", sweep_id, exc)
 
-    def _end(
-        self, sweep_id: str, held: _Held, view: Any, trials: list[TrialView], failed: int
-    ) -> None:
+    def _end(self, sweep_id: str, held: _Held, view: Any, failed: int) -> None:
+        trials, _ = self.sweeps.trials(sweep_id=sweep_id)
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
