@@ -35,6 +35,7 @@ from db.errors import InvalidCursor, StaleAttempt, StoreError
 from db.models import JOBS, REPORTS, SWEEPS, TRIALS, utcnow
 from db.session import read_tx, write_tx
 from db.states import TERMINAL, JobStatus
+from db.webhooks import outbox_insert
 
 SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -260,11 +261,14 @@ class SweepStore:
                     .where(SWEEPS.c.id == sweep_id, SWEEPS.c.status.in_(ACTIVE))
                     .values(cancel_requested=True, updated_at=now)
                 )
-                conn.execute(
+                ended = conn.execute(
                     update(SWEEPS)
                     .where(SWEEPS.c.id == sweep_id, SWEEPS.c.status == "queued")
                     .values(status="cancelled", finished_at=now, updated_at=now)
-                )
+                    .returning(SWEEPS.c.id)
+                ).first()
+                if ended is not None:
+                    conn.execute(_told(sweep_id, "cancelled", now))
             return self._get(conn, sweep_id, None)
 
     def trial_job_ids(self, *, sweep_id: str) -> builtins.list[str]:
@@ -409,11 +413,13 @@ class SweepStore:
             self._fenced(conn, sweep_id, owner, **values)
 
     def finish(self, *, sweep_id: str, owner: str, status: str, error: str | None = None) -> None:
-        """End the sweep (succeeded, failed or cancelled) and give up its lease."""
+        """End the sweep (succeeded, failed or cancelled) and give up its lease; the
+        sweep's webhooks are told in the same transaction."""
         if status not in ("succeeded", "failed", "cancelled"):
             raise ValueError(f"a sweep ends succeeded, failed or cancelled, not {status}")
         now = utcnow()
         with write_tx(self._engine) as conn:
+            was = conn.execute(select(SWEEPS.c.status).where(SWEEPS.c.id == sweep_id)).scalar()
             self._fenced(
                 conn,
                 sweep_id,
@@ -424,6 +430,8 @@ class SweepStore:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            if was in ACTIVE:  # not a sweep a cancel ended already (it was told then)
+                conn.execute(_told(sweep_id, status, now))
 
     # --- the trial's attempt ---------------------------------------------------------------
 
@@ -491,6 +499,13 @@ class SweepStore:
                 select(REPORTS).where(REPORTS.c.sweep_id == sweep_id).order_by(REPORTS.c.id)
             ).mappings()
             return [dict(r) for r in rows]
+
+
+def _told(sweep_id: str, status: str, now: datetime) -> Any:
+    """The outbox rows telling the sweep's webhooks that it ended ``status``: a statement of
+    the transaction that ends it (:func:`db.webhooks.outbox_insert`)."""
+    source = select(SWEEPS.c.id, SWEEPS.c.tenant).where(SWEEPS.c.id == sweep_id).subquery()
+    return outbox_insert(source, "sweep", status, now)
 
 
 def _encode(parts: Sequence[Any]) -> str:
