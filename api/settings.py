@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # whether this API process runs a deliverer (several may: each delivery is leased)
     webhooks_deliver: bool = True
     # the retry schedule: min(cap, base * 2**(attempt - 1)) s, times a jitter in [0.5, 1);
-    # the defaults retry for about three days before a delivery is given up
+    # the defaults retry for 1.5 to 3 days (the jitter decides) before a delivery is given up
     webhooks_backoff_seconds: float = Field(5.0, gt=0)
     webhooks_backoff_cap_seconds: float = Field(3600.0, gt=0)
     webhooks_max_attempts: int = Field(80, ge=1, le=10_000)

@@ -26,11 +26,13 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
+from api.webhooks import Deliverer
 from core.spec import parse_spec
 from db.migrate import upgrade
 from db.session import make_engine
 from db.store import JobStore
 from db.sweeps import SweepStore
+from db.webhooks import EVENTS, WebhookStore
 from workers.dispatcher import Dispatcher, DispatcherConfig
 from workers.task import WorkerConfig
 
@@ -49,6 +51,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.got: list[tuple[str, str, bytes]] = []
+        self.types: dict[str, str] = {}  # Gradq-Event by event id
         self.stall = 0.0
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -61,6 +64,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
+                    receiver.types[self.headers["Gradq-Event-Id"]] = self.headers["Gradq-Event"]
                     receiver.got.append(
                         (self.headers["Gradq-Event-Id"], self.headers["Gradq-Signature"], body)
                     )
@@ -237,6 +241,7 @@ def test_a_receiver_down_for_30_s_gets_every_event_after(
         assert verified(secret, header, body), event_id
         event = json.loads(body)
         assert event["id"] == event_id and event_id.startswith(event["type"] + ":")
+        assert receiver.types[event_id] == event["type"]
     trained_event = next(json.loads(b) for e, _, b in got if e == f"job.succeeded:{trained}")
     job = trained_event["data"]["job"]
     assert (job["id"], job["status"], job["name"]) == (trained, "succeeded", "iris-hooked")
@@ -296,3 +301,33 @@ def test_an_address_turned_private_is_refused_at_delivery(
         assert d["delivered_at"] is None and d["next_attempt_at"] is not None
     assert receiver.ids() == []
     receiver.stop()
+
+
+def test_a_delivery_is_given_up_after_the_last_attempt(
+    tmp_path: Path, db_url: str, store: JobStore
+) -> None:
+    """Against a port where nothing listens, with two attempts allowed: the second failure
+    ends it, kept in the log with its error and no next attempt."""
+    receiver = Receiver()
+    receiver.start()
+    receiver.stop()  # its port is closed now
+    settings = Settings(
+        database_url=db_url, webhooks_allow_private=True, webhooks_max_attempts=2,
+        webhooks_backoff_seconds=0.1, webhooks_backoff_cap_seconds=0.1,
+    )  # fmt: skip
+    engine = make_engine(db_url)
+    hooks, sweeps = WebhookStore(engine), SweepStore(engine)
+    hook = hooks.create(tenant="default", url=f"http://127.0.0.1:{receiver.port}/", events=EVENTS)
+    job = store.submit(spec=UNFIT).id
+    store.request_cancel(job_id=job)
+    deliverer = Deliverer(settings, hooks, store, sweeps)
+    try:
+        assert deliverer.run_once() == 1
+        until(lambda: deliverer.run_once() == 1, 10, "the second attempt")
+        assert deliverer.run_once() == 0
+        [d], _ = hooks.deliveries(webhook_id=hook.id, tenant="default")
+    finally:
+        deliverer.stop()
+        engine.dispose()
+    assert (d.attempts, d.delivered_at, d.next_attempt_at) == (2, None, None)
+    assert d.gave_up_at is not None and "ConnectError" in (d.last_error or "")
