@@ -192,12 +192,17 @@ class Deliverer:
         self._client.close()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 taken = self.run_once()
+                if failing:
+                    log.warning("webhook deliveries: going on")
+                failing = False
             except Exception:  # the database away, say: try again after a pause
-                log.exception("webhook deliveries: a round failed")
-                taken = 0
+                if not failing:  # said once until it works again
+                    log.exception("webhook deliveries: a round failed; trying again")
+                failing, taken = True, 0
             if not taken:
                 self._stop.wait(self.settings.webhooks_poll_seconds)
 

@@ -248,9 +248,13 @@ class WebhookStore:
         ``attempts + 1``, held by ``owner`` until ``lease_seconds`` from now (their
         ``next_attempt_at``). A row whose earlier lease was never closed counts an attempt
         of unknown outcome. PostgreSQL skips rows another deliverer is taking; SQLite holds
-        the write lock."""
+        the write lock. When nothing is due it only reads."""
         now = utcnow()
         d, w = DELIVERIES.c, WEBHOOKS.c
+        # first a read (no write lock, no write transaction) when, as mostly, nothing is due
+        with read_tx(self._engine) as conn:
+            if conn.execute(select(d.id).where(d.next_attempt_at <= now).limit(1)).first() is None:
+                return []
         with write_tx(self._engine) as conn:
             picked = select(d.id).where(d.next_attempt_at <= now).order_by(d.next_attempt_at)
             picked = picked.limit(limit)

@@ -74,7 +74,7 @@ def create_webhook(
     return present(webhooks.create(tenant=tenant, url=body.url, events=events))
 
 
-@router.get("", response_model=schemas.WebhookList)
+@router.get("", response_model=schemas.WebhookList, responses=errors())
 def list_webhooks(webhooks: WebhooksDep, tenant: TenantDep) -> schemas.WebhookList:
     """The tenant's webhooks, oldest first (without their secrets)."""
     return schemas.WebhookList(items=[present(v) for v in webhooks.list(tenant=tenant)])
