@@ -76,7 +76,7 @@ from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus, StopReason, require
 from db.submits import Group, SubmitRequest
 from db.views import ClaimedJob, JobView, Submitted
-from db.webhooks import outbox_insert
+from db.webhooks import OUTBOX_NOW, jobs_outbox, moved_jobs_outbox
 
 # The event reasons of a job ended because its last attempt's lease ran out (the worker lost)
 # or its attempt was seen to die: nobody else closes its MLflow run (``lost_runs``).
@@ -643,8 +643,8 @@ def move(
         logged = insert(EVENTS).from_select(EVENT_COLUMNS, events).cte("logged")
         query = select(moved).add_cte(logged)
         if told:
-            query = query.add_cte(outbox_insert(moved, "job", new.value, now).cte("told"))
-        return conn.execute(query).all()
+            query = query.add_cte(moved_jobs_outbox(new.value))
+        return conn.execute(query, {OUTBOX_NOW: now}).all()
     rows = conn.execute(stmt).all()
     if rows:
         conn.execute(
@@ -653,9 +653,8 @@ def move(
                       strict=True)) for r in rows],
         )  # fmt: skip
         if told:
-            ids = [r.id for r in rows]
-            source = select(JOBS.c.id, JOBS.c.tenant).where(JOBS.c.id.in_(ids)).subquery()
-            conn.execute(outbox_insert(source, "job", new.value, now))
+            params = {OUTBOX_NOW: now, "outbox_ids": [r.id for r in rows]}
+            conn.execute(jobs_outbox(new.value), params)
     return rows
 
 

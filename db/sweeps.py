@@ -35,7 +35,7 @@ from db.errors import InvalidCursor, StaleAttempt, StoreError
 from db.models import JOBS, REPORTS, SWEEPS, TRIALS, utcnow
 from db.session import read_tx, write_tx
 from db.states import TERMINAL, JobStatus
-from db.webhooks import outbox_insert
+from db.webhooks import tell_sweep
 
 SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -268,7 +268,7 @@ class SweepStore:
                     .returning(SWEEPS.c.id)
                 ).first()
                 if ended is not None:
-                    conn.execute(_told(sweep_id, "cancelled", now))
+                    tell_sweep(conn, sweep_id, "cancelled", now)
             return self._get(conn, sweep_id, None)
 
     def trial_job_ids(self, *, sweep_id: str) -> builtins.list[str]:
@@ -431,7 +431,7 @@ class SweepStore:
                 lease_expires_at=None,
             )
             if was in ACTIVE:  # not a sweep a cancel ended already (it was told then)
-                conn.execute(_told(sweep_id, status, now))
+                tell_sweep(conn, sweep_id, status, now)
 
     # --- the trial's attempt ---------------------------------------------------------------
 
@@ -499,13 +499,6 @@ class SweepStore:
                 select(REPORTS).where(REPORTS.c.sweep_id == sweep_id).order_by(REPORTS.c.id)
             ).mappings()
             return [dict(r) for r in rows]
-
-
-def _told(sweep_id: str, status: str, now: datetime) -> Any:
-    """The outbox rows telling the sweep's webhooks that it ended ``status``: a statement of
-    the transaction that ends it (:func:`db.webhooks.outbox_insert`)."""
-    source = select(SWEEPS.c.id, SWEEPS.c.tenant).where(SWEEPS.c.id == sweep_id).subquery()
-    return outbox_insert(source, "sweep", status, now)
 
 
 def _encode(parts: Sequence[Any]) -> str:

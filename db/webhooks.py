@@ -18,6 +18,7 @@ closed (the deliverer stopped mid-attempt) counts one more attempt of unknown ou
 from __future__ import annotations
 
 import builtins
+import functools
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -26,21 +27,34 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
+    Connection,
     Engine,
     FromClause,
     Insert,
     Integer,
     String,
+    bindparam,
     case,
+    column,
     delete,
     insert,
     literal,
     select,
+    table,
     update,
 )
 
 from db.errors import StoreError
-from db.models import DELIVERIES, SUBSCRIPTIONS, WEBHOOKS, UTCDateTime, utcnow
+from db.models import (
+    DELIVERIES,
+    JOBS,
+    SUBSCRIPTIONS,
+    SWEEPS,
+    WEBHOOKS,
+    UTCDateTime,
+    utcnow,
+)
 from db.session import read_tx, write_tx
 
 JOB_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.pruned")
@@ -62,15 +76,22 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def outbox_insert(source: FromClause, kind: str, status: str, now: datetime) -> Insert:
+OUTBOX_NOW = "outbox_now"
+"""The bind parameter of every outbox statement: the time of the change it tells of."""
+MOVED = table("moved", column("id", String()), column("tenant", String()))
+"""The jobs a terminal move just changed: ``db.store.move``'s CTE of that name (PostgreSQL)."""
+
+
+def outbox_insert(source: FromClause, kind: str, status: str) -> Insert:
     """INSERT … SELECT of the outbox rows of ``kind.status`` (``job.succeeded``) for each
     subject of ``source`` (columns ``id``, ``tenant``: the jobs or sweeps that just moved):
-    one per webhook of the subject's tenant subscribed to the event, due at once. A
-    statement for the caller's transaction; portable (SQLite and PostgreSQL, also inside a
-    data-modifying CTE)."""
+    one per webhook of the subject's tenant subscribed to the event, due at once (the time
+    bound as :data:`OUTBOX_NOW`). A statement for the caller's transaction; portable (SQLite
+    and PostgreSQL, also inside a data-modifying CTE). The callers' statements are built
+    once (cached): building one costs more than running it."""
     event = f"{kind}.{status}"
     w, s = WEBHOOKS.c, SUBSCRIPTIONS.c
-    at = literal(now, UTCDateTime())
+    at = bindparam(OUTBOX_NOW, type_=UTCDateTime())
     rows = (
         select(
             w.id,
@@ -88,6 +109,35 @@ def outbox_insert(source: FromClause, kind: str, status: str, now: datetime) -> 
         .join(SUBSCRIPTIONS, (s.webhook_id == w.id) & (s.event == event))
     )
     return insert(DELIVERIES).from_select(OUTBOX_COLUMNS, rows)
+
+
+@functools.cache
+def moved_jobs_outbox(status: str) -> CTE:
+    """PostgreSQL: the CTE ``told`` that writes the outbox rows of the jobs in the CTE
+    ``moved`` (:data:`MOVED`), for a move to ``status``."""
+    return outbox_insert(MOVED, "job", status).cte("told")
+
+
+@functools.cache
+def jobs_outbox(status: str) -> Insert:
+    """The outbox rows of the jobs whose ids are bound as ``outbox_ids`` (a list), for a
+    move to ``status``."""
+    listed = JOBS.c.id.in_(bindparam("outbox_ids", expanding=True))
+    source = select(JOBS.c.id, JOBS.c.tenant).where(listed).subquery()
+    return outbox_insert(source, "job", status)
+
+
+@functools.cache
+def _sweep_outbox(status: str) -> Insert:
+    one = SWEEPS.c.id == bindparam("outbox_sweep")
+    source = select(SWEEPS.c.id, SWEEPS.c.tenant).where(one).subquery()
+    return outbox_insert(source, "sweep", status)
+
+
+def tell_sweep(conn: Connection, sweep_id: str, status: str, now: datetime) -> None:
+    """Write the outbox rows of the sweep that ended ``status`` at ``now``, in ``conn``'s
+    transaction (the one that ends it)."""
+    conn.execute(_sweep_outbox(status), {OUTBOX_NOW: now, "outbox_sweep": sweep_id})
 
 
 OUTBOX_COLUMNS = (
