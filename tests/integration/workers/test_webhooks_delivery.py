@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -47,11 +48,14 @@ IRIS = {
 
 class Receiver:
     """A webhook receiver on 127.0.0.1: records each POST (event id header, signature
-    header, body) and answers 200; ``stall`` makes its next answer wait that long."""
+    header, body) and answers ``answer`` (200; a redirect to ``location``); ``stall`` makes
+    its next answer wait that long."""
 
     def __init__(self) -> None:
         self.got: list[tuple[str, str, bytes]] = []
         self.types: dict[str, str] = {}  # Gradq-Event by event id
+        self.hosts: list[str] = []  # the Host header of each
+        self.answer, self.location = 200, ""
         self.stall = 0.0
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -69,8 +73,11 @@ class Receiver:
                         (self.headers["Gradq-Event-Id"], self.headers["Gradq-Signature"], body)
                     )
                     stall, receiver.stall = receiver.stall, 0.0
+                    receiver.hosts.append(self.headers["Host"])
                 time.sleep(stall)
-                self.send_response(200)
+                self.send_response(receiver.answer)
+                if receiver.answer in (301, 302, 307, 308):
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -331,3 +338,48 @@ def test_a_delivery_is_given_up_after_the_last_attempt(
         engine.dispose()
     assert (d.attempts, d.delivered_at, d.next_attempt_at) == (2, None, None)
     assert d.gave_up_at is not None and "ConnectError" in (d.last_error or "")
+
+
+def resolving(address: str) -> Callable[..., list[Any]]:
+    def resolve(host: str, port: int, **_: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    return resolve
+
+
+def test_an_attempt_goes_to_the_address_checked_and_no_redirect_is_followed(
+    db_url: str, store: JobStore
+) -> None:
+    """The URL's name resolved by the deliverer (to the receiver, here): the request goes to
+    that address with the name as its Host. A redirect (to another receiver) is an answer
+    that failed, not followed."""
+    receiver, elsewhere = Receiver(), Receiver()
+    receiver.start()
+    elsewhere.start()
+    settings = Settings(database_url=db_url, webhooks_allow_private=True)
+    engine = make_engine(db_url)
+    hooks, sweeps = WebhookStore(engine), SweepStore(engine)
+    url = f"http://hooks.gradq.invalid:{receiver.port}/in"  # no DNS knows this name
+    hook = hooks.create(tenant="default", url=url, events=EVENTS)
+    deliverer = Deliverer(settings, hooks, store, sweeps, resolve=resolving("127.0.0.1"))
+    try:
+        delivered = store.submit(spec=UNFIT).id
+        store.request_cancel(job_id=delivered)
+        assert deliverer.run_once() == 1
+        assert receiver.ids() == [f"job.cancelled:{delivered}"]
+        assert receiver.hosts == [f"hooks.gradq.invalid:{receiver.port}"]
+
+        receiver.answer, receiver.location = 307, f"http://127.0.0.1:{elsewhere.port}/"
+        redirected = store.submit(spec=UNFIT).id
+        store.request_cancel(job_id=redirected)
+        assert deliverer.run_once() == 1
+        log, _ = hooks.deliveries(webhook_id=hook.id, tenant="default")
+    finally:
+        deliverer.stop()
+        engine.dispose()
+        receiver.stop()
+        elsewhere.stop()
+    assert elsewhere.ids() == []
+    last = next(d for d in log if d.subject_id == redirected)
+    assert (last.last_status_code, last.last_error, last.delivered_at) == (307, "HTTP 307", None)
+    assert last.next_attempt_at is not None  # tried again later
