@@ -88,11 +88,11 @@ def check_url(
     host = parts.hostname
     try:
         found = resolve(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise UnsafeUrl(f"its host {host} does not resolve ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL, an IDNA label too long
+        raise UnsafeUrl(f"its host {host!r} does not resolve ({exc})") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     if not addresses:
-        raise UnsafeUrl(f"its host {host} does not resolve")
+        raise UnsafeUrl(f"its host {host!r} does not resolve")
     if not allow_private:
         bad = [a for a in addresses if _blocked(a)]
         if bad:

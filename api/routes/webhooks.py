@@ -107,7 +107,7 @@ def list_deliveries(
     webhooks: WebhooksDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=20, description="from next_cursor")] = None,
+    cursor: Annotated[str | None, Query(max_length=18, description="from next_cursor")] = None,
 ) -> schemas.DeliveryPage:
     """The delivery log, newest event first: each event's id, attempts, the last status
     code or error, the next attempt."""

@@ -145,8 +145,16 @@ def test_a_name_is_judged_by_the_addresses_it_resolves_to() -> None:
     def nowhere(host: str, port: int, **_: Any) -> list[Any]:
         raise socket.gaierror("Name or service not known")
 
-    with pytest.raises(UnsafeUrl, match=r"hooks\.example\.org does not resolve"):
+    with pytest.raises(UnsafeUrl, match=r"'hooks\.example\.org' does not resolve"):
         check_url(url, allow_private=True, resolve=nowhere)
+
+
+def test_a_host_that_cannot_be_looked_up_is_refused_naming_url(client: TestClient) -> None:
+    for url in ("http://a\x00b.example/", "http://" + "x" * 64 + ".example/", "http://[::1/"):
+        r = client.post("/v1/webhooks", json={"url": url})
+        assert (r.status_code, r.json()["error"]["field"]) == (422, "url"), (url, r.text)
+    r = client.get("/v1/webhooks/x/deliveries", params={"cursor": "9" * 19})
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "cursor")
 
 
 def test_the_signature_is_hmac_sha256_of_time_dot_body() -> None:
