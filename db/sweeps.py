@@ -419,7 +419,10 @@ class SweepStore:
             raise ValueError(f"a sweep ends succeeded, failed or cancelled, not {status}")
         now = utcnow()
         with write_tx(self._engine) as conn:
-            was = conn.execute(select(SWEEPS.c.status).where(SWEEPS.c.id == sweep_id)).scalar()
+            # locked (PostgreSQL) so that a cancel ending it meanwhile waits, and is not told
+            # twice; SQLite holds the write lock already
+            status_of = select(SWEEPS.c.status).where(SWEEPS.c.id == sweep_id)
+            was = conn.execute(status_of.with_for_update()).scalar()
             self._fenced(
                 conn,
                 sweep_id,

@@ -79,7 +79,9 @@ def test_a_lost_lease_and_a_sweeps_end_are_told(
     assert sweeps.claim(owner="c", lease_seconds=60) == [sweep.id]
     sweeps.finish(sweep_id=sweep.id, owner="c", status="succeeded")
     queued = sweeps.create(spec={"name": "q"}, name="q", tenant="a")
-    sweeps.request_cancel(sweep_id=queued.id, tenant="a")
+    assert sweeps.claim(owner="c", lease_seconds=60) == [queued.id]  # held, not started
+    sweeps.request_cancel(sweep_id=queued.id, tenant="a")  # ends it: told
+    sweeps.finish(sweep_id=queued.id, owner="c", status="cancelled")  # its controller: not again
     assert {r.event_id for r in outbox(engine) if r.webhook_id == hook.id} == {
         f"job.failed:{job}",
         f"sweep.succeeded:{sweep.id}",
