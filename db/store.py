@@ -653,8 +653,10 @@ def move(
                       strict=True)) for r in rows],
         )  # fmt: skip
         if told:
-            params = {OUTBOX_NOW: now, "outbox_ids": [r.id for r in rows]}
-            conn.execute(jobs_outbox(new.value), params)
+            conn.execute(
+                jobs_outbox(new.value),
+                [{OUTBOX_NOW: now, "outbox_id": r.id, "outbox_tenant": r.tenant} for r in rows],
+            )
     return rows
 
 

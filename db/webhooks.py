@@ -48,7 +48,6 @@ from sqlalchemy import (
 from db.errors import StoreError
 from db.models import (
     DELIVERIES,
-    JOBS,
     SUBSCRIPTIONS,
     SWEEPS,
     WEBHOOKS,
@@ -120,11 +119,14 @@ def moved_jobs_outbox(status: str) -> CTE:
 
 @functools.cache
 def jobs_outbox(status: str) -> Insert:
-    """The outbox rows of the jobs whose ids are bound as ``outbox_ids`` (a list), for a
-    move to ``status``."""
-    listed = JOBS.c.id.in_(bindparam("outbox_ids", expanding=True))
-    source = select(JOBS.c.id, JOBS.c.tenant).where(listed).subquery()
-    return outbox_insert(source, "job", status)
+    """The outbox rows of one job, its id and tenant bound as ``outbox_id`` and
+    ``outbox_tenant`` (run once per moved job: the same text every time), for a move to
+    ``status``."""
+    job = select(
+        bindparam("outbox_id", type_=String()).label("id"),
+        bindparam("outbox_tenant", type_=String()).label("tenant"),
+    ).subquery()
+    return outbox_insert(job, "job", status)
 
 
 @functools.cache
