@@ -1,4 +1,5 @@
 """What routes depend on, as ``Annotated`` aliases: ``StoreDep``, ``DatasetsDep``,
+``WebhooksDep``,
 ``SettingsDep``, ``TrackingDep``, ``ServicesDep``, ``TenantDep`` (the caller's tenant, from
 its API key) and ``OperatorDep`` (the caller's key is an operator's)."""
 
@@ -21,6 +22,7 @@ from db.keys import KeyStore
 from db.store import JobStore
 from db.sweeps import SweepStore
 from db.views import KeyGrant
+from db.webhooks import WebhookStore
 from workers.tracking.read import Tracking
 
 
@@ -37,6 +39,7 @@ class Services:
     tracking: Tracking
     ray_probe: Callable[[], str]
     sweeps: SweepStore  # over the store's engine
+    webhooks: WebhookStore  # over the store's engine
     # POST /v1/gradcheck: the one check running, and how many wait for it
     gradcheck_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     gradcheck_waiting: int = 0
@@ -93,7 +96,12 @@ async def get_sweeps(services: ServicesDep) -> SweepStore:
     return services.sweeps
 
 
+async def get_webhooks(services: ServicesDep) -> WebhookStore:
+    return services.webhooks
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
 SweepsDep = Annotated[SweepStore, Depends(get_sweeps)]
 DatasetsDep = Annotated[DatasetStore, Depends(get_datasets)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

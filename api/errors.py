@@ -32,6 +32,7 @@ from db.errors import (
     ValueRefused,
 )
 from db.sweeps import SweepNotFound
+from db.webhooks import WebhookNotFound
 from workers.tracking.read import TrackingUnavailable
 
 log = logging.getLogger("gradq.api")
@@ -136,7 +137,7 @@ async def _invalid_spec(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, JobNotFound | DatasetNotFound | SweepNotFound)
+    assert isinstance(exc, JobNotFound | DatasetNotFound | SweepNotFound | WebhookNotFound)
     return error_response(404, "not_found", str(exc))
 
 
@@ -210,6 +211,7 @@ _HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[JSONRe
     JobNotFound: _not_found,
     DatasetNotFound: _not_found,
     SweepNotFound: _not_found,
+    WebhookNotFound: _not_found,
     InvalidTransition: _transition,
     StaleAttempt: _stale,
     IdempotencyConflict: _idempotency,

@@ -1,7 +1,8 @@
 """The FastAPI application: ``create_app(settings)`` builds it; nothing is built at import.
 
 The lifespan makes the database engine, the stores over it and the MLflow adapter from settings
-and disposes of them at shutdown. Routes live in ``api/routes/`` (one file per resource),
+and disposes of them at shutdown; it runs the webhook deliverer (``api/webhooks.py``) as long
+as the app. Routes live in ``api/routes/`` (one file per resource),
 errors are mapped in ``api/errors.py``; the middleware of ``api/middleware.py`` limits every
 request's body and counts every answer (``/metrics``), that of ``api/browser.py`` refuses
 what a web page in a user's browser could send from another site. Every request, ``POST /v1/jobs``
@@ -35,14 +36,17 @@ from api.routes import (
     submit,
     sweeps,
     web,
+    webhooks,
 )
 from api.settings import Settings
+from api.webhooks import Deliverer
 from core.spec import JobSpec
 from db.datasets import DatasetStore
 from db.keys import KeyStore
 from db.session import make_engine
 from db.store import JobStore
 from db.sweeps import SweepStore
+from db.webhooks import WebhookStore
 from workers.tracking.read import Tracking
 
 UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and form fields around the file
@@ -122,12 +126,20 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             ),
             ray_probe=ray_probe or default_ray_probe(settings),
             sweeps=SweepStore(engine),
+            webhooks=WebhookStore(engine),
         )
+        services = app.state.services
+        deliverer = None
+        if settings.webhooks_deliver:
+            deliverer = Deliverer(settings, services.webhooks, store, services.sweeps)
+            deliverer.start()
         freeze_startup_objects()
         thresholds = collect_young_less_often()
         try:
             yield
         finally:
+            if deliverer is not None:
+                deliverer.stop()
             submits.close()
             store.dispose()
             gc.set_threshold(*thresholds)
@@ -155,7 +167,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     app.state.responses = ResponseCounts()
     app.add_middleware(CountResponses, counts=app.state.responses)
     submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
-    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health, sweeps):
+    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health, sweeps, webhooks):
         app.include_router(module.router)
     app.include_router(web.make_router())  # the web page at / (api/web/)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]

@@ -233,3 +233,50 @@ class TrialItem(BaseModel):
 class TrialPage(BaseModel):
     items: list[TrialItem]
     next_cursor: str | None
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL with a public address", max_length=2000)
+    events: list[str] | None = Field(
+        None,
+        description="what it receives: job.succeeded, job.failed, job.cancelled, job.pruned,"
+        " sweep.succeeded, sweep.failed, sweep.cancelled, or job.*, sweep.*, *; default: all",
+        max_length=20,
+    )
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+    rotated_at: datetime | None
+    secret: str | None = Field(
+        None, description="the signing secret: only in the answer to a creation or rotation"
+    )
+
+
+class WebhookList(BaseModel):
+    items: list[Webhook]
+
+
+class Delivery(BaseModel):
+    event_id: str = Field(description="Gradq-Event-Id: the same in every attempt")
+    event: str
+    subject_id: str = Field(description="the job's or sweep's id")
+    occurred_at: datetime
+    attempts: int
+    uncertain: int = Field(description="attempts whose outcome is unknown (may have arrived)")
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None = Field(description="None once delivered or given up")
+    delivered_at: datetime | None
+    gave_up_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")

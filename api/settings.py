@@ -112,6 +112,22 @@ class Settings(BaseSettings):
     # tenant may hold open at once; each polls the database. One more is refused with 429.
     max_streams_per_tenant: int = Field(10, ge=1, le=10_000)
 
+    # --- webhooks (README.md, Webhooks; api/webhooks.py) -------------------------------------
+    # URLs whose host resolves to a loopback, private or link-local address are refused (at
+    # registration, 422 naming `url`, and before each attempt) unless this is set
+    webhooks_allow_private: bool = False
+    # whether this API process runs a deliverer (several may: each delivery is leased)
+    webhooks_deliver: bool = True
+    # the retry schedule: min(cap, base * 2**(attempt - 1)) s, times a jitter in [0.5, 1);
+    # the defaults retry for 1.5 to 3 days (the jitter decides) before a delivery is given up
+    webhooks_backoff_seconds: float = Field(5.0, gt=0)
+    webhooks_backoff_cap_seconds: float = Field(3600.0, gt=0)
+    webhooks_max_attempts: int = Field(80, ge=1, le=10_000)
+    webhooks_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    webhooks_poll_seconds: float = Field(1.0, gt=0, le=60)
+    webhooks_concurrency: int = Field(4, ge=1, le=64)
+    webhooks_max_per_tenant: int = Field(20, ge=1, le=1000)
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _strong_key(cls, v: SecretStr | None) -> SecretStr | None:

@@ -289,6 +289,71 @@ class TrialReport(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Webhook(Base):
+    """A URL of a tenant's that receives a signed POST when one of its jobs or sweeps ends
+    (migration 0008). ``secret`` signs every delivery (it has to be kept to sign: only the
+    API's answer to a creation or a rotation shows it); ``events`` lists what it receives,
+    as registered, and :class:`WebhookSubscription` holds the same list one row per event
+    (what the outbox's insert joins on)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_tenant_created", "tenant", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookSubscription(Base):
+    """One event type (``job.succeeded``, ``sweep.failed``, …) a webhook receives."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    webhook_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhooks.id", ondelete="CASCADE"), primary_key=True
+    )
+    event: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per event and webhook, written in the transaction of the status
+    change it tells of, and the delivery log of that webhook. ``next_attempt_at`` is when it
+    is due (NULL once delivered or given up); a deliverer holds it by a lease
+    (``lease_owner``, and ``next_attempt_at`` pushed to the lease's end) for one attempt;
+    ``uncertain`` counts the attempts whose outcome is unknown (the receiver may have got
+    them: a timeout after the request was sent, or a deliverer that stopped mid-attempt)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhooks.id", ondelete="CASCADE")
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    event_id: Mapped[str] = mapped_column(String(100))
+    event: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(36))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer)
+    uncertain: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # The job tables, for the Core statements of db.store (writes) and db.queries (reads).
 JOBS = cast(Table, Job.__table__)
 EVENTS = cast(Table, JobEvent.__table__)
@@ -296,3 +361,6 @@ QUEUE_DEPTH = cast(Table, QueueDepth.__table__)
 SWEEPS = cast(Table, Sweep.__table__)
 TRIALS = cast(Table, Trial.__table__)
 REPORTS = cast(Table, TrialReport.__table__)
+WEBHOOKS = cast(Table, Webhook.__table__)
+SUBSCRIPTIONS = cast(Table, WebhookSubscription.__table__)
+DELIVERIES = cast(Table, WebhookDelivery.__table__)

@@ -9,7 +9,8 @@ Guarantees, for SQLite and PostgreSQL alike:
   processes, and the same key with another spec is refused;
 * every status change is declared against :data:`db.states.TRANSITIONS`, checks the old
   status inside its UPDATE (``WHERE id = :id AND status = :old``) and writes a ``job_events``
-  row in the same transaction (:func:`move`);
+  row in the same transaction (:func:`move`); a move to a terminal status writes the
+  outbox rows of the tenant's webhooks in that transaction too (:mod:`db.webhooks`);
 * every write from a worker is fenced: it applies only while ``status = 'running' AND
   attempt = :attempt`` (:func:`fence`), so a zombie attempt cannot overwrite a newer one;
 * claims take jobs in the claim order (:data:`db.queries.CLAIM_ORDER`) and lock with
@@ -75,6 +76,7 @@ from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus, StopReason, require
 from db.submits import Group, SubmitRequest
 from db.views import ClaimedJob, JobView, Submitted
+from db.webhooks import OUTBOX_NOW, jobs_outbox, moved_jobs_outbox
 
 # The event reasons of a job ended because its last attempt's lease ran out (the worker lost)
 # or its attempt was seen to die: nobody else closes its MLflow run (``lost_runs``).
@@ -613,27 +615,36 @@ def move(
 ) -> Sequence[Row[Any]]:
     """The one way a status changes: ``old → new`` (checked against the table) for the rows
     matching ``where`` AND ``status = old``, with one event per moved row, in ``conn``'s
-    transaction. Returns the moved rows (id, attempt after the update, ``extra`` columns).
+    transaction; a terminal move also writes its webhooks' outbox rows there
+    (:func:`db.webhooks.outbox_insert`). Returns the moved rows (id, attempt after the
+    update, ``extra`` columns).
 
     The only code that writes ``jobs.status`` once a job exists. On PostgreSQL it is a
     single statement, so it is atomic even in autocommit."""
     require(old, new)
+    told = new in TERMINAL  # a terminal move is told to the tenant's webhooks (db.webhooks)
+    returned = (JOBS.c.id, JOBS.c.attempt, *extra)
+    if told and not any(c is JOBS.c.tenant for c in extra):
+        returned += (JOBS.c.tenant,)
     stmt = (
         update(JOBS)
         .where(JOBS.c.status == old.value, *where)
         .values(status=new.value, updated_at=now, **values)
-        .returning(JOBS.c.id, JOBS.c.attempt, *extra)
+        .returning(*returned)
     )
     if conn.dialect.name == "postgresql":
-        # One statement: the UPDATE and the INSERT of its events in data-modifying CTEs
-        # (atomic on its own, one round trip).
+        # One statement: the UPDATE and the INSERT of its events (and of its webhooks'
+        # outbox rows) in data-modifying CTEs (atomic on its own, one round trip).
         moved = stmt.cte("moved")
         events = select(
             moved.c.id, literal(now, UTCDateTime()), literal(old.value, String()),
             literal(new.value, String()), moved.c.attempt, literal(reason, Text()),
         )  # fmt: skip
         logged = insert(EVENTS).from_select(EVENT_COLUMNS, events).cte("logged")
-        return conn.execute(select(moved).add_cte(logged)).all()
+        query = select(moved).add_cte(logged)
+        if told:
+            query = query.add_cte(moved_jobs_outbox(new.value))
+        return conn.execute(query, {OUTBOX_NOW: now}).all()
     rows = conn.execute(stmt).all()
     if rows:
         conn.execute(
@@ -641,6 +652,11 @@ def move(
             [dict(zip(EVENT_COLUMNS, (r.id, now, old.value, new.value, r.attempt, reason),
                       strict=True)) for r in rows],
         )  # fmt: skip
+        if told:
+            conn.execute(
+                jobs_outbox(new.value),
+                [{OUTBOX_NOW: now, "outbox_id": r.id, "outbox_tenant": r.tenant} for r in rows],
+            )
     return rows
 
 

@@ -35,6 +35,7 @@ from db.errors import InvalidCursor, StaleAttempt, StoreError
 from db.models import JOBS, REPORTS, SWEEPS, TRIALS, utcnow
 from db.session import read_tx, write_tx
 from db.states import TERMINAL, JobStatus
+from db.webhooks import tell_sweep
 
 SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -292,11 +293,14 @@ class SweepStore:
                     .where(SWEEPS.c.id == sweep_id, SWEEPS.c.status.in_(ACTIVE))
                     .values(cancel_requested=True, updated_at=now)
                 )
-                conn.execute(
+                ended = conn.execute(
                     update(SWEEPS)
                     .where(SWEEPS.c.id == sweep_id, SWEEPS.c.status == "queued")
                     .values(status="cancelled", finished_at=now, updated_at=now)
-                )
+                    .returning(SWEEPS.c.id)
+                ).first()
+                if ended is not None:
+                    tell_sweep(conn, sweep_id, "cancelled", now)
             return self._get(conn, sweep_id, None)
 
     def trial_job_ids(self, *, sweep_id: str) -> builtins.list[str]:
@@ -441,11 +445,16 @@ class SweepStore:
             self._fenced(conn, sweep_id, owner, **values)
 
     def finish(self, *, sweep_id: str, owner: str, status: str, error: str | None = None) -> None:
-        """End the sweep (succeeded, failed or cancelled) and give up its lease."""
+        """End the sweep (succeeded, failed or cancelled) and give up its lease; the
+        sweep's webhooks are told in the same transaction."""
         if status not in ("succeeded", "failed", "cancelled"):
             raise ValueError(f"a sweep ends succeeded, failed or cancelled, not {status}")
         now = utcnow()
         with write_tx(self._engine) as conn:
+            # locked (PostgreSQL) so that a cancel ending it meanwhile waits, and is not told
+            # twice; SQLite holds the write lock already
+            status_of = select(SWEEPS.c.status).where(SWEEPS.c.id == sweep_id)
+            was = conn.execute(status_of.with_for_update()).scalar()
             self._fenced(
                 conn,
                 sweep_id,
@@ -456,6 +465,8 @@ class SweepStore:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            if was in ACTIVE:  # not a sweep a cancel ended already (it was told then)
+                tell_sweep(conn, sweep_id, status, now)
 
     # --- the trial's attempt ---------------------------------------------------------------
 

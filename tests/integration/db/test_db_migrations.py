@@ -20,7 +20,8 @@ from db.views import KeyGrant
 
 TABLES = {
     "jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth",
-    "sweeps", "trials", "trial_reports",
+    "sweeps", "trials", "trial_reports", "webhooks", "webhook_subscriptions",
+    "webhook_deliveries",
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from db.states import JobStatus
 from db.store import JobStore
 from db.submits import SubmitRequest
 from db.views import TenantCaps
+from db.webhooks import WebhookStore
 from tests.integration.conftest import libpq_url
 
 SPEC = parse_spec({"dataset": "iris"})
@@ -80,6 +81,16 @@ DATASET_CALLS: dict[str, Callable[[DatasetStore], object]] = {
     "get": lambda d: d.get(dataset_id="d"),
     "list": lambda d: d.list(),
 }
+WEBHOOK_CALLS: dict[str, Callable[[WebhookStore], object]] = {
+    "create": lambda w: w.create(tenant="t", url="https://x.example/", events=["job.failed"]),
+    "get": lambda w: w.get(webhook_id="w", tenant="t"),
+    "list": lambda w: w.list(tenant="t"),
+    "delete": lambda w: w.delete(webhook_id="w", tenant="t"),
+    "rotate": lambda w: w.rotate(webhook_id="w", tenant="t"),
+    "deliveries": lambda w: w.deliveries(webhook_id="w", tenant="t"),
+    "claim": lambda w: w.claim(owner="d", lease_seconds=60, limit=4),
+    "record": lambda w: w.record(delivery_id=1, owner="d", attempt=1, delivered=True),
+}
 NOT_CALLS = {"dispose", "view", "position"}  # no database call; helpers inside a transaction
 
 
@@ -91,6 +102,7 @@ def test_the_lists_hold_every_public_call() -> None:
     assert public(JobStore) - NOT_CALLS == set(JOB_CALLS)
     assert public(KeyStore) == set(KEY_CALLS)
     assert public(DatasetStore) == set(DATASET_CALLS)
+    assert public(WebhookStore) == set(WEBHOOK_CALLS)
 
 
 def closed_port() -> int:
@@ -130,6 +142,15 @@ def test_every_job_call_says_store_unavailable(away: Stores, name: str) -> None:
 @pytest.mark.parametrize("name", KEY_CALLS)
 def test_every_key_call_says_store_unavailable(away: Stores, name: str) -> None:
     assert_unavailable(lambda: KEY_CALLS[name](away[1]))
+
+
+@pytest.mark.parametrize("name", WEBHOOK_CALLS)
+def test_every_webhook_call_says_store_unavailable(away_url: str, name: str) -> None:
+    engine = make_engine(away_url)
+    try:
+        assert_unavailable(lambda: WEBHOOK_CALLS[name](WebhookStore(engine)))
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("name", DATASET_CALLS)
