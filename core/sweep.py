@@ -44,6 +44,7 @@ from core.spec import (
     InvalidSpec,
     JobSpec,
     SpecLimits,
+    Tags,
     TrialSpec,
     _from_validation_error,
     dataset_shape,
@@ -125,6 +126,7 @@ class SweepSpec(_Section):
         description="best: a trial logs its model only when it beats the best so far (a "
         "model is most of a small trial's tracking cost); all: every succeeded trial",
     )
+    tags: Tags = Field(default_factory=dict, description="labels to find the sweep by")
 
     @field_validator("register_as")
     @classmethod
