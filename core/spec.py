@@ -505,6 +505,33 @@ class JobSpec(_Section):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def architecture(spec: JobSpec) -> dict[str, Any]:
+    """What fixes the shapes of a job's weights: its hidden layers, its loss (one output or
+    one per class) and what fixes its inputs and outputs in its data set. A warm start
+    (``init_from``) needs the same as its origin's."""
+    ds = spec.dataset
+    inputs = {k: getattr(ds, k) for k in ("name", "n_features", "n_classes", "path", "id")}
+    return {
+        "hidden": list(spec.model.hidden),
+        "loss": spec.resolved_loss(),
+        "dataset": {**inputs, "target": ds.target, "task": ds.task},
+    }
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` changed by a JSON merge patch (RFC 7396): an object's members replace the
+    target's, recursively; a null removes the member; anything else replaces the whole."""
+    if not isinstance(patch, Mapping):
+        return patch
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------
 # Limits and parsing
 

@@ -58,7 +58,12 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
-    spec = parse_body(raw, settings.limits)
+    return checked_spec(parse_body(raw, settings.limits), settings)
+
+
+def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
+    """What :func:`read_spec` checks of a parsed spec beyond core's validation: no ``trial``,
+    and a ``csv`` path only where the service reads one."""
     if spec.trial is not None:
         raise InvalidSpec.at(
             "trial",

@@ -16,12 +16,13 @@ from core.spec import (
     InvalidSpec,
     JobSpec,
     SpecLimits,
+    architecture,
     check_limits,
     dataset_shape,
 )
 from core.uploads import recorded_shape
 from db.datasets import DatasetStore
-from db.errors import DatasetNotFound, InvalidTransition
+from db.errors import DatasetNotFound, InvalidTransition, JobNotFound
 from db.filters import DEFAULT_SORT, parse_bound, parse_sort, parse_tag
 from db.states import JobStatus
 from db.store import JobStore
@@ -129,6 +130,33 @@ SORT_HELP = (
     "-created_at (newest first, the default), or a final metric: -NAME highest first, "
     "NAME lowest first (jobs without it last)"
 )
+
+
+def check_init_from(spec: JobSpec, store: JobStore, tenant: str) -> None:
+    """A warm start's origin (``init_from.job``) must be a succeeded job of the tenant (any
+    other tenant's answers as a missing one) whose run holds a checkpoint, with the same
+    architecture (:func:`core.spec.architecture`); each refusal names ``init_from.job``."""
+    if spec.init_from is None:
+        return
+    origin_id = spec.init_from.job
+    try:
+        origin = store.get(job_id=origin_id, tenant=tenant)
+    except JobNotFound:
+        raise InvalidSpec.at("init_from.job", f"no job {origin_id!r} (see GET /v1/jobs)") from None
+    if origin.status is not JobStatus.SUCCEEDED or origin.mlflow_run_id is None:
+        raise InvalidSpec.at(
+            "init_from.job",
+            f"job {origin_id} is {origin.status.value}: only a succeeded job's weights "
+            "start another",
+        )
+    theirs, ours = architecture(JobSpec.model_validate(origin.spec)), architecture(spec)
+    if theirs != ours:
+        differ = ", ".join(k for k in ours if ours[k] != theirs[k])
+        raise InvalidSpec.at(
+            "init_from.job",
+            f"job {origin_id} trains another architecture (its {differ} differ): a warm "
+            "start needs the same hidden layers, loss and data set inputs",
+        )
 
 
 @router.get("", response_model=schemas.JobPage, responses=errors(422))
