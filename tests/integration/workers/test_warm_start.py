@@ -23,11 +23,11 @@ EPOCHS = 12
 BASE: dict[str, Any] = {
     "dataset": "iris",
     "model": {"hidden": [8]},
-    "optimizer": {"epochs": EPOCHS, "lr": 0.05},
+    "optimizer": {"name": "adam", "epochs": EPOCHS, "lr": 0.01},
     "seed": 3,
 }
 # one epoch at a rate too small to move the weights: they stay those it started from
-STILL = {**BASE, "optimizer": {"epochs": 1, "lr": 1e-9}}
+STILL = {**BASE, "optimizer": {"name": "adam", "epochs": 1, "lr": 1e-9}}
 
 
 def ended(store: JobStore, job_id: str) -> JobView:
@@ -49,9 +49,16 @@ def test_a_warm_start_begins_from_the_origins_weights(ray_local: None, tmp_path:
         last = submit({**STILL, "init_from": {"job": origin, "checkpoint": "last"}})
         best = submit({**STILL, "init_from": {"job": origin, "checkpoint": "best"}})
         cold = submit(STILL)
+        # an origin whose early stopping kept no best weights: "best" takes its last ones
+        plain = submit({**BASE, "regularization": {"early_stopping": {"enabled": False}}})
+        plain_done = ended(store, plain)
+        assert plain_done.mlflow_run_id is not None
+        plain_ckpt = latest_checkpoint(tracking_uri=uri, run_id=plain_done.mlflow_run_id)
+        assert plain_ckpt is not None and plain_ckpt.best_params is None
+        best_of_plain = submit({**STILL, "init_from": {"job": plain, "checkpoint": "best"}})
         stranger = submit({**STILL, "init_from": {"job": origin}}, tenant="b")
         runs = {}
-        for job_id in (last, best, cold):
+        for job_id in (last, best, cold, best_of_plain):
             job = ended(store, job_id)
             assert job.status.value == "succeeded", job.error
             assert job.mlflow_run_id is not None
@@ -73,6 +80,11 @@ def test_a_warm_start_begins_from_the_origins_weights(ray_local: None, tmp_path:
     # a fresh start otherwise: one epoch's steps from step 0, not the origin's count
     steps_per_epoch = theirs.step // EPOCHS
     assert from_last.step == from_scratch.step == steps_per_epoch
+    # adam's own state: its step count restarted (the origin's counted every epoch's)
+    assert theirs.optimizer_steps == theirs.step
+    assert from_last.optimizer_steps == from_scratch.optimizer_steps == steps_per_epoch
+    for ours, origin_w in zip(runs[best_of_plain][1].params, plain_ckpt.params, strict=True):
+        assert torch.allclose(ours, origin_w, atol=1e-6)
     assert [r["epoch"] for r in from_last.history] == [1]
     # the first validation loss is the origin's at its best epoch (the same weights on the
     # same split), below the one a fresh start has

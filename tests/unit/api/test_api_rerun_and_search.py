@@ -54,6 +54,18 @@ def test_a_rerun_queues_the_patched_spec_linked_to_its_origin(client: TestClient
     assert plain["spec"] == origin["spec"] and plain["origin_job_id"] == origin["id"]
 
 
+def test_a_sweeps_trial_reruns_as_a_job_of_its_own(client: TestClient, tmp_path: Path) -> None:
+    trial = {"sweep_id": "s1", "number": 0, "metric": "val_loss", "mode": "min"}
+    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
+    try:
+        origin = JobStore(engine).submit(spec=parse_spec({**IRIS, "trial": trial})).id
+    finally:
+        engine.dispose()
+    r = client.post(f"/v1/jobs/{origin}/rerun", json={"seed": 5})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["trial"] is None and r.json()["spec"]["seed"] == 5
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
@@ -113,6 +125,8 @@ def test_a_warm_start_needs_a_succeeded_origin_of_the_same_architecture(
     r = client.post("/v1/jobs", json=wider)
     assert r.json()["error"]["field"] == "init_from.job"
     assert "its hidden differ" in r.json()["error"]["message"]
+    squared = {**IRIS, "loss": "squared", "init_from": {"job": done}}
+    assert "its loss differ" in client.post("/v1/jobs", json=squared).json()["error"]["message"]
     wine = {**IRIS, "dataset": "wine", "init_from": {"job": done}}
     assert "its dataset differ" in client.post("/v1/jobs", json=wine).json()["error"]["message"]
     longer = {**IRIS, "optimizer": {"epochs": 9, "lr": 0.5}, "init_from": {"job": done}}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.checkpoint import CheckpointError
+from core.packed import unpackable_reason
 from core.spec import InvalidSpec, merge_patch, parse_spec
 from core.train import train
 
@@ -64,6 +65,7 @@ def test_good_tags_and_init_from_are_kept() -> None:
     spec = parse_spec({"dataset": "iris", "tags": tags, "init_from": {"job": "j1"}})
     assert spec.tags == tags
     assert spec.init_from is not None and spec.init_from.checkpoint == "last"
+    assert unpackable_reason(spec) == "init_from: a warm start trains alone"
     with pytest.raises(InvalidSpec) as caught:
         parse_spec({"dataset": "iris", "init_from": {"job": "j1", "checkpoint": "first"}})
     assert caught.value.errors[0].field == "init_from.checkpoint"
