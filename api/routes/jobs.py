@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
+from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, TagQuery, errors, parsed
 from api.settings import Settings
 from core.spec import (
@@ -159,6 +160,17 @@ def check_init_from(spec: JobSpec, store: JobStore, tenant: str) -> None:
         )
 
 
+def in_utc(param: str, value: datetime | None) -> datetime | None:
+    """A time of the query in UTC (without a zone: taken as UTC); one that UTC cannot hold
+    (e.g. ``0001-01-01T00:00+05:00``) is a 422 naming ``param``."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid_query", f"{param}: out of range", field=param) from None
+
+
 @router.get("", response_model=schemas.JobPage, responses=errors(422))
 def list_jobs(
     store: StoreDep,
@@ -190,8 +202,8 @@ def list_jobs(
         name=name,
         name_prefix=name_prefix,
         tags=parsed("tag", tag, parse_tag),
-        created_after=created_after,
-        created_before=created_before,
+        created_after=in_utc("created_after", created_after),
+        created_before=in_utc("created_before", created_before),
         bounds=parsed("metric", metric, parse_bound),
         sort=order,
         limit=limit,

@@ -144,6 +144,7 @@ def test_a_warm_start_needs_a_succeeded_origin_of_the_same_architecture(
         ("sort=-test-accuracy", "sort"),
         ("sort=created_at", "sort"),
         ("created_after=yesterday", "created_after"),
+        ("created_before=0001-01-01T00:00:00%2B05:00", "created_before"),
         ("cursor=bm90IGEgY3Vyc29y", "cursor"),
     ],
 )
