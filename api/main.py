@@ -167,7 +167,17 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     app.state.responses = ResponseCounts()
     app.add_middleware(CountResponses, counts=app.state.responses)
     submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
-    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health, sweeps, webhooks):
+    for module in (
+        jobs,
+        submit,
+        job_activity,
+        artifacts,
+        datasets,
+        gradcheck,
+        health,
+        sweeps,
+        webhooks,
+    ):
         app.include_router(module.router)
     app.include_router(web.make_router())  # the web page at / (api/web/)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]

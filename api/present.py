@@ -67,6 +67,8 @@ def job(
         finished_at=view.finished_at,
         updated_at=view.updated_at,
         spec=safe(view.spec),
+        tags=view.spec.get("tags") or {},
+        origin_job_id=view.origin_job_id,
         links=links,
     )
 

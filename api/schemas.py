@@ -80,6 +80,8 @@ class Job(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     spec: dict[str, Any]
+    tags: dict[str, str] = Field(default_factory=dict, description="the spec's tags")
+    origin_job_id: str | None = Field(None, description="a rerun's: the job it was made from")
     links: JobLinks
 
 

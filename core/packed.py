@@ -120,6 +120,8 @@ def unpackable_reason(spec: JobSpec) -> str | None:
     and an activation whose derivative follows from its value (``core.activations``,
     in-place pair)."""
     opt = spec.optimizer
+    if spec.init_from is not None:
+        return "init_from: a warm start trains alone"
     if resolve_engine(spec) != "manual":
         return f"engine {spec.engine!r}: packs train with the manual engine"
     if opt.schedule.warmup_steps:

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Activation = Literal[
     "sigmoid", "tanh", "relu", "leaky_relu", "identity", "gelu", "elu", "silu", "softplus"
@@ -365,6 +374,41 @@ class TrialSpec(_Section):
     epoch_metrics: Literal["all", "curves"] = "all"
 
 
+MAX_TAGS = 20
+TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+TAG_VALUE = re.compile(r"[A-Za-z0-9_.:/@+=\-]{1,100}")
+
+
+def check_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Labels of a job or a sweep: at most :data:`MAX_TAGS`; a key is 1-64 letters, digits,
+    ``_ . -`` (starting with a letter or digit), a value 1-100 of those or ``: / @ + =``."""
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, got {len(tags)}")
+    for key, value in tags.items():
+        if not TAG_KEY.fullmatch(key):
+            raise ValueError(
+                f"tag key {key[:80]!r}: 1-64 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        if not TAG_VALUE.fullmatch(value):
+            raise ValueError(
+                f"tag {key!r}: its value is 1-100 letters, digits or any of _ . : / @ + = -"
+            )
+    return tags
+
+
+Tags = Annotated[dict[str, str], AfterValidator(check_tags)]
+
+
+class InitFromSpec(_Section):
+    """Start training from the weights of another finished job of the same tenant and model:
+    its ``best`` checkpoint (the best epoch's weights) or its ``last`` one. The new job
+    starts at step 0 with a fresh optimizer state."""
+
+    job: str = Field(min_length=1, max_length=36)
+    checkpoint: Literal["best", "last"] = "last"
+
+
 class JobSpec(_Section):
     """A training job. Only ``dataset`` is required."""
 
@@ -385,6 +429,8 @@ class JobSpec(_Section):
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
     register_as: str | None = Field(None, min_length=1, max_length=200)
     trial: TrialSpec | None = Field(None, description="set by sweeps only")
+    tags: Tags = Field(default_factory=dict, description="labels to find the job by")
+    init_from: InitFromSpec | None = Field(None, description="start from another job's weights")
 
     @field_validator("register_as")
     @classmethod
@@ -464,6 +510,33 @@ class JobSpec(_Section):
     def hash_fields(self) -> str:
         """Canonical JSON of the spec (with defaults), for idempotency comparisons."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def architecture(spec: JobSpec) -> dict[str, Any]:
+    """What fixes the shapes of a job's weights: its hidden layers, its loss (one output or
+    one per class) and what fixes its inputs and outputs in its data set. A warm start
+    (``init_from``) needs the same as its origin's."""
+    ds = spec.dataset
+    inputs = {k: getattr(ds, k) for k in ("name", "n_features", "n_classes", "path", "id")}
+    return {
+        "hidden": list(spec.model.hidden),
+        "loss": spec.resolved_loss(),
+        "dataset": {**inputs, "target": ds.target, "task": ds.task},
+    }
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` changed by a JSON merge patch (RFC 7396): an object's members replace the
+    target's, recursively; a null removes the member; anything else replaces the whole."""
+    if not isinstance(patch, Mapping):
+        return patch
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------

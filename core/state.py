@@ -155,6 +155,20 @@ class TrainState:
             history=self.history_dicts,
         )
 
+    def warm_start(self, weights: Sequence[torch.Tensor]) -> None:
+        """Start from another job's weights (``init_from``): copied into the live parameters;
+        everything else stays as a fresh start's (step and epoch 0, a fresh optimizer state,
+        the schedule from its start, the generators from the spec's seed)."""
+        theirs = [tuple(w.shape) for w in weights]
+        ours = [tuple(p.shape) for p in self.params]
+        if theirs != ours:
+            raise CheckpointError(
+                f"init_from: the weights have shapes {theirs}, this model's are {ours}"
+            )
+        with torch.no_grad():
+            for p, w in zip(self.params, weights, strict=True):
+                p.copy_(w.to(dtype=p.dtype))
+
     def load_checkpoint(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt``: its tensors and generator states are copied into the live
         ones, its counters, history and early-stopping state replace these. The caller checks

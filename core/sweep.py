@@ -44,6 +44,7 @@ from core.spec import (
     InvalidSpec,
     JobSpec,
     SpecLimits,
+    Tags,
     TrialSpec,
     _from_validation_error,
     dataset_shape,
@@ -132,6 +133,7 @@ class SweepSpec(_Section):
         "a small trial's tracking is its per-epoch points); all: every per-epoch metric, the "
         "timing and per-layer diagnostics too",
     )
+    tags: Tags = Field(default_factory=dict, description="labels to find the sweep by")
 
     @field_validator("register_as")
     @classmethod

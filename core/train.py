@@ -118,12 +118,15 @@ def train(
     resume_from: Checkpoint | None = None,
     data: Dataset | None = None,
     dtype: torch.dtype = torch.float32,
+    init_weights: Sequence[torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train the spec's model; same seed, data, device and dtype give identical numbers.
 
     Raises ``Diverged`` on a non-finite loss and ``GradcheckFailed`` when the validator finds
     the manual gradients wrong. ``data`` overrides loading the spec's data set (a worker
-    passes an uploaded file's rows this way). ``dtype`` is what the model, the data and the
+    passes an uploaded file's rows this way). ``init_weights``: another job's weights to
+    start from (``init_from``, :meth:`TrainState.warm_start`); a resume ignores them (its
+    checkpoint holds the weights trained from them). ``dtype`` is what the model, the data and the
     updates compute in: float32, or float64 (tests); the validator works in float64 always.
 
     Each epoch: ``StepLoop.run_epoch`` takes the optimizer's steps (with the ``GradientChecks`` and
@@ -145,6 +148,8 @@ def train(
     if resume_from is not None:
         check_compatible(resume_from, spec_dict)
         state.load_checkpoint(resume_from)
+    elif init_weights is not None:
+        state.warm_start(init_weights)
     checks = GradientChecks(spec, model, tensors, cbs, step=state.step)
     loop = StepLoop(spec, engine, model, flat, opt, tensors, state, checks, cbs)
     cbs.on_train_start(

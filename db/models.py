@@ -149,6 +149,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    origin_job_id: Mapped[str | None] = mapped_column(String(36))  # a rerun's, migration 0007
 
 
 class JobEvent(Base):

@@ -11,7 +11,7 @@ import base64
 import builtins
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +31,16 @@ from sqlalchemy import (
 )
 
 from db.errors import InvalidCursor, JobNotFound
+from db.filters import (
+    MetricBound,
+    MetricSort,
+    after_in_order,
+    bound_term,
+    metric_value,
+    name_prefix_term,
+    sorted_by,
+    tag_terms,
+)
 from db.models import EVENTS, JOBS, QUEUE_DEPTH
 from db.session import read_tx
 from db.states import JobStatus, StopReason
@@ -142,26 +152,53 @@ class JobQueries:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        name_prefix: str | None = None,
+        tags: Sequence[tuple[str, str]] = (),
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        bounds: Sequence[MetricBound] = (),
+        sort: MetricSort | None = None,
     ) -> tuple[builtins.list[JobView], str | None]:
-        """One page of jobs, newest first (created_at desc, id desc), and the cursor of the
-        next page (None on the last). Walking the cursors visits every row exactly once."""
-        query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
+        """One page of jobs and the cursor of the next page (None on the last): newest first
+        (created_at desc, id desc), or with ``sort`` by a final metric (:func:`sorted_by`).
+        Filters (all must hold): status, exact name, name prefix, every tag of ``tags``,
+        created strictly after/before, every threshold of ``bounds``. Walking the cursors
+        with the same filters visits every matching row exactly once."""
+        query = select(JOBS)
         if tenant is not None:
             query = query.where(JOBS.c.tenant == tenant)
         if status is not None:
             query = query.where(JOBS.c.status == JobStatus(status).value)
         if name is not None:
             query = query.where(JOBS.c.name == name)
-        if cursor is not None:
-            at, last_id = _decode_cursor(cursor)
-            query = query.where(
-                or_(JOBS.c.created_at < at, and_(JOBS.c.created_at == at, JOBS.c.id < last_id))
-            )
+        if name_prefix:
+            query = query.where(name_prefix_term(JOBS, name_prefix))
+        if created_after is not None:
+            query = query.where(JOBS.c.created_at > created_after)
+        if created_before is not None:
+            query = query.where(JOBS.c.created_at < created_before)
+        query = query.where(*tag_terms(JOBS, tags), *(bound_term(b) for b in bounds))
+        if sort is None:
+            query = query.order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
+            if cursor is not None:
+                at, last_id = _decode_cursor(cursor)
+                query = query.where(
+                    or_(JOBS.c.created_at < at, and_(JOBS.c.created_at == at, JOBS.c.id < last_id))
+                )
+        else:
+            query = query.add_columns(metric_value(sort.metric).label("_sort_value"))
+            query = query.order_by(*sorted_by(sort))
+            if cursor is not None:
+                query = query.where(after_in_order(sort, *_decode_sorted_cursor(cursor, sort)))
         with read_tx(self._engine) as conn:
             rows = conn.execute(query.limit(limit + 1)).mappings().all()
         page = [JobView.from_row(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return page, _encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        if len(rows) <= limit:
+            return page, None
+        last = page[-1]
+        if sort is None:
+            return page, _encode_cursor(last.created_at, last.id)
+        return page, _encode_sorted_cursor(sort, rows[limit - 1]["_sort_value"], last)
 
     def events(self, *, job_id: str, tenant: str | None = None) -> builtins.list[EventView]:
         """The job's status changes in the order they happened."""
@@ -362,6 +399,26 @@ def _keyed_statement() -> Any:
 def _encode_cursor(at: datetime, job_id: str) -> str:
     raw = json.dumps([at.astimezone(UTC).isoformat(), job_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _encode_sorted_cursor(sort: MetricSort, value: float | None, job: JobView) -> str:
+    at = job.created_at.astimezone(UTC).isoformat()
+    raw = json.dumps([sort.metric, sort.descending, value, at, job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_sorted_cursor(cursor: str, sort: MetricSort) -> tuple[float | None, datetime, str]:
+    """A cursor of :func:`_encode_sorted_cursor` made for the same ``sort``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        metric, descending, value, at, job_id = json.loads(raw)
+        if (metric, descending) != (sort.metric, sort.descending):
+            raise ValueError("a cursor of another order")
+        if value is not None and not isinstance(value, int | float):
+            raise ValueError("not a metric value")
+        return value, datetime.fromisoformat(at), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor(cursor) from exc
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:

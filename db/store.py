@@ -684,7 +684,16 @@ def refuse(conn: Connection, job_id: str, attempt: int, new: JobStatus | None) -
 
 # --- the one insert of new jobs ------------------------------------------------------------
 
-ROW_COLUMNS = ("id", "tenant", "name", "spec", "priority", "max_attempts", "idempotency_key")
+ROW_COLUMNS = (
+    "id",
+    "tenant",
+    "name",
+    "spec",
+    "priority",
+    "max_attempts",
+    "idempotency_key",
+    "origin_job_id",
+)
 """The columns a new job sets that differ between the jobs of a group."""
 GROUP_COLUMNS = ("status", "attempt", "cancel_requested", "created_at", "updated_at")
 """The columns a new job sets that are the same for every job of a group: queued, attempt 0,

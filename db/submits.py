@@ -37,6 +37,7 @@ class SubmitRequest:
     idempotency_key: str | None = None
     job_id: str | None = None
     may_exist: bool = False
+    origin_job_id: str | None = None  # a rerun's: the job it was made from
 
     @property
     def key(self) -> Key | None:
@@ -159,6 +160,7 @@ def new_job(r: SubmitRequest, now: datetime) -> dict[str, Any]:
         max_attempts=r.spec.max_attempts,
         cancel_requested=False,
         idempotency_key=r.idempotency_key,
+        origin_job_id=r.origin_job_id,
         created_at=now,
         updated_at=now,
     )

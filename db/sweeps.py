@@ -32,6 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from core.sweep import Mode, promotable
 from db.errors import InvalidCursor, StaleAttempt, StoreError
+from db.filters import tag_terms
 from db.models import JOBS, REPORTS, SWEEPS, TRIALS, utcnow
 from db.session import read_tx, write_tx
 from db.states import TERMINAL, JobStatus
@@ -188,13 +189,16 @@ class SweepStore:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tags: Sequence[tuple[str, str]] = (),
     ) -> tuple[builtins.list[SweepView], str | None]:
-        """One page of sweeps, newest first, and the next page's cursor (None on the last)."""
+        """One page of sweeps, newest first, and the next page's cursor (None on the last);
+        only those with every tag of ``tags`` (its spec's)."""
         query = select(SWEEPS).order_by(SWEEPS.c.created_at.desc(), SWEEPS.c.id.desc())
         if tenant is not None:
             query = query.where(SWEEPS.c.tenant == tenant)
         if status is not None:
             query = query.where(SWEEPS.c.status == status)
+        query = query.where(*tag_terms(SWEEPS, tags))
         if cursor is not None:
             try:
                 raw_at, last_id = _decode(cursor)

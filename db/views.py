@@ -43,6 +43,7 @@ class JobView:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    origin_job_id: str | None = None  # the job a rerun was made from
     created: bool = field(default=False, compare=False)
 
     @classmethod

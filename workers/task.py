@@ -41,7 +41,7 @@ from core.spec import InvalidSpec, JobSpec, TrialSpec
 from core.sweep import better
 from core.train import Diverged, TrainResult, train
 from db.datasets import DatasetStore
-from db.errors import StaleAttempt, StoreError, StoreUnavailable
+from db.errors import JobNotFound, StaleAttempt, StoreError, StoreUnavailable
 from db.models import utcnow
 from db.session import make_engine
 from db.states import StopReason
@@ -52,6 +52,7 @@ from workers.stops import listen
 from workers.tracking import JobTracker, close_run, latest_checkpoint
 from workers.tracking.artifacts import import_model_logging
 from workers.tracking.buffer import SharedSender
+from workers.tracking.client import make_client
 from workers.tracking.run import Outcome
 
 log = logging.getLogger("gradq.task")
@@ -446,6 +447,7 @@ class AttemptLife:
             else None
         )
         self.resume: Checkpoint | None = None
+        self.init_weights: list[Any] | None = None  # a warm start's (``init_from``)
         self.result_body: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
         self.result: TrainResult | None = None
@@ -497,6 +499,8 @@ class AttemptLife:
         )
         if job.attempt > 1:
             self.resume = latest_checkpoint(tracking_uri=config.tracking_uri, run_id=run_id)
+        if self.spec.init_from is not None and self.resume is None:
+            self.init_weights = warm_start_weights(config, self.store, job, self.spec, run_id)
         return True
 
     def callbacks(self) -> list[Callback]:
@@ -623,6 +627,41 @@ class AttemptLife:
         return final if written else "stale"
 
 
+def warm_start_weights(
+    config: WorkerConfig, store: JobStore, job: ClaimedJob, spec: JobSpec, run_id: str
+) -> list[Any]:
+    """The weights a warm start (``init_from``) begins with: those of the origin job's last
+    checkpoint (``last``: its final epoch's), or of its best epoch (``best``: kept when its
+    early stopping restores the best, else the last ones). The origin must be a job of the
+    same tenant (any other tenant's is not found). The lineage is tagged on both MLflow
+    runs: ``gradq.init_from`` (the origin job), ``gradq.init_from_run`` and
+    ``gradq.init_from_checkpoint`` on this one, ``gradq.warm_started_by.<job id>`` (this
+    run) on the origin's."""
+    assert spec.init_from is not None
+    origin_id, which = spec.init_from.job, spec.init_from.checkpoint
+    try:
+        origin = store.get(job_id=origin_id, tenant=job.tenant)
+    except JobNotFound:
+        raise CheckpointError(f"init_from: no job {origin_id!r}") from None
+    ckpt = None
+    if origin.mlflow_run_id is not None:
+        ckpt = latest_checkpoint(tracking_uri=config.tracking_uri, run_id=origin.mlflow_run_id)
+    if ckpt is None or origin.mlflow_run_id is None:
+        raise CheckpointError(f"init_from: job {origin_id} has no checkpoint")
+    client = make_client(config.tracking_uri)
+    for key, value in (
+        ("gradq.init_from", origin_id),
+        ("gradq.init_from_run", origin.mlflow_run_id),
+        ("gradq.init_from_checkpoint", which),
+    ):
+        client.set_tag(run_id, key, value)
+    client.set_tag(origin.mlflow_run_id, f"gradq.warm_started_by.{job.id}", run_id)
+    log.info("job %s: warm start from job %s (%s checkpoint)", job.id, origin_id, which)
+    if which == "best" and ckpt.best_params is not None:
+        return list(ckpt.best_params)
+    return list(ckpt.params)
+
+
 def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str:
     """Run one attempt to its end; returns the status written ("stale" when fenced out).
     ``board``: the dispatcher's stop board (``workers.stops``), None to learn of stops from
@@ -637,7 +676,11 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
             data = _data(life.spec, DatasetStore(engine), config.tracking_uri)
             life.tracker.log_dataset(data)
             result = train(
-                life.spec, callbacks=life.callbacks(), resume_from=life.resume, data=data
+                life.spec,
+                callbacks=life.callbacks(),
+                resume_from=life.resume,
+                data=data,
+                init_weights=life.init_weights,
             )
             life.trained(result)
     except Exception as exc:

@@ -148,22 +148,91 @@ def _summary(job: dict[str, Any]) -> None:
 
 def jobs(
     status: Annotated[str | None, typer.Option(help="only this status")] = None,
-    name: Annotated[str | None, typer.Option(help="only this name")] = None,
+    name: Annotated[str | None, typer.Option(help="only names starting with this")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="KEY:VALUE, e.g. team:vision; repeat for all of them")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="a final metric's threshold, e.g. 'test_accuracy>=0.9'; repeatable"),
+    ] = None,
+    created_after: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    created_before: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(help="a final metric, -NAME highest first (e.g. -test_accuracy)"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Your jobs, newest first."""
-    params = {k: v for k, v in {"status": status, "name": name, "limit": limit}.items() if v}
+    """Your jobs, newest first (or by a final metric with --sort), filtered."""
+    given = {"status": status, "name_prefix": name, "tag": tag, "metric": metric,
+             "created_after": created_after, "created_before": created_before, "sort": sort,
+             "limit": limit}  # fmt: skip
+    params = {k: v for k, v in given.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/jobs", params=params)
-    table = listing(console, [j["id"] for j in page["items"]], "name", "status", "epoch", "created")
+    shown = sort.removeprefix("-") if sort and sort != "-created_at" else None
+    columns = ("name", "status", "epoch", *((shown,) if shown else ()), "created")
+    table = listing(console, [j["id"] for j in page["items"]], *columns)
     for j in page["items"]:
         p = j.get("progress") or {}
         epoch = f"{p.get('epoch', 0)}/{p.get('epochs', '?')}" if p else ""
-        add(table, {"id": j["id"], "name": j["name"], "status": j["status"], "epoch": epoch,
-                    "created": when(j["created_at"])})  # fmt: skip
+        row = {"id": j["id"], "name": j["name"], "status": j["status"], "epoch": epoch,
+               "created": when(j["created_at"])}  # fmt: skip
+        if shown:
+            value = ((j.get("result") or {}).get("metrics") or {}).get(shown)
+            row[shown] = "" if value is None else f"{value:.4g}"
+        add(table, row)
     console.print(table)
+
+
+def rerun(
+    job_id: Annotated[str, typer.Argument(help="the job to run again")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="PATH=VALUE changes the spec, e.g. optimizer.epochs=200 (the value is YAML; "
+            "null removes the field); repeatable",
+        ),
+    ] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Queue a new job with another job's spec, changed by --set; prints its id."""
+    patch = spec_patch(set_ or [])
+    with ApiClient(url, key) as client:
+        created = _call(client, "POST", f"/v1/jobs/{job_id}/rerun", json=patch)
+    typer.echo(created["id"])
+
+
+def spec_patch(settings: list[str]) -> dict[str, Any]:
+    """The JSON merge patch of ``--set PATH=VALUE`` options (dotted paths, YAML values);
+    exits 2 naming an option that is not one."""
+    patch: dict[str, Any] = {}
+    for item in settings:
+        path, equals, raw = item.partition("=")
+        keys = path.split(".")
+        if not equals or not all(keys):
+            _bad_option(f"--set {item!r}: give PATH=VALUE, e.g. optimizer.epochs=200")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            _bad_option(f"--set {item!r}: the value is not YAML ({exc})")
+        at = patch
+        for k in keys[:-1]:
+            if not isinstance(at.get(k), dict):
+                at[k] = {}
+            at = at[k]
+        at[keys[-1]] = value
+    return patch
+
+
+def _bad_option(message: str) -> NoReturn:
+    err.print(f"[red]{escape(message)}[/]", highlight=False)
+    raise typer.Exit(2)
 
 
 def show(
@@ -237,6 +306,6 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, jobs, show, cancel, logs):
+    for command in (submit, jobs, show, cancel, logs, rerun):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

@@ -196,12 +196,16 @@ def cancel(
 
 def sweeps(
     status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="KEY:VALUE, e.g. team:vision; repeat for all of them")
+    ] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Your sweeps, newest first."""
-    params = {k: v for k, v in {"status": status, "limit": limit}.items() if v}
+    given = {"status": status, "tag": tag, "limit": limit}
+    params = {k: v for k, v in given.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/sweeps", params=params)
     ids = [s["id"] for s in page["items"]]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from api.deps import SettingsDep, get_tenant
 from api.errors import ApiError
 from api.schemas import ErrorBody
 from api.settings import Settings
 from core.spec import InvalidSpec, JobSpec, SpecLimits, check_limits, parse_spec
+
+T = TypeVar("T")
 
 # Every /v1 router checks the key first, before its body is read or validated.
 AUTHENTICATED = [Depends(get_tenant)]
@@ -55,7 +58,12 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
-    spec = parse_body(raw, settings.limits)
+    return checked_spec(parse_body(raw, settings.limits), settings)
+
+
+def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
+    """What :func:`read_spec` checks of a parsed spec beyond core's validation: no ``trial``,
+    and a ``csv`` path only where the service reads one."""
     if spec.trial is not None:
         raise InvalidSpec.at(
             "trial",
@@ -121,3 +129,17 @@ async def spec_body(request: Request, settings: SettingsDep) -> JobSpec:
 
 
 SpecDep = Annotated[JobSpec, Depends(spec_body)]
+
+
+def parsed(param: str, values: list[str], parse: Callable[[str], T]) -> list[T]:
+    """Each query value of ``param`` parsed; a refusal is a 422 naming ``param``."""
+    try:
+        return [parse(v) for v in values]
+    except ValueError as exc:
+        raise ApiError(422, "invalid_query", f"{param}: {exc}", field=param) from None
+
+
+TagQuery = Annotated[
+    list[str],
+    Query(description="KEY:VALUE, e.g. team:vision; repeat for jobs with every tag"),
+]

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api import present, schemas
 from api.deps import SettingsDep, StoreDep, TenantDep, TrackingDep
-from api.routes.common import AUTHENTICATED, errors
+from api.errors import ApiError
+from api.routes.common import AUTHENTICATED, TagQuery, errors, parsed
 from api.settings import Settings
 from core.spec import (
     DatasetShape,
     InvalidSpec,
     JobSpec,
     SpecLimits,
+    architecture,
     check_limits,
     dataset_shape,
 )
 from core.uploads import recorded_shape
 from db.datasets import DatasetStore
-from db.errors import DatasetNotFound, InvalidTransition
+from db.errors import DatasetNotFound, InvalidTransition, JobNotFound
+from db.filters import DEFAULT_SORT, parse_bound, parse_sort, parse_tag
 from db.states import JobStatus
 from db.store import JobStore
 from db.views import JobView
@@ -116,18 +120,94 @@ def check_upload(
     return shape
 
 
+MetricQuery = Annotated[
+    list[str],
+    Query(
+        description="a threshold on a final metric, METRIC OP NUMBER with OP one of "
+        "<= >= < > =, e.g. test_accuracy>=0.9; repeat for every one"
+    ),
+]
+SORT_HELP = (
+    "-created_at (newest first, the default), or a final metric: -NAME highest first, "
+    "NAME lowest first (jobs without it last)"
+)
+
+
+def check_init_from(spec: JobSpec, store: JobStore, tenant: str) -> None:
+    """A warm start's origin (``init_from.job``) must be a succeeded job of the tenant (any
+    other tenant's answers as a missing one) whose run holds a checkpoint, with the same
+    architecture (:func:`core.spec.architecture`); each refusal names ``init_from.job``."""
+    if spec.init_from is None:
+        return
+    origin_id = spec.init_from.job
+    try:
+        origin = store.get(job_id=origin_id, tenant=tenant)
+    except JobNotFound:
+        raise InvalidSpec.at("init_from.job", f"no job {origin_id!r} (see GET /v1/jobs)") from None
+    if origin.status is not JobStatus.SUCCEEDED or origin.mlflow_run_id is None:
+        raise InvalidSpec.at(
+            "init_from.job",
+            f"job {origin_id} is {origin.status.value}: only a succeeded job's weights "
+            "start another",
+        )
+    theirs, ours = architecture(JobSpec.model_validate(origin.spec)), architecture(spec)
+    if theirs != ours:
+        differ = ", ".join(k for k in ours if ours[k] != theirs[k])
+        raise InvalidSpec.at(
+            "init_from.job",
+            f"job {origin_id} trains another architecture (its {differ} differ): a warm "
+            "start needs the same hidden layers, loss and data set inputs",
+        )
+
+
+def in_utc(param: str, value: datetime | None) -> datetime | None:
+    """A time of the query in UTC (without a zone: taken as UTC); one that UTC cannot hold
+    (e.g. ``0001-01-01T00:00+05:00``) is a 422 naming ``param``."""
+    if value is None:
+        return None
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid_query", f"{param}: out of range", field=param) from None
+
+
 @router.get("", response_model=schemas.JobPage, responses=errors(422))
 def list_jobs(
     store: StoreDep,
     tenant: TenantDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     name: Annotated[str | None, Query(max_length=200, description="only this name")] = None,
+    name_prefix: Annotated[
+        str | None, Query(max_length=200, description="only names starting with this")
+    ] = None,
+    tag: TagQuery = [],  # noqa: B006 (FastAPI copies the default)
+    created_after: Annotated[
+        datetime | None, Query(description="created after this time (ISO 8601)")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="created before this time (ISO 8601)")
+    ] = None,
+    metric: MetricQuery = [],  # noqa: B006
+    sort: Annotated[str, Query(max_length=101, description=SORT_HELP)] = DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="from next_cursor")] = None,
 ) -> schemas.JobPage:
-    """The tenant's jobs, newest first, a page at a time (queue positions: see GET one)."""
+    """The tenant's jobs, newest first or by a final metric, a page at a time, filtered
+    (every filter must hold). Pass the same filters and sort with ``cursor``. Queue
+    positions: see GET one."""
+    [order] = parsed("sort", [sort], parse_sort)
     page, next_cursor = store.list(
-        tenant=tenant, status=status, name=name, limit=limit, cursor=cursor
+        tenant=tenant,
+        status=status,
+        name=name,
+        name_prefix=name_prefix,
+        tags=parsed("tag", tag, parse_tag),
+        created_after=in_utc("created_after", created_after),
+        created_before=in_utc("created_before", created_before),
+        bounds=parsed("metric", metric, parse_bound),
+        sort=order,
+        limit=limit,
+        cursor=cursor,
     )
     return schemas.JobPage(items=[present.job(v) for v in page], next_cursor=next_cursor)
 

@@ -9,6 +9,7 @@ routers of ``api.routes``, so that it is matched without their indirection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -22,13 +23,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import present, schemas
 from api.deps import Services, TenantDep, bearer_key, get_tenant, resolve_tenant
 from api.errors import ApiError
-from api.routes.common import AUTHENTICATED, SPEC_BODY, errors, read_spec
-from api.routes.jobs import check_upload, needs_mlflow, run_link, shows_mlflow, waiting_reason
+from api.routes.common import AUTHENTICATED, SPEC_BODY, checked_spec, errors, read_spec
+from api.routes.jobs import (
+    check_init_from,
+    check_upload,
+    needs_mlflow,
+    run_link,
+    shows_mlflow,
+    waiting_reason,
+)
+from core.spec import InvalidSpec, merge_patch, parse_spec
 from db.errors import QueueFull
 from db.states import JobStatus
 from db.submits import SubmitRequest
 
 PATH = "/v1/jobs"
+router = APIRouter(prefix=PATH, tags=["jobs"], dependencies=AUTHENTICATED)  # rerun
 REPLAY = {"model": schemas.Job, "description": "an idempotent replay: the job already made"}
 MAX_IDEMPOTENCY_KEY = 200
 IdempotencyKey = Annotated[
@@ -129,15 +139,24 @@ async def submit_request(request: Request) -> Response:
 
 
 async def submit_job(request: Request, tenant: str, idempotency_key: str | None) -> Response:
-    """``POST /v1/jobs`` for a known tenant: parse the spec, queue it through the group
-    commit, answer 201 with the job (200 for an idempotent replay)."""
+    """``POST /v1/jobs`` for a known tenant: parse the spec, then :func:`queue_job`."""
     services: Services = request.app.state.services
     spec = await read_spec(request, services.settings)
+    wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
+    return await queue_job(services, wanted)
+
+
+async def queue_job(services: Services, wanted: SubmitRequest) -> Response:
+    """Check what only the service knows of a parsed spec (the tenant's priority cap, its
+    upload, its warm start's origin), queue it through the group commit, answer 201 with the
+    job (200 for an idempotent replay)."""
+    spec, tenant = wanted.spec, wanted.tenant
     await services.access.check_priority(tenant, spec.priority)
     if spec.dataset.name == "upload" and spec.dataset.id is not None:
         limits = services.settings.limits  # the parameter and memory limits need its shape
         await run_in_threadpool(check_upload, spec, services.datasets, tenant, limits)
-    wanted = SubmitRequest(spec=spec, tenant=tenant, idempotency_key=idempotency_key)
+    if spec.init_from is not None:
+        await run_in_threadpool(check_init_from, spec, services.store, tenant)
     try:
         done = await services.submits.submit(wanted)
     except QueueFull as exc:
@@ -172,3 +191,45 @@ async def submit_job(request: Request, tenant: str, idempotency_key: str | None)
         status_code=201 if view.created else 200,
         media_type="application/json",
     )
+
+
+PATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/{job_id}/rerun",
+    status_code=201,
+    response_model=schemas.Job,
+    responses=errors(404, 422, 429),
+    openapi_extra=PATCH_BODY,
+)
+async def rerun(job_id: str, request: Request, tenant: TenantDep) -> Response:
+    """Queue a new job with this job's spec, changed by the body if there is one: a JSON
+    merge patch of the spec (RFC 7396), e.g. ``{"optimizer": {"epochs": 200}}``; a null
+    removes a field (back to its default). The patched spec is validated as a submit's.
+    The new job's ``origin_job_id`` is this job's id. A sweep's trial reruns as a job of
+    its own (without its ``trial`` section)."""
+    services: Services = request.app.state.services
+    origin = await run_in_threadpool(services.store.get, job_id=job_id, tenant=tenant)
+    raw = await request.body()
+    try:
+        patch = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise InvalidSpec.at(
+            "(root)", f"a merge patch of the spec is an object, got {type(patch).__name__}"
+        )
+    base = {k: v for k, v in origin.spec.items() if k != "trial"}
+    spec = parse_spec(merge_patch(base, patch), limits=services.settings.limits)
+    spec = checked_spec(spec, services.settings)
+    wanted = SubmitRequest(spec=spec, tenant=tenant, origin_job_id=origin.id)
+    return await queue_job(services, wanted)

@@ -17,10 +17,11 @@ from fastapi import APIRouter, Query, Request
 from api import schemas
 from api.deps import ServicesDep, SettingsDep, StoreDep, SweepsDep, TenantDep
 from api.errors import ApiError
-from api.routes.common import AUTHENTICATED, errors
+from api.routes.common import AUTHENTICATED, TagQuery, errors, parsed
 from core.spec import InvalidSpec
 from core.sweep import ObjectiveSpec, SweepSpec, parse_sweep
 from db.errors import InvalidTransition, JobNotFound
+from db.filters import parse_tag
 from db.states import TERMINAL
 from db.sweeps import SWEEP_STATUSES, SweepStore, SweepView, TrialView
 
@@ -152,12 +153,17 @@ def list_sweeps(
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
         Query(description="only sweeps in this status"),
     ] = None,
+    tag: TagQuery = [],  # noqa: B006 (FastAPI copies the default)
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="from next_cursor")] = None,
 ) -> schemas.SweepPage:
-    """The tenant's sweeps, newest first, a page at a time."""
+    """The tenant's sweeps, newest first, a page at a time; with ``tag``, only those with
+    every tag."""
     assert status is None or status in SWEEP_STATUSES
-    page, next_cursor = sweeps.list(tenant=tenant, status=status, limit=limit, cursor=cursor)
+    tags = parsed("tag", tag, parse_tag)
+    page, next_cursor = sweeps.list(
+        tenant=tenant, status=status, limit=limit, cursor=cursor, tags=tags
+    )
     return schemas.SweepPage(items=[present(v, sweeps) for v in page], next_cursor=next_cursor)
 
 

@@ -17,6 +17,7 @@ from db.models import JOBS, QUEUE_DEPTH
 from db.session import make_engine
 from db.store import JobStore
 from db.views import KeyGrant
+from tests.integration.db.conftest import insert_queued
 
 TABLES = {
     "jobs", "job_events", "datasets", "api_keys", "alembic_version", "queue_depth",
@@ -155,9 +156,8 @@ def test_0006_lets_jobs_be_pruned_and_keeps_every_job_event_and_trigger(db_url: 
     upgrade(db_url, "0005")
     engine = make_engine(db_url)
     try:
-        store = JobStore(engine)
-        running = store.submit(spec=parse_spec({"dataset": "iris"})).id
-        queued = store.submit(spec=parse_spec({"dataset": "iris"})).id
+        store = JobStore(engine)  # jobs inserted as 0005 holds them (no later column)
+        running, queued = insert_queued(engine, 2, spec=parse_spec({"dataset": "iris"}))
         [claimed] = store.claim(owner="w", lease_seconds=30, ids=[running])
         events_before = len(store.events(job_id=running))
         upgrade(db_url)
@@ -177,5 +177,36 @@ def test_0006_lets_jobs_be_pruned_and_keeps_every_job_event_and_trigger(db_url: 
                 else "UPDATE jobs SET status = 'lost' WHERE id = %s",
                 (queued,),
             )
+    finally:
+        engine.dispose()
+
+
+def test_0007_adds_the_origin_of_a_rerun_and_keeps_jobs_and_triggers(db_url: str) -> None:
+    """A database at 0006 with queued jobs upgrades in place: the jobs are kept with no
+    origin, the queue-depth triggers still count, and a downgrade drops the column only."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    upgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    try:
+        store = JobStore(engine)
+        [old] = insert_queued(engine, 1, spec=parse_spec({"dataset": "iris"}))
+        upgrade(db_url)
+        assert check(db_url) == []
+        assert store.get(job_id=old).origin_job_id is None
+        assert store.recount_queue_depth() == {}
+        down = make_engine(db_url)
+        with down.begin() as conn:
+            cfg = alembic_config(db_url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+        down.dispose()
+        assert "origin_job_id" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(select(JOBS.c.id).where(JOBS.c.id == old)).scalar() == old
+        upgrade(db_url)
+        assert store.count_queued() == 1 and store.recount_queue_depth() == {}
     finally:
         engine.dispose()
