@@ -25,6 +25,7 @@ from api.browser import BrowserGuard
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
+from api.predictions import PredictorCache, is_predict_path
 from api.routes import (
     artifacts,
     datasets,
@@ -32,6 +33,7 @@ from api.routes import (
     health,
     job_activity,
     jobs,
+    predict,
     submit,
     sweeps,
     web,
@@ -122,6 +124,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             ),
             ray_probe=ray_probe or default_ray_probe(settings),
             sweeps=SweepStore(engine),
+            predictors=PredictorCache(settings.predict_cache_models),
         )
         freeze_startup_objects()
         thresholds = collect_young_less_often()
@@ -136,6 +139,8 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     def limit_for(path: str) -> int:
         if path.rstrip("/") == "/v1/datasets":
             return settings.max_upload_bytes + UPLOAD_OVERHEAD
+        if is_predict_path(path):
+            return settings.predict_max_bytes
         return settings.max_body_bytes
 
     app = FastAPI(
@@ -155,7 +160,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     app.state.responses = ResponseCounts()
     app.add_middleware(CountResponses, counts=app.state.responses)
     submit.add_route(app.router)  # POST /v1/jobs, called most: matched before the routers
-    for module in (jobs, job_activity, artifacts, datasets, gradcheck, health, sweeps):
+    for module in (jobs, job_activity, artifacts, predict, datasets, gradcheck, health, sweeps):
         app.include_router(module.router)
     app.include_router(web.make_router())  # the web page at / (api/web/)
     app.openapi = _openapi_with_spec(app)  # type: ignore[method-assign]

@@ -4,17 +4,23 @@
 and with the output mapping of the loss, so that it takes raw feature rows (n, d) as the data
 set has them and returns class probabilities (n, K) for a classifier or predictions (n, 1) in
 the target's own units for a regressor.
+
+``export_predictors(result, last=…)`` writes the same model's weights and preprocessing for
+``core.predictor``, the numpy forward pass that serves predictions without torch.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from core.losses import probabilities
 from core.model import MLP
+from core.predictor import Predictor, dump_predictors
 
 if TYPE_CHECKING:
     from core.train import TrainResult
@@ -69,3 +75,37 @@ def export_model(result: TrainResult) -> ExportedModel:
         target_scale=result.target_scale,
         classes=data.classes,
     ).eval()
+
+
+def predictor(result: TrainResult, params: Sequence[torch.Tensor] | None = None) -> Predictor:
+    """The result's model (or the same network with ``params``: W1, b1, …, as a checkpoint
+    holds them) as a :class:`core.predictor.Predictor`, in the model's dtype."""
+    model = export_model(result)
+    tensors = list(model.mlp.parameters()) if params is None else list(params)
+    dtype = model.mean.dtype
+
+    def array(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", dtype).numpy().copy()
+
+    return Predictor(
+        weights=[array(t) for t in tensors[0::2]],
+        biases=[array(t) for t in tensors[1::2]],
+        activation=model.mlp.activation,
+        loss=model.loss,
+        task=model.task,
+        mean=array(model.mean),
+        scale=array(model.scale),
+        feature_names=list(result.data.feature_names),
+        classes=list(model.classes),
+        target_shift=float(model.target_shift),
+        target_scale=float(model.target_scale),
+    )
+
+
+def export_predictors(result: TrainResult, *, last: Sequence[torch.Tensor] | None = None) -> bytes:
+    """The predictors file of a finished job: ``best``, the result's model (the best epoch's
+    weights where early stopping restored them), and ``last``, the weights of the last
+    epoch trained (``last``; the model's own when not given)."""
+    best = predictor(result)
+    final = best if last is None else predictor(result, last)
+    return dump_predictors({"best": best, "last": final})

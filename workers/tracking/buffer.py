@@ -101,6 +101,7 @@ class RunBuffer:
         self.failures = 0  # MLflow calls that raised
         self.skip_epochs_through = 0  # epochs already in the run (a resumed attempt)
         self.skip_gradchecks_through = -1  # gradcheck steps already in the run
+        self.latest: Checkpoint | None = None  # the last checkpoint taken, sent or not
         self._last_flush = time.monotonic()
         self._last_upload: dict[str, float] = {}  # set when an upload starts
         self._lock = threading.Lock()  # the buffers; never held across an MLflow call
@@ -153,6 +154,7 @@ class RunBuffer:
         sender when due: the cost of ``to_bytes`` is paid per upload, not per epoch."""
         snapshot = _snapshot(checkpoint)
         with self._lock:
+            self.latest = snapshot
             self.pending[LAST_CHECKPOINT] = snapshot
             if checkpoint.best_epoch is not None and checkpoint.best_epoch == checkpoint.epoch:
                 self.pending[BEST_CHECKPOINT] = snapshot
