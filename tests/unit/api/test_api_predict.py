@@ -1,0 +1,246 @@
+"""``POST /v1/jobs/{id}/predict`` over the real app, a real SQLite store and a real MLflow
+SQLite store holding a run's ``predictors.npz`` written from a real (short) training: the
+answers equal the exported model's; every bad input is a 422 naming where; the limits, the
+tenancy and a job without a model are refused with a message that says why."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from api.predictions import PredictorCache
+from core.export import export_model, export_predictors
+from core.predictor import Predictor
+from core.spec import parse_spec
+from core.train import TrainResult, train
+from db.keys import KeyStore
+from db.session import make_engine
+from db.store import JobStore
+
+
+@pytest.fixture(scope="module")
+def iris() -> TrainResult:
+    spec = {"dataset": "iris", "model": {"hidden": [8]}, "optimizer": {"epochs": 5}}
+    return train(parse_spec(spec))
+
+
+def run_with_artifacts(tmp_path: Path, files: dict[str, bytes]) -> tuple[str, str]:
+    """(run id, experiment id) of a new run of the app's MLflow store holding ``files`` at
+    its root."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    found = client.get_experiment_by_name("jobs")
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment("jobs", artifact_location=str(tmp_path / "artifacts"))
+    )
+    run_id = client.create_run(experiment_id).info.run_id
+    for name, data in files.items():
+        (tmp_path / run_id).mkdir(exist_ok=True)
+        (tmp_path / run_id / name).write_bytes(data)
+        client.log_artifact(run_id, str(tmp_path / run_id / name))
+    return run_id, experiment_id
+
+
+def succeeded_job(
+    tmp_path: Path, running_job: Callable[..., str], result: TrainResult, tenant: str = "default"
+) -> str:
+    """A succeeded job whose run holds the result's predictors.npz."""
+    files = {"predictors.npz": export_predictors(result)}
+    run_id, experiment_id = run_with_artifacts(tmp_path, files)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id, tenant=tenant)
+    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
+    try:
+        JobStore(engine).finish(job_id=job_id, attempt=1, status="succeeded", result={})
+    finally:
+        engine.dispose()
+    return job_id
+
+
+def expected(result: TrainResult, raw: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return export_model(result)(torch.as_tensor(raw, dtype=torch.float32)).numpy()
+
+
+def test_rows_columns_and_a_csv_file_get_the_exported_models_answers(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path, iris: TrainResult
+) -> None:
+    job_id = succeeded_job(tmp_path, running_job, iris)
+    data = iris.data
+    raw = data.raw(data.X_test)
+    probs = expected(iris, raw)
+    url = f"/v1/jobs/{job_id}/predict"
+
+    r = client.post(url, json={"rows": raw.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["job_id"], body["checkpoint"], body["classes"]) == (
+        job_id, "best", ["setosa", "versicolor", "virginica"],
+    )  # fmt: skip
+    assert body["predictions"] == [data.classes[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(body["probabilities"], probs, rtol=1e-5, atol=1e-6)
+
+    names = list(reversed(data.feature_names))  # the columns in another order
+    by_name = client.post(url, json={"columns": names, "rows": raw[:, ::-1].tolist()}).json()
+    assert by_name["probabilities"] == body["probabilities"]
+
+    text = io.StringIO()
+    csv.writer(text).writerows([names, *raw[:, ::-1].tolist()])
+    r = client.post(url, files={"file": ("rows.csv", text.getvalue().encode())})
+    assert r.status_code == 200, r.text
+    assert r.json()["probabilities"] == body["probabilities"]
+    last = client.post(f"{url}?checkpoint=last", json={"rows": raw[:2].tolist()}).json()
+    assert last["checkpoint"] == "last"  # export_predictors without `last`: the same weights
+    assert last["probabilities"] == body["probabilities"][:2]
+
+
+def test_a_regressor_answers_values_without_probabilities(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path
+) -> None:
+    result = train(parse_spec({"dataset": "diabetes", "optimizer": {"epochs": 2}}))
+    job_id = succeeded_job(tmp_path, running_job, result)
+    raw = result.data.raw(result.data.X_test[:7])
+    body = client.post(f"/v1/jobs/{job_id}/predict", json={"rows": raw.tolist()}).json()
+    assert set(body) == {"job_id", "checkpoint", "predictions"}
+    np.testing.assert_allclose(body["predictions"], expected(result, raw)[:, 0], rtol=1e-5)
+
+
+def error(r: Any) -> tuple[int, str, str]:
+    e = r.json()["error"]
+    return r.status_code, e["field"], e["message"]
+
+
+def test_every_bad_input_is_a_422_naming_where(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path, iris: TrainResult
+) -> None:
+    url = f"/v1/jobs/{succeeded_job(tmp_path, running_job, iris)}/predict"
+    names = iris.data.feature_names
+    row = [5.1, 3.5, 1.4, 0.2]
+    cases: list[tuple[Any, str, str]] = [
+        ({"rows": [row, row[:3]]}, "rows[1]", "has 3 values; the model takes 4 features"),
+        ({"rows": [row, [*row, 1.0]]}, "rows[1]", "has 5 values"),
+        ({"rows": [row, [1, "x", 2, 3]]}, "rows[1][1]", "not a number: 'x'"),
+        ({"rows": [[1, None, 2, 3]]}, "rows[0][1]", "not a number"),
+        ({"rows": []}, "rows", "no rows"),
+        ({"row": [row]}, "row", "unknown field 'row'"),
+        ({"columns": [*names[:3], "petal width"], "rows": [row]}, "columns[3]",
+         "unknown column 'petal width': the model's features are 'sepal length (cm)'"),
+        ({"columns": names[:3], "rows": [row[:3]]}, "columns", "missing column 'petal width (cm)'"),
+        ({"columns": [*names, names[0]], "rows": [[*row, 1]]}, "columns[4]", "given twice"),
+    ]  # fmt: skip
+    for body, field, words in cases:
+        status, where, message = error(client.post(url, json=body))
+        assert (status, where) == (422, field), body
+        assert words in message, (body, message)
+    bad_csv = [
+        (b"a,b\n1,2\n", "header row: unknown column 'a'"),
+        (",".join(names).encode() + b"\n1,2,3,x\n", "row 2, column 'petal width (cm)': 'x'"),
+        (",".join(names).encode() + b"\n1,2,3\n", "row 2 has 3 cells, the header has 4"),
+    ]
+    for data, words in bad_csv:
+        status, where, message = error(client.post(url, files={"file": ("r.csv", data)}))
+        assert (status, where) == (422, "file") and words in message, message
+    r = client.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = client.post(f"{url}?checkpoint=first", json={"rows": [row]})
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "checkpoint")
+
+
+def test_the_row_and_byte_limits_are_named(
+    make_client: Callable[..., TestClient],
+    running_job: Callable[..., str],
+    tmp_path: Path,
+    iris: TrainResult,
+) -> None:
+    client = make_client(predict_max_rows=10, predict_max_bytes=2048)
+    url = f"/v1/jobs/{succeeded_job(tmp_path, running_job, iris)}/predict"
+    row = [5.1, 3.5, 1.4, 0.2]
+    assert len(client.post(url, json={"rows": [row] * 10}).json()["predictions"]) == 10
+    status, field, message = error(client.post(url, json={"rows": [row] * 11}))
+    assert (status, field) == (413, "rows")
+    assert message.startswith("11 rows are over the limit of 10 rows a request")
+    header = ",".join(iris.data.feature_names).encode()
+    status, field, _ = error(
+        client.post(url, files={"file": ("r.csv", header + b"\n1,2,3,4" * 11)})
+    )
+    assert (status, field) == (413, "file")
+    r = client.post(url, json={"rows": [row] * 200})  # over 2048 bytes
+    assert r.status_code == 413
+    assert r.json()["error"]["message"] == "request body larger than the limit of 2,048 bytes"
+
+
+def test_another_tenants_job_is_not_found(
+    make_client: Callable[..., TestClient],
+    running_job: Callable[..., str],
+    tmp_path: Path,
+    iris: TrainResult,
+) -> None:
+    keys = KeyStore(make_engine(f"sqlite:///{tmp_path}/gradq.db"))
+    a = {"Authorization": f"Bearer {keys.create(tenant='a')[1]}"}
+    b = {"Authorization": f"Bearer {keys.create(tenant='b')[1]}"}
+    client = make_client(auth="keys")
+    url = f"/v1/jobs/{succeeded_job(tmp_path, running_job, iris, tenant='a')}/predict"
+    rows = {"rows": [[5.1, 3.5, 1.4, 0.2]]}
+    assert client.post(url, json=rows, headers=a).json()["predictions"] == ["setosa"]
+    r = client.post(url, json=rows, headers=b)  # after a's answer: its model is cached
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert "predictions" not in r.json()
+    assert client.post("/v1/jobs/nope/predict", json=rows, headers=b).status_code == 404
+
+
+def test_a_job_without_a_model_says_why(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path
+) -> None:
+    rows = {"rows": [[5.1, 3.5, 1.4, 0.2]]}
+    queued = client.post("/v1/jobs", json={"dataset": "iris"}).json()["id"]
+    status, field, message = error(client.post(f"/v1/jobs/{queued}/predict", json=rows))
+    assert (status, field) == (409, "job_id")
+    assert message == (
+        f"job {queued} is queued: it has a model to predict with once it has succeeded"
+    )
+    run_id, experiment_id = run_with_artifacts(tmp_path, {"error.txt": b"boom"})
+    failed = running_job(run_id=run_id, experiment_id=experiment_id)
+    engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
+    store = JobStore(engine)
+    store.finish(job_id=failed, attempt=1, status="failed", error={"message": "boom"})
+    status, _, message = error(client.post(f"/v1/jobs/{failed}/predict", json=rows))
+    assert (status, message) == (
+        409, f"job {failed} failed: only a succeeded job has a model to predict with",
+    )  # fmt: skip
+    kept_none = running_job(run_id=run_id, experiment_id=experiment_id)
+    store.finish(job_id=kept_none, attempt=1, status="succeeded", result={})
+    engine.dispose()
+    status, _, message = error(client.post(f"/v1/jobs/{kept_none}/predict", json=rows))
+    assert status == 409 and "succeeded without a model" in message
+
+
+def _predictor(width: int) -> Predictor:
+    w = np.ones((1, width), dtype=np.float32)
+    return Predictor(weights=[w], biases=[np.zeros(1, np.float32)], activation="relu",
+                     loss="squared", task="regression", mean=np.zeros(width, np.float32),
+                     scale=np.ones(width, np.float32), feature_names=["x"] * width,
+                     classes=[])  # fmt: skip
+
+
+def test_the_cache_keeps_at_most_its_size_dropping_the_least_recently_used() -> None:
+    cache = PredictorCache(2)
+    loads: list[str] = []
+
+    def loader(key: str) -> Callable[[], Predictor]:
+        return lambda: loads.append(key) or _predictor(len(key))
+
+    for key in ("a", "bb", "a", "ccc", "a", "bb"):
+        cache.get(key, loader(key))
+    # a hit moved "a" to the back, so "ccc" dropped "bb"; then "bb" dropped "ccc"
+    assert loads == ["a", "bb", "ccc", "bb"]
+    assert len(cache) == 2 and "a" in cache and "bb" in cache and "ccc" not in cache
+    assert cache.get("bb", loader("never")).n_features == 2
