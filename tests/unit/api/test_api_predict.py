@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from mlflow import MlflowClient
 
 from api.predictions import PredictorCache
 from core.export import export_model, export_predictors
@@ -25,6 +24,7 @@ from core.train import TrainResult, train
 from db.keys import KeyStore
 from db.session import make_engine
 from db.store import JobStore
+from tests.unit.api.test_api_artifacts import run_with_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -33,30 +33,12 @@ def iris() -> TrainResult:
     return train(parse_spec(spec))
 
 
-def run_with_artifacts(tmp_path: Path, files: dict[str, bytes]) -> tuple[str, str]:
-    """(run id, experiment id) of a new run of the app's MLflow store holding ``files`` at
-    its root."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    found = client.get_experiment_by_name("jobs")
-    experiment_id = (
-        found.experiment_id
-        if found
-        else client.create_experiment("jobs", artifact_location=str(tmp_path / "artifacts"))
-    )
-    run_id = client.create_run(experiment_id).info.run_id
-    for name, data in files.items():
-        (tmp_path / run_id).mkdir(exist_ok=True)
-        (tmp_path / run_id / name).write_bytes(data)
-        client.log_artifact(run_id, str(tmp_path / run_id / name))
-    return run_id, experiment_id
-
-
 def succeeded_job(
     tmp_path: Path, running_job: Callable[..., str], result: TrainResult, tenant: str = "default"
 ) -> str:
     """A succeeded job whose run holds the result's predictors.npz."""
     files = {"predictors.npz": export_predictors(result)}
-    run_id, experiment_id = run_with_artifacts(tmp_path, files)
+    run_id, experiment_id = run_with_artifacts(tmp_path, files, model=False)
     job_id = running_job(run_id=run_id, experiment_id=experiment_id, tenant=tenant)
     engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
     try:
@@ -207,7 +189,7 @@ def test_a_job_without_a_model_says_why(
     assert message == (
         f"job {queued} is queued: it has a model to predict with once it has succeeded"
     )
-    run_id, experiment_id = run_with_artifacts(tmp_path, {"error.txt": b"boom"})
+    run_id, experiment_id = run_with_artifacts(tmp_path, {"error.txt": b"boom"}, model=False)
     failed = running_job(run_id=run_id, experiment_id=experiment_id)
     engine = make_engine(f"sqlite:///{tmp_path}/gradq.db")
     store = JobStore(engine)
