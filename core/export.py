@@ -6,7 +6,8 @@ set has them and returns class probabilities (n, K) for a classifier or predicti
 the target's own units for a regressor.
 
 ``export_predictors(result, last=…)`` writes the same model's weights and preprocessing for
-``core.predictor``, the numpy forward pass that serves predictions without torch.
+``core.predictor``, the numpy forward pass that serves predictions without torch;
+``checkpoint_predictor`` does it for a checkpoint's parameters while training goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from core.model import MLP
 from core.predictor import Predictor, dump_predictors
 
 if TYPE_CHECKING:
+    from core.data import Dataset
     from core.train import TrainResult
 
 
@@ -99,6 +101,35 @@ def predictor(result: TrainResult, params: Sequence[torch.Tensor] | None = None)
         classes=list(model.classes),
         target_shift=float(model.target_shift),
         target_scale=float(model.target_scale),
+    )
+
+
+def checkpoint_predictor(
+    params: Sequence[torch.Tensor], data: Dataset, *, activation: str, loss: str
+) -> Predictor:
+    """The network of a checkpoint's ``params`` (W1, b1, …) trained on ``data``, as a
+    :class:`core.predictor.Predictor`: what :func:`predictor` gives for a result with those
+    parameters, without the result (a checkpoint taken while training goes on)."""
+    from core.train import target_scaling
+
+    dtype = params[0].dtype
+    shift, scale = target_scaling(data)
+
+    def array(t: torch.Tensor | np.ndarray) -> np.ndarray:
+        return torch.as_tensor(t).detach().to("cpu", dtype).numpy().copy()
+
+    return Predictor(
+        weights=[array(t) for t in params[0::2]],
+        biases=[array(t) for t in params[1::2]],
+        activation=activation,
+        loss=loss,
+        task=data.task,
+        mean=array(data.mean),
+        scale=array(data.scale),
+        feature_names=list(data.feature_names),
+        classes=list(data.classes),
+        target_shift=shift,
+        target_scale=scale,
     )
 
 

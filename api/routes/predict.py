@@ -1,14 +1,16 @@
-"""``POST /v1/jobs/{id}/predict``: a succeeded job's model applied to raw feature rows.
+"""``POST /v1/jobs/{id}/predict``: a job's model applied to raw feature rows.
 
 The rows come as JSON (``{"rows": [[...], ...]}`` in the model's feature order, or with
 ``"columns"`` naming each position) or as a CSV file (multipart/form-data, field ``file``,
 a header row naming the features). The model runs in the API process as numpy
 (``core.predictor``): its weights and preprocessing are read from the run's
-``predictors.npz`` (no pickle), once per job and weights, then kept in a bounded
-least-recently-used cache (``GRADQ_PREDICT_CACHE_MODELS``). At most
+``predictors.npz`` (no pickle) — a succeeded job's once per job and weights, then kept in a
+bounded least-recently-used cache (``GRADQ_PREDICT_CACHE_MODELS``); a queued or running
+job's from its latest ``checkpoints/{best,last}/predictors.npz`` at each request. At most
 ``GRADQ_PREDICT_MAX_ROWS`` rows (413 naming the field) and ``GRADQ_PREDICT_MAX_BYTES`` of
-body (413) a request. Another tenant's job is a 404; a job without a model (not succeeded,
-or a sweep's trial whose model was not kept) a 409 saying why.
+body (413) a request. Another tenant's job is a 404; a job without weights (queued or
+running before its first checkpoint, failed, cancelled, pruned, or a sweep's trial whose
+model was not kept) a 409 saying why.
 """
 
 from __future__ import annotations
@@ -66,9 +68,13 @@ _BODY = {
 }
 
 
-def _no_model(view: JobView) -> ApiError:
+def _no_model(view: JobView, weights: Weights) -> ApiError:
     if view.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        why = f"is {view.status.value}: it has a model to predict with once it has succeeded"
+        why = (
+            f"is {view.status.value} and has no {weights} checkpoint to predict with yet; ask "
+            "again once it has one (checkpoints are taken as it trains), or once it has "
+            "succeeded"
+        )
     elif view.status is JobStatus.SUCCEEDED:
         why = "succeeded without a model (a sweep's trial whose model was not kept)"
     else:
@@ -76,21 +82,31 @@ def _no_model(view: JobView) -> ApiError:
     return ApiError(409, "no_model", f"job {view.id} {why}", field="job_id")
 
 
+def _source(view: JobView, weights: Weights) -> tuple[str, str]:
+    """(the run's file, the weights in it): a succeeded job's model file, or the checkpoint
+    folder's file of a job still in training."""
+    if view.status is JobStatus.SUCCEEDED:
+        return PREDICTORS_FILE, weights
+    return f"checkpoints/{weights}/{PREDICTORS_FILE}", "weights"
+
+
 def _load(view: JobView, weights: Weights, tracking: Tracking) -> Predictor:
-    if view.status is not JobStatus.SUCCEEDED or view.mlflow_run_id is None:
-        raise _no_model(view)
+    training = view.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    if not (training or view.status is JobStatus.SUCCEEDED) or view.mlflow_run_id is None:
+        raise _no_model(view, weights)
+    path, name = _source(view, weights)
     folder = tempfile.mkdtemp(prefix="gradq-predict-")
     try:
-        local = tracking.fetch_artifact(view.mlflow_run_id, PREDICTORS_FILE, folder)
+        local = tracking.fetch_artifact(view.mlflow_run_id, path, folder)
         if local is None or not local.is_file():
-            raise _no_model(view)
+            raise _no_model(view, weights)
         data = local.read_bytes()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     try:
-        return load_predictor(data, weights)
+        return load_predictor(data, name)
     except PredictorError as exc:
-        raise TrackingUnavailable(f"job {view.id}'s {PREDICTORS_FILE}: {exc}") from None
+        raise TrackingUnavailable(f"job {view.id}'s {path}: {exc}") from None
 
 
 @router.post(
@@ -106,7 +122,11 @@ async def predict(
     services: ServicesDep,
     tenant: TenantDep,
     checkpoint: Annotated[
-        Weights, Query(description="best: the job's model; last: its last epoch's weights")
+        Weights,
+        Query(
+            description="best: the job's model (in training: its best checkpoint so far); "
+            "last: its last epoch's weights (in training: its latest checkpoint)"
+        ),
     ] = "best",
 ) -> schemas.Predictions:
     """Predictions of the job's model for raw feature rows: a class label (as the data
@@ -135,9 +155,12 @@ async def predict(
 
     def answer() -> schemas.Predictions:
         view = services.store.get(job_id=job_id, tenant=tenant)
-        model = services.predictors.get(
-            (view.id, checkpoint), lambda: _load(view, checkpoint, services.tracking)
-        )
+        if view.status is JobStatus.SUCCEEDED:  # its weights never change: kept
+            model = services.predictors.get(
+                (view.id, checkpoint), lambda: _load(view, checkpoint, services.tracking)
+            )
+        else:  # a checkpoint of a job in training: read each time, it may have a newer one
+            model = _load(view, checkpoint, services.tracking)
         X = parse(payload, model, settings.predict_max_rows)
         found = present.finite(model.predict(X))
         return schemas.Predictions(job_id=view.id, checkpoint=checkpoint, **found)

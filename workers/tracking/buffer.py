@@ -43,6 +43,7 @@ from core.checkpoint import Checkpoint
 from workers.tracking.artifacts import RunArtifacts
 from workers.tracking.clock import Clock
 from workers.tracking.names import mlflow_key, mlflow_metrics
+from workers.tracking.read import PREDICTORS_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -102,6 +103,8 @@ class RunBuffer:
         self.skip_epochs_through = 0  # epochs already in the run (a resumed attempt)
         self.skip_gradchecks_through = -1  # gradcheck steps already in the run
         self.latest: Checkpoint | None = None  # the last checkpoint taken, sent or not
+        # a checkpoint's params → its predictors file, uploaded beside it (once the data is known)
+        self.predictors: Callable[[list[torch.Tensor]], bytes] | None = None
         self._last_flush = time.monotonic()
         self._last_upload: dict[str, float] = {}  # set when an upload starts
         self._lock = threading.Lock()  # the buffers; never held across an MLflow call
@@ -339,6 +342,12 @@ class RunBuffer:
         sent = self._call(
             "log_artifact", self.artifacts.log_bytes, data, f"{directory}/{CHECKPOINT_FILE}"
         )
+        if sent and self.predictors is not None:
+            with self.clock.measure():
+                weights = self.predictors(snapshot.params)
+            sent = self._call(
+                "log_artifact", self.artifacts.log_bytes, weights, f"{directory}/{PREDICTORS_FILE}"
+            )
         if sent:
             with self._lock:
                 if self.pending.get(directory) is snapshot:

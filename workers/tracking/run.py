@@ -17,7 +17,9 @@ Nothing connects at import; every entry point takes a ``tracking_uri``. A job's 
 - artifacts: ``checkpoints/last/checkpoint.pt``, ``checkpoints/best/checkpoint.pt``,
   ``gradcheck/step_XXXXXXXX.json``, ``plots/learning_curve.png``, ``error.txt``, the model
   ``model`` (``runs:/<run_id>/model``) and, with it, ``predictors.npz``: the model's and the
-  last epoch's weights with their preprocessing (``core.predictor``, read by the API).
+  last epoch's weights with their preprocessing (``core.predictor``, read by the API); each
+  checkpoint folder also holds its own ``predictors.npz`` (set ``weights``) once the data
+  set is logged.
 
 Failure policy: the training callback never raises for an MLflow error (it keeps its buffer
 and retries); ``start()`` and ``finish()`` do raise, and the worker task decides what an
@@ -40,7 +42,8 @@ from typing import TYPE_CHECKING, Literal
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
-from core.export import export_predictors
+from core.export import checkpoint_predictor, export_predictors
+from core.predictor import dump_predictors
 from workers.tracking.artifacts import RunArtifacts, flatten_params, log_model, param_entities
 from workers.tracking.buffer import (
     CHECKPOINT_FILE,
@@ -243,7 +246,15 @@ class JobTracker:
     def log_dataset(self, data: Dataset) -> None:
         """Record ``data`` (its training part) as the run's dataset input, sent with the next
         metrics (needs ``start()``). A resumed run that has it already is left as it is. Never
-        raises: a data set MLflow cannot describe is logged as a warning, the job goes on."""
+        raises: a data set MLflow cannot describe is logged as a warning, the job goes on.
+
+        From then on each checkpoint is uploaded with its ``predictors.npz`` (its weights and
+        the data's preprocessing, ``core.predictor``): a job's predictions while it runs."""
+        activation = self.spec.model.activation
+        loss = self.spec.resolved_loss(data.task)
+        self._make_buffer().predictors = lambda params: dump_predictors(
+            {"weights": checkpoint_predictor(params, data, activation=activation, loss=loss)}
+        )
         if self._has_dataset:
             return
         try:

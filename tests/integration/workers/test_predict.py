@@ -2,7 +2,8 @@
 job database on SQLite and on PostgreSQL, a real MLflow SQLite store), served by the API
 app over the same stores: on the test split they equal the output of the model the run
 logged to MLflow (``mlflow.pytorch.load_model``, the exported torch model) for the best
-weights, and core's forward with the run's last checkpoint for ``?checkpoint=last``."""
+weights, and core's forward with the run's last checkpoint for ``?checkpoint=last``, which
+the checkpoint's own ``predictors.npz`` (what a job in training answers from) also gives."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from api.settings import Settings
 from core.checkpoint import Checkpoint
 from core.data import load_dataset
 from core.model import forward
+from core.predictor import load_predictor
 from core.spec import parse_spec
 from db.migrate import upgrade
 from db.session import make_engine
@@ -85,6 +87,13 @@ def test_predictions_equal_the_logged_models_and_the_last_checkpoints(
         last_out = torch.softmax(forward(last.params[0::2], last.params[1::2], x,
                                          activation="relu"), dim=1).numpy()  # fmt: skip
     assert not np.allclose(logged, last_out, atol=1e-3)
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint's own, for a job in training
+        local = mlflow.artifacts.download_artifacts(
+            run_id=job.mlflow_run_id, artifact_path="checkpoints/last/predictors.npz",
+            dst_path=tmp, tracking_uri=tracking_uri,
+        )  # fmt: skip
+        beside = load_predictor(Path(local).read_bytes(), "weights")
+    np.testing.assert_allclose(beside.outputs(raw), last_out, rtol=1e-5, atol=1e-6)
 
     settings = Settings(database_url=db_url, mlflow_tracking_uri=tracking_uri,
                         allowed_hosts="testserver")  # fmt: skip

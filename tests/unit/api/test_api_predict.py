@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from mlflow import MlflowClient
 
 from api.predictions import PredictorCache
-from core.export import export_model, export_predictors
-from core.predictor import Predictor
+from core.export import checkpoint_predictor, export_model, export_predictors
+from core.predictor import Predictor, dump_predictors
 from core.spec import parse_spec
 from core.train import TrainResult, train
 from db.keys import KeyStore
@@ -187,7 +188,8 @@ def test_a_job_without_a_model_says_why(
     status, field, message = error(client.post(f"/v1/jobs/{queued}/predict", json=rows))
     assert (status, field) == (409, "job_id")
     assert message == (
-        f"job {queued} is queued: it has a model to predict with once it has succeeded"
+        f"job {queued} is queued and has no best checkpoint to predict with yet; ask again once "
+        "it has one (checkpoints are taken as it trains), or once it has succeeded"
     )
     run_id, experiment_id = run_with_artifacts(tmp_path, {"error.txt": b"boom"}, model=False)
     failed = running_job(run_id=run_id, experiment_id=experiment_id)
@@ -203,6 +205,42 @@ def test_a_job_without_a_model_says_why(
     engine.dispose()
     status, _, message = error(client.post(f"/v1/jobs/{kept_none}/predict", json=rows))
     assert status == 409 and "succeeded without a model" in message
+
+
+def test_a_job_in_training_answers_from_its_latest_checkpoint(
+    client: TestClient, running_job: Callable[..., str], tmp_path: Path, iris: TrainResult
+) -> None:
+    """Each request reads the checkpoint folder's file again: a newer checkpoint answers."""
+    params = [p.detach() for p in iris.model.parameters()]
+
+    def weights(shift: float) -> bytes:
+        moved = [p + shift for p in params]
+        return dump_predictors({"weights": checkpoint_predictor(
+            moved, iris.data, activation="relu", loss="cross_entropy")})  # fmt: skip
+
+    files = {"checkpoints/last/predictors.npz": weights(0.0)}
+    run_id, experiment_id = run_with_artifacts(tmp_path, files, model=False)
+    job_id = running_job(run_id=run_id, experiment_id=experiment_id)
+    raw = iris.data.raw(iris.data.X_test[:5])
+    url = f"/v1/jobs/{job_id}/predict"
+    first = client.post(f"{url}?checkpoint=last", json={"rows": raw.tolist()})
+    assert first.status_code == 200, first.text
+    np.testing.assert_allclose(first.json()["probabilities"], expected(iris, raw), rtol=1e-5)
+    status, _, message = error(client.post(url, json={"rows": raw.tolist()}))
+    assert status == 409
+    assert message.startswith(f"job {job_id} is running and has no best checkpoint")
+
+    newer = tmp_path / "newer" / "predictors.npz"
+    newer.parent.mkdir()
+    newer.write_bytes(weights(0.5))
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").log_artifact(
+        run_id, str(newer), "checkpoints/last"
+    )
+    second = client.post(f"{url}?checkpoint=last", json={"rows": raw.tolist()}).json()
+    moved = checkpoint_predictor([p + 0.5 for p in params], iris.data, activation="relu",
+                                 loss="cross_entropy").outputs(raw)  # fmt: skip
+    np.testing.assert_allclose(second["probabilities"], moved, rtol=1e-6)
+    assert not np.allclose(second["probabilities"], first.json()["probabilities"])
 
 
 def _predictor(width: int) -> Predictor:
