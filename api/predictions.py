@@ -104,9 +104,12 @@ def column_order(columns: Sequence[str], predictor: Predictor, field: str) -> li
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(field, f"not a number: {str(value)[:50]!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float's range
+        number = math.inf
     if not math.isfinite(number):
-        raise _invalid(field, f"not a finite number: {value!r}")
+        raise _invalid(field, f"not a finite number: {str(value)[:50]}")
     return number
 
 

@@ -113,6 +113,8 @@ def test_every_bad_input_is_a_422_naming_where(
         ({"rows": [row, [*row, 1.0]]}, "rows[1]", "has 5 values"),
         ({"rows": [row, [1, "x", 2, 3]]}, "rows[1][1]", "not a number: 'x'"),
         ({"rows": [[1, None, 2, 3]]}, "rows[0][1]", "not a number"),
+        ({"rows": [[1, 10**400, 2, 3]]}, "rows[0][1]", "not a finite number"),
+        ({"rows": [[1, 2, True, 3]]}, "rows[0][2]", "not a number: 'True'"),
         ({"rows": []}, "rows", "no rows"),
         ({"row": [row]}, "row", "unknown field 'row'"),
         ({"columns": [*names[:3], "petal width"], "rows": [row]}, "columns[3]",
