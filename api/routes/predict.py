@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -139,19 +138,26 @@ async def predict(
         form = await request.form(
             max_files=1, max_fields=1, max_part_size=settings.predict_max_bytes
         )
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(
-                422, "invalid", "required: a CSV file in the form field file", field="file"
-            )
-        payload: Any = await upload.read()
-        parse: Callable[[Any, Predictor, int], np.ndarray] = csv_rows
-    else:
         try:
-            payload = json.loads(await request.body())
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(
+                    422, "invalid", "required: a CSV file in the form field file", field="file"
+                )
+            raw = await upload.read()
+        finally:
+            await form.close()
+    else:
+        raw = await request.body()
+
+    def rows(model: Predictor) -> np.ndarray:
+        if media == "multipart/form-data":
+            return csv_rows(raw, model, settings.predict_max_rows)
+        try:
+            body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-        parse = json_rows
+        return json_rows(body, model, settings.predict_max_rows)
 
     def answer() -> schemas.Predictions:
         view = services.store.get(job_id=job_id, tenant=tenant)
@@ -161,8 +167,7 @@ async def predict(
             )
         else:  # a checkpoint of a job in training: read each time, it may have a newer one
             model = _load(view, checkpoint, services.tracking)
-        X = parse(payload, model, settings.predict_max_rows)
-        found = present.finite(model.predict(X))
+        found = present.finite(model.predict(rows(model)))
         return schemas.Predictions(job_id=view.id, checkpoint=checkpoint, **found)
 
-    return await run_in_threadpool(answer)
+    return await run_in_threadpool(answer)  # the parsing, the model and MLflow off the loop
