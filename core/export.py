@@ -81,39 +81,31 @@ def export_model(result: TrainResult) -> ExportedModel:
 
 def predictor(result: TrainResult, params: Sequence[torch.Tensor] | None = None) -> Predictor:
     """The result's model (or the same network with ``params``: W1, b1, …, as a checkpoint
-    holds them) as a :class:`core.predictor.Predictor`, in the model's dtype."""
-    model = export_model(result)
-    tensors = list(model.mlp.parameters()) if params is None else list(params)
-    dtype = model.mean.dtype
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return t.detach().to("cpu", dtype).numpy().copy()
-
-    return Predictor(
-        weights=[array(t) for t in tensors[0::2]],
-        biases=[array(t) for t in tensors[1::2]],
-        activation=model.mlp.activation,
-        loss=model.loss,
-        task=model.task,
-        mean=array(model.mean),
-        scale=array(model.scale),
-        feature_names=list(result.data.feature_names),
-        classes=list(model.classes),
-        target_shift=float(model.target_shift),
-        target_scale=float(model.target_scale),
-    )
+    holds them) as a :class:`core.predictor.Predictor`, in the model's dtype: what
+    :func:`export_model` computes (tests/unit/core/test_predictor.py)."""
+    tensors = list(result.model.parameters()) if params is None else list(params)
+    return checkpoint_predictor(
+        tensors, result.data, activation=result.model.activation, loss=result.loss,
+        target=(result.target_shift, result.target_scale),
+    )  # fmt: skip
 
 
 def checkpoint_predictor(
-    params: Sequence[torch.Tensor], data: Dataset, *, activation: str, loss: str
+    params: Sequence[torch.Tensor],
+    data: Dataset,
+    *,
+    activation: str,
+    loss: str,
+    target: tuple[float, float] | None = None,
 ) -> Predictor:
     """The network of a checkpoint's ``params`` (W1, b1, …) trained on ``data``, as a
-    :class:`core.predictor.Predictor`: what :func:`predictor` gives for a result with those
-    parameters, without the result (a checkpoint taken while training goes on)."""
+    :class:`core.predictor.Predictor` in the parameters' dtype, without a result (a
+    checkpoint taken while training goes on). ``target``: a regressor's (shift, scale);
+    None: as training sets them from the data (``core.train.target_scaling``)."""
     from core.train import target_scaling
 
     dtype = params[0].dtype
-    shift, scale = target_scaling(data)
+    shift, scale = target_scaling(data) if target is None else target
 
     def array(t: torch.Tensor | np.ndarray) -> np.ndarray:
         return torch.as_tensor(t).detach().to("cpu", dtype).numpy().copy()
@@ -128,8 +120,8 @@ def checkpoint_predictor(
         scale=array(data.scale),
         feature_names=list(data.feature_names),
         classes=list(data.classes),
-        target_shift=shift,
-        target_scale=scale,
+        target_shift=float(shift),
+        target_scale=float(scale),
     )
 
 

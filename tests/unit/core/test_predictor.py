@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core.activations import ACTIVATIONS as TORCH_ACTIVATIONS
-from core.export import export_model, export_predictors, predictor
+from core.export import checkpoint_predictor, export_model, export_predictors, predictor
 from core.predictor import ACTIVATIONS, PredictorError, load_predictor
 from core.spec import parse_spec
 from core.train import TrainResult, train
@@ -68,6 +68,11 @@ def test_a_regressor_gives_values_in_the_targets_units() -> None:
     answer = predictor(result).predict(result.data.raw(result.data.X_test))
     assert set(answer) == {"predictions"}
     np.testing.assert_allclose(answer["predictions"], values[:, 0], rtol=1e-6)
+    # a checkpoint's, built from the data alone while training goes on, is the same model
+    params = list(result.model.parameters())
+    during = checkpoint_predictor(params, result.data, activation="relu", loss="squared")
+    raw = result.data.raw(result.data.X_test)
+    np.testing.assert_array_equal(during.outputs(raw), predictor(result).outputs(raw))
 
 
 def test_a_float64_model_is_run_in_float64() -> None:
