@@ -342,11 +342,13 @@ class RunBuffer:
         sent = self._call(
             "log_artifact", self.artifacts.log_bytes, data, f"{directory}/{CHECKPOINT_FILE}"
         )
-        if sent and self.predictors is not None:
-            with self.clock.measure():
-                weights = self.predictors(snapshot.params)
+        describe = self.predictors
+        if sent and describe is not None:  # written inside the call: a failure is kept, retried
             sent = self._call(
-                "log_artifact", self.artifacts.log_bytes, weights, f"{directory}/{PREDICTORS_FILE}"
+                "log_artifact",
+                lambda: self.artifacts.log_bytes(
+                    describe(snapshot.params), f"{directory}/{PREDICTORS_FILE}"
+                ),
             )
         if sent:
             with self._lock:
