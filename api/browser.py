@@ -4,7 +4,8 @@ from its own site. One ASGI middleware, :class:`BrowserGuard`, applied to every 
 - ``Host`` must be one the service answers to (``Settings.host_allowed``: the loopback
   names, the bind host, ``GRADQ_ALLOWED_HOSTS``), else 400. A page whose name was made to
   resolve to the service's address (DNS rebinding) sends its own name.
-- A request body must be JSON, or ``multipart/form-data`` on the upload route, else 415: a
+- A request body must be JSON, or ``multipart/form-data`` on the upload route and on a
+  job's predict route (a CSV file), else 415: a
   page can send text and forms to any site without asking (no CORS preflight), and JSON not.
 - A request that changes something (``POST``, ``PUT``, ``PATCH``, ``DELETE``) is refused
   with 403 when its ``Origin`` is another origin than the one it was sent to, or its
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_body
+from api.predictions import is_predict_path
 from api.settings import Settings, host_name
 
 UPLOAD_PATH = "/v1/datasets"
@@ -74,14 +76,16 @@ class BrowserGuard:
         if _has_body(headers):
             media = headers.get(b"content-type", b"").decode("latin-1")
             media = media.split(";", 1)[0].strip().lower()
-            upload = scope.get("path", "").rstrip("/") == UPLOAD_PATH
+            path = scope.get("path", "")
+            upload = path.rstrip("/") == UPLOAD_PATH or is_predict_path(path)
             if not (_is_json(media) or (upload and media == "multipart/form-data")):
                 where = f"{media!r}" if media else "no Content-Type"
                 return (
                     415,
                     "unsupported_media_type",
                     f"send the body as JSON (Content-Type: application/json), not {where}; "
-                    f"an upload to {UPLOAD_PATH} is multipart/form-data",
+                    f"an upload to {UPLOAD_PATH} or /v1/jobs/{{id}}/predict is "
+                    "multipart/form-data",
                     "Content-Type",
                 )
         return None

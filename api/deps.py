@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.access import Access
 from api.errors import ApiError
 from api.group_commit import GroupCommit
+from api.predictions import PredictorCache
 from api.settings import Settings
 from db.datasets import DatasetStore
 from db.keys import KeyStore
@@ -44,6 +45,8 @@ class Services:
     gradcheck_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     gradcheck_waiting: int = 0
     streams: StreamCount = field(default_factory=lambda: StreamCount())
+    # POST /v1/jobs/{id}/predict: loaded weights by (job, best|last)
+    predictors: PredictorCache = field(default_factory=lambda: PredictorCache(32))
 
 
 class StreamCount:

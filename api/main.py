@@ -26,6 +26,7 @@ from api.browser import BrowserGuard
 from api.deps import Services
 from api.group_commit import GroupCommit
 from api.middleware import BodyLimit, CountResponses, ResponseCounts
+from api.predictions import PredictorCache, is_predict_path
 from api.routes import (
     artifacts,
     datasets,
@@ -33,6 +34,7 @@ from api.routes import (
     health,
     job_activity,
     jobs,
+    predict,
     submit,
     sweeps,
     web,
@@ -127,6 +129,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
             ray_probe=ray_probe or default_ray_probe(settings),
             sweeps=SweepStore(engine),
             webhooks=WebhookStore(engine),
+            predictors=PredictorCache(settings.predict_cache_models),
         )
         services = app.state.services
         deliverer = None
@@ -148,6 +151,8 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
     def limit_for(path: str) -> int:
         if path.rstrip("/") == "/v1/datasets":
             return settings.max_upload_bytes + UPLOAD_OVERHEAD
+        if is_predict_path(path):
+            return settings.predict_max_bytes
         return settings.max_body_bytes
 
     app = FastAPI(
@@ -172,6 +177,7 @@ def create_app(settings: Settings, *, ray_probe: Callable[[], str] | None = None
         submit,
         job_activity,
         artifacts,
+        predict,
         datasets,
         gradcheck,
         health,

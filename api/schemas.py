@@ -7,7 +7,7 @@ parsed by the routes with ``core.spec.parse_spec`` so that errors carry core's f
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,6 +121,18 @@ class ArtifactFile(BaseModel):
 class Artifacts(BaseModel):
     job_id: str
     artifacts: list[ArtifactFile] = Field(description="every file of the job's run, by path")
+
+
+class Predictions(BaseModel):
+    job_id: str
+    checkpoint: Literal["best", "last"] = Field(description="the weights that answered")
+    predictions: list[str | float | None] = Field(
+        description="one per row: a class label as the data named it, or a regressor's value"
+    )
+    probabilities: list[list[float | None]] | None = Field(
+        None, description="a classifier's: one list per row, in the order of `classes`"
+    )
+    classes: list[str] | None = Field(None, description="a classifier's labels")
 
 
 class Dataset(BaseModel):

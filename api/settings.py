@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     # Live event streams (GET /v1/jobs/{id}/events with Accept: text/event-stream) one
     # tenant may hold open at once; each polls the database. One more is refused with 429.
     max_streams_per_tenant: int = Field(10, ge=1, le=10_000)
+    # POST /v1/jobs/{id}/predict: the most rows and body bytes one request may send, and how
+    # many jobs' weights the API process keeps loaded (least recently used dropped first)
+    predict_max_rows: int = Field(10_000, ge=1)
+    predict_max_bytes: int = Field(8 * MiB, ge=1024)
+    predict_cache_models: int = Field(32, ge=1, le=10_000)
 
     # --- webhooks (README.md, Webhooks; api/webhooks.py) -------------------------------------
     # URLs whose host resolves to a loopback, private or link-local address are refused (at

@@ -1,9 +1,12 @@
-"""API benchmark: submit latency (p50/p99) with 1 and 50 concurrent clients, and submits/s.
+"""API benchmark: submit latency (p50/p99) with 1 and 50 concurrent clients, and submits/s;
+predict latency (p50/p99) for 1 row and for 1,000 rows with 10 clients, against submits with
+10 clients in the same run.
 
-    .venv/bin/python bench/api.py                 # SQLite and PostgreSQL, one table
+    .venv/bin/python bench/api.py                 # SQLite and PostgreSQL, two tables
     .venv/bin/python bench/api.py --json
     .venv/bin/python bench/api.py --backends sqlite --requests 500 --open-rate 300
     .venv/bin/python bench/api.py --workers 2     # gradq api --workers 2
+    .venv/bin/python bench/api.py --predict-only  # the predict table alone
 
 Against ``gradq api`` (the API alone, no dispatcher: jobs only queue), started as a
 subprocess per backend on a fresh database: SQLite in a temporary folder, PostgreSQL
@@ -24,6 +27,14 @@ moment a request is due to the end of its answer's body. Rows:
 
 ``server CPU/submit`` is the CPU time (user + system) of the server's processes over the row,
 divided by the submits: a figure the other load on the machine hardly moves.
+
+Predict rows: one job (``SPEC``: iris, 4 → 16 → 3) is trained first by a real attempt in this
+process (``workers.task.run_attempt``, on the server's database and MLflow store), then
+``POST /v1/jobs/{id}/predict`` is sent by 10 closed-loop clients with one row of raw features,
+and with 1,000 rows (a tenth as many requests); the client checks every answer is 200. The
+anchor is ``submit``, 10 clients closed loop, measured in the same run just before them: the
+table prints each predict row's p50 and p99 as a ratio of the anchor's. The first predict of
+the job loads its weights from MLflow, in the warm-up; the rows measure the cached model.
 """
 
 from __future__ import annotations
@@ -140,13 +151,51 @@ class Connection:
 
 
 def submit_request(url: str) -> bytes:
-    body = json.dumps(SPEC).encode()
+    return post_request(url, "/v1/jobs", SPEC)
+
+
+def post_request(url: str, path: str, payload: Any) -> bytes:
+    body = json.dumps(payload).encode()
     host = url.removeprefix("http://")
     head = (
-        f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def predict_request(url: str, job_id: str, n_rows: int) -> bytes:
+    """A predict of ``n_rows`` raw iris-like feature rows (fixed, varied values)."""
+    low, high = [4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5]
+    rows = [
+        [round(lo + (hi - lo) * ((7 * i + 3 * j) % 97) / 96, 2)
+         for j, (lo, hi) in enumerate(zip(low, high, strict=True))]
+        for i in range(n_rows)
+    ]  # fmt: skip
+    return post_request(url, f"/v1/jobs/{job_id}/predict", {"rows": rows})
+
+
+def trained_job(url: str, database_url: str, folder: Path) -> str:
+    """A job of ``SPEC`` submitted over HTTP and trained here by a real attempt on the
+    server's database and MLflow store; its id once it has succeeded."""
+    from db.session import make_engine
+    from db.store import JobStore
+    from workers.task import WorkerConfig, run_attempt
+
+    job_id = httpx.post(f"{url}/v1/jobs", json=SPEC, timeout=30).json()["id"]
+    engine = make_engine(database_url)
+    try:
+        [claimed] = JobStore(engine).claim(owner="bench", limit=1, ids=[job_id], lease_seconds=120)
+        config = WorkerConfig(
+            database_url=database_url, tracking_uri=f"sqlite:///{folder}/mlflow.db",
+            artifact_root=str(folder / "artifacts"),
+        )  # fmt: skip
+        status = run_attempt(config, claimed)
+    finally:
+        engine.dispose()
+    if status != "succeeded":
+        raise RuntimeError(f"the benchmark's job {job_id} ended {status}")
+    return job_id
 
 
 def server_cpu(pgid: int) -> float:
@@ -162,11 +211,18 @@ def server_cpu(pgid: int) -> float:
 
 
 async def run_clients(
-    url: str, pgid: int, clients: int, total: int, rate: float | None = None
+    url: str,
+    pgid: int,
+    clients: int,
+    total: int,
+    rate: float | None = None,
+    request: bytes | None = None,
+    expect: int = 201,
 ) -> dict[str, Any]:
-    """``total`` submits over ``clients`` connections: closed loop (``rate`` None), or due
-    at ``rate`` per second (open loop); the latency of each, from when it was due."""
-    request = submit_request(url)
+    """``total`` submits (or ``request``s, answered ``expect``) over ``clients`` connections:
+    closed loop (``rate`` None), or due at ``rate`` per second (open loop); the latency of
+    each, from when it was due."""
+    request = request or submit_request(url)
     connections = [await Connection.open(url) for _ in range(clients)]
     for c in connections[:20]:  # warm up: connections, statement caches
         for _ in range(2):
@@ -180,8 +236,8 @@ async def run_clients(
     async def one(connection: Connection, due: float) -> None:
         status, body = await connection.post(request)
         latencies.append(time.perf_counter() - due)
-        if status != 201:
-            problems.append(f"submit answered {status}: {body[:300]!r}")
+        if status != expect:
+            problems.append(f"request answered {status}: {body[:300]!r}")
 
     async def closed_client(connection: Connection, count: int) -> None:
         for _ in range(count):
@@ -219,7 +275,7 @@ async def run_clients(
     for c in connections:
         c.close()
     if problems:
-        raise RuntimeError(f"{len(problems)} submits failed, first: {problems[0]}")
+        raise RuntimeError(f"{len(problems)} requests failed, first: {problems[0]}")
     ms = sorted(x * 1000 for x in latencies)
     return {
         "clients": clients,
@@ -235,8 +291,11 @@ async def run_clients(
     }
 
 
+PREDICT_CLIENTS = 10
+
+
 def bench(
-    backend: str, requests: int, open_rates: list[float], workers: int
+    backend: str, requests: int, open_rates: list[float], workers: int, predict_only: bool = False
 ) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix=f"gradq-bench-{backend}-") as tmp:
@@ -245,9 +304,20 @@ def bench(
         with urls as database_url, api_server(database_url, folder, workers) as (url, pgid):
             plan: list[tuple[int, float | None]] = [(1, None), (50, None)]
             plan += [(50, rate) for rate in open_rates]
-            for clients, rate in plan:
+            for clients, rate in [] if predict_only else plan:
                 row = asyncio.run(run_clients(url, pgid, clients, requests, rate))
-                rows.append({"backend": backend, "workers": workers, **row})
+                rows.append({"backend": backend, "workers": workers, "request": "submit", **row})
+            job_id = trained_job(url, database_url, folder)
+            cases = [("submit", None, requests), ("predict 1 row", 1, requests),
+                     ("predict 1,000 rows", 1000, max(requests // 10, 20))]  # fmt: skip
+            for what, n_rows, total in cases:
+                request = None if n_rows is None else predict_request(url, job_id, n_rows)
+                row = asyncio.run(
+                    run_clients(url, pgid, PREDICT_CLIENTS, total, None, request,
+                                201 if n_rows is None else 200)
+                )  # fmt: skip
+                rows.append({"backend": backend, "workers": workers, "request": what,
+                             "anchor": what == "submit", **row})  # fmt: skip
     return rows
 
 
@@ -264,16 +334,44 @@ def main() -> None:
         "--open-rate", type=float, nargs="*", default=[200.0], help="open-loop rows (submits/s)"
     )
     parser.add_argument("--workers", type=int, default=1, help="gradq api --workers")
+    parser.add_argument("--predict-only", action="store_true", help="only the predict table")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = [
         row
         for backend in args.backends
-        for row in bench(backend, args.requests, args.open_rate, args.workers)
+        for row in bench(backend, args.requests, args.open_rate, args.workers, args.predict_only)
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    submits = [r for r in rows if r["request"] == "submit" and "anchor" not in r]
+    if submits:
+        print_submits(submits)
+        print()
+    print_predicts([r for r in rows if "anchor" in r])
+
+
+def print_predicts(rows: list[dict[str, Any]]) -> None:
+    """Each predict row against its backend's anchor (submit, the same clients)."""
+    print(
+        "| backend  | load | clients | request            | requests | p50 (ms) | p99 (ms) "
+        "| requests/s | server CPU/request (ms) | p50 / submit p50 | p99 / submit p99 |"
+    )
+    print("|" + "|".join("-" * n for n in (10, 6, 9, 20, 10, 10, 10, 12, 25, 18, 18)) + "|")
+    anchors = {r["backend"]: r for r in rows if r["anchor"]}
+    for r in rows:
+        a = anchors[r["backend"]]
+        print(
+            f"| {r['backend']:<8} | {r['load_avg_1min']:>4.1f} | {r['clients']:>7} "
+            f"| {r['request']:<18} | {r['requests']:>8} | {r['p50_ms']:>8.1f} "
+            f"| {r['p99_ms']:>8.1f} | {r['submits_per_s']:>10.0f} "
+            f"| {r['server_cpu_ms_per_submit']:>23.2f} | {r['p50_ms'] / a['p50_ms']:>16.2f} "
+            f"| {r['p99_ms'] / a['p99_ms']:>16.2f} |"
+        )
+
+
+def print_submits(rows: list[dict[str, Any]]) -> None:
     print(
         "| backend  | workers | load | clients | mode        | p50 (ms) | p99 (ms) | max (ms) "
         "| submits/s | server CPU/submit (ms) | client CPU/submit (ms) | p99 target |"

@@ -3,7 +3,7 @@
 - ``gradq train`` / ``gradcheck``: local training and the gradient check (:mod:`api.cli.local`);
 - ``gradq db upgrade``: the migrations (:mod:`db.cli`);
 - the service: ``gradq serve`` / ``api`` / ``dispatcher`` (:mod:`api.cli.serve`);
-- its clients: ``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``datasets``
+- its clients: ``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``predict``, ``datasets``
   (:mod:`api.cli.commands`, over HTTP with :mod:`api.cli.http`); ``sweep submit``, ``sweeps``,
   ``sweep show``, ``sweep cancel`` (:mod:`api.cli.sweeps`);
 - ``gradq keys`` (:mod:`api.cli.keys`).

@@ -1,9 +1,11 @@
 """The ``gradq`` commands that talk to the service over HTTP: submit (and watch), jobs, show,
-cancel, logs, datasets. ``--url`` defaults to $GRADQ_URL or the address the API listens on
+cancel, logs, predict, datasets. ``--url`` defaults to $GRADQ_URL or the address the API listens on
 by default (``core.defaults.API_URL``), ``--key`` to $GRADQ_API_KEY."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -272,6 +274,51 @@ def logs(
         )
 
 
+def predict(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    rows: Annotated[Path, typer.Argument(help="a CSV file whose header names the features")],
+    checkpoint: Annotated[
+        str, typer.Option(help="best: the job's model; last: its last epoch's weights")
+    ] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print a CSV")] = False,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Predictions of a succeeded job's model for the rows of a CSV file: a table of each
+    row's prediction (a classifier's with its probability), or --csv (a classifier's with
+    one column of probability per class), or --json."""
+    try:
+        data = rows.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]cannot read {rows}: {exc.strerror}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    with ApiClient(url, key) as client:
+        answer = _call(
+            client, "POST", f"/v1/jobs/{job_id}/predict", params={"checkpoint": checkpoint},
+            files={"file": (rows.name, data, "text/csv")},
+        )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(answer))
+        return
+    classes, probabilities = answer.get("classes"), answer.get("probabilities")
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["prediction", *(f"p_{c}" for c in classes or [])])
+        for i, value in enumerate(answer["predictions"]):
+            writer.writerow([value, *(probabilities[i] if probabilities else [])])
+        typer.echo(out.getvalue(), nl=False)
+        return
+    table = Table("row", "prediction", *(["probability"] if probabilities else []))
+    for i, value in enumerate(answer["predictions"]):
+        cells = [str(i + 1), str(value)]
+        if probabilities:
+            cells.append(f"{max(probabilities[i]):.4f}")
+        table.add_row(*cells)
+    console.print(table)
+
+
 @datasets_app.command("upload")
 def upload(
     file: Annotated[Path, typer.Argument(help="a CSV file with a header row")],
@@ -306,6 +353,6 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, jobs, show, cancel, logs, rerun):
+    for command in (submit, jobs, show, cancel, logs, rerun, predict):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

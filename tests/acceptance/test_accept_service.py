@@ -99,6 +99,63 @@ def test_the_runs_files_through_the_api(service: Service, watched: dict[str, Any
     assert f"model_id: {model_id}" in mlmodel.text
 
 
+def test_gradq_predict_answers_what_the_logged_model_computes(
+    service: Service, watched: dict[str, Any]
+) -> None:
+    """``gradq predict JOB rows.csv`` on the job's own test split: the classes and
+    probabilities of the model the run logged to MLflow, as JSON, a table or CSV; a file
+    with a column the model does not know is refused naming it."""
+    import csv
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from core.data import load_dataset
+    from core.spec import parse_spec
+
+    job = watched["job"]
+    spec = parse_spec(SMALL)
+    data = load_dataset(spec.dataset, seed=spec.seed)
+    raw = data.raw(data.X_test)
+    rows = service.folder / "rows.csv"
+    with rows.open("w", newline="") as f:
+        csv.writer(f).writerows([data.feature_names, *raw.tolist()])
+    uri = f"runs:/{job['mlflow_run_id']}/model"
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(service.env["GRADQ_MLFLOW_TRACKING_URI"])
+    try:
+        model = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(old)
+    with torch.no_grad():
+        logged = model(torch.as_tensor(raw, dtype=torch.float32)).numpy()
+    labels = [data.classes[i] for i in logged.argmax(1)]
+
+    done = service.gradq("predict", job["id"], str(rows), "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["classes"], answer["predictions"]) == (data.classes, labels)
+    np.testing.assert_allclose(answer["probabilities"], logged, rtol=1e-5, atol=1e-6)
+    table = service.gradq("predict", job["id"], str(rows), columns=120)
+    assert table.returncode == 0, table.stderr
+    shown = [line.split("│")[1:3] for line in table.stdout.splitlines() if "│" in line]
+    assert [(r.strip(), p.strip()) for r, p in shown] == [
+        (str(i + 1), label) for i, label in enumerate(labels)
+    ]
+    as_csv = service.gradq("predict", job["id"], str(rows), "--csv").stdout.splitlines()
+    assert as_csv[0] == "prediction," + ",".join(f"p_{c}" for c in data.classes)
+    assert [line.split(",")[0] for line in as_csv[1:]] == labels
+
+    bad = service.folder / "bad.csv"
+    bad.write_text("petal width,sepal length (cm)\n1,2\n")
+    refused = service.gradq("predict", job["id"], str(bad))
+    assert refused.returncode == 1
+    assert "HTTP 422 invalid at file: header row: unknown column 'petal width'" in (
+        " ".join(refused.stderr.split())
+    )
+
+
 def test_cancel_running_and_queued_jobs(service: Service) -> None:
     with service.client() as http:
         long = http.post("/v1/jobs", json=LONG).json()

@@ -43,6 +43,7 @@ from core.checkpoint import Checkpoint
 from workers.tracking.artifacts import RunArtifacts
 from workers.tracking.clock import Clock
 from workers.tracking.names import mlflow_key, mlflow_metrics
+from workers.tracking.read import PREDICTORS_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -103,6 +104,9 @@ class RunBuffer:
         self.failures = 0  # MLflow calls that raised
         self.skip_epochs_through = 0  # epochs already in the run (a resumed attempt)
         self.skip_gradchecks_through = -1  # gradcheck steps already in the run
+        self.latest: Checkpoint | None = None  # the last checkpoint taken, sent or not
+        # a checkpoint's params → its predictors file, uploaded beside it (once the data is known)
+        self.predictors: Callable[[list[torch.Tensor]], bytes] | None = None
         self._last_flush = time.monotonic()
         self._last_upload: dict[str, float] = {}  # set when an upload starts
         self._lock = threading.Lock()  # the buffers; never held across an MLflow call
@@ -158,6 +162,7 @@ class RunBuffer:
         sender when due: the cost of ``to_bytes`` is paid per upload, not per epoch."""
         snapshot = _snapshot(checkpoint)
         with self._lock:
+            self.latest = snapshot
             self.pending[LAST_CHECKPOINT] = snapshot
             if checkpoint.best_epoch is not None and checkpoint.best_epoch == checkpoint.epoch:
                 self.pending[BEST_CHECKPOINT] = snapshot
@@ -342,6 +347,14 @@ class RunBuffer:
         sent = self._call(
             "log_artifact", self.artifacts.log_bytes, data, f"{directory}/{CHECKPOINT_FILE}"
         )
+        describe = self.predictors
+        if sent and describe is not None:  # written inside the call: a failure is kept, retried
+            sent = self._call(
+                "log_artifact",
+                lambda: self.artifacts.log_bytes(
+                    describe(snapshot.params), f"{directory}/{PREDICTORS_FILE}"
+                ),
+            )
         if sent:
             with self._lock:
                 if self.pending.get(directory) is snapshot:

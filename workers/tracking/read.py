@@ -32,6 +32,7 @@ from workers.tracking.names import aliases, mlflow_key
 __all__ = [
     "DATASETS_EXPERIMENT",
     "MODEL_FOLDER",
+    "PREDICTORS_FILE",
     "Artifact",
     "Tracking",
     "TrackingUnavailable",
@@ -41,6 +42,8 @@ __all__ = [
 DATASETS_EXPERIMENT = "gradq-datasets"
 MODEL_FOLDER = "model"  # the run's model files, listed under model/ (runs:/<run_id>/model)
 MODEL_URI_TAG = "gradq.model_uri"  # models:/<model_id>, set on the run by its tracker
+# weights for predictions (core.predictor): a succeeded run's, and each checkpoint folder's
+PREDICTORS_FILE = "predictors.npz"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ Nothing connects at import; every entry point takes a ``tracking_uri``. A job's 
   ``final_steps``, ``gradcheck_count`` (no step: logged at step 0, so that they are also the
   logged model's metrics);
 - artifacts: ``checkpoints/last/checkpoint.pt``, ``checkpoints/best/checkpoint.pt``,
-  ``gradcheck/step_XXXXXXXX.json``, ``plots/learning_curve.png``, ``error.txt`` and the model
-  ``model`` (``runs:/<run_id>/model``).
+  ``gradcheck/step_XXXXXXXX.json``, ``plots/learning_curve.png``, ``error.txt``, the model
+  ``model`` (``runs:/<run_id>/model``) and, with it, ``predictors.npz``: the model's and the
+  last epoch's weights with their preprocessing (``core.predictor``, read by the API); each
+  checkpoint folder also holds its own ``predictors.npz`` (set ``weights``) once the data
+  set is logged.
 
 Failure policy: the training callback never raises for an MLflow error (it keeps its buffer
 and retries); ``start()`` and ``finish()`` do raise, and the worker task decides what an
@@ -39,6 +42,8 @@ from typing import TYPE_CHECKING, Literal
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from core.checkpoint import Checkpoint
+from core.export import checkpoint_predictor, export_predictors
+from core.predictor import dump_predictors
 from core.spec import tracked_epoch_metrics
 from workers.tracking.artifacts import RunArtifacts, flatten_params, log_model, param_entities
 from workers.tracking.buffer import (
@@ -58,6 +63,7 @@ from workers.tracking.clock import Clock
 from workers.tracking.inputs import DESCRIPTION_TAG, dataset_input, description
 from workers.tracking.names import aliases
 from workers.tracking.plot import confusion_png, confusion_table, learning_curve_png
+from workers.tracking.read import PREDICTORS_FILE
 from workers.tracking.scope import scoped_name
 
 if TYPE_CHECKING:
@@ -241,7 +247,15 @@ class JobTracker:
     def log_dataset(self, data: Dataset) -> None:
         """Record ``data`` (its training part) as the run's dataset input, sent with the next
         metrics (needs ``start()``). A resumed run that has it already is left as it is. Never
-        raises: a data set MLflow cannot describe is logged as a warning, the job goes on."""
+        raises: a data set MLflow cannot describe is logged as a warning, the job goes on.
+
+        From then on each checkpoint is uploaded with its ``predictors.npz`` (its weights and
+        the data's preprocessing, ``core.predictor``): a job's predictions while it runs."""
+        activation = self.spec.model.activation
+        loss = self.spec.resolved_loss(data.task)
+        self._make_buffer().predictors = lambda params: dump_predictors(
+            {"weights": checkpoint_predictor(params, data, activation=activation, loss=loss)}
+        )
         if self._has_dataset:
             return
         try:
@@ -344,6 +358,7 @@ class JobTracker:
                 except BaseException:
                     buffer.flush()  # the epochs stay in the run that is closed FAILED
                     raise
+                self._artifacts().log_bytes(self._predictors(result), PREDICTORS_FILE)
                 self.model_uri = info.model_uri
                 self.model_version = info.registered_model_version
                 tags.append(RunTag("gradq.model_uri", info.model_uri))
@@ -363,6 +378,12 @@ class JobTracker:
         self._check_alive()
         client.set_terminated(run_id, _STATUS[status])
         self.finished = True
+
+    def _predictors(self, result: TrainResult) -> bytes:
+        """The model's weights and the last checkpoint's (this attempt's last epoch), with
+        their preprocessing, for predictions without torch (``core.predictor``)."""
+        latest = self._buffer.latest if self._buffer is not None else None
+        return export_predictors(result, last=None if latest is None else latest.params)
 
     def abandon(self) -> None:
         """Stop the sender thread and drop what is buffered: the run is another attempt's."""

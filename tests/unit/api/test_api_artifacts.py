@@ -46,7 +46,8 @@ def run_with_artifacts(tmp_path: Path, files: dict[str, bytes], *, model: bool) 
     source = tmp_path / f"src-{run_id}"
     write(source, files)
     for name in files:
-        client.log_artifact(run_id, str(source / name), str(Path(name).parent))
+        folder = str(Path(name).parent)
+        client.log_artifact(run_id, str(source / name), None if folder == "." else folder)
     if model:
         logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
         client.log_model_artifacts(logged.model_id, str(write(tmp_path / "m", MODEL_FILES)))
