@@ -57,7 +57,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from core.spec import JobSpec
+from core.failures import TRANSIENT, retriable
+from core.spec import JobSpec, RetrySpec
 from db.errors import InvalidTransition, JobNotFound, StaleAttempt, StoreError
 from db.models import EVENTS, JOBS, QUEUE_DEPTH, UTCDateTime, utcnow
 from db.queries import (
@@ -70,6 +71,7 @@ from db.queries import (
     jobs_by_id,
     keyed_jobs,
     queue_counts,
+    ready,
 )
 from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus, StopReason, require
@@ -181,7 +183,8 @@ class JobStore(JobQueries):
 
         In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
         lease_seconds) and ``started_at``; a queued→running event is written in the same
-        transaction. Jobs with ``cancel_requested`` are skipped. Never claims a job twice.
+        transaction. Jobs with ``cancel_requested`` are skipped, and so is a retried job
+        before its ``not_before`` (its backoff). Never claims a job twice.
         """
         now = utcnow()
         expires = now + timedelta(seconds=lease_seconds)
@@ -190,7 +193,7 @@ class JobStore(JobQueries):
         only = [JOBS.c.id.in_(list(ids))] if ids is not None else []
         picked = (
             select(JOBS.c.id)
-            .where(*CLAIMABLE, *only)
+            .where(*CLAIMABLE, ready(now), *only)
             .order_by(*claim_order_by())
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -204,6 +207,7 @@ class JobStore(JobQueries):
             started_at=now,
             pending_reason=None,
             node=None,
+            not_before=None,
         )
         extra = (
             JOBS.c.spec,
@@ -371,6 +375,11 @@ class JobStore(JobQueries):
     ) -> JobView:
         """End the running ``attempt`` as succeeded, failed or cancelled (fenced).
 
+        A failure of a transient class (``error["type"]``) that the job's ``retry.on`` lists,
+        with retries left, goes back to the queue in the same transaction: running → failed
+        → queued, two events (the second names the class, the retry and its backoff), the
+        error kept and ``not_before`` set (:func:`_retry`). No reader sees that ``failed``.
+
         Sets ``finished_at``, the result/error, the last ``progress`` (if given: a job shorter
         than a heartbeat interval would otherwise show none), clears the lease, writes an
         event with a reason.
@@ -386,6 +395,7 @@ class JobStore(JobQueries):
         )
         if progress is not None:
             values["progress"] = progress
+        failed = new is JobStatus.FAILED
         with write_tx(self._engine) as conn:
             rows = move(
                 conn,
@@ -395,9 +405,12 @@ class JobStore(JobQueries):
                 values,
                 reason or _finish_reason(new, error),
                 now,
+                (JOBS.c.spec, JOBS.c.retries) if failed else (),
             )
             if not rows:
                 refuse(conn, job_id, attempt, new)
+            if failed:
+                _retry(conn, rows[0], error, now)
             return self.view(conn, job_id)
 
     # --- cancel, leases, scheduling --------------------------------------------------------
@@ -480,7 +493,8 @@ class JobStore(JobQueries):
         cancelled, failed "lost" or queued, with one event naming the reason."""
         cleared = dict(lease_owner=None, lease_expires_at=None)
         cancel, keep = JOBS.c.cancel_requested == true(), JOBS.c.cancel_requested == false()
-        spent = JOBS.c.attempt >= JOBS.c.max_attempts
+        # the attempts lost leases took: a retry's attempt (``finish``) is not one of them
+        spent = JOBS.c.attempt - func.coalesce(JOBS.c.retries, 0) >= JOBS.c.max_attempts
         if died is None:
             message = "lease expired on the last attempt: attempts exhausted"
             reasons = (LOST_CANCELLED, LOST, "lease expired; requeued")
@@ -583,6 +597,26 @@ class JobStore(JobQueries):
                         [dict(tenant=t, priority=p, queued=n) for (t, p), n in truth.items()],
                     )
         return changed
+
+
+def _retry(conn: Connection, row: Row[Any], error: Any, now: datetime) -> None:
+    """failed → queued for the job just failed (``row``: its id, spec and retries) when its
+    error's class is one its ``spec.retry`` retries and it has retries left: ``retries`` + 1,
+    ``not_before`` after the backoff, the event and the pending reason saying which class,
+    why, and when it may run again."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    policy = (row.spec or {}).get("retry")
+    done = row.retries or 0
+    if not policy or not retriable(kind, policy.get("on", [])) or done >= policy["max"]:
+        return
+    spec = RetrySpec.model_validate(policy)
+    at = now + timedelta(seconds=spec.delay(done))
+    message = str(error.get("message", ""))[:300]
+    why = f"retry {done + 1} of {spec.max} after {kind} ({TRANSIENT[str(kind)]}): {message}"
+    why += f"; not before {at.isoformat(timespec='seconds')}"
+    values = dict(retries=done + 1, not_before=at, finished_at=None, pending_reason=why)
+    kept = [JOBS.c.id == row.id, JOBS.c.cancel_requested == false()]  # a cancel stands
+    move(conn, JobStatus.FAILED, Q, kept, values, why, now)
 
 
 def _finish_reason(status: JobStatus, error: Any) -> str:

@@ -43,6 +43,8 @@ class JobView:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    retries: int | None = None  # retries after a transient failure (migration 0009)
+    not_before: datetime | None = None  # a retried job waits for it before a claim
     created: bool = field(default=False, compare=False)
 
     @classmethod
