@@ -83,6 +83,13 @@ class Job(BaseModel):
     links: JobLinks
 
 
+class Deleted(BaseModel):
+    id: str
+    mlflow_run_id: str | None = Field(description="the job's MLflow run, now deleted")
+    freed_files: int = Field(description="files removed from the artifact store")
+    freed_bytes: int = Field(description="their bytes")
+
+
 class JobPage(BaseModel):
     items: list[Job]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page")

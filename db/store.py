@@ -24,6 +24,7 @@ The per-(tenant, priority) counts of ``queue_depth`` follow every write by trigg
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -60,7 +61,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from core.failures import TRANSIENT, retriable
 from core.spec import JobSpec, RetrySpec
 from db.errors import InvalidTransition, JobNotFound, StaleAttempt, StoreError
-from db.models import EVENTS, JOBS, QUEUE_DEPTH, UTCDateTime, utcnow
+from db.models import EVENTS, JOBS, QUEUE_DEPTH, TRIALS, UTCDateTime, utcnow
 from db.queries import (
     CLAIMABLE,
     STOP_REASON_STORE,
@@ -562,6 +563,44 @@ class JobStore(JobQueries):
                 ).first()
                 is not None
             )
+
+    # --- retention -------------------------------------------------------------------------
+
+    def delete(self, *, job_id: str, tenant: str | None = None) -> JobView:
+        """Remove a finished job (of ``tenant``) and its events; returns the job as it was.
+        :class:`JobNotFound` when absent or another tenant's; :class:`InvalidTransition`
+        (to "deleted") while it is queued or running, and for a sweep's trial, which its
+        sweep keeps. The caller frees its MLflow run first (``api.routes.jobs``)."""
+        with write_tx(self._engine) as conn:
+            row = conn.execute(select(JOBS).where(*job_scope(job_id, tenant))).mappings().first()
+            if row is None:
+                raise JobNotFound(job_id)
+            job = JobView.from_row(row)
+            trial = conn.execute(select(TRIALS.c.sweep_id).where(TRIALS.c.job_id == job_id))
+            if job.status not in TERMINAL or trial.first() is not None:
+                raise InvalidTransition(job_id, job.status.value, "deleted")
+            conn.execute(delete(EVENTS).where(EVENTS.c.job_id == job_id))
+            conn.execute(delete(JOBS).where(JOBS.c.id == job_id))
+            return job
+
+    def finished_runs(
+        self, *, before: datetime, tenant: str | None = None
+    ) -> builtins.list[tuple[str, str, str, datetime]]:
+        """(job id, tenant, MLflow run id, finished at) of the jobs finished before
+        ``before`` that have a run, oldest first: what a retention policy expires."""
+        query = (
+            select(JOBS.c.id, JOBS.c.tenant, JOBS.c.mlflow_run_id, JOBS.c.finished_at)
+            .where(
+                JOBS.c.status.in_([s.value for s in TERMINAL]),
+                JOBS.c.finished_at < before,
+                JOBS.c.mlflow_run_id.is_not(None),
+            )
+            .order_by(JOBS.c.finished_at, JOBS.c.id)
+        )
+        if tenant is not None:
+            query = query.where(JOBS.c.tenant == tenant)
+        with read_tx(self._engine) as conn:
+            return [(r.id, r.tenant, r.mlflow_run_id, r.finished_at) for r in conn.execute(query)]
 
     # --- upkeep ----------------------------------------------------------------------------
 

@@ -89,6 +89,8 @@ def stop_mlflow(process: subprocess.Popen[bytes], uri: str) -> None:
             httpx.get(f"{uri}/health", timeout=2)
         except httpx.ConnectError:
             return
+        except httpx.TransportError:  # reset by a worker being killed: not refused yet
+            pass
         time.sleep(0.2)
 
 
