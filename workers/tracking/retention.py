@@ -46,10 +46,11 @@ def free_run(
 ) -> Freed:
     """Remove the run's artifacts but those under ``keep`` (paths such as
     ``checkpoints/last``) and, with ``models``, the models logged from the run (their files,
-    and the models themselves); with ``delete_run`` also mark the run deleted (and delete the
-    registered model versions made from it). Without ``apply`` nothing is changed: the answer
-    says what would be freed. A run MLflow no longer has frees nothing. Raises when MLflow
-    fails (the caller keeps its record, so that a later try frees the rest)."""
+    and the models themselves) but those a registered model version holds; with
+    ``delete_run`` also those, with their registered versions, and mark the run deleted.
+    Without ``apply`` nothing is changed: the answer says what would be freed. A run MLflow
+    no longer has frees nothing. Raises when MLflow fails (the caller keeps its record, so
+    that a later try frees the rest)."""
     from mlflow.exceptions import MlflowException
 
     from workers.tracking.artifacts import artifact_repository
@@ -63,8 +64,12 @@ def free_run(
         raise
     kept = tuple(p.strip("/") for p in keep)
     freed = _free(artifact_repository(run.info.artifact_uri, tracking_uri), None, kept, apply)
+    versions = client.search_model_versions(f"run_id = '{run_id}'") if models else []
+    registered = {_model_id(v) for v in versions}
     if models:
         for model in _logged_models(client, run.info.experiment_id, run_id):
+            if model.model_id in registered and not delete_run:
+                continue  # a registered version's files stay while it is registered
             repo = artifact_repository(model.artifact_location, tracking_uri)
             gone = _free(repo, None, (), apply)
             gone.models.append(model.model_id)
@@ -72,10 +77,17 @@ def free_run(
                 client.delete_logged_model(model.model_id)
             freed.add(gone)
     if apply and delete_run:
-        for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        for version in versions:
             client.delete_model_version(version.name, version.version)
         client.delete_run(run_id)
     return freed
+
+
+def _model_id(version: Any) -> str | None:
+    """The logged model a registered version holds (its ``source``, ``models:/<id>``, where
+    the store does not fill its ``model_id``)."""
+    source = str(version.source or "")
+    return version.model_id or (source.split("/")[1] if source.startswith("models:/") else None)
 
 
 def _logged_models(client: Any, experiment_id: str, run_id: str) -> list[Any]:

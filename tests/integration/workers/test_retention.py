@@ -41,9 +41,11 @@ class Service:
     db_url: str
     tracking_uri: str
 
-    def trained(self, tenant: str = "a") -> str:
-        """A job of ``tenant`` trained to its end (succeeded, its model logged)."""
-        job = self.store.submit(spec=parse_spec(SPEC), tenant=tenant)
+    def trained(self, tenant: str = "a", register_as: str | None = None) -> str:
+        """A job of ``tenant`` trained to its end (succeeded, its model logged and, with
+        ``register_as``, registered)."""
+        spec = {**SPEC, "register_as": register_as} if register_as else SPEC
+        job = self.store.submit(spec=parse_spec(spec), tenant=tenant)
         [claimed] = self.store.claim(owner="test", lease_seconds=60, ids=[job.id])
         assert run_attempt(self.config, claimed) == "succeeded"
         return job.id
@@ -80,15 +82,17 @@ def files(folder: Path) -> set[str]:
     return {str(Path(root, n).relative_to(folder)) for root, _, ns in os.walk(folder) for n in ns}
 
 
-def logged_models(service: Service, job_id: str) -> list[str]:
+def logged_models(service: Service, job_id: str) -> list[Path]:
+    """The folders of the models logged from the job's run."""
     client = MlflowClient(service.tracking_uri)
     run = client.get_run(service.store.get(job_id=job_id).mlflow_run_id)
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    return [m.model_id for m in found if m.source_run_id == run.info.run_id]
+    return [Path(m.artifact_location.removeprefix("file://"))
+            for m in found if m.source_run_id == run.info.run_id]  # fmt: skip
 
 
 def test_delete_removes_the_run_its_bytes_and_the_job(service: Service, tmp_path: Path) -> None:
-    deleted, kept = service.trained(), service.trained()
+    deleted, kept = service.trained(register_as="deleted-model"), service.trained()
     queued = service.store.submit(spec=parse_spec(SPEC), tenant="a").id
     keys = KeyStore(service.store._engine)
     a = {"Authorization": f"Bearer {keys.create(tenant='a')[1]}"}
@@ -97,9 +101,10 @@ def test_delete_removes_the_run_its_bytes_and_the_job(service: Service, tmp_path
                         mlflow_artifact_root=str(service.artifacts), auth="keys",
                         allowed_hosts="testserver")  # fmt: skip
     run_folder, kept_folder = service.run_folder(deleted), service.run_folder(kept)
-    model_ids = logged_models(service, deleted)
+    model_folders = logged_models(service, deleted)
     run_id = service.store.get(job_id=deleted).mlflow_run_id
-    assert model_ids and size(run_folder) > 0
+    assert model_folders and size(run_folder) > 0
+    assert all(size(folder) > 0 for folder in model_folders)
     before, kept_before = size(service.artifacts), files(kept_folder)
 
     with TestClient(create_app(settings)) as http:
@@ -122,8 +127,9 @@ def test_delete_removes_the_run_its_bytes_and_the_job(service: Service, tmp_path
     assert size(run_folder) == 0  # every byte of its run, not only marked deleted
     client = MlflowClient(service.tracking_uri)
     assert client.get_run(run_id).info.lifecycle_stage == "deleted"
-    for model_id in model_ids:
-        assert size(service.artifacts / "1" / "models" / model_id) == 0
+    for folder in model_folders:
+        assert size(folder) == 0
+    assert client.search_model_versions("name = 'deleted-model'") == []
     assert files(kept_folder) == kept_before  # another job's run is untouched
 
 
@@ -131,22 +137,26 @@ def test_gc_dry_run_changes_nothing_and_apply_frees_the_expired(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expired, recent = service.trained(), service.trained()
+    registered = service.trained(register_as="registered")
     with service.store._engine.begin() as conn:
-        conn.execute(update(JOBS).where(JOBS.c.id == expired)
+        conn.execute(update(JOBS).where(JOBS.c.id.in_([expired, registered]))
                      .values(finished_at=utcnow() - timedelta(days=40)))  # fmt: skip
+    [kept_model] = logged_models(service, registered)
+    kept_bytes = size(kept_model)
     monkeypatch.setenv("GRADQ_DATABASE_URL", service.db_url)
     monkeypatch.setenv("GRADQ_MLFLOW_TRACKING_URI", service.tracking_uri)
     monkeypatch.setenv("GRADQ_RETENTION_DAYS", "30")
     old, new = service.run_folder(expired), service.run_folder(recent)
     recent_files = files(new)
-    before, listed, models = size(service.artifacts), files(service.artifacts), logged_models(
-        service, expired)  # fmt: skip
+    before, listed = size(service.artifacts), files(service.artifacts)
+    models = logged_models(service, expired)
+    assert models and all(size(folder) > 0 for folder in models)
 
     dry = CliRunner().invoke(cli, ["gc"])
     assert dry.exit_code == 0, dry.output
     assert files(service.artifacts) == listed and size(service.artifacts) == before
     assert expired in dry.output and recent not in dry.output
-    assert "would free" in dry.output
+    assert "would free" in dry.output and registered in dry.output
 
     done = CliRunner().invoke(cli, ["gc", "--apply"])
     assert done.exit_code == 0, done.output
@@ -155,9 +165,12 @@ def test_gc_dry_run_changes_nothing_and_apply_frees_the_expired(
     assert f"would free {freed:,} bytes" in dry.output  # the dry run said what it would free
     left = files(old)  # the default policy keeps the last and best checkpoints
     assert left == {"checkpoints/last/checkpoint.pt", "checkpoints/best/checkpoint.pt"}
-    for model_id in models:
-        assert size(service.artifacts / "1" / "models" / model_id) == 0
+    assert all(size(folder) == 0 for folder in models)
     assert files(new) == recent_files  # a job within the policy keeps everything
+    # a registered version's model stays whole, its run's other files go
+    assert size(kept_model) == kept_bytes > 0
+    assert MlflowClient(service.tracking_uri).search_model_versions("name = 'registered'")
+    assert files(service.run_folder(registered)) == left
     assert service.store.get(job_id=expired).status.value == "succeeded"  # the job stays
 
     again = CliRunner().invoke(cli, ["gc", "--apply"])
