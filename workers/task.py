@@ -12,7 +12,11 @@ no heartbeat through, and writes nothing more to MLflow (``Lease``). A job
 is ``succeeded`` only once its model and artifacts are in MLflow: when ``finish()`` fails for
 a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED. An
 uploaded data set whose fetched bytes are not those uploaded (their sha256) fails the job at
-once (``dataset_changed``), without training on them.
+once (``dataset_changed``), without training on them. MLflow unreachable when the run
+opens fails the attempt as ``tracking_unavailable``; the database away mid-attempt, for a
+job whose ``retry.on`` lists ``database_unavailable``, as that class once the database
+answers again (else the lease decides, as ever). Whether a failure is retried is decided
+by ``JobStore.finish`` (``core.failures``).
 """
 
 from __future__ import annotations
