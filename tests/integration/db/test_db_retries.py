@@ -48,6 +48,7 @@ def test_a_transient_failure_goes_back_to_the_queue_in_the_same_write(
     assert "not before" in said and after.pending_reason == said
 
     assert store.claim(owner="w", lease_seconds=30) == []  # its backoff holds it
+    assert store.recount_queue_depth() == {}  # the queue counters followed the retry
     assert store.next_queued() == []
     backoff_over(engine, job.id)
     [again] = store.claim(owner="w", lease_seconds=30)
