@@ -65,6 +65,7 @@ class Job(BaseModel):
     status: JobStatus
     attempt: int
     max_attempts: int
+    retries: int = Field(0, description="retries after a transient failure (spec.retry)")
     priority: int
     cancel_requested: bool
     queue_position: int | None = Field(None, description="queued jobs a claim takes first")
