@@ -52,6 +52,7 @@ def job(
         status=view.status,
         attempt=view.attempt,
         max_attempts=view.max_attempts,
+        retries=view.retries or 0,
         priority=view.priority,
         cancel_requested=view.cancel_requested,
         queue_position=queue_position,

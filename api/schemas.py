@@ -65,6 +65,7 @@ class Job(BaseModel):
     status: JobStatus
     attempt: int
     max_attempts: int
+    retries: int = Field(0, description="retries after a transient failure (spec.retry)")
     priority: int
     cancel_requested: bool
     queue_position: int | None = Field(None, description="queued jobs a claim takes first")
@@ -83,6 +84,13 @@ class Job(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, description="the spec's tags")
     origin_job_id: str | None = Field(None, description="a rerun's: the job it was made from")
     links: JobLinks
+
+
+class Deleted(BaseModel):
+    id: str
+    mlflow_run_id: str | None = Field(description="the job's MLflow run, now deleted")
+    freed_files: int = Field(description="files removed from the artifact store")
+    freed_bytes: int = Field(description="their bytes")
 
 
 class JobPage(BaseModel):

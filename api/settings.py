@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     pack_size: int = Field(32, ge=1, le=4096)
     pack_size_gpu: int = Field(512, ge=1, le=65_536)
 
+    # --- retention (README, "Deleting jobs and retention"): `gradq gc` frees the artifact
+    # bytes of the jobs finished more than retention_days ago (None: nothing expires),
+    # keeping their last and best checkpoints ("checkpoints") or nothing ("nothing")
+    retention_days: int | None = Field(None, ge=1, le=36_500)
+    retention_keep: Literal["checkpoints", "nothing"] = "checkpoints"
+
     # --- what a web page in a user's browser can reach (README.md, Browsers) -----------------
     # Names (a Host header without its port) the API answers to besides the loopback names
     # (localhost, 127.0.0.1, ::1) and `host`: a reverse proxy's public name, say. Comma

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.failures import PERMANENT, TRANSIENT
+
 Activation = Literal[
     "sigmoid", "tanh", "relu", "leaky_relu", "identity", "gelu", "elu", "silu", "softplus"
 ]
@@ -350,6 +352,36 @@ class ResourcesSpec(_Section):
     gpus: float = Field(0.0, ge=0.0, le=16)
 
 
+class RetrySpec(_Section):
+    """Retries of a job whose attempt failed for a transient class (``core.failures``):
+    at most ``max`` of them, each after a backoff of ``backoff_seconds`` doubled at each
+    retry (at most an hour). A permanent class is never retried."""
+
+    max: int = Field(3, ge=1, le=10)
+    on: list[str] = Field(min_length=1, max_length=len(TRANSIENT))
+    backoff_seconds: float = Field(10.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _classes(self) -> RetrySpec:
+        allowed = ", ".join(TRANSIENT)
+        errors = []
+        for i, name in enumerate(self.on):
+            if name in PERMANENT:
+                message = f"{name!r} is permanent ({PERMANENT[name]}): never retried; "
+            elif name not in TRANSIENT:
+                message = f"unknown failure class {name!r}; "
+            else:
+                continue
+            errors.append(_fe(f"on[{i}]", message + f"retriable ones: {allowed}"))
+        if errors:
+            raise _Nested(errors)
+        return self
+
+    def delay(self, retries: int) -> float:
+        """Seconds before the retry that follows ``retries`` earlier ones."""
+        return float(min(self.backoff_seconds * 2**retries, 3600.0))
+
+
 class TrialSpec(_Section):
     """What makes a job a sweep's trial: set by the sweep controller (``workers.sweeps``),
     never by a user's submit. ``params`` are the searched values (a path of the spec → the
@@ -426,6 +458,7 @@ class JobSpec(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     priority: int = Field(0, ge=-1000, le=1000)
     max_attempts: int = Field(3, ge=1, le=100)
+    retry: RetrySpec | None = Field(None, description="retries after a transient failure")
     checkpoint_every: int = Field(1, ge=1, le=100_000, description="epochs between checkpoints")
     register_as: str | None = Field(None, min_length=1, max_length=200)
     trial: TrialSpec | None = Field(None, description="set by sweeps only")

@@ -150,6 +150,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     origin_job_id: Mapped[str | None] = mapped_column(String(36))  # a rerun's, migration 0007
+    # the retries after a transient failure (``spec.retry``; NULL: none), counted apart
+    # from the attempts lost leases take, and when a retried job may be claimed again
+    retries: Mapped[int | None] = mapped_column(Integer)  # migration 0009
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)  # migration 0009
 
 
 class JobEvent(Base):

@@ -41,7 +41,7 @@ from db.filters import (
     sorted_by,
     tag_terms,
 )
-from db.models import EVENTS, JOBS, QUEUE_DEPTH
+from db.models import EVENTS, JOBS, QUEUE_DEPTH, utcnow
 from db.session import read_tx
 from db.states import JobStatus, StopReason
 from db.views import EventView, JobView, StopRequest
@@ -56,6 +56,14 @@ CLAIMABLE: tuple[ColumnElement[bool], ...] = (
 )
 """WHERE terms of the jobs a claim may take: queued, no cancel requested (the rows the
 queue-depth counters of migration 0003 count)."""
+
+
+def ready(now: datetime) -> ColumnElement[bool]:
+    """WHERE term of the queued jobs a claim may take at ``now``: no backoff, or its
+    ``not_before`` passed (a retried job's, ``db.store._retry``). Apart from
+    :data:`CLAIMABLE`: the queue-depth counters count a job waiting for its backoff."""
+    return or_(JOBS.c.not_before.is_(None), JOBS.c.not_before <= now)
+
 
 CLAIM_ORDER: tuple[tuple[str, bool], ...] = (
     ("priority", True),
@@ -253,9 +261,11 @@ class JobQueries:
             return int(conn.execute(query).scalar_one())
 
     def next_queued(self, *, limit: int = 16) -> builtins.list[JobView]:
-        """The queued jobs a claim would take next, in the claim order; read-only: the
-        dispatcher looks at their resources before claiming."""
-        query = select(JOBS).where(*CLAIMABLE).order_by(*claim_order_by()).limit(limit)
+        """The queued jobs a claim would take next, in the claim order (not those waiting
+        for a retry's backoff); read-only: the dispatcher looks at their resources before
+        claiming."""
+        query = select(JOBS).where(*CLAIMABLE, ready(utcnow()))
+        query = query.order_by(*claim_order_by()).limit(limit)
         with read_tx(self._engine) as conn:
             return [JobView.from_row(r) for r in conn.execute(query).mappings()]
 

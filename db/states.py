@@ -26,7 +26,10 @@ class JobStatus(StrEnum):
 TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
 )
-"""Statuses a job never leaves."""
+"""Statuses a job is done in: no reader ever sees a job leave one. ``failed → queued`` (a
+retry) is made only inside the transaction that wrote ``running → failed``
+(:meth:`db.store.JobStore.finish`), so a committed ``failed`` is final: a job being retried is
+seen queued, never failed, and a watcher that stops at a terminal status stops for good."""
 
 INITIAL = JobStatus.QUEUED
 """The status of a newly submitted job (its first event reads None → queued)."""
@@ -47,7 +50,10 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
         }
     ),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
+    # a retry: the attempt failed for a transient class its spec's ``retry.on`` lists, with
+    # retries left. Only in the same transaction as the running → failed it follows
+    # (``JobStore.finish``): no reader sees that failed (see TERMINAL)
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELLED: frozenset(),
     JobStatus.PRUNED: frozenset(),
 }

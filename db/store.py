@@ -25,6 +25,7 @@ The per-(tenant, priority) counts of ``queue_depth`` follow every write by trigg
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -58,9 +59,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from core.spec import JobSpec
+from core.failures import TRANSIENT, retriable
+from core.spec import JobSpec, RetrySpec
 from db.errors import InvalidTransition, JobNotFound, StaleAttempt, StoreError
-from db.models import EVENTS, JOBS, QUEUE_DEPTH, UTCDateTime, utcnow
+from db.models import EVENTS, JOBS, QUEUE_DEPTH, TRIALS, UTCDateTime, utcnow
 from db.queries import (
     CLAIMABLE,
     STOP_REASON_STORE,
@@ -71,6 +73,7 @@ from db.queries import (
     jobs_by_id,
     keyed_jobs,
     queue_counts,
+    ready,
 )
 from db.session import json_text, one_statement_tx, ping, read_tx, write_tx
 from db.states import TERMINAL, JobStatus, StopReason, require
@@ -183,7 +186,8 @@ class JobStore(JobQueries):
 
         In one statement each becomes running with ``attempt + 1``, the lease (owner, now +
         lease_seconds) and ``started_at``; a queued→running event is written in the same
-        transaction. Jobs with ``cancel_requested`` are skipped. Never claims a job twice.
+        transaction. Jobs with ``cancel_requested`` are skipped, and so is a retried job
+        before its ``not_before`` (its backoff). Never claims a job twice.
         """
         now = utcnow()
         expires = now + timedelta(seconds=lease_seconds)
@@ -192,7 +196,7 @@ class JobStore(JobQueries):
         only = [JOBS.c.id.in_(list(ids))] if ids is not None else []
         picked = (
             select(JOBS.c.id)
-            .where(*CLAIMABLE, *only)
+            .where(*CLAIMABLE, ready(now), *only)
             .order_by(*claim_order_by())
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -206,6 +210,7 @@ class JobStore(JobQueries):
             started_at=now,
             pending_reason=None,
             node=None,
+            not_before=None,
         )
         extra = (
             JOBS.c.spec,
@@ -373,6 +378,11 @@ class JobStore(JobQueries):
     ) -> JobView:
         """End the running ``attempt`` as succeeded, failed or cancelled (fenced).
 
+        A failure of a transient class (``error["type"]``) that the job's ``retry.on`` lists,
+        with retries left, goes back to the queue in the same transaction: running → failed
+        → queued, two events (the second names the class, the retry and its backoff), the
+        error kept and ``not_before`` set (:func:`_retry`). No reader sees that ``failed``.
+
         Sets ``finished_at``, the result/error, the last ``progress`` (if given: a job shorter
         than a heartbeat interval would otherwise show none), clears the lease, writes an
         event with a reason.
@@ -388,6 +398,7 @@ class JobStore(JobQueries):
         )
         if progress is not None:
             values["progress"] = progress
+        failed = new is JobStatus.FAILED
         with write_tx(self._engine) as conn:
             rows = move(
                 conn,
@@ -397,9 +408,12 @@ class JobStore(JobQueries):
                 values,
                 reason or _finish_reason(new, error),
                 now,
+                (JOBS.c.spec, JOBS.c.retries) if failed else (),
             )
             if not rows:
                 refuse(conn, job_id, attempt, new)
+            if failed:
+                _retry(conn, rows[0], error, now)
             return self.view(conn, job_id)
 
     # --- cancel, leases, scheduling --------------------------------------------------------
@@ -482,7 +496,8 @@ class JobStore(JobQueries):
         cancelled, failed "lost" or queued, with one event naming the reason."""
         cleared = dict(lease_owner=None, lease_expires_at=None)
         cancel, keep = JOBS.c.cancel_requested == true(), JOBS.c.cancel_requested == false()
-        spent = JOBS.c.attempt >= JOBS.c.max_attempts
+        # the attempts lost leases took: a retry's attempt (``finish``) is not one of them
+        spent = JOBS.c.attempt - func.coalesce(JOBS.c.retries, 0) >= JOBS.c.max_attempts
         if died is None:
             message = "lease expired on the last attempt: attempts exhausted"
             reasons = (LOST_CANCELLED, LOST, "lease expired; requeued")
@@ -551,6 +566,44 @@ class JobStore(JobQueries):
                 is not None
             )
 
+    # --- retention -------------------------------------------------------------------------
+
+    def delete(self, *, job_id: str, tenant: str | None = None) -> JobView:
+        """Remove a finished job (of ``tenant``) and its events; returns the job as it was.
+        :class:`JobNotFound` when absent or another tenant's; :class:`InvalidTransition`
+        (to "deleted") while it is queued or running, and for a sweep's trial, which its
+        sweep keeps. The caller frees its MLflow run first (``api.routes.jobs``)."""
+        with write_tx(self._engine) as conn:
+            row = conn.execute(select(JOBS).where(*job_scope(job_id, tenant))).mappings().first()
+            if row is None:
+                raise JobNotFound(job_id)
+            job = JobView.from_row(row)
+            trial = conn.execute(select(TRIALS.c.sweep_id).where(TRIALS.c.job_id == job_id))
+            if job.status not in TERMINAL or trial.first() is not None:
+                raise InvalidTransition(job_id, job.status.value, "deleted")
+            conn.execute(delete(EVENTS).where(EVENTS.c.job_id == job_id))
+            conn.execute(delete(JOBS).where(JOBS.c.id == job_id))
+            return job
+
+    def finished_runs(
+        self, *, before: datetime, tenant: str | None = None
+    ) -> builtins.list[tuple[str, str, str, datetime]]:
+        """(job id, tenant, MLflow run id, finished at) of the jobs finished before
+        ``before`` that have a run, oldest first: what a retention policy expires."""
+        query = (
+            select(JOBS.c.id, JOBS.c.tenant, JOBS.c.mlflow_run_id, JOBS.c.finished_at)
+            .where(
+                JOBS.c.status.in_([s.value for s in TERMINAL]),
+                JOBS.c.finished_at < before,
+                JOBS.c.mlflow_run_id.is_not(None),
+            )
+            .order_by(JOBS.c.finished_at, JOBS.c.id)
+        )
+        if tenant is not None:
+            query = query.where(JOBS.c.tenant == tenant)
+        with read_tx(self._engine) as conn:
+            return [(r.id, r.tenant, r.mlflow_run_id, r.finished_at) for r in conn.execute(query)]
+
     # --- upkeep ----------------------------------------------------------------------------
 
     def recount_queue_depth(self) -> dict[tuple[str, int], tuple[int, int]]:
@@ -585,6 +638,26 @@ class JobStore(JobQueries):
                         [dict(tenant=t, priority=p, queued=n) for (t, p), n in truth.items()],
                     )
         return changed
+
+
+def _retry(conn: Connection, row: Row[Any], error: Any, now: datetime) -> None:
+    """failed → queued for the job just failed (``row``: its id, spec and retries) when its
+    error's class is one its ``spec.retry`` retries and it has retries left: ``retries`` + 1,
+    ``not_before`` after the backoff, the event and the pending reason saying which class,
+    why, and when it may run again."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    policy = (row.spec or {}).get("retry")
+    done = row.retries or 0
+    if not policy or not retriable(kind, policy.get("on", [])) or done >= policy["max"]:
+        return
+    spec = RetrySpec.model_validate(policy)
+    at = now + timedelta(seconds=spec.delay(done))
+    message = str(error.get("message", ""))[:300]
+    why = f"retry {done + 1} of {spec.max} after {kind} ({TRANSIENT[str(kind)]}): {message}"
+    why += f"; not before {at.isoformat(timespec='seconds')}"
+    values = dict(retries=done + 1, not_before=at, finished_at=None, pending_reason=why)
+    kept = [JOBS.c.id == row.id, JOBS.c.cancel_requested == false()]  # a cancel stands
+    move(conn, JobStatus.FAILED, Q, kept, values, why, now)
 
 
 def _finish_reason(status: JobStatus, error: Any) -> str:

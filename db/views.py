@@ -44,6 +44,8 @@ class JobView:
     finished_at: datetime | None
     updated_at: datetime
     origin_job_id: str | None = None  # the job a rerun was made from
+    retries: int | None = None  # retries after a transient failure (migration 0009)
+    not_before: datetime | None = None  # a retried job waits for it before a claim
     created: bool = field(default=False, compare=False)
 
     @classmethod

@@ -12,7 +12,11 @@ no heartbeat through, and writes nothing more to MLflow (``Lease``). A job
 is ``succeeded`` only once its model and artifacts are in MLflow: when ``finish()`` fails for
 a job that trained well, the job fails (``tracking_failed``) and its run is closed FAILED. An
 uploaded data set whose fetched bytes are not those uploaded (their sha256) fails the job at
-once (``dataset_changed``), without training on them.
+once (``dataset_changed``), without training on them. MLflow unreachable when the run
+opens fails the attempt as ``tracking_unavailable``; the database away mid-attempt, for a
+job whose ``retry.on`` lists ``database_unavailable``, as that class once the database
+answers again (else the lease decides, as ever). Whether a failure is retried is decided
+by ``JobStore.finish`` (``core.failures``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from workers.stops import listen
 from workers.tracking import JobTracker, close_run, latest_checkpoint
 from workers.tracking.artifacts import import_model_logging
 from workers.tracking.buffer import SharedSender
-from workers.tracking.client import make_client
+from workers.tracking.client import make_client, unavailable
+from workers.tracking.read import TrackingUnavailable
 from workers.tracking.run import Outcome
 
 log = logging.getLogger("gradq.task")
@@ -488,7 +493,14 @@ class AttemptLife:
         self.marks["tracker_start"] = time.time()
         if not lease.alive():  # the run may be a successor's already: leave it alone
             return False
-        run_id = tracker.start()
+        try:
+            run_id = tracker.start()
+        except Exception as exc:
+            if unavailable(exc):  # after start()'s own tries: the service's trouble
+                raise TrackingUnavailable(
+                    f"MLflow could not be reached when the run opened: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
         self.marks["tracker_started"] = time.time()
         self.store.set_run(
             job_id=job.id,
@@ -558,6 +570,15 @@ class AttemptLife:
             self.error = {"type": "dataset_changed", "message": str(exc)}
         elif isinstance(exc, StaleAttempt):
             self.lease.lost.set()
+        elif isinstance(exc, TrackingUnavailable):  # transient: spec.retry may retry it
+            self.error = {"type": "tracking_unavailable", "message": str(exc)}
+        elif isinstance(exc, StoreUnavailable) and self._retries("database_unavailable"):
+            # the database went away and its spec retries that: the attempt ends failed
+            # with that class once the database answers again (the final write waits for
+            # it), and the job goes back to the queue as a retry; while the database stays
+            # away the lease decides, as below
+            log.warning("job %s attempt %s: database unreachable (%s)", job.id, job.attempt, exc)
+            self.error = {"type": "database_unavailable", "message": f"{type(exc).__name__}: {exc}"}
         elif isinstance(exc, StoreUnavailable):  # the database went away: not the job's
             # fault. No final write (it could not be made): the heartbeats stop, the lease
             # runs out and the job is claimed again, resuming from its checkpoint.
@@ -572,6 +593,10 @@ class AttemptLife:
                 "message": str(exc),
                 "traceback": "".join(traceback.format_exception(exc, limit=8)),
             }
+
+    def _retries(self, kind: str) -> bool:
+        """Whether the job's ``retry.on`` lists the failure class ``kind``."""
+        return self.spec.retry is not None and kind in self.spec.retry.on
 
     def end(self) -> str:
         """Finish the MLflow run and make the final write, while the attempt holds its job;

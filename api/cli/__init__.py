@@ -6,7 +6,8 @@
 - its clients: ``submit``, ``jobs``, ``show``, ``cancel``, ``logs``, ``predict``, ``datasets``
   (:mod:`api.cli.commands`, over HTTP with :mod:`api.cli.http`); ``sweep submit``, ``sweeps``,
   ``sweep show``, ``sweep cancel`` (:mod:`api.cli.sweeps`);
-- ``gradq keys`` (:mod:`api.cli.keys`).
+- ``gradq keys`` (:mod:`api.cli.keys`);
+- ``gradq gc``: the retention policy (:mod:`api.cli.gc`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from api.cli import commands, local, serve, sweeps
+from api.cli import commands, gc, local, serve, sweeps
 from api.cli.keys import keys_app
 
 app = typer.Typer(
@@ -58,6 +59,7 @@ def _mount_db() -> None:
 _mount_db()
 serve.register(app)
 commands.register(app)
+gc.register(app)
 sweeps.register(app)
 app.add_typer(keys_app, name="keys")
 local.register(app)

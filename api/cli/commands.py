@@ -259,6 +259,18 @@ def cancel(
     typer.echo(f"{job['id']} {job['status']}{note}")
 
 
+def delete(
+    job_id: Annotated[str, typer.Argument(help="the job's whole id")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Delete a finished job: its MLflow run and artifact bytes, then the job itself."""
+    with ApiClient(url, key) as client:
+        gone = _call(client, "DELETE", f"/v1/jobs/{job_id}")
+    typer.echo(f"{gone['id']} deleted: {gone['freed_bytes']:,} bytes freed "
+               f"({gone['freed_files']} files)")  # fmt: skip
+
+
 def logs(
     job_id: Annotated[str, typer.Argument(help="the job's id")],
     url: UrlOpt = None,
@@ -353,6 +365,6 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, jobs, show, cancel, logs, rerun, predict):
+    for command in (submit, jobs, show, cancel, delete, logs, rerun, predict):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

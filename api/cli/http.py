@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import httpx
@@ -52,6 +53,8 @@ class ApiClient:
 
 # The API's words for an HTTP client, and what a user of the command does instead.
 CLI_HINTS = {"(see GET /v1/datasets)": "(see `gradq datasets list`)"}
+CLI_PATTERNS = {r"\(POST /v1/jobs/([\w-]+)/cancel\)": r"(`gradq cancel \1`)"}
+"""The hints that name a job, as regular expressions and what replaces them."""
 
 
 def describe(status: int, body: Any, *, has_key: bool = False) -> str:
@@ -69,6 +72,8 @@ def describe(status: int, body: Any, *, has_key: bool = False) -> str:
     text = _describe(status, body)
     for api, cli in CLI_HINTS.items():
         text = text.replace(api, cli)
+    for pattern, cli in CLI_PATTERNS.items():
+        text = re.sub(pattern, cli, text)
     return text
 
 

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: list, show, cancel (submit: ``api.routes.submit``)."""
+"""``/v1/jobs``: list, show, cancel, delete (submit: ``api.routes.submit``)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ from core.uploads import recorded_shape
 from db.datasets import DatasetStore
 from db.errors import DatasetNotFound, InvalidTransition, JobNotFound
 from db.filters import DEFAULT_SORT, parse_bound, parse_sort, parse_tag
-from db.states import JobStatus
+from db.states import TERMINAL, JobStatus
 from db.store import JobStore
 from db.views import JobView
-from workers.tracking.read import Tracking, run_page
+from workers.tracking.client import unavailable
+from workers.tracking.read import Tracking, TrackingUnavailable, run_page
+from workers.tracking.retention import Freed, free_run
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=AUTHENTICATED)
 
@@ -237,3 +239,34 @@ def cancel(
             raise
         view = store.get(job_id=job_id, tenant=tenant)
     return detailed(view, store, tracking, settings)
+
+
+@router.delete("/{job_id}", response_model=schemas.Deleted, responses=errors(404, 409, 503))
+def delete_job(
+    job_id: str, store: StoreDep, tracking: TrackingDep, tenant: TenantDep
+) -> schemas.Deleted:
+    """Delete a finished job: its MLflow run is marked deleted and its artifact bytes (run
+    artifacts, logged model) are removed from the artifact store, then the job and its
+    events are removed (it is no longer listed; GET answers 404). A queued or running job:
+    409 (cancel it first); a sweep's trial: 409 (its sweep keeps it); MLflow away: 503 and
+    nothing of the job is removed from the queue, so the same call can be made again."""
+    view = store.get(job_id=job_id, tenant=tenant)
+    if view.status not in TERMINAL:
+        raise ApiError(409, "job_not_finished", f"job {job_id} is {view.status.value}: cancel "
+                       f"it first (POST /v1/jobs/{job_id}/cancel), then delete it",
+                       field="status")  # fmt: skip
+    if view.spec.get("trial") is not None:
+        raise ApiError(409, "job_is_a_trial", f"job {job_id} is a trial of sweep "
+                       f"{view.spec['trial'].get('sweep_id')}: its sweep keeps it")  # fmt: skip
+    freed = Freed()
+    if view.mlflow_run_id is not None:
+        try:
+            freed = free_run(tracking_uri=tracking.tracking_uri, run_id=view.mlflow_run_id,
+                             apply=True, delete_run=True)  # fmt: skip
+        except Exception as exc:
+            if unavailable(exc):
+                raise TrackingUnavailable(f"MLflow is not reachable: {exc}") from exc
+            raise
+    store.delete(job_id=job_id, tenant=tenant)
+    return schemas.Deleted(id=job_id, mlflow_run_id=view.mlflow_run_id,
+                           freed_files=freed.files, freed_bytes=freed.bytes)  # fmt: skip

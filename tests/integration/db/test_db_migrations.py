@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, update
 from typer.testing import CliRunner
 
 from core.spec import parse_spec
 from db.cli import db_app
 from db.keys import KEYS, KeyStore, hash_key
 from db.migrate import check, upgrade
-from db.models import JOBS, QUEUE_DEPTH
+from db.models import EVENTS, JOBS, QUEUE_DEPTH
 from db.session import make_engine
 from db.store import JobStore
 from db.views import KeyGrant
@@ -158,7 +158,13 @@ def test_0006_lets_jobs_be_pruned_and_keeps_every_job_event_and_trigger(db_url: 
     try:
         store = JobStore(engine)  # jobs inserted as 0005 holds them (no later column)
         running, queued = insert_queued(engine, 2, spec=parse_spec({"dataset": "iris"}))
-        [claimed] = store.claim(owner="w", lease_seconds=30, ids=[running])
+        with engine.begin() as conn:  # claimed as a store of 0005 claims (today's reads 0009)
+            conn.execute(
+                update(JOBS).where(JOBS.c.id == running).values(status="running", attempt=1)
+            )
+            conn.execute(insert(EVENTS).values(
+                job_id=running, at=datetime.now(UTC), from_status="queued",
+                to_status="running", attempt=1, reason="claimed by w"))  # fmt: skip
         events_before = len(store.events(job_id=running))
         upgrade(db_url)
         assert check(db_url) == []
@@ -167,7 +173,7 @@ def test_0006_lets_jobs_be_pruned_and_keeps_every_job_event_and_trigger(db_url: 
         assert store.recount_queue_depth() == {}  # the triggers kept counting
         store.submit(spec=parse_spec({"dataset": "iris"}))
         assert store.recount_queue_depth() == {}
-        view = store.finish(job_id=running, attempt=claimed.attempt, status="pruned")
+        view = store.finish(job_id=running, attempt=1, status="pruned")
         assert view.status is JobStatus.PRUNED
         # the check still refuses a status it does not know
         with engine.connect() as conn, pytest.raises(Exception, match=r"(?i)check"):

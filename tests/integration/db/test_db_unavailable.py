@@ -52,6 +52,8 @@ JOB_CALLS: dict[str, Callable[[JobStore], object]] = {
     "fail_queued": lambda s: s.fail_queued(job_id="j", reason="x"),
     "set_pending_reason": lambda s: s.set_pending_reason(job_id="j", reason="x"),
     "recount_queue_depth": lambda s: s.recount_queue_depth(),
+    "delete": lambda s: s.delete(job_id="j", tenant="t"),
+    "finished_runs": lambda s: s.finished_runs(before=datetime.now(UTC)),
     "get": lambda s: s.get(job_id="j"),
     "list": lambda s: s.list(),
     "events": lambda s: s.events(job_id="j"),

@@ -20,20 +20,21 @@ from workers.task import WorkerConfig
 
 @contextlib.contextmanager
 def running(
-    folder: Path, worker: dict[str, Any] | None = None, **config: Any
+    folder: Path, worker: dict[str, Any] | None = None, db_url: str | None = None, **config: Any
 ) -> Iterator[tuple[JobStore, Dispatcher]]:
     """The store and the dispatcher (``config``: more of its ``DispatcherConfig``; ``worker``:
-    of its ``WorkerConfig``), stopped on exit, its attempts still in flight force-cancelled."""
+    of its ``WorkerConfig``, its tracking URI too; ``db_url``: another queue than a SQLite
+    file in ``folder``), stopped on exit, its attempts still in flight force-cancelled."""
     import ray
 
-    db_url = f"sqlite:///{folder}/gradq.db"
+    db_url = db_url or f"sqlite:///{folder}/gradq.db"
     upgrade(db_url)
     store = JobStore(make_engine(db_url))
-    worker = WorkerConfig(
-        database_url=db_url, tracking_uri=f"sqlite:///{folder}/mlflow.db",
-        artifact_root=str(folder / "artifacts"),
-        **{"lease_seconds": 10.0, "heartbeat_seconds": 0.5, **(worker or {})},
-    )  # fmt: skip
+    worker = WorkerConfig(**{
+        "database_url": db_url, "tracking_uri": f"sqlite:///{folder}/mlflow.db",
+        "artifact_root": str(folder / "artifacts"), "lease_seconds": 10.0,
+        "heartbeat_seconds": 0.5, **(worker or {}),
+    })  # fmt: skip
     dispatcher = Dispatcher(DispatcherConfig(worker=worker, poll_seconds=0.1, **config), store)
     dispatcher.connect()
     stop = threading.Event()

@@ -232,3 +232,26 @@ def test_the_model_is_registered_once_when_the_final_write_outlasts_its_retries(
     assert run_attempt(config, second) == "succeeded"
     versions = MlflowClient(config.tracking_uri).search_model_versions("name='once'")
     assert [(str(v.version), v.tags.get("gradq.job_id")) for v in versions] == [("1", job.id)]
+
+
+def test_a_database_outage_a_job_retries_ends_the_attempt_as_a_retry(
+    setup: tuple[JobStore, WorkerConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``database_unavailable`` in its ``retry.on``, a job whose attempt met the database
+    away (here its run id could not be saved) ends that attempt as soon as the database
+    answers again: failed → queued as a retry, the event naming the class; no lease wait."""
+    store, config = setup
+    retry = {"max": 2, "on": ["database_unavailable"], "backoff_seconds": 0}
+    job = store.submit(spec=parse_spec({**SPEC, "retry": retry}))
+    [claimed] = store.claim(owner="test", lease_seconds=30)
+    outage(monkeypatch, failures=1, method="set_run")
+    assert run_attempt(config, claimed) == "failed"
+    retried = store.get(job_id=job.id)
+    assert retried.status is JobStatus.QUEUED and retried.retries == 1
+    assert retried.error["type"] == "database_unavailable"
+    reason = store.events(job_id=job.id)[-1].reason or ""
+    assert reason.startswith("retry 1 of 2 after database_unavailable (the database went away")
+    assert lease_threads(job.id) == []
+    [again] = store.claim(owner="test", lease_seconds=30)
+    assert again.attempt == 2 and run_attempt(config, again) == "succeeded"
+    assert store.get(job_id=job.id).status is JobStatus.SUCCEEDED

@@ -36,3 +36,12 @@ def test_the_apis_hints_are_put_in_the_commands_terms() -> None:
     text = describe(422, body)
     assert "(see `gradq datasets list`)" in text and "GET /v1" not in text
     assert text.startswith("HTTP 422 invalid_spec at dataset.id")
+
+
+def test_a_delete_of_a_running_job_says_which_command_cancels_it() -> None:
+    body = {"error": {"code": "job_not_finished", "field": "status", "message":
+            "job 1a2b-3c is running: cancel it first (POST /v1/jobs/1a2b-3c/cancel), "
+            "then delete it"}}  # fmt: skip
+    text = describe(409, body)
+    assert "cancel it first (`gradq cancel 1a2b-3c`), then delete it" in text
+    assert "POST" not in text

@@ -278,3 +278,25 @@ def test_each_optimizer_takes_its_own_defaults_and_a_stored_spec_reads_as_sgd() 
          "regularization": {"early_stopping": {"monitor": "train_loss"}}}
     )  # fmt: skip
     assert es.regularization.early_stopping.enabled
+
+
+def test_a_retry_lists_transient_classes_and_is_bounded() -> None:
+    spec = parse_spec({"dataset": "iris", "retry": {"max": 2, "on": ["tracking_unavailable"]}})
+    assert spec.retry is not None and spec.retry.on == ["tracking_unavailable"]
+    assert [spec.retry.delay(n) for n in range(3)] == [10.0, 20.0, 40.0]
+    assert parse_spec({"dataset": "iris"}).retry is None
+    with pytest.raises(InvalidSpec) as bounded:
+        parse_spec({"dataset": "iris", "retry": {"max": 11, "on": ["tracking_failed"]}})
+    assert [e.field for e in bounded.value.errors] == ["retry.max"]
+
+
+def test_a_retry_of_an_unknown_or_permanent_class_names_its_place_in_the_list() -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec({"dataset": "iris", "retry": {
+            "max": 3, "on": ["database_unavailable", "diverged", "network_blip"]}})  # fmt: skip
+    errors = {e.field: e.message for e in refused.value.errors}
+    assert list(errors) == ["retry.on[1]", "retry.on[2]"]
+    assert "'diverged' is permanent" in errors["retry.on[1]"]
+    assert "never retried" in errors["retry.on[1]"]
+    assert "unknown failure class 'network_blip'" in errors["retry.on[2]"]
+    assert "tracking_unavailable" in errors["retry.on[2]"]  # what it may name instead

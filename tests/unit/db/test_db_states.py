@@ -27,20 +27,25 @@ Q, R, S, F, C, P = (
 def test_the_table_holds_exactly_the_designed_moves() -> None:
     allowed = {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
     # pruned: a sweep's trial stopped by its rung, from its running attempt only
-    assert allowed == {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C), (R, P), (R, Q)}
+    # failed → queued: a retry, made in the transaction of its running → failed only
+    assert allowed == {
+        (Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C), (R, P), (R, Q), (F, Q)
+    }  # fmt: skip
     assert set(TRANSITIONS) == set(JobStatus)
 
 
-def test_terminal_statuses_have_no_way_out() -> None:
+def test_terminal_statuses_have_no_way_out_but_a_failure_retried() -> None:
     assert {S, F, C, P} == TERMINAL
-    for status in TERMINAL:
+    for status in TERMINAL - {F}:
         assert TRANSITIONS[status] == frozenset()
         assert not any(can_transition(status, other) for other in JobStatus)
+    assert TRANSITIONS[F] == {Q}
+    assert not can_transition(F, R) and not can_transition(F, S)
 
 
 def test_sources_invert_the_table() -> None:
     assert sources(R) == {Q}
-    assert sources(Q) == {R}
+    assert sources(Q) == {R, F}
     assert sources(C) == {Q, R}
     assert sources(F) == {Q, R}
     assert sources(S) == {R}
