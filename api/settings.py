@@ -30,6 +30,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GRADQ_", extra="ignore", frozen=True)
 
+    # The folder of the service's state (its database, MLflow's store and artifacts), which
+    # every command shares (`gradq --home DIR …`): unset, ./gradq-data/ of the working
+    # directory. A database URL or tracking URI set on its own wins. Not the folder of the
+    # CSV inputs (csv_root).
+    home: Path | None = None
     database_url: str = defaults.DATABASE_URL
     mlflow_tracking_uri: str = defaults.MLFLOW_TRACKING_URI
     mlflow_artifact_root: str | None = Field(
@@ -111,6 +116,17 @@ class Settings(BaseSettings):
     # Live event streams (GET /v1/jobs/{id}/events with Accept: text/event-stream) one
     # tenant may hold open at once; each polls the database. One more is refused with 429.
     max_streams_per_tenant: int = Field(10, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_home(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("home"):
+            return data
+        home = Path(str(data["home"])).expanduser().resolve()
+        out = {**data, "home": home}
+        out.setdefault("database_url", f"sqlite:///{home / 'gradq.db'}")
+        out.setdefault("mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+        return out
 
     @field_validator("bootstrap_api_key")
     @classmethod
@@ -197,6 +213,16 @@ class Settings(BaseSettings):
             max_hidden_layers=self.max_hidden_layers,
             max_job_memory=int(self.max_job_memory),
         )
+
+    def new_store(self) -> Path | None:
+        """The SQLite file of the database when it does not exist yet (a command that opens
+        it creates a new, empty store there), else None."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        path = self.database_url.removeprefix("sqlite:///").split("?")[0]
+        if not path or path == ":memory:" or Path(path).exists():
+            return None
+        return Path(path).resolve()
 
     @property
     def artifact_root(self) -> str | None:

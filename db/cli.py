@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +12,8 @@ from core.defaults import DATABASE_URL
 from db import migrate
 
 db_app = typer.Typer(
-    help="Database commands: schema migrations, queue recount.", no_args_is_help=True
+    help="Database commands: schema migrations, queue recount.",
+    no_args_is_help=True,
 )
 
 UrlOption = Annotated[
@@ -25,7 +27,9 @@ UrlOption = Annotated[
 def resolve_url(url: str | None) -> str:
     """The URL to use: ``url``, else ``$GRADQ_DATABASE_URL``, else the embedded SQLite
     (:data:`core.defaults.DATABASE_URL`, as the service's settings)."""
-    return url or os.environ.get("GRADQ_DATABASE_URL") or DATABASE_URL
+    home = os.environ.get("GRADQ_HOME")  # gradq --home DIR, as the service's settings
+    in_home = f"sqlite:///{Path(home).expanduser().resolve() / 'gradq.db'}" if home else None
+    return url or os.environ.get("GRADQ_DATABASE_URL") or in_home or DATABASE_URL
 
 
 @db_app.command()

@@ -142,9 +142,13 @@ class JobQueries:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        id_prefix: str | None = None,
+        name_prefix: str | None = None,
     ) -> tuple[builtins.list[JobView], str | None]:
         """One page of jobs, newest first (created_at desc, id desc), and the cursor of the
-        next page (None on the last). Walking the cursors visits every row exactly once."""
+        next page (None on the last). Walking the cursors visits every row exactly once.
+        ``id_prefix`` / ``name_prefix``: only jobs whose id / name starts with it (taken
+        literally: ``%`` and ``_`` are no wildcards)."""
         query = select(JOBS).order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
         if tenant is not None:
             query = query.where(JOBS.c.tenant == tenant)
@@ -152,6 +156,10 @@ class JobQueries:
             query = query.where(JOBS.c.status == JobStatus(status).value)
         if name is not None:
             query = query.where(JOBS.c.name == name)
+        if id_prefix:
+            query = query.where(JOBS.c.id.startswith(id_prefix.lower(), autoescape=True))
+        if name_prefix:
+            query = query.where(JOBS.c.name.startswith(name_prefix, autoescape=True))
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
             query = query.where(

@@ -37,6 +37,7 @@ from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
 from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
+from core.gradcheck_summary import checks_summary
 from core.spec import InvalidSpec, JobSpec, TrialSpec
 from core.sweep import better
 from core.train import Diverged, TrainResult, train
@@ -532,6 +533,8 @@ class AttemptLife:
             "device": result.device,
             "resumed_from_epoch": self.resume.epoch if self.resume else None,
             "seconds": time.perf_counter() - self.started,
+            # one line, as `gradq train` prints it (`gradq show` and `gradq logs` too)
+            "gradchecks": checks_summary(result.gradchecks),
         }
         if self.pack is not None:
             self.result_body["pack"] = {"members": self.pack}

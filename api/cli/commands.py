@@ -5,6 +5,7 @@ by default (``core.defaults.API_URL``), ``--key`` to $GRADQ_API_KEY."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli import chart
 from api.cli.http import ApiClient, ApiFailure
 from api.cli.tables import add, listing, when
 from core import defaults
@@ -127,7 +129,9 @@ def _summary(job: dict[str, Any]) -> None:
     console.print(f"job {job['id']} [{style}]{status}[/]", highlight=False)
     result = job.get("result") or {}
     if result.get("metrics"):
-        console.print(f"{job['name']}: best epoch {result.get('best_epoch')}", highlight=False)
+        console.print(f"{job['name']}: {outcome(result)}", highlight=False)
+        if result.get("gradchecks"):
+            console.print(result["gradchecks"], highlight=False, soft_wrap=True)
         table = Table("metric", "value")
         for k, v in result["metrics"].items():
             table.add_row(k, "-" if v is None else f"{v:.4f}")
@@ -148,15 +152,19 @@ def _summary(job: dict[str, Any]) -> None:
 
 def jobs(
     status: Annotated[str | None, typer.Option(help="only this status")] = None,
-    name: Annotated[str | None, typer.Option(help="only this name")] = None,
+    name: Annotated[str | None, typer.Option(help="only names that start with this")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Your jobs, newest first."""
-    params = {k: v for k, v in {"status": status, "name": name, "limit": limit}.items() if v}
+    asked = {"status": status, "name_prefix": name, "limit": limit}
+    params = {k: v for k, v in asked.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/jobs", params=params)
+    if not page["items"]:
+        typer.echo("no jobs" + (" matching" if status or name else ""))
+        return
     table = listing(console, [j["id"] for j in page["items"]], "name", "status", "epoch", "created")
     for j in page["items"]:
         p = j.get("progress") or {}
@@ -166,41 +174,159 @@ def jobs(
     console.print(table)
 
 
+JobRef = Annotated[str, typer.Argument(help="the job's id, or its first characters")]
+
+
+def resolve(client: ApiClient, ref: str) -> str:
+    """The id of the caller's job ``ref`` names: a whole id, or the start of one (as the
+    lists show, `73b1eec8`), looked up among the caller's jobs only. No job or several:
+    exit 1 naming the candidates."""
+    ref = ref.strip()
+    if len(ref) >= 36 or not re.fullmatch(r"[0-9a-fA-F-]+", ref):
+        return ref  # a whole id (or not an id at all: the service says it is not found)
+    page = _call(client, "GET", "/v1/jobs", params={"id_prefix": ref, "limit": AMBIGUOUS + 1})
+    found = page["items"]
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        err.print(f"[red]no job of yours has an id starting with {escape(ref)}[/]")
+        raise typer.Exit(1)
+    more = "at least " if len(found) > AMBIGUOUS else ""
+    err.print(f"[red]{escape(ref)} is ambiguous: {more}{len(found)} jobs start with it[/]")
+    for j in found[:AMBIGUOUS]:
+        err.print(f"  {j['id']}  {escape(j['name'])}  {j['status']}", highlight=False)
+    err.print("give more of the id")
+    raise typer.Exit(1)
+
+
+AMBIGUOUS = 10  # candidates an ambiguous prefix lists
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """How a job's training ended, e.g. ``early_stopped after 14 epochs, best epoch 4``."""
+    text = f"{result.get('stopped') or 'ended'} after {result.get('epochs')} epochs"
+    if result.get("best_epoch") is not None:
+        text += f", best epoch {result['best_epoch']}"
+    return text
+
+
 def show(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
+    as_json: Annotated[bool, typer.Option("--json", help="the whole job, as JSON")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Everything about one job, as JSON."""
+    """One job: status, progress, result, links (--json: everything, as JSON)."""
     with ApiClient(url, key) as client:
-        console.print_json(json.dumps(_call(client, "GET", f"/v1/jobs/{job_id}")))
+        job = _call(client, "GET", f"/v1/jobs/{resolve(client, job_id)}")
+    if as_json:
+        console.print_json(json.dumps(job))
+        return
+    attempts = f"attempt {job['attempt']} of {job['max_attempts']}"
+    rows = [("job", f"{job['id']}  {job['name']}"), ("status", f"{job['status']} ({attempts})")]
+    if job["status"] == "queued":
+        rows.append(("waiting", job.get("pending_reason") or "queued"))
+    p = job.get("progress") or {}
+    if p:
+        rows.append(("progress", f"epoch {p.get('epoch', 0)}/{p.get('epochs', '?')}  "
+                     + _bar(job)["metrics"]))  # fmt: skip
+    result = job.get("result") or {}
+    if result:
+        rows.append(("result", outcome(result)))
+        for k, v in (result.get("metrics") or {}).items():
+            rows.append(("", f"{k} {'-' if v is None else f'{v:.4f}'}"))
+        if result.get("gradchecks"):
+            rows.append(("checks", result["gradchecks"]))
+    if job.get("error"):
+        rows.append(("error", _error_text(job["error"])))
+    links = job.get("links") or {}
+    if links.get("mlflow_run"):
+        rows.append(("MLflow", links["mlflow_run"]))
+    rows.append(("curves", f"gradq metrics {job['id'][:8]}"))
+    for label, value in rows:
+        console.print(f"{label:<9} {value}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        kind, message = error.get("type"), error.get("message", error)
+        return f"{kind}: {message}" if kind else str(message)
+    return str(error)
 
 
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Cancel a job (a running one stops between two steps)."""
     with ApiClient(url, key) as client:
-        job = _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
+        job = _call(client, "POST", f"/v1/jobs/{resolve(client, job_id)}/cancel")
     note = " (cancel requested)" if job["status"] == "running" else ""
     typer.echo(f"{job['id']} {job['status']}{note}")
 
 
 def logs(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """The job's status history."""
+    """The job's status history, then how it ended: its result and gradient checks, or its
+    error."""
     with ApiClient(url, key) as client:
-        events = _call(client, "GET", f"/v1/jobs/{job_id}/events")
+        ref = resolve(client, job_id)
+        events = _call(client, "GET", f"/v1/jobs/{ref}/events")
+        job = _call(client, "GET", f"/v1/jobs/{ref}")
     for e in events:
         typer.echo(
             f"{e['at'][:23]}  {e['from_status'] or '-':>9} → {e['to_status']:<9}"
             f"  attempt {e['attempt']}  {e['reason'] or ''}"
         )
+    result = job.get("result") or {}
+    if result:
+        typer.echo(f"result: {outcome(result)}")
+        if result.get("gradchecks"):
+            typer.echo(result["gradchecks"])
+    if job.get("error"):
+        typer.echo(f"error: {_error_text(job['error'])}")
+
+
+def metrics(
+    job_id: JobRef,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="a metric (loss/val) or section (loss) to chart; repeatable"),
+    ] = None,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="every curve as CSV, a row per step")
+    ] = False,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """The job's learning curves, charted in the terminal (--csv: the points as CSV)."""
+    with ApiClient(url, key) as client:
+        ref = resolve(client, job_id)
+        body = _call(client, "GET", f"/v1/jobs/{ref}/metrics")
+    curves = {
+        name: [(p["step"], p["value"]) for p in points] for name, points in body["metrics"].items()
+    }
+    if as_csv:
+        picked = {
+            n: c for n, c in curves.items() if not metric or {n, n.split("/")[0]} & set(metric)
+        }
+        typer.echo(chart.to_csv(picked), nl=False)
+        return
+    charts = chart.sections(curves, metric or ())
+    if not curves:
+        typer.echo(f"no learning curves for job {ref} yet (its run has logged no epoch)")
+        return
+    if not charts:
+        err.print(f"[red]no metric {', '.join(metric or ())}; the job has: {', '.join(curves)}[/]")
+        raise typer.Exit(1)
+    width = max(20, min(70, console.width - 14))
+    for section, series in charts.items():
+        typer.echo(chart.chart(section, series, width=width))
+        typer.echo("")
 
 
 @datasets_app.command("upload")
@@ -237,6 +363,6 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, jobs, show, cancel, logs):
+    for command in (submit, jobs, show, cancel, logs, metrics):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

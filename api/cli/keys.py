@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from api.access import DEFAULT_TENANT
+from api.cli.serve import warn_new_store
 from api.cli.tables import add, listing
 from api.settings import Settings
 from db.keys import KeyStore, check_grant
@@ -15,7 +17,8 @@ from db.migrate import upgrade
 from db.session import make_engine
 
 keys_app = typer.Typer(
-    help="API keys (GRADQ_AUTH=keys): create, revoke, list.", no_args_is_help=True
+    help="API keys (GRADQ_AUTH=keys): create, revoke, list.",
+    no_args_is_help=True,
 )
 console = Console()
 ROLES_WIDE = 140  # a narrower terminal's list leaves out the role and caps columns
@@ -24,6 +27,7 @@ err = Console(stderr=True)
 
 def _keys() -> KeyStore:
     settings = Settings()
+    warn_new_store(settings)
     upgrade(settings.database_url)
     return KeyStore(make_engine(settings.database_url))
 
@@ -60,6 +64,13 @@ def create(
     )
     err.print(f"key {key_id} for tenant {name!r} (shown once; send as 'Authorization: Bearer'):")
     typer.echo(key)
+    if name != DEFAULT_TENANT:
+        err.print(
+            f"note: jobs submitted before GRADQ_AUTH=keys belong to tenant {DEFAULT_TENANT!r}; "
+            f"to see them, make a key for it: gradq keys create --tenant {DEFAULT_TENANT}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @keys_app.command("revoke")

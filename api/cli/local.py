@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.callbacks import Callback, EpochRecord
+from core.gradcheck_summary import checks_summary
 from core.spec import InvalidSpec, JobSpec, load_spec
 
 if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `--help`)
@@ -74,19 +75,6 @@ class ProgressCallback(Callback):
         for the summary after training (``checks_summary``)."""
         if not report.passed:
             self.progress.console.print(f"[red]{report.summary()}[/]")
-
-
-def checks_summary(reports: list[dict[str, Any]]) -> str | None:
-    """One line for a run's passing gradient checks: how many, and the worst errors."""
-    if not reports:
-        return None
-    passed = [r for r in reports if r.get("passed")]
-    worst = max((r.get("max_rel_error", 0.0) for r in passed), default=0.0)
-    worst_fd = max((r.get("max_fd_rel_error", 0.0) for r in passed), default=0.0)
-    return (
-        f"gradient checks: {len(passed)} of {len(reports)} passed (worst relative error: "
-        f"manual vs autograd {worst:.1e}, vs finite differences {worst_fd:.1e})"
-    )
 
 
 class CheckpointWriter(Callback):

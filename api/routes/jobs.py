@@ -124,10 +124,27 @@ def list_jobs(
     name: Annotated[str | None, Query(max_length=200, description="only this name")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="from next_cursor")] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            max_length=36,
+            pattern=r"^[0-9a-fA-F-]+$",
+            description="only jobs whose id starts with this (a short id, as `gradq show` takes)",
+        ),
+    ] = None,
+    name_prefix: Annotated[
+        str | None, Query(max_length=200, description="only names that start with this")
+    ] = None,
 ) -> schemas.JobPage:
     """The tenant's jobs, newest first, a page at a time (queue positions: see GET one)."""
     page, next_cursor = store.list(
-        tenant=tenant, status=status, name=name, limit=limit, cursor=cursor
+        tenant=tenant,
+        status=status,
+        name=name,
+        limit=limit,
+        cursor=cursor,
+        id_prefix=id_prefix,
+        name_prefix=name_prefix,
     )
     return schemas.JobPage(items=[present.job(v) for v in page], next_cursor=next_cursor)
 
