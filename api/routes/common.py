@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import yaml
 from fastapi import Depends, Request
 
+from api.browser import is_yaml
 from api.deps import SettingsDep, get_tenant
 from api.errors import ApiError
 from api.schemas import ErrorBody
@@ -55,7 +57,10 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
-    spec = parse_body(raw, settings.limits)
+    if yaml_body(request):
+        spec = parse_spec(load_yaml(raw), limits=settings.limits)
+    else:
+        spec = parse_body(raw, settings.limits)
     if spec.trial is not None:
         raise InvalidSpec.at(
             "trial",
@@ -92,6 +97,28 @@ def csv_path(path: str, root: Path | None) -> str:
             "not a file in the folder of input files (GRADQ_CSV_ROOT): give a path inside it",
         )
     return str(real)
+
+
+def yaml_body(request: Request) -> bool:
+    """Whether the body is YAML by its Content-Type (application/yaml and its kin)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return is_yaml(media)
+
+
+def load_yaml(raw: bytes) -> Any:
+    """A YAML body's document (``yaml.safe_load``: plain data only), validated as JSON's
+    is; a body that does not parse is a 400 ``malformed_yaml`` naming the line and column."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context
+        raise ApiError(
+            400, "malformed_yaml", f"the body is not valid YAML{where}: {problem}"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ApiError(400, "malformed_yaml", f"the body is not valid YAML: {exc}") from None
 
 
 def parse_body(raw: bytes, limits: SpecLimits) -> JobSpec:
