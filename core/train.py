@@ -118,6 +118,7 @@ def train(
     resume_from: Checkpoint | None = None,
     data: Dataset | None = None,
     dtype: torch.dtype = torch.float32,
+    extend_schedule: bool = False,
 ) -> TrainResult:
     """Train the spec's model; same seed, data, device and dtype give identical numbers.
 
@@ -125,6 +126,8 @@ def train(
     the manual gradients wrong. ``data`` overrides loading the spec's data set (a worker
     passes an uploaded file's rows this way). ``dtype`` is what the model, the data and the
     updates compute in: float32, or float64 (tests); the validator works in float64 always.
+    ``resume_from`` may have trained fewer epochs than the spec asks (``check_compatible``;
+    ``extend_schedule``: a cosine schedule recomputed over the new epochs).
 
     Each epoch: ``StepLoop.run_epoch`` takes the optimizer's steps (with the ``GradientChecks`` and
     the ``DivergenceGuard``), ``EpochEvaluation`` makes the epoch's record, the
@@ -143,7 +146,7 @@ def train(
     state = TrainState.start(spec, flat.params, opt, device)
     spec_dict = spec.model_dump(mode="json")
     if resume_from is not None:
-        check_compatible(resume_from, spec_dict)
+        check_compatible(resume_from, spec_dict, extend_schedule=extend_schedule)
         state.load_checkpoint(resume_from)
     checks = GradientChecks(spec, model, tensors, cbs, step=state.step)
     loop = StepLoop(spec, engine, model, flat, opt, tensors, state, checks, cbs)

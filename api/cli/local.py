@@ -91,8 +91,16 @@ def train(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="write last.pt here")] = None,
     resume: Annotated[Path | None, typer.Option(help="resume from this checkpoint")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    extend_schedule: Annotated[
+        bool,
+        typer.Option(
+            "--extend-schedule",
+            help="with --resume and more epochs: recompute a cosine schedule over them",
+        ),
+    ] = False,
 ) -> None:
-    """Train a job locally, without the service, with a live progress bar."""
+    """Train a job locally, without the service, with a live progress bar. With --resume,
+    the spec may ask for more epochs than the checkpoint's run (a run extended)."""
     from core.checkpoint import Checkpoint, CheckpointError
     from core.gradcheck import GradcheckFailed
     from core.train import Diverged
@@ -115,7 +123,9 @@ def train(
     try:
         with Progress(*columns, console=err, disable=as_json) as progress:
             callbacks.append(ProgressCallback(progress, spec.optimizer.epochs))
-            result = run(spec, callbacks=callbacks, resume_from=start)
+            result = run(
+                spec, callbacks=callbacks, resume_from=start, extend_schedule=extend_schedule
+            )
     except (Diverged, GradcheckFailed, CheckpointError, InvalidSpec) as exc:
         err.print(f"[bold red]failed:[/] {exc}")
         raise typer.Exit(1) from None
