@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = Field(1000, ge=1)
     # the most trials one sweep may make (a grid's points, or search.trials)
     max_sweep_trials: int = Field(10_000, ge=1)
-    gradcheck_max_parameters: int = Field(200_000, ge=1)
+    gradcheck_max_parameters: int = Field(defaults.GRADCHECK_MAX_PARAMETERS, ge=1)
     gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
     # POST /v1/gradcheck runs in the API process, one check at a time: a check whose memory
     # (core.memory.gradcheck_estimate) is over gradcheck_max_memory (bytes or a size) is

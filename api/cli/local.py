@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core import defaults
 from core.callbacks import Callback, EpochRecord
 from core.gradcheck_summary import checks_summary
-from core.spec import InvalidSpec, JobSpec, load_spec
+from core.spec import InvalidSpec, JobSpec, estimated_parameters, load_spec
 
 if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `--help`)
     from core.checkpoint import Checkpoint
@@ -162,12 +163,33 @@ def gradcheck(
     job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
     batch: Annotated[int, typer.Option(help="rows of the training data to check on")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    every_coordinate: Annotated[
+        bool,
+        typer.Option(
+            "--every-coordinate",
+            help="finite differences on every parameter, also of a model over "
+            f"{defaults.GRADCHECK_MAX_PARAMETERS:,} parameters (slow)",
+        ),
+    ] = False,
 ) -> None:
-    """Check the manual backprop against autograd and finite differences, per layer."""
+    """Check the manual backprop against autograd and finite differences, per layer. Over
+    the service's limit of parameters, the finite differences take a sample of each tensor's
+    coordinates, as the service's check does."""
     from core.gradcheck import check_spec
 
     spec = _load(job)
-    report = check_spec(spec, batch_size=batch)
+    n = estimated_parameters(spec)
+    fd = None  # every coordinate
+    if n > defaults.GRADCHECK_MAX_PARAMETERS and not every_coordinate:
+        fd = min(spec.gradcheck.fd_samples, defaults.GRADCHECK_FD_SAMPLES)
+    coordinates = "every coordinate" if fd is None else f"{fd} sampled coordinates per tensor"
+    err.print(
+        f"checking {spec.name}: {n:,} parameters in float64 on {batch} rows, finite "
+        f"differences on {coordinates}"
+        + (" (--every-coordinate: all of them, slowly)" if fd is not None else ""),
+        highlight=False,
+    )
+    report = check_spec(spec, batch_size=batch, fd_samples=fd)
     if as_json:
         console.print_json(report.to_json())
     else:

@@ -30,7 +30,7 @@ def test_the_table_has_every_tensor_whole_at_80_columns() -> None:
 def test_json_is_the_same_report() -> None:
     result = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE), "--json"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # what it is doing: on stderr
     assert [t["name"] for t in report["tensors"]] == ["W1", "b1", "W2", "b2", "W3", "b3"]
     assert report["passed"] is True
 
@@ -144,3 +144,23 @@ def test_resume_refuses_a_cosine_extension_unless_asked_and_names_a_changed_fiel
     assert "differs in: optimizer.lr: 0.05 in the checkpoint, 0.1 here" in other.output
     fewer = _train(_job(tmp_path, "cos", 2, **cosine), "--resume", ck)
     assert "optimizer.epochs: 2, but the checkpoint has trained 3 epochs already" in fewer.output
+
+
+def test_a_big_models_check_samples_its_finite_differences_and_says_so(tmp_path: Path) -> None:
+    """hidden [1024, 1024] on digits: over a million parameters, far over the service's
+    limit; the check says what it does first and takes 8 coordinates per tensor (the
+    spec's fd_samples), not all of them (which ran for minutes, silently)."""
+    job = tmp_path / "big.yaml"
+    job.write_text("name: big\ndataset: digits\nmodel: {hidden: [1024, 1024]}\n")
+    result = CliRunner().invoke(app, ["gradcheck", str(job)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first == (
+        "checking big: 1,126,410 parameters in float64 on 16 rows, finite differences on 8 "
+        "sampled coordinates per tensor (--every-coordinate: all of them, slowly)"
+    )
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│")]
+    assert [r[1].strip() for r in rows] == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    assert {r[7].strip() for r in rows} == {"8"}  # FD coords
+    small = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE)], env={"COLUMNS": "200"})
+    assert "finite differences on every coordinate" in small.output.splitlines()[0]
