@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import typer
 from rich.console import Console
 
+from api.cli.quiet import quiet_libraries
 from api.settings import Settings
 from core import defaults
 
@@ -110,6 +111,7 @@ def _prepare(settings: Settings) -> None:
     """Migrate the database; create a local MLflow store's schema before serving."""
     from db.migrate import upgrade
 
+    quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     upgrade(settings.database_url)
     if settings.bootstrap_api_key is not None:
