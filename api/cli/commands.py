@@ -154,6 +154,7 @@ def jobs(
     status: Annotated[str | None, typer.Option(help="only this status")] = None,
     name: Annotated[str | None, typer.Option(help="only names that start with this")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
+    ids: Annotated[bool, typer.Option("--ids", help="only the ids, one a line")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
@@ -162,6 +163,10 @@ def jobs(
     params = {k: v for k, v in asked.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/jobs", params=params)
+    if ids:  # for a script: JOB=$(gradq jobs --name digits --ids --limit 1)
+        for j in page["items"]:
+            typer.echo(j["id"])
+        return
     if not page["items"]:
         typer.echo("no jobs" + (" matching" if status or name else ""))
         return
@@ -256,14 +261,25 @@ def _error_text(error: Any) -> str:
 
 def cancel(
     job_id: JobRef,
+    wait: Annotated[
+        float, typer.Option(min=0, help="seconds to wait for a running job to stop")
+    ] = 10.0,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Cancel a job (a running one stops between two steps)."""
+    """Cancel a job: a queued one at once; a running one stops between two steps, which the
+    command waits for (--wait seconds at most) and then prints the job's status."""
     with ApiClient(url, key) as client:
         job = _call(client, "POST", f"/v1/jobs/{resolve(client, job_id)}/cancel")
-    note = " (cancel requested)" if job["status"] == "running" else ""
-    typer.echo(f"{job['id']} {job['status']}{note}")
+        deadline = time.monotonic() + wait
+        while job["status"] not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL_SECONDS)
+            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+    note = " (cancel requested; still stopping)" if job["status"] not in TERMINAL else ""
+    typer.echo(f"{job['id']} {job['name']} {job['status']}{note}")
+
+
+CANCEL_POLL_SECONDS = 0.05
 
 
 def logs(

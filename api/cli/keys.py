@@ -92,7 +92,8 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant"
     their roles and caps), never their secrets."""
     keys = _keys().list(tenant=tenant)
     wide = console.width >= ROLES_WIDE  # the role and caps, like the times, where they fit
-    columns = ("tenant", *(["role", "caps"] if wide else []), "prefix", "created", "revoked")
+    revoked_column = ["revoked"] if any(k.revoked_at for k in keys) else []
+    columns = ("tenant", *(["role", "caps"] if wide else []), "prefix", "created", *revoked_column)
     table = listing(console, [k.id for k in keys], *columns)
     for k in keys:
         revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""
