@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from core.defaults import DATABASE_URL
-from db import migrate
 
 db_app = typer.Typer(
     help="Database commands: schema migrations, queue recount.",
@@ -35,6 +34,8 @@ def resolve_url(url: str | None) -> str:
 @db_app.command()
 def upgrade(url: UrlOption = None) -> None:
     """Apply every migration (alembic upgrade head); creates the SQLite folder if needed."""
+    from db import migrate  # alembic: loaded by the command that uses it (a fast `gradq`)
+
     target = resolve_url(url)
     migrate.upgrade(target)
     typer.echo(f"database at {_safe(target)} is at the newest schema")
@@ -43,6 +44,8 @@ def upgrade(url: UrlOption = None) -> None:
 @db_app.command()
 def check(url: UrlOption = None) -> None:
     """Compare the models with the migrated schema; exit 1 when they differ."""
+    from db import migrate
+
     target = resolve_url(url)
     diffs = migrate.check(target)
     for diff in diffs:

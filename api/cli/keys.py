@@ -3,18 +3,16 @@ settings' ``GRADQ_DATABASE_URL``). A key is printed once; only its sha256 is sto
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from api.access import DEFAULT_TENANT
 from api.cli.serve import warn_new_store
 from api.cli.tables import add, listing
-from api.settings import Settings
-from db.keys import KeyStore, check_grant
-from db.migrate import upgrade
-from db.session import make_engine
+
+if TYPE_CHECKING:  # the database's modules load with the command that uses them (a fast start)
+    from db.keys import KeyStore
 
 keys_app = typer.Typer(
     help="API keys (GRADQ_AUTH=keys): create, revoke, list.",
@@ -26,6 +24,11 @@ err = Console(stderr=True)
 
 
 def _keys() -> KeyStore:
+    from api.settings import Settings
+    from db.keys import KeyStore
+    from db.migrate import upgrade
+    from db.session import make_engine
+
     settings = Settings()
     warn_new_store(settings)
     upgrade(settings.database_url)
@@ -50,6 +53,9 @@ def create(
     """Make a key for TENANT and print it (it cannot be shown again). A tenant's caps are the
     strictest its active keys set; where none sets one, GRADQ_TENANT_MAX_RUNNING and
     GRADQ_TENANT_MAX_PRIORITY."""
+    from api.access import DEFAULT_TENANT
+    from db.keys import check_grant
+
     name = tenant.strip()
     if not name or len(name) > 100:
         err.print("[red]--tenant must be 1 to 100 characters[/]")

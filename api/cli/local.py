@@ -15,17 +15,19 @@ from rich.table import Table
 from core import defaults
 from core.callbacks import Callback, EpochRecord
 from core.gradcheck_summary import checks_summary
-from core.spec import InvalidSpec, JobSpec, estimated_parameters, load_spec
 
-if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `--help`)
+if TYPE_CHECKING:  # torch and pydantic are imported only by the commands (a fast start)
     from core.checkpoint import Checkpoint
     from core.gradcheck import GradcheckReport
+    from core.spec import JobSpec
 
 console = Console()
 err = Console(stderr=True)
 
 
 def _load(job: Path) -> JobSpec:
+    from core.spec import InvalidSpec, load_spec
+
     try:
         spec = load_spec(job)
     except InvalidSpec as exc:
@@ -104,6 +106,7 @@ def train(
     the spec may ask for more epochs than the checkpoint's run (a run extended)."""
     from core.checkpoint import Checkpoint, CheckpointError
     from core.gradcheck import GradcheckFailed
+    from core.spec import InvalidSpec
     from core.train import Diverged
     from core.train import train as run
 
@@ -176,6 +179,7 @@ def gradcheck(
     the service's limit of parameters, the finite differences take a sample of each tensor's
     coordinates, as the service's check does."""
     from core.gradcheck import check_spec
+    from core.spec import estimated_parameters
 
     spec = _load(job)
     n = estimated_parameters(spec)

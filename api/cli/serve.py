@@ -25,12 +25,12 @@ import typer
 from rich.console import Console
 
 from api.cli.quiet import quiet_libraries
-from api.settings import Settings
 from core import defaults
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from api.settings import Settings
     from workers.dispatcher import Dispatcher
 
 err = Console(stderr=True)
@@ -75,6 +75,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _settings(
     host: str | None, port: int | None, insecure: bool, mlflow_port: int | None = None
 ) -> Settings:
+    from api.settings import Settings
+
     overrides: dict[str, Any] = {"host": host, "port": port}
     if mlflow_port is not None:
         overrides["mlflow_ui_url"] = f"http://127.0.0.1:{mlflow_port}"
