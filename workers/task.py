@@ -678,7 +678,7 @@ def _write_outcome(
             status=final,
             result=result_body,
             error=error,
-            reason=error["type"] if error is not None else stop_message,
+            reason=event_reason(error, result_body, stop_message),
             progress=dict(lease.progress),
         )
         return True
@@ -697,6 +697,27 @@ def _write_outcome(
         log.exception("job %s attempt %s: final write failed", job.id, job.attempt)
     lease.lost.set()
     return False
+
+
+def event_reason(
+    error: dict[str, Any] | None, result: dict[str, Any] | None, stop_message: str | None
+) -> str | None:
+    """The final event's reason, which `gradq logs` shows: a failure's kind and message; how
+    a training ended (``early_stopped after 14 epochs, best epoch 4``) and its gradient
+    checks; or the stop's message."""
+    if error is not None:
+        return f"{error['type']}: {error.get('message', '')}"[:EVENT_REASON_CHARS]
+    if result is not None:
+        text = f"{result.get('stopped')} after {result.get('epochs')} epochs"
+        if result.get("best_epoch") is not None:
+            text += f", best epoch {result['best_epoch']}"
+        if result.get("gradchecks"):
+            text += f"; {result['gradchecks']}"
+        return text
+    return stop_message
+
+
+EVENT_REASON_CHARS = 500
 
 
 def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:

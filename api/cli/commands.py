@@ -287,8 +287,8 @@ def logs(
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """The job's status history, then how it ended: its result and gradient checks, or its
-    error."""
+    """The job's status history: each change, its attempt and why; the last says how the
+    job ended (its result and gradient checks, or its error)."""
     with ApiClient(url, key) as client:
         ref = resolve(client, job_id)
         events = _call(client, "GET", f"/v1/jobs/{ref}/events")
@@ -298,12 +298,13 @@ def logs(
             f"{e['at'][:23]}  {e['from_status'] or '-':>9} → {e['to_status']:<9}"
             f"  attempt {e['attempt']}  {e['reason'] or ''}"
         )
+    last = (events[-1]["reason"] or "") if events else ""
     result = job.get("result") or {}
-    if result:
+    if result and outcome(result) not in last:  # a job that ended before events said so
         typer.echo(f"result: {outcome(result)}")
         if result.get("gradchecks"):
             typer.echo(result["gradchecks"])
-    if job.get("error"):
+    if job.get("error") and _error_text(job["error"])[:100] not in last:
         typer.echo(f"error: {_error_text(job['error'])}")
 
 

@@ -150,14 +150,18 @@ def test_logs_say_how_a_job_ended(service: Service, watched: dict[str, Any]) -> 
     ok = service.gradq("logs", watched["job"]["id"][:8])
     assert ok.returncode == 0, ok.stderr
     assert "queued → running" in ok.stdout
-    assert f"result: {watched['job']['result']['stopped']} after 6 epochs" in ok.stdout
-    assert "gradient checks: " in ok.stdout
+    last = ok.stdout.splitlines()[-1]  # the final event says how it ended
+    assert "running → succeeded" in last
+    assert f"{watched['job']['result']['stopped']} after 6 epochs" in last
+    assert f"; {watched['job']['result']['gradchecks']}" in last
     with service.client() as http:
         bad = http.post("/v1/jobs", json=DIVERGES).json()
     failed = service.wait_job(bad["id"], ("failed", "succeeded"))
     assert failed["status"] == "failed", failed
     logs = service.gradq("logs", bad["id"][:8])
-    assert f"error: {failed['error']['type']}: {failed['error']['message']}" in logs.stdout
+    last = logs.stdout.splitlines()[-1]
+    assert "running → failed" in last
+    assert f"{failed['error']['type']}: {failed['error']['message']}" in last
 
 
 def test_jobs_by_name_prefix_and_an_empty_list(service: Service, watched: dict[str, Any]) -> None:
