@@ -17,6 +17,7 @@ once (``dataset_changed``), without training on them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -27,6 +28,8 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -440,6 +443,7 @@ class AttemptLife:
         self.tracker: JobTracker | None = None
         self.status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
         self.stop_message: str | None = None  # the final event's reason of a stopped attempt
+        self.warnings: list[str] = []  # what its training warned of (recorded_warnings)
         trial = self.spec.trial
         self.rungs = (
             Rungs(SweepStore(engine), job, trial, self.lease)
@@ -535,6 +539,7 @@ class AttemptLife:
             "seconds": time.perf_counter() - self.started,
             # one line, as `gradq train` prints it (`gradq show` and `gradq logs` too)
             "gradchecks": checks_summary(result.gradchecks),
+            "warnings": list(self.warnings),
         }
         if self.pack is not None:
             self.result_body["pack"] = {"members": self.pack}
@@ -617,7 +622,7 @@ class AttemptLife:
                 tracker,
                 final,
                 self.result_body,
-                error,
+                {**error, "warnings": self.warnings} if error and self.warnings else error,
                 self.stop_message,
             )
         if tracker is not None and not written:
@@ -639,9 +644,10 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
             assert life.tracker is not None
             data = _data(life.spec, DatasetStore(engine), config.tracking_uri)
             life.tracker.log_dataset(data)
-            result = train(
-                life.spec, callbacks=life.callbacks(), resume_from=life.resume, data=data
-            )
+            with recorded_warnings(life.warnings):
+                result = train(
+                    life.spec, callbacks=life.callbacks(), resume_from=life.resume, data=data
+                )
             life.trained(result)
     except Exception as exc:
         life.failed(exc)
@@ -706,15 +712,38 @@ def event_reason(
     a training ended (``early_stopped after 14 epochs, best epoch 4``) and its gradient
     checks; or the stop's message."""
     if error is not None:
-        return f"{error['type']}: {error.get('message', '')}"[:EVENT_REASON_CHARS]
-    if result is not None:
+        text = f"{error['type']}: {error.get('message', '')}"
+    elif result is not None:
         text = f"{result.get('stopped')} after {result.get('epochs')} epochs"
         if result.get("best_epoch") is not None:
             text += f", best epoch {result['best_epoch']}"
         if result.get("gradchecks"):
             text += f"; {result['gradchecks']}"
-        return text
-    return stop_message
+    else:
+        return stop_message
+    warned = (error or result or {}).get("warnings")
+    if warned:
+        text = f"{text[: EVENT_REASON_CHARS // 2]}; warnings: {' | '.join(warned)}"
+    return text[:EVENT_REASON_CHARS]
+
+
+@contextlib.contextmanager
+def recorded_warnings(into: list[str]) -> Iterator[None]:
+    """Python's warnings raised in the block, each distinct one once (at most
+    ``MAX_WARNINGS``), appended to ``into`` as ``Category: message``: the attempt's, which
+    its final event names (a worker's stderr reaches no user)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                text = f"{w.category.__name__}: {w.message}"
+                if text not in into and len(into) < MAX_WARNINGS:
+                    into.append(text)
+
+
+MAX_WARNINGS = 5
 
 
 EVENT_REASON_CHARS = 500
