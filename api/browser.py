@@ -76,16 +76,17 @@ class BrowserGuard:
         if _has_body(headers):
             media = headers.get(b"content-type", b"").decode("latin-1")
             media = media.split(";", 1)[0].strip().lower()
-            path = scope.get("path", "")
-            upload = path.rstrip("/") == UPLOAD_PATH or is_predict_path(path)
-            if not (_is_json(media) or (upload and media == "multipart/form-data")):
+            path = scope.get("path", "").rstrip("/")
+            upload = path == UPLOAD_PATH or is_predict_path(path)
+            spec = is_yaml(media) and path in YAML_PATHS
+            if not (_is_json(media) or spec or (upload and media == "multipart/form-data")):
                 where = f"{media!r}" if media else "no Content-Type"
                 return (
                     415,
                     "unsupported_media_type",
                     f"send the body as JSON (Content-Type: application/json), not {where}; "
-                    f"an upload to {UPLOAD_PATH} or /v1/jobs/{{id}}/predict is "
-                    "multipart/form-data",
+                    f"a job or sweep may be YAML (application/yaml); an upload to "
+                    f"{UPLOAD_PATH} or /v1/jobs/{{id}}/predict is multipart/form-data",
                     "Content-Type",
                 )
         return None
@@ -96,6 +97,17 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
         return True
     length = headers.get(b"content-length", b"0").strip()
     return length not in (b"", b"0")
+
+
+# A job or sweep spec may come as YAML, as its file is written: a type a page cannot send
+# without the browser asking first (not one of a form's), so no cross-site risk.
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+YAML_PATHS = ("/v1/jobs", "/v1/sweeps", "/v1/gradcheck")
+
+
+def is_yaml(media: str) -> bool:
+    """Whether a Content-Type (its media type, lower case, no parameters) is YAML."""
+    return media in YAML_TYPES
 
 
 def _is_json(media: str) -> bool:

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GRADQ_", extra="ignore", frozen=True)
 
+    # The folder of the service's state (its database, MLflow's store and artifacts), which
+    # every command shares (`gradq --home DIR …`): unset, ./gradq-data/ of the working
+    # directory. A database URL or tracking URI set on its own wins. Not the folder of the
+    # CSV inputs (csv_root).
+    home: Path | None = None
     database_url: str = defaults.DATABASE_URL
     mlflow_tracking_uri: str = defaults.MLFLOW_TRACKING_URI
     mlflow_artifact_root: str | None = Field(
@@ -61,7 +66,7 @@ class Settings(BaseSettings):
     max_queued_per_tenant: int = Field(1000, ge=1)
     # the most trials one sweep may make (a grid's points, or search.trials)
     max_sweep_trials: int = Field(10_000, ge=1)
-    gradcheck_max_parameters: int = Field(200_000, ge=1)
+    gradcheck_max_parameters: int = Field(defaults.GRADCHECK_MAX_PARAMETERS, ge=1)
     gradcheck_max_rows: int = Field(5000, ge=10, description="synthetic rows generated to check")
     # POST /v1/gradcheck runs in the API process, one check at a time: a check whose memory
     # (core.memory.gradcheck_estimate) is over gradcheck_max_memory (bytes or a size) is
@@ -138,6 +143,17 @@ class Settings(BaseSettings):
     webhooks_poll_seconds: float = Field(1.0, gt=0, le=60)
     webhooks_concurrency: int = Field(4, ge=1, le=64)
     webhooks_max_per_tenant: int = Field(20, ge=1, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_home(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("home"):
+            return data
+        home = Path(str(data["home"])).expanduser().resolve()
+        out = {**data, "home": home}
+        out.setdefault("database_url", f"sqlite:///{home / 'gradq.db'}")
+        out.setdefault("mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+        return out
 
     @field_validator("bootstrap_api_key")
     @classmethod
@@ -224,6 +240,16 @@ class Settings(BaseSettings):
             max_hidden_layers=self.max_hidden_layers,
             max_job_memory=int(self.max_job_memory),
         )
+
+    def new_store(self) -> Path | None:
+        """The SQLite file of the database when it does not exist yet (a command that opens
+        it creates a new, empty store there), else None."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        path = self.database_url.removeprefix("sqlite:///").split("?")[0]
+        if not path or path == ":memory:" or Path(path).exists():
+            return None
+        return Path(path).resolve()
 
     @property
     def artifact_root(self) -> str | None:

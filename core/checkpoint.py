@@ -124,20 +124,67 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 RESUMABLE_CHANGES = {"name", "priority", "max_attempts", "resources", "register_as", "experiment"}
 
 
-def check_compatible(ckpt: Checkpoint, spec: dict[str, Any]) -> None:
-    """Refuse to resume a job from another job's checkpoint. The checkpoint's spec is read
-    as a spec today reads (``core.spec.JobSpec``, with the defaults of fields added since it
-    was written), so a checkpoint written before a field was added resumes."""
-    saved = _normalised(ckpt.spec)
+def check_compatible(
+    ckpt: Checkpoint, spec: dict[str, Any], *, extend_schedule: bool = False
+) -> None:
+    """Refuse to resume a job from another job's checkpoint, naming each field that differs
+    (``optimizer.lr: 0.1 in the checkpoint, 0.05 here``). The checkpoint's spec is read as a
+    spec today reads (``core.spec.JobSpec``, with the defaults of fields added since it was
+    written), so a checkpoint written before a field was added resumes.
+
+    ``optimizer.epochs`` may grow (a run extended): with a schedule that does not depend on
+    the epochs (constant, step, plateau, and their warm-up) as it is; with ``cosine`` only
+    when ``extend_schedule`` says to recompute the schedule over the new epochs (its rate
+    rises again from where the old one ended)."""
+    saved = _flat(_normalised(ckpt.spec))
+    now = _flat(spec)
     diff = sorted(
         k
-        for k in set(spec) | set(saved)
-        if k not in RESUMABLE_CHANGES and spec.get(k) != saved.get(k)
+        for k in set(now) | set(saved)
+        if k.split(".", 1)[0] not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)
     )
+    if diff == [EPOCHS]:
+        _check_extension(ckpt, saved, now, extend_schedule)
+        return
     if diff:
-        raise CheckpointError(
-            f"checkpoint was written for a different spec (differs in: {', '.join(diff)})"
+        said = "; ".join(
+            f"{k}: {_shown(saved, k)} in the checkpoint, {_shown(now, k)} here" for k in diff
         )
+        raise CheckpointError(f"checkpoint was written for a different spec (differs in: {said})")
+
+
+EPOCHS = "optimizer.epochs"
+
+
+def _check_extension(
+    ckpt: Checkpoint, saved: dict[str, Any], now: dict[str, Any], extend_schedule: bool
+) -> None:
+    epochs = now[EPOCHS]
+    if not isinstance(epochs, int) or epochs < ckpt.epoch:
+        raise CheckpointError(
+            f"{EPOCHS}: {epochs}, but the checkpoint has trained {ckpt.epoch} epochs already"
+        )
+    if now.get("optimizer.schedule.kind") == "cosine" and not extend_schedule:
+        raise CheckpointError(
+            f"{EPOCHS}: {epochs} here, {saved.get(EPOCHS)} in the checkpoint, and a cosine "
+            "schedule runs over the epochs: recompute it over the new ones with "
+            "--extend-schedule (its rate rises again), or resume with the same epochs"
+        )
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` as ``{"optimizer.lr": 0.1}`` (lists whole)."""
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return json.dumps(flat[key]) if key in flat else "absent"
 
 
 def _normalised(spec: dict[str, Any]) -> dict[str, Any]:

@@ -29,3 +29,10 @@ API_URL: Final = f"http://{API_HOST}:{API_PORT}"
 # GRADQ_HEARTBEAT_SECONDS); the heartbeat must be the shorter.
 LEASE_SECONDS: Final = 30.0
 HEARTBEAT_SECONDS: Final = 3.0
+
+# A gradient check's size: over this many parameters the service refuses a check
+# (GRADQ_GRADCHECK_MAX_PARAMETERS) and `gradq gradcheck` samples its finite differences;
+# the finite-difference coordinates per tensor the service checks (and the local command,
+# over that size).
+GRADCHECK_MAX_PARAMETERS: Final = 200_000
+GRADCHECK_FD_SAMPLES: Final = 32

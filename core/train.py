@@ -119,6 +119,7 @@ def train(
     data: Dataset | None = None,
     dtype: torch.dtype = torch.float32,
     init_weights: Sequence[torch.Tensor] | None = None,
+    extend_schedule: bool = False,
 ) -> TrainResult:
     """Train the spec's model; same seed, data, device and dtype give identical numbers.
 
@@ -128,6 +129,8 @@ def train(
     start from (``init_from``, :meth:`TrainState.warm_start`); a resume ignores them (its
     checkpoint holds the weights trained from them). ``dtype`` is what the model, the data and the
     updates compute in: float32, or float64 (tests); the validator works in float64 always.
+    ``resume_from`` may have trained fewer epochs than the spec asks (``check_compatible``;
+    ``extend_schedule``: a cosine schedule recomputed over the new epochs).
 
     Each epoch: ``StepLoop.run_epoch`` takes the optimizer's steps (with the ``GradientChecks`` and
     the ``DivergenceGuard``), ``EpochEvaluation`` makes the epoch's record, the
@@ -146,7 +149,7 @@ def train(
     state = TrainState.start(spec, flat.params, opt, device)
     spec_dict = spec.model_dump(mode="json")
     if resume_from is not None:
-        check_compatible(resume_from, spec_dict)
+        check_compatible(resume_from, spec_dict, extend_schedule=extend_schedule)
         state.load_checkpoint(resume_from)
     elif init_weights is not None:
         state.warm_start(init_weights)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from core.defaults import DATABASE_URL
-from db import migrate
 
 db_app = typer.Typer(
-    help="Database commands: schema migrations, queue recount.", no_args_is_help=True
+    help="Database commands: schema migrations, queue recount.",
+    no_args_is_help=True,
 )
 
 UrlOption = Annotated[
@@ -25,12 +26,16 @@ UrlOption = Annotated[
 def resolve_url(url: str | None) -> str:
     """The URL to use: ``url``, else ``$GRADQ_DATABASE_URL``, else the embedded SQLite
     (:data:`core.defaults.DATABASE_URL`, as the service's settings)."""
-    return url or os.environ.get("GRADQ_DATABASE_URL") or DATABASE_URL
+    home = os.environ.get("GRADQ_HOME")  # gradq --home DIR, as the service's settings
+    in_home = f"sqlite:///{Path(home).expanduser().resolve() / 'gradq.db'}" if home else None
+    return url or os.environ.get("GRADQ_DATABASE_URL") or in_home or DATABASE_URL
 
 
 @db_app.command()
 def upgrade(url: UrlOption = None) -> None:
     """Apply every migration (alembic upgrade head); creates the SQLite folder if needed."""
+    from db import migrate  # alembic: loaded by the command that uses it (a fast `gradq`)
+
     target = resolve_url(url)
     migrate.upgrade(target)
     typer.echo(f"database at {_safe(target)} is at the newest schema")
@@ -39,6 +44,8 @@ def upgrade(url: UrlOption = None) -> None:
 @db_app.command()
 def check(url: UrlOption = None) -> None:
     """Compare the models with the migrated schema; exit 1 when they differ."""
+    from db import migrate
+
     target = resolve_url(url)
     diffs = migrate.check(target)
     for diff in diffs:

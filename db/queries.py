@@ -160,6 +160,7 @@ class JobQueries:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        id_prefix: str | None = None,
         name_prefix: str | None = None,
         tags: Sequence[tuple[str, str]] = (),
         created_after: datetime | None = None,
@@ -169,7 +170,8 @@ class JobQueries:
     ) -> tuple[builtins.list[JobView], str | None]:
         """One page of jobs and the cursor of the next page (None on the last): newest first
         (created_at desc, id desc), or with ``sort`` by a final metric (:func:`sorted_by`).
-        Filters (all must hold): status, exact name, name prefix, every tag of ``tags``,
+        Filters (all must hold): status, exact name, id prefix and name prefix (taken
+        literally: ``%`` and ``_`` are no wildcards), every tag of ``tags``,
         created strictly after/before, every threshold of ``bounds``. Walking the cursors
         with the same filters visits every matching row exactly once."""
         query = select(JOBS)
@@ -179,6 +181,8 @@ class JobQueries:
             query = query.where(JOBS.c.status == JobStatus(status).value)
         if name is not None:
             query = query.where(JOBS.c.name == name)
+        if id_prefix:
+            query = query.where(JOBS.c.id.startswith(id_prefix.lower(), autoescape=True))
         if name_prefix:
             query = query.where(name_prefix_term(JOBS, name_prefix))
         if created_after is not None:

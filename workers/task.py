@@ -21,6 +21,7 @@ by ``JobStore.finish`` (``core.failures``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -31,6 +32,8 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +44,7 @@ from core.callbacks import Callback, EpochRecord
 from core.checkpoint import Checkpoint, CheckpointError
 from core.data import Dataset, load_dataset
 from core.gradcheck import GradcheckFailed
+from core.gradcheck_summary import checks_summary
 from core.spec import InvalidSpec, JobSpec, TrialSpec
 from core.sweep import better
 from core.train import Diverged, TrainResult, train
@@ -445,6 +449,7 @@ class AttemptLife:
         self.tracker: JobTracker | None = None
         self.status: Literal["succeeded", "cancelled", "pruned"] = "succeeded"
         self.stop_message: str | None = None  # the final event's reason of a stopped attempt
+        self.warnings: list[str] = []  # what its training warned of (recorded_warnings)
         trial = self.spec.trial
         self.rungs = (
             Rungs(SweepStore(engine), job, trial, self.lease)
@@ -548,6 +553,9 @@ class AttemptLife:
             "device": result.device,
             "resumed_from_epoch": self.resume.epoch if self.resume else None,
             "seconds": time.perf_counter() - self.started,
+            # one line, as `gradq train` prints it (`gradq show` and `gradq logs` too)
+            "gradchecks": checks_summary(result.gradchecks),
+            "warnings": list(self.warnings),
         }
         if self.pack is not None:
             self.result_body["pack"] = {"members": self.pack}
@@ -643,7 +651,7 @@ class AttemptLife:
                 tracker,
                 final,
                 self.result_body,
-                error,
+                {**error, "warnings": self.warnings} if error and self.warnings else error,
                 self.stop_message,
             )
         if tracker is not None and not written:
@@ -700,13 +708,14 @@ def run_attempt(config: WorkerConfig, job: ClaimedJob, board: Any = None) -> str
             assert life.tracker is not None
             data = _data(life.spec, DatasetStore(engine), config.tracking_uri)
             life.tracker.log_dataset(data)
-            result = train(
-                life.spec,
-                callbacks=life.callbacks(),
-                resume_from=life.resume,
-                data=data,
-                init_weights=life.init_weights,
-            )
+            with recorded_warnings(life.warnings):
+                result = train(
+                    life.spec,
+                    callbacks=life.callbacks(),
+                    resume_from=life.resume,
+                    data=data,
+                    init_weights=life.init_weights,
+                )
             life.trained(result)
     except Exception as exc:
         life.failed(exc)
@@ -743,7 +752,7 @@ def _write_outcome(
             status=final,
             result=result_body,
             error=error,
-            reason=error["type"] if error is not None else stop_message,
+            reason=event_reason(error, result_body, stop_message),
             progress=dict(lease.progress),
         )
         return True
@@ -762,6 +771,50 @@ def _write_outcome(
         log.exception("job %s attempt %s: final write failed", job.id, job.attempt)
     lease.lost.set()
     return False
+
+
+def event_reason(
+    error: dict[str, Any] | None, result: dict[str, Any] | None, stop_message: str | None
+) -> str | None:
+    """The final event's reason, which `gradq logs` shows: a failure's kind and message; how
+    a training ended (``early_stopped after 14 epochs, best epoch 4``) and its gradient
+    checks; or the stop's message."""
+    if error is not None:
+        text = f"{error['type']}: {error.get('message', '')}"
+    elif result is not None:
+        text = f"{result.get('stopped')} after {result.get('epochs')} epochs"
+        if result.get("best_epoch") is not None:
+            text += f", best epoch {result['best_epoch']}"
+        if result.get("gradchecks"):
+            text += f"; {result['gradchecks']}"
+    else:
+        return stop_message
+    warned = (error or result or {}).get("warnings")
+    if warned:
+        text = f"{text[: EVENT_REASON_CHARS // 2]}; warnings: {' | '.join(warned)}"
+    return text[:EVENT_REASON_CHARS]
+
+
+@contextlib.contextmanager
+def recorded_warnings(into: list[str]) -> Iterator[None]:
+    """Python's warnings raised in the block, each distinct one once (at most
+    ``MAX_WARNINGS``), appended to ``into`` as ``Category: message``: the attempt's, which
+    its final event names (a worker's stderr reaches no user)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                text = f"{w.category.__name__}: {w.message}"
+                if text not in into and len(into) < MAX_WARNINGS:
+                    into.append(text)
+
+
+MAX_WARNINGS = 5
+
+
+EVENT_REASON_CHARS = 500
 
 
 def _final_write(store: JobStore, job: ClaimedJob, config: WorkerConfig, **outcome: Any) -> None:

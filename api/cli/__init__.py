@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from api.cli import commands, gc, local, serve, sweeps
 from api.cli.keys import keys_app
@@ -44,8 +48,19 @@ def _main(
             "--version", callback=_version, is_eager=True, help="print gradq's version and exit"
         ),
     ] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="the folder of the service's state (database, MLflow store), shared by "
+            "every command [$GRADQ_HOME, ./gradq-data]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """gradq: train MLPs with a hand-written, gradient-checked backprop."""
+    if home is not None:  # read by the settings of every command (api.settings.Settings.home)
+        os.environ["GRADQ_HOME"] = str(home)
 
 
 def _mount_db() -> None:
@@ -56,6 +71,25 @@ def _mount_db() -> None:
     app.add_typer(db_app, name="db")
 
 
+def _summaries(group: typer.Typer) -> None:
+    """Each command's line in its group's help: its docstring's first paragraph as one line
+    (the help panel kept the docstring's line breaks, cutting sentences in the middle)."""
+    for info in group.registered_commands:
+        doc = info.help or inspect.getdoc(info.callback) or ""
+        info.short_help = info.short_help or " ".join(doc.split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _summaries(sub.typer_instance)
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """No type shown for a flag (``--watch``, not ``--watch <bool>``): it takes no value."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
 _mount_db()
 serve.register(app)
 commands.register(app)
@@ -63,5 +97,6 @@ gc.register(app)
 sweeps.register(app)
 app.add_typer(keys_app, name="keys")
 local.register(app)
+_summaries(app)
 
 __all__ = ["app"]

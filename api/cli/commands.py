@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli import chart
 from api.cli.http import ApiClient, ApiFailure
 from api.cli.tables import add, listing, when
 from core import defaults
@@ -129,7 +131,9 @@ def _summary(job: dict[str, Any]) -> None:
     console.print(f"job {job['id']} [{style}]{status}[/]", highlight=False)
     result = job.get("result") or {}
     if result.get("metrics"):
-        console.print(f"{job['name']}: best epoch {result.get('best_epoch')}", highlight=False)
+        console.print(f"{job['name']}: {outcome(result)}", highlight=False)
+        if result.get("gradchecks"):
+            console.print(result["gradchecks"], highlight=False, soft_wrap=True)
         table = Table("metric", "value")
         for k, v in result["metrics"].items():
             table.add_row(k, "-" if v is None else f"{v:.4f}")
@@ -165,6 +169,7 @@ def jobs(
         typer.Option(help="a final metric, -NAME highest first (e.g. -test_accuracy)"),
     ] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 20,
+    ids: Annotated[bool, typer.Option("--ids", help="only the ids, one a line")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
@@ -175,6 +180,14 @@ def jobs(
     params = {k: v for k, v in given.items() if v}
     with ApiClient(url, key) as client:
         page = _call(client, "GET", "/v1/jobs", params=params)
+    if ids:  # for a script: JOB=$(gradq jobs --name digits --ids --limit 1)
+        for j in page["items"]:
+            typer.echo(j["id"])
+        return
+    if not page["items"]:
+        filtered = params.keys() - {"limit", "sort"}
+        typer.echo("no jobs" + (" matching" if filtered else ""))
+        return
     shown = sort.removeprefix("-") if sort and sort != "-created_at" else None
     columns = ("name", "status", "epoch", *((shown,) if shown else ()), "created")
     table = listing(console, [j["id"] for j in page["items"]], *columns)
@@ -191,7 +204,7 @@ def jobs(
 
 
 def rerun(
-    job_id: Annotated[str, typer.Argument(help="the job to run again")],
+    job_id: Annotated[str, typer.Argument(help="the job to run again: its id, or its start")],
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -206,7 +219,7 @@ def rerun(
     """Queue a new job with another job's spec, changed by --set; prints its id."""
     patch = spec_patch(set_ or [])
     with ApiClient(url, key) as client:
-        created = _call(client, "POST", f"/v1/jobs/{job_id}/rerun", json=patch)
+        created = _call(client, "POST", f"/v1/jobs/{resolve(client, job_id)}/rerun", json=patch)
     typer.echo(created["id"])
 
 
@@ -237,26 +250,107 @@ def _bad_option(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+JobRef = Annotated[str, typer.Argument(help="the job's id, or its first characters")]
+
+
+def resolve(client: ApiClient, ref: str) -> str:
+    """The id of the caller's job ``ref`` names: a whole id, or the start of one (as the
+    lists show, `73b1eec8`), looked up among the caller's jobs only. No job or several:
+    exit 1 naming the candidates."""
+    ref = ref.strip()
+    if len(ref) >= 36 or not re.fullmatch(r"[0-9a-fA-F-]+", ref):
+        return ref  # a whole id (or not an id at all: the service says it is not found)
+    page = _call(client, "GET", "/v1/jobs", params={"id_prefix": ref, "limit": AMBIGUOUS + 1})
+    found = page["items"]
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        err.print(f"[red]no job of yours has an id starting with {escape(ref)}[/]")
+        raise typer.Exit(1)
+    more = "at least " if len(found) > AMBIGUOUS else ""
+    err.print(f"[red]{escape(ref)} is ambiguous: {more}{len(found)} jobs start with it[/]")
+    for j in found[:AMBIGUOUS]:
+        err.print(f"  {j['id']}  {escape(j['name'])}  {j['status']}", highlight=False)
+    err.print("give more of the id")
+    raise typer.Exit(1)
+
+
+AMBIGUOUS = 10  # candidates an ambiguous prefix lists
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """How a job's training ended, e.g. ``early_stopped after 14 epochs, best epoch 4``."""
+    text = f"{result.get('stopped') or 'ended'} after {result.get('epochs')} epochs"
+    if result.get("best_epoch") is not None:
+        text += f", best epoch {result['best_epoch']}"
+    return text
+
+
 def show(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
+    as_json: Annotated[bool, typer.Option("--json", help="the whole job, as JSON")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Everything about one job, as JSON."""
+    """One job: status, progress, result, links (--json: everything, as JSON)."""
     with ApiClient(url, key) as client:
-        console.print_json(json.dumps(_call(client, "GET", f"/v1/jobs/{job_id}")))
+        job = _call(client, "GET", f"/v1/jobs/{resolve(client, job_id)}")
+    if as_json:
+        console.print_json(json.dumps(job))
+        return
+    attempts = f"attempt {job['attempt']} of {job['max_attempts']}"
+    rows = [("job", f"{job['id']}  {job['name']}"), ("status", f"{job['status']} ({attempts})")]
+    if job["status"] == "queued":
+        rows.append(("waiting", job.get("pending_reason") or "queued"))
+    p = job.get("progress") or {}
+    if p:
+        rows.append(("progress", f"epoch {p.get('epoch', 0)}/{p.get('epochs', '?')}  "
+                     + _bar(job)["metrics"]))  # fmt: skip
+    result = job.get("result") or {}
+    if result:
+        rows.append(("result", outcome(result)))
+        for k, v in (result.get("metrics") or {}).items():
+            rows.append(("", f"{k} {'-' if v is None else f'{v:.4f}'}"))
+        if result.get("gradchecks"):
+            rows.append(("checks", result["gradchecks"]))
+    if job.get("error"):
+        rows.append(("error", _error_text(job["error"])))
+    links = job.get("links") or {}
+    if links.get("mlflow_run"):
+        rows.append(("MLflow", links["mlflow_run"]))
+    rows.append(("curves", f"gradq metrics {job['id'][:8]}"))
+    for label, value in rows:
+        console.print(f"{label:<9} {value}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        kind, message = error.get("type"), error.get("message", error)
+        return f"{kind}: {message}" if kind else str(message)
+    return str(error)
 
 
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
+    wait: Annotated[
+        float, typer.Option(min=0, help="seconds to wait for a running job to stop")
+    ] = 10.0,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Cancel a job (a running one stops between two steps)."""
+    """Cancel a job: a queued one at once; a running one stops between two steps, which the
+    command waits for (--wait seconds at most) and then prints the job's status."""
     with ApiClient(url, key) as client:
-        job = _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
-    note = " (cancel requested)" if job["status"] == "running" else ""
-    typer.echo(f"{job['id']} {job['status']}{note}")
+        job = _call(client, "POST", f"/v1/jobs/{resolve(client, job_id)}/cancel")
+        deadline = time.monotonic() + wait
+        while job["status"] not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL_SECONDS)
+            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+    note = " (cancel requested; still stopping)" if job["status"] not in TERMINAL else ""
+    typer.echo(f"{job['id']} {job['name']} {job['status']}{note}")
+
+
+CANCEL_POLL_SECONDS = 0.05
 
 
 def delete(
@@ -272,22 +366,71 @@ def delete(
 
 
 def logs(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: JobRef,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """The job's status history."""
+    """The job's status history: each change, its attempt and why; the last says how the
+    job ended (its result and gradient checks, or its error)."""
     with ApiClient(url, key) as client:
-        events = _call(client, "GET", f"/v1/jobs/{job_id}/events")
+        ref = resolve(client, job_id)
+        events = _call(client, "GET", f"/v1/jobs/{ref}/events")
+        job = _call(client, "GET", f"/v1/jobs/{ref}")
     for e in events:
         typer.echo(
             f"{e['at'][:23]}  {e['from_status'] or '-':>9} → {e['to_status']:<9}"
             f"  attempt {e['attempt']}  {e['reason'] or ''}"
         )
+    last = (events[-1]["reason"] or "") if events else ""
+    result = job.get("result") or {}
+    if result and outcome(result) not in last:  # a job that ended before events said so
+        typer.echo(f"result: {outcome(result)}")
+        if result.get("gradchecks"):
+            typer.echo(result["gradchecks"])
+    if job.get("error") and _error_text(job["error"])[:100] not in last:
+        typer.echo(f"error: {_error_text(job['error'])}")
+
+
+def metrics(
+    job_id: JobRef,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="a metric (loss/val) or section (loss) to chart; repeatable"),
+    ] = None,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="every curve as CSV, a row per step")
+    ] = False,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """The job's learning curves, charted in the terminal (--csv: the points as CSV)."""
+    with ApiClient(url, key) as client:
+        ref = resolve(client, job_id)
+        body = _call(client, "GET", f"/v1/jobs/{ref}/metrics")
+    curves = {
+        name: [(p["step"], p["value"]) for p in points] for name, points in body["metrics"].items()
+    }
+    if as_csv:
+        picked = {
+            n: c for n, c in curves.items() if not metric or {n, n.split("/")[0]} & set(metric)
+        }
+        typer.echo(chart.to_csv(picked), nl=False)
+        return
+    charts = chart.sections(curves, metric or ())
+    if not curves:
+        typer.echo(f"no learning curves for job {ref} yet (its run has logged no epoch)")
+        return
+    if not charts:
+        err.print(f"[red]no metric {', '.join(metric or ())}; the job has: {', '.join(curves)}[/]")
+        raise typer.Exit(1)
+    width = max(20, min(70, console.width - 14))
+    for section, series in charts.items():
+        typer.echo(chart.chart(section, series, width=width))
+        typer.echo("")
 
 
 def predict(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: Annotated[str, typer.Argument(help="the job's id, or its first characters")],
     rows: Annotated[Path, typer.Argument(help="a CSV file whose header names the features")],
     checkpoint: Annotated[
         str, typer.Option(help="best: the job's model; last: its last epoch's weights")
@@ -306,8 +449,9 @@ def predict(
         err.print(f"[red]cannot read {rows}: {exc.strerror}[/]", highlight=False)
         raise typer.Exit(2) from None
     with ApiClient(url, key) as client:
+        ref = resolve(client, job_id)
         answer = _call(
-            client, "POST", f"/v1/jobs/{job_id}/predict", params={"checkpoint": checkpoint},
+            client, "POST", f"/v1/jobs/{ref}/predict", params={"checkpoint": checkpoint},
             files={"file": (rows.name, data, "text/csv")},
         )  # fmt: skip
     if as_json:
@@ -365,6 +509,6 @@ def list_datasets(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (submit, jobs, show, cancel, delete, logs, rerun, predict):
+    for command in (submit, jobs, show, cancel, delete, logs, metrics, rerun, predict):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

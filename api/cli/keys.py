@@ -3,19 +3,20 @@ settings' ``GRADQ_DATABASE_URL``). A key is printed once; only its sha256 is sto
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+from api.cli.serve import warn_new_store
 from api.cli.tables import add, listing
-from api.settings import Settings
-from db.keys import KeyStore, check_grant
-from db.migrate import upgrade
-from db.session import make_engine
+
+if TYPE_CHECKING:  # the database's modules load with the command that uses them (a fast start)
+    from db.keys import KeyStore
 
 keys_app = typer.Typer(
-    help="API keys (GRADQ_AUTH=keys): create, revoke, list.", no_args_is_help=True
+    help="API keys (GRADQ_AUTH=keys): create, revoke, list.",
+    no_args_is_help=True,
 )
 console = Console()
 ROLES_WIDE = 140  # a narrower terminal's list leaves out the role and caps columns
@@ -23,7 +24,13 @@ err = Console(stderr=True)
 
 
 def _keys() -> KeyStore:
+    from api.settings import Settings
+    from db.keys import KeyStore
+    from db.migrate import upgrade
+    from db.session import make_engine
+
     settings = Settings()
+    warn_new_store(settings)
     upgrade(settings.database_url)
     return KeyStore(make_engine(settings.database_url))
 
@@ -46,6 +53,9 @@ def create(
     """Make a key for TENANT and print it (it cannot be shown again). A tenant's caps are the
     strictest its active keys set; where none sets one, GRADQ_TENANT_MAX_RUNNING and
     GRADQ_TENANT_MAX_PRIORITY."""
+    from api.access import DEFAULT_TENANT
+    from db.keys import check_grant
+
     name = tenant.strip()
     if not name or len(name) > 100:
         err.print("[red]--tenant must be 1 to 100 characters[/]")
@@ -60,6 +70,13 @@ def create(
     )
     err.print(f"key {key_id} for tenant {name!r} (shown once; send as 'Authorization: Bearer'):")
     typer.echo(key)
+    if name != DEFAULT_TENANT:
+        err.print(
+            f"note: jobs submitted before GRADQ_AUTH=keys belong to tenant {DEFAULT_TENANT!r}; "
+            f"to see them, make a key for it: gradq keys create --tenant {DEFAULT_TENANT}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @keys_app.command("revoke")
@@ -81,7 +98,8 @@ def list_keys(tenant: Annotated[str | None, typer.Option(help="only this tenant"
     their roles and caps), never their secrets."""
     keys = _keys().list(tenant=tenant)
     wide = console.width >= ROLES_WIDE  # the role and caps, like the times, where they fit
-    columns = ("tenant", *(["role", "caps"] if wide else []), "prefix", "created", "revoked")
+    revoked_column = ["revoked"] if any(k.revoked_at for k in keys) else []
+    columns = ("tenant", *(["role", "caps"] if wide else []), "prefix", "created", *revoked_column)
     table = listing(console, [k.id for k in keys], *columns)
     for k in keys:
         revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else ""

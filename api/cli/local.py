@@ -12,18 +12,22 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core import defaults
 from core.callbacks import Callback, EpochRecord
-from core.spec import InvalidSpec, JobSpec, load_spec
+from core.gradcheck_summary import checks_summary
 
-if TYPE_CHECKING:  # torch is imported only by the commands that train (a fast `--help`)
+if TYPE_CHECKING:  # torch and pydantic are imported only by the commands (a fast start)
     from core.checkpoint import Checkpoint
     from core.gradcheck import GradcheckReport
+    from core.spec import JobSpec
 
 console = Console()
 err = Console(stderr=True)
 
 
 def _load(job: Path) -> JobSpec:
+    from core.spec import InvalidSpec, load_spec
+
     try:
         spec = load_spec(job)
     except InvalidSpec as exc:
@@ -76,19 +80,6 @@ class ProgressCallback(Callback):
             self.progress.console.print(f"[red]{report.summary()}[/]")
 
 
-def checks_summary(reports: list[dict[str, Any]]) -> str | None:
-    """One line for a run's passing gradient checks: how many, and the worst errors."""
-    if not reports:
-        return None
-    passed = [r for r in reports if r.get("passed")]
-    worst = max((r.get("max_rel_error", 0.0) for r in passed), default=0.0)
-    worst_fd = max((r.get("max_fd_rel_error", 0.0) for r in passed), default=0.0)
-    return (
-        f"gradient checks: {len(passed)} of {len(reports)} passed (worst relative error: "
-        f"manual vs autograd {worst:.1e}, vs finite differences {worst_fd:.1e})"
-    )
-
-
 class CheckpointWriter(Callback):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -103,10 +94,19 @@ def train(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="write last.pt here")] = None,
     resume: Annotated[Path | None, typer.Option(help="resume from this checkpoint")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    extend_schedule: Annotated[
+        bool,
+        typer.Option(
+            "--extend-schedule",
+            help="with --resume and more epochs: recompute a cosine schedule over them",
+        ),
+    ] = False,
 ) -> None:
-    """Train a job locally, without the service, with a live progress bar."""
+    """Train a job locally, without the service, with a live progress bar. With --resume,
+    the spec may ask for more epochs than the checkpoint's run (a run extended)."""
     from core.checkpoint import Checkpoint, CheckpointError
     from core.gradcheck import GradcheckFailed
+    from core.spec import InvalidSpec
     from core.train import Diverged
     from core.train import train as run
 
@@ -127,7 +127,9 @@ def train(
     try:
         with Progress(*columns, console=err, disable=as_json) as progress:
             callbacks.append(ProgressCallback(progress, spec.optimizer.epochs))
-            result = run(spec, callbacks=callbacks, resume_from=start)
+            result = run(
+                spec, callbacks=callbacks, resume_from=start, extend_schedule=extend_schedule
+            )
     except (Diverged, GradcheckFailed, CheckpointError, InvalidSpec) as exc:
         err.print(f"[bold red]failed:[/] {exc}")
         raise typer.Exit(1) from None
@@ -164,12 +166,34 @@ def gradcheck(
     job: Annotated[Path, typer.Argument(help="the job spec, YAML or JSON")],
     batch: Annotated[int, typer.Option(help="rows of the training data to check on")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    every_coordinate: Annotated[
+        bool,
+        typer.Option(
+            "--every-coordinate",
+            help="finite differences on every parameter, also of a model over "
+            f"{defaults.GRADCHECK_MAX_PARAMETERS:,} parameters (slow)",
+        ),
+    ] = False,
 ) -> None:
-    """Check the manual backprop against autograd and finite differences, per layer."""
+    """Check the manual backprop against autograd and finite differences, per layer. Over
+    the service's limit of parameters, the finite differences take a sample of each tensor's
+    coordinates, as the service's check does."""
     from core.gradcheck import check_spec
+    from core.spec import estimated_parameters
 
     spec = _load(job)
-    report = check_spec(spec, batch_size=batch)
+    n = estimated_parameters(spec)
+    fd = None  # every coordinate
+    if n > defaults.GRADCHECK_MAX_PARAMETERS and not every_coordinate:
+        fd = min(spec.gradcheck.fd_samples, defaults.GRADCHECK_FD_SAMPLES)
+    coordinates = "every coordinate" if fd is None else f"{fd} sampled coordinates per tensor"
+    err.print(
+        f"checking {spec.name}: {n:,} parameters in float64 on {batch} rows, finite "
+        f"differences on {coordinates}"
+        + (" (--every-coordinate: all of them, slowly)" if fd is not None else ""),
+        highlight=False,
+    )
+    report = check_spec(spec, batch_size=batch, fd_samples=fd)
     if as_json:
         console.print_json(report.to_json())
     else:

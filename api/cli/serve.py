@@ -24,12 +24,13 @@ from urllib.parse import urlparse
 import typer
 from rich.console import Console
 
-from api.settings import Settings
+from api.cli.quiet import quiet_libraries
 from core import defaults
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from api.settings import Settings
     from workers.dispatcher import Dispatcher
 
 err = Console(stderr=True)
@@ -71,8 +72,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _settings(host: str | None, port: int | None, insecure: bool) -> Settings:
+def _settings(
+    host: str | None, port: int | None, insecure: bool, mlflow_port: int | None = None
+) -> Settings:
+    from api.settings import Settings
+
     overrides: dict[str, Any] = {"host": host, "port": port}
+    if mlflow_port is not None:
+        overrides["mlflow_ui_url"] = f"http://127.0.0.1:{mlflow_port}"
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
@@ -84,13 +91,29 @@ def _settings(host: str | None, port: int | None, insecure: bool) -> Settings:
     if refusal:
         err.print(f"[bold red]{refusal}[/]")
         raise typer.Exit(2)
+    warn_new_store(settings)
     return settings
+
+
+def warn_new_store(settings: Settings) -> None:
+    """A warning when the command is about to create a new, empty store: jobs and keys of
+    another folder are not in it."""
+    path = settings.new_store()
+    if path is not None:
+        err.print(
+            f"[yellow]warning:[/] no gradq store at {path}: creating a new, empty one. If "
+            "your jobs and keys are in another folder, pass --home DIR (gradq --home DIR "
+            "COMMAND) or set GRADQ_HOME",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _prepare(settings: Settings) -> None:
     """Migrate the database; create a local MLflow store's schema before serving."""
     from db.migrate import upgrade
 
+    quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     upgrade(settings.database_url)
     if settings.bootstrap_api_key is not None:
@@ -235,10 +258,20 @@ def serve(
     no_mlflow_ui: Annotated[
         bool, typer.Option("--no-mlflow-ui", help="do not start the MLflow UI")
     ] = False,
+    mlflow_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="the MLflow UI's port (on 127.0.0.1), which job links name "
+            "[$GRADQ_MLFLOW_UI_URL, 5000]",
+            show_default=False,
+        ),
+    ] = None,
     insecure: InsecureOpt = False,
 ) -> None:
     """Everything in one process: API, dispatcher with a local Ray, MLflow UI."""
-    settings = _settings(host, port, insecure)
+    settings = _settings(host, port, insecure, mlflow_port)
     from api.main import create_app
     from workers import probes
     from workers.dispatcher import run_in_thread, stop_ray

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import yaml
 from fastapi import Depends, Query, Request
 
+from api.browser import is_yaml
 from api.deps import SettingsDep, get_tenant
 from api.errors import ApiError
 from api.schemas import ErrorBody
@@ -58,7 +60,11 @@ async def read_spec(request: Request, settings: Settings) -> JobSpec:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a job spec as JSON")
-    return checked_spec(parse_body(raw, settings.limits), settings)
+    if yaml_body(request):
+        spec = parse_spec(load_yaml(raw), limits=settings.limits)
+    else:
+        spec = parse_body(raw, settings.limits)
+    return checked_spec(spec, settings)
 
 
 def checked_spec(spec: JobSpec, settings: Settings) -> JobSpec:
@@ -100,6 +106,28 @@ def csv_path(path: str, root: Path | None) -> str:
             "not a file in the folder of input files (GRADQ_CSV_ROOT): give a path inside it",
         )
     return str(real)
+
+
+def yaml_body(request: Request) -> bool:
+    """Whether the body is YAML by its Content-Type (application/yaml and its kin)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return is_yaml(media)
+
+
+def load_yaml(raw: bytes) -> Any:
+    """A YAML body's document (``yaml.safe_load``: plain data only), validated as JSON's
+    is; a body that does not parse is a 400 ``malformed_yaml`` naming the line and column."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context
+        raise ApiError(
+            400, "malformed_yaml", f"the body is not valid YAML{where}: {problem}"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ApiError(400, "malformed_yaml", f"the body is not valid YAML: {exc}") from None
 
 
 def parse_body(raw: bytes, limits: SpecLimits) -> JobSpec:

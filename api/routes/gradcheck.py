@@ -28,12 +28,13 @@ from api.deps import Services, ServicesDep, TenantDep
 from api.errors import ApiError
 from api.routes.common import AUTHENTICATED, SPEC_BODY, SpecDep, errors
 from api.routes.jobs import check_upload
+from core import defaults
 from core.memory import gradcheck_estimate
 from core.spec import DatasetShape, InvalidSpec, JobSpec, count_parameters, estimated_parameters
 
 router = APIRouter(prefix="/v1", tags=["gradcheck"], dependencies=AUTHENTICATED)
 
-MAX_FD_SAMPLES = 32
+MAX_FD_SAMPLES = defaults.GRADCHECK_FD_SAMPLES
 RETRY_AFTER_S = 5  # what a 429 asks the client to wait
 CLIENT_GONE = 499  # the status of a check stopped because its client disconnected
 

@@ -193,6 +193,14 @@ def list_jobs(
     sort: Annotated[str, Query(max_length=101, description=SORT_HELP)] = DEFAULT_SORT,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="from next_cursor")] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            max_length=36,
+            pattern=r"^[0-9a-fA-F-]+$",
+            description="only jobs whose id starts with this (a short id, as `gradq show` takes)",
+        ),
+    ] = None,
 ) -> schemas.JobPage:
     """The tenant's jobs, newest first or by a final metric, a page at a time, filtered
     (every filter must hold). Pass the same filters and sort with ``cursor``. Queue
@@ -202,6 +210,7 @@ def list_jobs(
         tenant=tenant,
         status=status,
         name=name,
+        id_prefix=id_prefix,
         name_prefix=name_prefix,
         tags=parsed("tag", tag, parse_tag),
         created_after=in_utc("created_after", created_after),

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from api import schemas
 from api.deps import ServicesDep, SettingsDep, StoreDep, SweepsDep, TenantDep
 from api.errors import ApiError
-from api.routes.common import AUTHENTICATED, TagQuery, errors, parsed
+from api.routes.common import AUTHENTICATED, TagQuery, errors, load_yaml, parsed, yaml_body
 from core.spec import InvalidSpec
 from core.sweep import ObjectiveSpec, SweepSpec, parse_sweep
 from db.errors import InvalidTransition, JobNotFound
@@ -124,10 +124,13 @@ async def submit_sweep(
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty: send a sweep as JSON")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if yaml_body(request):
+        data = load_yaml(raw)
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     sweep = parse_sweep(data, limits=settings.limits, max_trials=settings.max_sweep_trials)
     cap = (await services.access.caps(tenant)).max_priority
     if cap is not None and sweep.base.priority > cap:

@@ -47,7 +47,9 @@ def test_submit_watch_ends_with_metrics_and_the_mlflow_link(watched: dict[str, A
     assert f"job {job['id']} succeeded" in out
     assert "test_accuracy" in out
     assert f"/runs/{job['mlflow_run_id']}" in out
-    assert f"{job['name']}: best epoch {job['result']['best_epoch']}\n" in out  # not wrapped
+    result = job["result"]  # how it ended and its best epoch, on one line
+    line = f"{result['stopped']} after {result['epochs']} epochs, best epoch {result['best_epoch']}"
+    assert f"{job['name']}: {line}\n" in out
     assert job["result"]["best_epoch"] >= 1
     assert 0.0 <= job["result"]["metrics"]["test_accuracy"] <= 1.0
     assert job["progress"]["epoch"] == job["result"]["epochs"]

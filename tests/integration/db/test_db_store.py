@@ -127,6 +127,24 @@ def test_list_filters_by_status_and_name(store: JobStore, make_spec: SpecFactory
         store.list(cursor="garbage!")
 
 
+def test_list_by_id_and_name_prefix_within_the_tenant(
+    store: JobStore, make_spec: SpecFactory
+) -> None:
+    """A prefix is taken literally (``%`` and ``_`` match only themselves) and only within
+    the tenant asked for."""
+    mine = [store.submit(spec=make_spec(name=n), tenant="a") for n in ("run_1", "run-2", "r%x")]
+    other = store.submit(spec=make_spec(name="run_9"), tenant="b")
+    assert {j.id for j in store.list(tenant="a", name_prefix="run")[0]} == {mine[0].id, mine[1].id}
+    assert [j.id for j in store.list(tenant="a", name_prefix="run_")[0]] == [mine[0].id]
+    assert [j.id for j in store.list(tenant="a", name_prefix="r%")[0]] == [mine[2].id]
+    assert store.list(tenant="a", name_prefix="%")[0] == []
+    for job in mine:
+        found = store.list(tenant="a", id_prefix=job.id[:8].upper())[0]
+        assert [j.id for j in found] == [job.id]
+    assert store.list(tenant="a", id_prefix=other.id[:8])[0] == []
+    assert store.list(tenant="a", id_prefix="_")[0] == []
+
+
 def test_count_queued_counts_only_queued_jobs_of_the_tenant(
     store: JobStore, make_spec: SpecFactory
 ) -> None:

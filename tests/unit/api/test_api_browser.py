@@ -281,3 +281,15 @@ def test_every_operation_documents_the_refusals_of_the_browser_guard(client: Tes
     assert len(operations) > 10
     for path, method, responses in operations:
         assert {"400", "403", "415"} <= responses.keys(), (method, path, sorted(responses))
+
+
+def test_a_yaml_spec_passes_where_a_spec_is_posted(make_client: Callable[..., TestClient]) -> None:
+    """A job as YAML (a type a form cannot send) is taken; elsewhere YAML is refused."""
+    client = make_client()
+    body = b"dataset: iris\nmodel: {hidden: [8]}\noptimizer:\n  epochs: 3\n"
+    r = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/yaml"})
+    assert (r.status_code, r.json()["spec"]["model"]["hidden"]) == (201, [8]), r.text
+    r = client.post("/v1/jobs", content=b"dataset: [", headers={"Content-Type": "text/yaml"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_yaml")
+    r = client.post("/v1/datasets", content=body, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 415, r.text

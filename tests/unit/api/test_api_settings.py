@@ -103,3 +103,29 @@ def test_artifact_root_follows_the_tracking_store() -> None:
     assert s.artifact_root == "/data/t/mlartifacts"
     assert Settings(mlflow_tracking_uri="http://mlflow:5000").artifact_root is None
     assert Settings(mlflow_artifact_root="s3://b/a").artifact_root == "s3://b/a"
+
+
+def test_home_holds_the_state_unless_a_url_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """GRADQ_HOME (`gradq --home DIR`) puts the database, MLflow's store and its artifacts
+    in DIR; a database URL or tracking URI set on its own wins; `gradq db` agrees."""
+    from db.cli import resolve_url
+
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_ARTIFACT_ROOT"):
+        monkeypatch.delenv(f"GRADQ_{name}", raising=False)
+    monkeypatch.setenv("GRADQ_HOME", str(tmp_path / "h"))
+    s = Settings()
+    home = (tmp_path / "h").resolve()
+    assert s.database_url == f"sqlite:///{home / 'gradq.db'}" == resolve_url(None)
+    assert s.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert s.artifact_root == str(home / "mlartifacts")
+    assert s.new_store() == home / "gradq.db"
+    (home).mkdir()
+    (home / "gradq.db").write_bytes(b"")
+    assert Settings().new_store() is None
+    monkeypatch.setenv("GRADQ_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    s = Settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'elsewhere.db'}" == resolve_url(None)
+    assert s.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert Settings(database_url="postgresql+psycopg://u@h/db").new_store() is None

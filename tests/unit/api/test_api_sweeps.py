@@ -172,3 +172,15 @@ def test_a_cursor_not_given_by_the_service_is_refused_not_a_500(
         assert r.status_code == 200
     else:
         assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_cursor"), r.text
+
+
+def test_a_sweep_posted_as_yaml_is_the_same_sweep(client: TestClient) -> None:
+    import yaml
+
+    body = yaml.safe_dump(SWEEP).encode()
+    r = client.post("/v1/sweeps", content=body, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["space"] == SWEEP["space"]
+    bad = yaml.safe_dump({**SWEEP, "search": {"method": "nope"}}).encode()
+    r = client.post("/v1/sweeps", content=bad, headers={"Content-Type": "application/yaml"})
+    assert (r.status_code, r.json()["error"]["field"]) == (422, "search.method"), r.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -29,7 +30,7 @@ def test_the_table_has_every_tensor_whole_at_80_columns() -> None:
 def test_json_is_the_same_report() -> None:
     result = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE), "--json"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # what it is doing: on stderr
     assert [t["name"] for t in report["tensors"]] == ["W1", "b1", "W2", "b2", "W3", "b3"]
     assert report["passed"] is True
 
@@ -92,3 +93,74 @@ def test_a_bad_setting_is_named_as_the_user_set_it() -> None:
     assert result.exit_code == 2, result.output
     assert "GRADQ_AUTH: Input should be 'none' or 'keys' (got 'keyz')" in result.output
     assert "pydantic" not in result.output and "validation error for" not in result.output
+
+
+def _train(*args: str) -> Any:
+    return CliRunner().invoke(app, ["train", *args], env={"COLUMNS": "200"})
+
+
+def _job(folder: Path, name: str, epochs: int, **optimizer: Any) -> str:
+    spec = {"name": name, "dataset": "iris", "seed": 3,
+            "optimizer": {"epochs": epochs, "lr": 0.05, **optimizer},
+            "regularization": {"early_stopping": {"enabled": False}}}  # fmt: skip
+    path = folder / f"{name}-{epochs}.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_resume_extends_a_run_whose_schedule_does_not_depend_on_the_epochs(
+    tmp_path: Path,
+) -> None:
+    """4 epochs, then resumed with epochs: 8, ends where 8 straight epochs end (a step
+    schedule's rate is a function of the epoch alone)."""
+    step = {"schedule": {"kind": "step", "step_size": 3, "gamma": 0.5}}
+    first = _train(_job(tmp_path, "run", 4, **step), "--checkpoint-dir", str(tmp_path / "ck"))
+    assert first.exit_code == 0, first.output
+    more = _train(_job(tmp_path, "run", 8, **step), "--resume", str(tmp_path / "ck/last.pt"),
+                  "--json")  # fmt: skip
+    assert more.exit_code == 0, more.output
+    straight = _train(_job(tmp_path, "run", 8, **step), "--json")
+    extended, whole = json.loads(more.output), json.loads(straight.output)
+    assert extended["epochs"] == 8 and extended["steps"] == whole["steps"]
+    assert extended["metrics"] == whole["metrics"]
+
+
+def test_resume_refuses_a_cosine_extension_unless_asked_and_names_a_changed_field(
+    tmp_path: Path,
+) -> None:
+    cosine = {"schedule": {"kind": "cosine", "min_lr": 0.001}}
+    ck = str(tmp_path / "ck" / "last.pt")
+    assert _train(_job(tmp_path, "cos", 3, **cosine), "--checkpoint-dir", str(tmp_path / "ck")
+                  ).exit_code == 0  # fmt: skip
+    refused = _train(_job(tmp_path, "cos", 6, **cosine), "--resume", ck)
+    assert refused.exit_code == 1
+    assert "optimizer.epochs: 6 here, 3 in the checkpoint" in refused.output
+    assert "--extend-schedule" in refused.output and "Traceback" not in refused.output
+    extended = _train(_job(tmp_path, "cos", 6, **cosine), "--resume", ck, "--extend-schedule")
+    assert extended.exit_code == 0, extended.output
+    assert "cos: completed after 6 epochs" in extended.output
+    other = _train(_job(tmp_path, "cos", 3, **{**cosine, "lr": 0.1}), "--resume", ck)
+    assert other.exit_code == 1
+    assert "differs in: optimizer.lr: 0.05 in the checkpoint, 0.1 here" in other.output
+    fewer = _train(_job(tmp_path, "cos", 2, **cosine), "--resume", ck)
+    assert "optimizer.epochs: 2, but the checkpoint has trained 3 epochs already" in fewer.output
+
+
+def test_a_big_models_check_samples_its_finite_differences_and_says_so(tmp_path: Path) -> None:
+    """hidden [1024, 1024] on digits: over a million parameters, far over the service's
+    limit; the check says what it does first and takes 8 coordinates per tensor (the
+    spec's fd_samples), not all of them (which ran for minutes, silently)."""
+    job = tmp_path / "big.yaml"
+    job.write_text("name: big\ndataset: digits\nmodel: {hidden: [1024, 1024]}\n")
+    result = CliRunner().invoke(app, ["gradcheck", str(job)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first == (
+        "checking big: 1,126,410 parameters in float64 on 16 rows, finite differences on 8 "
+        "sampled coordinates per tensor (--every-coordinate: all of them, slowly)"
+    )
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│")]
+    assert [r[1].strip() for r in rows] == ["W1", "b1", "W2", "b2", "W3", "b3"]
+    assert {r[7].strip() for r in rows} == {"8"}  # FD coords
+    small = CliRunner().invoke(app, ["gradcheck", str(EXAMPLE)], env={"COLUMNS": "200"})
+    assert "finite differences on every coordinate" in small.output.splitlines()[0]
