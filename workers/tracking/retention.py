@@ -131,9 +131,11 @@ def _sizes(repo: Any, path: str) -> list[int]:
     return out
 
 
-def checkpoints() -> tuple[str, str]:
-    """The run's last and best checkpoints' folders: what a retention policy that keeps
-    checkpoints keeps of an expired run."""
+def checkpoints() -> tuple[str, str, str]:
+    """What a retention policy that keeps checkpoints keeps of an expired run: its last and
+    best checkpoints' folders (each checkpoint with its predictors file) and the model's
+    predictors file, which predictions read (a few kilobytes)."""
     from workers.tracking.buffer import BEST_CHECKPOINT, LAST_CHECKPOINT
+    from workers.tracking.read import PREDICTORS_FILE
 
-    return LAST_CHECKPOINT, BEST_CHECKPOINT
+    return LAST_CHECKPOINT, BEST_CHECKPOINT, PREDICTORS_FILE

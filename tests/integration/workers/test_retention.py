@@ -163,8 +163,13 @@ def test_gc_dry_run_changes_nothing_and_apply_frees_the_expired(
     freed = before - size(service.artifacts)
     assert freed > 0 and f"freed {freed:,} bytes" in done.output
     assert f"would free {freed:,} bytes" in dry.output  # the dry run said what it would free
-    left = files(old)  # the default policy keeps the last and best checkpoints
-    assert left == {"checkpoints/last/checkpoint.pt", "checkpoints/best/checkpoint.pt"}
+    left = files(old)  # the default policy keeps the last and best checkpoints, and what
+    # predictions read: each checkpoint's predictors and the model's
+    assert left == {
+        f"checkpoints/{which}/{name}"
+        for which in ("last", "best")
+        for name in ("checkpoint.pt", "predictors.npz")
+    } | {"predictors.npz"}
     assert all(size(folder) == 0 for folder in models)
     assert files(new) == recent_files  # a job within the policy keeps everything
     # a registered version's model stays whole, its run's other files go
