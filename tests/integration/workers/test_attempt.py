@@ -138,7 +138,8 @@ def test_an_unexpected_failure_keeps_its_traceback_for_operators(
 def test_without_a_stop_board_a_stop_comes_with_the_heartbeat(stores: Stores) -> None:
     """An attempt run without the dispatcher's stop board (``run_attempt(config, claimed)``)
     learns of a stop, and its reason, from its heartbeat, and says so in its final write."""
-    long = {**SPEC, "dataset": "digits", "optimizer": {"epochs": 20_000}}
+    long = {**SPEC, "dataset": "digits", "optimizer": {"epochs": 20_000},
+            "regularization": {"early_stopping": {"enabled": False}}}  # fmt: skip
     job_id = stores.jobs.submit(spec=parse_spec(long)).id
     [claimed] = stores.jobs.claim(owner="test", limit=1, ids=[job_id], lease_seconds=30)
 
