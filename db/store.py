@@ -409,11 +409,12 @@ class JobStore(JobQueries):
                 reason or _finish_reason(new, error),
                 now,
                 (JOBS.c.spec, JOBS.c.retries) if failed else (),
+                tell=not failed,  # a failure is told once it is final: not retried
             )
             if not rows:
                 refuse(conn, job_id, attempt, new)
-            if failed:
-                _retry(conn, rows[0], error, now)
+            if failed and not _retry(conn, rows[0], error, now):
+                tell_jobs(conn, new, rows, now)
             return self.view(conn, job_id)
 
     # --- cancel, leases, scheduling --------------------------------------------------------
@@ -640,16 +641,16 @@ class JobStore(JobQueries):
         return changed
 
 
-def _retry(conn: Connection, row: Row[Any], error: Any, now: datetime) -> None:
+def _retry(conn: Connection, row: Row[Any], error: Any, now: datetime) -> bool:
     """failed → queued for the job just failed (``row``: its id, spec and retries) when its
     error's class is one its ``spec.retry`` retries and it has retries left: ``retries`` + 1,
     ``not_before`` after the backoff, the event and the pending reason saying which class,
-    why, and when it may run again."""
+    why, and when it may run again. Whether it went back to the queue."""
     kind = error.get("type") if isinstance(error, dict) else None
     policy = (row.spec or {}).get("retry")
     done = row.retries or 0
     if not policy or not retriable(kind, policy.get("on", [])) or done >= policy["max"]:
-        return
+        return False
     spec = RetrySpec.model_validate(policy)
     at = now + timedelta(seconds=spec.delay(done))
     message = str(error.get("message", ""))[:300]
@@ -657,7 +658,7 @@ def _retry(conn: Connection, row: Row[Any], error: Any, now: datetime) -> None:
     why += f"; not before {at.isoformat(timespec='seconds')}"
     values = dict(retries=done + 1, not_before=at, finished_at=None, pending_reason=why)
     kept = [JOBS.c.id == row.id, JOBS.c.cancel_requested == false()]  # a cancel stands
-    move(conn, JobStatus.FAILED, Q, kept, values, why, now)
+    return bool(move(conn, JobStatus.FAILED, Q, kept, values, why, now))
 
 
 def _finish_reason(status: JobStatus, error: Any) -> str:
@@ -685,19 +686,23 @@ def move(
     reason: str,
     now: datetime,
     extra: Sequence[Any] = (),
+    tell: bool = True,
 ) -> Sequence[Row[Any]]:
     """The one way a status changes: ``old → new`` (checked against the table) for the rows
     matching ``where`` AND ``status = old``, with one event per moved row, in ``conn``'s
     transaction; a terminal move also writes its webhooks' outbox rows there
-    (:func:`db.webhooks.outbox_insert`). Returns the moved rows (id, attempt after the
-    update, ``extra`` columns).
+    (:func:`db.webhooks.outbox_insert`) unless ``tell`` is False (a failure its caller may
+    still retry: it tells it with :func:`tell_jobs` once it is final). Returns the moved
+    rows (id, attempt after the update, ``extra`` columns, and the tenant of a terminal
+    move).
 
     The only code that writes ``jobs.status`` once a job exists. On PostgreSQL it is a
     single statement, so it is atomic even in autocommit."""
     require(old, new)
-    told = new in TERMINAL  # a terminal move is told to the tenant's webhooks (db.webhooks)
+    terminal = new in TERMINAL
+    told = terminal and tell  # a terminal move is told to the tenant's webhooks (db.webhooks)
     returned = (JOBS.c.id, JOBS.c.attempt, *extra)
-    if told and not any(c is JOBS.c.tenant for c in extra):
+    if terminal and not any(c is JOBS.c.tenant for c in extra):
         returned += (JOBS.c.tenant,)
     stmt = (
         update(JOBS)
@@ -726,11 +731,17 @@ def move(
                       strict=True)) for r in rows],
         )  # fmt: skip
         if told:
-            conn.execute(
-                jobs_outbox(new.value),
-                [{OUTBOX_NOW: now, "outbox_id": r.id, "outbox_tenant": r.tenant} for r in rows],
-            )
+            tell_jobs(conn, new, rows, now)
     return rows
+
+
+def tell_jobs(conn: Connection, status: JobStatus, rows: Sequence[Row[Any]], now: datetime) -> None:
+    """Write the webhooks' outbox rows of the jobs ``rows`` (id, tenant) that ended
+    ``status``, in ``conn``'s transaction."""
+    conn.execute(
+        jobs_outbox(status.value),
+        [{OUTBOX_NOW: now, "outbox_id": r.id, "outbox_tenant": r.tenant} for r in rows],
+    )
 
 
 def fence(job_id: str, attempt: int) -> list[ColumnElement[bool]]:

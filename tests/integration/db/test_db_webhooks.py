@@ -189,3 +189,25 @@ def test_webhooks_are_their_tenants(engine: Engine) -> None:
     assert rotated.secret is not None and rotated.secret != hook.secret
     hooks.delete(webhook_id=hook.id, tenant="a")
     assert hooks.list(tenant="a") == []
+
+
+def test_a_failure_that_is_retried_is_told_only_once_final(
+    engine: Engine, store: JobStore, make_spec: Callable[..., JobSpec]
+) -> None:
+    """A transient failure the job retries is no end: no outbox row; the failure that ends
+    it (its retries spent) is told once, and the job's earlier ones never."""
+    hooks = WebhookStore(engine)
+    hook = hooks.create(tenant="a", url="https://a.example/f", events=["job.failed"])
+    away = {"type": "tracking_unavailable", "message": "MLflow could not be reached"}
+    retry = {"max": 1, "on": ["tracking_unavailable"], "backoff_seconds": 0}
+    job_id, attempt = running(store, make_spec(retry=retry))
+    assert store.finish(job_id=job_id, attempt=attempt, status="failed", error=away).status is (
+        JobStatus.QUEUED
+    )
+    assert outbox(engine) == []  # retried: nobody is told
+    [again] = store.claim(owner="w", lease_seconds=60, ids=[job_id])
+    last = store.finish(job_id=job_id, attempt=again.attempt, status="failed", error=away)
+    assert last.status is JobStatus.FAILED and last.retries == 1
+    assert [(r.webhook_id, r.event_id) for r in outbox(engine)] == [
+        (hook.id, f"job.failed:{job_id}")
+    ]
