@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from api.present import public_error
 from api.settings import Settings
 from db.errors import JobNotFound
 from db.models import utcnow
@@ -57,17 +58,18 @@ class UnsafeUrl(ValueError):
 
 
 def _blocked(address: str) -> bool:
+    """Whether ``address`` is not a public one: anything Python does not call global
+    (private, loopback, link-local, shared 100.64/10, reserved, documentation ranges, …) or
+    multicast, also an IPv4 address wrapped in an IPv6 one (mapped, 6to4, Teredo)."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_unspecified
-        or ip.is_multicast
-        or ip.is_reserved
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _blocked(str(ip.ipv4_mapped))
+        inner = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None and _blocked(str(inner)):
+            return True
+    return not ip.is_global or ip.is_multicast
 
 
 def check_url(
@@ -126,7 +128,7 @@ def event_body(due: DueDelivery, jobs: JobStore, sweeps: SweepStore) -> bytes:
             job = jobs.get(job_id=due.subject_id, tenant=due.tenant)
             subject.update(
                 name=job.name, status=job.status.value, attempt=job.attempt, result=job.result,
-                error=job.error, mlflow_run_id=job.mlflow_run_id,
+                error=public_error(job.error), mlflow_run_id=job.mlflow_run_id,
                 finished_at=job.finished_at.isoformat() if job.finished_at else None,
             )  # fmt: skip
         else:

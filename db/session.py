@@ -78,6 +78,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         engine = create_engine(
             url,
             pool_pre_ping=True,
+            hide_parameters=True,  # an error's text never carries a row's values (secrets)
             pool_size=pool_size,
             max_overflow=max_overflow,
             json_serializer=json_text,
@@ -90,6 +91,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engi
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
+        hide_parameters=True,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
         pool_size=pool_size,
         max_overflow=max_overflow,

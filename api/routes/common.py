@@ -159,8 +159,17 @@ async def spec_body(request: Request, settings: SettingsDep) -> JobSpec:
 SpecDep = Annotated[JobSpec, Depends(spec_body)]
 
 
+MAX_QUERY_VALUES = 20
+"""The most values a repeated query parameter (``tag``, ``metric``) takes: a job holds at
+most 20 tags, and each value is one more term of the database's query."""
+
+
 def parsed(param: str, values: list[str], parse: Callable[[str], T]) -> list[T]:
-    """Each query value of ``param`` parsed; a refusal is a 422 naming ``param``."""
+    """Each query value of ``param`` parsed; a refusal, or more than
+    :data:`MAX_QUERY_VALUES` of them, is a 422 naming ``param``."""
+    if len(values) > MAX_QUERY_VALUES:
+        raise ApiError(422, "invalid_query", f"{param}: at most {MAX_QUERY_VALUES} values, "
+                       f"got {len(values)}", field=param)  # fmt: skip
     try:
         return [parse(v) for v in values]
     except ValueError as exc:

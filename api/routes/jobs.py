@@ -266,7 +266,8 @@ def delete_job(
                        field="status")  # fmt: skip
     if view.spec.get("trial") is not None:
         raise ApiError(409, "job_is_a_trial", f"job {job_id} is a trial of sweep "
-                       f"{view.spec['trial'].get('sweep_id')}: its sweep keeps it")  # fmt: skip
+                       f"{view.spec['trial'].get('sweep_id')}: its sweep keeps it",
+                       field="job_id")  # fmt: skip
     freed = Freed()
     if view.mlflow_run_id is not None:
         try:

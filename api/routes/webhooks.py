@@ -111,7 +111,7 @@ def list_deliveries(
 ) -> schemas.DeliveryPage:
     """The delivery log, newest event first: each event's id, attempts, the last status
     code or error, the next attempt."""
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
         raise ApiError(422, "invalid_cursor", "not a cursor this service gave", field="cursor")
     items, before = webhooks.deliveries(
         webhook_id=webhook_id,

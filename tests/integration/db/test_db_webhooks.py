@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from core.spec import JobSpec
 from db.errors import StoreError
-from db.models import DELIVERIES, EVENTS, JOBS
+from db.models import DELIVERIES, EVENTS, JOBS, WEBHOOKS
 from db.states import JobStatus
 from db.store import JobStore
 from db.sweeps import SweepStore
@@ -211,3 +211,16 @@ def test_a_failure_that_is_retried_is_told_only_once_final(
     assert [(r.webhook_id, r.event_id) for r in outbox(engine)] == [
         (hook.id, f"job.failed:{job_id}")
     ]
+
+
+def test_a_database_error_never_carries_a_rows_values(engine: Engine) -> None:
+    """A failing statement's error (logged as it is) names the statement, not its values:
+    a webhook's secret cannot reach a log this way."""
+    hooks = WebhookStore(engine)
+    hook = hooks.create(tenant="a", url="https://a.example/x", events=ALL)
+    with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+        conn.execute(insert(WEBHOOKS).values(
+            id=hook.id, tenant="a", url="https://a.example/y", events=[],
+            secret="whsec_visible", created_at=hook.created_at))  # fmt: skip
+    assert "whsec_visible" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)

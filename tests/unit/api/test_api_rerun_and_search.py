@@ -146,6 +146,8 @@ def test_a_warm_start_needs_a_succeeded_origin_of_the_same_architecture(
         ("created_after=yesterday", "created_after"),
         ("created_before=0001-01-01T00:00:00%2B05:00", "created_before"),
         ("cursor=bm90IGEgY3Vyc29y", "cursor"),
+        ("&".join(f"tag=k{i}:v" for i in range(21)), "tag"),  # more values than a job's tags
+        ("&".join(f"metric=m{i}>0" for i in range(21)), "metric"),
     ],
 )
 def test_bad_filter_syntax_is_a_422_naming_the_parameter(

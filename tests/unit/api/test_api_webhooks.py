@@ -142,6 +142,15 @@ def test_a_name_is_judged_by_the_addresses_it_resolves_to() -> None:
             check_url(url, allow_private=False, resolve=resolver(private))
         assert check_url(url, allow_private=True, resolve=resolver(private)) == [private]
 
+    # beyond the private ranges: shared address space (cloud metadata at 100.100.100.200),
+    # documentation, private IPv4 inside IPv6 (mapped, 6to4, Teredo), unique local
+    for hidden in ("100.100.100.200", "100.64.0.1", "192.0.2.1", "::ffff:10.0.0.1",
+                   "2002:a00:1::1", "2001:0:4136:e378:8000:63bf:f5ff:fffe", "fc00::1"):  # fmt: skip
+        with pytest.raises(UnsafeUrl, match=f"resolves to {re.escape(hidden)}"):
+            check_url(url, allow_private=False, resolve=resolver(hidden))
+    for public in ("::ffff:93.184.216.34", "2002:5db8:d822::1", "2606:4700::1111"):
+        assert check_url(url, allow_private=False, resolve=resolver(public)) == [public]
+
     def nowhere(host: str, port: int, **_: Any) -> list[Any]:
         raise socket.gaierror("Name or service not known")
 
@@ -169,3 +178,32 @@ def test_the_backoff_doubles_up_to_its_cap_with_jitter() -> None:
     assert [backoff(a, base=1, cap=10, rand=low) for a in (1, 2, 3, 4, 5, 60)] == [
         0.5, 1.0, 2.0, 4.0, 5.0, 5.0]  # fmt: skip
     assert backoff(3, base=1, cap=10, rand=high) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_an_event_carries_a_failed_jobs_error_without_its_traceback(tmp_path: Path) -> None:
+    """The traceback stays with the operators, as in every API answer (``present``)."""
+    import json
+    from datetime import UTC, datetime
+
+    from api.webhooks import event_body
+    from core.spec import parse_spec
+    from db.migrate import upgrade
+    from db.store import JobStore
+    from db.sweeps import SweepStore
+    from db.webhooks import DueDelivery
+
+    url = f"sqlite:///{tmp_path}/gradq.db"
+    upgrade(url)
+    engine = make_engine(url)
+    jobs = JobStore(engine)
+    job = jobs.submit(spec=parse_spec({"dataset": "iris"}), tenant="a")
+    [claimed] = jobs.claim(owner="w", lease_seconds=30, ids=[job.id])
+    error = {"type": "invalid", "message": "bad rows", "traceback": "Traceback: /srv/x.py"}
+    jobs.finish(job_id=job.id, attempt=claimed.attempt, status="failed", error=error)
+    due = DueDelivery(
+        id=1, tenant="a", event_id=f"job.failed:{job.id}", event="job.failed",
+        subject_id=job.id, occurred_at=datetime.now(UTC), attempt=1, url="https://x", secret="s",
+    )  # fmt: skip
+    body = json.loads(event_body(due, jobs, SweepStore(engine)))
+    assert body["data"]["job"]["error"] == {"type": "invalid", "message": "bad rows"}
+    engine.dispose()
