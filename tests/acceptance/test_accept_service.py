@@ -124,12 +124,11 @@ def test_gradq_predict_answers_what_the_logged_model_computes(
     with rows.open("w", newline="") as f:
         csv.writer(f).writerows([data.feature_names, *raw.tolist()])
     uri = f"runs:/{job['mlflow_run_id']}/model"
-    old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(service.env["GRADQ_MLFLOW_TRACKING_URI"])
     try:
         model = mlflow.pytorch.load_model(uri)
     finally:
-        mlflow.set_tracking_uri(old)
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets it
     with torch.no_grad():
         logged = model(torch.as_tensor(raw, dtype=torch.float32)).numpy()
     labels = [data.classes[i] for i in logged.argmax(1)]

@@ -158,7 +158,10 @@ def test_job_succeeds_with_run_metrics_and_a_model(service: Service) -> None:
     artifacts = {a.path for a in client.list_artifacts(job.mlflow_run_id)}
     assert {"checkpoints", "gradcheck", "plots"} <= artifacts
     mlflow.set_tracking_uri(service.tracking_uri)
-    model = mlflow.pytorch.load_model(run.data.tags["gradq.model_uri"])
+    try:
+        model = mlflow.pytorch.load_model(run.data.tags["gradq.model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets it
     from core.data import load_dataset
 
     data = load_dataset(parse_spec(small_job()).dataset, seed=0)

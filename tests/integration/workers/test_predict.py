@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.artifacts
 import mlflow.pytorch
 import numpy as np
@@ -72,7 +73,11 @@ def test_predictions_equal_the_logged_models_and_the_last_checkpoints(
 
     data = load_dataset(spec.dataset, seed=spec.seed)  # the split the job trained on
     raw = data.raw(data.X_test)
-    model = mlflow.pytorch.load_model(f"runs:/{job.mlflow_run_id}/model")
+    mlflow.set_tracking_uri(tracking_uri)  # over one another test may have left set
+    try:
+        model = mlflow.pytorch.load_model(f"runs:/{job.mlflow_run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets it
     with torch.no_grad():
         logged = model(torch.as_tensor(raw, dtype=torch.float32)).numpy()
     with tempfile.TemporaryDirectory() as tmp:
