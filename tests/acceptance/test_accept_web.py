@@ -38,12 +38,13 @@ pytestmark = pytest.mark.slow
 
 EXAMPLE = ROOT / "examples" / "digits.yaml"
 # A job whose epochs take a while (batches of 4): its curve grows over several heartbeats.
-SLOW = """\
+SLOW_EPOCHS = 150  # ~6 s of training alone on one of these cores: the page redraws meanwhile
+SLOW = f"""\
 name: slow-digits
 dataset: digits
-model: {hidden: [128, 128]}
-optimizer: {lr: 0.01, epochs: 60, batch_size: 4}
-regularization: {early_stopping: {enabled: false}}
+model: {{hidden: [128, 128]}}
+optimizer: {{lr: 0.01, epochs: {SLOW_EPOCHS}, batch_size: 1}}
+regularization: {{early_stopping: {{enabled: false}}}}
 """
 SWEEP = {
     "name": "iris-sweep", "base": {"dataset": "iris", "optimizer": {"epochs": 4}},
@@ -199,11 +200,11 @@ def test_the_learning_curve_grows_while_the_job_trains(service: Service, browser
 
     wait_for(ended, timeout=240, step=0.1, about="the job's end")
     assert job_status(browser) == "succeeded"
-    partial = sorted({n for n in seen if n < 60})
+    partial = sorted({n for n in seen if n < SLOW_EPOCHS})
     assert len(partial) >= 2, seen  # drawn in steps while it trained
     assert seen == sorted(seen), seen  # never shrinking
-    wait_for(lambda: browser.execute_script(POINTS_JS, "chart-loss") == [60, 60],
-             about="all 60 epochs once it ended")  # fmt: skip
+    wait_for(lambda: browser.execute_script(POINTS_JS, "chart-loss") == [SLOW_EPOCHS] * 2,
+             about=f"all {SLOW_EPOCHS} epochs once it ended")  # fmt: skip
 
 
 def test_cancel_a_job_from_the_queue(service: Service, browser: Any, shots: Path) -> None:
