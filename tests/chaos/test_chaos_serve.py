@@ -118,9 +118,15 @@ def test_serve_restarts_its_local_ray_when_its_raylet_dies(stack: Stack) -> None
         assert len(raylets) == 1, [table[p][1][:80] for p in descendants(serve_pid)]
         os.kill(raylets[0], signal.SIGKILL)
         wait_until("the raylet to be gone", lambda: not alive(raylets[0]), 30)
-        down = http.get("/readyz")
+
+        def not_ready() -> httpx.Response | None:
+            r = http.get("/readyz")
+            return r if r.status_code == 503 else None
+
+        # the service learns of the loss at its next look at its Ray (not at once)
+        down = wait_until("/readyz to say the local Ray is down", not_ready, 30,
+                          context=stack.logs)  # fmt: skip
         during = [submit(http, iris(f"during-{i}", seed=i)) for i in range(2)]
-        assert down.status_code == 503, down.text
         detail = down.json()["checks"]["ray"]["detail"]
         assert detail == "Ray is not ready: the local Ray is restarting: its raylet exited", detail
         wait_until("/readyz", lambda: http.get("/readyz").status_code == 200, 180,
