@@ -11,7 +11,9 @@ HTTP and, once it trains (its first progress), cancelled with the command
 status. Per cancel, from the instant before the command starts:
 
 * returned: until the command exited (it printed ``cancelled``);
-* cancelled: until the job's ``finished_at`` (the database's clock is this machine's).
+* cancelled: until the job's ``finished_at`` (the database's clock is this machine's);
+* signalled, stopped: until its attempt learnt of the stop, and until its training loop
+  stopped between two steps (``progress.stop``: where the time between goes).
 
 The anchor, in the same run: ``gradq --version``, the command's own start (Python, imports),
 which every ``gradq cancel`` pays before its request. p50/p99 nearest-rank (of 20 the p99 is
@@ -103,7 +105,13 @@ def one_cancel(http: httpx.Client, env: dict[str, str]) -> dict[str, float]:
     if final["status"] != "cancelled" or not out.rstrip().endswith("cancelled"):
         raise SystemExit(f"not cancelled: {out!r} {final['status']}")
     finished = datetime.fromisoformat(final["finished_at"]).timestamp()
-    return {"returned": returned, "cancelled": finished - t0}
+    stop = (final.get("progress") or {}).get("stop") or {}
+    return {
+        "returned": returned,
+        "cancelled": finished - t0,
+        "signalled": stop.get("signalled_at", math.nan) - t0,
+        "stopped": stop.get("stopped_at", math.nan) - t0,
+    }
 
 
 def main() -> None:
@@ -125,7 +133,13 @@ def main() -> None:
     print(f"anchor: gradq --version p50 {base:.3f} s (the command's start)")
     print("| from `gradq cancel` starting to | p50 | p99 | p50 / anchor | target |")
     print("|---|---|---|---|---|")
-    for key, target in (("returned", ""), ("cancelled", f"< {TARGET_S:g} s")):
+    rows = (
+        ("signalled", ""),
+        ("stopped", ""),
+        ("returned", ""),
+        ("cancelled", f"< {TARGET_S:g} s"),
+    )
+    for key, target in rows:
         values = [r[key] for r in runs]
         p50, p99 = nearest_rank(values, 0.5), nearest_rank(values, 0.99)
         met = "" if not target else (" met" if p50 < TARGET_S else " NOT met")

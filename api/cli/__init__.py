@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +32,8 @@ app = typer.Typer(
 
 def _version(shown: bool) -> None:
     if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             typer.echo(f"gradq {version('gradq')}")
         except PackageNotFoundError:  # run from a source tree that was never installed

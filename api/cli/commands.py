@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.cli import chart
@@ -52,6 +50,8 @@ def fail(exc: ApiFailure) -> NoReturn:
 def read_yaml(path: Path) -> Any:
     """The YAML (or JSON) document in ``path``; exits 2 naming the file and, for YAML that
     does not parse, ``FILE:LINE:COLUMN:`` and the problem."""
+    import yaml  # here, like every import only some commands need: `gradq cancel` starts sooner
+
     try:
         return yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -91,6 +91,8 @@ def submit(
 
 
 def _watch(client: ApiClient, job: dict[str, Any]) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -226,6 +228,8 @@ def rerun(
 def spec_patch(settings: list[str]) -> dict[str, Any]:
     """The JSON merge patch of ``--set PATH=VALUE`` options (dotted paths, YAML values);
     exits 2 naming an option that is not one."""
+    import yaml
+
     patch: dict[str, Any] = {}
     for item in settings:
         path, equals, raw = item.partition("=")

@@ -9,13 +9,6 @@ from typing import Annotated
 
 import typer
 
-from api.settings import Settings
-from db.migrate import upgrade
-from db.models import utcnow
-from db.session import make_engine
-from db.store import JobStore
-from workers.tracking.retention import Freed, checkpoints, free_run
-
 
 def gc(
     apply: Annotated[
@@ -25,6 +18,15 @@ def gc(
     """Free the artifact bytes of the jobs finished more than GRADQ_RETENTION_DAYS ago (their
     runs' artifacts and logged models; GRADQ_RETENTION_KEEP=checkpoints keeps each one's last
     and best checkpoints), a dry run unless --apply. A registered model version's files stay."""
+    # imported here: the database and MLflow stacks take a second to import, and every other
+    # command (`gradq cancel`, `gradq --version`) would pay it at start
+    from api.settings import Settings
+    from db.migrate import upgrade
+    from db.models import utcnow
+    from db.session import make_engine
+    from db.store import JobStore
+    from workers.tracking.retention import Freed, checkpoints, free_run
+
     settings = Settings()
     if settings.retention_days is None:
         typer.echo("no retention policy: GRADQ_RETENTION_DAYS is not set, nothing expires")

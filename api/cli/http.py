@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode, urlsplit
 
 from core import defaults
 
@@ -19,25 +20,54 @@ class ApiFailure(Exception):
         self.status, self.body, self.message = status, body, message
 
 
+class Answer:
+    """A response as the client reads it: its status and body."""
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code, self.content = status_code, content
+        self.is_success = 200 <= status_code < 300
+        self.text = content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Unreachable(Exception):
+    """No answer: the connection failed or timed out."""
+
+
 class ApiClient:
+    """The API at ``url`` (``GRADQ_URL``, else the local default), as the caller with ``key``
+    (``GRADQ_API_KEY``).
+
+    A plain ``http://`` request goes over the standard library's ``http.client``, a
+    connection each: httpx imports httpcore and builds a TLS context even for a plain URL
+    (~0.4 s of every command's start, most of what `gradq cancel` took before its request).
+    httpx carries an ``https://`` URL, a file upload (multipart) and a request while a proxy
+    is named in the environment (which httpx honours); it is imported only then."""
+
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
         self.url = (url or os.environ.get("GRADQ_URL") or defaults.API_URL).rstrip("/")
         key = key or os.environ.get("GRADQ_API_KEY")
         self.has_key = bool(key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.timeout = timeout
+        self.plain = self.url.startswith("http://") and not _proxied()
+        self._httpx: Any = None  # the httpx.Client, once a request needs it
 
     def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.http.close()
+        if self._httpx is not None:
+            self._httpx.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The JSON body of a 2xx answer; :class:`ApiFailure` otherwise."""
+        """The JSON body of a 2xx answer; :class:`ApiFailure` otherwise. ``kwargs``: httpx's
+        ``json``, ``params``, ``headers``, ``files``, ``data``."""
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            response = self.send(method, path, **kwargs)
+        except Unreachable as exc:
             raise ApiFailure(
                 0, None, f"cannot reach {self.url} ({exc}); is `gradq serve` running?"
             ) from None
@@ -49,6 +79,59 @@ class ApiClient:
             return body
         status = response.status_code
         raise ApiFailure(status, body, describe(status, body, has_key=self.has_key))
+
+    def send(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer to one request (an :class:`Answer` or an ``httpx.Response``);
+        :class:`Unreachable` when none came."""
+        if self.plain and not kwargs.keys() - {"json", "params", "headers"}:
+            return self._plain(method, path, **kwargs)
+        import httpx
+
+        if self._httpx is None:
+            self._httpx = httpx.Client(
+                base_url=self.url, headers=self.headers, timeout=self.timeout
+            )
+        try:
+            return self._httpx.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+
+    def _plain(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        base = urlsplit(self.url)
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        target = base.path + path + (f"?{urlencode(query, doseq=True)}" if query else "")
+        sent = {**self.headers, **(headers or {})}
+        body = None
+        if json is not None:
+            body = _json_bytes(json)
+            sent["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection(
+            base.hostname or "", base.port or 80, timeout=self.timeout
+        )
+        try:
+            conn.request(method, target, body=body, headers=sent)
+            answer = conn.getresponse()
+            return Answer(answer.status, answer.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+        finally:
+            conn.close()
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _proxied() -> bool:
+    """A proxy named in the environment (``HTTP_PROXY``, ``ALL_PROXY``, any case)."""
+    return any(k.lower() in ("http_proxy", "all_proxy") and v for k, v in os.environ.items())
 
 
 # The API's words for an HTTP client, and what a user of the command does instead.

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core import defaults
@@ -17,6 +16,8 @@ from core.callbacks import Callback, EpochRecord
 from core.gradcheck_summary import checks_summary
 
 if TYPE_CHECKING:  # torch and pydantic are imported only by the commands (a fast start)
+    from rich.progress import Progress
+
     from core.checkpoint import Checkpoint
     from core.gradcheck import GradcheckReport
     from core.spec import JobSpec
@@ -104,6 +105,8 @@ def train(
 ) -> None:
     """Train a job locally, without the service, with a live progress bar. With --resume,
     the spec may ask for more epochs than the checkpoint's run (a run extended)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from core.checkpoint import Checkpoint, CheckpointError
     from core.gradcheck import GradcheckFailed
     from core.spec import InvalidSpec

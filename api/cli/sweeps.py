@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Group
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -63,6 +62,8 @@ def submit(
 
 def _watch(client: ApiClient, sweep_id: str) -> dict[str, Any]:
     """Poll the sweep and its best trials until it is terminal, showing both."""
+    from rich.live import Live
+
     problem = None
     try:
         with Live(Text(f"sweep {sweep_id}"), console=err, auto_refresh=False) as live:

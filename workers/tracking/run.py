@@ -291,7 +291,9 @@ class JobTracker:
         """Flush, record the outcome and close the run: FINISHED, FAILED or KILLED.
         ``with_model`` False: a succeeded run is closed without its model (a sweep's trial
         that is not the best so far, under ``log_models: best``); such a trial's run gets no
-        plots either (its curves are its metrics), every other run does.
+        plots either (its curves are its metrics), nor does a run stopped on request
+        (``cancelled``, ``pruned``: drawing them held the stop up by ~0.2 s); every other run
+        does.
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
         ``gradcheck_count`` and ``plots/learning_curve.png`` (a classifier's also
@@ -330,7 +332,9 @@ class JobTracker:
                 "gradcheck_count": len(result.gradchecks),
             }
             trial = self.spec.trial
-            plots = with_model or trial is None or trial.log_models == "all"
+            plots = status not in ("cancelled", "pruned") and (
+                with_model or trial is None or trial.log_models == "all"
+            )
             if result.history and plots:
                 png = learning_curve_png(result.history)
                 self._artifacts().log_bytes(png, "plots/learning_curve.png")

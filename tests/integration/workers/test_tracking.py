@@ -402,11 +402,24 @@ def test_failed_and_cancelled_runs_end_failed_and_killed(
     assert len(download(client, failed_id, "error.txt", tmp_path)) > 9000
     assert steps(client, failed_id, "loss/train") == [1, 2]
     assert not [a for a in client.list_artifacts(failed_id) if a.path == "model"]
+    plots = {"plots/learning_curve.png", "plots/confusion_matrix.png"}
+    assert {a.path for a in client.list_artifacts(failed_id, "plots")} == plots
 
     cancelled = tracker_for(mlflow_store, spec, "job-cancelled")
     cancelled_id = cancelled.start()
     cancelled.finish(status="cancelled")
     assert client.get_run(cancelled_id).info.status == "KILLED"
+    # stopped on request with a result (a cancel, a prune): its curves and final metrics,
+    # no plots (drawing them held the stop up)
+    for status in ("cancelled", "pruned"):
+        stopped = tracker_for(mlflow_store, spec, f"job-{status}-trained")
+        stopped_id = stopped.start()
+        result = train(spec, callbacks=[stopped.callback()])
+        stopped.finish(status=status, result=result)  # type: ignore[arg-type]
+        run = client.get_run(stopped_id)
+        assert run.info.status == "KILLED" and run.data.metrics["final_epochs"] == 2
+        assert steps(client, stopped_id, "loss/train") == [1, 2]
+        assert client.list_artifacts(stopped_id, "plots") == []
 
 
 def test_close_run_terminates_a_running_run_once(mlflow_store: Store) -> None:

@@ -10,32 +10,29 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import api.cli.http
 from api.cli import app
 from api.cli.commands import spec_patch
+from api.cli.http import ApiClient
 from tests.unit.api.conftest import IRIS
 from tests.unit.api.test_api_rerun_and_search import finished
 
 
 class Through:
-    """What the command's ``httpx.Client`` is asked, sent to the app's TestClient."""
+    """What the command's client is asked, sent to the app's TestClient."""
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
         self.asked: list[tuple[str, str, dict[str, Any]]] = []
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def send(self, method: str, path: str, **kwargs: Any) -> Any:
         self.asked.append((method, path, kwargs))
         return self.client.request(method, path, **kwargs)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
 def through(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Through:
     fake = Through(client)
-    monkeypatch.setattr(api.cli.http.httpx, "Client", lambda **_: fake)
+    monkeypatch.setattr(ApiClient, "send", lambda _, *a, **kw: fake.send(*a, **kw))
     return fake
 
 
