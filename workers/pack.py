@@ -43,7 +43,7 @@ from db.datasets import DatasetStore
 from db.errors import StoreUnavailable
 from db.store import JobStore
 from db.views import ClaimedJob
-from workers.task import AttemptLife, WorkerConfig, _data, _engine, node_name
+from workers.task import AttemptLife, WorkerConfig, _data, _engine, node_name, recorded_warnings
 from workers.tracking.artifacts import import_model_logging
 from workers.tracking.buffer import SharedSender
 
@@ -153,21 +153,26 @@ def run_pack(config: WorkerConfig, jobs: Sequence[ClaimedJob], board: Any = None
                 assert tracker is not None
                 tracker.log_dataset(data)
 
+            warned: list[str] = []  # the pack's training's warnings, as they come
+
             def on_result(i: int, result: TrainResult | Exception) -> None:
                 k = begun[i]
+                # a member's warnings: the pack's until it ended (its training was the pack's)
+                lives[k].warnings.extend(w for w in warned if w not in lives[k].warnings)
                 if isinstance(result, Exception):
                     lives[k].failed(result)
                 else:
                     lives[k].trained(result)
                 end(k)
 
-            train_packed(
-                [lives[k].spec for k in begun],
-                callbacks=[lives[k].callbacks() for k in begun],
-                resume_from=[lives[k].resume for k in begun],
-                data=data,
-                on_result=on_result,
-            )
+            with recorded_warnings(warned):
+                train_packed(
+                    [lives[k].spec for k in begun],
+                    callbacks=[lives[k].callbacks() for k in begun],
+                    resume_from=[lives[k].resume for k in begun],
+                    data=data,
+                    on_result=on_result,
+                )
     except Exception as exc:  # the pack's own failure (its data set): each member not ended
         log.error("pack of %s failed", len(lives), exc_info=exc)
         for k, life in enumerate(lives):

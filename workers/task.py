@@ -797,18 +797,33 @@ def event_reason(
 
 @contextlib.contextmanager
 def recorded_warnings(into: list[str]) -> Iterator[None]:
-    """Python's warnings raised in the block, each distinct one once (at most
-    ``MAX_WARNINGS``), appended to ``into`` as ``Category: message``: the attempt's, which
-    its final event names (a worker's stderr reaches no user)."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Python's warnings raised in the block on the calling thread, each distinct one once
+    (at most ``MAX_WARNINGS``), appended to ``into`` as ``Category: message`` as they are
+    raised: the attempt's, which its final event names (a worker's stderr reaches no user).
+    A warning of another thread meanwhile (a pack's member ending on its ending thread) is
+    shown as usual, not recorded."""
+    me = threading.get_ident()
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                text = f"{w.category.__name__}: {w.message}"
-                if text not in into and len(into) < MAX_WARNINGS:
-                    into.append(text)
+        show = warnings.showwarning
+
+        def record(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: str | None = None,
+        ) -> None:
+            if threading.get_ident() != me:
+                show(message, category, filename, lineno, file, line)
+                return
+            text = f"{category.__name__}: {message}"
+            if text not in into and len(into) < MAX_WARNINGS:
+                into.append(text)
+
+        warnings.showwarning = record
+        yield
 
 
 MAX_WARNINGS = 5

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,38 @@ def test_a_pack_s_members_send_their_points_as_often_as_one_job_alone(
         curve = metric_history(tracking_uri=stores.config.tracking_uri, run_id=run_id,
                                key="loss/train")  # fmt: skip
         assert [s for s, _ in curve] == list(range(1, EPOCHS + 1))
+
+
+def test_a_member_records_the_pack_s_warnings_until_it_ended(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pack's training is each member's: a warning it raised reaches the result (and the
+    final event) of every member still in it, not of one that had ended before."""
+    real = workers.pack.train_packed
+    order: list[int] = []
+
+    def warning_pack(specs: list[JobSpec], *, on_result: Any, **kwargs: Any) -> Any:
+        warnings.warn("the pack's data is odd", UserWarning, stacklevel=1)
+
+        def then(i: int, result: Any) -> None:
+            on_result(i, result)
+            order.append(i)
+            warnings.warn(f"after member {i}", UserWarning, stacklevel=1)
+
+        return real(specs, on_result=then, **kwargs)
+
+    monkeypatch.setattr(workers.pack, "train_packed", warning_pack)
+    jobs = stores.claim([trial(0, optimizer={"epochs": 2}), trial(1)])
+    assert run_pack(stores.config, jobs) == ["succeeded"] * 2
+    assert order == [0, 1]  # the 2-epoch member left first
+    first, second = (stores.jobs.get(job_id=j.id) for j in jobs)
+    assert first.result is not None and second.result is not None
+    assert first.result["warnings"] == ["UserWarning: the pack's data is odd"]
+    assert second.result["warnings"] == [
+        "UserWarning: the pack's data is odd", "UserWarning: after member 0"
+    ]  # fmt: skip
+    reasons = [e.reason or "" for e in stores.jobs.events(job_id=jobs[1].id)]
+    assert (
+        "warnings: UserWarning: the pack's data is odd | UserWarning: after member 0"
+        in (reasons[-1])
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -41,3 +42,17 @@ def test_an_attempts_warnings_are_recorded_once_each_and_named() -> None:
     )
     result = {"stopped": "completed", "epochs": 3, "warnings": ["UserWarning: x"] * 100}
     assert len(event_reason(None, result, None) or "") == EVENT_REASON_CHARS
+
+
+def test_only_the_calling_thread_s_warnings_are_recorded() -> None:
+    """A pack's member ends on another thread while the pack trains: what that thread warns
+    of is not the training's."""
+    seen: list[str] = []
+    with recorded_warnings(seen):
+        other = threading.Thread(
+            target=lambda: warnings.warn("from the ending thread", UserWarning, stacklevel=1)
+        )
+        other.start()
+        other.join()
+        warnings.warn("from the training", UserWarning, stacklevel=1)
+    assert seen == ["UserWarning: from the training"]
