@@ -157,16 +157,24 @@ def _row_values(
 
 
 def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, classes: int) -> torch.Tensor:
-    """(classes, classes) counts, int64: row i, column j = rows of class i predicted j."""
+    """(classes, classes) counts, int64: row i, column j = rows of class i predicted j;
+    with ``pred`` of shape (K, rows), a pack's K members' predictions of the same rows, one
+    (K, classes, classes) count in one ``bincount``."""
     idx = y.long() * classes + pred.long()
-    return torch.bincount(idx, minlength=classes * classes).view(classes, classes)
+    if pred.dim() == 1:
+        return torch.bincount(idx, minlength=classes * classes).view(classes, classes)
+    members = pred.shape[0]
+    offsets = torch.arange(members, device=pred.device).unsqueeze(1) * (classes * classes)
+    counts = torch.bincount((idx + offsets).reshape(-1), minlength=members * classes * classes)
+    return counts.view(members, classes, classes)
 
 
 def class_scores(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per class of a confusion matrix: precision, recall, F1 (float64, 0 where undefined)
-    and whether the class occurs among the targets or the predictions."""
+    """Per class of a confusion matrix (or of each of a stack of them, (..., classes,
+    classes)): precision, recall, F1 (float64, 0 where undefined) and whether the class
+    occurs among the targets or the predictions."""
     cm = cm.to(torch.float64)
-    tp, predicted, actual = cm.diagonal(), cm.sum(dim=0), cm.sum(dim=1)
+    tp, predicted, actual = cm.diagonal(dim1=-2, dim2=-1), cm.sum(dim=-2), cm.sum(dim=-1)
     precision = torch.where(predicted > 0, tp / predicted.clamp_min(1.0), 0.0)
     recall = torch.where(actual > 0, tp / actual.clamp_min(1.0), 0.0)
     both = predicted + actual  # 2·tp / (2·tp + fp + fn) = 2PR / (P + R)
@@ -185,19 +193,27 @@ def block_numbers(
 ) -> list[torch.Tensor]:
     """Per non-empty block of rows: the mean loss, the accuracy and the macro precision,
     recall and F1, or the mean loss, the mean squared error, the targets' variance and the
-    mean absolute error (regression), as 0-d tensors."""
+    mean absolute error (regression), as 0-d tensors. With ``losses``, ``hits`` and
+    ``preds`` of shape (K, rows), a pack's K members on the same rows: each number is a (K,)
+    tensor, every member's in the same operations (one confusion count for all), each member's
+    value the one it gets alone."""
+    one = losses.dim() == 1
+    if one:
+        losses, hits, preds = losses.unsqueeze(0), hits.unsqueeze(0), preds.unsqueeze(0)
+    members = losses.shape[0]
     numbers: list[torch.Tensor] = []
     for a, b in itertools.pairwise(bounds):
         if b > a:
-            numbers.extend((losses[a:b].mean(), hits[a:b].mean()))
+            numbers.extend((losses[:, a:b].mean(dim=1), hits[:, a:b].mean(dim=1)))
             if task == "regression":
-                numbers.append(y[a:b].to(torch.float64).var(unbiased=False))
-                numbers.append(preds[a:b].mean())
+                numbers.append(y[a:b].to(torch.float64).var(unbiased=False).expand(members))
+                numbers.append(preds[:, a:b].mean(dim=1))
             else:
-                p, r, f1, present = class_scores(confusion_matrix(y[a:b], preds[a:b], classes))
-                k = present.sum().clamp_min(1)
-                numbers.extend((p.sum() / k, r.sum() / k, f1.sum() / k))
-    return numbers
+                cm = confusion_matrix(y[a:b], preds[:, a:b], classes)
+                p, r, f1, present = class_scores(cm)
+                k = present.sum(dim=-1).clamp_min(1)
+                numbers.extend((p.sum(dim=-1) / k, r.sum(dim=-1) / k, f1.sum(dim=-1) / k))
+    return [n[0] for n in numbers] if one else numbers
 
 
 class _DeadUnits:

@@ -654,13 +654,11 @@ class PackEvaluation:
                 F = torch.matmul(H, Ws[-1]).add_(Bs[-1])
                 losses[g:h_, a:b] = loss_per_row(data.loss, F, self.T[a:b])
                 hits[g:h_, a:b], preds[g:h_, a:b] = _hits(data.loss, data.task, F, self.y[a:b])
-        # each member's block numbers as evaluate_parts makes them, then (K,) each
-        task, y = data.task, self.y
-        blocks = [
-            torch.stack(block_numbers(task, losses[k], hits[k], preds[k], y, bounds, classes))
-            for k in range(K)
+        # every member's block numbers at once, (K,) each, as evaluate_parts makes them
+        numbers = [
+            t.to(torch.float64)
+            for t in block_numbers(data.task, losses, hits, preds, self.y, bounds, classes)
         ]
-        numbers: list[torch.Tensor] = list(torch.stack(blocks).to(torch.float64).unbind(1))
         for ext in extremes:
             if not dying:  # no rows, or units that cannot die
                 numbers.append(torch.zeros(K, dtype=torch.float64, device=X.device))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.callbacks import EpochRecord
-from core.evaluate import evaluate, evaluate_parts
+from core.evaluate import block_numbers, confusion_matrix, evaluate, evaluate_parts
 from core.losses import encode_targets, loss_value
 from core.model import build_mlp
 from core.sizes import EVAL_CHUNK_BYTES, rows_per_chunk
@@ -221,3 +221,34 @@ def test_mae_is_in_the_targets_units() -> None:
     with torch.no_grad():
         want = float((model(X)[:, 0] - y).abs().mean()) * 3.0
     assert metrics["mae"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_pack_s_block_numbers_are_each_member_s_alone(task: str) -> None:
+    """``block_numbers`` over K members' rows at once (a pack's evaluation): member k's
+    numbers are exactly those of its rows alone, empty blocks skipped."""
+    gen = torch.Generator().manual_seed(3)
+    K, n, classes, bounds = 5, 40, 4, [0, 25, 25, 40]
+    y = torch.randint(0, classes, (n,), generator=gen)
+    losses = torch.rand(K, n, generator=gen)
+    if task == "classification":
+        preds = torch.randint(0, classes, (K, n), generator=gen)
+        hits = (preds == y).to(torch.float64)
+    else:
+        y = torch.randn(n, generator=gen)
+        preds = torch.rand(K, n, generator=gen, dtype=torch.float64)
+        hits = preds * preds
+    together = block_numbers(task, losses, hits, preds, y, bounds, classes)
+    assert len(together) == (10 if task == "classification" else 8)
+    assert all(t.shape == (K,) for t in together)
+    for k in range(K):
+        alone = block_numbers(task, losses[k], hits[k], preds[k], y, bounds, classes)
+        assert all(a.dim() == 0 for a in alone)
+        assert [t[k].item() for t in together] == [a.item() for a in alone], k
+    if task == "classification":  # the counts themselves, by hand
+        counts = confusion_matrix(y, preds, classes)
+        for k in range(K):
+            by_hand = torch.zeros(classes, classes, dtype=torch.int64)
+            for target, pred in zip(y.tolist(), preds[k].tolist(), strict=True):
+                by_hand[target, pred] += 1
+            assert torch.equal(counts[k], by_hand), k
