@@ -11,6 +11,8 @@ from urllib.parse import urlencode, urlsplit
 
 from core import defaults
 
+_dumps = json.dumps  # `json` is also the name of a request's body argument
+
 
 class ApiFailure(Exception):
     """The service refused (4xx/5xx) or could not be reached (``status`` 0)."""
@@ -41,10 +43,10 @@ class ApiClient:
     (``GRADQ_API_KEY``).
 
     A plain ``http://`` request goes over the standard library's ``http.client``, a
-    connection each: httpx imports httpcore and builds a TLS context even for a plain URL
-    (~0.4 s of every command's start, most of what `gradq cancel` took before its request).
-    httpx carries an ``https://`` URL, a file upload (multipart) and a request while a proxy
-    is named in the environment (which httpx honours); it is imported only then."""
+    connection each: httpx imports httpcore and builds a TLS context even for a plain URL,
+    which every command paid at its start (bench/RESULTS.md, "`gradq cancel`"). httpx
+    carries an ``https://`` URL, a file upload (multipart) and a request while a proxy is
+    named in the environment (which httpx honours); it is imported only then."""
 
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60) -> None:
         self.url = (url or os.environ.get("GRADQ_URL") or defaults.API_URL).rstrip("/")
@@ -110,7 +112,7 @@ class ApiClient:
         sent = {**self.headers, **(headers or {})}
         body = None
         if json is not None:
-            body = _json_bytes(json)
+            body = _dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
             sent["Content-Type"] = "application/json"
         conn = http.client.HTTPConnection(
             base.hostname or "", base.port or 80, timeout=self.timeout
@@ -123,10 +125,6 @@ class ApiClient:
             raise Unreachable(str(exc) or type(exc).__name__) from None
         finally:
             conn.close()
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _proxied() -> bool:

@@ -292,8 +292,7 @@ class JobTracker:
         ``with_model`` False: a succeeded run is closed without its model (a sweep's trial
         that is not the best so far, under ``log_models: best``); such a trial's run gets no
         plots either (its curves are its metrics), nor does a run stopped on request
-        (``cancelled``, ``pruned``: drawing them held the stop up by ~0.2 s); every other run
-        does.
+        (``cancelled``, ``pruned``: drawing them held the stop up); every other run does.
 
         With ``result``: the ``final_*`` metrics, ``final_epochs``, ``final_steps``,
         ``gradcheck_count`` and ``plots/learning_curve.png`` (a classifier's also
